@@ -83,7 +83,10 @@ class _Writer:
             self.u32(v)
 
     def string(self, s: str) -> None:
-        raw = s.encode("utf-8")
+        try:
+            raw = s.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate, e.g. from json.loads('"\\ud800"')
+            raise ProtocolError(f"string is not encodable as UTF-8: {e.reason}") from None
         if len(raw) > MAX_STRING_LENGTH:
             raise ProtocolError(f"string of {len(raw)} bytes exceeds {MAX_STRING_LENGTH}")
         self._parts.append(_U16.pack(len(raw)))

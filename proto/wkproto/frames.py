@@ -146,5 +146,16 @@ class Event:
 
 
 Frame = (
-    Connect | Connack | Send | Sendack | Recv | Recvack | Ping | Pong | Disconnect | Sub | Suback | Event
+    Connect
+    | Connack
+    | Send
+    | Sendack
+    | Recv
+    | Recvack
+    | Ping
+    | Pong
+    | Disconnect
+    | Sub
+    | Suback
+    | Event
 )

@@ -1,0 +1,74 @@
+"""Channel identity rules: uid validation, canonical person-channel ids, recipient views."""
+
+from __future__ import annotations
+
+import zlib
+
+from proto.wkproto import ChannelType
+
+MAX_ID_BYTES = 64
+_FORBIDDEN = set("@#&")
+
+
+def id_problem(value: str, what: str = "uid") -> str | None:
+    """Why ``value`` is not a valid uid or channel id, or ``None`` when it is.
+
+    ``@`` separates the two uids of a person channel, and WuKongIM also reserves ``#`` and ``&``.
+    """
+    if not value:
+        return f"{what} is empty"
+    if len(value.encode()) > MAX_ID_BYTES:
+        return f"{what} is longer than {MAX_ID_BYTES} bytes"
+    bad = _FORBIDDEN.intersection(value)
+    if bad:
+        return f"{what} contains a reserved character: {''.join(sorted(bad))}"
+    if any(c.isspace() or ord(c) < 0x20 for c in value):
+        return f"{what} contains whitespace or control characters"
+    return None
+
+
+def person_channel_id(uid_a: str, uid_b: str) -> str:
+    """The canonical id of the one-to-one channel of two uids: ``larger@smaller`` by crc32.
+
+    Equal hashes are broken lexically (larger string first), so the id is symmetric.
+    """
+    ha, hb = zlib.crc32(uid_a.encode()), zlib.crc32(uid_b.encode())
+    if ha > hb or (ha == hb and uid_a > uid_b):
+        return f"{uid_a}@{uid_b}"
+    return f"{uid_b}@{uid_a}"
+
+
+def person_parties(channel_id: str) -> tuple[str, str]:
+    a, sep, b = channel_id.partition("@")
+    if not sep or not a or not b:
+        raise ValueError(f"not a person channel id: {channel_id!r}")
+    return a, b
+
+
+def canonical_channel_id(sender_uid: str, channel_id: str, channel_type: int) -> str:
+    """The id a channel is stored under. Clients address a person channel by the peer's uid;
+    an already canonical ``a@b`` is accepted when the sender is one of the two."""
+    if channel_type != ChannelType.PERSON:
+        return channel_id
+    if "@" in channel_id:
+        a, b = person_parties(channel_id)
+        if sender_uid not in (a, b):
+            raise ValueError("sender is not a party of this person channel")
+        return person_channel_id(a, b)
+    return person_channel_id(sender_uid, channel_id)
+
+
+def view_channel_id(channel_id: str, channel_type: int, recipient_uid: str) -> str:
+    """The channel id as a recipient sees it: for a person channel, the other party's uid."""
+    if channel_type != ChannelType.PERSON:
+        return channel_id
+    a, b = person_parties(channel_id)
+    return b if recipient_uid == a else a
+
+
+def recipients(channel_id: str, channel_type: int, subscribers: list[str]) -> list[str]:
+    """Who a message in the channel is for (the sender's other devices included)."""
+    if channel_type == ChannelType.PERSON:
+        a, b = person_parties(channel_id)
+        return [a] if a == b else [a, b]
+    return subscribers

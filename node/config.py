@@ -1,0 +1,190 @@
+"""Node configuration: a TOML file, then ``RAFTCHAT_*`` environment overrides, then validation.
+
+Every key has a default, so an empty file is a valid single-node configuration. An unknown key
+(in the file or the environment) stops start-up with an error that names it: a typo must never
+silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ENV_PREFIX = "RAFTCHAT_"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+@dataclass
+class NodeSection:
+    id: int = 1
+    """Unique per cluster, 1..1023 (it seeds the Snowflake message ids)."""
+    name: str = ""
+    data_dir: str = "./data/node1"
+    host: str = "127.0.0.1"
+    """Address every listener binds unless the listener names its own."""
+
+
+@dataclass
+class GatewaySection:
+    tcp_port: int = 5100
+    ws_port: int = 5200
+    auth_timeout_s: float = 4.0
+    """A connection that has not sent a valid CONNECT by then is closed."""
+    idle_timeout_s: float = 180.0
+    """An authenticated connection with no inbound frame for this long is closed."""
+    encryption: bool = True
+    """Payload encryption (X25519 + AES-CBC). Off: CONNACK carries no keys, payloads are clear."""
+    kick_close_delay_s: float = 2.0
+    """Time between a DISCONNECT kick and the socket close, so the client can read the reason."""
+    external_tcp_addr: str = ""
+    external_ws_addr: str = ""
+    """What ``/route`` tells clients; empty means the bound address."""
+
+
+@dataclass
+class DevicesSection:
+    """Concurrent sessions per uid and platform; the oldest session over a limit is kicked."""
+
+    app_limit: int = 1
+    web_limit: int = 10
+    pc_limit: int = 1
+
+
+@dataclass
+class HttpSection:
+    port: int = 5001
+    max_body_bytes: int = 2 * 1024 * 1024
+
+
+@dataclass
+class AuthSection:
+    token_auth: bool = True
+    """Check CONNECT tokens against ``/user/token``. Off: any token is accepted (development)."""
+
+
+@dataclass
+class MessagesSection:
+    commit_window_ms: float = 1.0
+    """How long the send pipeline gathers SENDs into one batch before it commits."""
+    max_batch: int = 512
+    send_timeout_s: float = 10.0
+
+
+@dataclass
+class LogSection:
+    level: str = "info"
+    format: str = "json"
+    """``json`` (one object per line) or ``text``."""
+
+
+@dataclass
+class Config:
+    node: NodeSection = field(default_factory=NodeSection)
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    devices: DevicesSection = field(default_factory=DevicesSection)
+    http: HttpSection = field(default_factory=HttpSection)
+    auth: AuthSection = field(default_factory=AuthSection)
+    messages: MessagesSection = field(default_factory=MessagesSection)
+    log: LogSection = field(default_factory=LogSection)
+
+    def validate(self) -> None:
+        if not 1 <= self.node.id <= 1023:
+            raise ConfigError(f"node.id must be in 1..1023, got {self.node.id}")
+        for key in ("gateway.tcp_port", "gateway.ws_port", "http.port"):
+            sect, name = key.split(".")
+            port = getattr(getattr(self, sect), name)
+            if not 0 <= port < 65536:
+                raise ConfigError(f"{key} must be a TCP port, got {port}")
+        for name in ("app_limit", "web_limit", "pc_limit"):
+            if getattr(self.devices, name) < 1:
+                raise ConfigError(f"devices.{name} must be at least 1")
+        if self.log.format not in ("json", "text"):
+            raise ConfigError(f"log.format must be 'json' or 'text', got {self.log.format!r}")
+        if self.gateway.auth_timeout_s <= 0 or self.gateway.idle_timeout_s <= 0:
+            raise ConfigError("gateway timeouts must be positive")
+
+
+def _coerce(key: str, value: Any, typ: type) -> Any:
+    """Convert a TOML or environment value to the field's type, refusing lossy conversions."""
+    if isinstance(value, str) and typ is not str:
+        text = value.strip()
+        if typ is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{key}: expected a boolean, got {value!r}")
+        try:
+            return typ(text)
+        except ValueError:
+            raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}") from None
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a boolean, got {value!r}")
+    if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if not isinstance(value, typ):
+        raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
+    return value
+
+
+def _section_types(section: object) -> dict[str, type]:
+    hints = get_type_hints(type(section))
+    return {f.name: hints[f.name] for f in dataclasses.fields(section)}  # type: ignore[arg-type]
+
+
+def _apply(cfg: Config, data: Mapping[str, Any], origin: str) -> None:
+    sections = {f.name for f in dataclasses.fields(cfg)}
+    for sect_name, values in data.items():
+        if sect_name not in sections:
+            raise ConfigError(f"unknown config section {sect_name!r} in {origin}")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"config section {sect_name!r} in {origin} must be a table")
+        section = getattr(cfg, sect_name)
+        types = _section_types(section)
+        for key, value in values.items():
+            full = f"{sect_name}.{key}"
+            if key not in types:
+                raise ConfigError(f"unknown config key {full!r} in {origin}")
+            setattr(section, key, _coerce(full, value, types[key]))
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """``RAFTCHAT_GATEWAY_TCP_PORT=5101`` -> ``{"gateway": {"tcp_port": "5101"}}``."""
+    sections = {f.name for f in dataclasses.fields(Config)}
+    out: dict[str, dict[str, str]] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        sect, _, key = rest.partition("_")
+        if sect not in sections or not key:
+            raise ConfigError(f"unknown config variable {name}")
+        out.setdefault(sect, {})[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    cfg = Config()
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        _apply(cfg, data, str(path))
+    overrides = _env_overrides(os.environ if env is None else env)
+    _apply(cfg, overrides, "environment")
+    cfg.validate()
+    return cfg

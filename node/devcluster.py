@@ -1,0 +1,118 @@
+"""Start and stop local node processes: used by ``raftchat dev``, the tests and the bench.
+
+Each node is a real ``raftchat node`` process with its settings in ``RAFTCHAT_*`` variables.
+Readiness is the ``RAFTCHAT_READY {json}`` line a node prints once every listener is bound, so
+callers wait for an event rather than polling or sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+READY_PREFIX = "RAFTCHAT_READY "
+
+
+class NodeStartError(Exception):
+    pass
+
+
+@dataclass
+class NodeProcess:
+    node_id: int
+    data_dir: Path
+    env: dict[str, str]
+    log_path: Path
+    config_path: str | None = None
+    proc: subprocess.Popen[str] | None = None
+    endpoints: dict[str, str] = field(default_factory=dict)
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "a")  # noqa: SIM115 - owned by the child's lifetime
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "node"]
+            + (["--config", self.config_path] if self.config_path else []),
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
+        log.close()
+        assert self.proc.stdout is not None
+        ready = _wait_ready(self.proc, self.proc.stdout, timeout_s)
+        if ready is None:
+            self.stop()
+            tail = self.log_path.read_text()[-2000:] if self.log_path.exists() else ""
+            raise NodeStartError(f"node {self.node_id} did not become ready:\n{tail}")
+        self.endpoints = ready
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def _wait_ready(
+    proc: subprocess.Popen[str], stdout: IO[str], timeout_s: float
+) -> dict[str, str] | None:
+    """Read the child's stdout until its ready line; keep draining it afterwards."""
+    found: list[dict[str, str]] = []
+    done = threading.Event()
+
+    def pump() -> None:
+        for line in stdout:
+            if not found and line.startswith(READY_PREFIX):
+                found.append(json.loads(line[len(READY_PREFIX) :]))
+                done.set()
+        done.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    done.wait(timeout_s)
+    return found[0] if found else None
+
+
+def node_env(
+    node_id: int,
+    host: str,
+    data_dir: Path,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAFTCHAT_")}
+    env.update(
+        {
+            "RAFTCHAT_NODE_ID": str(node_id),
+            "RAFTCHAT_NODE_HOST": host,
+            "RAFTCHAT_NODE_DATA_DIR": str(data_dir),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+def wait_all_stopped(nodes: list[NodeProcess], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    for n in nodes:
+        n.stop(timeout_s=max(deadline - time.monotonic(), 0.1))

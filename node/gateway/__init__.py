@@ -1,0 +1,1 @@
+"""Client gateway: WKProto sessions over TCP and WebSocket."""

@@ -1,0 +1,408 @@
+"""One client session, the same state machine behind TCP and WebSocket.
+
+States: awaiting CONNECT (bounded by ``auth_timeout_s``) -> authenticated (closed after
+``idle_timeout_s`` without an inbound frame) -> closed. A failed CONNECT is always answered with
+a CONNACK carrying its reason before the close; a kick sends DISCONNECT first. Outbound frames go
+through one queue and one writer task, so SENDACKs and RECVs never interleave on the stream.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import time
+from dataclasses import dataclass
+
+import trio
+
+from proto.wkproto import (
+    LATEST_VERSION,
+    ChannelType,
+    Connack,
+    Connect,
+    CryptoError,
+    DeviceFlag,
+    Disconnect,
+    Frame,
+    FrameDecoder,
+    HeaderFlag,
+    Ping,
+    Pong,
+    ProtocolError,
+    ReasonCode,
+    Recv,
+    Recvack,
+    Send,
+    Sendack,
+    Setting,
+    Sub,
+    Suback,
+    encode,
+)
+from proto.wkproto.crypto import KeyPair, SessionCipher, new_salt, recv_sign, send_sign
+
+from ..channels import canonical_channel_id, id_problem, view_channel_id
+from ..config import Config
+from ..log import get_logger
+from ..pipeline import SYSTEM_UID, SendOutcome, SendPipeline, SendRequest
+from ..sessions import SessionRegistry
+from ..storage import MessageRecord, Store
+from .transport import Transport
+
+log = get_logger("gateway")
+
+OUTBOUND_QUEUE = 4096
+"""Frames waiting for a slow client; past this the session is closed and the client resyncs."""
+
+_conn_ids = itertools.count(1)
+_KNOWN_CHANNEL_TYPES = {int(t) for t in ChannelType}
+_CLIENT_DEVICE_FLAGS = {DeviceFlag.APP, DeviceFlag.WEB, DeviceFlag.PC}
+
+
+@dataclass
+class GatewayContext:
+    config: Config
+    store: Store
+    registry: SessionRegistry
+    pipeline: SendPipeline
+    nursery: trio.Nursery
+    """For short tasks that outlive a call (delayed closes after a kick)."""
+
+
+class Session:
+    def __init__(self, ctx: GatewayContext, transport: Transport) -> None:
+        self._ctx = ctx
+        self._transport = transport
+        self.conn_id = next(_conn_ids)
+        self.uid = ""
+        self.device_flag = 0
+        self.device_id = ""
+        self.device_level = 0
+        self.connected_at = 0.0
+        self.version = LATEST_VERSION
+        self._cipher: SessionCipher | None = None
+        self._decoder = FrameDecoder()
+        self._out_send, self._out_recv = trio.open_memory_channel[bytes](OUTBOUND_QUEUE)
+        self._scope = trio.CancelScope()
+        self._leaving = False
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        gw = self._ctx.config.gateway
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer)
+                    try:
+                        await self._reader()
+                    except ProtocolError as e:
+                        log.info("protocol error, closing", **self._fields(), error=str(e))
+                    finally:
+                        self._out_send.close()
+                    # Let the writer flush what is queued (a refusing CONNACK, say), briefly.
+                    nursery.cancel_scope.deadline = trio.current_time() + gw.kick_close_delay_s
+        finally:
+            self._ctx.registry.remove(self)
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self._transport.aclose()
+            if self.uid:
+                log.info("session closed", **self._fields())
+
+    def kick(self, reason_code: ReasonCode, reason: str) -> None:
+        """Send DISCONNECT, then close after a short delay so that the client can read it."""
+        if self._leaving:
+            return
+        self._leaving = True
+        log.info("kicking session", **self._fields(), reason=reason)
+        self._enqueue(Disconnect(reason_code=reason_code, reason=reason))
+        self._ctx.nursery.start_soon(self._close_after, self._ctx.config.gateway.kick_close_delay_s)
+
+    def close(self) -> None:
+        self._leaving = True
+        self._scope.cancel()
+
+    async def _close_after(self, delay_s: float) -> None:
+        await trio.sleep(delay_s)
+        self._scope.cancel()
+
+    def _fields(self) -> dict[str, object]:
+        return {"conn": self.conn_id, "uid": self.uid, "transport": self._transport.kind}
+
+    # --- IO -------------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        try:
+            async for first in self._out_recv:
+                frames = [first]
+                while True:
+                    try:
+                        frames.append(self._out_recv.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await self._transport.send_frames(frames)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self._scope.cancel()
+        except Exception as e:  # a transport closing under us
+            log.debug("writer stopped", **self._fields(), error=repr(e))
+            self._scope.cancel()
+
+    def _enqueue(self, frame: Frame) -> None:
+        try:
+            data = encode(frame, self.version)
+        except ProtocolError as e:
+            log.error("cannot encode frame for session", **self._fields(), error=str(e))
+            return
+        try:
+            self._out_send.send_nowait(data)
+        except trio.WouldBlock:
+            log.warning("slow client: outbound queue full, closing", **self._fields())
+            self.close()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    async def _next_frame(self) -> Frame | None:
+        while True:
+            frame = self._decoder.next_frame()
+            if frame is not None:
+                return frame
+            data = await self._transport.receive()
+            if not data:
+                return None
+            self._decoder.feed(data)
+
+    async def _reader(self) -> None:
+        gw = self._ctx.config.gateway
+        frame: Frame | None = None
+        with trio.move_on_after(gw.auth_timeout_s):
+            frame = await self._next_frame()
+        if frame is None:
+            log.info("no CONNECT in time, closing", **self._fields(), peer=self._transport.peer)
+            return
+        if not isinstance(frame, Connect):
+            log.info("first frame is not CONNECT", **self._fields(), frame=type(frame).__name__)
+            return
+        if not self._on_connect(frame):
+            return
+        while True:
+            with trio.move_on_after(gw.idle_timeout_s):
+                frame = await self._next_frame()
+                if frame is None:
+                    return
+                if not self._dispatch(frame):
+                    return
+                continue
+            log.info("idle timeout, closing", **self._fields())
+            return
+
+    # --- CONNECT --------------------------------------------------------------------------
+
+    def _on_connect(self, c: Connect) -> bool:
+        cfg = self._ctx.config
+        # Version 0 (unset) and anything newer than ours run at our latest, as WuKongIM v3 does.
+        self.version = LATEST_VERSION if c.version == 0 else min(c.version, LATEST_VERSION)
+        self._decoder.version = self.version
+        now_ms = int(time.time() * 1000)
+        self.uid = c.uid
+        reason, level = self._authenticate(c)
+        server_key, salt = "", ""
+        if reason == ReasonCode.SUCCESS and cfg.gateway.encryption:
+            pair = KeyPair()
+            salt = new_salt()
+            try:
+                self._cipher = SessionCipher(pair.aes_key(c.client_key), salt.encode())
+                server_key = pair.public_b64
+            except CryptoError as e:
+                log.info("bad client key", **self._fields(), error=str(e))
+                reason = ReasonCode.AUTH_FAIL
+        ack = Connack(
+            time_diff=now_ms - c.client_timestamp,
+            reason_code=reason,
+            server_key=server_key if reason == ReasonCode.SUCCESS else "",
+            salt=salt if reason == ReasonCode.SUCCESS else "",
+            node_id=cfg.node.id,
+            server_version=self.version,
+        )
+        if reason != ReasonCode.SUCCESS:
+            log.info("CONNECT refused", **self._fields(), reason=reason.name)
+            self._enqueue(ack)
+            return False
+        self.device_flag = c.device_flag
+        self.device_id = c.device_id
+        self.device_level = level
+        self.connected_at = trio.current_time()
+        # Registration and CONNACK happen in one synchronous step, so no RECV can be queued
+        # for this session before its CONNACK.
+        for ev in self._ctx.registry.add(self):
+            if ev.kick:
+                ev.session.kick(ReasonCode.CONNECT_KICK, "login in other device")
+            else:
+                ev.session.close()
+        self._enqueue(ack)
+        log.info(
+            "session open",
+            **self._fields(),
+            version=self.version,
+            device_flag=self.device_flag,
+            device_id=self.device_id,
+            peer=self._transport.peer,
+        )
+        return True
+
+    def _authenticate(self, c: Connect) -> tuple[ReasonCode, int]:
+        cfg = self._ctx.config
+        problem = id_problem(c.uid)
+        if problem is not None:
+            log.info("bad uid in CONNECT", conn=self.conn_id, problem=problem)
+            return ReasonCode.AUTH_FAIL, 0
+        if c.device_flag not in _CLIENT_DEVICE_FLAGS:
+            return ReasonCode.AUTH_FAIL, 0
+        if cfg.gateway.encryption and not c.client_key:
+            return ReasonCode.CLIENT_KEY_IS_EMPTY, 0
+        own = self._ctx.store.get_channel(ChannelType.PERSON, c.uid)
+        if own is not None and own.ban:
+            return ReasonCode.BAN, 0
+        device = self._ctx.store.get_device(c.uid, c.device_flag)
+        if cfg.auth.token_auth and (
+            device is None
+            or not device.token
+            or not hmac.compare_digest(device.token.encode(), c.token.encode())
+        ):
+            return ReasonCode.AUTH_FAIL, 0
+        return ReasonCode.SUCCESS, (device.device_level if device is not None else 0)
+
+    # --- frames after CONNECT -------------------------------------------------------------
+
+    def _dispatch(self, frame: Frame) -> bool:
+        """Handle one frame; False closes the session."""
+        match frame:
+            case Send():
+                self._on_send(frame)
+            case Recvack():
+                pass  # Delivery is best effort; clients close gaps by syncing by seq.
+            case Ping():
+                self._enqueue(Pong())
+            case Sub():
+                self._enqueue(
+                    Suback(
+                        sub_no=frame.sub_no,
+                        channel_id=frame.channel_id,
+                        channel_type=frame.channel_type,
+                        action=frame.action,
+                        reason_code=ReasonCode.NOT_SUPPORT_CHANNEL_TYPE,
+                    )
+                )
+            case Disconnect():
+                log.info("client said DISCONNECT", **self._fields())
+                return False
+            case _:
+                log.info("unexpected frame, closing", **self._fields(), frame=type(frame).__name__)
+                return False
+        return True
+
+    def _on_send(self, s: Send) -> None:
+        def answer(outcome: SendOutcome) -> None:
+            self._enqueue(
+                Sendack(
+                    message_id=outcome.message_id,
+                    client_seq=s.client_seq,
+                    message_seq=outcome.message_seq,
+                    reason_code=outcome.reason,
+                    client_msg_no=s.client_msg_no,
+                    flags=s.flags,
+                )
+            )
+
+        payload = s.payload
+        if self._cipher is not None and not s.setting & Setting.NO_ENCRYPT:
+            sign = send_sign(s.client_seq, s.client_msg_no, s.channel_id, s.channel_type, payload)
+            if not hmac.compare_digest(self._cipher.msg_key(sign).encode(), s.msg_key.encode()):
+                log.info("SEND with a bad msgKey", **self._fields(), client_seq=s.client_seq)
+                answer(SendOutcome(ReasonCode.MSG_KEY_ERROR))
+                return
+            try:
+                payload = self._cipher.decrypt(payload)
+            except CryptoError as e:
+                log.info("SEND payload does not decrypt", **self._fields(), error=str(e))
+                answer(SendOutcome(ReasonCode.PAYLOAD_DECODE_ERROR))
+                return
+        if s.channel_type not in _KNOWN_CHANNEL_TYPES:
+            answer(SendOutcome(ReasonCode.NOT_SUPPORT_CHANNEL_TYPE))
+            return
+        try:
+            if s.channel_type != ChannelType.PERSON or "@" not in s.channel_id:
+                problem = id_problem(s.channel_id, "channel_id")
+                if problem is not None:
+                    raise ValueError(problem)
+            channel_id = canonical_channel_id(self.uid, s.channel_id, s.channel_type)
+        except ValueError as e:
+            log.info("SEND with a bad channel id", **self._fields(), error=str(e))
+            answer(SendOutcome(ReasonCode.CHANNEL_ID_ERROR))
+            return
+        request = SendRequest(
+            from_uid=self.uid,
+            channel_id=channel_id,
+            channel_type=s.channel_type,
+            client_msg_no=s.client_msg_no,
+            payload=payload,
+            setting=s.setting & ~Setting.NO_ENCRYPT,
+            flags=s.flags,
+            expire=s.expire,
+            topic=s.topic,
+            stream_no=s.stream_no,
+            origin_conn=self.conn_id,
+        )
+        self._ctx.pipeline.submit_nowait(request, answer)
+
+    # --- delivery -------------------------------------------------------------------------
+
+    def push(self, msg: MessageRecord) -> None:
+        """Queue a RECV of a committed message, encrypted for this session."""
+        if self._leaving:
+            return
+        channel_id = view_channel_id(msg.channel_id, msg.channel_type, self.uid)
+        from_uid = "" if msg.from_uid == SYSTEM_UID else msg.from_uid
+        flags = msg.flags
+        if msg.from_uid == self.uid:
+            flags &= ~HeaderFlag.RED_DOT  # the sender's own devices show no badge for it
+        setting = msg.setting
+        if not msg.stream_no:
+            # Stream fields follow this bit on 2 <= version < 5, and SDK 1.0.4 reads a different
+            # bit for them: never announce fields that carry nothing.
+            setting &= ~Setting.STREAM
+        payload = msg.payload
+        msg_key = ""
+        if self._cipher is not None:
+            # Every RECV is encrypted for an encrypted session, whatever the sender's setting:
+            # the official JS SDK drops clear RECVs as illegal.
+            payload = self._cipher.encrypt(payload)
+            msg_key = self._cipher.msg_key(
+                recv_sign(
+                    msg.message_id,
+                    msg.message_seq,
+                    msg.client_msg_no,
+                    msg.timestamp_s,
+                    from_uid,
+                    channel_id,
+                    msg.channel_type,
+                    payload,
+                )
+            )
+        self._enqueue(
+            Recv(
+                setting=setting,
+                msg_key=msg_key,
+                from_uid=from_uid,
+                channel_id=channel_id,
+                channel_type=msg.channel_type,
+                client_msg_no=msg.client_msg_no,
+                message_id=msg.message_id,
+                message_seq=msg.message_seq,
+                timestamp=msg.timestamp_s,
+                payload=payload,
+                expire=msg.expire,
+                topic=msg.topic,
+                stream_no=msg.stream_no,
+                flags=flags,
+            )
+        )

@@ -1,0 +1,71 @@
+"""Reading typed fields from a JSON request body, with 400 errors that name the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .server import bad_request
+
+_MISSING = object()
+
+
+def get_str(body: dict[str, Any], name: str, *, required: bool = False, default: str = "") -> str:
+    value = body.get(name, _MISSING)
+    if value is _MISSING or value is None:
+        if required:
+            raise bad_request(f"{name} is required")
+        return default
+    if not isinstance(value, str):
+        raise bad_request(f"{name} must be a string")
+    if required and not value:
+        raise bad_request(f"{name} must not be empty")
+    return value
+
+
+def get_int(
+    body: dict[str, Any],
+    name: str,
+    *,
+    required: bool = False,
+    default: int = 0,
+    choices: set[int] | None = None,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int:
+    value = body.get(name, _MISSING)
+    if value is _MISSING or value is None:
+        if required:
+            raise bad_request(f"{name} is required")
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_request(f"{name} must be an integer")
+    if choices is not None and value not in choices:
+        raise bad_request(f"{name} must be one of {sorted(choices)}, got {value}")
+    if minimum is not None and value < minimum:
+        raise bad_request(f"{name} must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise bad_request(f"{name} must be at most {maximum}")
+    return value
+
+
+def get_flag(body: dict[str, Any], name: str) -> bool | None:
+    """A WuKongIM 0/1 flag; ``None`` when absent (leave the stored value alone)."""
+    value = body.get(name, _MISSING)
+    if value is _MISSING or value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if value in (0, 1):
+        return bool(value)
+    raise bad_request(f"{name} must be 0 or 1")
+
+
+def get_str_list(body: dict[str, Any], name: str, *, required: bool = False) -> list[str]:
+    value = body.get(name, _MISSING)
+    if value is _MISSING or value is None:
+        if required:
+            raise bad_request(f"{name} is required")
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise bad_request(f"{name} must be a list of strings")
+    return value

@@ -1,0 +1,216 @@
+"""The node's RocksDB (via rocksdict, raw mode).
+
+Writes go with ``sync=False`` (the WAL stays on) and durability comes from ``flush_wal(True)``,
+which callers run in a worker thread once per batch: a synchronous rocksdict write would hold
+the GIL for the whole fsync and stall every other task of the process (stack findings §3).
+"""
+
+from __future__ import annotations
+
+import gc
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rocksdict import (
+    DBCompressionType,
+    Options,
+    Rdict,
+    ReadOptions,
+    SliceTransform,
+    WriteBatch,
+    WriteOptions,
+)
+
+from . import keys
+from .records import ChannelInfo, DeviceRecord, MessageRecord
+
+_CFS = ("messages", "channels", "subscribers", "users", "dedupe")
+_DEDUPE = struct.Struct(">qQ")
+_INFO = b"I"
+_HEAD = b"H"
+
+
+class StoreError(Exception):
+    """A storage invariant does not hold (for example a channel-key collision)."""
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.create_missing_column_families(True)
+        opts.set_compression_type(DBCompressionType.lz4())
+        prefixed = Options(raw_mode=True)
+        prefixed.set_prefix_extractor(SliceTransform.create_fixed_prefix(keys.CHANNEL_KEY_LEN))
+        prefixed.set_memtable_prefix_bloom_ratio(0.1)
+        cf_opts = {name: Options(raw_mode=True) for name in _CFS}
+        cf_opts["messages"] = prefixed
+        self.path = str(path)
+        self._db = Rdict(self.path, opts, column_families=cf_opts)
+        self._cf = {name: self._db.get_column_family(name) for name in _CFS}
+        self._h = {name: self._db.get_column_family_handle(name) for name in _CFS}
+        self._wo = WriteOptions()
+        self._wo.sync = False
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def flush_wal(self) -> None:
+        """fsync the WAL: everything written before is durable after this returns."""
+        self._db.flush_wal(True)
+
+    def close(self) -> None:
+        # rocksdict keeps the LOCK while any column-family handle lives; drop them all first
+        # so that the same process can reopen the directory (restart-in-place tests).
+        self._cf.clear()
+        self._h.clear()
+        self._db.close()
+        del self._db
+        gc.collect()
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def batch(self) -> Batch:
+        return Batch(self)
+
+    def write(self, batch: Batch) -> None:
+        self._db.write(batch.wb, self._wo)
+
+    # --- channels -------------------------------------------------------------------------
+
+    def get_channel(self, channel_type: int, channel_id: str) -> ChannelInfo | None:
+        raw = self._cf["channels"].get(_INFO + keys.channel_key(channel_type, channel_id))
+        if raw is None:
+            return None
+        info = ChannelInfo.decode(raw)
+        if info.channel_id != channel_id or info.channel_type != channel_type:
+            raise StoreError(
+                f"channel key collision: {channel_type}:{channel_id} vs "
+                f"{info.channel_type}:{info.channel_id}"
+            )
+        return info
+
+    def head_seq(self, channel_type: int, channel_id: str) -> int:
+        raw = self._cf["channels"].get(_HEAD + keys.channel_key(channel_type, channel_id))
+        return 0 if raw is None else keys.unpack_seq(raw)
+
+    def is_subscriber(self, channel_type: int, channel_id: str, uid: str) -> bool:
+        ck = keys.channel_key(channel_type, channel_id)
+        return self._cf["subscribers"].get(keys.subscriber_key(ck, uid)) is not None
+
+    def subscribers(self, channel_type: int, channel_id: str) -> list[str]:
+        ck = keys.channel_key(channel_type, channel_id)
+        return [k[len(ck) :].decode() for k, _ in self._prefix(self._cf["subscribers"], ck)]
+
+    # --- messages -------------------------------------------------------------------------
+
+    def get_dedupe(
+        self, channel_type: int, channel_id: str, from_uid: str, client_msg_no: str
+    ) -> tuple[int, int] | None:
+        ck = keys.channel_key(channel_type, channel_id)
+        raw = self._cf["dedupe"].get(keys.dedupe_key(ck, from_uid, client_msg_no))
+        if raw is None:
+            return None
+        mid, seq = _DEDUPE.unpack(raw)
+        return int(mid), int(seq)
+
+    def get_message(self, channel_type: int, channel_id: str, seq: int) -> MessageRecord | None:
+        ck = keys.channel_key(channel_type, channel_id)
+        raw = self._cf["messages"].get(keys.message_key(ck, seq))
+        return None if raw is None else MessageRecord.decode(raw)
+
+    def messages(
+        self, channel_type: int, channel_id: str, start_seq: int, end_seq: int, limit: int
+    ) -> list[MessageRecord]:
+        """Messages with ``start_seq <= seq < end_seq`` (``end_seq`` 0 = no bound), oldest first."""
+        ck = keys.channel_key(channel_type, channel_id)
+        ro = ReadOptions()
+        ro.set_iterate_lower_bound(keys.message_key(ck, max(start_seq, 0)))
+        upper = keys.message_key(ck, end_seq) if end_seq else _prefix_end(ck)
+        ro.set_iterate_upper_bound(upper)
+        out: list[MessageRecord] = []
+        it = self._cf["messages"].iter(ro)
+        it.seek(keys.message_key(ck, max(start_seq, 0)))
+        while it.valid() and len(out) < limit:
+            out.append(MessageRecord.decode(it.value()))
+            it.next()
+        del it
+        return out
+
+    # --- users ----------------------------------------------------------------------------
+
+    def get_device(self, uid: str, device_flag: int) -> DeviceRecord | None:
+        raw = self._cf["users"].get(keys.device_key(uid, device_flag))
+        return None if raw is None else DeviceRecord.decode(raw)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    @staticmethod
+    def _prefix(cf: Any, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        ro = ReadOptions()
+        ro.set_iterate_lower_bound(prefix)
+        ro.set_iterate_upper_bound(_prefix_end(prefix))
+        it = cf.iter(ro)
+        it.seek(prefix)
+        while it.valid():
+            yield it.key(), it.value()
+            it.next()
+        del it
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The smallest key greater than every key that starts with ``prefix``."""
+    b = bytearray(prefix)
+    while b and b[-1] == 0xFF:
+        b.pop()
+    if not b:
+        return b"\xff" * (len(prefix) + 1)
+    b[-1] += 1
+    return bytes(b)
+
+
+class Batch:
+    """One atomic RocksDB write. Build it, then ``Store.write`` it."""
+
+    __slots__ = ("_store", "wb")
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.wb = WriteBatch(raw_mode=True)
+
+    def _put(self, cf: str, key: bytes, value: bytes) -> None:
+        self.wb.put(key, value, self._store._h[cf])
+
+    def _delete(self, cf: str, key: bytes) -> None:
+        self.wb.delete(key, self._store._h[cf])
+
+    def put_channel(self, info: ChannelInfo) -> None:
+        ck = keys.channel_key(info.channel_type, info.channel_id)
+        self._put("channels", _INFO + ck, info.encode())
+
+    def add_subscribers(self, channel_type: int, channel_id: str, uids: Iterable[str]) -> None:
+        ck = keys.channel_key(channel_type, channel_id)
+        for uid in uids:
+            self._put("subscribers", keys.subscriber_key(ck, uid), b"")
+
+    def remove_subscribers(self, channel_type: int, channel_id: str, uids: Iterable[str]) -> None:
+        ck = keys.channel_key(channel_type, channel_id)
+        for uid in uids:
+            self._delete("subscribers", keys.subscriber_key(ck, uid))
+
+    def append_message(self, msg: MessageRecord) -> None:
+        """Store a message, move the channel head to it and record its dedupe key."""
+        ck = keys.channel_key(msg.channel_type, msg.channel_id)
+        self._put("messages", keys.message_key(ck, msg.message_seq), msg.encode())
+        self._put("channels", _HEAD + ck, keys.pack_seq(msg.message_seq))
+        if msg.client_msg_no:
+            self._put(
+                "dedupe",
+                keys.dedupe_key(ck, msg.from_uid, msg.client_msg_no),
+                _DEDUPE.pack(msg.message_id, msg.message_seq),
+            )
+
+    def put_device(self, uid: str, device_flag: int, record: DeviceRecord) -> None:
+        self._put("users", keys.device_key(uid, device_flag), record.encode())
