@@ -6,6 +6,7 @@ nothing; h11 gives a correct, sans-IO HTTP parser.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -136,10 +137,9 @@ class HttpServer:
             status = 413 if isinstance(e, _BodyTooLarge) else 400
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 resp = Response(status, {"msg": f"bad HTTP request: {e}", "status": status})
-                try:
+                # The peer may be gone or h11 may refuse; either way we just close.
+                with contextlib.suppress(Exception):
                     await self._write(conn, stream, resp)
-                except Exception:  # the peer is gone or the state machine refuses; just close
-                    pass
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
             pass
         finally:

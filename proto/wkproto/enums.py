@@ -1,4 +1,4 @@
-"""Numbers fixed by the WKProto wire protocol (WuKongIM GoProto), kept by value for compatibility."""
+"""Numbers fixed by the WKProto wire protocol (WuKongIM GoProto), kept by value."""
 
 from __future__ import annotations
 
