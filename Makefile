@@ -1,0 +1,35 @@
+# Two commands for a fresh machine: `make run` (a local raftchat) and `make test` (every check).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+JSSDK := tests/e2e/jssdk
+JSSDK_STAMP := $(JSSDK)/node_modules/.installed
+
+.PHONY: run test lint typecheck unit e2e clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(JSSDK_STAMP): $(JSSDK)/package.json $(JSSDK)/package-lock.json
+	cd $(JSSDK) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/raftchat dev --nodes 1 --data ./data
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: $(STAMP) $(JSSDK_STAMP) lint typecheck
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) data $(JSSDK)/node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis
