@@ -155,6 +155,8 @@ class WKClient:
         self._transport = transport
         self._decoder = decoder
         self._write_lock = trio.Lock()
+        self._transport_closing = False
+        self._transport_closed = trio.Event()
         self._last_client_seq = 0
         self._pending: dict[int, _Waiter[Sendack]] = {}
         self._parked: OrderedDict[int, Sendack] = OrderedDict()
@@ -338,8 +340,16 @@ class WKClient:
         self._inbox_in.close()
 
     async def _close_transport(self) -> None:
-        with trio.CancelScope(shield=True):
+        # The reader and aclose() may both get here; the second waits for the first so that
+        # leaving the session does not cut a WebSocket close handshake short.
+        if self._transport_closing:
+            await self._transport_closed.wait()
+            return
+        self._transport_closing = True
+        try:
             await self._transport.aclose()
+        finally:
+            self._transport_closed.set()
 
     async def _run_reader(self) -> None:
         try:
@@ -520,8 +530,10 @@ async def _session(
             try:
                 yield client
             finally:
-                await client.aclose()
-                nursery.cancel_scope.cancel()
+                try:
+                    await client.aclose()
+                finally:
+                    nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The nursery wraps even a lone exception in a group; callers should be able to write
         # ``except ConnectRefused`` (or see their own exception) instead of unpicking groups.

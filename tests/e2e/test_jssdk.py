@@ -67,7 +67,11 @@ def test_sdk_person_and_group_messages(node: NodeProcess, api: Api) -> None:
     by_no = {m["client_msg_no"]: m for m in result["b_received"]}
     person, group = (by_no[a["client_msg_no"]] for a in acks)
     # B sees the person channel under the peer's uid, as WuKongIM clients expect.
-    assert (person["channel_id"], person["channel_type"], person["from_uid"]) == ("alice", 1, "alice")
+    assert (person["channel_id"], person["channel_type"], person["from_uid"]) == (
+        "alice",
+        1,
+        "alice",
+    )
     assert person["content"] == "hello bob"
     assert (group["channel_id"], group["channel_type"], group["from_uid"]) == ("room1", 2, "alice")
     assert group["content"] == "hello room"

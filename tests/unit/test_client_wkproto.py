@@ -274,9 +274,7 @@ async def fake_server(transport: Transport) -> AsyncIterator[FakeServer]:
             nursery.cancel_scope.cancel()
 
 
-def run(
-    fn: Callable[[], Awaitable[None]], *, clock: trio.testing.MockClock | None = None
-) -> None:
+def run(fn: Callable[[], Awaitable[None]], *, clock: trio.testing.MockClock | None = None) -> None:
     async def bounded() -> None:
         with trio.fail_after(TEST_DEADLINE_S):
             await fn()
@@ -457,9 +455,14 @@ def test_full_session(version: int, encrypt: bool, transport: Transport) -> None
 
     run(
         lambda: session(
-            transport, peer_side, client_side, version=version, encrypt=encrypt,
-            device_flag=1, device_id="dev-1",
-        )  # fmt: skip
+            transport,
+            peer_side,
+            client_side,
+            version=version,
+            encrypt=encrypt,
+            device_flag=1,
+            device_id="dev-1",
+        )
     )
 
 
@@ -544,9 +547,7 @@ def test_connect_timeout_when_no_connack() -> None:
     async def main() -> None:
         client_stream, server_stream = trio.testing.memory_stream_pair()
         with pytest.raises(trio.TooSlowError):
-            async with open_client_over(
-                client_stream, uid="alice", token="t", connect_timeout_s=3
-            ):
+            async with open_client_over(client_stream, uid="alice", token="t", connect_timeout_s=3):
                 pass
         await server_stream.aclose()
 

@@ -80,28 +80,72 @@ FRAME_TYPES = st.integers(1, 12)
 
 @st.composite
 def string_fields(draw: st.DrawFn) -> bytes:
-    """Something shaped like a WKProto string: usually a consistent length, sometimes not."""
-    raw = draw(st.one_of(st.text(max_size=20).map(str.encode), st.binary(max_size=20)))
-    length = draw(st.one_of(st.just(len(raw)), st.integers(0, 0xFFFF)))
+    """Something shaped like a WKProto string: mostly a consistent length, sometimes not."""
+    utf8 = draw(st.integers(0, 3)) > 0
+    raw = draw(st.text(max_size=12).map(str.encode) if utf8 else st.binary(max_size=12))
+    consistent = draw(st.integers(0, 7)) > 0
+    length = len(raw) if consistent else draw(st.integers(0, 0xFFFF))
     return length.to_bytes(2, "big") + raw
 
 
+# u8, u32, i64/u64 fields
+INT_FIELDS = st.one_of([st.binary(min_size=n, max_size=n) for n in (1, 4, 8)])
+
+# Body layouts of section 1.5 in a compact notation: 1/4/8 = integer of that many bytes,
+# q = message_seq (4 or 8 bytes), s = string, * = rest of the frame, ? = present or not
+# (fields that depend on the version or the setting byte).
+LAYOUTS = {
+    1: "1 1 s s s 8 s",
+    2: "?1 8 1 s s ?8",
+    3: "1 4 s ?s s 1 ?4 s ?s *",
+    4: "8 4 q 1 ?s",
+    5: "1 s s s 1 ?4 s ?1 ?s ?8 8 q 4 ?s *",
+    6: "8 q",
+    9: "1 s",
+    10: "1 s s 1 1 s",
+    11: "s s 1 1 1",
+    12: "s s 8 *",
+}
+
+
 @st.composite
-def plausible_bodies(draw: st.DrawFn) -> bytes:
-    parts = st.one_of(string_fields(), st.binary(min_size=1, max_size=9))
-    return b"".join(draw(st.lists(parts, max_size=12)))
+def layout_bodies(draw: st.DrawFn, frame_type: int) -> bytes:
+    """A body following the layout of ``frame_type`` for some version, with random values."""
+    out = b""
+    for token in LAYOUTS[frame_type].split():
+        if token.startswith("?"):
+            if not draw(st.booleans()):
+                continue
+            token = token[1:]
+        if token == "s":
+            out += draw(string_fields())
+        elif token == "*":
+            out += draw(st.binary(max_size=16))
+        else:
+            width = int(token) if token != "q" else draw(st.sampled_from([4, 8]))
+            out += draw(st.binary(min_size=width, max_size=width))
+    return out
 
 
 @st.composite
 def headed_frames(draw: st.DrawFn) -> bytes:
     """A valid header byte and varint, then a body that may or may not match the layout."""
-    header = draw(FRAME_TYPES) << 4 | draw(st.integers(0, 15))
-    body = draw(st.one_of(plausible_bodies(), st.binary(max_size=120)))
+    frame_type = draw(FRAME_TYPES)
+    header = bytes([frame_type << 4 | draw(st.integers(0, 15))])
+    if frame_type in (7, 8):  # PING, PONG: one byte
+        return header
+    if draw(st.integers(0, 3)) > 0:
+        body = draw(layout_bodies(frame_type))
+    else:
+        body = b"".join(draw(st.lists(st.one_of(INT_FIELDS, string_fields()), max_size=12)))
     # Mostly the exact body length, so the body decoder is exercised; sometimes a length that
-    # is too short or too long.
-    length = draw(st.one_of(st.just(len(body)), st.integers(0, len(body) + 8)))
-    trailer = draw(st.binary(max_size=8))
-    return bytes([header]) + encode_varint(length) + body + trailer
+    # is too short or too long, or a few stray bytes after the body.
+    if draw(st.integers(0, 7)) == 0:
+        length = draw(st.integers(0, len(body) + 8))
+    else:
+        length = len(body)
+        body += draw(st.binary(max_size=2)) if draw(st.integers(0, 7)) == 0 else b""
+    return header + encode_varint(length) + body
 
 
 @st.composite
