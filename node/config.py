@@ -75,7 +75,6 @@ class MessagesSection:
     commit_window_ms: float = 1.0
     """How long the send pipeline gathers SENDs into one batch before it commits."""
     max_batch: int = 512
-    send_timeout_s: float = 10.0
 
 
 @dataclass

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,15 @@ def start_node(tmp_path: Path, node_id: int = 1, **settings: Any) -> NodeProcess
     )
     proc.start()
     return proc
+
+
+def eventually(check: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
+    """Poll an externally observable condition until it holds. Only for state that offers no
+    event to wait on (say, the server noticing a closed socket, seen through the HTTP API)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
+        time.sleep(0.02)
 
 
 class Api:

@@ -1,0 +1,177 @@
+"""The HTTP API of the first issue against a real node: valid input, and bad input answered
+with 400 and a message that names the problem."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import pytest
+import trio
+
+from client.wkproto import open_client
+from node.devcluster import NodeProcess
+from tests.conftest import Api, eventually
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_health_and_route(node: NodeProcess, api: Api) -> None:
+    assert api.http.get("/health").json() == {"status": "ok"}
+    route = api.http.get("/route").json()
+    assert route["tcp_addr"] == node.endpoints["tcp"]
+    assert route["ws_addr"] == node.endpoints["ws"]
+
+
+def test_unknown_route_and_method(api: Api) -> None:
+    assert api.http.get("/nope").status_code == 404
+    assert api.http.get("/message/send").status_code == 405
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "names"),
+    [
+        ("/user/token", {"token": "t"}, "uid"),
+        ("/user/token", {"uid": "a@b", "token": "t"}, "uid"),
+        ("/user/token", {"uid": "a", "token": ""}, "token"),
+        ("/user/token", {"uid": "a", "token": "t", "device_flag": 7}, "device_flag"),
+        ("/user/token", {"uid": "a", "token": "t", "device_level": "1"}, "device_level"),
+        ("/user/device_quit", {"uid": ""}, "uid"),
+        ("/channel", {"channel_type": 2}, "channel_id"),
+        ("/channel", {"channel_id": "g", "channel_type": 99}, "channel_type"),
+        ("/channel", {"channel_id": "g", "channel_type": 2, "subscribers": "a"}, "subscribers"),
+        ("/channel", {"channel_id": "u", "channel_type": 1, "subscribers": ["a"]}, "person"),
+        ("/channel", {"channel_id": "g", "channel_type": 2, "ban": 2}, "ban"),
+        ("/channel/subscriber_add", {"channel_id": "g", "channel_type": 2}, "subscribers"),
+        ("/message/send", {"channel_id": "g", "channel_type": 2}, "payload"),
+        ("/message/send", {"channel_id": "g", "channel_type": 2, "payload": "%%"}, "base64"),
+        ("/message/send", {"channel_id": "g", "payload": "aGk="}, "channel_type"),
+        ("/message/send", {"channel_id": "g", "channel_type": 9, "payload": "aGk="}, "9"),
+        ("/message/send", {"channel_id": "b", "channel_type": 1, "payload": "aGk="}, "from_uid"),
+        (
+            "/message/send",
+            {"from_uid": "a", "channel_id": "x@y", "channel_type": 1, "payload": "aGk="},
+            "party",
+        ),
+        (
+            "/message/send",
+            {
+                "from_uid": "a",
+                "channel_id": "g",
+                "channel_type": 2,
+                "payload": "aGk=",
+                "expire": -1,
+            },
+            "expire",
+        ),
+    ],
+)
+def test_bad_input_is_400_naming_the_problem(api: Api, path: str, body: object, names: str) -> None:
+    resp = api.post(path, body)
+    assert resp.status_code == 400, resp.text
+    data = resp.json()
+    assert data["status"] == 400 and names in data["msg"], data
+
+
+def test_malformed_bodies(api: Api) -> None:
+    for raw in (b"", b"{not json", b"[1,2]"):
+        resp = api.http.post("/user/token", content=raw)
+        assert resp.status_code == 400 and resp.json()["msg"], raw
+    resp = api.http.post("/user/onlinestatus", content=b'{"uid":"a"}')
+    assert resp.status_code == 400 and "list" in resp.json()["msg"]
+
+
+def test_oversized_body_is_413(api: Api) -> None:
+    resp = api.http.post("/message/send", content=b"x" * (3 * 1024 * 1024))
+    assert resp.status_code == 413
+
+
+def test_message_send_is_synchronous_and_deduplicated(node: NodeProcess, api: Api) -> None:
+    api.token("alice", "ta")
+    api.token("bob", "tb")
+    api.ok("/channel", {"channel_id": "team", "channel_type": 2, "subscribers": ["alice", "bob"]})
+    host, port = node.endpoints["tcp"].rsplit(":", 1)
+    sent: dict[str, object] = {}
+
+    async def main() -> None:
+        async with open_client(host, int(port), uid="bob", token="tb") as bob:
+            body = {
+                "from_uid": "alice",
+                "channel_id": "team",
+                "channel_type": 2,
+                "payload": b64(b'{"type":1,"content":"standup"}'),
+                "client_msg_no": "api-1",
+                "header": {"red_dot": 1},
+            }
+            async with httpx.AsyncClient(base_url=node.endpoints["http"]) as http:
+                first = (await http.post("/message/send", json=body)).json()
+                again = (await http.post("/message/send", json=body)).json()
+            assert first == again
+            assert first["message_seq"] == 1 and first["client_msg_no"] == "api-1"
+            assert first["message_idstr"] == str(first["message_id"])
+            msg = await bob.recv()
+            assert (msg.message_id, msg.message_seq) == (first["message_id"], 1)
+            assert msg.from_uid == "alice" and msg.payload == b'{"type":1,"content":"standup"}'
+            assert msg.flags & 0x02  # red dot carried
+            sent.update(first)
+
+    trio.run(main)
+    # A person message through the API, from alice's point of view to bob.
+    person = api.ok(
+        "/message/send",
+        {"from_uid": "alice", "channel_id": "bob", "channel_type": 1, "payload": b64(b"hey")},
+    )
+    assert person["message_seq"] == 1 and person["client_msg_no"]
+
+
+def test_message_send_refusals(api: Api) -> None:
+    resp = api.post(
+        "/message/send",
+        {"from_uid": "a", "channel_id": "ghost", "channel_type": 2, "payload": "aGk="},
+    )
+    assert resp.status_code == 404 and resp.json()["reason"] == 5
+    api.ok("/channel", {"channel_id": "frozen", "channel_type": 2, "subscribers": ["a"], "ban": 1})
+    resp = api.post(
+        "/message/send",
+        {"from_uid": "a", "channel_id": "frozen", "channel_type": 2, "payload": "aGk="},
+    )
+    assert resp.status_code == 403 and resp.json()["reason"] == 19
+
+
+def test_channel_subscribers_reset_and_remove(node: NodeProcess, api: Api) -> None:
+    api.token("carol", "tc")
+    api.ok("/channel", {"channel_id": "club", "channel_type": 2, "subscribers": ["carol", "dave"]})
+    api.ok(
+        "/channel/subscriber_remove",
+        {"channel_id": "club", "channel_type": 2, "subscribers": ["carol"]},
+    )
+    host, port = node.endpoints["tcp"].rsplit(":", 1)
+
+    async def main() -> None:
+        async with open_client(host, int(port), uid="carol", token="tc") as carol:
+            assert (await carol.send("club", 2, b"x")).reason_code == 3  # no longer a member
+            api.ok(
+                "/channel/subscriber_add",
+                {"channel_id": "club", "channel_type": 2, "subscribers": ["carol"], "reset": 1},
+            )
+            assert (await carol.send("club", 2, b"y")).ok
+            api.ok("/channel/info", {"channel_id": "club", "channel_type": 2, "disband": 1})
+            assert (await carol.send("club", 2, b"z")).reason_code == 24
+
+    trio.run(main)
+
+
+def test_onlinestatus_lists_only_online_users(node: NodeProcess, api: Api) -> None:
+    api.token("erin", "te", device_flag=1)
+    host, port = node.endpoints["tcp"].rsplit(":", 1)
+
+    async def main() -> None:
+        async with open_client(host, int(port), uid="erin", token="te", device_flag=1):
+            assert api.ok("/user/onlinestatus", ["erin", "frank"]) == [
+                {"uid": "erin", "device_flag": 1, "online": 1}
+            ]
+
+    trio.run(main)
+    eventually(lambda: api.ok("/user/onlinestatus", ["erin"]) == [], what="erin offline")
