@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import ClientClosed, ClientError, ConnectRefused
+from .errors import ClientClosed, ClientError, ClosedBeforeConnack, ConnectRefused
 
 if TYPE_CHECKING:
     from .wkproto import ReceivedMessage, SendResult, WKClient, open_client, open_client_over
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ClientClosed",
     "ClientError",
+    "ClosedBeforeConnack",
     "ConnectRefused",
     "ReceivedMessage",
     "SendResult",

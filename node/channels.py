@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 import zlib
 
 from proto.wkproto import ChannelType
@@ -22,7 +23,9 @@ def id_problem(value: str, what: str = "uid") -> str | None:
     bad = _FORBIDDEN.intersection(value)
     if bad:
         return f"{what} contains a reserved character: {''.join(sorted(bad))}"
-    if any(c.isspace() or ord(c) < 0x20 for c in value):
+    # Unicode categories C* are control, format, surrogate, private-use and unassigned code
+    # points: none belongs in an identifier that is logged, hashed and compared byte for byte.
+    if any(c.isspace() or unicodedata.category(c).startswith("C") for c in value):
         return f"{what} contains whitespace or control characters"
     return None
 
@@ -52,6 +55,10 @@ def canonical_channel_id(sender_uid: str, channel_id: str, channel_type: int) ->
         return channel_id
     if "@" in channel_id:
         a, b = person_parties(channel_id)
+        for party in (a, b):
+            problem = id_problem(party, "person channel party")
+            if problem is not None:
+                raise ValueError(problem)
         if sender_uid not in (a, b):
             raise ValueError("sender is not a party of this person channel")
         return person_channel_id(a, b)

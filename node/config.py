@@ -8,6 +8,7 @@ silently fall back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 ENV_PREFIX = "RAFTCHAT_"
+_LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(Exception):
@@ -107,8 +109,25 @@ class Config:
                 raise ConfigError(f"devices.{name} must be at least 1")
         if self.log.format not in ("json", "text"):
             raise ConfigError(f"log.format must be 'json' or 'text', got {self.log.format!r}")
-        if self.gateway.auth_timeout_s <= 0 or self.gateway.idle_timeout_s <= 0:
-            raise ConfigError("gateway timeouts must be positive")
+        if self.log.level.lower() not in _LOG_LEVELS:
+            raise ConfigError(f"log.level must be one of {', '.join(_LOG_LEVELS)}")
+        # "not x > 0" rather than "x <= 0": NaN fails every comparison and must be refused too.
+        for key in (
+            "gateway.auth_timeout_s",
+            "gateway.idle_timeout_s",
+            "gateway.kick_close_delay_s",
+        ):
+            sect, name = key.split(".")
+            value = getattr(getattr(self, sect), name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{key} must be a positive number of seconds, got {value}")
+        window = self.messages.commit_window_ms
+        if not (math.isfinite(window) and window >= 0):
+            raise ConfigError(f"messages.commit_window_ms must be >= 0, got {window}")
+        if self.messages.max_batch < 1:
+            raise ConfigError("messages.max_batch must be at least 1")
+        if self.http.max_body_bytes < 1024:
+            raise ConfigError("http.max_body_bytes must be at least 1024")
 
 
 def _coerce(key: str, value: Any, typ: type) -> Any:

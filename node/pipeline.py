@@ -16,6 +16,7 @@ import trio
 
 from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
 
+from .channels import MAX_ID_BYTES
 from .ids import SnowflakeIds
 from .log import get_logger
 from .storage import MessageRecord, Store
@@ -54,6 +55,29 @@ class SendOutcome:
     @property
     def ok(self) -> bool:
         return self.reason == ReasonCode.SUCCESS
+
+
+MAX_CLIENT_MSG_NO_BYTES = 128
+MAX_TOPIC_BYTES = 255
+MAX_STREAM_NO_BYTES = 128
+
+
+def request_problem(req: SendRequest) -> str | None:
+    """Why a send cannot be stored as given, or ``None``. The gateway and the HTTP API check
+    this first to answer precisely; the pipeline checks again so that nothing unstorable can
+    reach a write batch."""
+    for name, value, limit in (
+        ("client_msg_no", req.client_msg_no, MAX_CLIENT_MSG_NO_BYTES),
+        ("topic", req.topic, MAX_TOPIC_BYTES),
+        ("stream_no", req.stream_no, MAX_STREAM_NO_BYTES),
+        ("channel_id", req.channel_id, 2 * MAX_ID_BYTES + 1),
+        ("from_uid", req.from_uid, MAX_ID_BYTES),
+    ):
+        if len(value.encode()) > limit:
+            return f"{name} is longer than {limit} bytes"
+    if not 0 <= req.expire <= 0xFFFFFFFF:
+        return "expire must fit 32 bits"
+    return None
 
 
 Callback = Callable[[SendOutcome], None]
@@ -123,23 +147,26 @@ class SendPipeline:
         outcomes: list[SendOutcome] = []
         fresh: list[tuple[MessageRecord, int | None]] = []
         in_batch: dict[tuple[int, str, str, str], SendOutcome] = {}
-        for req, _ in batch:
-            outcome, record = self._prepare(req, now_ms, in_batch)
-            outcomes.append(outcome)
-            if record is not None:
-                if record.message_seq:
-                    wb.append_message(record)
-                fresh.append((record, req.origin_conn))
         try:
+            for req, _ in batch:
+                outcome, record = self._prepare(req, now_ms, in_batch)
+                outcomes.append(outcome)
+                if record is not None:
+                    if record.message_seq:
+                        wb.append_message(record)
+                    fresh.append((record, req.origin_conn))
             if fresh:
                 self._store.write(wb)
-                await trio.to_thread.run_sync(self._store.flush_wal)
         except Exception:
+            # Nothing of the batch was written (a RocksDB write is atomic): a definite failure.
             log.exception("commit failed; batch answered with SystemError", size=len(batch))
-            # The head cache may be ahead of what is stored: drop it so it is re-read.
-            self._heads.clear()
+            self._heads.clear()  # the head cache may be ahead of the store: re-read it
             outcomes = [SendOutcome(ReasonCode.SYSTEM_ERROR) for _ in batch]
             fresh = []
+        if fresh:
+            # A failed fsync leaves the batch neither surely durable nor surely absent, so no
+            # answer would be honest: stop the node (fail-stop) instead of acknowledging.
+            await trio.to_thread.run_sync(self._store.flush_wal)
         self.committed_batches += 1
         self.committed_messages += len(fresh)
         for (_, done), outcome in zip(batch, outcomes, strict=True):
@@ -154,6 +181,8 @@ class SendPipeline:
         in_batch: dict[tuple[int, str, str, str], SendOutcome],
     ) -> tuple[SendOutcome, MessageRecord | None]:
         """Decide one send: refuse it, answer it from dedupe, or build its record."""
+        if request_problem(req) is not None:
+            return SendOutcome(ReasonCode.PAYLOAD_DECODE_ERROR), None
         reason = self._permission(req)
         if reason != ReasonCode.SUCCESS:
             return SendOutcome(reason), None

@@ -44,7 +44,7 @@ from proto.wkproto.crypto import KeyPair, SessionCipher, new_salt, recv_sign, se
 from ..channels import canonical_channel_id, id_problem, view_channel_id
 from ..config import Config
 from ..log import get_logger
-from ..pipeline import SYSTEM_UID, SendOutcome, SendPipeline, SendRequest
+from ..pipeline import SYSTEM_UID, SendOutcome, SendPipeline, SendRequest, request_problem
 from ..sessions import SessionRegistry
 from ..storage import MessageRecord, Store
 from .transport import Transport
@@ -352,6 +352,11 @@ class Session:
             stream_no=s.stream_no,
             origin_conn=self.conn_id,
         )
+        problem = request_problem(request)
+        if problem is not None:
+            log.info("SEND field out of limits", **self._fields(), problem=problem)
+            answer(SendOutcome(ReasonCode.PAYLOAD_DECODE_ERROR))
+            return
         self._ctx.pipeline.submit_nowait(request, answer)
 
     # --- delivery -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from proto.wkproto import ChannelType, DeviceFlag, DeviceLevel, HeaderFlag, Reas
 from ..channels import canonical_channel_id, id_problem
 from ..config import Config
 from ..meta import MetaWriter
-from ..pipeline import SYSTEM_UID, SendPipeline, SendRequest
+from ..pipeline import SYSTEM_UID, SendPipeline, SendRequest, request_problem
 from ..sessions import SessionRegistry
 from ..storage import ChannelInfo, DeviceRecord, Store
 from .fields import get_flag, get_int, get_str, get_str_list
@@ -193,18 +193,20 @@ def build_router(ctx: ApiContext) -> Router:
                 flags |= bit
         client_msg_no = get_str(body, "client_msg_no") or uuid.uuid4().hex
         expire = get_int(body, "expire", minimum=0, maximum=0xFFFFFFFF)
-        outcome = await ctx.pipeline.submit(
-            SendRequest(
-                from_uid=from_uid,
-                channel_id=canonical,
-                channel_type=channel_type,
-                client_msg_no=client_msg_no,
-                payload=payload,
-                flags=flags,
-                expire=expire,
-                trusted=True,
-            )
+        request = SendRequest(
+            from_uid=from_uid,
+            channel_id=canonical,
+            channel_type=channel_type,
+            client_msg_no=client_msg_no,
+            payload=payload,
+            flags=flags,
+            expire=expire,
+            trusted=True,
         )
+        problem = request_problem(request)
+        if problem is not None:
+            raise bad_request(problem)
+        outcome = await ctx.pipeline.submit(request)
         if outcome.reason == ReasonCode.CHANNEL_NOT_EXIST:
             raise ApiError(404, f"channel {channel_id} does not exist", reason=outcome.reason)
         if outcome.reason == ReasonCode.SYSTEM_ERROR:

@@ -225,6 +225,21 @@ def test_bad_msg_key_is_refused_and_session_survives(enc_node: NodeProcess) -> N
     trio.run(main)
 
 
+def test_oversized_fields_are_refused_precisely(enc_node: NodeProcess) -> None:
+    a, b = users(enc_node, "a", "b")
+    host, port = addr(enc_node)
+
+    async def main() -> None:
+        async with open_client(host, port, uid=a, token=f"tok-{a}") as ca:
+            res = await ca.send(b, 1, b"x", client_msg_no="n" * 20_000)
+            assert res.reason_code == ReasonCode.PAYLOAD_DECODE_ERROR
+            res = await ca.send("c" * 100, 2, b"x")
+            assert res.reason_code == ReasonCode.CHANNEL_ID_ERROR
+            assert (await ca.send(b, 1, b"fine")).message_seq == 1
+
+    trio.run(main)
+
+
 async def _other_client_still_works(node: NodeProcess) -> None:
     a, b = users(node, "a", "b")
     host, port = addr(node)

@@ -66,6 +66,27 @@ def test_unknown_route_and_method(api: Api) -> None:
             },
             "expire",
         ),
+        (
+            "/message/send",
+            {
+                "from_uid": "a",
+                "channel_id": "b",
+                "channel_type": 1,
+                "payload": "aGk=",
+                "client_msg_no": "x" * 70_000,
+            },
+            "client_msg_no",
+        ),
+        (
+            "/message/send",
+            {
+                "from_uid": "a",
+                "channel_id": "a@" + "y" * 70_000,
+                "channel_type": 1,
+                "payload": "aGk=",
+            },
+            "longer",
+        ),
     ],
 )
 def test_bad_input_is_400_naming_the_problem(api: Api, path: str, body: object, names: str) -> None:
