@@ -841,6 +841,22 @@ def test_send_bytes_writes_raw_bytes(transport: Transport) -> None:
     run(lambda: session(transport, peer_side, client_side))
 
 
+def test_a_stalled_write_gives_up_the_connection() -> None:
+    async def main() -> None:
+        # Lockstep: a write completes only once the other side has read it.
+        client_stream, server_stream = trio.testing.lockstep_stream_pair()
+        peer = Peer.over_stream(server_stream)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer.accept_login)
+            async with open_client_over(client_stream, uid="alice", token="t") as client:
+                # The peer no longer reads; the shielded write outlives the send's own timeout.
+                with pytest.raises(ClientClosed, match="stalled"):
+                    await client.send("bob", 1, b"x", timeout_s=1)
+                assert client.closed.is_set()
+
+    run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 def test_undecodable_server_data_closes_the_client() -> None:
     async def peer_side(peer: Peer) -> None:
         await peer.accept_login()
@@ -928,3 +944,22 @@ def test_ws_path_and_frames_spanning_or_sharing_messages() -> None:
         assert [(await client.recv()).payload for _ in range(3)] == [b"one", b"two", b"three"]
 
     run(lambda: session("ws", peer_side, client_side, ws_path="/wkproto"))
+
+
+def test_ws_rejected_handshake_raises_connection_rejected() -> None:
+    async def main() -> None:
+        async def reject(request: trio_websocket.WebSocketRequest) -> None:
+            await request.reject(404)
+
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                partial(trio_websocket.serve_websocket, reject, "127.0.0.1", 0, None)
+            )
+            with pytest.raises(trio_websocket.ConnectionRejected):
+                async with open_client(
+                    "127.0.0.1", server.port, uid="a", token="t", transport="ws", ws_path="/x"
+                ):
+                    pass
+            nursery.cancel_scope.cancel()
+
+    run(main)
