@@ -56,7 +56,7 @@ def test_shared_secret_and_its_digest() -> None:
 def test_aes_key_is_the_same_on_both_sides() -> None:
     assert KeyPair(SERVER_PRIVATE).aes_key(CLIENT_KEY) == AES_KEY
     assert KeyPair(CLIENT_PRIVATE).aes_key(SERVER_KEY) == AES_KEY
-    assert AES_KEY == SHARED_MD5[:16].encode()
+    assert SHARED_MD5[:16].encode() == AES_KEY
 
 
 def test_payload_ciphertext(cipher: SessionCipher) -> None:

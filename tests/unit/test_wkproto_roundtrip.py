@@ -9,6 +9,7 @@ version drops, and ``normalize`` states what must survive. ``test_wkproto_fuzz``
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from itertools import accumulate, pairwise
 
@@ -62,13 +63,16 @@ def carries_stream(version: int, setting: int) -> bool:
     return 2 <= version < 5 and bool(setting & STREAM)
 
 
+NIBBLE = st.integers(0, 0x0F)
+
+
 def seq_strategy(version: int) -> st.SearchStrategy[int]:
     return U64 if version >= 6 else U32
 
 
 def flags_strategy(exact: bool) -> st.SearchStrategy[int]:
     # Only the low nibble of the header carries flags.
-    return st.integers(0, 0x0F) if exact else U8
+    return NIBBLE if exact else U8
 
 
 FrameStrategy = Callable[[int, bool], st.SearchStrategy[Frame]]
@@ -234,9 +238,15 @@ FRAME_STRATEGIES: dict[str, FrameStrategy] = {
 }
 
 
+@functools.cache  # building and validating strategies is costly; they are immutable
+def frame_strategy(kind: str, version: int, exact: bool = True) -> st.SearchStrategy[Frame]:
+    return FRAME_STRATEGIES[kind](version, exact)
+
+
+@functools.cache
 def frames_at(version: int, exact: bool = True) -> st.SearchStrategy[Frame]:
     """Any frame type, with values a session of ``version`` can carry (when ``exact``)."""
-    return st.one_of([make(version, exact) for make in FRAME_STRATEGIES.values()])
+    return st.one_of([frame_strategy(kind, version, exact) for kind in FRAME_STRATEGIES])
 
 
 def normalize(frame: Frame, version: int) -> Frame:
@@ -300,7 +310,7 @@ KIND_VERSION = [
 @settings(derandomize=True, deadline=None, max_examples=60)
 @given(data=st.data())
 def test_round_trip(kind: str, version: int, data: st.DataObject) -> None:
-    frame = data.draw(FRAME_STRATEGIES[kind](version, True), label="frame")
+    frame = data.draw(frame_strategy(kind, version), label="frame")
     wire = encode(frame, version)
     assert decode(wire, version) == frame
     assert wire[0] >> 4 == frame.frame_type

@@ -1,0 +1,1 @@
+"""Raft replication of opaque commands on pysyncobj, driven by one thread per node."""

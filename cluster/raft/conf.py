@@ -1,0 +1,61 @@
+"""pysyncobj settings for raftchat's groups, tuned together (stack findings §2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pysyncobj import SyncObjConf
+
+from .snapshot import CheckpointSnapshots
+
+
+@dataclass(frozen=True)
+class RaftTiming:
+    tick_interval_s: float = 0.05
+    """The driver's poll timeout when nothing happens (heartbeats, election deadlines)."""
+    heartbeat_s: float = 0.1
+    """``appendEntriesPeriod``: a leader's idle AppendEntries interval."""
+    election_min_s: float = 0.5
+    election_max_s: float = 1.0
+    connection_timeout_s: float = 1.0
+    connection_retry_s: float = 0.3
+    """Must be short together with the timeouts: followers can only start an election while
+    connected to someone, and the default 5 s retry made failover take seconds."""
+    leader_fallback_s: float = 1.5
+    """A leader without a majority for this long steps down (default 30 s)."""
+    compaction_entries: int = 5000
+    compaction_interval_s: float = 300.0
+
+
+def make_conf(
+    *,
+    password: str | None,
+    bind_address: str,
+    journal_file: str,
+    dump_file: str,
+    snapshots: CheckpointSnapshots | None,
+    timing: RaftTiming,
+) -> SyncObjConf:
+    kwargs = {}
+    if snapshots is not None:
+        kwargs = {"serializer": snapshots.serialize, "deserializer": snapshots.deserialize}
+    return SyncObjConf(
+        autoTick=False,
+        appendEntriesUseBatch=False,
+        appendEntriesPeriod=timing.heartbeat_s,
+        raftMinTimeout=timing.election_min_s,
+        raftMaxTimeout=timing.election_max_s,
+        connectionTimeout=timing.connection_timeout_s,
+        connectionRetryTime=timing.connection_retry_s,
+        leaderFallbackTimeout=timing.leader_fallback_s,
+        bindAddress=bind_address,
+        password=password,
+        journalFile=journal_file,
+        fullDumpFile=dump_file,
+        useFork=False,
+        dynamicMembershipChange=True,
+        logCompactionMinEntries=timing.compaction_entries,
+        logCompactionMinTime=timing.compaction_interval_s,
+        commandsWaitLeader=True,
+        **kwargs,
+    )

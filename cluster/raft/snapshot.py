@@ -1,0 +1,182 @@
+"""Snapshots of a group's state as RocksDB checkpoints, never as pickles of the data.
+
+pysyncobj compacts its log by calling our serializer with the Raft metadata of the last applied
+entry. We take a checkpoint of the state machine (hard links: cheap) and write a small metadata
+file that names it; that is the local snapshot. Only when a follower is behind the compacted log
+does the leader need to ship a snapshot: then a tar of the metadata and the checkpoint is built
+in a background thread and streamed through pysyncobj's chunked transmission. The follower's
+deserializer unpacks it and installs the checkpoint when its own state is older.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import shutil
+import tarfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pysyncobj.serializer import Serializer
+
+if TYPE_CHECKING:
+    from .group import ReplicatedGroup, StateMachine
+
+log = logging.getLogger("raftchat.raft.snapshot")
+
+META_MAGIC = b"RAFTCHAT-SNAPSHOT-1\n"
+TAR_MAGIC_OFFSET = 257  # "ustar" lives here in every tar header
+
+
+class CheckpointSnapshots:
+    def __init__(self, machine: StateMachine, directory: str | Path) -> None:
+        self.machine = machine
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.installed = 0
+        self.taken = 0
+
+    # --- pysyncobj serializer hooks (driver thread) ---------------------------------------
+
+    def serialize(self, file_name: str, raft_data: Any) -> None:
+        index = int(raft_data[0][1])
+        name = f"ckpt-{index}"
+        target = self.dir / name
+        if not target.exists():
+            self.machine.checkpoint(str(target))
+        for old in self.dir.glob("ckpt-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        meta = {"index": index, "checkpoint": name, "raft": raft_data}
+        with open(file_name, "wb") as f:
+            f.write(META_MAGIC + pickle.dumps(meta))
+        self.taken += 1
+
+    def deserialize(self, file_name: str) -> Any:
+        with open(file_name, "rb") as f:
+            head = f.read(TAR_MAGIC_OFFSET + 8)
+        if head.startswith(META_MAGIC):
+            meta = _read_meta(Path(file_name))
+            checkpoint = self.dir / meta["checkpoint"]
+        elif head[TAR_MAGIC_OFFSET : TAR_MAGIC_OFFSET + 5] == b"ustar":
+            meta, checkpoint = self._unpack(Path(file_name))
+        else:
+            raise ValueError(f"{file_name} is not a raftchat snapshot")
+        if self.machine.applied_index() < meta["index"]:
+            log.info("installing snapshot at index %d", meta["index"])
+            self.machine.install(str(checkpoint))
+            self.installed += 1
+        return meta["raft"]
+
+    def _unpack(self, tar_path: Path) -> tuple[dict[str, Any], Path]:
+        incoming = self.dir / "incoming"
+        shutil.rmtree(incoming, ignore_errors=True)
+        incoming.mkdir()
+        with tarfile.open(tar_path) as tar:
+            tar.extractall(incoming, filter="data")
+        meta = _read_meta(incoming / "meta")
+        target = self.dir / meta["checkpoint"]
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(incoming / "checkpoint", target)
+        shutil.rmtree(incoming, ignore_errors=True)
+        # Rewrite the dump file as a plain metadata file pointing at the local checkpoint, so a
+        # restart does not unpack the tar again.
+        with open(tar_path, "wb") as f:
+            f.write(META_MAGIC + pickle.dumps(meta))
+        return meta, target
+
+    # --- shipping to a follower (leader side) ---------------------------------------------
+
+    def build_transfer(self, dump_file: str, out_path: Path) -> None:
+        meta = _read_meta(Path(dump_file))
+        tmp = out_path.with_suffix(".tmp")
+        with tarfile.open(tmp, "w") as tar:
+            raw = META_MAGIC + pickle.dumps(meta)
+            info = tarfile.TarInfo("meta")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+            tar.add(self.dir / meta["checkpoint"], arcname="checkpoint")
+        os.replace(tmp, out_path)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    raw = path.read_bytes()
+    if not raw.startswith(META_MAGIC):
+        raise ValueError(f"{path} is not snapshot metadata")
+    meta: dict[str, Any] = pickle.loads(raw[len(META_MAGIC) :])
+    return meta
+
+
+class _Transfer:
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.failed = False
+        self.file: Any = None
+        self.sent = 0
+
+
+class CheckpointTransmitter(Serializer):  # type: ignore[misc]
+    """pysyncobj's Serializer, except that what it transmits to a follower is a tar of the
+    snapshot metadata and its checkpoint, built off the driver thread."""
+
+    def __init__(
+        self, file_name: str, batch_size: int, snapshots: CheckpointSnapshots, **kw: Any
+    ) -> None:
+        super().__init__(file_name, batch_size, False, **kw)
+        self._file_name = file_name
+        self._batch = batch_size
+        self._snapshots = snapshots
+        self._transfers: dict[Any, _Transfer] = {}
+
+    def getTransmissionData(self, transmission_id: Any) -> Any:  # pysyncobj names it so
+        xfer = self._transfers.get(transmission_id)
+        if xfer is None:
+            xfer = self._transfers[transmission_id] = _Transfer()
+            out = self._snapshots.dir / f"xfer-{abs(hash(transmission_id))}.tar"
+            threading.Thread(
+                target=self._build, args=(xfer, out), name="snapshot-xfer", daemon=True
+            ).start()
+            return None
+        if not xfer.ready.is_set():
+            return None  # pysyncobj asks again on its next append round
+        if xfer.failed:
+            self._transfers.pop(transmission_id, None)
+            return None
+        data = xfer.file.read(self._batch)
+        first = xfer.sent == 0
+        xfer.sent += len(data)
+        last = len(data) == 0
+        if last:
+            self.cancelTransmisstion(transmission_id)
+        return data, first, last
+
+    def _build(self, xfer: _Transfer, out: Path) -> None:
+        try:
+            self._snapshots.build_transfer(self._file_name, out)
+            xfer.file = open(out, "rb")  # noqa: SIM115 - closed when the transfer ends
+            out.unlink()  # the open handle keeps the data; nothing to clean up later
+        except Exception:
+            log.exception("building a snapshot transfer failed")
+            xfer.failed = True
+        xfer.ready.set()
+
+    def cancelTransmisstion(self, transmission_id: Any) -> None:  # pysyncobj names it so
+        xfer = self._transfers.pop(transmission_id, None)
+        if xfer is not None and xfer.file is not None:
+            xfer.file.close()
+
+
+def install_checkpoint_transmitter(group: ReplicatedGroup, snapshots: CheckpointSnapshots) -> None:
+    """Swap the group's pysyncobj Serializer for the checkpoint-shipping one."""
+    conf = group._SyncObj__conf
+    group._SyncObj__serializer = CheckpointTransmitter(
+        conf.fullDumpFile,
+        conf.logCompactionBatchSize,
+        snapshots,
+        serializer=conf.serializer,
+        deserializer=conf.deserializer,
+        serializeChecker=conf.serializeChecker,
+    )
