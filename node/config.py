@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from cluster.placement import NodeAddress, parse_nodes
+
 ENV_PREFIX = "RAFTCHAT_"
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -80,6 +82,28 @@ class MessagesSection:
 
 
 @dataclass
+class ClusterSection:
+    nodes: str = ""
+    """The initial members, ``"1@10.0.0.1,2@10.0.0.2,3@10.0.0.3"``; empty: this node alone."""
+    password: str = ""
+    """Shared secret of the Raft ports (Fernet) and the peer gRPC service (HMAC). Required when
+    the cluster has more than one node."""
+    groups: int = 8
+    """Slot groups the 256 hash slots are spread over."""
+    replicas: int = 3
+    """Replicas per slot group (or every node, when there are fewer)."""
+    raft_port: int = 12000
+    """Slot group g listens on ``raft_port + g`` on the node's address."""
+    grpc_port: int = 11110
+    forward_timeout_s: float = 5.0
+    """How long a node retries a request whose group leader moves or is unknown."""
+    proposal_timeout_s: float = 3.0
+    heartbeat_s: float = 0.1
+    election_min_s: float = 0.5
+    election_max_s: float = 1.0
+
+
+@dataclass
 class LogSection:
     level: str = "info"
     format: str = "json"
@@ -94,6 +118,7 @@ class Config:
     http: HttpSection = field(default_factory=HttpSection)
     auth: AuthSection = field(default_factory=AuthSection)
     messages: MessagesSection = field(default_factory=MessagesSection)
+    cluster: ClusterSection = field(default_factory=ClusterSection)
     log: LogSection = field(default_factory=LogSection)
 
     def validate(self) -> None:
@@ -128,6 +153,47 @@ class Config:
             raise ConfigError("messages.max_batch must be at least 1")
         if self.http.max_body_bytes < 1024:
             raise ConfigError("http.max_body_bytes must be at least 1024")
+        self._validate_cluster()
+
+    def cluster_nodes(self) -> list[NodeAddress]:
+        """The initial members; this node alone when ``cluster.nodes`` is empty."""
+        if not self.cluster.nodes.strip():
+            return [NodeAddress(self.node.id, self.node.host)]
+        return parse_nodes(self.cluster.nodes)
+
+    def _validate_cluster(self) -> None:
+        c = self.cluster
+        try:
+            nodes = self.cluster_nodes()
+        except ValueError as e:
+            raise ConfigError(f"cluster.nodes: {e}") from None
+        mine = [n for n in nodes if n.node_id == self.node.id]
+        if not mine:
+            raise ConfigError(f"cluster.nodes does not list this node (node.id {self.node.id})")
+        if mine[0].host != self.node.host:
+            raise ConfigError(
+                f"cluster.nodes gives node {self.node.id} the address {mine[0].host}, "
+                f"but node.host is {self.node.host}"
+            )
+        if len(nodes) > 1 and not c.password:
+            raise ConfigError(
+                "cluster.password is required for a multi-node cluster: without it anyone who "
+                "reaches a Raft port can make the node unpickle arbitrary data"
+            )
+        if not 1 <= c.groups <= 1000:
+            raise ConfigError("cluster.groups must be in 1..1000")
+        if c.replicas < 1:
+            raise ConfigError("cluster.replicas must be at least 1")
+        if not (c.raft_port > 0 and c.raft_port + c.groups < 65536):
+            raise ConfigError("cluster.raft_port + cluster.groups must be a TCP port")
+        if not (c.election_min_s > 3 * c.heartbeat_s > 0 and c.election_max_s > c.election_min_s):
+            raise ConfigError(
+                "cluster timing needs election_max_s > election_min_s > 3 * heartbeat_s > 0"
+            )
+        for key in ("forward_timeout_s", "proposal_timeout_s"):
+            value = getattr(c, key)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"cluster.{key} must be a positive number of seconds")
 
 
 def _coerce(key: str, value: Any, typ: type) -> Any:

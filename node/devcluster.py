@@ -34,8 +34,15 @@ class NodeProcess:
     config_path: str | None = None
     proc: subprocess.Popen[str] | None = None
     endpoints: dict[str, str] = field(default_factory=dict)
+    _ready: _ReadyWatch = field(init=False, repr=False)
 
     def start(self, timeout_s: float = 30.0) -> None:
+        self.launch()
+        self.wait_ready(timeout_s)
+
+    def launch(self) -> None:
+        """Start the process without waiting: cluster members must start together, because a
+        node is ready only once its slot groups have elected leaders."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "a")  # noqa: SIM115 - owned by the child's lifetime
         self.proc = subprocess.Popen(
@@ -49,7 +56,10 @@ class NodeProcess:
         )
         log.close()
         assert self.proc.stdout is not None
-        ready = _wait_ready(self.proc, self.proc.stdout, timeout_s)
+        self._ready = _ReadyWatch(self.proc.stdout)
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        ready = self._ready.wait(timeout_s)
         if ready is None:
             self.stop()
             tail = self.log_path.read_text()[-2000:] if self.log_path.exists() else ""
@@ -74,23 +84,25 @@ class NodeProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
-def _wait_ready(
-    proc: subprocess.Popen[str], stdout: IO[str], timeout_s: float
-) -> dict[str, str] | None:
-    """Read the child's stdout until its ready line; keep draining it afterwards."""
-    found: list[dict[str, str]] = []
-    done = threading.Event()
+class _ReadyWatch:
+    """Reads a child's stdout until its ready line, and keeps draining it afterwards."""
 
-    def pump() -> None:
-        for line in stdout:
-            if not found and line.startswith(READY_PREFIX):
-                found.append(json.loads(line[len(READY_PREFIX) :]))
-                done.set()
-        done.set()
+    def __init__(self, stdout: IO[str]) -> None:
+        self._found: list[dict[str, str]] = []
+        self._done = threading.Event()
+        self._stdout = stdout
+        threading.Thread(target=self._pump, daemon=True).start()
 
-    threading.Thread(target=pump, daemon=True).start()
-    done.wait(timeout_s)
-    return found[0] if found else None
+    def _pump(self) -> None:
+        for line in self._stdout:
+            if not self._found and line.startswith(READY_PREFIX):
+                self._found.append(json.loads(line[len(READY_PREFIX) :]))
+                self._done.set()
+        self._done.set()  # the process ended
+
+    def wait(self, timeout_s: float) -> dict[str, str] | None:
+        self._done.wait(timeout_s)
+        return self._found[0] if self._found else None
 
 
 def node_env(
@@ -110,6 +122,31 @@ def node_env(
     )
     env.update(extra or {})
     return env
+
+
+def cluster_env(
+    hosts: dict[int, str], password: str, extra: dict[str, str] | None = None
+) -> dict[int, dict[str, str]]:
+    """Environment of every member of a local cluster (``hosts``: node id -> address)."""
+    members = ",".join(f"{n}@{h}" for n, h in sorted(hosts.items()))
+    out = {}
+    for node_id in hosts:
+        settings = {"RAFTCHAT_CLUSTER_NODES": members, "RAFTCHAT_CLUSTER_PASSWORD": password}
+        settings.update(extra or {})
+        out[node_id] = settings
+    return out
+
+
+def start_all(nodes: list[NodeProcess], timeout_s: float = 60.0) -> None:
+    """Launch every node, then wait for each to be ready; stop them all on failure."""
+    try:
+        for n in nodes:
+            n.launch()
+        for n in nodes:
+            n.wait_ready(timeout_s)
+    except BaseException:
+        wait_all_stopped(nodes)
+        raise
 
 
 def wait_all_stopped(nodes: list[NodeProcess], timeout_s: float = 10.0) -> None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import hmac
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
+from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import (
     LATEST_VERSION,
     ChannelType,
@@ -44,15 +46,18 @@ from proto.wkproto.crypto import KeyPair, SessionCipher, new_salt, recv_sign, se
 from ..channels import canonical_channel_id, id_problem, view_channel_id
 from ..config import Config
 from ..log import get_logger
-from ..pipeline import SYSTEM_UID, SendOutcome, SendPipeline, SendRequest, request_problem
+from ..pipeline_rules import SYSTEM_UID, request_problem
+from ..router import ClusterUnavailable, Router
 from ..sessions import SessionRegistry
-from ..storage import MessageRecord, Store
+from ..storage import MessageRecord
 from .transport import Transport
 
 log = get_logger("gateway")
 
 OUTBOUND_QUEUE = 4096
 """Frames waiting for a slow client; past this the session is closed and the client resyncs."""
+SENDS_IN_FLIGHT = 256
+"""SENDs of one session being committed at once; past this the session stops reading."""
 
 _conn_ids = itertools.count(1)
 _KNOWN_CHANNEL_TYPES = {int(t) for t in ChannelType}
@@ -62,9 +67,8 @@ _CLIENT_DEVICE_FLAGS = {DeviceFlag.APP, DeviceFlag.WEB, DeviceFlag.PC}
 @dataclass
 class GatewayContext:
     config: Config
-    store: Store
     registry: SessionRegistry
-    pipeline: SendPipeline
+    router: Router
     nursery: trio.Nursery
     """For short tasks that outlive a call (delayed closes after a kick)."""
 
@@ -85,6 +89,8 @@ class Session:
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](OUTBOUND_QUEUE)
         self._scope = trio.CancelScope()
         self._leaving = False
+        self._sends = trio.Semaphore(SENDS_IN_FLIGHT)
+        self._nursery: trio.Nursery | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -93,6 +99,7 @@ class Session:
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     nursery.start_soon(self._writer)
                     try:
                         await self._reader()
@@ -182,14 +189,14 @@ class Session:
         if not isinstance(frame, Connect):
             log.info("first frame is not CONNECT", **self._fields(), frame=type(frame).__name__)
             return
-        if not self._on_connect(frame):
+        if not await self._on_connect(frame):
             return
         while True:
             with trio.move_on_after(gw.idle_timeout_s):
                 frame = await self._next_frame()
                 if frame is None:
                     return
-                if not self._dispatch(frame):
+                if not await self._dispatch(frame):
                     return
                 continue
             log.info("idle timeout, closing", **self._fields())
@@ -197,14 +204,14 @@ class Session:
 
     # --- CONNECT --------------------------------------------------------------------------
 
-    def _on_connect(self, c: Connect) -> bool:
+    async def _on_connect(self, c: Connect) -> bool:
         cfg = self._ctx.config
         # Version 0 (unset) and anything newer than ours run at our latest, as WuKongIM v3 does.
         self.version = LATEST_VERSION if c.version == 0 else min(c.version, LATEST_VERSION)
         self._decoder.version = self.version
         now_ms = int(time.time() * 1000)
         self.uid = c.uid
-        reason, level = self._authenticate(c)
+        reason, level = await self._authenticate(c)
         server_key, salt = "", ""
         if reason == ReasonCode.SUCCESS and cfg.gateway.encryption:
             pair = KeyPair()
@@ -249,7 +256,7 @@ class Session:
         )
         return True
 
-    def _authenticate(self, c: Connect) -> tuple[ReasonCode, int]:
+    async def _authenticate(self, c: Connect) -> tuple[ReasonCode, int]:
         cfg = self._ctx.config
         problem = id_problem(c.uid)
         if problem is not None:
@@ -259,25 +266,32 @@ class Session:
             return ReasonCode.AUTH_FAIL, 0
         if cfg.gateway.encryption and not c.client_key:
             return ReasonCode.CLIENT_KEY_IS_EMPTY, 0
-        own = self._ctx.store.get_channel(ChannelType.PERSON, c.uid)
-        if own is not None and own.ban:
+        try:
+            # A fresh read from the uid's slot group leader: a token set a moment ago counts.
+            auth = await self._ctx.router.read(
+                c.uid, {"q": "auth", "uid": c.uid, "device_flag": c.device_flag}
+            )
+        except ClusterUnavailable as e:
+            log.warning("cannot check the token now", **self._fields(), error=str(e))
+            return ReasonCode.SYSTEM_ERROR, 0
+        if auth["ban"]:
             return ReasonCode.BAN, 0
-        device = self._ctx.store.get_device(c.uid, c.device_flag)
+        device = auth["device"]
         if cfg.auth.token_auth and (
             device is None
-            or not device.token
-            or not hmac.compare_digest(device.token.encode(), c.token.encode())
+            or not device["token"]
+            or not hmac.compare_digest(device["token"].encode(), c.token.encode())
         ):
             return ReasonCode.AUTH_FAIL, 0
-        return ReasonCode.SUCCESS, (device.device_level if device is not None else 0)
+        return ReasonCode.SUCCESS, (int(device["device_level"]) if device is not None else 0)
 
     # --- frames after CONNECT -------------------------------------------------------------
 
-    def _dispatch(self, frame: Frame) -> bool:
+    async def _dispatch(self, frame: Frame) -> bool:
         """Handle one frame; False closes the session."""
         match frame:
             case Send():
-                self._on_send(frame)
+                await self._on_send(frame)
             case Recvack():
                 pass  # Delivery is best effort; clients close gaps by syncing by seq.
             case Ping():
@@ -300,14 +314,14 @@ class Session:
                 return False
         return True
 
-    def _on_send(self, s: Send) -> None:
-        def answer(outcome: SendOutcome) -> None:
+    async def _on_send(self, s: Send) -> None:
+        def answer(reason: int, message_id: int = 0, message_seq: int = 0) -> None:
             self._enqueue(
                 Sendack(
-                    message_id=outcome.message_id,
+                    message_id=message_id,
                     client_seq=s.client_seq,
-                    message_seq=outcome.message_seq,
-                    reason_code=outcome.reason,
+                    message_seq=message_seq,
+                    reason_code=reason,
                     client_msg_no=s.client_msg_no,
                     flags=s.flags,
                 )
@@ -318,16 +332,16 @@ class Session:
             sign = send_sign(s.client_seq, s.client_msg_no, s.channel_id, s.channel_type, payload)
             if not hmac.compare_digest(self._cipher.msg_key(sign).encode(), s.msg_key.encode()):
                 log.info("SEND with a bad msgKey", **self._fields(), client_seq=s.client_seq)
-                answer(SendOutcome(ReasonCode.MSG_KEY_ERROR))
+                answer(ReasonCode.MSG_KEY_ERROR)
                 return
             try:
                 payload = self._cipher.decrypt(payload)
             except CryptoError as e:
                 log.info("SEND payload does not decrypt", **self._fields(), error=str(e))
-                answer(SendOutcome(ReasonCode.PAYLOAD_DECODE_ERROR))
+                answer(ReasonCode.PAYLOAD_DECODE_ERROR)
                 return
         if s.channel_type not in _KNOWN_CHANNEL_TYPES:
-            answer(SendOutcome(ReasonCode.NOT_SUPPORT_CHANNEL_TYPE))
+            answer(ReasonCode.NOT_SUPPORT_CHANNEL_TYPE)
             return
         try:
             if s.channel_type != ChannelType.PERSON or "@" not in s.channel_id:
@@ -337,9 +351,14 @@ class Session:
             channel_id = canonical_channel_id(self.uid, s.channel_id, s.channel_type)
         except ValueError as e:
             log.info("SEND with a bad channel id", **self._fields(), error=str(e))
-            answer(SendOutcome(ReasonCode.CHANNEL_ID_ERROR))
+            answer(ReasonCode.CHANNEL_ID_ERROR)
             return
-        request = SendRequest(
+        problem = request_problem(s.client_msg_no, s.topic, s.stream_no, channel_id, self.uid)
+        if problem is not None:
+            log.info("SEND field out of limits", **self._fields(), problem=problem)
+            answer(ReasonCode.PAYLOAD_DECODE_ERROR)
+            return
+        item = pb.SendItem(
             from_uid=self.uid,
             channel_id=channel_id,
             channel_type=s.channel_type,
@@ -352,12 +371,20 @@ class Session:
             stream_no=s.stream_no,
             origin_conn=self.conn_id,
         )
-        problem = request_problem(request)
-        if problem is not None:
-            log.info("SEND field out of limits", **self._fields(), problem=problem)
-            answer(SendOutcome(ReasonCode.PAYLOAD_DECODE_ERROR))
-            return
-        self._ctx.pipeline.submit_nowait(request, answer)
+        # Commit concurrently with reading further frames; the semaphore bounds a client that
+        # sends faster than the cluster commits (it stops being read: TCP backpressure).
+        await self._sends.acquire()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._commit_send, item, answer)
+
+    async def _commit_send(
+        self, item: pb.SendItem, answer: Callable[[int, int, int], None]
+    ) -> None:
+        try:
+            outcome = await self._ctx.router.send(item)
+            answer(outcome.reason, outcome.message_id, outcome.message_seq)
+        finally:
+            self._sends.release()
 
     # --- delivery -------------------------------------------------------------------------
 

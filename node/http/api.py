@@ -1,7 +1,9 @@
-"""The HTTP API routes of the first issue, with WuKongIM v2 request bodies and envelopes.
+"""The HTTP API, with WuKongIM v2 request bodies and envelopes; every route works on every
+node (the router takes each request to the leader of the slot group that owns its key).
 
 Errors are HTTP 400 ``{"msg": ..., "status": 400}`` naming the field; permission refusals of
-``/message/send`` are 403 with the reason code; see ``docs/api.md``.
+``/message/send`` are 403 with the reason code; a cluster that cannot serve the request in time
+is 503 with the reason code (17, 18 or 10); see ``docs/api.md``.
 """
 
 from __future__ import annotations
@@ -9,33 +11,34 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, DeviceFlag, DeviceLevel, HeaderFlag, ReasonCode
 
-from ..channels import canonical_channel_id, id_problem
+from ..channels import canonical_channel_id, id_problem, view_channel_id
 from ..config import Config
-from ..meta import MetaWriter
-from ..pipeline import SYSTEM_UID, SendPipeline, SendRequest, request_problem
+from ..pipeline_rules import SYSTEM_UID, request_problem
+from ..router import ClusterUnavailable, Router
 from ..sessions import SessionRegistry
-from ..storage import ChannelInfo, DeviceRecord, Store
 from .fields import get_flag, get_int, get_str, get_str_list
-from .server import ApiError, Request, Response, Router, bad_request
+from .server import ApiError, Handler, Request, Response, bad_request
+from .server import Router as HttpRouter
 
 _CLIENT_FLAGS = {int(DeviceFlag.APP), int(DeviceFlag.WEB), int(DeviceFlag.PC)}
 _LEVELS = {int(DeviceLevel.SLAVE), int(DeviceLevel.MASTER)}
 _SUPPORTED_SEND_TYPES = {int(ChannelType.PERSON), int(ChannelType.GROUP)}
+_CHANNEL_TYPES = {int(t) for t in ChannelType}
 _OK = {"status": 200}
 
 
 @dataclass
 class ApiContext:
     config: Config
-    store: Store
-    meta: MetaWriter
     registry: SessionRegistry
-    pipeline: SendPipeline
+    router: Router
 
 
 def _check_id(value: str, what: str) -> str:
@@ -45,136 +48,197 @@ def _check_id(value: str, what: str) -> str:
     return value
 
 
-def build_router(ctx: ApiContext) -> Router:
-    r = Router()
+def _unavailable(e: ClusterUnavailable) -> ApiError:
+    return ApiError(503, f"cluster cannot serve this now, retry: {e}", reason=int(e.reason))
 
-    @r.route("GET", "/health")
+
+def _guard(handler: Handler) -> Handler:
+    """Turn a cluster that cannot answer in time into HTTP 503 with the reason code."""
+
+    async def wrapped(req: Request) -> Response:
+        try:
+            return await handler(req)
+        except ClusterUnavailable as e:
+            raise _unavailable(e) from None
+
+    return wrapped
+
+
+def message_resp(m: dict[str, Any], login_uid: str) -> dict[str, Any]:
+    """A stored message as WuKongIM's ``MessageResp``, with the channel id in the reader's
+    view (a person channel appears under the peer's uid)."""
+    flags = m["flags"]
+    return {
+        "header": {
+            "no_persist": flags & HeaderFlag.NO_PERSIST and 1,
+            "red_dot": 1 if flags & HeaderFlag.RED_DOT else 0,
+            "sync_once": 1 if flags & HeaderFlag.SYNC_ONCE else 0,
+        },
+        "setting": m["setting"],
+        "message_id": m["message_id"],
+        "message_idstr": str(m["message_id"]),
+        "client_msg_no": m["client_msg_no"],
+        "message_seq": m["message_seq"],
+        "from_uid": "" if m["from_uid"] == SYSTEM_UID else m["from_uid"],
+        "channel_id": view_channel_id(m["channel_id"], m["channel_type"], login_uid),
+        "channel_type": m["channel_type"],
+        "topic": m["topic"],
+        "expire": m["expire"],
+        "timestamp": m["timestamp_ms"] // 1000,
+        "payload": m["payload"],
+    }
+
+
+def build_router(ctx: ApiContext) -> HttpRouter:
+    r = HttpRouter()
+
+    def route(method: str, path: str) -> Callable[[Handler], Handler]:
+        def deco(fn: Handler) -> Handler:
+            r.add(method, path, _guard(fn))
+            return fn
+
+        return deco
+
+    @route("GET", "/health")
     async def health(req: Request) -> Response:
-        return Response(200, {"status": "ok"})
+        if ctx.router.groups_ready():
+            return Response(200, {"status": "ok"})
+        return Response(503, {"status": "error", "msg": "a slot group has no leader yet"})
 
-    @r.route("GET", "/route")
-    async def route(req: Request) -> Response:
+    @route("GET", "/route")
+    async def route_(req: Request) -> Response:
         gw, host = ctx.config.gateway, ctx.config.node.host
         tcp = gw.external_tcp_addr or f"{host}:{gw.tcp_port}"
         ws = gw.external_ws_addr or f"ws://{host}:{gw.ws_port}"
         return Response(200, {"tcp_addr": tcp, "ws_addr": ws, "wss_addr": ""})
 
-    @r.route("POST", "/user/token")
+    async def meta(key: str, op: pb.MetaOp) -> pb.MetaResult:
+        result = await ctx.router.meta(key, op)
+        if result.reason == ReasonCode.CHANNEL_NOT_EXIST:
+            raise ApiError(404, result.detail or "channel does not exist", reason=result.reason)
+        if result.reason != ReasonCode.SUCCESS:
+            raise ApiError(500, result.detail or "metadata change failed", reason=result.reason)
+        return result
+
+    @route("POST", "/user/token")
     async def user_token(req: Request) -> Response:
         body = req.json_object()
         uid = _check_id(get_str(body, "uid", required=True), "uid")
         token = get_str(body, "token", required=True)
         flag = get_int(body, "device_flag", default=DeviceFlag.APP, choices=_CLIENT_FLAGS)
         level = get_int(body, "device_level", default=DeviceLevel.SLAVE, choices=_LEVELS)
-        await ctx.meta.set_device(uid, flag, DeviceRecord(token=token, device_level=level))
+        op = pb.MetaOp(
+            set_device=pb.DeviceToken(uid=uid, device_flag=flag, token=token, device_level=level)
+        )
+        await meta(uid, op)
         if level == DeviceLevel.MASTER:
             # A new master token retires the sessions that logged in with the old one.
-            for s in ctx.registry.of_flag(uid, flag):
-                s.kick(ReasonCode.CONNECT_KICK, "token changed")
+            await ctx.router.kick_everywhere(uid, flag, "token changed")
         return Response(200, _OK)
 
-    @r.route("POST", "/user/device_quit")
+    @route("POST", "/user/device_quit")
     async def device_quit(req: Request) -> Response:
         body = req.json_object()
         uid = _check_id(get_str(body, "uid", required=True), "uid")
         flag = get_int(body, "device_flag", default=-1, choices=_CLIENT_FLAGS | {-1})
-        flags = sorted(_CLIENT_FLAGS) if flag == -1 else [flag]
-        for f in flags:
-            old = ctx.store.get_device(uid, f)
-            if old is not None:
-                await ctx.meta.set_device(uid, f, DeviceRecord("", old.device_level))
-            for s in ctx.registry.of_flag(uid, f):
-                s.kick(ReasonCode.CONNECT_KICK, "device quit")
+        for f in sorted(_CLIENT_FLAGS) if flag == -1 else [flag]:
+            auth = await ctx.router.read(uid, {"q": "device", "uid": uid, "device_flag": f})
+            if auth is not None:
+                op = pb.MetaOp(
+                    set_device=pb.DeviceToken(
+                        uid=uid, device_flag=f, token="", device_level=auth["device_level"]
+                    )
+                )
+                await meta(uid, op)
+        await ctx.router.kick_everywhere(uid, flag, "device quit")
         return Response(200, _OK)
 
-    @r.route("POST", "/user/onlinestatus")
+    @route("POST", "/user/onlinestatus")
     async def online_status(req: Request) -> Response:
         uids = req.json()
         if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
             raise bad_request("body must be a JSON list of uids")
-        out: list[dict[str, Any]] = []
-        for uid in uids:
-            flags = sorted({s.device_flag for s in ctx.registry.of(uid)})
-            out.extend({"uid": uid, "device_flag": f, "online": 1} for f in flags)
-        return Response(200, out)
+        found = await ctx.router.online_everywhere(uids)
+        return Response(200, [{"uid": u, "device_flag": f, "online": 1} for u, f in found])
 
-    async def _save_channel(body: dict[str, Any], with_subscribers: bool) -> None:
-        channel_id = get_str(body, "channel_id", required=True)
-        channel_type = get_int(
-            body, "channel_type", required=True, choices={int(t) for t in ChannelType}
-        )
-        _check_id(channel_id, "channel_id")
-        subscribers = get_str_list(body, "subscribers") if with_subscribers else []
-        if subscribers and channel_type == ChannelType.PERSON:
-            raise bad_request("a person channel takes no subscribers")
-        for uid in subscribers:
-            _check_id(uid, "subscriber uid")
-        info = ctx.store.get_channel(channel_type, channel_id) or ChannelInfo(
-            channel_id, channel_type
-        )
+    def channel_update(body: dict[str, Any], *, subscribers: str | None) -> pb.ChannelUpdate:
+        channel_id = _check_id(get_str(body, "channel_id", required=True), "channel_id")
+        channel_type = get_int(body, "channel_type", required=True, choices=_CHANNEL_TYPES)
+        update = pb.ChannelUpdate(channel_id=channel_id, channel_type=channel_type)
         for name in ("ban", "disband", "send_ban", "allow_stranger", "large"):
             value = get_flag(body, name)
             if value is not None:
-                setattr(info, name, value)
-        remove: list[str] = []
-        if with_subscribers and get_flag(body, "reset"):
-            remove = ctx.store.subscribers(channel_type, channel_id)
-        await ctx.meta.put_channel(info, add=subscribers, remove=remove)
+                setattr(update, name, value)
+        if subscribers is not None:
+            uids = get_str_list(body, "subscribers", required=subscribers == "required")
+            if uids and channel_type == ChannelType.PERSON:
+                raise bad_request("a person channel takes no subscribers")
+            for uid in uids:
+                _check_id(uid, "subscriber uid")
+            update.add_subscribers.extend(uids)
+        return update
 
-    @r.route("POST", "/channel")
+    @route("POST", "/channel")
     async def channel(req: Request) -> Response:
-        await _save_channel(req.json_object(), with_subscribers=True)
-        return Response(200, _OK)
-
-    @r.route("POST", "/channel/info")
-    async def channel_info(req: Request) -> Response:
-        await _save_channel(req.json_object(), with_subscribers=False)
-        return Response(200, _OK)
-
-    async def _subscribers(req: Request, add: bool) -> Response:
         body = req.json_object()
-        channel_id = _check_id(get_str(body, "channel_id", required=True), "channel_id")
-        channel_type = get_int(body, "channel_type", required=True, choices={2, 3, 4, 5, 10, 12})
-        uids = get_str_list(body, "subscribers", required=True)
-        for uid in uids:
-            _check_id(uid, "subscriber uid")
-        info = ctx.store.get_channel(channel_type, channel_id)
-        if info is None:
-            if not add:
-                raise ApiError(404, f"channel {channel_id} does not exist")
-            info = ChannelInfo(channel_id, channel_type)
-        remove = uids if not add else []
-        if add and get_flag(body, "reset"):
-            remove = ctx.store.subscribers(channel_type, channel_id)
-        await ctx.meta.put_channel(info, add=uids if add else [], remove=remove)
+        update = channel_update(body, subscribers="optional")
+        update.reset_subscribers = bool(get_flag(body, "reset"))
+        await meta(update.channel_id, pb.MetaOp(channel=update))
         return Response(200, _OK)
 
-    @r.route("POST", "/channel/subscriber_add")
+    @route("POST", "/channel/info")
+    async def channel_info(req: Request) -> Response:
+        update = channel_update(req.json_object(), subscribers=None)
+        await meta(update.channel_id, pb.MetaOp(channel=update))
+        return Response(200, _OK)
+
+    @route("POST", "/channel/subscriber_add")
     async def subscriber_add(req: Request) -> Response:
-        return await _subscribers(req, add=True)
+        body = req.json_object()
+        update = channel_update(body, subscribers="required")
+        update.reset_subscribers = bool(get_flag(body, "reset"))
+        await meta(update.channel_id, pb.MetaOp(channel=update))
+        return Response(200, _OK)
 
-    @r.route("POST", "/channel/subscriber_remove")
+    @route("POST", "/channel/subscriber_remove")
     async def subscriber_remove(req: Request) -> Response:
-        return await _subscribers(req, add=False)
+        body = req.json_object()
+        update = channel_update(body, subscribers="required")
+        update.remove_subscribers.extend(update.add_subscribers)
+        del update.add_subscribers[:]
+        update.must_exist = True
+        await meta(update.channel_id, pb.MetaOp(channel=update))
+        return Response(200, _OK)
 
-    @r.route("POST", "/message/send")
+    def person_or_channel(body: dict[str, Any], uid_field: str) -> tuple[str, str, int]:
+        """(the requester's uid, canonical channel id, channel type) of a request body."""
+        uid = get_str(body, uid_field)
+        channel_id = get_str(body, "channel_id", required=True)
+        channel_type = get_int(body, "channel_type", required=True, choices=_CHANNEL_TYPES)
+        try:
+            if channel_type != ChannelType.PERSON or "@" not in channel_id:
+                _check_id(channel_id, "channel_id")
+            if channel_type == ChannelType.PERSON and not uid:
+                raise bad_request(f"{uid_field} is required for a person channel")
+            canonical = canonical_channel_id(uid, channel_id, channel_type)
+        except ValueError as e:
+            raise bad_request(f"channel_id: {e}") from None
+        return uid, canonical, channel_type
+
+    @route("POST", "/message/send")
     async def message_send(req: Request) -> Response:
         body = req.json_object()
-        from_uid = get_str(body, "from_uid") or get_str(body, "sender_uid") or SYSTEM_UID
+        if not get_str(body, "from_uid") and get_str(body, "sender_uid"):
+            body["from_uid"] = body["sender_uid"]
+        from_uid = get_str(body, "from_uid") or SYSTEM_UID
         if from_uid != SYSTEM_UID:
             _check_id(from_uid, "from_uid")
-        channel_id = get_str(body, "channel_id", required=True)
         channel_type = get_int(body, "channel_type", required=True)
         if channel_type not in _SUPPORTED_SEND_TYPES:
             raise bad_request(f"channel_type {channel_type} is not supported yet (1 or 2)")
         if channel_type == ChannelType.PERSON and from_uid == SYSTEM_UID:
             raise bad_request("from_uid is required for a person channel")
-        try:
-            if channel_type != ChannelType.PERSON or "@" not in channel_id:
-                _check_id(channel_id, "channel_id")
-            canonical = canonical_channel_id(from_uid, channel_id, channel_type)
-        except ValueError as e:
-            raise bad_request(f"channel_id: {e}") from None
+        _, canonical, _ = person_or_channel({**body, "from_uid": from_uid}, "from_uid")
         raw_payload = get_str(body, "payload", required=True)
         try:
             payload = base64.b64decode(raw_payload, validate=True)
@@ -193,26 +257,34 @@ def build_router(ctx: ApiContext) -> Router:
                 flags |= bit
         client_msg_no = get_str(body, "client_msg_no") or uuid.uuid4().hex
         expire = get_int(body, "expire", minimum=0, maximum=0xFFFFFFFF)
-        request = SendRequest(
-            from_uid=from_uid,
-            channel_id=canonical,
-            channel_type=channel_type,
-            client_msg_no=client_msg_no,
-            payload=payload,
-            flags=flags,
-            expire=expire,
-            trusted=True,
-        )
-        problem = request_problem(request)
+        problem = request_problem(client_msg_no, "", "", canonical, from_uid, expire)
         if problem is not None:
             raise bad_request(problem)
-        outcome = await ctx.pipeline.submit(request)
-        if outcome.reason == ReasonCode.CHANNEL_NOT_EXIST:
-            raise ApiError(404, f"channel {channel_id} does not exist", reason=outcome.reason)
-        if outcome.reason == ReasonCode.SYSTEM_ERROR:
-            raise ApiError(500, "message could not be stored", reason=outcome.reason)
-        if not outcome.ok:
-            raise ApiError(403, f"send refused: {outcome.reason.name}", reason=int(outcome.reason))
+        outcome = await ctx.router.send(
+            pb.SendItem(
+                from_uid=from_uid,
+                channel_id=canonical,
+                channel_type=channel_type,
+                client_msg_no=client_msg_no,
+                payload=payload,
+                flags=flags,
+                expire=expire,
+                trusted=True,
+            )
+        )
+        reason = ReasonCode(outcome.reason)
+        if reason == ReasonCode.CHANNEL_NOT_EXIST:
+            raise ApiError(404, f"channel {body['channel_id']} does not exist", reason=reason)
+        if reason in (
+            ReasonCode.NODE_MATCH_ERROR,
+            ReasonCode.NODE_NOT_MATCH,
+            ReasonCode.FORWARD_SEND_PACKET_ERROR,
+        ):
+            raise ApiError(503, f"not committed ({reason.name}); retry", reason=int(reason))
+        if reason == ReasonCode.SYSTEM_ERROR:
+            raise ApiError(500, "message could not be stored", reason=int(reason))
+        if reason != ReasonCode.SUCCESS:
+            raise ApiError(403, f"send refused: {reason.name}", reason=int(reason))
         return Response(
             200,
             {
@@ -222,5 +294,53 @@ def build_router(ctx: ApiContext) -> Router:
                 "client_msg_no": client_msg_no,
             },
         )
+
+    @route("POST", "/channel/messagesync")
+    async def message_sync(req: Request) -> Response:
+        body = req.json_object()
+        login_uid = _check_id(get_str(body, "login_uid", required=True), "login_uid")
+        _, canonical, channel_type = person_or_channel(body, "login_uid")
+        start = get_int(body, "start_message_seq", minimum=0)
+        end = get_int(body, "end_message_seq", minimum=0)
+        limit = get_int(body, "limit", default=100, minimum=1, maximum=10_000)
+        pull_mode = get_int(body, "pull_mode", default=0, choices={0, 1})
+        page = await ctx.router.read(
+            canonical,
+            {
+                "q": "messages",
+                "channel_id": canonical,
+                "channel_type": channel_type,
+                "start_message_seq": start,
+                "end_message_seq": end,
+                "limit": limit,
+                "pull_mode": pull_mode,
+            },
+        )
+        messages = [message_resp(m, login_uid) for m in page["messages"]]
+        return Response(
+            200,
+            {
+                "start_message_seq": start,
+                "end_message_seq": end,
+                "more": page["more"],
+                "messages": messages,
+            },
+        )
+
+    @route("GET", "/channel/max_message_seq")
+    async def max_message_seq(req: Request) -> Response:
+        channel_id = req.query.get("channel_id", "")
+        try:
+            channel_type = int(req.query.get("channel_type", ""))
+        except ValueError:
+            raise bad_request("channel_type must be an integer") from None
+        if channel_type == ChannelType.PERSON and "@" not in channel_id:
+            raise bad_request("channel_id of a person channel must be the canonical a@b id")
+        if channel_type != ChannelType.PERSON:
+            _check_id(channel_id, "channel_id")
+        head = await ctx.router.read(
+            channel_id, {"q": "head", "channel_id": channel_id, "channel_type": channel_type}
+        )
+        return Response(200, {"message_seq": head})
 
     return r

@@ -8,12 +8,16 @@ the GIL for the whole fsync and stall every other task of the process (stack fin
 from __future__ import annotations
 
 import gc
+import os
+import shutil
 import struct
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from rocksdict import (
+    Checkpoint,
     DBCompressionType,
     Options,
     Rdict,
@@ -26,10 +30,12 @@ from rocksdict import (
 from . import keys
 from .records import ChannelInfo, DeviceRecord, MessageRecord
 
-_CFS = ("messages", "channels", "subscribers", "users", "dedupe")
+_CFS = ("messages", "channels", "subscribers", "users", "dedupe", "state")
 _DEDUPE = struct.Struct(">qQ")
 _INFO = b"I"
 _HEAD = b"H"
+_APPLIED = b"applied_index"
+_LAST_ID = b"last_message_id"
 
 
 class StoreError(Exception):
@@ -38,7 +44,14 @@ class StoreError(Exception):
 
 class Store:
     def __init__(self, path: str | Path) -> None:
-        Path(path).mkdir(parents=True, exist_ok=True)
+        self.path = str(path)
+        # Guards swapping the database under readers when a snapshot is installed; RocksDB
+        # itself is safe for concurrent readers and writers.
+        self._lock = threading.RLock()
+        self._open()
+
+    def _open(self) -> None:
+        Path(self.path).mkdir(parents=True, exist_ok=True)
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
         opts.create_missing_column_families(True)
@@ -48,7 +61,6 @@ class Store:
         prefixed.set_memtable_prefix_bloom_ratio(0.1)
         cf_opts = {name: Options(raw_mode=True) for name in _CFS}
         cf_opts["messages"] = prefixed
-        self.path = str(path)
         self._db = Rdict(self.path, opts, column_families=cf_opts)
         self._cf = {name: self._db.get_column_family(name) for name in _CFS}
         self._h = {name: self._db.get_column_family_handle(name) for name in _CFS}
@@ -59,9 +71,15 @@ class Store:
 
     def flush_wal(self) -> None:
         """fsync the WAL: everything written before is durable after this returns."""
-        self._db.flush_wal(True)
+        with self._lock:
+            db = self._db
+        db.flush_wal(True)
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         # rocksdict keeps the LOCK while any column-family handle lives; drop them all first
         # so that the same process can reopen the directory (restart-in-place tests).
         self._cf.clear()
@@ -70,18 +88,48 @@ class Store:
         del self._db
         gc.collect()
 
+    def checkpoint(self, path: str) -> None:
+        """A consistent copy of the database in a new directory (hard links where possible)."""
+        with self._lock:
+            Checkpoint(self._db).create_checkpoint(path)
+
+    def install(self, checkpoint: str) -> None:
+        """Replace the whole database by a checkpoint (a snapshot from the group's leader)."""
+        with self._lock:
+            self._close()
+            staging = f"{self.path}.installing"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(checkpoint, staging)
+            shutil.rmtree(self.path, ignore_errors=True)
+            os.replace(staging, self.path)
+            self._open()
+
+    # --- replication state ----------------------------------------------------------------
+
+    def applied_index(self) -> int:
+        with self._lock:
+            raw = self._cf["state"].get(_APPLIED)
+        return 0 if raw is None else keys.unpack_seq(raw)
+
+    def last_message_id(self) -> int:
+        with self._lock:
+            raw = self._cf["state"].get(_LAST_ID)
+        return 0 if raw is None else int(struct.unpack(">q", raw)[0])
+
     # --- writes ---------------------------------------------------------------------------
 
     def batch(self) -> Batch:
         return Batch(self)
 
     def write(self, batch: Batch) -> None:
-        self._db.write(batch.wb, self._wo)
+        with self._lock:
+            self._db.write(batch.wb, self._wo)
 
     # --- channels -------------------------------------------------------------------------
 
     def get_channel(self, channel_type: int, channel_id: str) -> ChannelInfo | None:
-        raw = self._cf["channels"].get(_INFO + keys.channel_key(channel_type, channel_id))
+        with self._lock:
+            raw = self._cf["channels"].get(_INFO + keys.channel_key(channel_type, channel_id))
         if raw is None:
             return None
         info = ChannelInfo.decode(raw)
@@ -93,16 +141,19 @@ class Store:
         return info
 
     def head_seq(self, channel_type: int, channel_id: str) -> int:
-        raw = self._cf["channels"].get(_HEAD + keys.channel_key(channel_type, channel_id))
+        with self._lock:
+            raw = self._cf["channels"].get(_HEAD + keys.channel_key(channel_type, channel_id))
         return 0 if raw is None else keys.unpack_seq(raw)
 
     def is_subscriber(self, channel_type: int, channel_id: str, uid: str) -> bool:
         ck = keys.channel_key(channel_type, channel_id)
-        return self._cf["subscribers"].get(keys.subscriber_key(ck, uid)) is not None
+        with self._lock:
+            return self._cf["subscribers"].get(keys.subscriber_key(ck, uid)) is not None
 
     def subscribers(self, channel_type: int, channel_id: str) -> list[str]:
         ck = keys.channel_key(channel_type, channel_id)
-        return [k[len(ck) :].decode() for k, _ in self._prefix(self._cf["subscribers"], ck)]
+        with self._lock:
+            return [k[len(ck) :].decode() for k, _ in self._prefix(self._cf["subscribers"], ck)]
 
     # --- messages -------------------------------------------------------------------------
 
@@ -110,7 +161,8 @@ class Store:
         self, channel_type: int, channel_id: str, from_uid: str, client_msg_no: str
     ) -> tuple[int, int] | None:
         ck = keys.channel_key(channel_type, channel_id)
-        raw = self._cf["dedupe"].get(keys.dedupe_key(ck, from_uid, client_msg_no))
+        with self._lock:
+            raw = self._cf["dedupe"].get(keys.dedupe_key(ck, from_uid, client_msg_no))
         if raw is None:
             return None
         mid, seq = _DEDUPE.unpack(raw)
@@ -118,7 +170,8 @@ class Store:
 
     def get_message(self, channel_type: int, channel_id: str, seq: int) -> MessageRecord | None:
         ck = keys.channel_key(channel_type, channel_id)
-        raw = self._cf["messages"].get(keys.message_key(ck, seq))
+        with self._lock:
+            raw = self._cf["messages"].get(keys.message_key(ck, seq))
         return None if raw is None else MessageRecord.decode(raw)
 
     def messages(
@@ -131,18 +184,20 @@ class Store:
         upper = keys.message_key(ck, end_seq) if end_seq else _prefix_end(ck)
         ro.set_iterate_upper_bound(upper)
         out: list[MessageRecord] = []
-        it = self._cf["messages"].iter(ro)
-        it.seek(keys.message_key(ck, max(start_seq, 0)))
-        while it.valid() and len(out) < limit:
-            out.append(MessageRecord.decode(it.value()))
-            it.next()
-        del it
+        with self._lock:
+            it = self._cf["messages"].iter(ro)
+            it.seek(keys.message_key(ck, max(start_seq, 0)))
+            while it.valid() and len(out) < limit:
+                out.append(MessageRecord.decode(it.value()))
+                it.next()
+            del it
         return out
 
     # --- users ----------------------------------------------------------------------------
 
     def get_device(self, uid: str, device_flag: int) -> DeviceRecord | None:
-        raw = self._cf["users"].get(keys.device_key(uid, device_flag))
+        with self._lock:
+            raw = self._cf["users"].get(keys.device_key(uid, device_flag))
         return None if raw is None else DeviceRecord.decode(raw)
 
     # --- helpers --------------------------------------------------------------------------
@@ -214,3 +269,9 @@ class Batch:
 
     def put_device(self, uid: str, device_flag: int, record: DeviceRecord) -> None:
         self._put("users", keys.device_key(uid, device_flag), record.encode())
+
+    def set_applied(self, index: int) -> None:
+        self._put("state", _APPLIED, keys.pack_seq(index))
+
+    def set_last_message_id(self, message_id: int) -> None:
+        self._put("state", _LAST_ID, struct.pack(">q", message_id))

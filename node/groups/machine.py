@@ -1,0 +1,226 @@
+"""The replicated state machine of a slot group: applies committed commands to RocksDB.
+
+Apply runs on every replica, on the Raft driver thread, and must be deterministic: everything
+it decides comes from the command (including the leader's clock, ``time_ms``) and the group's
+stored state, never from the applying node. Each command's effects and its Raft index are
+written in one WriteBatch, so a journal replay after a restart skips applied commands.
+"""
+
+from __future__ import annotations
+
+from proto.raftchat.peer.v1 import peer_pb2 as pb
+from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
+
+from ..ids import EPOCH_MS
+from ..pipeline_rules import SYSTEM_UID, request_problem, send_permission
+from ..storage import ChannelInfo, DeviceRecord, MessageRecord, Store
+from ..storage.db import Batch
+
+_ID_SEQ_BITS = 12
+_ID_GROUP_BITS = 10
+_PERSISTED_FLAGS = HeaderFlag.NO_PERSIST | HeaderFlag.RED_DOT | HeaderFlag.SYNC_ONCE
+
+
+def next_message_id(last_id: int, time_ms: int, group: int) -> int:
+    """Snowflake-shaped ids, unique per group and increasing: milliseconds, group id, counter.
+
+    Derived only from the previous id and the command's time, so every replica computes the
+    same one."""
+    shift = _ID_SEQ_BITS + _ID_GROUP_BITS
+    stamp = max(time_ms - EPOCH_MS, last_id >> shift)
+    counter = (last_id & ((1 << _ID_SEQ_BITS) - 1)) + 1 if stamp == last_id >> shift else 0
+    if counter >> _ID_SEQ_BITS:
+        stamp, counter = stamp + 1, 0  # 4096 ids in one millisecond: borrow the next one
+    return (stamp << shift) | (group << _ID_SEQ_BITS) | counter
+
+
+class GroupMachine:
+    def __init__(self, group: int, store: Store) -> None:
+        self.group = group
+        self.store = store
+        self.applied_commands = 0
+
+    # --- StateMachine protocol --------------------------------------------------------------
+
+    def applied_index(self) -> int:
+        return self.store.applied_index()
+
+    def checkpoint(self, path: str) -> None:
+        self.store.checkpoint(path)
+
+    def install(self, path: str) -> None:
+        self.store.install(path)
+
+    def apply(self, index: int, command: bytes) -> bytes:
+        if index <= self.store.applied_index():
+            return b""  # replayed after a restart: already in the store
+        cmd = pb.Command.FromString(command)
+        wb = self.store.batch()
+        body = cmd.WhichOneof("body")
+        if body == "send":
+            result = self._apply_sends(cmd.send, cmd.time_ms, wb).SerializeToString()
+        elif body == "meta":
+            result = self._apply_meta(cmd.meta, wb).SerializeToString()
+        else:
+            result = b""  # a read barrier changes nothing
+        wb.set_applied(index)
+        self.store.write(wb)
+        self.applied_commands += 1
+        return result
+
+    # --- sends ------------------------------------------------------------------------------
+
+    def _apply_sends(self, batch: pb.SendBatch, time_ms: int, wb: Batch) -> pb.SendBatchResult:
+        result = pb.SendBatchResult()
+        heads: dict[tuple[int, str], int] = {}
+        seen: dict[tuple[int, str, str, str], pb.SendOutcome] = {}
+        last_id = self.store.last_message_id()
+        for item in batch.items:
+            outcome = result.outcomes.add()
+            reason = self._check(item)
+            if reason != ReasonCode.SUCCESS:
+                outcome.reason = reason
+                continue
+            no_persist = bool(item.flags & HeaderFlag.NO_PERSIST)
+            key = (item.channel_type, item.channel_id, item.from_uid, item.client_msg_no)
+            if item.client_msg_no and not no_persist:
+                earlier = seen.get(key)
+                if earlier is None:
+                    found = self.store.get_dedupe(*key)
+                    if found is not None:
+                        earlier = pb.SendOutcome(
+                            reason=ReasonCode.SUCCESS, message_id=found[0], message_seq=found[1]
+                        )
+                if earlier is not None:
+                    outcome.CopyFrom(earlier)
+                    outcome.duplicate = True
+                    continue
+            seq = 0
+            if not no_persist:
+                head_key = (item.channel_type, item.channel_id)
+                head = heads.get(head_key)
+                if head is None:
+                    head = self.store.head_seq(*head_key)
+                seq = heads[head_key] = head + 1
+            last_id = next_message_id(last_id, time_ms, self.group)
+            record = MessageRecord(
+                message_id=last_id,
+                message_seq=seq,
+                timestamp_ms=time_ms,
+                channel_id=item.channel_id,
+                channel_type=item.channel_type,
+                from_uid=item.from_uid,
+                client_msg_no=item.client_msg_no,
+                payload=item.payload,
+                setting=item.setting,
+                flags=item.flags & _PERSISTED_FLAGS,
+                expire=item.expire,
+                topic=item.topic,
+                stream_no=item.stream_no,
+            )
+            if seq:
+                wb.append_message(record)
+            outcome.reason = ReasonCode.SUCCESS
+            outcome.message_id = record.message_id
+            outcome.message_seq = seq
+            if item.client_msg_no and not no_persist:
+                seen[key] = pb.SendOutcome(
+                    reason=ReasonCode.SUCCESS, message_id=record.message_id, message_seq=seq
+                )
+            result.committed.append(record_to_pb(record))
+        wb.set_last_message_id(last_id)
+        return result
+
+    def _check(self, item: pb.SendItem) -> ReasonCode:
+        if request_problem(
+            item.client_msg_no, item.topic, item.stream_no, item.channel_id, item.from_uid
+        ):
+            return ReasonCode.PAYLOAD_DECODE_ERROR
+        info = (
+            self.store.get_channel(item.channel_type, item.channel_id)
+            if item.channel_type != ChannelType.PERSON
+            else None
+        )
+        is_subscriber = (
+            item.channel_type != ChannelType.PERSON
+            and not item.trusted
+            and item.from_uid != SYSTEM_UID
+            and self.store.is_subscriber(item.channel_type, item.channel_id, item.from_uid)
+        )
+        return send_permission(
+            channel_type=item.channel_type,
+            from_uid=item.from_uid,
+            trusted=item.trusted,
+            info=info,
+            is_subscriber=is_subscriber,
+        )
+
+    # --- metadata ---------------------------------------------------------------------------
+
+    def _apply_meta(self, op: pb.MetaOp, wb: Batch) -> pb.MetaResult:
+        which = op.WhichOneof("op")
+        if which == "set_device":
+            d = op.set_device
+            wb.put_device(d.uid, d.device_flag, DeviceRecord(d.token, d.device_level))
+            return pb.MetaResult(reason=ReasonCode.SUCCESS)
+        if which == "channel":
+            return self._apply_channel(op.channel, wb)
+        return pb.MetaResult(reason=ReasonCode.SYSTEM_ERROR, detail=f"unknown op {which}")
+
+    def _apply_channel(self, c: pb.ChannelUpdate, wb: Batch) -> pb.MetaResult:
+        info = self.store.get_channel(c.channel_type, c.channel_id)
+        if info is None:
+            if c.must_exist:
+                return pb.MetaResult(
+                    reason=ReasonCode.CHANNEL_NOT_EXIST,
+                    detail=f"channel {c.channel_id} does not exist",
+                )
+            info = ChannelInfo(c.channel_id, c.channel_type)
+        for name in ("ban", "disband", "send_ban", "allow_stranger", "large"):
+            if c.HasField(name):
+                setattr(info, name, getattr(c, name))
+        wb.put_channel(info)
+        remove = list(c.remove_subscribers)
+        if c.reset_subscribers:
+            remove = self.store.subscribers(c.channel_type, c.channel_id)
+        if remove:
+            wb.remove_subscribers(c.channel_type, c.channel_id, remove)
+        if c.add_subscribers:
+            wb.add_subscribers(c.channel_type, c.channel_id, list(c.add_subscribers))
+        return pb.MetaResult(reason=ReasonCode.SUCCESS)
+
+
+def record_to_pb(r: MessageRecord) -> pb.Message:
+    return pb.Message(
+        message_id=r.message_id,
+        message_seq=r.message_seq,
+        timestamp_ms=r.timestamp_ms,
+        channel_id=r.channel_id,
+        channel_type=r.channel_type,
+        from_uid=r.from_uid,
+        client_msg_no=r.client_msg_no,
+        payload=r.payload,
+        setting=r.setting,
+        flags=r.flags,
+        expire=r.expire,
+        topic=r.topic,
+        stream_no=r.stream_no,
+    )
+
+
+def record_from_pb(m: pb.Message) -> MessageRecord:
+    return MessageRecord(
+        message_id=m.message_id,
+        message_seq=m.message_seq,
+        timestamp_ms=m.timestamp_ms,
+        channel_id=m.channel_id,
+        channel_type=m.channel_type,
+        from_uid=m.from_uid,
+        client_msg_no=m.client_msg_no,
+        payload=m.payload,
+        setting=m.setting,
+        flags=m.flags,
+        expire=m.expire,
+        topic=m.topic,
+        stream_no=m.stream_no,
+    )

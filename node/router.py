@@ -1,0 +1,532 @@
+"""The node's view of the cluster: which group owns a key, who leads it, and how a request gets
+there. Every send, metadata change and fresh read goes through here, whether this node is the
+group's leader, a follower, or holds no replica at all.
+
+A request for a group led elsewhere is forwarded over the peer gRPC service (sends in batches
+per target and group). Transient failures are retried here within ``forward_timeout_s``, then
+answered with a reason code (``docs/protocol.md``):
+
+* ``NodeMatchError`` (17): no leader could be found (election in progress, no quorum);
+* ``NodeNotMatch`` (18): the node asked was no longer the leader, or the outcome is unknown
+  (a timed-out proposal may still commit): resend with the same ``client_msg_no``;
+* ``ForwardSendPacketError`` (10): the leader could not be reached over the network.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from cluster.bridge import GrpcCallError, GrpcClients
+from cluster.placement import Placement
+from proto.raftchat.peer.v1 import peer_pb2 as pb
+from proto.raftchat.peer.v1 import peer_pb2_grpc
+from proto.wkproto import ChannelType, ReasonCode
+
+from .channels import recipients
+from .groups.local import LocalGroup, ProposalError
+from .groups.machine import record_from_pb
+from .groups.pipeline import GroupPipeline
+from .groups.reads import QueryError, run_query
+from .log import get_logger
+from .storage import MessageRecord
+
+log = get_logger("router")
+
+DeliverLocal = Callable[[MessageRecord, list[str], "int | None"], None]
+"""(message, recipient uids, origin connection on this node) -> RECV to local sessions."""
+KickLocal = Callable[[str, int, str], int]
+"""(uid, device flag or -1, reason) -> sessions kicked on this node."""
+OnlineLocal = Callable[[list[str]], list[tuple[str, int]]]
+"""uids -> (uid, device flag) of their sessions on this node."""
+
+_REASON_OF_FAILURE = {
+    "no_leader": ReasonCode.NODE_MATCH_ERROR,
+    "not_leader": ReasonCode.NODE_NOT_MATCH,
+    "unknown": ReasonCode.NODE_NOT_MATCH,
+    "forward_failed": ReasonCode.FORWARD_SEND_PACKET_ERROR,
+}
+_STATUS_FAILURE = {
+    pb.Status.NOT_LEADER: "not_leader",
+    pb.Status.NO_LEADER: "no_leader",
+    pb.Status.UNKNOWN_GROUP: "not_leader",
+    pb.Status.TIMEOUT: "unknown",
+}
+
+
+class ClusterUnavailable(Exception):
+    """A metadata change or read could not be served in time; ``reason`` says why."""
+
+    def __init__(self, reason: ReasonCode, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass
+class RouterSettings:
+    node_id: int
+    grpc_port: int
+    forward_timeout_s: float = 5.0
+    proposal_timeout_s: float = 3.0
+    rpc_timeout_s: float = 3.0
+    forward_window_s: float = 0.001
+
+
+class Router:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        placement: Placement,
+        clients: GrpcClients,
+        deliver_local: DeliverLocal,
+        kick_local: KickLocal,
+        online_local: OnlineLocal,
+    ) -> None:
+        self.s = settings
+        self.placement = placement
+        self._clients = clients
+        self._deliver_local = deliver_local
+        self._kick_local = kick_local
+        self._online_local = online_local
+        self.local: dict[int, LocalGroup] = {}
+        self.pipelines: dict[int, GroupPipeline] = {}
+        self._hints: dict[int, int] = {}
+        self._forwarders: dict[tuple[int, int], _Forwarder] = {}
+        self._deliveries: dict[int, trio.MemorySendChannel[pb.DeliverRequest]] = {}
+        self._nursery: trio.Nursery | None = None
+        self.delivery_failures = 0
+
+    # --- setup ------------------------------------------------------------------------------
+
+    def attach(self, group: LocalGroup, pipeline: GroupPipeline) -> None:
+        self.local[group.group_id] = group
+        self.pipelines[group.group_id] = pipeline
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for pipeline in self.pipelines.values():
+                nursery.start_soon(pipeline.run)
+            for node_id in self._other_nodes():
+                send, recv = trio.open_memory_channel[pb.DeliverRequest](10_000)
+                self._deliveries[node_id] = send
+                nursery.start_soon(self._delivery_sender, node_id, recv)
+            task_status.started()
+            await trio.sleep_forever()
+
+    def group_of(self, key: str) -> int:
+        return self.placement.group_of(key)
+
+    def peer_target(self, node_id: int) -> str:
+        return f"{self.placement.nodes[node_id]}:{self.s.grpc_port}"
+
+    def leader_of(self, group: int) -> int | None:
+        local = self.local.get(group)
+        if local is not None:
+            return local.leader_id()
+        hint = self._hints.get(group)
+        if hint is not None:
+            return hint
+        replicas = self.placement.replicas(group)
+        return replicas[0] if replicas else None
+
+    def groups_ready(self) -> bool:
+        """Every group this node replicates knows its leader."""
+        return all(g.leader_id() is not None for g in self.local.values())
+
+    # --- sends ------------------------------------------------------------------------------
+
+    async def send(self, item: pb.SendItem) -> pb.SendOutcome:
+        """Commit one send on its group's leader; always answers, with a reason on failure."""
+        group = self.group_of(item.channel_id)
+        item.origin_node = self.s.node_id
+        failure = await self._retrying(group, lambda target: self._send_once(group, target, item))
+        if isinstance(failure, pb.SendOutcome):
+            return failure
+        return pb.SendOutcome(reason=_REASON_OF_FAILURE[failure])
+
+    async def _send_once(self, group: int, target: int, item: pb.SendItem) -> Any:
+        if target == self.s.node_id:
+            pipeline = self.pipelines.get(group)
+            if pipeline is None:
+                return "not_leader"
+            return await _submit(pipeline, item)
+        key = (target, group)
+        forwarder = self._forwarders.get(key)
+        if forwarder is None:
+            assert self._nursery is not None
+            forwarder = self._forwarders[key] = _Forwarder(self, target, group)
+            self._nursery.start_soon(forwarder.run)
+        return await forwarder.forward(item)
+
+    async def _retrying(self, group: int, attempt: Callable[[int], Any]) -> Any:
+        """Run ``attempt(leader)`` until it returns something other than a failure name, or the
+        forward timeout passes; returns the result or the last failure name."""
+        deadline = trio.current_time() + self.s.forward_timeout_s
+        backoff = 0.01
+        failure = "no_leader"
+        while True:
+            target = self.leader_of(group)
+            if target is not None:
+                result = await attempt(target)
+                if not isinstance(result, str):
+                    return result
+                failure = result
+                if failure in ("not_leader", "forward_failed"):
+                    self._hints.pop(group, None)
+                    if failure == "forward_failed":
+                        self._rotate_guess(group, target)
+            if trio.current_time() + backoff > deadline:
+                log.info("giving up on group", group=group, failure=failure)
+                return failure
+            await trio.sleep(backoff)  # back off before retrying a moving leadership
+            backoff = min(backoff * 2, 0.2)
+
+    def _rotate_guess(self, group: int, failed: int) -> None:
+        replicas = self.placement.replicas(group)
+        if failed in replicas and len(replicas) > 1:
+            self._hints[group] = replicas[(replicas.index(failed) + 1) % len(replicas)]
+
+    def note_hint(self, group: int, status: pb.Status) -> None:
+        if status.leader_hint and group not in self.local:
+            self._hints[group] = status.leader_hint
+
+    # --- metadata and reads -------------------------------------------------------------------
+
+    async def meta(self, key: str, op: pb.MetaOp) -> pb.MetaResult:
+        group = self.group_of(key)
+
+        async def once(target: int) -> Any:
+            if target == self.s.node_id:
+                local = self.local.get(group)
+                if local is None:
+                    return "not_leader"
+                try:
+                    raw = await local.propose(
+                        pb.Command(time_ms=int(time.time() * 1000), meta=op),
+                        self.s.proposal_timeout_s,
+                    )
+                except ProposalError as e:
+                    return e.kind
+                await trio.to_thread.run_sync(local.store.flush_wal)
+                return pb.MetaResult.FromString(raw)
+            reply = await self._call(
+                target, "ProposeMeta", pb.ProposeMetaRequest(group=group, op=op)
+            )
+            if isinstance(reply, str):
+                return reply
+            return self._status_failure(group, reply.status) or reply.result
+
+        result = await self._retrying(group, once)
+        if isinstance(result, str):
+            raise ClusterUnavailable(_REASON_OF_FAILURE[result], f"group {group}: {result}")
+        assert isinstance(result, pb.MetaResult)
+        return result
+
+    async def read(self, key: str, query: dict[str, Any]) -> Any:
+        """A linearizable read of the group owning ``key``, served by its leader."""
+        group = self.group_of(key)
+
+        async def once(target: int) -> Any:
+            if target == self.s.node_id:
+                return await self.read_local(group, query)
+            reply = await self._call(
+                target, "Read", pb.ReadRequest(group=group, query=json.dumps(query).encode())
+            )
+            if isinstance(reply, str):
+                return reply
+            failure = self._status_failure(group, reply.status)
+            return failure or _Value(json.loads(reply.result))
+
+        result = await self._retrying(group, once)
+        if isinstance(result, str):
+            raise ClusterUnavailable(_REASON_OF_FAILURE[result], f"group {group}: {result}")
+        return result.value
+
+    async def read_local(self, group: int, query: dict[str, Any]) -> Any:
+        local = self.local.get(group)
+        if local is None:
+            return "not_leader"
+        try:
+            await local.read_barrier(self.s.proposal_timeout_s)
+        except ProposalError as e:
+            return e.kind
+        return _Value(run_query(local.store, query))
+
+    def _status_failure(self, group: int, status: pb.Status) -> str | None:
+        if status.code == pb.Status.OK:
+            return None
+        self.note_hint(group, status)
+        return _STATUS_FAILURE.get(status.code, "unknown")
+
+    async def _call(self, target: int, method: str, request: Any) -> Any:
+        try:
+            return await self._clients.get(self.peer_target(target)).call(
+                method, request, timeout_s=self.s.rpc_timeout_s
+            )
+        except GrpcCallError as e:
+            log.debug("peer call failed", target=target, method=method, code=str(e.code))
+            return "forward_failed"
+
+    # --- fan-out ----------------------------------------------------------------------------
+
+    def on_committed(
+        self, group: int, messages: list[pb.Message], items: list[pb.SendItem]
+    ) -> None:
+        """Runs on the leader after a batch is durable: RECV to local sessions, and the batch to
+        every other node for theirs (they filter by their own sessions)."""
+        local = self.local[group]
+        subscribers: dict[tuple[int, str], list[str]] = {}
+        request = pb.DeliverRequest()
+        for message, item in zip(messages, items, strict=True):
+            key = (message.channel_type, message.channel_id)
+            if key not in subscribers:
+                subscribers[key] = (
+                    []
+                    if message.channel_type == ChannelType.PERSON
+                    else local.store.subscribers(*key)
+                )
+            uids = recipients(message.channel_id, message.channel_type, subscribers[key])
+            request.messages.append(message)
+            request.recipients.append(
+                pb.Recipients(uids=uids, origin_node=item.origin_node, origin_conn=item.origin_conn)
+            )
+        self.deliver(request)
+        for send in self._deliveries.values():
+            try:
+                send.send_nowait(request)
+            except trio.WouldBlock:
+                self.delivery_failures += 1  # a stalled peer: its clients resync by seq
+
+    def deliver(self, request: pb.DeliverRequest) -> None:
+        for message, rcpt in zip(request.messages, request.recipients, strict=True):
+            origin = rcpt.origin_conn if rcpt.origin_node == self.s.node_id else None
+            self._deliver_local(record_from_pb(message), list(rcpt.uids), origin)
+
+    async def _delivery_sender(
+        self, node_id: int, queue: trio.MemoryReceiveChannel[pb.DeliverRequest]
+    ) -> None:
+        # One sender per peer keeps a channel's deliveries to that peer in commit order.
+        async for first in queue:
+            merged = pb.DeliverRequest()
+            merged.MergeFrom(first)
+            while len(merged.messages) < 2000:
+                try:
+                    merged.MergeFrom(queue.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            reply = await self._call(node_id, "Deliver", merged)
+            if isinstance(reply, str):
+                self.delivery_failures += 1
+
+    # --- peer service handlers ----------------------------------------------------------------
+
+    def handlers(self) -> dict[str, Callable[[Any], Any]]:
+        return {
+            "ForwardSends": self._h_forward_sends,
+            "ProposeMeta": self._h_propose_meta,
+            "Read": self._h_read,
+            "Deliver": self._h_deliver,
+            "Kick": self._h_kick,
+            "Online": self._h_online,
+        }
+
+    def _leader_status(self, group: int) -> pb.Status | None:
+        local = self.local.get(group)
+        if local is None:
+            return pb.Status(code=pb.Status.UNKNOWN_GROUP)
+        if not local.is_leader():
+            leader = local.leader_id()
+            code = pb.Status.NOT_LEADER if leader else pb.Status.NO_LEADER
+            return pb.Status(code=code, leader_hint=leader or 0)
+        return None
+
+    def _failure_status(self, group: int, kind: str) -> pb.Status:
+        local = self.local.get(group)
+        leader = local.leader_id() if local is not None else None
+        code = {
+            "not_leader": pb.Status.NOT_LEADER,
+            "no_leader": pb.Status.NO_LEADER,
+        }.get(kind, pb.Status.TIMEOUT)
+        return pb.Status(code=code, leader_hint=leader or 0)
+
+    async def _h_forward_sends(self, req: pb.ForwardSendsRequest) -> pb.ForwardSendsReply:
+        status = self._leader_status(req.group)
+        if status is not None:
+            return pb.ForwardSendsReply(status=status)
+        pipeline = self.pipelines[req.group]
+        results: list[Any] = [None] * len(req.items)
+
+        async def one(i: int, item: pb.SendItem) -> None:
+            results[i] = await _submit(pipeline, item)
+
+        async with trio.open_nursery() as nursery:
+            for i, item in enumerate(req.items):
+                nursery.start_soon(one, i, item)
+        failures = [r for r in results if isinstance(r, str)]
+        if failures:
+            # One batch went to Raft together, so its items share one fate.
+            return pb.ForwardSendsReply(status=self._failure_status(req.group, failures[0]))
+        return pb.ForwardSendsReply(status=pb.Status(code=pb.Status.OK), outcomes=results)
+
+    async def _h_propose_meta(self, req: pb.ProposeMetaRequest) -> pb.ProposeMetaReply:
+        status = self._leader_status(req.group)
+        if status is not None:
+            return pb.ProposeMetaReply(status=status)
+        local = self.local[req.group]
+        try:
+            raw = await local.propose(
+                pb.Command(time_ms=int(time.time() * 1000), meta=req.op), self.s.proposal_timeout_s
+            )
+        except ProposalError as e:
+            return pb.ProposeMetaReply(status=self._failure_status(req.group, e.kind))
+        await trio.to_thread.run_sync(local.store.flush_wal)
+        return pb.ProposeMetaReply(
+            status=pb.Status(code=pb.Status.OK), result=pb.MetaResult.FromString(raw)
+        )
+
+    async def _h_read(self, req: pb.ReadRequest) -> pb.ReadReply:
+        status = self._leader_status(req.group)
+        if status is not None:
+            return pb.ReadReply(status=status)
+        try:
+            result = await self.read_local(req.group, json.loads(req.query))
+        except (QueryError, json.JSONDecodeError) as e:
+            from cluster.bridge import GrpcAbort
+
+            raise GrpcAbort(_invalid_argument(), str(e)) from None
+        if isinstance(result, str):
+            return pb.ReadReply(status=self._failure_status(req.group, result))
+        return pb.ReadReply(
+            status=pb.Status(code=pb.Status.OK), result=json.dumps(result.value).encode()
+        )
+
+    async def _h_deliver(self, req: pb.DeliverRequest) -> pb.DeliverReply:
+        self.deliver(req)
+        return pb.DeliverReply()
+
+    async def _h_kick(self, req: pb.KickRequest) -> pb.KickReply:
+        return pb.KickReply(kicked=self._kick_local(req.uid, req.device_flag, req.reason))
+
+    async def _h_online(self, req: pb.OnlineRequest) -> pb.OnlineReply:
+        entries = self._online_local(list(req.uids))
+        return pb.OnlineReply(entries=[pb.OnlineEntry(uid=u, device_flag=f) for u, f in entries])
+
+    # --- cluster-wide session operations ------------------------------------------------------
+
+    def _other_nodes(self) -> list[int]:
+        return [n for n in self.placement.nodes if n != self.s.node_id]
+
+    async def kick_everywhere(self, uid: str, device_flag: int, reason: str) -> int:
+        """Kick a uid's sessions on every node that answers (best effort, like presence)."""
+        kicked = self._kick_local(uid, device_flag, reason)
+        replies = await self._gather(
+            "Kick", pb.KickRequest(uid=uid, device_flag=device_flag, reason=reason)
+        )
+        return kicked + sum(int(r.kicked) for r in replies)
+
+    async def online_everywhere(self, uids: list[str]) -> list[tuple[str, int]]:
+        found = set(self._online_local(uids))
+        for reply in await self._gather("Online", pb.OnlineRequest(uids=uids)):
+            found.update((e.uid, e.device_flag) for e in reply.entries)
+        return sorted(found)
+
+    async def _gather(self, method: str, request: Any) -> list[Any]:
+        replies: list[Any] = []
+
+        async def one(node_id: int) -> None:
+            reply = await self._call(node_id, method, request)
+            if not isinstance(reply, str):
+                replies.append(reply)
+
+        async with trio.open_nursery() as nursery:
+            for node_id in self._other_nodes():
+                nursery.start_soon(one, node_id)
+        return replies
+
+    @staticmethod
+    def stub_class() -> Any:
+        return peer_pb2_grpc.PeerStub
+
+
+class _Value:
+    """A successful result (so that ``None`` results are not mistaken for failures)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _invalid_argument() -> Any:
+    import grpc
+
+    return grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def _submit(pipeline: GroupPipeline, item: pb.SendItem) -> pb.SendOutcome | str:
+    done = trio.Event()
+    box: list[pb.SendOutcome | str] = []
+
+    def finish(outcome: pb.SendOutcome | None, error: ProposalError | None) -> None:
+        box.append(outcome if outcome is not None else (error.kind if error else "unknown"))
+        done.set()
+
+    pipeline.submit_nowait(item, finish)
+    await done.wait()
+    return box[0]
+
+
+class _Forwarder:
+    """Sends to one group's leader on one other node, batched: items queued within a moment
+    travel in one ForwardSends call."""
+
+    def __init__(self, router: Router, target: int, group: int) -> None:
+        self._router = router
+        self.target = target
+        self.group = group
+        self._send, self._recv = trio.open_memory_channel[tuple[pb.SendItem, _Slot]](50_000)
+
+    async def forward(self, item: pb.SendItem) -> pb.SendOutcome | str:
+        slot = _Slot()
+        try:
+            self._send.send_nowait((item, slot))
+        except trio.WouldBlock:
+            return "forward_failed"
+        await slot.done.wait()
+        assert slot.result is not None
+        return slot.result
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            async for first in self._recv:
+                batch = [first]
+                with trio.move_on_after(self._router.s.forward_window_s):
+                    while len(batch) < 512:
+                        batch.append(await self._recv.receive())
+                nursery.start_soon(self._flush, batch)
+
+    async def _flush(self, batch: list[tuple[pb.SendItem, _Slot]]) -> None:
+        request = pb.ForwardSendsRequest(group=self.group, items=[i for i, _ in batch])
+        reply = await self._router._call(self.target, "ForwardSends", request)
+        if isinstance(reply, str):
+            results: list[pb.SendOutcome | str] = [reply] * len(batch)
+        else:
+            failure = self._router._status_failure(self.group, reply.status)
+            results = [failure] * len(batch) if failure else list(reply.outcomes)
+        for (_, slot), result in zip(batch, results, strict=True):
+            slot.result = result
+            slot.done.set()
+
+
+class _Slot:
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: pb.SendOutcome | str | None = None
