@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 JSSDK := tests/e2e/jssdk
 JSSDK_STAMP := $(JSSDK)/node_modules/.installed
 
-.PHONY: run test lint typecheck unit e2e clean
+.PHONY: run test lint typecheck proto proto-check bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(JSSDK_STAMP): $(JSSDK)/package.json $(JSSDK)/package-lock.json
 	touch $@
 
 run: $(STAMP)
-	$(BIN)/raftchat dev --nodes 1 --data ./data
+	$(BIN)/raftchat dev --nodes 3 --data ./data
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -28,7 +28,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) $(JSSDK_STAMP) lint typecheck
+# Generated gRPC/protobuf modules are committed; `proto` regenerates them from the .proto files
+# and `proto-check` (part of `make test`) fails when they differ.
+proto: $(STAMP)
+	$(BIN)/python -m proto.codegen
+
+proto-check: $(STAMP)
+	$(BIN)/python -m proto.codegen --check
+
+test: $(STAMP) $(JSSDK_STAMP) lint typecheck proto-check
 	$(BIN)/pytest
 
 clean:

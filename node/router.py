@@ -135,6 +135,33 @@ class Router:
         replicas = self.placement.replicas(group)
         return replicas[0] if replicas else None
 
+    def status(self) -> dict[str, Any]:
+        """This node's view of the cluster map and of leaderships (for operators and tests)."""
+        groups = []
+        for gid, replicas in sorted(self.placement.groups.items()):
+            local = self.local.get(gid)
+            entry: dict[str, Any] = {
+                "group": gid,
+                "replicas": replicas,
+                "leader": self.leader_of(gid) if local is not None else None,
+                "local": local is not None,
+            }
+            if local is not None:
+                entry["applied_index"] = local.store.applied_index()
+                entry["commit_index"] = int(local.raft.raftCommitIndex)
+                # Raft's own applied position (includes election no-ops, which never reach the
+                # state machine, so it can exceed applied_index).
+                entry["raft_applied"] = int(local.raft.raftLastApplied)
+                entry["is_leader"] = local.is_leader()
+            groups.append(entry)
+        return {
+            "node_id": self.s.node_id,
+            "placement_version": self.placement.version,
+            "nodes": {str(n): h for n, h in sorted(self.placement.nodes.items())},
+            "groups": groups,
+            "slot_table": self.placement.slot_table,
+        }
+
     def groups_ready(self) -> bool:
         """Every group this node replicates knows its leader."""
         return all(g.leader_id() is not None for g in self.local.values())

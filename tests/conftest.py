@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from node.devcluster import NodeProcess, node_env
+from node.devcluster import NodeProcess, cluster_env, node_env, start_all, wait_all_stopped
 
 _addresses = (f"127.0.{(os.getpid() % 200) + 20}.{n}" for n in itertools.count(10))
 
@@ -25,12 +26,7 @@ def start_node(tmp_path: Path, node_id: int = 1, **settings: Any) -> NodeProcess
     """Start a real node. ``settings`` are config keys as ``section__key=value``."""
     host = next(_addresses)
     data = tmp_path / f"node{node_id}-{host}"
-    extra = {
-        f"RAFTCHAT_{k.replace('__', '_').upper()}": str(v).lower()
-        if isinstance(v, bool)
-        else str(v)
-        for k, v in settings.items()
-    }
+    extra = _settings_env(settings)
     extra.setdefault("RAFTCHAT_LOG_FORMAT", "text")
     proc = NodeProcess(
         node_id=node_id,
@@ -86,3 +82,70 @@ def api(node: NodeProcess) -> Iterator[Api]:
     client = Api(node.endpoints["http"])
     yield client
     client.http.close()
+
+
+class Cluster:
+    """Real node processes forming one cluster, each on its own loopback address."""
+
+    def __init__(self, tmp_path: Path, size: int, **settings: Any) -> None:
+        base = next(_addresses).rsplit(".", 1)[0]
+        self.hosts = {i: f"{base}.{100 + i}" for i in range(1, size + 1)}
+        envs = cluster_env(self.hosts, "test-cluster-secret")
+        self.nodes: dict[int, NodeProcess] = {}
+        for i, host in self.hosts.items():
+            data = tmp_path / f"node{i}"
+            extra = dict(envs[i])
+            extra.update(_settings_env(settings))
+            extra.setdefault("RAFTCHAT_LOG_FORMAT", "text")
+            self.nodes[i] = NodeProcess(
+                node_id=i,
+                data_dir=data,
+                env=node_env(i, host, data, extra),
+                log_path=tmp_path / f"node{i}.log",
+            )
+
+    def start(self) -> None:
+        start_all(list(self.nodes.values()))
+
+    def api(self, node_id: int) -> Api:
+        return Api(f"http://{self.hosts[node_id]}:5001")
+
+    def tcp(self, node_id: int) -> tuple[str, int]:
+        return self.hosts[node_id], 5100
+
+    def status(self, node_id: int) -> Any:
+        return self.api(node_id).http.get("/cluster/status").json()
+
+    def leader_of_key(self, key: str, via: int) -> int:
+        """The node leading the group that owns ``key``, as a replica of that group sees it."""
+        st = self.status(via)
+        group = st["slot_table"][zlib.crc32(key.encode()) % 256]
+        for node_id in self.nodes:
+            if not self.nodes[node_id].running:
+                continue
+            for g in self.status(node_id)["groups"]:
+                if g["group"] == group and g.get("is_leader"):
+                    return node_id
+        raise AssertionError(f"no leader for group {group}")
+
+    def stop(self) -> None:
+        wait_all_stopped(list(self.nodes.values()))
+
+
+def _settings_env(settings: dict[str, Any]) -> dict[str, str]:
+    return {
+        f"RAFTCHAT_{k.replace('__', '_').upper()}": str(v).lower()
+        if isinstance(v, bool)
+        else str(v)
+        for k, v in settings.items()
+    }
+
+
+@pytest.fixture
+def cluster3(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, 3)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()

@@ -105,6 +105,10 @@ def build_router(ctx: ApiContext) -> HttpRouter:
             return Response(200, {"status": "ok"})
         return Response(503, {"status": "error", "msg": "a slot group has no leader yet"})
 
+    @route("GET", "/cluster/status")
+    async def cluster_status(req: Request) -> Response:
+        return Response(200, ctx.router.status())
+
     @route("GET", "/route")
     async def route_(req: Request) -> Response:
         gw, host = ctx.config.gateway, ctx.config.node.host
