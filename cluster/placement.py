@@ -51,6 +51,8 @@ class Placement:
     """group id -> node ids of its replicas."""
     nodes: dict[int, str] = field(default_factory=dict)
     """node id -> host."""
+    leaving: list[int] = field(default_factory=list)
+    """Members whose replicas are being moved away before they are removed."""
 
     def group_of(self, key: str) -> int:
         return self.slot_table[slot_of(key)]
@@ -78,3 +80,70 @@ def initial_placement(nodes: list[NodeAddress], group_count: int, replicas: int)
     }
     table = [1 + (s % group_count) for s in range(HASH_SLOTS)]
     return Placement(1, table, groups, {n.node_id: n.host for n in ordered})
+
+
+def to_json(p: Placement) -> dict[str, object]:
+    return {
+        "version": p.version,
+        "slot_table": p.slot_table,
+        "groups": {str(g): r for g, r in sorted(p.groups.items())},
+        "nodes": {str(n): h for n, h in sorted(p.nodes.items())},
+        "leaving": sorted(p.leaving),
+    }
+
+
+def from_json(d: dict[str, object]) -> Placement:
+    groups = d["groups"]
+    nodes = d["nodes"]
+    assert isinstance(groups, dict) and isinstance(nodes, dict)
+    return Placement(
+        int(d["version"]),  # type: ignore[call-overload]
+        [int(x) for x in d["slot_table"]],  # type: ignore[attr-defined]
+        {int(g): [int(n) for n in r] for g, r in groups.items()},
+        {int(n): str(h) for n, h in nodes.items()},
+        [int(n) for n in d.get("leaving", [])],  # type: ignore[attr-defined]
+    )
+
+
+def desired_replicas(
+    current: dict[int, list[int]], active: list[int], replicas: int
+) -> dict[int, list[int]]:
+    """Where every group's replicas should be: on active nodes only, ``replicas`` of them (or
+    every active node, when fewer), spread so that no node holds more than one group more than
+    another. Replicas that may stay, stay (moves copy data), so the result is a small change of
+    ``current``. Deterministic: every controller computes the same answer."""
+    if not active:
+        return {g: [] for g in current}
+    r = min(replicas, len(active))
+    target = {g: [n for n in members if n in active] for g, members in sorted(current.items())}
+    load = {n: 0 for n in active}
+    for members in target.values():
+        for n in members:
+            load[n] += 1
+
+    def least_loaded(exclude: list[int]) -> int:
+        return min((n for n in active if n not in exclude), key=lambda n: (load[n], n))
+
+    for members in target.values():
+        while len(members) > r:
+            drop = max(members, key=lambda n: (load[n], n))
+            members.remove(drop)
+            load[drop] -= 1
+        while len(members) < r:
+            add = least_loaded(members)
+            members.append(add)
+            load[add] += 1
+    # Even out: move a replica from the busiest node to the idlest while that helps.
+    while True:
+        busiest = max(active, key=lambda n: (load[n], -n))
+        idlest = min(active, key=lambda n: (load[n], n))
+        if load[busiest] - load[idlest] <= 1:
+            return target
+        for members in target.values():
+            if busiest in members and idlest not in members:
+                members[members.index(busiest)] = idlest
+                load[busiest] -= 1
+                load[idlest] += 1
+                break
+        else:
+            return target

@@ -5,26 +5,32 @@ A single node is a one-node cluster: the same slot groups, Raft and router, with
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
+import shutil
 import signal
 import sys
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
-from pysyncobj import SyncObjConf
 from trio_websocket import WebSocketRequest, serve_websocket
 
-from cluster.bridge import GrpcClients, GrpcServer, peer_token
-from cluster.placement import Placement, initial_placement
+from cluster.bridge import GrpcCallError, GrpcClients, GrpcServer, peer_token
+from cluster.placement import Placement, from_json, initial_placement
 from cluster.raft.conf import RaftTiming, make_conf
 from cluster.raft.driver import RaftDriver
 from cluster.raft.group import ReplicatedGroup
 from cluster.raft.snapshot import CheckpointSnapshots
+from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.raftchat.peer.v1 import peer_pb2_grpc
 from proto.wkproto import MAX_REMAINING_LENGTH
 
+from .admin import Admin
 from .config import Config
+from .controller import PLACEMENT_KEY, Controller, ControllerMachine
 from .gateway.session import GatewayContext, Session
 from .gateway.transport import TcpTransport, WsTransport
 from .groups.local import LocalGroup
@@ -50,6 +56,12 @@ class Node:
         )
         self.registry = SessionRegistry(limits)
         self.endpoints: dict[str, str] = {}
+        self.stores: dict[int, Store] = {}
+        self.router: Router
+        self.clients: GrpcClients
+        self.driver: RaftDriver
+        self.admin: Admin | None = None
+        self.controller: Controller | None = None
         c = config.cluster
         self.timing = RaftTiming(
             heartbeat_s=c.heartbeat_s,
@@ -78,100 +90,174 @@ class Node:
     def online_local(self, uids: list[str]) -> list[tuple[str, int]]:
         return sorted({(s.uid, s.device_flag) for uid in uids for s in self.registry.of(uid)})
 
+    # --- addresses --------------------------------------------------------------------------
+
+    def raft_address(self, node_id: int, group: int) -> str:
+        return f"{self.router.placement.nodes[node_id]}:{self.config.cluster.raft_port + group}"
+
+    def node_of_address(self, address: str) -> int | None:
+        host, _, port = address.rpartition(":")
+        group = int(port) - self.config.cluster.raft_port
+        for node_id, node_host in self.router.placement.nodes.items():
+            if node_host == host and 0 <= group <= self.config.cluster.groups:
+                return node_id
+        return None
+
+    # --- replicas -----------------------------------------------------------------------------
+
+    def _group_dir(self, group: int) -> Path:
+        name = "controller" if group == 0 else f"groups/g{group}"
+        return Path(self.config.node.data_dir) / name
+
+    def _raft(
+        self, group: int, members: list[int], machine: Any, snapshots: CheckpointSnapshots
+    ) -> concurrent.futures.Future[ReplicatedGroup]:
+        me = self.config.node.id
+        gdir = self._group_dir(group)
+        address = self.raft_address(me, group)
+        conf = make_conf(
+            password=self.config.cluster.password or None,
+            bind_address=address,
+            journal_file=str(gdir / "raft.journal"),
+            dump_file=str(gdir / "raft.dump"),
+            snapshots=snapshots,
+            timing=self.timing,
+        )
+        partners = [self.raft_address(n, group) for n in members if n != me]
+        return self.driver.add_group(
+            f"g{group}", lambda: ReplicatedGroup(address, partners, conf, machine, snapshots)
+        )
+
+    async def open_group(self, group: int, members: list[int]) -> None:
+        """Start this node's replica of a slot group (empty if new: it catches up from the
+        leader's log or a snapshot)."""
+        cfg = self.config
+        gdir = self._group_dir(group)
+        store = Store(gdir / "db")
+        self.stores[group] = store
+        machine = GroupMachine(group, store)
+        snapshots = CheckpointSnapshots(machine, gdir / "snapshots")
+        raft = await trio.to_thread.run_sync(self._raft(group, members, machine, snapshots).result)
+        local = LocalGroup(group, store, machine, raft, self.node_of_address)
+        pipeline = GroupPipeline(
+            local,
+            self.router.on_committed,
+            commit_window_s=cfg.messages.commit_window_ms / 1000,
+            max_batch=cfg.messages.max_batch,
+            proposal_timeout_s=cfg.cluster.proposal_timeout_s,
+        )
+        self.router.attach(local, pipeline)
+        log.info("replica opened", group=group, members=members)
+
+    async def drop_group(self, group: int) -> None:
+        """Stop this node's replica of a group that moved elsewhere, and delete its data."""
+        if group not in self.router.local:
+            return
+        self.router.detach(group)
+        await trio.to_thread.run_sync(self.driver.remove_group(f"g{group}").result)
+        store = self.stores.pop(group, None)
+        if store is not None:
+            store.close()
+        await trio.to_thread.run_sync(shutil.rmtree, self._group_dir(group), True)
+        log.info("replica dropped", group=group)
+
     # --- startup ----------------------------------------------------------------------------
 
-    def _raft_address(self, placement: Placement, node_id: int, group: int) -> str:
-        return f"{placement.nodes[node_id]}:{self.config.cluster.raft_port + group}"
-
-    def _node_of_address(self, placement: Placement) -> dict[str, int]:
-        return {
-            self._raft_address(placement, n, g): n
-            for n in placement.nodes
-            for g in placement.groups
-        }
-
-    async def _open_groups(
-        self, placement: Placement, driver: RaftDriver, router: Router, stores: list[Store]
-    ) -> None:
+    async def _genesis(self) -> Placement:
+        """The first cluster map: computed from ``cluster.nodes`` by every initial member, or
+        received from the cluster when this node joins through ``cluster.join``."""
         cfg = self.config
-        me = cfg.node.id
-        by_address = self._node_of_address(placement)
-        password = cfg.cluster.password or None
-        for gid in placement.groups_of_node(me):
-            gdir = Path(cfg.node.data_dir) / "groups" / f"g{gid}"
-            store = Store(gdir / "db")
-            stores.append(store)
-            machine = GroupMachine(gid, store)
-            snapshots = CheckpointSnapshots(machine, gdir / "snapshots")
-            address = self._raft_address(placement, me, gid)
-            conf = make_conf(
-                password=password,
-                bind_address=address,
-                journal_file=str(gdir / "raft.journal"),
-                dump_file=str(gdir / "raft.dump"),
-                snapshots=snapshots,
-                timing=self.timing,
-            )
-            partners = [
-                self._raft_address(placement, n, gid) for n in placement.replicas(gid) if n != me
-            ]
+        if not cfg.cluster.join:
+            return initial_placement(cfg.cluster_nodes(), cfg.cluster.groups, cfg.cluster.replicas)
+        seed = f"{cfg.cluster.join}:{cfg.cluster.grpc_port}"
+        request = {"op": "join", "node_id": cfg.node.id, "host": cfg.node.host}
+        deadline = trio.current_time() + 60
+        while True:
+            try:
+                raw = await self.clients.get(seed).call(
+                    "Admin", pb.AdminRequest(request=json.dumps(request).encode()), timeout_s=30
+                )
+                reply = json.loads(raw.reply)
+                if "placement" in reply:
+                    return from_json(reply["placement"])
+                error = reply.get("error")
+            except GrpcCallError as e:
+                error = str(e)
+            if trio.current_time() > deadline:
+                raise RuntimeError(f"could not join through {seed}: {error}")
+            log.info("join not accepted yet, retrying", seed=seed, error=error)
+            await trio.sleep(0.5)
 
-            def build(
-                address: str = address,
-                partners: list[str] = partners,
-                conf: SyncObjConf = conf,
-                machine: GroupMachine = machine,
-                snapshots: CheckpointSnapshots = snapshots,
-            ) -> ReplicatedGroup:
-                return ReplicatedGroup(address, partners, conf, machine, snapshots)
+    async def _open_controller(self) -> None:
+        cfg = self.config
+        gdir = self._group_dir(0)
+        store = Store(gdir / "db")
+        self.stores[0] = store
+        # A restart continues from the stored map; a first start computes or fetches one.
+        stored = store.get_state(PLACEMENT_KEY) is not None
+        genesis = Placement(0, [], {}, {}) if stored else await self._genesis()
+        machine = ControllerMachine(store, genesis)
+        self.router.placement = machine.current()
+        snapshots = CheckpointSnapshots(machine, gdir / "snapshots")
+        members = sorted(self.router.placement.nodes)
+        raft = await trio.to_thread.run_sync(self._raft(0, members, machine, snapshots).result)
+        local = LocalGroup(0, store, machine, raft, self.node_of_address)  # type: ignore[arg-type]
+        self.router.attach(local, None)
+        token = trio.lowlevel.current_trio_token()
 
-            future = driver.add_group(f"g{gid}", build)
-            raft = await trio.to_thread.run_sync(future.result)
-            local = LocalGroup(gid, store, machine, raft, by_address.get)
-            pipeline = GroupPipeline(
-                local,
-                router.on_committed,
-                commit_window_s=cfg.messages.commit_window_ms / 1000,
-                max_batch=cfg.messages.max_batch,
-                proposal_timeout_s=cfg.cluster.proposal_timeout_s,
-            )
-            router.attach(local, pipeline)
+        def changed(placement: Placement) -> None:  # on the Raft driver thread
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self.router.set_placement, placement)
+
+        machine.on_change = changed
+        self.admin = Admin(self)
+        self.controller = Controller(
+            cfg.node.id,
+            local,
+            machine,
+            cfg.cluster.replicas,
+            self.admin.call,
+            cfg.cluster.proposal_timeout_s,
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
         host = cfg.node.host
-        placement = initial_placement(cfg.cluster_nodes(), cfg.cluster.groups, cfg.cluster.replicas)
         token = peer_token(cfg.cluster.password) if cfg.cluster.password else None
-        clients = GrpcClients(peer_pb2_grpc.PeerStub, token)
-        router = Router(
-            RouterSettings(
-                node_id=cfg.node.id,
-                grpc_port=cfg.cluster.grpc_port,
-                forward_timeout_s=cfg.cluster.forward_timeout_s,
-                proposal_timeout_s=cfg.cluster.proposal_timeout_s,
-            ),
-            placement,
-            clients,
-            self.deliver_local,
-            self.kick_local,
-            self.online_local,
-        )
-        driver = RaftDriver(self.timing.tick_interval_s, name=f"node{cfg.node.id}")
-        driver.start()
-        stores: list[Store] = []
+        self.clients = GrpcClients(peer_pb2_grpc.PeerStub, token)
+        self.driver = RaftDriver(self.timing.tick_interval_s, name=f"node{cfg.node.id}")
+        self.driver.start()
         try:
-            await self._open_groups(placement, driver, router, stores)
+            self.router = Router(
+                RouterSettings(
+                    node_id=cfg.node.id,
+                    grpc_port=cfg.cluster.grpc_port,
+                    forward_timeout_s=cfg.cluster.forward_timeout_s,
+                    proposal_timeout_s=cfg.cluster.proposal_timeout_s,
+                ),
+                Placement(0, [], {}, {}),
+                self.clients,
+                self.deliver_local,
+                self.kick_local,
+                self.online_local,
+            )
+            await self._open_controller()
+            for gid in self.router.placement.groups_of_node(cfg.node.id):
+                await self.open_group(gid, self.router.placement.replicas(gid))
+            assert self.admin is not None and self.controller is not None
+            self.router.extra_handlers["Admin"] = self.admin.rpc
             grpc_server = GrpcServer(
                 bind=f"{host}:{cfg.cluster.grpc_port}",
                 auth_token=token,
                 add_to_server=peer_pb2_grpc.add_PeerServicer_to_server,
                 servicer_base=peer_pb2_grpc.PeerServicer,
-                handlers=router.handlers(),
+                handlers=self.router.handlers(),
             )
             async with trio.open_nursery() as nursery, grpc_server.serving():
-                await nursery.start(router.run)
-                await self._serve_clients(nursery, router)
-                while not router.groups_ready():
+                await nursery.start(self.router.run)
+                nursery.start_soon(self.controller.run)
+                await self._serve_clients(nursery, self.router)
+                while not self.router.groups_ready():
                     await trio.sleep(READY_POLL_S)  # waiting on elections, which signal nothing
                 log.info("node ready", **self.endpoints)
                 # One machine-readable line on stdout: supervisors (dev, tests, chaos) wait for it.
@@ -180,9 +266,9 @@ class Node:
                 await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(driver.stop)
-            clients.close_all()
-            for store in stores:
+                await trio.to_thread.run_sync(self.driver.stop)
+            self.clients.close_all()
+            for store in self.stores.values():
                 store.close()
 
     async def _serve_clients(self, nursery: trio.Nursery, router: Router) -> None:
@@ -197,7 +283,8 @@ class Node:
             ws = await request.accept()
             await Session(gw, WsTransport(ws)).run()
 
-        api = ApiContext(cfg, self.registry, router)
+        assert self.admin is not None
+        api = ApiContext(cfg, self.registry, router, self.admin)
         http = HttpServer(build_router(api), cfg.http.max_body_bytes)
         await nursery.start(partial(http.serve, host, cfg.http.port))
         tcp_port = cfg.gateway.tcp_port

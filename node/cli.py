@@ -28,6 +28,12 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     return run_dev(nodes=args.nodes, data_dir=args.data, config_path=args.config)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="raftchat", description="raftchat IM server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     p_dev.add_argument("--data", default="./data", help="data directory of the local cluster")
     p_dev.add_argument("--config", help="base TOML config for every node")
     p_dev.set_defaults(func=_cmd_dev)
+    p_bench = sub.add_parser(
+        "bench", help="benchmark a fresh local cluster: throughput, latency, idle CPU, failover"
+    )
+    from .bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(p_bench)
+    p_bench.set_defaults(func=_cmd_bench)
+    from .cluster_cli import add_parser
+
+    add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -85,6 +85,9 @@ class MessagesSection:
 class ClusterSection:
     nodes: str = ""
     """The initial members, ``"1@10.0.0.1,2@10.0.0.2,3@10.0.0.3"``; empty: this node alone."""
+    join: str = ""
+    """Address of a member to join through (a new node of a running cluster); ``cluster.nodes``
+    is then not needed. Its placement comes from the cluster."""
     password: str = ""
     """Shared secret of the Raft ports (Fernet) and the peer gRPC service (HMAC). Required when
     the cluster has more than one node."""
@@ -157,7 +160,7 @@ class Config:
 
     def cluster_nodes(self) -> list[NodeAddress]:
         """The initial members; this node alone when ``cluster.nodes`` is empty."""
-        if not self.cluster.nodes.strip():
+        if not self.cluster.nodes.strip() or self.cluster.join:
             return [NodeAddress(self.node.id, self.node.host)]
         return parse_nodes(self.cluster.nodes)
 
@@ -175,7 +178,7 @@ class Config:
                 f"cluster.nodes gives node {self.node.id} the address {mine[0].host}, "
                 f"but node.host is {self.node.host}"
             )
-        if len(nodes) > 1 and not c.password:
+        if (len(nodes) > 1 or c.join) and not c.password:
             raise ConfigError(
                 "cluster.password is required for a multi-node cluster: without it anyone who "
                 "reaches a Raft port can make the node unpickle arbitrary data"

@@ -59,6 +59,9 @@ _STATUS_FAILURE = {
 }
 
 
+DELIVERY_RETRY_S = 3.0
+
+
 class ClusterUnavailable(Exception):
     """A metadata change or read could not be served in time; ``reason`` says why."""
 
@@ -98,24 +101,57 @@ class Router:
         self._hints: dict[int, int] = {}
         self._forwarders: dict[tuple[int, int], _Forwarder] = {}
         self._deliveries: dict[int, trio.MemorySendChannel[pb.DeliverRequest]] = {}
+        self._pipeline_scopes: dict[int, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
+        self.extra_handlers: dict[str, Callable[[Any], Any]] = {}
         self.delivery_failures = 0
 
     # --- setup ------------------------------------------------------------------------------
 
-    def attach(self, group: LocalGroup, pipeline: GroupPipeline) -> None:
+    def attach(self, group: LocalGroup, pipeline: GroupPipeline | None) -> None:
+        """Serve a local replica (the controller group has no send pipeline)."""
         self.local[group.group_id] = group
-        self.pipelines[group.group_id] = pipeline
+        if pipeline is not None:
+            self.pipelines[group.group_id] = pipeline
+            if self._nursery is not None:
+                self._nursery.start_soon(self._run_pipeline, group.group_id, pipeline)
+
+    def detach(self, group: int) -> None:
+        self.local.pop(group, None)
+        self.pipelines.pop(group, None)
+        scope = self._pipeline_scopes.pop(group, None)
+        if scope is not None:
+            scope.cancel()
+
+    async def _run_pipeline(self, group: int, pipeline: GroupPipeline) -> None:
+        with trio.CancelScope() as scope:
+            self._pipeline_scopes[group] = scope
+            await pipeline.run()
+
+    def set_placement(self, placement: Placement) -> None:
+        """Adopt a newer cluster map from the controller."""
+        if placement.version < self.placement.version:
+            return
+        self.placement = placement
+        self._ensure_delivery_senders()
+
+    def _ensure_delivery_senders(self) -> None:
+        if self._nursery is None:
+            return
+        for node_id in self._other_nodes():
+            if node_id not in self._deliveries:
+                send, recv = trio.open_memory_channel[pb.DeliverRequest](10_000)
+                self._deliveries[node_id] = send
+                self._nursery.start_soon(self._delivery_sender, node_id, recv)
+        for node_id in [n for n in self._deliveries if n not in self.placement.nodes]:
+            self._deliveries.pop(node_id).close()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for pipeline in self.pipelines.values():
-                nursery.start_soon(pipeline.run)
-            for node_id in self._other_nodes():
-                send, recv = trio.open_memory_channel[pb.DeliverRequest](10_000)
-                self._deliveries[node_id] = send
-                nursery.start_soon(self._delivery_sender, node_id, recv)
+            for group, pipeline in self.pipelines.items():
+                nursery.start_soon(self._run_pipeline, group, pipeline)
+            self._ensure_delivery_senders()
             task_status.started()
             await trio.sleep_forever()
 
@@ -123,7 +159,10 @@ class Router:
         return self.placement.group_of(key)
 
     def peer_target(self, node_id: int) -> str:
-        return f"{self.placement.nodes[node_id]}:{self.s.grpc_port}"
+        host = self.placement.nodes.get(node_id)
+        if host is None:
+            raise KeyError(f"node {node_id} is not in the cluster map")
+        return f"{host}:{self.s.grpc_port}"
 
     def leader_of(self, group: int) -> int | None:
         local = self.local.get(group)
@@ -138,7 +177,10 @@ class Router:
     def status(self) -> dict[str, Any]:
         """This node's view of the cluster map and of leaderships (for operators and tests)."""
         groups = []
-        for gid, replicas in sorted(self.placement.groups.items()):
+        for gid, replicas in [
+            (0, sorted(self.placement.nodes)),
+            *sorted(self.placement.groups.items()),
+        ]:
             local = self.local.get(gid)
             entry: dict[str, Any] = {
                 "group": gid,
@@ -153,6 +195,11 @@ class Router:
                 # state machine, so it can exceed applied_index).
                 entry["raft_applied"] = int(local.raft.raftLastApplied)
                 entry["is_leader"] = local.is_leader()
+                pipeline = self.pipelines.get(gid)
+                if pipeline is not None:
+                    entry["batches"] = pipeline.batches
+                    entry["sends"] = pipeline.items
+                    entry["commit_ms"] = _percentiles(pipeline.commit_latency_s)
             groups.append(entry)
         return {
             "node_id": self.s.node_id,
@@ -296,6 +343,8 @@ class Router:
             return await self._clients.get(self.peer_target(target)).call(
                 method, request, timeout_s=self.s.rpc_timeout_s
             )
+        except KeyError:
+            return "forward_failed"
         except GrpcCallError as e:
             log.debug("peer call failed", target=target, method=method, code=str(e.code))
             return "forward_failed"
@@ -340,6 +389,8 @@ class Router:
     ) -> None:
         # One sender per peer keeps a channel's deliveries to that peer in commit order.
         async for first in queue:
+            if node_id not in self.placement.nodes:
+                return  # the node left the cluster
             merged = pb.DeliverRequest()
             merged.MergeFrom(first)
             while len(merged.messages) < 2000:
@@ -347,9 +398,17 @@ class Router:
                     merged.MergeFrom(queue.receive_nowait())
                 except trio.WouldBlock:
                     break
-            reply = await self._call(node_id, "Deliver", merged)
-            if isinstance(reply, str):
-                self.delivery_failures += 1
+            # A peer that just restarted refuses calls until its channel reconnects: retry the
+            # head batch for a moment (later batches wait, keeping commit order) before giving
+            # up on it; its clients then repair the gap by syncing.
+            backoff = 0.05
+            deadline = trio.current_time() + DELIVERY_RETRY_S
+            while isinstance(await self._call(node_id, "Deliver", merged), str):
+                if trio.current_time() + backoff > deadline or node_id not in self.placement.nodes:
+                    self.delivery_failures += 1
+                    break
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 0.5)
 
     # --- peer service handlers ----------------------------------------------------------------
 
@@ -361,6 +420,7 @@ class Router:
             "Deliver": self._h_deliver,
             "Kick": self._h_kick,
             "Online": self._h_online,
+            **self.extra_handlers,
         }
 
     def _leader_status(self, group: int) -> pb.Status | None:
@@ -479,6 +539,17 @@ class Router:
     @staticmethod
     def stub_class() -> Any:
         return peer_pb2_grpc.PeerStub
+
+
+def _percentiles(samples: Any) -> dict[str, float] | None:
+    data = sorted(samples)
+    if not data:
+        return None
+
+    def pick(q: float) -> float:
+        return round(float(data[min(len(data) - 1, int(q * len(data)))]) * 1000, 2)
+
+    return {"p50": pick(0.5), "p99": pick(0.99), "n": len(data)}
 
 
 class _Value:

@@ -4,6 +4,7 @@ leader's RocksDB WAL is fsynced."""
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable
 
@@ -44,6 +45,9 @@ class GroupPipeline:
         self._send, self._recv = trio.open_memory_channel[tuple[pb.SendItem, Done]](queue_size)
         self.batches = 0
         self.items = 0
+        # Recent commit latencies (propose -> committed, applied and fsynced), for the status
+        # route and the bench; a ring, so it costs nothing to keep.
+        self.commit_latency_s: collections.deque[float] = collections.deque(maxlen=2048)
 
     def submit_nowait(self, item: pb.SendItem, done: Done) -> None:
         try:
@@ -72,6 +76,7 @@ class GroupPipeline:
                 time_ms=int(time.time() * 1000),
                 send=pb.SendBatch(items=[item for item, _ in batch]),
             )
+            started = time.perf_counter()
             try:
                 raw = await self.group.propose(command, self._timeout_s)
             except ProposalError as e:
@@ -80,6 +85,7 @@ class GroupPipeline:
                 return
             # A failed fsync here raises and stops the node: no answer would be honest.
             await trio.to_thread.run_sync(self.group.store.flush_wal)
+            self.commit_latency_s.append(time.perf_counter() - started)
             result = pb.SendBatchResult.FromString(raw)
             self.batches += 1
             self.items += len(batch)

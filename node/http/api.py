@@ -18,6 +18,7 @@ from typing import Any
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, DeviceFlag, DeviceLevel, HeaderFlag, ReasonCode
 
+from ..admin import Admin, AdminError
 from ..channels import canonical_channel_id, id_problem, view_channel_id
 from ..config import Config
 from ..pipeline_rules import SYSTEM_UID, request_problem
@@ -39,6 +40,7 @@ class ApiContext:
     config: Config
     registry: SessionRegistry
     router: Router
+    admin: Admin
 
 
 def _check_id(value: str, what: str) -> str:
@@ -108,6 +110,28 @@ def build_router(ctx: ApiContext) -> HttpRouter:
     @route("GET", "/cluster/status")
     async def cluster_status(req: Request) -> Response:
         return Response(200, ctx.router.status())
+
+    async def membership(request: dict[str, Any]) -> Response:
+        try:
+            reply = await ctx.admin.on_controller_leader(request)
+        except AdminError as e:
+            raise ApiError(409 if "member" in str(e) else 503, str(e)) from None
+        return Response(200, {"status": 200, **reply})
+
+    @route("POST", "/cluster/join")
+    async def cluster_join(req: Request) -> Response:
+        body = req.json_object()
+        node_id = get_int(body, "node_id", required=True, minimum=1, maximum=1023)
+        host = get_str(body, "host", required=True)
+        return await membership({"op": "join", "node_id": node_id, "host": host})
+
+    @route("POST", "/cluster/leave")
+    async def cluster_leave(req: Request) -> Response:
+        body = req.json_object()
+        node_id = get_int(body, "node_id", required=True, minimum=1, maximum=1023)
+        if node_id not in ctx.router.placement.nodes:
+            raise ApiError(404, f"node {node_id} is not a member")
+        return await membership({"op": "leave", "node_id": node_id})
 
     @route("GET", "/route")
     async def route_(req: Request) -> Response:

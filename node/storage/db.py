@@ -111,6 +111,11 @@ class Store:
             raw = self._cf["state"].get(_APPLIED)
         return 0 if raw is None else keys.unpack_seq(raw)
 
+    def get_state(self, key: bytes) -> bytes | None:
+        with self._lock:
+            raw = self._cf["state"].get(key)
+        return None if raw is None else bytes(raw)
+
     def last_message_id(self) -> int:
         with self._lock:
             raw = self._cf["state"].get(_LAST_ID)
@@ -269,6 +274,9 @@ class Batch:
 
     def put_device(self, uid: str, device_flag: int, record: DeviceRecord) -> None:
         self._put("users", keys.device_key(uid, device_flag), record.encode())
+
+    def put_state(self, key: bytes, value: bytes) -> None:
+        self._put("state", key, value)
 
     def set_applied(self, index: int) -> None:
         self._put("state", _APPLIED, keys.pack_seq(index))

@@ -186,6 +186,7 @@ class Command(_message.Message):
     SEND_FIELD_NUMBER: _builtins.int
     META_FIELD_NUMBER: _builtins.int
     NOOP_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
     time_ms: _builtins.int
     """the leader's clock when it proposed: the timestamp of every message"""
     @_builtins.property
@@ -196,6 +197,10 @@ class Command(_message.Message):
     def noop(self) -> Global___Noop:
         """read barrier"""
 
+    @_builtins.property
+    def placement(self) -> Global___PlacementUpdate:
+        """controller group only"""
+
     def __init__(
         self,
         *,
@@ -203,16 +208,38 @@ class Command(_message.Message):
         send: Global___SendBatch | None = ...,
         meta: Global___MetaOp | None = ...,
         noop: Global___Noop | None = ...,
+        placement: Global___PlacementUpdate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "meta", b"meta", "noop", b"noop", "send", b"send"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "meta", b"meta", "noop", b"noop", "placement", b"placement", "send", b"send"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "meta", b"meta", "noop", b"noop", "send", b"send", "time_ms", b"time_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "meta", b"meta", "noop", b"noop", "placement", b"placement", "send", b"send", "time_ms", b"time_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["send", "meta", "noop"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["send", "meta", "noop", "placement"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___Command: _TypeAlias = Command  # noqa: Y015
+
+@_typing.final
+class PlacementUpdate(_message.Message):
+    """A compare-and-set of the cluster map: JSON {"base_version": n, "placement": {...}}."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    document: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        document: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlacementUpdate: _TypeAlias = PlacementUpdate  # noqa: Y015
 
 @_typing.final
 class SendBatch(_message.Message):
@@ -799,3 +826,45 @@ class OnlineReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OnlineReply: _TypeAlias = OnlineReply  # noqa: Y015
+
+@_typing.final
+class AdminRequest(_message.Message):
+    """Cluster administration between nodes (membership, replica moves). Low rate, so the
+    operations are JSON documents; node/admin.py lists them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    request: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        request: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdminRequest: _TypeAlias = AdminRequest  # noqa: Y015
+
+@_typing.final
+class AdminReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    reply: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        reply: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdminReply: _TypeAlias = AdminReply  # noqa: Y015

@@ -34,6 +34,11 @@ class PeerStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Admin = channel.unary_unary(
+                '/raftchat.peer.v1.Peer/Admin',
+                request_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.AdminRequest.SerializeToString,
+                response_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.AdminReply.FromString,
+                _registered_method=True)
         self.ForwardSends = channel.unary_unary(
                 '/raftchat.peer.v1.Peer/ForwardSends',
                 request_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.ForwardSendsRequest.SerializeToString,
@@ -68,6 +73,12 @@ class PeerStub:
 
 class PeerServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def Admin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def ForwardSends(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -108,6 +119,11 @@ class PeerServicer:
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Admin': grpc.unary_unary_rpc_method_handler(
+                    servicer.Admin,
+                    request_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.AdminRequest.FromString,
+                    response_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.AdminReply.SerializeToString,
+            ),
             'ForwardSends': grpc.unary_unary_rpc_method_handler(
                     servicer.ForwardSends,
                     request_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.ForwardSendsRequest.FromString,
@@ -148,6 +164,33 @@ def add_PeerServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Peer:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Admin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftchat.peer.v1.Peer/Admin',
+            proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.AdminRequest.SerializeToString,
+            proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.AdminReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def ForwardSends(request,

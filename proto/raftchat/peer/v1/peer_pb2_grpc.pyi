@@ -38,6 +38,7 @@ class PeerStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PeerAsyncStub: ...
+    Admin: _grpc.UnaryUnaryMultiCallable[_peer_pb2.AdminRequest, _peer_pb2.AdminReply]
     ForwardSends: _grpc.UnaryUnaryMultiCallable[_peer_pb2.ForwardSendsRequest, _peer_pb2.ForwardSendsReply]
     ProposeMeta: _grpc.UnaryUnaryMultiCallable[_peer_pb2.ProposeMetaRequest, _peer_pb2.ProposeMetaReply]
     Read: _grpc.UnaryUnaryMultiCallable[_peer_pb2.ReadRequest, _peer_pb2.ReadReply]
@@ -48,6 +49,7 @@ class PeerStub:
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
+    Admin: _aio.UnaryUnaryMultiCallable[_peer_pb2.AdminRequest, _peer_pb2.AdminReply]  # type: ignore[assignment]
     ForwardSends: _aio.UnaryUnaryMultiCallable[_peer_pb2.ForwardSendsRequest, _peer_pb2.ForwardSendsReply]  # type: ignore[assignment]
     ProposeMeta: _aio.UnaryUnaryMultiCallable[_peer_pb2.ProposeMetaRequest, _peer_pb2.ProposeMetaReply]  # type: ignore[assignment]
     Read: _aio.UnaryUnaryMultiCallable[_peer_pb2.ReadRequest, _peer_pb2.ReadReply]  # type: ignore[assignment]
@@ -56,6 +58,13 @@ class PeerAsyncStub(PeerStub):
     Online: _aio.UnaryUnaryMultiCallable[_peer_pb2.OnlineRequest, _peer_pb2.OnlineReply]  # type: ignore[assignment]
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def Admin(
+        self,
+        request: _peer_pb2.AdminRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.AdminReply, _abc.Awaitable[_peer_pb2.AdminReply]]: ...
+
     @_abc_1.abstractmethod
     def ForwardSends(
         self,

@@ -1,0 +1,212 @@
+"""Cluster administration between nodes, as JSON documents over the peer ``Admin`` RPC.
+
+Operations (``op``):
+
+* ``join`` {node_id, host} / ``leave`` {node_id}: membership; served by the controller leader
+  (any node forwards them there);
+* ``status``: this node's view (``Router.status``);
+* ``group_status`` {group}: members, leader, commit and applied indexes of a local replica;
+* ``host_group`` {group, members}: start a (possibly empty) replica of a slot group here;
+* ``drop_group`` {group}: stop this node's replica of a group and delete its data;
+* ``change_members`` {group, add | remove}: on the group's leader, one Raft membership change;
+* ``transfer_leader`` {group, to}: on the group's leader, hand leadership to a caught-up member.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+from pysyncobj import FAIL_REASON
+
+from proto.raftchat.peer.v1 import peer_pb2 as pb
+
+from .log import get_logger
+
+if TYPE_CHECKING:
+    from .app import Node
+
+log = get_logger("admin")
+
+_CONTROLLER_OPS = {"join", "leave"}
+
+
+class AdminError(Exception):
+    pass
+
+
+class Admin:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    # --- calling --------------------------------------------------------------------------------
+
+    async def call(self, node_id: int, request: dict[str, Any]) -> dict[str, Any]:
+        """Run an admin operation on ``node_id`` (locally when it is this node)."""
+        if node_id == self.node.config.node.id:
+            reply = await self.handle(request)
+        else:
+            target = self.node.router.peer_target(node_id)
+            raw = await self.node.clients.get(target).call(
+                "Admin", pb.AdminRequest(request=json.dumps(request).encode()), timeout_s=30.0
+            )
+            reply = json.loads(raw.reply)
+        if "error" in reply:
+            raise AdminError(f"node {node_id}: {reply['error']}")
+        return reply
+
+    async def on_controller_leader(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send a membership request to the controller's leader, wherever it is."""
+        deadline = trio.current_time() + 20
+        while True:
+            leader = self.node.router.leader_of(0)
+            if leader is not None:
+                try:
+                    return await self.call(leader, request)
+                except AdminError as e:
+                    if "not the controller leader" not in str(e) or trio.current_time() > deadline:
+                        raise
+            if trio.current_time() > deadline:
+                raise AdminError("no controller leader")
+            await trio.sleep(0.2)  # an election in progress
+
+    # --- serving --------------------------------------------------------------------------------
+
+    async def rpc(self, req: pb.AdminRequest) -> pb.AdminReply:
+        reply = await self.handle(json.loads(req.request))
+        return pb.AdminReply(reply=json.dumps(reply).encode())
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = getattr(
+            self, f"_op_{op}", None
+        )
+        if handler is None:
+            return {"error": f"unknown admin op {op!r}"}
+        try:
+            return await handler(request)
+        except (AdminError, ValueError, KeyError) as e:
+            return {"error": str(e)}
+
+    async def _op_status(self, r: dict[str, Any]) -> dict[str, Any]:
+        return self.node.router.status()
+
+    async def _forward(self, r: dict[str, Any]) -> dict[str, Any] | None:
+        """Membership requests reaching a node that does not lead the controller go on to the
+        leader, once (a stale view then fails and the caller retries)."""
+        controller = self.node.controller
+        if controller is not None and controller.group.is_leader():
+            return None
+        if r.get("forwarded"):
+            raise AdminError("not the controller leader")
+        return await self.on_controller_leader({**r, "forwarded": True})
+
+    async def _op_join(self, r: dict[str, Any]) -> dict[str, Any]:
+        forwarded = await self._forward(r)
+        if forwarded is not None:
+            return forwarded
+        controller = self._controller_leader()
+        placement = await controller.join(int(r["node_id"]), str(r["host"]))
+        from cluster.placement import to_json
+
+        return {"placement": to_json(placement)}
+
+    async def _op_leave(self, r: dict[str, Any]) -> dict[str, Any]:
+        forwarded = await self._forward(r)
+        if forwarded is not None:
+            return forwarded
+        await self._controller_leader().leave(int(r["node_id"]))
+        return {"ok": True}
+
+    def _controller_leader(self) -> Any:
+        controller = self.node.controller
+        if controller is None or not controller.group.is_leader():
+            raise AdminError("not the controller leader")
+        return controller
+
+    def _local(self, group: int) -> Any:
+        local = self.node.router.local.get(group)
+        if local is None:
+            raise AdminError(f"no replica of group {group} here")
+        return local
+
+    async def _op_group_status(self, r: dict[str, Any]) -> dict[str, Any]:
+        local = self._local(int(r["group"]))
+        raft = local.raft
+        members = [self.node.node_of_address(str(n.address)) for n in raft.otherNodes]
+        members.append(self.node.config.node.id)
+        return {
+            "group": local.group_id,
+            "members": sorted(m for m in members if m is not None),
+            "is_leader": local.is_leader(),
+            "leader": local.leader_id(),
+            "commit_index": int(raft.raftCommitIndex),
+            "raft_applied": int(raft.raftLastApplied),
+        }
+
+    async def _op_host_group(self, r: dict[str, Any]) -> dict[str, Any]:
+        group = int(r["group"])
+        if group not in self.node.router.local:
+            await self.node.open_group(group, [int(n) for n in r["members"]])
+        return {"ok": True}
+
+    async def _op_drop_group(self, r: dict[str, Any]) -> dict[str, Any]:
+        await self.node.drop_group(int(r["group"]))
+        return {"ok": True}
+
+    async def _op_change_members(self, r: dict[str, Any]) -> dict[str, Any]:
+        group = int(r["group"])
+        local = self._local(group)
+        if not local.is_leader():
+            raise AdminError(f"not the leader of group {group}")
+        current = {self.node.node_of_address(str(n.address)) for n in local.raft.otherNodes}
+        if "add" in r:
+            node_id, method = int(r["add"]), local.raft.addNodeToCluster
+            if node_id in current:
+                return {"ok": True, "already": True}
+        else:
+            node_id, method = int(r["remove"]), local.raft.removeNodeFromCluster
+            if node_id not in current:
+                return {"ok": True, "already": True}
+        address = self.node.raft_address(node_id, group)
+        error = await _raft_call(lambda cb: method(address, callback=cb))
+        if error != FAIL_REASON.SUCCESS:
+            raise AdminError(f"membership change of group {group} failed (reason {error})")
+        return {"ok": True}
+
+    async def _op_transfer_leader(self, r: dict[str, Any]) -> dict[str, Any]:
+        group, to = int(r["group"]), int(r["to"])
+        local = self._local(group)
+        address = self.node.raft_address(to, group)
+
+        def start(cb: Callable[[Any, int], None]) -> None:
+            # transferLeadership reads Raft internals: it must run on the driver thread.
+            self.node.driver.call(lambda: local.raft.transferLeadership(address, callback=cb))
+
+        error = await _raft_call(start)
+        if error != FAIL_REASON.SUCCESS:
+            raise AdminError(f"leadership transfer of group {group} refused (reason {error})")
+        return {"ok": True}
+
+
+async def _raft_call(start: Callable[[Callable[[Any, int], None]], None]) -> int:
+    """Start a pysyncobj call with a callback and wait (bounded) for its outcome."""
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+    box: list[int] = []
+
+    def finish(error: int) -> None:
+        box.append(error)
+        done.set()
+
+    def callback(_result: Any, error: int) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(finish, error)
+
+    start(callback)
+    with trio.move_on_after(20):
+        await done.wait()
+    return box[0] if box else -1

@@ -1,0 +1,283 @@
+"""The controller group: one Raft group on every node that holds the cluster map (members, the
+slot table, and which nodes replicate each slot group), and the reconciler that, on the
+controller's leader, moves slot-group replicas until the map matches what membership wants.
+
+The placement in the controller always records actual Raft membership: the reconciler changes a
+slot group's membership first (one node at a time, adding before removing, so a group never has
+fewer than its replicas while data moves) and records each change afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from cluster.placement import Placement, desired_replicas, from_json, to_json
+from proto.raftchat.peer.v1 import peer_pb2 as pb
+
+from .groups.local import LocalGroup, ProposalError
+from .log import get_logger
+from .storage import Store
+
+log = get_logger("controller")
+
+CONTROLLER_GROUP = 0
+PLACEMENT_KEY = b"placement"
+
+AdminCall = Callable[[int, dict[str, Any]], Awaitable[dict[str, Any]]]
+"""(node id, admin request) -> reply; raises on failure."""
+
+
+class ControllerMachine:
+    """Applies compare-and-set updates of the placement, stored in the controller's RocksDB."""
+
+    def __init__(self, store: Store, genesis: Placement) -> None:
+        self.store = store
+        self.genesis = genesis
+        self.on_change: Callable[[Placement], None] | None = None
+
+    def current(self) -> Placement:
+        raw = self.store.get_state(PLACEMENT_KEY)
+        return self.genesis if raw is None else from_json(json.loads(raw))
+
+    def applied_index(self) -> int:
+        return self.store.applied_index()
+
+    def checkpoint(self, path: str) -> None:
+        self.store.checkpoint(path)
+
+    def install(self, path: str) -> None:
+        self.store.install(path)
+        if self.on_change is not None:
+            self.on_change(self.current())
+
+    def apply(self, index: int, command: bytes) -> bytes:
+        if index <= self.store.applied_index():
+            return b""
+        cmd = pb.Command.FromString(command)
+        wb = self.store.batch()
+        result: dict[str, Any] = {"ok": True}
+        changed: Placement | None = None
+        if cmd.WhichOneof("body") == "placement":
+            doc = json.loads(cmd.placement.document)
+            current = self.current()
+            if doc["base_version"] != current.version:
+                result = {"ok": False, "reason": "conflict", "version": current.version}
+            else:
+                changed = from_json(doc["placement"])
+                changed.version = current.version + 1
+                wb.put_state(PLACEMENT_KEY, json.dumps(to_json(changed)).encode())
+                result = {"ok": True, "version": changed.version}
+        wb.set_applied(index)
+        self.store.write(wb)
+        if changed is not None and self.on_change is not None:
+            self.on_change(changed)
+        return json.dumps(result).encode()
+
+
+class Controller:
+    def __init__(
+        self,
+        node_id: int,
+        group: LocalGroup,
+        machine: ControllerMachine,
+        replicas: int,
+        admin: AdminCall,
+        proposal_timeout_s: float,
+    ) -> None:
+        self.node_id = node_id
+        self.group = group
+        self.machine = machine
+        self.replicas = replicas
+        self._admin = admin
+        self._timeout_s = proposal_timeout_s
+        self._lock = trio.Lock()
+        self.rounds = 0
+
+    def placement(self) -> Placement:
+        return self.machine.current()
+
+    async def update(self, mutate: Callable[[Placement], None]) -> Placement:
+        """Apply ``mutate`` to a copy of the current placement and commit it (controller leader
+        only); retried on a concurrent change."""
+        async with self._lock:
+            for _ in range(5):
+                base = self.placement()
+                new = from_json(to_json(base))
+                mutate(new)
+                doc = {"base_version": base.version, "placement": to_json(new)}
+                update = pb.PlacementUpdate(document=json.dumps(doc).encode())
+                raw = await self.group.propose(
+                    pb.Command(time_ms=int(time.time() * 1000), placement=update),
+                    self._timeout_s,
+                )
+                if json.loads(raw)["ok"]:
+                    return self.placement()
+            raise ProposalError("unknown", "placement kept changing")
+
+    # --- membership requests (on the controller leader) ---------------------------------------
+
+    async def join(self, node_id: int, host: str) -> Placement:
+        placement = self.placement()
+        known = placement.nodes.get(node_id)
+        if known is not None and known != host:
+            raise ValueError(f"node {node_id} is already a member at {known}")
+        if known is None:
+
+            def add(p: Placement) -> None:
+                p.nodes[node_id] = host
+
+            placement = await self.update(add)
+        # Into the controller group too: the new node starts its replica with the others as
+        # partners, and the leader (this node) adds it.
+        await self._admin(self.node_id, {"op": "change_members", "group": 0, "add": node_id})
+        log.info("node joined", node_id=node_id, host=host)
+        return placement
+
+    async def leave(self, node_id: int) -> None:
+        if node_id not in self.placement().nodes:
+            raise ValueError(f"node {node_id} is not a member")
+
+        def mark(p: Placement) -> None:
+            if node_id not in p.leaving:
+                p.leaving.append(node_id)
+
+        await self.update(mark)
+        log.info("node leaving", node_id=node_id)
+
+    # --- the reconciler -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            await trio.sleep(1.0)  # a periodic sweep: membership and health change without events
+            if not self.group.is_leader():
+                continue
+            try:
+                await self.reconcile_once()
+            except Exception as e:
+                log.warning("reconcile round failed", error=repr(e))
+
+    def desired(self, placement: Placement) -> dict[int, list[int]]:
+        active = [n for n in sorted(placement.nodes) if n not in placement.leaving]
+        return desired_replicas(placement.groups, active, self.replicas)
+
+    async def reconcile_once(self) -> bool:
+        """One step for every group that is not where it should be; True when all were."""
+        self.rounds += 1
+        placement = self.placement()
+        desired = self.desired(placement)
+        moves = {g: d for g, d in desired.items() if sorted(d) != sorted(placement.groups[g])}
+        if moves:
+            async with trio.open_nursery() as nursery:
+                for group, target in moves.items():
+                    nursery.start_soon(self._step, group, target)
+            return False
+        await self._retire_drained(placement)
+        await self._balance_leaders(placement)
+        return True
+
+    async def _step(self, group: int, target: list[int]) -> None:
+        current = list(self.placement().groups[group])
+        leader = await self._group_leader(group, current)
+        if leader is None:
+            return
+        add = [n for n in target if n not in current]
+        if add:
+            await self._add(group, current, leader, add[0])
+            return
+        remove = [n for n in current if n not in target]
+        if remove:
+            await self._remove(group, current, leader, remove[0])
+
+    async def _group_leader(self, group: int, members: list[int]) -> int | None:
+        for n in members:
+            try:
+                st = await self._admin(n, {"op": "group_status", "group": group})
+            except Exception:
+                continue
+            if st.get("is_leader"):
+                return n
+        return None
+
+    async def _add(self, group: int, current: list[int], leader: int, node: int) -> None:
+        log.info("adding replica", group=group, node=node)
+        await self._admin(node, {"op": "host_group", "group": group, "members": [*current, node]})
+        await self._admin(leader, {"op": "change_members", "group": group, "add": node})
+        lead = await self._admin(leader, {"op": "group_status", "group": group})
+        # Record the replica only once it has caught up, so that a map entry means "has data".
+        with trio.fail_after(120):
+            while True:
+                st = await self._admin(node, {"op": "group_status", "group": group})
+                if st["raft_applied"] >= lead["commit_index"]:
+                    break
+                await trio.sleep(0.2)  # catching up (log or snapshot) emits no event we can see
+
+        def record(p: Placement) -> None:
+            if node not in p.groups[group]:
+                p.groups[group].append(node)
+
+        await self.update(record)
+
+    async def _remove(self, group: int, current: list[int], leader: int, node: int) -> None:
+        log.info("removing replica", group=group, node=node)
+        if node == leader:
+            others = [n for n in current if n != node]
+            await self._admin(node, {"op": "transfer_leader", "group": group, "to": others[0]})
+            return  # next round finds the new leader and removes the old one
+        await self._admin(leader, {"op": "change_members", "group": group, "remove": node})
+
+        def record(p: Placement) -> None:
+            if node in p.groups[group]:
+                p.groups[group].remove(node)
+
+        await self.update(record)
+        try:
+            await self._admin(node, {"op": "drop_group", "group": group})
+        except Exception as e:  # a dead node: its data goes when it is wiped or rejoins
+            log.info("could not tell the old replica to drop its data", node=node, error=repr(e))
+
+    async def _retire_drained(self, placement: Placement) -> None:
+        for node in sorted(placement.leaving):
+            if any(node in m for m in placement.groups.values()):
+                continue
+            if node == self.node_id:
+                # A node cannot remove itself from a Raft group: hand the controller to a
+                # remaining node, whose reconciler then retires this one.
+                others = [n for n in sorted(placement.nodes) if n not in placement.leaving]
+                if others:
+                    await self._admin(
+                        self.node_id, {"op": "transfer_leader", "group": 0, "to": others[0]}
+                    )
+                return
+            await self._admin(self.node_id, {"op": "change_members", "group": 0, "remove": node})
+
+            def forget(p: Placement, node: int = node) -> None:
+                p.nodes.pop(node, None)
+                p.leaving.remove(node)
+
+            await self.update(forget)
+            log.info("node left the cluster", node_id=node)
+
+    async def _balance_leaders(self, placement: Placement) -> None:
+        """Move one leadership from the busiest to the idlest node when they differ by > 1."""
+        leaders: dict[int, list[int]] = {
+            n: [] for n in placement.nodes if n not in placement.leaving
+        }
+        for group, members in placement.groups.items():
+            leader = await self._group_leader(group, members)
+            if leader in leaders:
+                leaders[leader].append(group)
+        if len(leaders) < 2:
+            return
+        busiest = max(leaders, key=lambda n: len(leaders[n]))
+        idlest = min(leaders, key=lambda n: len(leaders[n]))
+        if len(leaders[busiest]) - len(leaders[idlest]) <= 1:
+            return
+        for group in leaders[busiest]:
+            if idlest in placement.groups[group]:
+                await self._admin(busiest, {"op": "transfer_leader", "group": group, "to": idlest})
+                return
