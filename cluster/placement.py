@@ -67,15 +67,15 @@ class Placement:
 def initial_placement(nodes: list[NodeAddress], group_count: int, replicas: int) -> Placement:
     """Deterministic bootstrap map: every initial node computes the same one.
 
-    Group g is replicated on ``replicas`` consecutive nodes starting at node ``g - 1``, so the
-    replicas (and, after elections, the leaders) spread evenly over the nodes.
+    Replica i of group g goes to node ``((g - 1) * r + i) mod N``: consecutive, so distinct,
+    and dealt round-robin, so every node holds within one replica of every other.
     """
     if not nodes:
         raise ValueError("a cluster needs at least one node")
     ordered = sorted(nodes, key=lambda n: n.node_id)
     r = min(replicas, len(ordered))
     groups = {
-        g: [ordered[(g - 1 + i) % len(ordered)].node_id for i in range(r)]
+        g: [ordered[((g - 1) * r + i) % len(ordered)].node_id for i in range(r)]
         for g in range(1, group_count + 1)
     }
     table = [1 + (s % group_count) for s in range(HASH_SLOTS)]

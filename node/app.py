@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import secrets
 import shutil
 import signal
 import sys
@@ -62,6 +63,9 @@ class Node:
         self.driver: RaftDriver
         self.admin: Admin | None = None
         self.controller: Controller | None = None
+        # Never a Raft port without a password: pysyncobj unpickles whatever reaches an open
+        # one. A lone node has no peer to share a secret with, so it makes one up.
+        self.raft_password = config.cluster.password or secrets.token_hex(16)
         c = config.cluster
         self.timing = RaftTiming(
             heartbeat_s=c.heartbeat_s,
@@ -116,7 +120,7 @@ class Node:
         gdir = self._group_dir(group)
         address = self.raft_address(me, group)
         conf = make_conf(
-            password=self.config.cluster.password or None,
+            password=self.raft_password,
             bind_address=address,
             journal_file=str(gdir / "raft.journal"),
             dump_file=str(gdir / "raft.dump"),

@@ -183,8 +183,8 @@ class Config:
                 "cluster.password is required for a multi-node cluster: without it anyone who "
                 "reaches a Raft port can make the node unpickle arbitrary data"
             )
-        if not 1 <= c.groups <= 1000:
-            raise ConfigError("cluster.groups must be in 1..1000")
+        if not 1 <= c.groups <= 256:
+            raise ConfigError("cluster.groups must be in 1..256 (there are 256 hash slots)")
         if c.replicas < 1:
             raise ConfigError("cluster.replicas must be at least 1")
         if not (c.raft_port > 0 and c.raft_port + c.groups < 65536):

@@ -20,7 +20,8 @@ import trio
 
 from client.errors import ClientClosed, ConnectRefused
 from client.wkproto import open_client
-from tests.conftest import Cluster, eventually
+from node.devcluster import NodeProcess
+from tests.conftest import Api, Cluster, eventually
 
 
 def pick_channel(cluster: Cluster, leader: int | None = None, avoid: int | None = None) -> str:
@@ -283,6 +284,25 @@ def test_strangers_cannot_make_a_raft_port_unpickle(cluster3: Cluster, tmp_path:
     api = cluster3.api(1)
     api.token("after", "t")
     api.ok("/channel", {"channel_id": "still-fine", "channel_type": 2, "subscribers": ["after"]})
+    assert not os.path.exists(marker)
+
+
+def test_a_lone_node_without_a_password_still_refuses_pickles(
+    node: NodeProcess, tmp_path: Path
+) -> None:
+    """No password configured: the node invents one, so its Raft ports refuse strangers too."""
+    marker = str(tmp_path / "pwned-solo")
+    payload = zlib.compress(pickle.dumps(_Evil(marker)), 3)
+    host = node.endpoints["tcp"].rsplit(":", 1)[0]
+    with socket.create_connection((host, 12001), timeout=5) as s:
+        s.sendall(struct.pack("i", len(payload)) + payload)
+        s.settimeout(2)
+        try:
+            while s.recv(4096):
+                pass  # the node hangs up once it has read and refused the frame
+        except (TimeoutError, ConnectionError):
+            pass
+    Api(node.endpoints["http"]).token("solo", "t")  # still serving, through that same group
     assert not os.path.exists(marker)
 
 

@@ -1,0 +1,362 @@
+"""Raft groups across several drivers in one process, on loopback: election, replication
+order, snapshot catch-up of a new replica, and the transport's refusal of forged frames.
+
+Each replica has its own ``RaftDriver`` (as each node has one), a RocksDB store and a
+``GroupMachine``; replicas are compared through their stores. Elections signal nothing, so the
+leader is found by polling with a deadline; applied state is awaited through a condition
+variable the state machine notifies.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import os
+import pickle
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pysyncobj import FAIL_REASON
+
+from cluster.raft.conf import RaftTiming, make_conf
+from cluster.raft.driver import RaftDriver
+from cluster.raft.group import ReplicatedGroup
+from cluster.raft.snapshot import CheckpointSnapshots
+from node.groups.machine import GroupMachine
+from node.storage import Store
+from proto.raftchat.peer.v1 import peer_pb2 as pb
+from proto.wkproto import ChannelType, ReasonCode
+
+PERSON = int(ChannelType.PERSON)
+T0 = 1_800_000_000_000
+WAIT_S = 20.0
+FAST = RaftTiming(
+    tick_interval_s=0.02,
+    heartbeat_s=0.05,
+    election_min_s=0.25,
+    election_max_s=0.5,
+    connection_retry_s=0.1,
+)
+# One port per test (the hosts are fixed); derived from the pid so that two runs on one
+# machine do not collide, and below the ephemeral range.
+_ports = itertools.count(20_000 + (os.getpid() % 1000) * 10)
+
+
+# --- replicas ---------------------------------------------------------------------------------
+
+
+class Recorder(GroupMachine):
+    """The real state machine, plus the order in which this replica applied commands."""
+
+    def __init__(self, group: int, store: Store) -> None:
+        super().__init__(group, store)
+        self.log: list[tuple[int, bytes]] = []
+        self.cond = threading.Condition()
+
+    def apply(self, index: int, command: bytes) -> bytes:
+        fresh = index > self.store.applied_index()
+        result = super().apply(index, command)
+        with self.cond:
+            if fresh:
+                self.log.append((index, command))
+            self.cond.notify_all()
+        return result
+
+    def install(self, path: str) -> None:
+        super().install(path)
+        with self.cond:
+            self.cond.notify_all()
+
+    def wait_applied(self, index: int, timeout_s: float = WAIT_S) -> None:
+        with self.cond:
+            ok = self.cond.wait_for(lambda: self.store.applied_index() >= index, timeout_s)
+        assert ok, f"applied {self.store.applied_index()} < {index} after {timeout_s} s"
+
+
+class Replica:
+    def __init__(
+        self,
+        directory: Path,
+        address: str,
+        partners: list[str],
+        *,
+        password: str | None = None,
+        timing: RaftTiming = FAST,
+    ) -> None:
+        self.address = address
+        self.store = Store(directory / "db")
+        self.machine = Recorder(1, self.store)
+        self.snapshots = CheckpointSnapshots(self.machine, directory / "snapshots")
+        conf = make_conf(
+            password=password,
+            bind_address=address,
+            journal_file=str(directory / "raft.journal"),
+            dump_file=str(directory / "raft.dump"),
+            snapshots=self.snapshots,
+            timing=timing,
+        )
+        self.driver = RaftDriver(timing.tick_interval_s, name=address)
+        self.driver.start()
+        machine, snapshots = self.machine, self.snapshots
+        self.raft: ReplicatedGroup = self.driver.add_group(
+            "g1", lambda: ReplicatedGroup(address, partners, conf, machine, snapshots)
+        ).result(10)
+
+    def is_leader(self) -> bool:
+        return bool(self.raft._isLeader())
+
+    def leader(self) -> str | None:
+        node = self.raft._getLeader()
+        return None if node is None else str(getattr(node, "address", node))
+
+    def close(self) -> None:
+        self.driver.stop()
+        self.store.close()
+
+
+class Cluster:
+    def __init__(self, tmp_path: Path, size: int = 3, **kw: Any) -> None:
+        self.tmp_path = tmp_path
+        self.port = next(_ports)
+        self.kw = kw
+        self.addresses = [self.address(i) for i in range(1, size + 1)]
+        self.replicas: list[Replica] = []
+        for addr in self.addresses:
+            partners = [a for a in self.addresses if a != addr]
+            self.add_replica(addr, partners)
+
+    def address(self, n: int) -> str:
+        return f"127.0.89.{n}:{self.port}"
+
+    def add_replica(self, address: str, partners: list[str]) -> Replica:
+        directory = self.tmp_path / address.replace(":", "_")
+        replica = Replica(directory, address, partners, **self.kw)
+        self.replicas.append(replica)
+        return replica
+
+    def leader(self) -> Replica:
+        """The one leader every replica agrees on (polled: elections signal nothing)."""
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            leaders = [r for r in self.replicas if r.is_leader()]
+            if len(leaders) == 1 and all(r.leader() == leaders[0].address for r in self.replicas):
+                return leaders[0]
+            assert time.monotonic() < deadline, "no agreed leader"
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        errors = []
+        for r in self.replicas:
+            try:
+                r.close()
+            except Exception as e:  # close the rest anyway
+                errors.append(e)
+        assert not errors, errors
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def propose(replica: Replica, command: pb.Command) -> concurrent.futures.Future[bytes]:
+    fut: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+
+    def callback(result: Any, error: int) -> None:  # driver thread
+        if error == FAIL_REASON.SUCCESS:
+            fut.set_result(bytes(result or b""))
+        else:
+            fut.set_exception(RuntimeError(f"pysyncobj reason {error}"))
+
+    replica.raft.apply(command.SerializeToString(), callback=callback)
+    return fut
+
+
+def send(i: int, prefix: str = "n") -> pb.Command:
+    it = pb.SendItem(
+        from_uid="a",
+        channel_id="a@b",
+        channel_type=PERSON,
+        client_msg_no=f"{prefix}{i}",
+        payload=f"{prefix}{i}".encode(),
+    )
+    return pb.Command(time_ms=T0 + i, send=pb.SendBatch(items=[it]))
+
+
+def commit_all(leader: Replica, commands: list[pb.Command]) -> list[pb.SendOutcome]:
+    futures = [propose(leader, c) for c in commands]
+    outs = []
+    for fut in futures:
+        result = pb.SendBatchResult.FromString(fut.result(WAIT_S))
+        outs.extend(result.outcomes)
+    assert all(o.reason == ReasonCode.SUCCESS for o in outs)
+    return outs
+
+
+def first_log_index(replica: Replica) -> int:
+    """The first entry still in the replica's Raft log (read on its driver thread)."""
+    return int(replica.driver.call(lambda: replica.raft._SyncObj__raftLog[0][1]).result(10))
+
+
+def raw_dump(store: Store) -> dict[str, list[tuple[bytes, bytes]]]:
+    return {name: [(bytes(k), bytes(v)) for k, v in cf.items()] for name, cf in store._cf.items()}
+
+
+def assert_same_state(replicas: list[Replica]) -> None:
+    index = max(r.store.applied_index() for r in replicas)
+    for r in replicas:
+        r.machine.wait_applied(index)
+    first = raw_dump(replicas[0].store)
+    for r in replicas[1:]:
+        assert raw_dump(r.store) == first, f"{r.address} differs from {replicas[0].address}"
+
+
+# --- election and replication -----------------------------------------------------------------
+
+
+def test_a_leader_is_elected_and_commands_apply_in_the_same_order_everywhere(
+    cluster: Cluster,
+) -> None:
+    leader = cluster.leader()
+    outs = commit_all(leader, [send(i) for i in range(40)])
+    # proposals from one thread keep their order in the log
+    assert [o.message_seq for o in outs] == list(range(1, 41))
+    assert_same_state(cluster.replicas)
+    logs = [r.machine.log for r in cluster.replicas]
+    assert len(logs[0]) == 40
+    assert all(log == logs[0] for log in logs)
+    indexes = [index for index, _ in logs[0]]
+    assert indexes == sorted(indexes) and len(set(indexes)) == 40
+    for r in cluster.replicas:
+        msgs = r.store.messages(PERSON, "a@b", 0, 0, 100)
+        assert [m.message_seq for m in msgs] == list(range(1, 41))
+        assert [m.message_id for m in msgs] == [o.message_id for o in outs]
+
+
+def test_a_follower_applies_what_the_leader_commits(cluster: Cluster) -> None:
+    """Only the leader proposes in raftchat; what it commits reaches every follower."""
+    leader = cluster.leader()
+    follower = next(r for r in cluster.replicas if r is not leader)
+    commit_all(leader, [send(0)])
+    follower.machine.wait_applied(leader.store.applied_index())
+    assert follower.store.head_seq(PERSON, "a@b") == 1
+    assert not follower.is_leader()
+
+
+# --- snapshot catch-up ------------------------------------------------------------------------
+
+
+def test_a_new_replica_catches_up_through_a_checkpoint_snapshot(tmp_path: Path) -> None:
+    timing = RaftTiming(
+        tick_interval_s=FAST.tick_interval_s,
+        heartbeat_s=FAST.heartbeat_s,
+        election_min_s=FAST.election_min_s,
+        election_max_s=FAST.election_max_s,
+        connection_retry_s=FAST.connection_retry_s,
+        compaction_entries=20,
+    )
+    cluster = Cluster(tmp_path, timing=timing)
+    try:
+        leader = cluster.leader()
+        first = commit_all(leader, [send(i) for i in range(100)])
+        assert [o.message_seq for o in first] == list(range(1, 101))
+        assert_same_state(cluster.replicas)
+        # the log was compacted into checkpoints: entry 2 is gone from every journal
+        deadline = time.monotonic() + WAIT_S
+        while first_log_index(leader) <= 2:
+            assert time.monotonic() < deadline, "the leader never compacted its log"
+            time.sleep(0.02)  # compaction finishes on a later tick; it signals nothing
+        assert leader.snapshots.taken >= 1
+
+        new_addr = cluster.address(4)
+        newcomer = cluster.add_replica(new_addr, list(cluster.addresses))
+        added: concurrent.futures.Future[int] = concurrent.futures.Future()
+        leader.driver.call(
+            lambda: leader.raft.addNodeToCluster(
+                new_addr, callback=lambda _res, err: added.set_result(err)
+            )
+        ).result(10)
+        assert added.result(WAIT_S) == FAIL_REASON.SUCCESS
+
+        newcomer.machine.wait_applied(leader.store.applied_index())
+        assert newcomer.snapshots.installed >= 1
+        # it did not replay the commands one by one: it got them in a checkpoint
+        assert len(newcomer.machine.log) < 100
+        # and it follows the commands after the snapshot
+        later = commit_all(leader, [send(i, "late") for i in range(10)])
+        assert [o.message_seq for o in later] == list(range(101, 111))
+        assert_same_state(cluster.replicas)
+        msgs = newcomer.store.messages(PERSON, "a@b", 0, 0, 1000)
+        assert [m.message_seq for m in msgs] == list(range(1, 111))
+        assert newcomer.raft._SyncObj__raftLastApplied == leader.raft._SyncObj__raftLastApplied
+    finally:
+        cluster.close()
+
+
+# --- transport security -----------------------------------------------------------------------
+
+
+class Evil:
+    """Unpickling this touches ``marker``: what a forged frame would run on the node."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (Path.touch, (self.marker,))
+
+
+def frame(obj: Any, encrypt_with: str | None = None) -> bytes:
+    """One pysyncobj TCP frame: a 4-byte native-order length, then the zlib-compressed pickle
+    (Fernet-encrypted when the cluster has a password)."""
+    data = zlib.compress(pickle.dumps(obj, protocol=2), 3)
+    if encrypt_with is not None:
+        from pysyncobj.encryptor import getEncryptor
+
+        data = getEncryptor(encrypt_with).encrypt(data)
+    return struct.pack("i", len(data)) + data
+
+
+def attack(address: str, marker: Path, encrypt_with: str | None = None) -> None:
+    """Send a forged frame and return when the node hangs up, which proves its driver read
+    the frame. The forged object sits in a tuple: unpickled, the tuple is a message that
+    names no known node, so pysyncobj drops the connection (a bare ``None`` it would ignore)."""
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(frame((Evil(marker), "not-a-node"), encrypt_with))
+        while sock.recv(65536):
+            pass
+
+
+def test_forged_pickles_never_run_when_the_cluster_has_a_password(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    cluster = Cluster(tmp_path, password="cluster-secret")
+    try:
+        leader = cluster.leader()
+        commit_all(leader, [send(0)])
+        follower = next(r for r in cluster.replicas if r is not leader)
+        # a raw pickle, as pysyncobj unpickles it without a password
+        attack(follower.address, marker)
+        attack(leader.address, marker)
+        # one encrypted with the wrong password
+        attack(leader.address, marker, encrypt_with="wrong")
+        assert not marker.exists()
+        # the drivers keep working: a command proposed afterwards commits on every replica
+        outs = commit_all(leader, [send(1)])
+        assert outs[0].message_seq == 2
+        assert_same_state(cluster.replicas)
+        assert all(r.driver.thread.is_alive() for r in cluster.replicas)
+    finally:
+        cluster.close()
+    assert not marker.exists()
