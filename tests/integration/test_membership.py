@@ -65,9 +65,8 @@ def test_join_then_leave_under_load(tmp_path: Path) -> None:
         def node1_gone() -> bool:
             st = cluster.status(2)
             groups = data_groups(st)
-            return (
-                "1" not in st["nodes"]
-                and all(len(g["replicas"]) == 3 and 1 not in g["replicas"] for g in groups)
+            return "1" not in st["nodes"] and all(
+                len(g["replicas"]) == 3 and 1 not in g["replicas"] for g in groups
             )
 
         eventually(node1_gone, timeout_s=180, what="node 1 drained and removed")
