@@ -291,6 +291,8 @@ class Node:
         api = ApiContext(cfg, self.registry, router, self.admin)
         http = HttpServer(build_router(api), cfg.http.max_body_bytes)
         await nursery.start(partial(http.serve, host, cfg.http.port))
+        if cfg.http.also_host and cfg.http.also_host != host:
+            await nursery.start(partial(http.serve, cfg.http.also_host, cfg.http.port))
         tcp_port = cfg.gateway.tcp_port
         await nursery.start(partial(trio.serve_tcp, on_tcp, tcp_port, host=host))
         await nursery.start(

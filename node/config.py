@@ -66,6 +66,9 @@ class DevicesSection:
 class HttpSection:
     port: int = 5001
     max_body_bytes: int = 2 * 1024 * 1024
+    also_host: str = ""
+    """A second address the HTTP API listens on (``raftchat dev`` puts node 1 on 127.0.0.1
+    too, so that ``curl http://127.0.0.1:5001/health`` answers)."""
 
 
 @dataclass

@@ -46,7 +46,10 @@ def run_dev(nodes: int, data_dir: str, config_path: str | None) -> int:
         return 2
     root = Path(data_dir).resolve()
     hosts = dev_hosts(nodes)
-    envs = cluster_env(hosts, dev_password(root)) if nodes > 1 else {1: {}}
+    envs: dict[int, dict[str, str]] = (
+        cluster_env(hosts, dev_password(root)) if nodes > 1 else {1: {}}
+    )
+    envs[1]["RAFTCHAT_HTTP_ALSO_HOST"] = "127.0.0.1"
     procs = [
         NodeProcess(
             node_id=i,

@@ -8,6 +8,7 @@ through one queue and one writer task, so SENDACKs and RECVs never interleave on
 
 from __future__ import annotations
 
+import collections
 import hmac
 import itertools
 import time
@@ -56,6 +57,8 @@ log = get_logger("gateway")
 
 OUTBOUND_QUEUE = 4096
 """Frames waiting for a slow client; past this the session is closed and the client resyncs."""
+SEQ_MEMORY = 4096
+"""Channels per session whose last delivered seq is remembered (least recently used dropped)."""
 SENDS_IN_FLIGHT = 256
 """SENDs of one session being committed at once; past this the session stops reading."""
 
@@ -90,6 +93,7 @@ class Session:
         self._scope = trio.CancelScope()
         self._leaving = False
         self._sends = trio.Semaphore(SENDS_IN_FLIGHT)
+        self._last_seq: collections.OrderedDict[tuple[int, str], int] = collections.OrderedDict()
         self._nursery: trio.Nursery | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -392,6 +396,16 @@ class Session:
         """Queue a RECV of a committed message, encrypted for this session."""
         if self._leaving:
             return
+        if msg.message_seq:
+            # A channel's stream to a session never goes backwards or repeats (a late fan-out
+            # from a deposed leader, a retried delivery): gaps are the client's to sync.
+            key = (msg.channel_type, msg.channel_id)
+            if msg.message_seq <= self._last_seq.get(key, 0):
+                return
+            self._last_seq[key] = msg.message_seq
+            self._last_seq.move_to_end(key)
+            if len(self._last_seq) > SEQ_MEMORY:
+                self._last_seq.popitem(last=False)
         channel_id = view_channel_id(msg.channel_id, msg.channel_type, self.uid)
         from_uid = "" if msg.from_uid == SYSTEM_UID else msg.from_uid
         flags = msg.flags
