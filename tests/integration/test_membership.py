@@ -7,6 +7,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from node.devcluster import NodeProcess, node_env
 from tests.conftest import Cluster, eventually
 from tests.integration.test_cluster import Sender, check_log, pick_channel
@@ -16,7 +18,9 @@ def data_groups(status: dict[str, Any]) -> list[dict[str, Any]]:
     return [g for g in status["groups"] if g["group"] != 0]
 
 
-def test_join_then_leave_under_load(tmp_path: Path) -> None:
+@pytest.mark.parametrize("departure", ["leave", "dead"])
+def test_join_then_leave_under_load(tmp_path: Path, departure: str) -> None:
+    """``dead``: node 1 is killed first, then removed; its replicas are rebuilt from the others."""
     cluster = Cluster(tmp_path, 3)
     cluster.start()
     joiner: NodeProcess | None = None
@@ -59,7 +63,9 @@ def test_join_then_leave_under_load(tmp_path: Path) -> None:
         )
         sender.wait_for(len(sender.acked) + 20)
 
-        # --- node 1 leaves ------------------------------------------------------------------
+        # --- node 1 leaves (or dies and is removed) --------------------------------------------
+        if departure == "dead":
+            cluster.nodes[1].kill()
         cluster.api(2).ok("/cluster/leave", {"node_id": 1})
 
         def node1_gone() -> bool:
