@@ -87,6 +87,13 @@ class GroupPipeline:
             await trio.to_thread.run_sync(self.group.store.flush_wal)
             self.commit_latency_s.append(time.perf_counter() - started)
             result = pb.SendBatchResult.FromString(raw)
+            if len(result.outcomes) != len(batch):
+                # Only a command the state machine skipped as already applied answers short:
+                # its outcome is not ours to report, so the senders retry (dedupe decides).
+                log.error("short apply result", group=self.group.group_id, size=len(batch))
+                for _, done in batch:
+                    done(None, ProposalError("unknown", "apply result does not match the batch"))
+                return
             self.batches += 1
             self.items += len(batch)
             origins: list[pb.SendItem] = []
