@@ -14,6 +14,7 @@ Operations (``op``):
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from pysyncobj import FAIL_REASON
 
+from cluster.bridge import GrpcCallError
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 
 from .log import get_logger
@@ -49,10 +51,13 @@ class Admin:
         if node_id == self.node.config.node.id:
             reply = await self.handle(request)
         else:
-            target = self.node.router.peer_target(node_id)
-            raw = await self.node.clients.get(target).call(
-                "Admin", pb.AdminRequest(request=json.dumps(request).encode()), timeout_s=30.0
-            )
+            try:
+                target = self.node.router.peer_target(node_id)
+                raw = await self.node.clients.get(target).call(
+                    "Admin", pb.AdminRequest(request=json.dumps(request).encode()), timeout_s=30.0
+                )
+            except (GrpcCallError, KeyError) as e:
+                raise AdminError(f"node {node_id} unreachable: {e}") from None
             reply = json.loads(raw.reply)
         if "error" in reply:
             raise AdminError(f"node {node_id}: {reply['error']}")
@@ -67,7 +72,9 @@ class Admin:
                 try:
                     return await self.call(leader, request)
                 except AdminError as e:
-                    if "not the controller leader" not in str(e) or trio.current_time() > deadline:
+                    # A stale view (the leader moved or just died) clears up with the election.
+                    retryable = "not the controller leader" in str(e) or "unreachable" in str(e)
+                    if not retryable or trio.current_time() > deadline:
                         raise
             if trio.current_time() > deadline:
                 raise AdminError("no controller leader")
@@ -178,13 +185,24 @@ class Admin:
         return {"ok": True}
 
     async def _op_transfer_leader(self, r: dict[str, Any]) -> dict[str, Any]:
-        group, to = int(r["group"]), int(r["to"])
+        group = int(r["group"])
         local = self._local(group)
-        address = self.node.raft_address(to, group)
+        # Without "to", pysyncobj picks the most caught-up connected member.
+        address = self.node.raft_address(int(r["to"]), group) if "to" in r else None
 
         def start(cb: Callable[[Any, int], None]) -> None:
             # transferLeadership reads Raft internals: it must run on the driver thread.
-            self.node.driver.call(lambda: local.raft.transferLeadership(address, callback=cb))
+            future = self.node.driver.call(
+                lambda: local.raft.transferLeadership(address, callback=cb)
+            )
+
+            # An exception there would otherwise leave us waiting for a callback that never
+            # comes.
+            def failed(f: concurrent.futures.Future[Any]) -> None:
+                if f.exception() is not None:
+                    cb(None, FAIL_REASON.REQUEST_DENIED)
+
+            future.add_done_callback(failed)
 
         error = await _raft_call(start)
         if error != FAIL_REASON.SUCCESS:

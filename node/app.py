@@ -157,6 +157,10 @@ class Node:
         """Stop this node's replica of a group that moved elsewhere, and delete its data."""
         if group not in self.router.local:
             return
+        pipeline = self.router.pipelines.get(group)
+        if pipeline is not None:
+            with trio.move_on_after(self.config.cluster.proposal_timeout_s + 1):
+                await pipeline.close()  # queued sends fail over; batches in Raft finish first
         self.router.detach(group)
         await trio.to_thread.run_sync(self.driver.remove_group(f"g{group}").result)
         store = self.stores.pop(group, None)
@@ -202,18 +206,20 @@ class Node:
         genesis = Placement(0, [], {}, {}) if stored else await self._genesis()
         machine = ControllerMachine(store, genesis)
         self.router.placement = machine.current()
-        snapshots = CheckpointSnapshots(machine, gdir / "snapshots")
-        members = sorted(self.router.placement.nodes)
-        raft = await trio.to_thread.run_sync(self._raft(0, members, machine, snapshots).result)
-        local = LocalGroup(0, store, machine, raft, self.node_of_address)  # type: ignore[arg-type]
-        self.router.attach(local, None)
         token = trio.lowlevel.current_trio_token()
 
         def changed(placement: Placement) -> None:  # on the Raft driver thread
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(self.router.set_placement, placement)
 
+        # Before the group starts ticking: no applied change may slip past the router.
         machine.on_change = changed
+        snapshots = CheckpointSnapshots(machine, gdir / "snapshots")
+        members = sorted(self.router.placement.nodes)
+        raft = await trio.to_thread.run_sync(self._raft(0, members, machine, snapshots).result)
+        local = LocalGroup(0, store, machine, raft, self.node_of_address)  # type: ignore[arg-type]
+        self.router.attach(local, None)
+        self.router.set_placement(machine.current())  # anything applied while starting
         self.admin = Admin(self)
         self.controller = Controller(
             cfg.node.id,

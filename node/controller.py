@@ -177,13 +177,40 @@ class Controller:
                     nursery.start_soon(self._step, group, target)
             return False
         await self._retire_drained(placement)
+        await self._sweep_orphans(placement)
         await self._balance_leaders(placement)
         return True
 
     async def _step(self, group: int, target: list[int]) -> None:
+        # One group's trouble (a node that never came up, say) must not stall the others.
+        try:
+            await self._step_inner(group, target)
+        except Exception as e:
+            log.warning("reconcile step failed", group=group, error=repr(e))
+
+    async def _step_inner(self, group: int, target: list[int]) -> None:
         current = list(self.placement().groups[group])
         leader = await self._group_leader(group, current)
         if leader is None:
+            return
+        st = await self._admin(leader, {"op": "group_status", "group": group})
+        actual = list(st["members"])
+        # The map must say what Raft has. An interrupted step can leave a voter the map does not
+        # record (kept if wanted and caught up, else removed), or a record without a voter.
+        for node in [n for n in actual if n not in current]:
+            if node in target:
+                await self._record_when_caught_up(group, node, st["commit_index"])
+            else:
+                await self._admin(leader, {"op": "change_members", "group": group, "remove": node})
+                await self._drop(node, group)
+            return
+        for node in [n for n in current if n not in actual]:
+
+            def unrecord(p: Placement, node: int = node) -> None:
+                if node in p.groups[group]:
+                    p.groups[group].remove(node)
+
+            await self.update(unrecord)
             return
         add = [n for n in target if n not in current]
         if add:
@@ -208,11 +235,14 @@ class Controller:
         await self._admin(node, {"op": "host_group", "group": group, "members": [*current, node]})
         await self._admin(leader, {"op": "change_members", "group": group, "add": node})
         lead = await self._admin(leader, {"op": "group_status", "group": group})
-        # Record the replica only once it has caught up, so that a map entry means "has data".
+        await self._record_when_caught_up(group, node, lead["commit_index"])
+
+    async def _record_when_caught_up(self, group: int, node: int, commit_index: int) -> None:
+        """Record a replica only once it has caught up, so that a map entry means "has data"."""
         with trio.fail_after(120):
             while True:
                 st = await self._admin(node, {"op": "group_status", "group": group})
-                if st["raft_applied"] >= lead["commit_index"]:
+                if st["raft_applied"] >= commit_index:
                     break
                 await trio.sleep(0.2)  # catching up (log or snapshot) emits no event we can see
 
@@ -225,8 +255,8 @@ class Controller:
     async def _remove(self, group: int, current: list[int], leader: int, node: int) -> None:
         log.info("removing replica", group=group, node=node)
         if node == leader:
-            others = [n for n in current if n != node]
-            await self._admin(node, {"op": "transfer_leader", "group": group, "to": others[0]})
+            # pysyncobj picks the most caught-up connected member.
+            await self._admin(node, {"op": "transfer_leader", "group": group})
             return  # next round finds the new leader and removes the old one
         await self._admin(leader, {"op": "change_members", "group": group, "remove": node})
 
@@ -235,10 +265,27 @@ class Controller:
                 p.groups[group].remove(node)
 
         await self.update(record)
+        await self._drop(node, group)
+
+    async def _drop(self, node: int, group: int) -> None:
         try:
             await self._admin(node, {"op": "drop_group", "group": group})
-        except Exception as e:  # a dead node: its data goes when it is wiped or rejoins
+        except Exception as e:  # a dead node: the orphan sweep retries once it is back
             log.info("could not tell the old replica to drop its data", node=node, error=repr(e))
+
+    async def _sweep_orphans(self, placement: Placement) -> None:
+        """Replicas a node still runs for groups the map no longer gives it (it was down when
+        they moved): they elect nothing and would mislead its routing, so they go."""
+        for node in sorted(placement.nodes):
+            try:
+                st = await self._admin(node, {"op": "status"})
+            except Exception:
+                continue
+            for g in st["groups"]:
+                group = g["group"]
+                if group and g["local"] and node not in placement.groups.get(group, []):
+                    log.info("dropping an orphan replica", node=node, group=group)
+                    await self._drop(node, group)
 
     async def _retire_drained(self, placement: Placement) -> None:
         for node in sorted(placement.leaving):
@@ -249,9 +296,7 @@ class Controller:
                 # remaining node, whose reconciler then retires this one.
                 others = [n for n in sorted(placement.nodes) if n not in placement.leaving]
                 if others:
-                    await self._admin(
-                        self.node_id, {"op": "transfer_leader", "group": 0, "to": others[0]}
-                    )
+                    await self._admin(self.node_id, {"op": "transfer_leader", "group": 0})
                 return
             await self._admin(self.node_id, {"op": "change_members", "group": 0, "remove": node})
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,11 +215,45 @@ class Router:
 
     # --- sends ------------------------------------------------------------------------------
 
-    async def send(self, item: pb.SendItem) -> pb.SendOutcome:
+    def begin_send(self, item: pb.SendItem) -> Callable[[], Awaitable[pb.SendOutcome]]:
+        """Queue the first attempt of a send now, so that sends keep their arrival order; the
+        returned function waits for it (and retries on failure)."""
+        group = self.group_of(item.channel_id)
+        item.origin_node = self.s.node_id
+        target = self.leader_of(group)
+        first: _SubmitSlot | None = None
+        if target == self.s.node_id and group in self.pipelines:
+            first = _submit_start(self.pipelines[group], item)
+        elif target is not None and target != self.s.node_id:
+            first = self._forwarder(target, group).start(item)
+
+        async def finish() -> pb.SendOutcome:
+            maybe = False
+            if first is not None:
+                result = await first.wait(self.s.forward_timeout_s + 5)
+                if not isinstance(result, str):
+                    return result
+                maybe = result in ("unknown", "forward_failed")
+            return await self.send(item, maybe_committed=maybe)
+
+        return finish
+
+    def _forwarder(self, target: int, group: int) -> _Forwarder:
+        key = (target, group)
+        forwarder = self._forwarders.get(key)
+        if forwarder is None:
+            assert self._nursery is not None
+            forwarder = self._forwarders[key] = _Forwarder(self, target, group)
+            self._nursery.start_soon(forwarder.run)
+        return forwarder
+
+    async def send(self, item: pb.SendItem, maybe_committed: bool = False) -> pb.SendOutcome:
         """Commit one send on its group's leader; always answers, with a reason on failure."""
         group = self.group_of(item.channel_id)
         item.origin_node = self.s.node_id
-        failure = await self._retrying(group, lambda target: self._send_once(group, target, item))
+        failure = await self._retrying(
+            group, lambda target: self._send_once(group, target, item), maybe_committed
+        )
         if isinstance(failure, pb.SendOutcome):
             return failure
         return pb.SendOutcome(reason=_REASON_OF_FAILURE[failure])
@@ -230,20 +264,17 @@ class Router:
             if pipeline is None:
                 return "not_leader"
             return await _submit(pipeline, item)
-        key = (target, group)
-        forwarder = self._forwarders.get(key)
-        if forwarder is None:
-            assert self._nursery is not None
-            forwarder = self._forwarders[key] = _Forwarder(self, target, group)
-            self._nursery.start_soon(forwarder.run)
-        return await forwarder.forward(item)
+        return await self._forwarder(target, group).forward(item)
 
-    async def _retrying(self, group: int, attempt: Callable[[int], Any]) -> Any:
+    async def _retrying(
+        self, group: int, attempt: Callable[[int], Any], maybe_committed: bool = False
+    ) -> Any:
         """Run ``attempt(leader)`` until it returns something other than a failure name, or the
         forward timeout passes; returns the result or the last failure name."""
         deadline = trio.current_time() + self.s.forward_timeout_s
         backoff = 0.01
         failure = "no_leader"
+        # Once an attempt may have committed, the final answer must not claim that nothing was.
         while True:
             target = self.leader_of(group)
             if target is not None:
@@ -251,12 +282,17 @@ class Router:
                 if not isinstance(result, str):
                     return result
                 failure = result
-                if failure in ("not_leader", "forward_failed"):
-                    self._hints.pop(group, None)
-                    if failure == "forward_failed":
-                        self._rotate_guess(group, target)
+                maybe_committed = maybe_committed or failure in ("unknown", "forward_failed")
+                # A NOT_LEADER answer may carry a fresh hint (kept by _status_failure); without
+                # one, or with one naming the node that just refused, try the next replica.
+                if failure == "forward_failed" or (
+                    failure == "not_leader" and self._hints.get(group) in (None, target)
+                ):
+                    self._rotate_guess(group, target)
             if trio.current_time() + backoff > deadline:
                 log.info("giving up on group", group=group, failure=failure)
+                if maybe_committed and failure in ("no_leader", "not_leader"):
+                    return "unknown"
                 return failure
             await trio.sleep(backoff)  # back off before retrying a moving leadership
             backoff = min(backoff * 2, 0.2)
@@ -265,6 +301,8 @@ class Router:
         replicas = self.placement.replicas(group)
         if failed in replicas and len(replicas) > 1:
             self._hints[group] = replicas[(replicas.index(failed) + 1) % len(replicas)]
+        else:
+            self._hints.pop(group, None)
 
     def note_hint(self, group: int, status: pb.Status) -> None:
         if status.leader_hint and group not in self.local:
@@ -356,7 +394,9 @@ class Router:
     ) -> None:
         """Runs on the leader after a batch is durable: RECV to local sessions, and the batch to
         every other node for theirs (they filter by their own sessions)."""
-        local = self.local[group]
+        local = self.local.get(group)
+        if local is None:
+            return  # the replica was dropped while this batch was finishing
         subscribers: dict[tuple[int, str], list[str]] = {}
         request = pb.DeliverRequest()
         for message, item in zip(messages, items, strict=True):
@@ -447,19 +487,14 @@ class Router:
         if status is not None:
             return pb.ForwardSendsReply(status=status)
         pipeline = self.pipelines[req.group]
-        results: list[Any] = [None] * len(req.items)
-
-        async def one(i: int, item: pb.SendItem) -> None:
-            results[i] = await _submit(pipeline, item)
-
-        async with trio.open_nursery() as nursery:
-            for i, item in enumerate(req.items):
-                nursery.start_soon(one, i, item)
-        failures = [r for r in results if isinstance(r, str)]
-        if failures:
-            # One batch went to Raft together, so its items share one fate.
-            return pb.ForwardSendsReply(status=self._failure_status(req.group, failures[0]))
-        return pb.ForwardSendsReply(status=pb.Status(code=pb.Status.OK), outcomes=results)
+        # Submitted in order, synchronously: the items keep the sender's order in the log.
+        slots = [_submit_start(pipeline, item) for item in req.items]
+        outcomes = []
+        for slot in slots:
+            result = await slot.wait(self.s.forward_timeout_s)
+            # Items may have gone to Raft in different batches: each reports its own fate.
+            outcomes.append(pb.SendOutcome(failure=result) if isinstance(result, str) else result)
+        return pb.ForwardSendsReply(status=pb.Status(code=pb.Status.OK), outcomes=outcomes)
 
     async def _h_propose_meta(self, req: pb.ProposeMetaRequest) -> pb.ProposeMetaReply:
         status = self._leader_status(req.group)
@@ -567,17 +602,32 @@ def _invalid_argument() -> Any:
     return grpc.StatusCode.INVALID_ARGUMENT
 
 
+class _SubmitSlot:
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: pb.SendOutcome | str = "unknown"
+
+    def finish(self, outcome: pb.SendOutcome | None, error: ProposalError | None) -> None:
+        self.result = outcome if outcome is not None else (error.kind if error else "unknown")
+        self.done.set()
+
+    async def wait(self, timeout_s: float) -> pb.SendOutcome | str:
+        with trio.move_on_after(timeout_s):
+            await self.done.wait()
+        return self.result
+
+
+def _submit_start(pipeline: GroupPipeline, item: pb.SendItem) -> _SubmitSlot:
+    """Queue a send now (so queued sends keep their order); await the slot for its fate."""
+    slot = _SubmitSlot()
+    pipeline.submit_nowait(item, slot.finish)
+    return slot
+
+
 async def _submit(pipeline: GroupPipeline, item: pb.SendItem) -> pb.SendOutcome | str:
-    done = trio.Event()
-    box: list[pb.SendOutcome | str] = []
-
-    def finish(outcome: pb.SendOutcome | None, error: ProposalError | None) -> None:
-        box.append(outcome if outcome is not None else (error.kind if error else "unknown"))
-        done.set()
-
-    pipeline.submit_nowait(item, finish)
-    await done.wait()
-    return box[0]
+    return await _submit_start(pipeline, item).wait(60.0)
 
 
 class _Forwarder:
@@ -588,43 +638,45 @@ class _Forwarder:
         self._router = router
         self.target = target
         self.group = group
-        self._send, self._recv = trio.open_memory_channel[tuple[pb.SendItem, _Slot]](50_000)
+        self._send, self._recv = trio.open_memory_channel[tuple[pb.SendItem, _SubmitSlot]](50_000)
 
-    async def forward(self, item: pb.SendItem) -> pb.SendOutcome | str:
-        slot = _Slot()
+    def start(self, item: pb.SendItem) -> _SubmitSlot:
+        slot = _SubmitSlot()
         try:
             self._send.send_nowait((item, slot))
         except trio.WouldBlock:
-            return "forward_failed"
-        await slot.done.wait()
-        assert slot.result is not None
-        return slot.result
+            slot.result = "forward_failed"
+            slot.done.set()
+        return slot
+
+    async def forward(self, item: pb.SendItem) -> pb.SendOutcome | str:
+        return await self.start(item).wait(self._router.s.forward_timeout_s + 5)
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            async for first in self._recv:
-                batch = [first]
-                with trio.move_on_after(self._router.s.forward_window_s):
-                    while len(batch) < 512:
-                        batch.append(await self._recv.receive())
-                nursery.start_soon(self._flush, batch)
+        async for first in self._recv:
+            batch = [first]
+            with trio.move_on_after(self._router.s.forward_window_s):
+                while len(batch) < 512:
+                    batch.append(await self._recv.receive())
+            while len(batch) < 2048:
+                try:
+                    batch.append(self._recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            # One call at a time per (leader, group): a later batch never overtakes an
+            # earlier one; what queues meanwhile rides in the next, bigger batch.
+            await self._flush(batch)
 
-    async def _flush(self, batch: list[tuple[pb.SendItem, _Slot]]) -> None:
+    async def _flush(self, batch: list[tuple[pb.SendItem, _SubmitSlot]]) -> None:
         request = pb.ForwardSendsRequest(group=self.group, items=[i for i, _ in batch])
         reply = await self._router._call(self.target, "ForwardSends", request)
         if isinstance(reply, str):
             results: list[pb.SendOutcome | str] = [reply] * len(batch)
         else:
             failure = self._router._status_failure(self.group, reply.status)
-            results = [failure] * len(batch) if failure else list(reply.outcomes)
+            results = (
+                [failure] * len(batch) if failure else [o.failure or o for o in reply.outcomes]
+            )
         for (_, slot), result in zip(batch, results, strict=True):
             slot.result = result
             slot.done.set()
-
-
-class _Slot:
-    __slots__ = ("done", "result")
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.result: pb.SendOutcome | str | None = None

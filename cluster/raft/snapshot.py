@@ -90,16 +90,28 @@ class CheckpointSnapshots:
 
     # --- shipping to a follower (leader side) ---------------------------------------------
 
-    def build_transfer(self, dump_file: str, out_path: Path) -> None:
+    def pin(self, dump_file: str, name: str) -> tuple[dict[str, Any], Path]:
+        """Hard-link the current snapshot into a private directory (cheap). Runs on the driver
+        thread, like ``serialize``, which deletes older checkpoints: so the files a transfer
+        reads cannot vanish under it."""
         meta = _read_meta(Path(dump_file))
+        pinned = self.dir / name
+        shutil.rmtree(pinned, ignore_errors=True)
+        shutil.copytree(self.dir / meta["checkpoint"], pinned, copy_function=os.link)
+        return meta, pinned
+
+    def build_transfer(self, meta: dict[str, Any], pinned: Path, out_path: Path) -> None:
         tmp = out_path.with_suffix(".tmp")
-        with tarfile.open(tmp, "w") as tar:
-            raw = META_MAGIC + pickle.dumps(meta)
-            info = tarfile.TarInfo("meta")
-            info.size = len(raw)
-            tar.addfile(info, io.BytesIO(raw))
-            tar.add(self.dir / meta["checkpoint"], arcname="checkpoint")
-        os.replace(tmp, out_path)
+        try:
+            with tarfile.open(tmp, "w") as tar:
+                raw = META_MAGIC + pickle.dumps(meta)
+                info = tarfile.TarInfo("meta")
+                info.size = len(raw)
+                tar.addfile(info, io.BytesIO(raw))
+                tar.add(pinned, arcname="checkpoint")
+            os.replace(tmp, out_path)
+        finally:
+            shutil.rmtree(pinned, ignore_errors=True)
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -130,14 +142,25 @@ class CheckpointTransmitter(Serializer):  # type: ignore[misc]
         self._batch = batch_size
         self._snapshots = snapshots
         self._transfers: dict[Any, _Transfer] = {}
+        self._counter = 0
 
     def getTransmissionData(self, transmission_id: Any) -> Any:  # pysyncobj names it so
         xfer = self._transfers.get(transmission_id)
         if xfer is None:
             xfer = self._transfers[transmission_id] = _Transfer()
-            out = self._snapshots.dir / f"xfer-{abs(hash(transmission_id))}.tar"
+            self._counter += 1
+            name = f"xfer-{os.getpid()}-{self._counter}"  # unique: a cancelled build may linger
+            try:
+                meta, pinned = self._snapshots.pin(self._file_name, f"{name}.d")
+            except Exception:
+                log.exception("pinning a snapshot for transfer failed")
+                self._transfers.pop(transmission_id, None)
+                return None
             threading.Thread(
-                target=self._build, args=(xfer, out), name="snapshot-xfer", daemon=True
+                target=self._build,
+                args=(xfer, meta, pinned, self._snapshots.dir / f"{name}.tar"),
+                name="snapshot-xfer",
+                daemon=True,
             ).start()
             return None
         if not xfer.ready.is_set():
@@ -153,9 +176,9 @@ class CheckpointTransmitter(Serializer):  # type: ignore[misc]
             self.cancelTransmisstion(transmission_id)
         return data, first, last
 
-    def _build(self, xfer: _Transfer, out: Path) -> None:
+    def _build(self, xfer: _Transfer, meta: dict[str, Any], pinned: Path, out: Path) -> None:
         try:
-            self._snapshots.build_transfer(self._file_name, out)
+            self._snapshots.build_transfer(meta, pinned, out)
             xfer.file = open(out, "rb")  # noqa: SIM115 - closed when the transfer ends
             out.unlink()  # the open handle keeps the data; nothing to clean up later
         except Exception:

@@ -12,7 +12,7 @@ import collections
 import hmac
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -379,13 +379,17 @@ class Session:
         # sends faster than the cluster commits (it stops being read: TCP backpressure).
         await self._sends.acquire()
         assert self._nursery is not None
-        self._nursery.start_soon(self._commit_send, item, answer)
+        # Queued now, in frame order; only the wait runs in its own task.
+        finish = self._ctx.router.begin_send(item)
+        self._nursery.start_soon(self._commit_send, finish, answer)
 
     async def _commit_send(
-        self, item: pb.SendItem, answer: Callable[[int, int, int], None]
+        self,
+        finish: Callable[[], Awaitable[pb.SendOutcome]],
+        answer: Callable[[int, int, int], None],
     ) -> None:
         try:
-            outcome = await self._ctx.router.send(item)
+            outcome = await finish()
             answer(outcome.reason, outcome.message_id, outcome.message_seq)
         finally:
             self._sends.release()

@@ -61,32 +61,17 @@ class LocalGroup:
             return None
         return self._node_of_address(str(getattr(leader, "address", leader)))
 
-    async def propose(self, command: pb.Command, timeout_s: float) -> bytes:
-        """Replicate ``command`` and return its apply result once committed and applied here."""
+    def propose_start(self, command: pb.Command) -> Proposal:
+        """Queue ``command`` in Raft now (proposals keep the order of these calls)."""
         if not self.is_leader():
             raise ProposalError("not_leader" if self.raft._getLeader() else "no_leader")
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-        box: list[tuple[Any, int]] = []
+        proposal = Proposal()
+        self.raft.apply(command.SerializeToString(), callback=proposal.callback)
+        return proposal
 
-        def finish(result: Any, error: int) -> None:
-            box.append((result, error))
-            done.set()
-
-        def callback(result: Any, error: int) -> None:  # on the Raft driver thread
-            # trio may have finished (node stopping); the outcome then has no one to go to.
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(finish, result, error)
-
-        self.raft.apply(command.SerializeToString(), callback=callback)
-        with trio.move_on_after(timeout_s):
-            await done.wait()
-        if not box:
-            raise ProposalError("unknown", f"no outcome within {timeout_s} s")
-        result, error = box[0]
-        if error == FAIL_REASON.SUCCESS:
-            return bytes(result or b"")
-        raise ProposalError(_DEFINITE.get(error, "unknown"), f"pysyncobj reason {error}")
+    async def propose(self, command: pb.Command, timeout_s: float) -> bytes:
+        """Replicate ``command`` and return its apply result once committed and applied here."""
+        return await self.propose_start(command).result(timeout_s)
 
     async def read_barrier(self, timeout_s: float) -> None:
         """Return once every command committed before this call is applied here, and this node
@@ -112,6 +97,34 @@ class LocalGroup:
         except ProposalError as e:
             barrier.error = e
         barrier.done.set()
+
+
+class Proposal:
+    """The pending outcome of one proposal, filled from the Raft driver thread."""
+
+    def __init__(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._done = trio.Event()
+        self._box: list[tuple[Any, int]] = []
+
+    def _finish(self, result: Any, error: int) -> None:
+        self._box.append((result, error))
+        self._done.set()
+
+    def callback(self, result: Any, error: int) -> None:  # on the Raft driver thread
+        # trio may have finished (node stopping); the outcome then has no one to go to.
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self._finish, result, error)
+
+    async def result(self, timeout_s: float) -> bytes:
+        with trio.move_on_after(timeout_s):
+            await self._done.wait()
+        if not self._box:
+            raise ProposalError("unknown", f"no outcome within {timeout_s} s")
+        result, error = self._box[0]
+        if error == FAIL_REASON.SUCCESS:
+            return bytes(result or b"")
+        raise ProposalError(_DEFINITE.get(error, "unknown"), f"pysyncobj reason {error}")
 
 
 class _Barrier:

@@ -77,13 +77,17 @@ class GroupMachine:
         last_id = self.store.last_message_id()
         for item in batch.items:
             outcome = result.outcomes.add()
-            reason = self._check(item)
-            if reason != ReasonCode.SUCCESS:
-                outcome.reason = reason
-                continue
             no_persist = bool(item.flags & HeaderFlag.NO_PERSIST)
             key = (item.channel_type, item.channel_id, item.from_uid, item.client_msg_no)
-            if item.client_msg_no and not no_persist:
+            # Dedupe first: a retry of a message that committed gets its ids back even if the
+            # sender lost the permission since (else a "refused" message would exist).
+            if (
+                item.client_msg_no
+                and not no_persist
+                and not request_problem(
+                    item.client_msg_no, item.topic, item.stream_no, item.channel_id, item.from_uid
+                )
+            ):
                 earlier = seen.get(key)
                 if earlier is None:
                     found = self.store.get_dedupe(*key)
@@ -95,6 +99,10 @@ class GroupMachine:
                     outcome.CopyFrom(earlier)
                     outcome.duplicate = True
                     continue
+            reason = self._check(item)
+            if reason != ReasonCode.SUCCESS:
+                outcome.reason = reason
+                continue
             seq = 0
             if not no_persist:
                 head_key = (item.channel_type, item.channel_id)

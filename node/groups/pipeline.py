@@ -1,6 +1,11 @@
 """Group commit in front of a slot group's Raft log: SENDs gathered for ~1 ms become ONE
 command; the answer goes out once the batch is committed on a majority, applied here and the
-leader's RocksDB WAL is fsynced."""
+leader's RocksDB WAL is fsynced.
+
+Order matters twice: batches are proposed in the order their sends arrived, and fan-out is
+released in log order even when several batches are in flight and their fsyncs finish out of
+order (a session drops a RECV whose seq is below one it already got).
+"""
 
 from __future__ import annotations
 
@@ -13,13 +18,14 @@ import trio
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 
 from ..log import get_logger
-from .local import LocalGroup, ProposalError
+from .local import LocalGroup, Proposal, ProposalError
 
 log = get_logger("pipeline")
 
 Done = Callable[[pb.SendOutcome | None, ProposalError | None], None]
 Committed = Callable[[int, list[pb.Message], list[pb.SendItem]], None]
 """(group id, committed messages, the item each came from) -> fan-out."""
+_Batch = list[tuple[pb.SendItem, Done]]
 
 
 class GroupPipeline:
@@ -41,8 +47,13 @@ class GroupPipeline:
         self._timeout_s = proposal_timeout_s
         # Several batches may be in Raft at once: throughput without waiting a round trip
         # per batch; the log keeps them in order.
+        self._max_in_flight = max_in_flight
         self._in_flight = trio.Semaphore(max_in_flight)
         self._send, self._recv = trio.open_memory_channel[tuple[pb.SendItem, Done]](queue_size)
+        self._next_number = 0
+        self._next_release = 0
+        self._ready: dict[int, tuple[list[pb.Message], list[pb.SendItem]] | None] = {}
+        self._closed = False
         self.batches = 0
         self.items = 0
         # Recent commit latencies (propose -> committed, applied and fsynced), for the status
@@ -50,10 +61,25 @@ class GroupPipeline:
         self.commit_latency_s: collections.deque[float] = collections.deque(maxlen=2048)
 
     def submit_nowait(self, item: pb.SendItem, done: Done) -> None:
+        if self._closed:
+            done(None, ProposalError("not_leader", "replica closed"))
+            return
         try:
             self._send.send_nowait((item, done))
         except trio.WouldBlock:
             done(None, ProposalError("unknown", "send queue full"))
+
+    async def close(self) -> None:
+        """Refuse new sends, fail queued ones, and wait for batches in Raft to finish."""
+        self._closed = True
+        while True:
+            try:
+                _, done = self._recv.receive_nowait()
+            except trio.WouldBlock:
+                break
+            done(None, ProposalError("not_leader", "replica closed"))
+        for _ in range(self._max_in_flight):
+            await self._in_flight.acquire()
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -68,20 +94,34 @@ class GroupPipeline:
                     except trio.WouldBlock:
                         break
                 await self._in_flight.acquire()
-                nursery.start_soon(self._commit, batch)
+                number = self._next_number
+                self._next_number += 1
+                command = pb.Command(
+                    time_ms=int(time.time() * 1000),
+                    send=pb.SendBatch(items=[item for item, _ in batch]),
+                )
+                try:
+                    proposal = self.group.propose_start(command)  # in order, now
+                except ProposalError as e:
+                    self._fail(batch, e)
+                    self._release(number, None)
+                    self._in_flight.release()
+                    continue
+                nursery.start_soon(self._complete, number, batch, proposal, time.perf_counter())
 
-    async def _commit(self, batch: list[tuple[pb.SendItem, Done]]) -> None:
+    def _fail(self, batch: _Batch, error: ProposalError) -> None:
+        for _, done in batch:
+            done(None, error)
+
+    async def _complete(
+        self, number: int, batch: _Batch, proposal: Proposal, started: float
+    ) -> None:
+        fanout: tuple[list[pb.Message], list[pb.SendItem]] | None = None
         try:
-            command = pb.Command(
-                time_ms=int(time.time() * 1000),
-                send=pb.SendBatch(items=[item for item, _ in batch]),
-            )
-            started = time.perf_counter()
             try:
-                raw = await self.group.propose(command, self._timeout_s)
+                raw = await proposal.result(self._timeout_s)
             except ProposalError as e:
-                for _, done in batch:
-                    done(None, e)
+                self._fail(batch, e)
                 return
             # A failed fsync here raises and stops the node: no answer would be honest.
             await trio.to_thread.run_sync(self.group.store.flush_wal)
@@ -91,8 +131,7 @@ class GroupPipeline:
                 # Only a command the state machine skipped as already applied answers short:
                 # its outcome is not ours to report, so the senders retry (dedupe decides).
                 log.error("short apply result", group=self.group.group_id, size=len(batch))
-                for _, done in batch:
-                    done(None, ProposalError("unknown", "apply result does not match the batch"))
+                self._fail(batch, ProposalError("unknown", "apply result does not match"))
                 return
             self.batches += 1
             self.items += len(batch)
@@ -103,6 +142,18 @@ class GroupPipeline:
                 if outcome.reason == 1 and not outcome.duplicate:
                     origins.append(item)
             if result.committed:
-                self._on_committed(self.group.group_id, list(result.committed), origins)
+                fanout = (list(result.committed), origins)
         finally:
+            self._release(number, fanout)
             self._in_flight.release()
+
+    def _release(
+        self, number: int, fanout: tuple[list[pb.Message], list[pb.SendItem]] | None
+    ) -> None:
+        """Fan batches out in the order they were proposed (= log order)."""
+        self._ready[number] = fanout
+        while self._next_release in self._ready:
+            ready = self._ready.pop(self._next_release)
+            self._next_release += 1
+            if ready is not None:
+                self._on_committed(self.group.group_id, ready[0], ready[1])

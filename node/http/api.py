@@ -308,7 +308,14 @@ def build_router(ctx: ApiContext) -> HttpRouter:
             ReasonCode.NODE_NOT_MATCH,
             ReasonCode.FORWARD_SEND_PACKET_ERROR,
         ):
-            raise ApiError(503, f"not committed ({reason.name}); retry", reason=int(reason))
+            # The client_msg_no comes back so that a retry is recognised (dedupe), even when the
+            # server made it up.
+            raise ApiError(
+                503,
+                f"not committed as far as known ({reason.name}); retry with this client_msg_no",
+                reason=int(reason),
+                client_msg_no=client_msg_no,
+            )
         if reason == ReasonCode.SYSTEM_ERROR:
             raise ApiError(500, "message could not be stored", reason=int(reason))
         if reason != ReasonCode.SUCCESS:

@@ -97,12 +97,17 @@ class SendOutcome(_message.Message):
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_SEQ_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
     reason: _builtins.int
     """WKProto reason code; 1 = success"""
     message_id: _builtins.int
     message_seq: _builtins.int
     duplicate: _builtins.bool
     """a retried client_msg_no: the original ids"""
+    failure: _builtins.str
+    """Set instead of a reason when the send did not reach a decision on the leader answering a
+    ForwardSends call: "not_leader", "no_leader" or "unknown" (may still commit).
+    """
     def __init__(
         self,
         *,
@@ -110,10 +115,11 @@ class SendOutcome(_message.Message):
         message_id: _builtins.int = ...,
         message_seq: _builtins.int = ...,
         duplicate: _builtins.bool = ...,
+        failure: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "message_id", b"message_id", "message_seq", b"message_seq", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "failure", b"failure", "message_id", b"message_id", "message_seq", b"message_seq", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
