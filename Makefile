@@ -39,5 +39,11 @@ proto-check: $(STAMP)
 test: $(STAMP) $(JSSDK_STAMP) lint typecheck proto-check
 	$(BIN)/pytest
 
+# Durable sends/s, SEND->SENDACK and delivery latency, commit latency, idle CPU and failover of a
+# fresh local three-node cluster (127.0.0.11-13, so not while `make run` is going); see
+# docs/benchmarks.md. Arguments: make bench ARGS="--duration 60 --window 8".
+bench: $(STAMP)
+	$(BIN)/raftchat bench $(ARGS)
+
 clean:
 	rm -rf $(VENV) data $(JSSDK)/node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis

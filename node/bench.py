@@ -39,6 +39,7 @@ import shutil
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,9 +89,25 @@ QUIET_S = 1.5
 """After the last SENDACK, receivers keep listening until no RECV came for this long."""
 
 _HEADER = struct.Struct("<dB")
-"""Payload prefix: the sender's ``time.monotonic()`` at the SEND, and the sender's node id."""
+"""Payload prefix: when the SEND was due (``time.monotonic()``; with ``--rate`` the scheduled time,
+so delivery latency, like SENDACK latency, includes any wait for the window) and the sender's
+node id."""
 
 SUMMARY_PREFIX = "RAFTCHAT_BENCH "
+
+
+_BENCH_OWNED_SETTINGS = {
+    "node.id",
+    "node.host",
+    "node.data_dir",
+    "cluster.nodes",
+    "cluster.password",
+    "gateway.tcp_port",
+    "gateway.ws_port",
+    "http.port",
+    "cluster.grpc_port",
+    "cluster.raft_port",
+}
 
 
 class BenchError(Exception):
@@ -114,7 +131,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring (3)")
     p.add_argument("--clients", type=int, default=60, help="WKProto sessions (default 60)")
     p.add_argument("--channels", type=int, default=30, help="group channels (default 30)")
-    p.add_argument("--window", type=int, default=16, help="SENDs in flight per client (default 16)")
+    p.add_argument("--window", type=int, default=4, help="SENDs in flight per client (default 4)")
     p.add_argument(
         "--rate",
         type=float,
@@ -138,6 +155,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--failover-rounds", type=int, default=3, help="leader kills in the failover phase (3)"
     )
     p.add_argument("--skip-failover", action="store_true", help="skip the failover phase")
+    p.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a node setting for every node, e.g. messages.commit_window_ms=5 (repeatable)",
+    )
 
 
 @dataclass(frozen=True)
@@ -149,7 +174,7 @@ class BenchConfig:
     warmup: float = 3.0
     clients: int = 60
     channels: int = 30
-    window: int = 16
+    window: int = 4
     rate: float = 0.0
     payload: int = 200
     workers: int = 2
@@ -159,6 +184,7 @@ class BenchConfig:
     skip_idle: bool = False
     failover_rounds: int = 3
     skip_failover: bool = False
+    settings: tuple[str, ...] = ()
 
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> BenchConfig:
@@ -180,7 +206,16 @@ class BenchConfig:
             skip_idle=a.skip_idle,
             failover_rounds=a.failover_rounds,
             skip_failover=a.skip_failover,
+            settings=tuple(a.settings),
         )
+
+    def node_settings(self) -> dict[str, str]:
+        """``--set`` as ``RAFTCHAT_*`` variables (``docs/configuration.md``)."""
+        out = {}
+        for item in self.settings:
+            key, _, value = item.partition("=")
+            out["RAFTCHAT_" + key.strip().replace(".", "_").upper()] = value.strip()
+        return out
 
     def problems(self) -> list[str]:
         out = []
@@ -207,6 +242,12 @@ class BenchConfig:
             out.append("--workers must be 1..64")
         if self.failover_rounds < 1:
             out.append("--failover-rounds must be at least 1")
+        for item in self.settings:
+            key, eq, _ = item.partition("=")
+            if not eq or key.count(".") != 1:
+                out.append(f"--set takes SECTION.KEY=VALUE, got {item!r}")
+            elif key.strip().lower() in _BENCH_OWNED_SETTINGS:
+                out.append(f"--set {key.strip()}: the bench sets this one itself")
         if not self.skip_failover and self.nodes < 3:
             out.append("the failover phase needs 3 nodes or more (or --skip-failover)")
         return out
@@ -383,7 +424,7 @@ class _Load:
     async def send_one(self, client: WKClient, spec: ClientSpec, intended: float) -> bool:
         """One SEND; latency counts from ``intended`` (the scheduled time under --rate, so a
         stalled window does not hide waiting: no coordinated omission). False: closed."""
-        payload = _HEADER.pack(time.monotonic(), spec.node) + self.pad
+        payload = _HEADER.pack(intended, spec.node) + self.pad
         self.r.issued += 1
         try:
             res = await client.send(
@@ -517,10 +558,9 @@ def node_hosts(cfg: BenchConfig) -> dict[int, str]:
     return {i: f"{cfg.host_base}.{10 + i}" for i in range(1, cfg.nodes + 1)}
 
 
-def check_ports_free(hosts: dict[int, str]) -> None:
-    ports = [HTTP_PORT, TCP_PORT, WS_PORT, GRPC_PORT] + [
-        RAFT_PORT + g for g in range(1, SLOT_GROUPS + 1)
-    ]
+def check_ports_free(hosts: dict[int, str], groups: int = SLOT_GROUPS) -> None:
+    # Raft: the controller group (0) and every slot group g on RAFT_PORT + g.
+    ports = [HTTP_PORT, TCP_PORT, WS_PORT, GRPC_PORT] + [RAFT_PORT + g for g in range(groups + 1)]
     taken = []
     for host in hosts.values():
         for port in ports:
@@ -547,6 +587,7 @@ class BenchCluster:
         extra = {"RAFTCHAT_LOG_FORMAT": "text"}
         if not cfg.encrypt:
             extra["RAFTCHAT_GATEWAY_ENCRYPTION"] = "false"
+        extra.update(cfg.node_settings())
         envs = cluster_env(self.hosts, secrets.token_urlsafe(24), extra)
         self.root = root
         self.nodes = {
@@ -834,12 +875,14 @@ async def _failover_writer(
     killed_at: list[float] = []
     resumed = trio.Event()
     steady = trio.Event()
+    outstanding = 0
 
     async with open_client(
         host, TCP_PORT, uid=FAILOVER_UID, token=token, encrypt=encrypt, connect_timeout_s=15.0
     ) as client:
 
         async def one(i: int) -> None:
+            nonlocal outstanding
             issued = time.monotonic()
             try:
                 res = await client.send(
@@ -853,6 +896,8 @@ async def _failover_writer(
                 ok, why = False, "lost_ack_timeout"
             except ClientError:
                 ok, why = False, "lost_ack_closed"
+            finally:
+                outstanding -= 1
             done = time.monotonic()
             records.append((issued, done, ok, why))
             if ok and not killed_at and sum(1 for r in records if r[2]) >= 30:
@@ -860,16 +905,21 @@ async def _failover_writer(
             if ok and killed_at and issued >= killed_at[0]:
                 resumed.set()
 
+        issuing = trio.CancelScope()
+
         async with trio.open_nursery() as nursery:
 
             async def issue() -> None:
-                i = 0
-                t = time.monotonic()
-                while True:
-                    nursery.start_soon(one, i)
-                    i += 1
-                    t += FAILOVER_INTERVAL_S
-                    await trio.sleep(max(0.0, t - time.monotonic()))
+                nonlocal outstanding
+                with issuing:
+                    i = 0
+                    t = time.monotonic()
+                    while True:
+                        outstanding += 1
+                        nursery.start_soon(one, i)
+                        i += 1
+                        t += FAILOVER_INTERVAL_S
+                        await trio.sleep(max(0.0, t - time.monotonic()))
 
             nursery.start_soon(issue)
             with trio.fail_after(30):
@@ -877,23 +927,26 @@ async def _failover_writer(
             killed_at.append(await trio.to_thread.run_sync(kill))
             with trio.move_on_after(30):
                 await resumed.wait()
+            issuing.cancel()
+            # Writes stuck on the dead leader are answered (or time out) too: their fate shows
+            # what a client sees during a failover.
+            if resumed.is_set():
+                with trio.move_on_after(SEND_TIMEOUT_S + 1):
+                    while outstanding:
+                        await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
 
     kill_t = killed_at[0]
-    after = [r for r in records if r[0] >= kill_t]
-    first_ok = min((r[1] for r in after if r[2]), default=None)
-    last_before = max((r[1] for r in records if r[2] and r[1] <= kill_t), default=kill_t)
-    first_after = min((r[1] for r in records if r[2] and r[1] > kill_t), default=None)
+    first_ok = min((r[1] for r in records if r[2] and r[0] >= kill_t), default=None)
     failed: dict[str, int] = {}
     for r in records:
         if not r[2]:
             failed[r[3]] = failed.get(r[3], 0) + 1
     return {
         "unavailable_s": round(first_ok - kill_t, 3) if first_ok is not None else None,
-        # The longest silence the writer saw: from its last ack before the kill to its first
-        # ack after it (possibly of a write issued before the kill and retried by the node).
-        "ack_gap_s": round(first_after - last_before, 3) if first_after is not None else None,
-        "writes": len(records),
+        "writes_answered": len(records),
+        "issued_before_kill_answered_after": sum(1 for r in records if r[0] < kill_t < r[1]),
+        "slowest_answer_s": round(max((r[1] - r[0] for r in records), default=0.0), 3),
         "failed": failed,
     }
 
@@ -1039,7 +1092,9 @@ def render_table(result: dict[str, Any]) -> str:
         f"raftchat bench: {c['nodes']} nodes, {c['clients']} clients, {c['channels']} channels, "
         f"{mode}, {c['payload']} B payload, {'encrypted' if c['encrypt'] else 'clear'}, "
         f"{load['workers']} load process(es), {load['window_s']:.0f} s measured after "
-        f"{c['warmup']:.0f} s warm-up, {result['machine']['cpus']} CPUs",
+        f"{c['warmup']:.0f} s warm-up, {result['machine']['cpus']} CPUs, "
+        f"revision {result['machine']['revision'] or '?'}"
+        + (f", settings {', '.join(c['settings'])}" if c["settings"] else ""),
         "",
         f"{'metric':<42}{'value':>12}  {'target':<10}result",
         "-" * 74,
@@ -1086,11 +1141,26 @@ def render_table(result: dict[str, Any]) -> str:
             lines.append(
                 f"failover {i}           group {r['group']}: killed node {r['killed']}, "
                 f"writes resumed after {_fmt(r['unavailable_s'])} s through node "
-                f"{r['writer_node']} (new leader node {r['new_leader']}; "
-                f"failed writes {r['failed'] or 'none'})"
+                f"{r['writer_node']} (new leader node {r['new_leader']}); slowest answer "
+                f"{_fmt(r['slowest_answer_s'])} s, failed writes {r['failed'] or 'none'}"
             )
     lines.append("")
     return "\n".join(lines)
+
+
+def _revision() -> str | None:
+    """The source revision measured (``git describe``), ``-dirty`` with local changes."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 def _progress(text: str) -> None:
@@ -1109,7 +1179,11 @@ def bench(cfg: BenchConfig) -> dict[str, Any]:
     if problems:
         raise BenchError("; ".join(problems))
     hosts = node_hosts(cfg)
-    check_ports_free(hosts)
+    try:
+        groups = int(cfg.node_settings().get("RAFTCHAT_CLUSTER_GROUPS", SLOT_GROUPS))
+    except ValueError:
+        raise BenchError("--set cluster.groups needs a number") from None
+    check_ports_free(hosts, groups)
     if cfg.data:
         root = Path(cfg.data).resolve()
         if root.exists() and any(root.iterdir()):
@@ -1149,6 +1223,7 @@ def bench(cfg: BenchConfig) -> dict[str, Any]:
                 "cpus": os.cpu_count(),
                 "python": platform.python_version(),
                 "platform": platform.platform(),
+                "revision": _revision(),
             },
             "load": load,
             "idle": idle,
@@ -1157,6 +1232,9 @@ def bench(cfg: BenchConfig) -> dict[str, Any]:
         result["targets"] = verdicts(result)
         failed = False
         return result
+    except KeyboardInterrupt:
+        failed = False  # nothing went wrong: no logs to keep
+        raise
     finally:
         for w in workers:
             if w.is_alive():
