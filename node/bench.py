@@ -19,10 +19,10 @@ Phases (``docs/benchmarks.md`` explains the method and gives results):
    SIGKILLed and the time from the kill to the first acknowledged write issued after it is the
    unavailability window. The killed node is restarted (and caught up) between rounds.
 
-The result is a readable table (stdout), one JSON line (the last line of stdout) and, with
-``--json FILE``, the same JSON indented in a file. Every metric carries its target and verdict;
-phases that were skipped say so. Every process the bench starts is stopped when it ends, also on
-Ctrl-C or SIGTERM.
+The result is a readable table (stdout), then one line ``RAFTCHAT_BENCH {json}`` (the last line
+of stdout) and, with ``--json FILE``, the same JSON indented in a file. Every metric carries its
+target and verdict; phases that were skipped say so. Every process the bench starts is stopped
+when it ends, also on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ SEND_TIMEOUT_S = 10.0
 """A SEND without a SENDACK by then counts as a lost ack (the server answers every SEND within
 its forward timeout, 5 s by default, even when it cannot commit)."""
 
-QUIET_S = 1.5
+QUIET_S = 3.0
 """After the last SENDACK, receivers keep listening until no RECV came for this long."""
 
 _HEADER = struct.Struct("<dB")
