@@ -116,17 +116,22 @@ class Cluster:
     def status(self, node_id: int) -> Any:
         return self.api(node_id).http.get("/cluster/status").json()
 
-    def leader_of_key(self, key: str, via: int) -> int:
-        """The node leading the group that owns ``key``, as a replica of that group sees it."""
-        st = self.status(via)
-        group = st["slot_table"][zlib.crc32(key.encode()) % 256]
-        for node_id in self.nodes:
-            if not self.nodes[node_id].running:
-                continue
-            for g in self.status(node_id)["groups"]:
-                if g["group"] == group and g.get("is_leader"):
-                    return node_id
-        raise AssertionError(f"no leader for group {group}")
+    def leader_of_key(self, key: str, via: int, timeout_s: float = 10.0) -> int:
+        """The node leading the group that owns ``key``, as a replica of that group sees it.
+
+        Polls (bounded): right after a start, a kill or a leadership transfer by the controller's
+        balancer, a group may be between leaders, and elections signal nothing observable."""
+        group = self.status(via)["slot_table"][zlib.crc32(key.encode()) % 256]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for node_id, proc in self.nodes.items():
+                if not proc.running:
+                    continue
+                for g in self.status(node_id)["groups"]:
+                    if g["group"] == group and g.get("is_leader"):
+                        return node_id
+            assert time.monotonic() < deadline, f"no leader for group {group}"
+            time.sleep(0.05)
 
     def stop(self) -> None:
         wait_all_stopped(list(self.nodes.values()))
