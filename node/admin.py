@@ -15,7 +15,6 @@ Operations (``op``):
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from pysyncobj import FAIL_REASON
 from cluster.bridge import GrpcCallError
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 
+from .groups.local import Proposal, ProposalError
 from .log import get_logger
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = get_logger("admin")
 
-_CONTROLLER_OPS = {"join", "leave"}
+RAFT_CALL_TIMEOUT_S = 20.0
 
 
 class AdminError(Exception):
@@ -178,10 +178,12 @@ class Admin:
             node_id, method = int(r["remove"]), local.raft.removeNodeFromCluster
             if node_id not in current:
                 return {"ok": True, "already": True}
-        address = self.node.raft_address(node_id, group)
-        error = await _raft_call(lambda cb: method(address, callback=cb))
-        if error != FAIL_REASON.SUCCESS:
-            raise AdminError(f"membership change of group {group} failed (reason {error})")
+        proposal = Proposal()  # membership changes are Raft entries: same callback, same wait
+        method(self.node.raft_address(node_id, group), callback=proposal.callback)
+        try:
+            await proposal.result(RAFT_CALL_TIMEOUT_S)
+        except ProposalError as e:
+            raise AdminError(f"membership change of group {group} failed ({e})") from None
         return {"ok": True}
 
     async def _op_transfer_leader(self, r: dict[str, Any]) -> dict[str, Any]:
@@ -190,41 +192,20 @@ class Admin:
         # Without "to", pysyncobj picks the most caught-up connected member.
         address = self.node.raft_address(int(r["to"]), group) if "to" in r else None
 
-        def start(cb: Callable[[Any, int], None]) -> None:
-            # transferLeadership reads Raft internals: it must run on the driver thread.
-            future = self.node.driver.call(
-                lambda: local.raft.transferLeadership(address, callback=cb)
-            )
+        proposal = Proposal()
+        # transferLeadership reads Raft internals: it must run on the driver thread.
+        future = self.node.driver.call(
+            lambda: local.raft.transferLeadership(address, callback=proposal.callback)
+        )
 
-            # An exception there would otherwise leave us waiting for a callback that never
-            # comes.
-            def failed(f: concurrent.futures.Future[Any]) -> None:
-                if f.exception() is not None:
-                    cb(None, FAIL_REASON.REQUEST_DENIED)
+        # An exception there would otherwise leave us waiting for a callback that never comes.
+        def failed(f: concurrent.futures.Future[Any]) -> None:
+            if f.exception() is not None:
+                proposal.callback(None, FAIL_REASON.REQUEST_DENIED)
 
-            future.add_done_callback(failed)
-
-        error = await _raft_call(start)
-        if error != FAIL_REASON.SUCCESS:
-            raise AdminError(f"leadership transfer of group {group} refused (reason {error})")
+        future.add_done_callback(failed)
+        try:
+            await proposal.result(RAFT_CALL_TIMEOUT_S)
+        except ProposalError as e:
+            raise AdminError(f"leadership transfer of group {group} refused ({e})") from None
         return {"ok": True}
-
-
-async def _raft_call(start: Callable[[Callable[[Any, int], None]], None]) -> int:
-    """Start a pysyncobj call with a callback and wait (bounded) for its outcome."""
-    token = trio.lowlevel.current_trio_token()
-    done = trio.Event()
-    box: list[int] = []
-
-    def finish(error: int) -> None:
-        box.append(error)
-        done.set()
-
-    def callback(_result: Any, error: int) -> None:
-        with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(finish, error)
-
-    start(callback)
-    with trio.move_on_after(20):
-        await done.wait()
-    return box[0] if box else -1

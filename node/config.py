@@ -29,7 +29,7 @@ class ConfigError(Exception):
 @dataclass
 class NodeSection:
     id: int = 1
-    """Unique per cluster, 1..1023 (it seeds the Snowflake message ids)."""
+    """Unique per cluster, 1..1023."""
     name: str = ""
     data_dir: str = "./data/node1"
     host: str = "127.0.0.1"

@@ -20,12 +20,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import trio
 
-from cluster.bridge import GrpcCallError, GrpcClients
+from cluster.bridge import GrpcAbort, GrpcCallError, GrpcClients
 from cluster.placement import Placement
 from proto.raftchat.peer.v1 import peer_pb2 as pb
-from proto.raftchat.peer.v1 import peer_pb2_grpc
 from proto.wkproto import ChannelType, ReasonCode
 
 from .channels import recipients
@@ -263,7 +263,7 @@ class Router:
             pipeline = self.pipelines.get(group)
             if pipeline is None:
                 return "not_leader"
-            return await _submit(pipeline, item)
+            return await _submit_start(pipeline, item).wait(self.s.forward_timeout_s + 5)
         return await self._forwarder(target, group).forward(item)
 
     async def _retrying(
@@ -519,9 +519,7 @@ class Router:
         try:
             result = await self.read_local(req.group, json.loads(req.query))
         except (QueryError, json.JSONDecodeError) as e:
-            from cluster.bridge import GrpcAbort
-
-            raise GrpcAbort(_invalid_argument(), str(e)) from None
+            raise GrpcAbort(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         if isinstance(result, str):
             return pb.ReadReply(status=self._failure_status(req.group, result))
         return pb.ReadReply(
@@ -571,10 +569,6 @@ class Router:
                 nursery.start_soon(one, node_id)
         return replies
 
-    @staticmethod
-    def stub_class() -> Any:
-        return peer_pb2_grpc.PeerStub
-
 
 def _percentiles(samples: Any) -> dict[str, float] | None:
     data = sorted(samples)
@@ -594,12 +588,6 @@ class _Value:
 
     def __init__(self, value: Any) -> None:
         self.value = value
-
-
-def _invalid_argument() -> Any:
-    import grpc
-
-    return grpc.StatusCode.INVALID_ARGUMENT
 
 
 class _SubmitSlot:
@@ -624,10 +612,6 @@ def _submit_start(pipeline: GroupPipeline, item: pb.SendItem) -> _SubmitSlot:
     slot = _SubmitSlot()
     pipeline.submit_nowait(item, slot.finish)
     return slot
-
-
-async def _submit(pipeline: GroupPipeline, item: pb.SendItem) -> pb.SendOutcome | str:
-    return await _submit_start(pipeline, item).wait(60.0)
 
 
 class _Forwarder:
