@@ -41,6 +41,7 @@ from .http.api import ApiContext, build_router
 from .http.server import HttpServer
 from .log import get_logger
 from .router import Router, RouterSettings
+from .sabotage import ACK_WITHOUT_COMMIT, SKIP_DEDUPE, AckCounter
 from .sessions import DeviceLimits, SessionRegistry
 from .storage import MessageRecord, Store
 
@@ -66,6 +67,10 @@ class Node:
         # Never a Raft port without a password: pysyncobj unpickles whatever reaches an open
         # one. A lone node has no peer to share a secret with, so it makes one up.
         self.raft_password = config.cluster.password or secrets.token_hex(16)
+        # Tests only (``testing.sabotage``; the config refuses it without the guard variable).
+        sabotage = config.testing.sabotage
+        self.fake_acks = AckCounter() if sabotage == ACK_WITHOUT_COMMIT else None
+        self.skip_dedupe = sabotage == SKIP_DEDUPE
         c = config.cluster
         self.timing = RaftTiming(
             heartbeat_s=c.heartbeat_s,
@@ -139,7 +144,7 @@ class Node:
         gdir = self._group_dir(group)
         store = Store(gdir / "db")
         self.stores[group] = store
-        machine = GroupMachine(group, store)
+        machine = GroupMachine(group, store, skip_dedupe=self.skip_dedupe)
         snapshots = CheckpointSnapshots(machine, gdir / "snapshots")
         raft = await trio.to_thread.run_sync(self._raft(group, members, machine, snapshots).result)
         local = LocalGroup(group, store, machine, raft, self.node_of_address)
@@ -149,6 +154,7 @@ class Node:
             commit_window_s=cfg.messages.commit_window_ms / 1000,
             max_batch=cfg.messages.max_batch,
             proposal_timeout_s=cfg.cluster.proposal_timeout_s,
+            fake_acks=self.fake_acks,
         )
         self.router.attach(local, pipeline)
         log.info("replica opened", group=group, members=members)
@@ -232,6 +238,12 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
+        if cfg.testing.sabotage:
+            log.warning(
+                "SABOTAGE ACTIVE: this node has a deliberate bug that loses or duplicates "
+                "messages; for tests only, never run it in production",
+                sabotage=cfg.testing.sabotage,
+            )
         host = cfg.node.host
         token = peer_token(cfg.cluster.password) if cfg.cluster.password else None
         self.clients = GrpcClients(peer_pb2_grpc.PeerStub, token)

@@ -18,6 +18,9 @@ from typing import Any, get_type_hints
 
 from cluster.placement import NodeAddress, parse_nodes
 
+from .sabotage import ALLOW_ENV as ALLOW_SABOTAGE_ENV
+from .sabotage import MODES as SABOTAGE_MODES
+
 ENV_PREFIX = "RAFTCHAT_"
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -117,6 +120,15 @@ class LogSection:
 
 
 @dataclass
+class TestingSection:
+    """Switches for the test suites only; never set them in production."""
+
+    sabotage: str = ""
+    """A deliberate server bug (``node/sabotage.py``): ``ack-without-commit`` or
+    ``skip-dedupe``. Refused unless the environment has ``RAFTCHAT_ALLOW_SABOTAGE=1``."""
+
+
+@dataclass
 class Config:
     node: NodeSection = field(default_factory=NodeSection)
     gateway: GatewaySection = field(default_factory=GatewaySection)
@@ -126,6 +138,7 @@ class Config:
     messages: MessagesSection = field(default_factory=MessagesSection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
     log: LogSection = field(default_factory=LogSection)
+    testing: TestingSection = field(default_factory=TestingSection)
 
     def validate(self) -> None:
         if not 1 <= self.node.id <= 1023:
@@ -160,6 +173,12 @@ class Config:
         if self.http.max_body_bytes < 1024:
             raise ConfigError("http.max_body_bytes must be at least 1024")
         self._validate_cluster()
+        sabotage = self.testing.sabotage
+        if sabotage and sabotage not in SABOTAGE_MODES:
+            raise ConfigError(
+                f"testing.sabotage must be empty or one of {', '.join(SABOTAGE_MODES)}, "
+                f"got {sabotage!r}"
+            )
 
     def cluster_nodes(self) -> list[NodeAddress]:
         """The initial members; this node alone when ``cluster.nodes`` is empty."""
@@ -253,8 +272,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
     sections = {f.name for f in dataclasses.fields(Config)}
     out: dict[str, dict[str, str]] = {}
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
+        if not name.startswith(ENV_PREFIX) or name == ALLOW_SABOTAGE_ENV:
+            continue  # the sabotage guard is not a config key: a file cannot set it
         rest = name[len(ENV_PREFIX) :].lower()
         sect, _, key = rest.partition("_")
         if sect not in sections or not key:
@@ -274,7 +293,12 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
         _apply(cfg, data, str(path))
-    overrides = _env_overrides(os.environ if env is None else env)
-    _apply(cfg, overrides, "environment")
+    env = os.environ if env is None else env
+    _apply(cfg, _env_overrides(env), "environment")
     cfg.validate()
+    if cfg.testing.sabotage and env.get(ALLOW_SABOTAGE_ENV) != "1":
+        raise ConfigError(
+            f"testing.sabotage = {cfg.testing.sabotage!r} makes this node lose or duplicate "
+            f"messages on purpose (tests only); refusing to start without {ALLOW_SABOTAGE_ENV}=1"
+        )
     return cfg

@@ -35,10 +35,12 @@ def next_message_id(last_id: int, time_ms: int, group: int) -> int:
 
 
 class GroupMachine:
-    def __init__(self, group: int, store: Store) -> None:
+    def __init__(self, group: int, store: Store, *, skip_dedupe: bool = False) -> None:
         self.group = group
         self.store = store
         self.applied_commands = 0
+        # SABOTAGE (tests only, ``testing.sabotage = skip-dedupe``): retries become duplicates.
+        self.skip_dedupe = skip_dedupe
 
     # --- StateMachine protocol --------------------------------------------------------------
 
@@ -83,6 +85,7 @@ class GroupMachine:
             # sender lost the permission since (else a "refused" message would exist).
             if (
                 item.client_msg_no
+                and not self.skip_dedupe
                 and not no_persist
                 and not request_problem(
                     item.client_msg_no, item.topic, item.stream_no, item.channel_id, item.from_uid

@@ -16,9 +16,12 @@ from collections.abc import Callable
 import trio
 
 from proto.raftchat.peer.v1 import peer_pb2 as pb
+from proto.wkproto import HeaderFlag, ReasonCode
 
 from ..log import get_logger
+from ..sabotage import AckCounter
 from .local import LocalGroup, Proposal, ProposalError
+from .machine import next_message_id
 
 log = get_logger("pipeline")
 
@@ -39,8 +42,11 @@ class GroupPipeline:
         proposal_timeout_s: float,
         max_in_flight: int = 4,
         queue_size: int = 50_000,
+        fake_acks: AckCounter | None = None,
     ) -> None:
         self.group = group
+        # SABOTAGE (tests only, ``testing.sabotage = ack-without-commit``); None in production.
+        self._fake_acks = fake_acks
         self._on_committed = on_committed
         self._window_s = commit_window_s
         self._max_batch = max_batch
@@ -64,10 +70,27 @@ class GroupPipeline:
         if self._closed:
             done(None, ProposalError("not_leader", "replica closed"))
             return
+        if self._fake_acks is not None and self.group.is_leader() and self._fake_acks.due():
+            # SABOTAGE: a success that looks real for a send that never reaches Raft, i.e. an
+            # acknowledged message that is lost; the chaos checkers must catch it.
+            done(self._fake_outcome(item), None)
+            return
         try:
             self._send.send_nowait((item, done))
         except trio.WouldBlock:
             done(None, ProposalError("unknown", "send queue full"))
+
+    def _fake_outcome(self, item: pb.SendItem) -> pb.SendOutcome:
+        """The ids the send would plausibly have got: the channel's next seq as stored now and
+        the group's next message id (the next real send will get the same seq)."""
+        store = self.group.store
+        seq = 0
+        if not item.flags & HeaderFlag.NO_PERSIST:
+            seq = store.head_seq(item.channel_type, item.channel_id) + 1
+        message_id = next_message_id(
+            store.last_message_id(), int(time.time() * 1000), self.group.group_id
+        )
+        return pb.SendOutcome(reason=ReasonCode.SUCCESS, message_id=message_id, message_seq=seq)
 
     async def close(self) -> None:
         """Refuse new sends, fail queued ones, and wait for batches in Raft to finish."""

@@ -15,12 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, DeviceFlag, DeviceLevel, HeaderFlag, ReasonCode
 
 from ..admin import Admin, AdminError
 from ..channels import canonical_channel_id, id_problem, view_channel_id
 from ..config import Config
+from ..groups.digest import channel_digests
 from ..pipeline_rules import SYSTEM_UID, request_problem
 from ..router import ClusterUnavailable, Router
 from ..sessions import SessionRegistry
@@ -110,6 +113,32 @@ def build_router(ctx: ApiContext) -> HttpRouter:
     @route("GET", "/cluster/status")
     async def cluster_status(req: Request) -> Response:
         return Response(200, ctx.router.status())
+
+    @route("GET", "/cluster/digest")
+    async def cluster_digest(req: Request) -> Response:
+        """This node's own replica of every slot group it hosts, as stored here (no barrier, no
+        forwarding): the point is to compare replicas, see ``groups/digest.py``."""
+        groups = []
+        for gid, local in sorted(ctx.router.local.items()):
+            if gid == 0:
+                continue  # the controller group stores no messages
+            try:
+                applied, channels = await trio.to_thread.run_sync(channel_digests, local.store)
+            except Exception:
+                if ctx.router.local.get(gid) is local:
+                    raise
+                continue  # dropped (its store closed) while being read: no longer hosted here
+            groups.append(
+                {
+                    "group": gid,
+                    "applied": applied,
+                    "commit": int(local.raft.raftCommitIndex),
+                    "is_leader": local.is_leader(),
+                    "leader": local.leader_id(),
+                    "channels": channels,
+                }
+            )
+        return Response(200, {"node": ctx.config.node.id, "groups": groups})
 
     async def membership(request: dict[str, Any]) -> Response:
         try:

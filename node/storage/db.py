@@ -12,7 +12,7 @@ import os
 import shutil
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +197,26 @@ class Store:
                 it.next()
             del it
         return out
+
+    def scan_messages(self, visit: Callable[[MessageRecord], None]) -> int:
+        """Call ``visit`` on every stored message, channel after channel (in channel-key order)
+        and by seq within a channel; return the applied index of exactly the data visited.
+
+        The lock is held throughout: every write takes it, so no apply lands mid-scan, and a
+        snapshot install cannot close the database under the iterator. The price is that this
+        group's applies (and with them the node's Raft driver) wait for the scan: keep
+        ``visit`` cheap; this is for operators and tests, not a hot path."""
+        ro = ReadOptions()
+        ro.set_total_order_seek(True)  # one pass over every channel, past the prefix extractor
+        with self._lock:
+            applied = self.applied_index()
+            it = self._cf["messages"].iter(ro)
+            it.seek_to_first()
+            while it.valid():
+                visit(MessageRecord.decode(it.value()))
+                it.next()
+            del it
+        return applied
 
     # --- users ----------------------------------------------------------------------------
 
