@@ -28,7 +28,6 @@ when it ends, also on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import math
 import multiprocessing
@@ -37,7 +36,6 @@ import platform
 import secrets
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -59,19 +57,22 @@ from client.errors import ClientClosed, ClientError
 from client.wkproto import WKClient, open_client
 from proto.wkproto import ChannelType, ReasonCode
 
-from .devcluster import NodeProcess, NodeStartError, cluster_env, node_env, start_all
+from .devcluster import (
+    HTTP_PORT,
+    TCP_PORT,
+    NodeProcess,
+    NodeStartError,
+    cluster_env,
+    ensure_ports_free,
+    node_env,
+    start_all,
+)
 
 if TYPE_CHECKING:
     import httpx
 # httpx is imported where it is used: ``raftchat node`` builds this command's parser too, and a
 # node process has no use for an HTTP client.
 
-# The standard ports of a node (``docs/configuration.md``); each node has its own address.
-HTTP_PORT = 5001
-TCP_PORT = 5100
-WS_PORT = 5200
-GRPC_PORT = 11110
-RAFT_PORT = 12000
 SLOT_GROUPS = 8
 HASH_SLOTS = 256
 
@@ -559,26 +560,10 @@ def node_hosts(cfg: BenchConfig) -> dict[int, str]:
 
 
 def check_ports_free(hosts: dict[int, str], groups: int = SLOT_GROUPS) -> None:
-    # Raft: the controller group (0) and every slot group g on RAFT_PORT + g.
-    ports = [HTTP_PORT, TCP_PORT, WS_PORT, GRPC_PORT] + [RAFT_PORT + g for g in range(groups + 1)]
-    taken = []
-    for host in hosts.values():
-        for port in ports:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                # As the servers do: a lingering TIME_WAIT is no reason to refuse, a listener is.
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    s.bind((host, port))
-                except OSError as e:
-                    if e.errno == errno.EADDRNOTAVAIL:
-                        raise BenchError(f"cannot bind {host}: {e}") from None
-                    taken.append(f"{host}:{port}")
-    if taken:
-        raise BenchError(
-            f"ports in use: {', '.join(taken[:6])}{' ...' if len(taken) > 6 else ''}; "
-            "is a `make run` (raftchat dev) or another bench running? Stop it, or pick other "
-            "addresses with --host-base"
-        )
+    try:
+        ensure_ports_free(hosts, groups)
+    except NodeStartError as e:
+        raise BenchError(str(e)) from None
 
 
 class BenchCluster:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from .config import ConfigError, load_config
 from .log import setup_logging
@@ -34,6 +35,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def _cmd_chaos(args: argparse.Namespace) -> int:
+    from chaos.runner import run_chaos
+
+    return run_chaos(args)
+
+
+def _add_chaos(sub: Any) -> None:
+    # The chaos suite drives a cluster from outside; only its command line lives here.
+    p_chaos = sub.add_parser("chaos", help="Jepsen-style fault injection against a local cluster")
+    chaos_sub = p_chaos.add_subparsers(dest="chaos_command", required=True)
+    p_run = chaos_sub.add_parser("run", help="one run: cluster, workload, faults, checks, report")
+    from chaos.runner import add_arguments
+
+    add_arguments(p_run)
+    p_run.set_defaults(func=_cmd_chaos)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="raftchat", description="raftchat IM server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     from .cluster_cli import add_parser
 
     add_parser(sub)
-    args = parser.parse_args(argv)
+    _add_chaos(sub)
+    raw = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(raw)
+    args.argv = raw[2:] if raw[:2] == ["chaos", "run"] else []
     return int(args.func(args))
 
 

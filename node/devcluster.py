@@ -7,9 +7,11 @@ callers wait for an event rather than polling or sleeping.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +21,13 @@ from pathlib import Path
 from typing import IO
 
 READY_PREFIX = "RAFTCHAT_READY "
+
+# The standard ports of a node (``docs/configuration.md``); each node has its own address.
+HTTP_PORT = 5001
+TCP_PORT = 5100
+WS_PORT = 5200
+GRPC_PORT = 11110
+RAFT_PORT = 12000
 
 
 class NodeStartError(Exception):
@@ -32,6 +41,8 @@ class NodeProcess:
     env: dict[str, str]
     log_path: Path
     config_path: str | None = None
+    gid: int | None = None
+    """Run the process with this primary group id (the chaos suite's partitions match on it)."""
     proc: subprocess.Popen[str] | None = None
     endpoints: dict[str, str] = field(default_factory=dict)
     _ready: _ReadyWatch = field(init=False, repr=False)
@@ -53,10 +64,20 @@ class NodeProcess:
             stderr=log,
             text=True,
             cwd=str(Path(__file__).resolve().parent.parent),
+            group=self.gid,
+            extra_groups=None if self.gid is None else [],
         )
         log.close()
         assert self.proc.stdout is not None
         self._ready = _ReadyWatch(self.proc.stdout)
+
+    def ready_within(self, timeout_s: float) -> bool:
+        """Wait for the ready line without giving up on the process (it may be in a partition
+        where its groups cannot elect leaders yet); False when it did not come in time."""
+        found = self._ready.wait(timeout_s)
+        if found is not None:
+            self.endpoints = found
+        return found is not None
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         ready = self._ready.wait(timeout_s)
@@ -69,6 +90,8 @@ class NodeProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
+        if sig != signal.SIGKILL:
+            self.proc.send_signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
         self.proc.send_signal(sig)
         try:
             self.proc.wait(timeout_s)
@@ -78,6 +101,16 @@ class NodeProcess:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+    def pause(self) -> None:
+        if self.running:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.running:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGCONT)
 
     @property
     def running(self) -> bool:
@@ -153,3 +186,27 @@ def wait_all_stopped(nodes: list[NodeProcess], timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     for n in nodes:
         n.stop(timeout_s=max(deadline - time.monotonic(), 0.1))
+
+
+def ensure_ports_free(hosts: dict[int, str], groups: int) -> None:
+    """Refuse to start when another local cluster holds the ports of these addresses."""
+    # Raft: the controller group (0) and every slot group g on RAFT_PORT + g.
+    ports = [HTTP_PORT, TCP_PORT, WS_PORT, GRPC_PORT] + [RAFT_PORT + g for g in range(groups + 1)]
+    taken = []
+    for host in hosts.values():
+        for port in ports:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                # As the servers do: a lingering TIME_WAIT is no reason to refuse, a listener is.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((host, port))
+                except OSError as e:
+                    if e.errno == errno.EADDRNOTAVAIL:
+                        raise NodeStartError(f"cannot bind {host}: {e}") from None
+                    taken.append(f"{host}:{port}")
+    if taken:
+        raise NodeStartError(
+            f"ports in use: {', '.join(taken[:6])}{' ...' if len(taken) > 6 else ''}; "
+            "is a `make run` (raftchat dev), a bench or a chaos run using these addresses? "
+            "Stop it, or pick other addresses with --host-base"
+        )

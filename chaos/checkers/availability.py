@@ -48,6 +48,8 @@ def fault_windows(history: HistoryLike) -> list[FaultWindow]:
             continue
         key = v.fault_id if v.fault_id is not None else v.fault
         if v.action == "start":
+            if op.type == "fail":
+                continue  # the fault never began (a join the cluster refused, say)
             w = FaultWindow(
                 v.fault, v.fault_id, v.targets, op.invoke_mono, h.end_mono, False, op.index
             )

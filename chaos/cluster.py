@@ -1,0 +1,171 @@
+"""The cluster under test: real ``raftchat node`` processes, one loopback address each, driven
+from outside (signals for kills and pauses, the HTTP admin routes for membership).
+
+Node n listens on ``<host_base>.<10 + n>`` with the standard ports and runs with the group id
+:func:`chaos.net.node_gid` so that :class:`chaos.net.Firewall` can cut its links. A restarted or
+joining node is launched without waiting: it may come back into a partition where its groups
+have no leader, and the nemesis must not stall on it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from node.devcluster import (
+    HTTP_PORT,
+    NodeProcess,
+    cluster_env,
+    node_env,
+    start_all,
+    wait_all_stopped,
+)
+
+from .http import HttpError, request
+from .net import node_gid
+
+READY_TIMEOUT_S = 120.0
+
+
+class ClusterError(Exception):
+    pass
+
+
+class ChaosCluster:
+    def __init__(
+        self,
+        root: Path,
+        node_ids: Iterable[int],
+        *,
+        host_base: str = "127.0.0",
+        settings: dict[str, str] | None = None,
+    ) -> None:
+        self.root = root
+        self.host_base = host_base
+        self.password = secrets.token_urlsafe(24)
+        self.settings = dict(settings or {})
+        self.hosts: dict[int, str] = {n: self.host(n) for n in node_ids}
+        self.nodes: dict[int, NodeProcess] = {}
+        envs = cluster_env(self.hosts, self.password, self.settings)
+        for n in self.hosts:
+            self.nodes[n] = self._process(n, envs[n])
+        self.removed: set[int] = set()
+        """Nodes that left the cluster: their processes are stopped and stay stopped."""
+        self.paused: set[int] = set()
+
+    def host(self, node_id: int) -> str:
+        return f"{self.host_base}.{10 + node_id}"
+
+    def _process(self, node_id: int, extra: dict[str, str]) -> NodeProcess:
+        data = self.root / f"node{node_id}"
+        return NodeProcess(
+            node_id=node_id,
+            data_dir=data,
+            env=node_env(node_id, self.hosts[node_id], data, extra),
+            log_path=self.root / f"node{node_id}.log",
+            gid=node_gid(node_id),
+        )
+
+    # --- process control ------------------------------------------------------------------
+
+    def start(self) -> None:
+        start_all(list(self.nodes.values()), timeout_s=READY_TIMEOUT_S)
+
+    def stop(self) -> None:
+        wait_all_stopped(list(self.nodes.values()))
+
+    def members(self) -> list[int]:
+        return sorted(n for n in self.nodes if n not in self.removed)
+
+    def running(self) -> list[int]:
+        return sorted(n for n, p in self.nodes.items() if p.running)
+
+    def serving(self) -> list[int]:
+        """Running, not paused, not removed: nodes a client can usefully talk to."""
+        return [n for n in self.running() if n not in self.paused and n not in self.removed]
+
+    def kill(self, node_id: int) -> None:
+        self.nodes[node_id].kill()
+        self.paused.discard(node_id)
+
+    def restart(self, node_id: int) -> None:
+        """Launch a stopped node again on its data directory; readiness is awaited in the
+        background (the node prints its ready line once its groups have leaders)."""
+        proc = self.nodes[node_id]
+        if proc.running:
+            return
+        proc.launch()
+        threading.Thread(target=self._await_ready, args=(proc,), daemon=True).start()
+
+    @staticmethod
+    def _await_ready(proc: NodeProcess) -> None:
+        proc.ready_within(READY_TIMEOUT_S)
+
+    def pause(self, node_id: int) -> None:
+        self.nodes[node_id].pause()
+        self.paused.add(node_id)
+
+    def resume(self, node_id: int) -> None:
+        self.nodes[node_id].resume()
+        self.paused.discard(node_id)
+
+    def resume_all(self) -> None:
+        for n in list(self.paused):
+            self.resume(n)
+
+    # --- HTTP ----------------------------------------------------------------------------
+
+    async def call(
+        self, node_id: int, method: str, path: str, body: Any = None, timeout_s: float = 10.0
+    ) -> tuple[int, Any]:
+        return await request(
+            self.hosts[node_id], HTTP_PORT, method, path, body, timeout_s=timeout_s
+        )
+
+    async def status(self, node_id: int) -> dict[str, Any]:
+        code, body = await self.call(node_id, "GET", "/cluster/status", timeout_s=5.0)
+        if code != 200 or not isinstance(body, dict):
+            raise ClusterError(f"/cluster/status on node {node_id}: {code} {body}")
+        return body
+
+    # --- membership ----------------------------------------------------------------------
+
+    async def join(self, node_id: int, via: int) -> None:
+        """Admit node ``node_id`` through member ``via`` and launch it (it joins by itself)."""
+        host = self.host(node_id)
+        code, body = await self.call(
+            via, "POST", "/cluster/join", {"node_id": node_id, "host": host}
+        )
+        if code != 200:
+            raise ClusterError(f"join of node {node_id} via {via}: {code} {body}")
+        self.hosts[node_id] = host
+        extra = dict(self.settings)
+        extra.update(
+            {"RAFTCHAT_CLUSTER_JOIN": self.hosts[via], "RAFTCHAT_CLUSTER_PASSWORD": self.password}
+        )
+        proc = self._process(node_id, extra)
+        self.nodes[node_id] = proc
+        self.removed.discard(node_id)
+        proc.launch()
+        threading.Thread(target=self._await_ready, args=(proc,), daemon=True).start()
+
+    async def leave(self, node_id: int, via: int) -> None:
+        code, body = await self.call(via, "POST", "/cluster/leave", {"node_id": node_id})
+        if code != 200:
+            raise ClusterError(f"leave of node {node_id} via {via}: {code} {body}")
+
+    async def gone(self, node_id: int) -> bool:
+        """Whether every serving member agrees that ``node_id`` is no longer a member."""
+        for n in self.serving():
+            if n == node_id:
+                continue
+            try:
+                st = await self.status(n)
+            except (HttpError, ClusterError):
+                return False
+            if str(node_id) in st.get("nodes", {}):
+                return False
+        return True

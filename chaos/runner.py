@@ -1,0 +1,362 @@
+"""``raftchat chaos run``: one Jepsen-style run from a fresh cluster to a verdict.
+
+1. start N real node processes on 127.0.0.11, .12, ... (``--host-base``), each with its own
+   group id so that iptables can cut its links;
+2. set up the workload's users and channels, then run the workload for ``--time`` seconds while
+   the nemesis injects faults;
+3. heal everything (network, paused and killed nodes), keep the workload running a little longer
+   so that recovery shows in the history, stop it;
+4. wait for every slot group to have a leader and every replica to catch up, read every channel
+   from every node, take each replica's digest;
+5. check the history and write ``results/<run>/``: ``history.jsonl``, ``verdict.json``,
+   ``report.html``, ``nodes/node<N>.log``.
+
+The exit status is 0 when every property held, 1 when one did not, 2 when the run could not be
+made. Every iptables rule and every process the run made is removed at the end, also on Ctrl-C
+or SIGTERM; rules left by a run that was SIGKILLed are removed by the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import trio
+
+from node.devcluster import NodeStartError, ensure_ports_free
+
+from . import net
+from .checkers import Verdict, check_all
+from .cluster import ChaosCluster, ClusterError
+from .history import HistoryWriter, load_history
+from .http import HttpError
+from .nemesis import FAMILIES, Nemesis, Timing, parse_families
+from .workload import ChatWorkload, WorkloadConfig
+
+SABOTAGE_MODES = ("ack-without-commit", "skip-dedupe")
+RECOVERY_BOUND_S = 60.0
+"""A channel or group written during a fault that takes longer than this after the heal to
+accept writes again makes the run invalid (availability is otherwise only measured)."""
+
+
+class RunError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    nodes: int = 5
+    time_s: float = 120.0
+    nemesis: tuple[str, ...] = FAMILIES
+    workload: str = "chat"
+    seed: int = 0
+    out: str = "results"
+    host_base: str = "127.0.0"
+    after_heal_s: float = 10.0
+    """How long the workload keeps going after the final heal."""
+    timing: Timing = field(default_factory=Timing)
+    load: WorkloadConfig = field(default_factory=WorkloadConfig)
+    sabotage: str = ""
+    keep_data: bool = False
+    quick: bool = False
+    command: str = ""
+    """The command line that made the run, for the report (reproduce with the same seed)."""
+
+
+QUICK = {
+    "nodes": 3,
+    "time_s": 60.0,
+    "after_heal_s": 8.0,
+    "timing": Timing(quiet_s=(2.0, 5.0), hold_s=(3.0, 7.0)),
+    "load": WorkloadConfig(users=8, group_channels=3, person_channels=4, send_gap_s=0.6),
+}
+"""``--quick``: three nodes, one minute of faults, a lighter load; under 5 minutes with setup,
+recovery and checks, so that it can run in ``make test``."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nodes", type=int, default=None, help="cluster size (default 5; quick 3)")
+    p.add_argument("--time", type=float, default=None, help="seconds of faults (default 120)")
+    p.add_argument(
+        "--nemesis",
+        default="all",
+        help=f"comma-separated: {', '.join(FAMILIES)}, all or none (default all)",
+    )
+    p.add_argument("--workload", default="chat", choices=["chat"])
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock)")
+    p.add_argument("--out", default="results", help="parent of the run's results folder")
+    p.add_argument(
+        "--host-base",
+        default="127.0.0",
+        help="the first three octets of the node addresses (node n gets .<10+n>)",
+    )
+    p.add_argument("--quick", action="store_true", help="3 nodes, 60 s, lighter load (CI)")
+    p.add_argument("--keep-data", action="store_true", help="keep the nodes' data directories")
+    p.add_argument(
+        "--sabotage",
+        default="",
+        choices=["", *SABOTAGE_MODES],
+        help="TESTS ONLY: start the nodes with a deliberate bug, to show the checkers catch it",
+    )
+
+
+def config_from_args(a: argparse.Namespace) -> RunConfig:
+    cfg = RunConfig()
+    if a.quick:
+        cfg = replace(cfg, quick=True, **QUICK)  # type: ignore[arg-type]
+    try:
+        families = tuple(parse_families(a.nemesis))
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    cfg = replace(
+        cfg,
+        nemesis=families,
+        workload=a.workload,
+        seed=a.seed if a.seed is not None else int(time.time()) % 100_000,
+        out=a.out,
+        host_base=a.host_base,
+        sabotage=a.sabotage,
+        keep_data=a.keep_data,
+        command="raftchat chaos run " + shlex.join(a.argv),
+    )
+    if a.nodes is not None:
+        cfg = replace(cfg, nodes=a.nodes)
+    if a.time is not None:
+        cfg = replace(cfg, time_s=a.time)
+    if not 1 <= cfg.nodes <= 9:
+        raise RunError("--nodes must be 1..9")
+    if cfg.time_s <= 0:
+        raise RunError("--time must be positive")
+    return cfg
+
+
+def _progress(text: str) -> None:
+    print(f"raftchat chaos: {text}", file=sys.stderr, flush=True)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+async def _wait_healthy(cluster: ChaosCluster, timeout_s: float) -> bool:
+    """Every serving member answers /health (all its groups have leaders) and has applied what
+    it knows to be committed."""
+    deadline = trio.current_time() + timeout_s
+    while trio.current_time() < deadline:
+        ok = True
+        for n in cluster.serving():
+            try:
+                code, _ = await cluster.call(n, "GET", "/health", timeout_s=3.0)
+                st = await cluster.status(n)
+            except (HttpError, ClusterError):
+                ok = False
+                break
+            local = [g for g in st.get("groups", []) if g.get("local")]
+            if code != 200 or any(g["raft_applied"] < g["commit_index"] for g in local):
+                ok = False
+                break
+        if ok:
+            return True
+        await trio.sleep(1.0)
+    return False
+
+
+async def _drive(
+    cfg: RunConfig, cluster: ChaosCluster, firewall: net.Firewall | None, rec: HistoryWriter
+) -> dict[str, Any]:
+    rng = random.Random(cfg.seed)
+    workload = ChatWorkload(cluster, rec, cfg.load, random.Random(rng.getrandbits(64)))
+    nemesis = Nemesis(
+        cluster,
+        firewall,
+        rec,
+        random.Random(rng.getrandbits(64)),
+        cfg.nemesis,
+        cfg.timing,
+        cfg.nodes,
+    )
+    _progress(f"setting up {len(workload.users)} users and their channels")
+    await workload.setup()
+    started = time.monotonic()
+    async with trio.open_nursery() as nursery:
+        await workload.run(nursery)
+        _progress(
+            f"workload running; nemesis {', '.join(cfg.nemesis) or 'none'} for {cfg.time_s:.0f} s"
+        )
+        await nemesis.run(trio.current_time() + cfg.time_s)
+        _progress(f"healing ({nemesis.faults} faults injected)")
+        await nemesis.heal_all()
+        await trio.sleep(cfg.after_heal_s)
+        workload.stop()
+        # Senders finish the attempt in flight (bounded by their send timeout), then return.
+    faulted_s = time.monotonic() - started
+    _progress("waiting for the cluster to recover")
+    healthy = await _wait_healthy(cluster, 120.0)
+    if not healthy:
+        _progress("the cluster did not report healthy within 120 s; reading anyway")
+    members = [n for n in cluster.members() if n in cluster.serving()]
+    _progress(f"final reads of {len(workload.channels)} channels from nodes {members}")
+    failed_reads = await workload.final_reads(members)
+    converged = await workload.digests(members)
+    return {
+        "faults": nemesis.summary(),
+        "workload_s": round(faulted_s, 1),
+        "healthy_after_heal": healthy,
+        "final_reads_failed": failed_reads,
+        "replicas_converged": converged,
+        "members_at_end": members,
+        "channels": len(workload.channels),
+        "users": len(workload.users),
+    }
+
+
+def _counts(verdict: Verdict, events: int) -> dict[str, Any]:
+    r = verdict.results
+    ops = {
+        "events": events,
+        "acked_sends": r["lost_acked"].counts.get("acked"),
+        "final_reads": r["lost_acked"].counts.get("final_reads"),
+    }
+    for name, result in r.items():
+        for key, value in result.counts.items():
+            if key.endswith("checked") or key in ("messages", "sends", "recvs", "reads"):
+                ops[f"{name}.{key}"] = value
+    return ops
+
+
+def run(cfg: RunConfig) -> int:
+    families = set(cfg.nemesis)
+    if "partition" in families and (why := net.problem()):
+        raise RunError(f"the partition nemesis needs iptables: {why}")
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{'quick' if cfg.quick else 'run'}-seed{cfg.seed}"
+    out = Path(cfg.out).resolve() / name
+    out.mkdir(parents=True, exist_ok=False)
+    data_root = Path(tempfile.mkdtemp(prefix="raftchat-chaos-"))
+    settings = {"RAFTCHAT_LOG_LEVEL": "info"}
+    if cfg.sabotage:
+        settings.update({"RAFTCHAT_TESTING_SABOTAGE": cfg.sabotage, "RAFTCHAT_ALLOW_SABOTAGE": "1"})
+    cluster = ChaosCluster(
+        data_root, range(1, cfg.nodes + 1), host_base=cfg.host_base, settings=settings
+    )
+    spare = {n: cluster.host(n) for n in range(1, cfg.nodes + 3)}  # joiners included
+    try:
+        ensure_ports_free(spare, 8)
+    except NodeStartError as e:
+        raise RunError(str(e)) from None
+    net.remove_stale()
+    firewall = net.Firewall(cluster.hosts) if "partition" in families else None
+    meta: dict[str, Any] = {
+        "run": name,
+        "nodes": cfg.nodes,
+        "time_s": cfg.time_s,
+        "nemesis": list(cfg.nemesis),
+        "workload": cfg.workload,
+        "seed": cfg.seed,
+        "quick": cfg.quick,
+        "sabotage": cfg.sabotage or None,
+        "hosts": {str(n): h for n, h in cluster.hosts.items()},
+        "revision": _revision(),
+        "command": cfg.command,
+        "load": asdict(cfg.load),
+    }
+    history_path = out / "history.jsonl"
+    _progress(f"run {name}: {cfg.nodes} nodes on {cfg.host_base}.1x, results in {out}")
+    try:
+        if firewall is not None:
+            firewall.install()
+        with HistoryWriter(history_path) as rec:
+            try:
+                cluster.start()
+            except NodeStartError as e:
+                raise RunError(str(e)) from None
+            facts = trio.run(_drive, cfg, cluster, firewall, rec)
+    finally:
+        if firewall is not None:
+            firewall.uninstall()
+        cluster.stop()
+        nodes_dir = out / "nodes"
+        nodes_dir.mkdir(exist_ok=True)
+        for log in data_root.glob("node*.log"):
+            shutil.copy(log, nodes_dir / log.name)
+        if cfg.keep_data:
+            _progress(f"node data kept in {data_root}")
+        else:
+            shutil.rmtree(data_root, ignore_errors=True)
+    _progress("checking the history")
+    events = load_history(history_path)
+    verdict = check_all(events, recovery_bound_s=RECOVERY_BOUND_S)
+    meta.update(facts)
+    meta["counts"] = _counts(verdict, len(events))
+    result = {"valid": verdict.valid, "meta": meta, **verdict.to_json()}
+    (out / "verdict.json").write_text(json.dumps(result, indent=2) + "\n")
+    try:
+        from .report import write_report
+
+        write_report(out / "report.html", events, verdict, meta)
+    except ImportError:
+        pass
+    status = "VALID" if verdict.valid else f"INVALID: {', '.join(verdict.failed)}"
+    print(f"raftchat chaos: {status} ({len(events)} events; {out})", flush=True)
+    return 0 if verdict.valid else 1
+
+
+def run_chaos(args: argparse.Namespace) -> int:
+    if not hasattr(args, "argv"):
+        args.argv = []
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return run(config_from_args(args))
+    except RunError as e:
+        print(f"raftchat chaos: {e}", file=sys.stderr)
+        return 2
+    except BaseException as e:
+        # Inside trio.run the interrupt may arrive wrapped in an exception group.
+        interrupted = isinstance(e, KeyboardInterrupt) or (
+            isinstance(e, BaseExceptionGroup) and e.subgroup(KeyboardInterrupt) is not None
+        )
+        if not interrupted:
+            raise
+        print("raftchat chaos: interrupted; rules and processes removed", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="raftchat chaos run")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return run_chaos(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

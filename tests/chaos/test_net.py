@@ -1,0 +1,99 @@
+"""The partition mechanism itself, with real iptables rules and real sockets: a rule cuts what a
+process of one node's group sends to another node's address, and nothing else."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from chaos import net
+
+HOSTS = {1: "127.0.251.11", 2: "127.0.251.12", 3: "127.0.251.13"}
+PORT = 23999
+
+
+@pytest.fixture
+def firewall() -> Iterator[net.Firewall]:
+    why = net.problem()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must be able to partition: {why}")
+        pytest.skip(why)
+    fw = net.Firewall(HOSTS)
+    fw.install()
+    try:
+        yield fw
+    finally:
+        fw.uninstall()
+
+
+@pytest.fixture
+def listeners() -> Iterator[None]:
+    socks = []
+    for host in HOSTS.values():
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, PORT))
+        s.listen(16)
+        socks.append(s)
+    try:
+        yield
+    finally:
+        for s in socks:
+            s.close()
+
+
+def reaches(from_node: int | None, to_node: int) -> bool:
+    """Whether a process running as node ``from_node`` (None: the runner) can connect."""
+    code = (
+        "import socket,sys\n"
+        "try:\n"
+        f"    socket.create_connection(({HOSTS[to_node]!r}, {PORT}), timeout=1.0).close()\n"
+        "except OSError:\n"
+        "    sys.exit(1)\n"
+    )
+    gid = None if from_node is None else net.node_gid(from_node)
+    return subprocess.run([sys.executable, "-c", code], group=gid).returncode == 0
+
+
+def test_isolate_cuts_only_the_isolated_node(firewall: net.Firewall, listeners: None) -> None:
+    firewall.isolate(1)
+    assert not reaches(1, 2) and not reaches(2, 1) and not reaches(3, 1)
+    assert reaches(2, 3) and reaches(3, 2)
+    # Clients (the runner's own group) still reach the isolated node, as in a real partition
+    # where a client sits next to the minority.
+    assert reaches(None, 1)
+    firewall.heal()
+    assert reaches(1, 2) and reaches(2, 1)
+
+
+def test_bridge_of_three_keeps_the_middle_connected(
+    firewall: net.Firewall, listeners: None
+) -> None:
+    firewall.ring([1, 2, 3])  # three nodes: a bridge, 1 and 3 lose their link
+    assert reaches(1, 2) and reaches(2, 3) and reaches(2, 1)
+    assert not reaches(1, 3) and not reaches(3, 1)
+
+
+def test_uninstall_leaves_no_rule(firewall: net.Firewall) -> None:
+    firewall.split([[1, 2], [3]])
+    assert firewall.blocked
+    firewall.uninstall()
+    rules = subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True).stdout
+    assert net.CHAIN not in rules
+
+
+def test_ring_of_five_gives_every_node_a_different_majority() -> None:
+    nodes = [1, 2, 3, 4, 5]
+    links = net.ring_links(nodes)
+    views = {
+        n: frozenset({n} | {b for a, b in links if a == n} | {a for a, b in links if b == n})
+        for n in nodes
+    }
+    assert all(len(v) >= 3 for v in views.values())  # a majority of 5
+    assert len(set(views.values())) == 5  # all different

@@ -1,0 +1,117 @@
+"""Whole chaos runs with real node processes: the quick preset passes, a sabotaged server fails
+with the property it breaks named, and an interrupted run leaves no rule and no process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chaos import net
+
+REPO = Path(__file__).resolve().parents[2]
+# Outside the 127.0.20-219.x range tests/conftest.py hands out, so runs never collide with it.
+HOST_BASE = "127.0.252"
+
+
+def chaos_run(out: Path, *args: str, timeout_s: float = 280.0) -> tuple[int, dict[str, Any]]:
+    cmd = [sys.executable, "-m", "node.cli", "chaos", "run", "--out", str(out)]
+    cmd += ["--host-base", HOST_BASE, *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+    runs = sorted(out.iterdir())
+    assert len(runs) == 1, proc.stderr[-3000:]
+    verdict_path = runs[0] / "verdict.json"
+    assert verdict_path.exists(), proc.stderr[-3000:]
+    return proc.returncode, json.loads(verdict_path.read_text())
+
+
+def node_processes() -> list[int]:
+    """Pids of node processes on this test's addresses (scanned from /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if f"RAFTCHAT_NODE_HOST={HOST_BASE}.".encode() in environ:
+            pids.append(int(entry.name))
+    return pids
+
+
+def assert_clean() -> None:
+    rules = subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True).stdout
+    assert net.CHAIN not in rules
+    assert node_processes() == []
+
+
+@pytest.fixture(autouse=True)
+def needs_iptables() -> None:
+    why = net.problem()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must be able to run the chaos suite: {why}")
+        pytest.skip(why)
+
+
+@pytest.mark.timeout(300)
+def test_quick_run_holds_every_property(tmp_path: Path) -> None:
+    code, verdict = chaos_run(tmp_path, "--quick", "--seed", "11")
+    failed = verdict["failed"]
+    assert code == 0 and verdict["valid"], f"failed: {failed}"
+    meta = verdict["meta"]
+    assert meta["faults"]["faults"] >= 5  # the nemesis really did something
+    assert meta["counts"]["acked_sends"] >= 100
+    lost = verdict["results"]["lost_acked"]["counts"]
+    assert lost["final_reads"] >= meta["channels"] * 3  # every channel read from every node
+    assert verdict["results"]["replica_divergence"]["counts"]["groups_compared"] == 8
+    run = next(tmp_path.iterdir())
+    assert (run / "report.html").stat().st_size > 1000
+    assert any((run / "nodes").glob("node*.log"))
+    assert_clean()
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize(
+    ("mode", "broken"),
+    [("ack-without-commit", "lost_acked"), ("skip-dedupe", "duplicates")],
+)
+def test_sabotaged_server_fails_the_run(tmp_path: Path, mode: str, broken: str) -> None:
+    code, verdict = chaos_run(
+        tmp_path, "--nodes", "3", "--time", "15", "--nemesis", "none", "--seed", "5",
+        "--sabotage", mode, timeout_s=180.0,
+    )  # fmt: skip
+    assert code == 1 and not verdict["valid"]
+    assert broken in verdict["failed"]
+    assert verdict["results"][broken]["examples"]
+    assert_clean()
+
+
+@pytest.mark.timeout(200)
+def test_interrupted_run_removes_its_rules_and_processes(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "node.cli", "chaos", "run", "--out", str(tmp_path)]
+    cmd += ["--host-base", HOST_BASE, "--nodes", "3", "--time", "120", "--nemesis", "partition"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    try:
+        for line in proc.stderr:
+            if "workload running" in line:
+                break
+        else:
+            pytest.fail("the run never got to its workload")
+        rules = subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True).stdout
+        assert net.CHAIN in rules  # installed while running
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert_clean()
