@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 JSSDK := tests/e2e/jssdk
 JSSDK_STAMP := $(JSSDK)/node_modules/.installed
 
-.PHONY: run test lint typecheck proto proto-check bench clean
+.PHONY: run test lint typecheck proto proto-check bench chaos chaos-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,17 @@ proto: $(STAMP)
 proto-check: $(STAMP)
 	$(BIN)/python -m proto.codegen --check
 
-test: $(STAMP) $(JSSDK_STAMP) lint typecheck proto-check
+# The chaos suite (tests/chaos) partitions nodes with iptables, which needs root.
+chaos-deps:
+	@command -v iptables >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && apt-get install -y -qq iptables; } || \
+		echo "note: no iptables (and not root): the chaos tests will be skipped"
+
+# `make chaos ARGS="--nodes 5 --time 600 --nemesis all"`: one run; results in ./results.
+chaos: $(STAMP) chaos-deps
+	$(BIN)/raftchat chaos run $(ARGS)
+
+test: $(STAMP) $(JSSDK_STAMP) chaos-deps lint typecheck proto-check
 	$(BIN)/pytest
 
 # Durable sends/s, SEND->SENDACK and delivery latency, commit latency, idle CPU and failover of a
