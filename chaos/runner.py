@@ -43,6 +43,7 @@ from .cluster import ChaosCluster, ClusterError
 from .history import HistoryWriter, load_history
 from .http import HttpError
 from .nemesis import FAMILIES, Nemesis, Timing, parse_families
+from .report import write_report
 from .workload import ChatWorkload, WorkloadConfig
 
 SABOTAGE_MODES = ("ack-without-commit", "skip-dedupe")
@@ -317,12 +318,7 @@ def run(cfg: RunConfig) -> int:
     meta["counts"] = _counts(verdict, len(events))
     result = {"valid": verdict.valid, "meta": meta, **verdict.to_json()}
     (out / "verdict.json").write_text(json.dumps(result, indent=2) + "\n")
-    try:
-        from .report import write_report
-
-        write_report(out / "report.html", events, verdict, meta)
-    except ImportError:
-        pass
+    write_report(out / "report.html", events, verdict, meta)
     status = "VALID" if verdict.valid else f"INVALID: {', '.join(verdict.failed)}"
     print(f"raftchat chaos: {status} ({len(events)} events; {out})", flush=True)
     return 0 if verdict.valid else 1
