@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from node.devcluster import (
     HTTP_PORT,
     NodeProcess,
@@ -52,6 +54,10 @@ class ChaosCluster:
         envs = cluster_env(self.hosts, self.password, self.settings)
         for n in self.hosts:
             self.nodes[n] = self._process(n, envs[n])
+        self.known: set[int] = set(self.hosts)
+        """The members as the newest cluster map says (:meth:`refresh_members`): a membership
+        request that timed out may still have taken effect, so the runner never trusts its own
+        bookkeeping over the cluster's."""
         self.removed: set[int] = set()
         """Nodes that left the cluster: their processes are stopped and stay stopped."""
         self.paused: set[int] = set()
@@ -78,7 +84,7 @@ class ChaosCluster:
         wait_all_stopped(list(self.nodes.values()))
 
     def members(self) -> list[int]:
-        return sorted(n for n in self.nodes if n not in self.removed)
+        return sorted(self.known - self.removed)
 
     def running(self) -> list[int]:
         return sorted(n for n, p in self.nodes.items() if p.running)
@@ -133,15 +139,40 @@ class ChaosCluster:
 
     # --- membership ----------------------------------------------------------------------
 
+    async def refresh_members(self) -> set[int] | None:
+        """Learn the members from the newest cluster map any serving node has, and stop the
+        processes of nodes that are no longer members. None when no node answered."""
+        best: dict[str, Any] | None = None
+        for n in self.serving():
+            try:
+                st = await self.status(n)
+            except (HttpError, ClusterError):
+                continue
+            if best is None or int(st["placement_version"]) > int(best["placement_version"]):
+                best = st
+        if best is None:
+            return None
+        self.known = {int(k) for k in best["nodes"]}
+        for n, proc in self.nodes.items():
+            if n not in self.known and n not in self.removed:
+                self.removed.add(n)
+                await trio.to_thread.run_sync(proc.stop)
+        return set(self.known)
+
     async def join(self, node_id: int, via: int) -> None:
         """Admit node ``node_id`` through member ``via`` and launch it (it joins by itself)."""
-        host = self.host(node_id)
-        code, body = await self.call(
-            via, "POST", "/cluster/join", {"node_id": node_id, "host": host}
-        )
+        self.hosts[node_id] = self.host(node_id)
+        body = {"node_id": node_id, "host": self.hosts[node_id]}
+        code, answer = await self.call(via, "POST", "/cluster/join", body)
         if code != 200:
-            raise ClusterError(f"join of node {node_id} via {via}: {code} {body}")
-        self.hosts[node_id] = host
+            raise ClusterError(f"join of node {node_id} via {via}: {code} {answer}")
+        self.launch_joiner(node_id, via)
+
+    def launch_joiner(self, node_id: int, via: int) -> None:
+        """Start an admitted node that joins through ``via`` (also one whose admission the
+        runner learnt of only later, from the cluster map)."""
+        self.hosts[node_id] = self.host(node_id)
+        self.known.add(node_id)
         extra = dict(self.settings)
         extra.update(
             {"RAFTCHAT_CLUSTER_JOIN": self.hosts[via], "RAFTCHAT_CLUSTER_PASSWORD": self.password}
@@ -156,16 +187,3 @@ class ChaosCluster:
         code, body = await self.call(via, "POST", "/cluster/leave", {"node_id": node_id})
         if code != 200:
             raise ClusterError(f"leave of node {node_id} via {via}: {code} {body}")
-
-    async def gone(self, node_id: int) -> bool:
-        """Whether every serving member agrees that ``node_id`` is no longer a member."""
-        for n in self.serving():
-            if n == node_id:
-                continue
-            try:
-                st = await self.status(n)
-            except (HttpError, ClusterError):
-                return False
-            if str(node_id) in st.get("nodes", {}):
-                return False
-        return True

@@ -256,26 +256,31 @@ class Nemesis:
         self.down.discard(victim)
 
     async def _membership(self, hold_s: float) -> None:
-        """A join while at the initial size, else a leave of some member; the "stop" is when the
-        change has completed (the node is serving, or gone everywhere)."""
-        members = self.cluster.members()
+        """A join while the cluster is at its initial size, else a leave of some member; the
+        "stop" is when the change has completed (the node is serving, or gone from the map).
+        Membership is read from the cluster each time: a request that timed out may still
+        have taken effect."""
+        members = await self.cluster.refresh_members()
         via_choices = [n for n in self.cluster.serving() if n not in self.down]
-        if not via_choices:
+        if members is None or not via_choices:
             return
         via = self.rng.choice(via_choices)
         if len(members) <= self.initial_nodes:
-            new = max(self.cluster.nodes) + 1
+            new = max(max(self.cluster.nodes), max(members)) + 1
             self.changing.add(new)
 
             async def join() -> None:
-                await self.cluster.join(new, via)
-                if self.firewall is not None:
-                    self.firewall.add_node(new, self.cluster.hosts[new])
+                try:
+                    await self.cluster.join(new, via)
+                finally:
+                    if self.firewall is not None:
+                        self.firewall.add_node(new, self.cluster.hosts[new])
 
             async def joined() -> None:
                 self.changing.discard(new)
 
             await self._fault("join", [new], join, joined, hold_s)
+            self.changing.discard(new)
             return
         candidates = [n for n in members if n not in self.down and n not in self.changing]
         if len(candidates) < 2:
@@ -288,16 +293,19 @@ class Nemesis:
             await self.cluster.leave(leaving, via)
 
         async def left() -> None:
-            # The node is drained in the background; stop it once no member lists it.
+            # The node is drained in the background; refresh_members stops its process once
+            # the map no longer lists it.
             with trio.move_on_after(60):
-                while not await self.cluster.gone(leaving):
+                while True:
+                    now = await self.cluster.refresh_members()
+                    if now is not None and leaving not in now:
+                        break
                     await trio.sleep(1.0)
-            if await self.cluster.gone(leaving):
-                self.cluster.removed.add(leaving)
-                await trio.to_thread.run_sync(self.cluster.nodes[leaving].stop)
-            self.changing.discard(leaving)
 
-        await self._fault("leave", [leaving], leave, left, hold_s)
+        try:
+            await self._fault("leave", [leaving], leave, left, hold_s)
+        finally:
+            self.changing.discard(leaving)
 
     # --- the end -------------------------------------------------------------------------------
 
@@ -306,9 +314,17 @@ class Nemesis:
         if self.firewall is not None:
             await trio.to_thread.run_sync(self.firewall.heal)
         self.cluster.resume_all()
+        await self.cluster.refresh_members()
+        via = next(iter(self.cluster.serving()), None)
         for n in self.cluster.members():
-            if not self.cluster.nodes[n].running:
-                await trio.to_thread.run_sync(self.cluster.restart, n)
+            if n in self.cluster.nodes:
+                if not self.cluster.nodes[n].running:
+                    await trio.to_thread.run_sync(self.cluster.restart, n)
+            elif via is not None:
+                # Admitted by a join whose answer was lost: it must run for its groups' sake.
+                self.cluster.launch_joiner(n, via)
+                if self.firewall is not None:
+                    self.firewall.add_node(n, self.cluster.hosts[n])
         self.down.clear()
 
     def summary(self) -> dict[str, Any]:

@@ -56,6 +56,10 @@ class RunError(Exception):
     pass
 
 
+class Interrupted(Exception):
+    """SIGTERM or SIGINT while the workload runs: trio cancels every task cleanly first."""
+
+
 @dataclass(frozen=True, slots=True)
 class RunConfig:
     nodes: int = 5
@@ -223,6 +227,7 @@ async def _drive(
     healthy = await _wait_healthy(cluster, 120.0)
     if not healthy:
         _progress("the cluster did not report healthy within 120 s; reading anyway")
+    await cluster.refresh_members()
     members = [n for n in cluster.members() if n in cluster.serving()]
     _progress(f"final reads of {len(workload.channels)} channels from nodes {members}")
     failed_reads = await workload.final_reads(members)
@@ -237,6 +242,22 @@ async def _drive(
         "channels": len(workload.channels),
         "users": len(workload.users),
     }
+
+
+async def _watch_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            raise Interrupted
+
+
+async def _main(
+    cfg: RunConfig, cluster: ChaosCluster, firewall: net.Firewall | None, rec: HistoryWriter
+) -> dict[str, Any]:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals)
+        facts = await _drive(cfg, cluster, firewall, rec)
+        nursery.cancel_scope.cancel()
+    return facts
 
 
 def _counts(verdict: Verdict, events: int) -> dict[str, Any]:
@@ -298,7 +319,7 @@ def run(cfg: RunConfig) -> int:
                 cluster.start()
             except NodeStartError as e:
                 raise RunError(str(e)) from None
-            facts = trio.run(_drive, cfg, cluster, firewall, rec)
+            facts = trio.run(_main, cfg, cluster, firewall, rec)
     finally:
         if firewall is not None:
             firewall.uninstall()
@@ -335,8 +356,9 @@ def run_chaos(args: argparse.Namespace) -> int:
         return 2
     except BaseException as e:
         # Inside trio.run the interrupt may arrive wrapped in an exception group.
-        interrupted = isinstance(e, KeyboardInterrupt) or (
-            isinstance(e, BaseExceptionGroup) and e.subgroup(KeyboardInterrupt) is not None
+        stops = (KeyboardInterrupt, Interrupted)
+        interrupted = isinstance(e, stops) or (
+            isinstance(e, BaseExceptionGroup) and e.subgroup(stops) is not None
         )
         if not interrupted:
             raise

@@ -2,7 +2,7 @@
 
 Operations (``op``):
 
-* ``join`` {node_id, host} / ``leave`` {node_id}: membership; served by the controller leader
+* ``join`` {node_id, host} / ``leave`` {node_id, force}: membership; served by the controller leader
   (any node forwards them there);
 * ``status``: this node's view (``Router.status``);
 * ``group_status`` {group}: members, leader, commit and applied indexes of a local replica;
@@ -125,7 +125,7 @@ class Admin:
         forwarded = await self._forward(r)
         if forwarded is not None:
             return forwarded
-        await self._controller_leader().leave(int(r["node_id"]))
+        await self._controller_leader().leave(int(r["node_id"]), force=bool(r.get("force")))
         return {"ok": True}
 
     def _controller_leader(self) -> Any:

@@ -31,6 +31,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--node", type=int, help="node id to join or leave")
     p.add_argument("--host", help="address of the joining node")
     p.add_argument("--json", action="store_true", help="print raw JSON")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="leave even if fewer members than cluster.replicas would stay",
+    )
     p.set_defaults(func=run)
 
 
@@ -59,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         _call(args.api, "POST", "/cluster/join", {"node_id": args.node, "host": args.host})
         print(f"node {args.node} admitted; start it with cluster.join set to a member's address")
         return 0
-    _call(args.api, "POST", "/cluster/leave", {"node_id": args.node})
+    body = {"node_id": args.node, **({"force": 1} if args.force else {})}
+    _call(args.api, "POST", "/cluster/leave", body)
     print(f"node {args.node} is leaving: its replicas move to the other nodes")
     return 0

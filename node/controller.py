@@ -138,9 +138,20 @@ class Controller:
         log.info("node joined", node_id=node_id, host=host)
         return placement
 
-    async def leave(self, node_id: int) -> None:
-        if node_id not in self.placement().nodes:
+    async def leave(self, node_id: int, *, force: bool = False) -> None:
+        placement = self.placement()
+        if node_id not in placement.nodes:
             raise ValueError(f"node {node_id} is not a member")
+        active = [n for n in placement.nodes if n not in placement.leaving]
+        staying = [n for n in active if n != node_id]
+        # Shrinking below the replica count silently leaves every slot group one failure
+        # from unavailability (the chaos suite found repeated leaves taking a 5-node cluster
+        # down to 2 members); an operator replacing a node joins the new one first.
+        if not force and len(staying) < min(self.replicas, len(active)):
+            raise ValueError(
+                f"node {node_id} cannot leave: {len(staying)} member(s) would stay, fewer than "
+                f"cluster.replicas = {self.replicas}; join a replacement first, or force it"
+            )
 
         def mark(p: Placement) -> None:
             if node_id not in p.leaving:

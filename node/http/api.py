@@ -158,9 +158,10 @@ def build_router(ctx: ApiContext) -> HttpRouter:
     async def cluster_leave(req: Request) -> Response:
         body = req.json_object()
         node_id = get_int(body, "node_id", required=True, minimum=1, maximum=1023)
+        force = get_int(body, "force", minimum=0, maximum=1) or 0
         if node_id not in ctx.router.placement.nodes:
             raise ApiError(404, f"node {node_id} is not a member")
-        return await membership({"op": "leave", "node_id": node_id})
+        return await membership({"op": "leave", "node_id": node_id, "force": bool(force)})
 
     @route("GET", "/route")
     async def route_(req: Request) -> Response:

@@ -196,3 +196,14 @@ def test_onlinestatus_lists_only_online_users(node: NodeProcess, api: Api) -> No
 
     trio.run(main)
     eventually(lambda: api.ok("/user/onlinestatus", ["erin"]) == [], what="erin offline")
+
+
+def test_leave_that_would_shrink_below_the_replica_count_is_refused(api: Api) -> None:
+    """Found by the chaos suite: repeated leaves took a 5-node cluster down to 2 members, each
+    slot group one failure from unavailable. The last member cannot leave (0 < 1 would stay);
+    the same rule keeps a 3-node cluster with replicas = 3 at 3 until a replacement joins."""
+    resp = api.post("/cluster/leave", {"node_id": 1})
+    assert resp.status_code == 409
+    assert "cluster.replicas" in resp.json()["msg"]
+    assert api.post("/cluster/leave", {"node_id": 1, "force": 2}).status_code == 400
+    assert "1" in api.http.get("/cluster/status").json()["nodes"]  # still a member
