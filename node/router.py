@@ -62,6 +62,30 @@ _STATUS_FAILURE = {
 DELIVERY_RETRY_S = 3.0
 
 
+# Pure decisions of the send retry loop (``Router._retrying``), shared with the model tests.
+
+
+def may_have_committed(failure: str) -> bool:
+    """An attempt that failed this way may still commit: its proposal's outcome is unknown
+    (timed out, leader changed) or the leader's answer was lost."""
+    return failure in ("unknown", "forward_failed")
+
+
+def rotate_after(failure: str, hint: int | None, target: int) -> bool:
+    """Whether to guess the next replica as leader after ``target`` failed: it could not be
+    reached, or it refused without a fresh hint (``_status_failure`` keeps hints; one that names
+    the node that just refused is not fresh)."""
+    return failure == "forward_failed" or (failure == "not_leader" and hint in (None, target))
+
+
+def give_up_failure(failure: str, maybe_committed: bool) -> str:
+    """The failure answered when retries run out. Once an attempt may have committed, the answer
+    must not claim that nothing was (``no_leader`` = 17 NodeMatchError): it is ``unknown``."""
+    if maybe_committed and failure in ("no_leader", "not_leader"):
+        return "unknown"
+    return failure
+
+
 class ClusterUnavailable(Exception):
     """A metadata change or read could not be served in time; ``reason`` says why."""
 
@@ -233,7 +257,7 @@ class Router:
                 result = await first.wait(self.s.forward_timeout_s + 5)
                 if not isinstance(result, str):
                     return result
-                maybe = result in ("unknown", "forward_failed")
+                maybe = may_have_committed(result)
             return await self.send(item, maybe_committed=maybe)
 
         return finish
@@ -282,18 +306,12 @@ class Router:
                 if not isinstance(result, str):
                     return result
                 failure = result
-                maybe_committed = maybe_committed or failure in ("unknown", "forward_failed")
-                # A NOT_LEADER answer may carry a fresh hint (kept by _status_failure); without
-                # one, or with one naming the node that just refused, try the next replica.
-                if failure == "forward_failed" or (
-                    failure == "not_leader" and self._hints.get(group) in (None, target)
-                ):
+                maybe_committed = maybe_committed or may_have_committed(failure)
+                if rotate_after(failure, self._hints.get(group), target):
                     self._rotate_guess(group, target)
             if trio.current_time() + backoff > deadline:
                 log.info("giving up on group", group=group, failure=failure)
-                if maybe_committed and failure in ("no_leader", "not_leader"):
-                    return "unknown"
-                return failure
+                return give_up_failure(failure, maybe_committed)
             await trio.sleep(backoff)  # back off before retrying a moving leadership
             backoff = min(backoff * 2, 0.2)
 
