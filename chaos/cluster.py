@@ -153,6 +153,7 @@ class ChaosCluster:
         if best is None:
             return None
         self.known = {int(k) for k in best["nodes"]}
+        self.removed -= self.known  # a map that lists a node again outranks an older one
         for n, proc in self.nodes.items():
             if n not in self.known and n not in self.removed:
                 self.removed.add(n)

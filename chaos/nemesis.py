@@ -32,7 +32,7 @@ import trio
 from .cluster import ChaosCluster, ClusterError
 from .history import NemesisValue, Recorder
 from .http import HttpError
-from .net import Firewall
+from .net import Firewall, FirewallError
 
 FAMILIES = ("partition", "kill", "pause", "membership")
 
@@ -120,7 +120,7 @@ class Nemesis:
         op = self.rec.invoke("nemesis", "nemesis", NemesisValue(kind, "start", names, fault_id))
         try:
             await start()
-        except (ClusterError, HttpError, OSError) as e:
+        except (ClusterError, HttpError, FirewallError, OSError) as e:
             op.fail()
             self._log(f"{fault_id} could not start: {e}")
             return
@@ -137,7 +137,7 @@ class Nemesis:
                 try:
                     await stop()
                     stop_op.ok()
-                except (ClusterError, HttpError, OSError) as e:
+                except (ClusterError, HttpError, FirewallError, OSError) as e:
                     stop_op.info()
                     self._log(f"{fault_id} stop: {e}")
 
@@ -167,14 +167,15 @@ class Nemesis:
         return [n for n in members if n not in self.down and n not in self.changing]
 
     async def _victim(self) -> int | None:
+        """A node to kill or pause, already reserved in ``down``: the budget is checked again
+        after the last await, so the kill and pause loops cannot both spend it."""
+        leader = await self._leader_of_random_group() if self.rng.random() < 0.5 else None
         allowed = self._may_take_down()
         if not allowed:
             return None
-        if self.rng.random() < 0.5:
-            leader = await self._leader_of_random_group()
-            if leader in allowed:
-                return leader
-        return self.rng.choice(allowed)
+        victim = leader if leader in allowed else self.rng.choice(allowed)
+        self.down.add(victim)
+        return victim
 
     # --- families ----------------------------------------------------------------------------
 
@@ -225,7 +226,6 @@ class Nemesis:
         victim = await self._victim()
         if victim is None:
             return
-        self.down.add(victim)
 
         async def start() -> None:
             await trio.to_thread.run_sync(self.cluster.kill, victim)
@@ -243,7 +243,6 @@ class Nemesis:
         victim = await self._victim()
         if victim is None:
             return
-        self.down.add(victim)
 
         async def start() -> None:
             self.cluster.pause(victim)

@@ -9,9 +9,15 @@ every connection between them in that direction, whoever opened it, since TCP ne
 The workload runs with the runner's own group, so clients always reach every node, as clients
 of a real cluster reach a minority node.
 
-All rules live in one chain, ``RAFTCHAT-CHAOS``, hooked into OUTPUT. Healing flushes the chain;
-:meth:`Firewall.uninstall` removes it, and :func:`remove_stale` removes what an interrupted
-(SIGKILLed) run left behind, which every run calls first.
+One catch: the answers on a connection that b opened to a go to b's *source* address,
+127.0.0.1, which ``-d <address of b>`` does not match. So every new connection is marked with the
+group id of the node that opened it (CONNMARK), and a second rule drops what a sends on a
+connection b opened: ``-m owner --gid-owner <a> -m connmark --mark <gid of b> -j DROP``.
+
+The drop rules live in ``RAFTCHAT-CHAOS`` and the marking rules in ``RAFTCHAT-CHAOS-MARK``, both
+hooked into OUTPUT. Healing flushes the drop chain; :meth:`Firewall.uninstall` removes both, and
+:func:`remove_stale` removes what an interrupted (SIGKILLed) run left behind, which every run
+calls first.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import subprocess
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 CHAIN = "RAFTCHAT-CHAOS"
+MARK_CHAIN = "RAFTCHAT-CHAOS-MARK"
 GID_BASE = 47000
 """Node n runs with group id GID_BASE + n: high enough to be no real group on this machine."""
 
@@ -36,7 +43,7 @@ def node_gid(node_id: int) -> int:
 
 def _iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     # -w: wait for the xtables lock rather than fail when another iptables runs at the same time.
-    proc = subprocess.run(["iptables", "-w", *args], capture_output=True, text=True)
+    proc = subprocess.run(["iptables", "-w", "10", *args], capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise FirewallError(f"iptables {' '.join(args)}: {proc.stderr.strip()}")
     return proc
@@ -49,6 +56,19 @@ def problem() -> str | None:
     probe = _iptables("-S", "OUTPUT", check=False)
     if probe.returncode != 0:
         return f"iptables does not work here (root needed): {probe.stderr.strip()}"
+    # The owner, conntrack and connmark matches must exist in this kernel.
+    chain = "RAFTCHAT-PROBE"
+    _iptables("-N", chain, check=False)
+    rule = ["-m", "owner", "--gid-owner", str(GID_BASE), "-m", "connmark", "--mark", "1"]
+    made = _iptables("-A", chain, *rule, "-j", "DROP", check=False)
+    mark = _iptables(
+        "-A", chain, "-m", "conntrack", "--ctstate", "NEW", "-j", "CONNMARK", "--set-mark", "1",
+        check=False,
+    )  # fmt: skip
+    _iptables("-F", chain, check=False)
+    _iptables("-X", chain, check=False)
+    if made.returncode != 0 or mark.returncode != 0:
+        return f"iptables lacks owner/connmark support: {(made.stderr or mark.stderr).strip()}"
     return None
 
 
@@ -56,10 +76,11 @@ def remove_stale() -> None:
     """Remove the chain and its hook if a previous run left them (idempotent)."""
     if shutil.which("iptables") is None:
         return
-    while _iptables("-D", "OUTPUT", "-j", CHAIN, check=False).returncode == 0:
-        pass
-    _iptables("-F", CHAIN, check=False)
-    _iptables("-X", CHAIN, check=False)
+    for chain in (CHAIN, MARK_CHAIN):
+        while _iptables("-D", "OUTPUT", "-j", chain, check=False).returncode == 0:
+            pass
+        _iptables("-F", chain, check=False)
+        _iptables("-X", chain, check=False)
 
 
 def ring_links(nodes: Sequence[int]) -> set[tuple[int, int]]:
@@ -92,14 +113,30 @@ class Firewall:
         self.installed = False
 
     def add_node(self, node_id: int, host: str) -> None:
+        new = node_id not in self.hosts
         self.hosts[node_id] = host
+        if self.installed and new:
+            self._mark(node_id)
+
+    def _mark(self, node_id: int) -> None:
+        gid = str(node_gid(node_id))
+        _iptables(
+            "-A", MARK_CHAIN, "-m", "owner", "--gid-owner", gid, "-m", "conntrack",
+            "--ctstate", "NEW", "-j", "CONNMARK", "--set-mark", gid,
+        )  # fmt: skip
 
     def install(self) -> None:
         remove_stale()
+        _iptables("-N", MARK_CHAIN)
         _iptables("-N", CHAIN)
-        # First in OUTPUT, so that no ACCEPT rule of the machine's own comes before ours.
+        # First in OUTPUT, so that no ACCEPT rule of the machine's own comes before ours; the
+        # marking chain first of all, so that a connection's first packet is marked before any
+        # drop rule looks at it.
         _iptables("-I", "OUTPUT", "1", "-j", CHAIN)
+        _iptables("-I", "OUTPUT", "1", "-j", MARK_CHAIN)
         self.installed = True
+        for n in self.hosts:
+            self._mark(n)
 
     def uninstall(self) -> None:
         self.blocked.clear()
@@ -117,9 +154,14 @@ class Firewall:
             if a == b or (a, b) in self.blocked:
                 continue
             gid = str(node_gid(a))
+            # Connections a opened to b, then answers of a on connections b opened.
             _iptables(
                 "-A", CHAIN, "-m", "owner", "--gid-owner", gid, "-d", self.hosts[b], "-j", "DROP"
             )
+            _iptables(
+                "-A", CHAIN, "-m", "owner", "--gid-owner", gid, "-m", "connmark", "--mark",
+                str(node_gid(b)), "-j", "DROP",
+            )  # fmt: skip
             self.blocked.add((a, b))
 
     def split(self, components: Sequence[Collection[int]]) -> None:

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
@@ -234,6 +235,8 @@ async def _drive(
     _progress(f"final reads of {len(workload.channels)} channels from nodes {members}")
     failed_reads = await workload.final_reads(members)
     converged = await workload.digests(members)
+    if not converged:
+        _progress("replicas did not converge within 60 s: replica agreement is not checked")
     return {
         "faults": nemesis.summary(),
         "workload_s": round(faulted_s, 1),
@@ -323,9 +326,14 @@ def run(cfg: RunConfig) -> int:
                 raise RunError(str(e)) from None
             facts = trio.run(_main, cfg, cluster, firewall, rec)
     finally:
-        if firewall is not None:
-            firewall.uninstall()
-        cluster.stop()
+        # A second Ctrl-C must not cut the cleanup short and leave rules or nodes behind.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            if firewall is not None:
+                firewall.uninstall()
+        finally:
+            cluster.stop()
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         nodes_dir = out / "nodes"
         nodes_dir.mkdir(exist_ok=True)
         for log in data_root.glob("node*.log"):
@@ -344,7 +352,13 @@ def run(cfg: RunConfig) -> int:
     write_report(out / "report.html", events, verdict, meta)
     status = "VALID" if verdict.valid else f"INVALID: {', '.join(verdict.failed)}"
     print(f"raftchat chaos: {status} ({len(events)} events; {out})", flush=True)
-    return 0 if verdict.valid else 1
+    if not verdict.valid:
+        return 1
+    if not facts["replicas_converged"] or facts["final_reads_failed"]:
+        # Nothing was seen to break, but not everything could be looked at.
+        print("raftchat chaos: INCONCLUSIVE: replicas unconverged or final reads failed")
+        return 2
+    return 0
 
 
 def run_chaos(args: argparse.Namespace) -> int:
@@ -359,13 +373,17 @@ def run_chaos(args: argparse.Namespace) -> int:
     except BaseException as e:
         # Inside trio.run the interrupt may arrive wrapped in an exception group.
         stops = (KeyboardInterrupt, Interrupted)
-        interrupted = isinstance(e, stops) or (
+        if isinstance(e, stops) or (
             isinstance(e, BaseExceptionGroup) and e.subgroup(stops) is not None
-        )
-        if not interrupted:
+        ):
+            print("raftchat chaos: interrupted; rules and processes removed", file=sys.stderr)
+            return 130
+        if not isinstance(e, Exception):
             raise
-        print("raftchat chaos: interrupted; rules and processes removed", file=sys.stderr)
-        return 130
+        # A broken run is not a verdict (exit 1 means "a property failed").
+        traceback.print_exc()
+        print(f"raftchat chaos: the run broke: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -59,8 +59,8 @@ class WorkloadConfig:
     http_fraction: float = 0.15
     resend_fraction: float = 0.05
     max_attempts: int = 4
-    send_timeout_s: float = 8.0
-    """Longer than the server's forward timeout (5 s): the server should answer first."""
+    send_timeout_s: float = 12.0
+    """Longer than the server's own bound on a send (10 s): the server should answer first."""
     readers: int = 2
     read_gap_s: float = 1.0
 
@@ -211,22 +211,27 @@ class ChatWorkload:
                 continue
             u.sessions += 1
             session = f"{u.uid}/{u.sessions}"
-            try:
-                async with open_client(
-                    self.cluster.hosts[node],
-                    TCP_PORT,
-                    uid=u.uid,
-                    token=u.token,
-                    device_flag=DEVICE_WEB,
-                    connect_timeout_s=5.0,
-                ) as client:
-                    u.client, u.client_node = client, node
-                    with trio.CancelScope() as u.scope:
+            # The scope exists before connecting, so that stop() also ends a session that is
+            # still logging in (which would otherwise wait out the server's idle timeout).
+            with trio.CancelScope() as scope:
+                u.scope = scope
+                if self.stopping:
+                    scope.cancel()
+                try:
+                    async with open_client(
+                        self.cluster.hosts[node],
+                        TCP_PORT,
+                        uid=u.uid,
+                        token=u.token,
+                        device_flag=DEVICE_WEB,
+                        connect_timeout_s=5.0,
+                    ) as client:
+                        u.client, u.client_node = client, node
                         await self._receive(u, client, session, node)
-            except* (ClientError, OSError, trio.TooSlowError, trio.BrokenResourceError):
-                pass  # the session ended: reconnect, possibly to another node
-            finally:
-                u.client = u.client_node = u.scope = None
+                except* (ClientError, OSError, trio.TooSlowError, trio.BrokenResourceError):
+                    pass  # the session ended: reconnect, possibly to another node
+                finally:
+                    u.client = u.client_node = u.scope = None
             if not self.stopping:
                 await trio.sleep(0.2 + self.rng.random() * 0.5)
 
@@ -285,7 +290,7 @@ class ChatWorkload:
     async def _attempt(
         self, u: _User, ch: Channel, cmn: str, payload: bytes, attempt: int, over_http: bool
     ) -> str:
-        client, node = u.client, u.client_node
+        client, node, scope = u.client, u.client_node, u.scope
         if not over_http and (client is None or node is None):
             # No session right now: go through HTTP rather than stall the sender.
             over_http = True
@@ -309,12 +314,19 @@ class ChatWorkload:
             if over_http:
                 return await self._send_http(op, node, u, ch, cmn, payload)
             assert client is not None
-            return await self._send_tcp(op, client, u, ch, cmn, payload)
+            return await self._send_tcp(op, client, scope, u, ch, cmn, payload)
         finally:
             self.in_flight -= 1
 
     async def _send_tcp(
-        self, op: Any, client: WKClient, u: _User, ch: Channel, cmn: str, payload: bytes
+        self,
+        op: Any,
+        client: WKClient,
+        scope: trio.CancelScope | None,
+        u: _User,
+        ch: Channel,
+        cmn: str,
+        payload: bytes,
     ) -> str:
         try:
             r = await client.send(
@@ -326,8 +338,8 @@ class ChatWorkload:
             )
         except trio.TooSlowError:
             op.info(error="timeout")
-            if u.scope is not None:
-                u.scope.cancel()  # as an SDK whose pings go unanswered: reconnect elsewhere
+            if scope is not None:
+                scope.cancel()  # as an SDK whose pings go unanswered: reconnect elsewhere
             return "info"
         except (ClientError, OSError, trio.BrokenResourceError) as e:
             op.info(error=f"closed: {type(e).__name__}")
@@ -369,11 +381,18 @@ class ChatWorkload:
             op.ok(message_id=int(answer["message_id"]), message_seq=seq)
             self._acked(ch, seq)
             return "ok"
-        if code in (400, 403, 404):
-            op.fail(reason=reason if isinstance(reason, int) else None, error=f"http {code}")
-            return "fail"
-        op.info(reason=reason if isinstance(reason, int) else None, error=f"http {code}")
-        return "info"
+        code_reason = reason if isinstance(reason, int) else None
+        # 400 is refused before anything is proposed; otherwise the reason code decides, as
+        # for a SENDACK (403/404 carry one); anything else may have committed.
+        outcome = "fail" if code == 400 else "info"
+        if code_reason is not None:
+            outcome = classify_send_reason(code_reason)
+        if outcome == "fail":
+            op.fail(reason=code_reason, error=f"http {code}")
+        else:
+            op.info(reason=code_reason, error=f"http {code}")
+            outcome = "info"
+        return outcome
 
     # --- reads -----------------------------------------------------------------------------
 
@@ -431,35 +450,48 @@ class ChatWorkload:
                             payload_hash=payload_hash(base64.b64decode(m["payload"])),
                         )
                     )
-                if not answer.get("more") or not page:
+                more = bool(answer.get("more"))
+                if not more or not page:
                     break
                 cursor = int(page[-1]["message_seq"]) + 1
-        except HttpError:
+        except (HttpError, KeyError, ValueError):
             op.fail()
             return False
-        op.ok(messages=tuple(messages), complete=True)
+        # Complete only when the server said nothing more remains (not on an empty page
+        # that still claimed more).
+        op.ok(messages=tuple(messages), complete=not more)
         return True
 
     # --- the end of a run ------------------------------------------------------------------
 
     async def final_reads(self, nodes: Sequence[int]) -> int:
-        """Read every channel from every node; returns how many reads failed after retries."""
+        """Read every channel from every node; returns how many reads failed after retries. A
+        node that keeps failing is skipped for the remaining channels (its failures still
+        count), so a dead node costs one channel's retries, not all of them."""
         failed = 0
+        given_up: set[int] = set()
         for ch in self.channels:
             for node in nodes:
-                for attempt in range(5):
+                if node in given_up:
+                    failed += 1
+                    continue
+                for attempt in range(3):
                     if await self.read("final", "final_read", ch, node):
                         break
                     await trio.sleep(1.0 + attempt)
                 else:
                     failed += 1
+                    given_up.add(node)
         return failed
 
     async def digests(self, nodes: Sequence[int], timeout_s: float = 60.0) -> bool:
-        """Record each replica's digest once all replicas of every group have applied the same
-        index (a lagging follower is not divergence). False if they never converged."""
+        """Record each replica's digest once every replica the cluster map lists for a group
+        has answered with the same applied index (a lagging follower is not divergence, and a
+        replica that does not answer cannot be vouched for). Returns False, recording nothing,
+        if that never happened: the run then cannot claim the replicas agree."""
         deadline = trio.current_time() + timeout_s
         while True:
+            replicas = await self._replica_sets(nodes)
             views: dict[int, dict[str, Any]] = {}
             for n in nodes:
                 try:
@@ -468,12 +500,15 @@ class ChatWorkload:
                     continue
                 if code == 200 and isinstance(body, dict):
                     views[n] = body
-            converged = _converged(views)
-            if converged or trio.current_time() > deadline:
+            if replicas and _converged(views, replicas):
                 break
+            if trio.current_time() > deadline:
+                return False
             await trio.sleep(1.0)
         for n, body in sorted(views.items()):
             for g in body.get("groups", []):
+                if n not in replicas.get(int(g["group"]), set()):
+                    continue  # a copy already moved away, not yet dropped
                 channels = {
                     name: ChannelDigest(int(pair[0]), str(pair[1]))
                     for name, pair in g.get("channels", {}).items()
@@ -485,12 +520,34 @@ class ChatWorkload:
                     node=n,
                 )
                 op.ok(channels=channels)
-        return converged
+        return True
+
+    async def _replica_sets(self, nodes: Sequence[int]) -> dict[int, set[int]]:
+        """Slot group -> its replicas, from the newest cluster map among ``nodes``."""
+        best: dict[str, Any] | None = None
+        for n in nodes:
+            try:
+                st = await self.cluster.status(n)
+            except (HttpError, ClusterError):
+                continue
+            if best is None or int(st["placement_version"]) > int(best["placement_version"]):
+                best = st
+        if best is None:
+            return {}
+        return {
+            int(g["group"]): {int(r) for r in g["replicas"]}
+            for g in best.get("groups", [])
+            if int(g["group"]) > 0
+        }
 
 
-def _converged(views: dict[int, dict[str, Any]]) -> bool:
-    applied: dict[int, set[int]] = {}
-    for body in views.values():
+def _converged(views: dict[int, dict[str, Any]], replicas: dict[int, set[int]]) -> bool:
+    applied: dict[int, dict[int, int]] = {}
+    for n, body in views.items():
         for g in body.get("groups", []):
-            applied.setdefault(int(g["group"]), set()).add(int(g["applied"]))
-    return bool(applied) and all(len(v) == 1 for v in applied.values())
+            applied.setdefault(int(g["group"]), {})[n] = int(g["applied"])
+    for group, members in replicas.items():
+        seen = applied.get(group, {})
+        if not members <= set(seen) or len({seen[m] for m in members}) != 1:
+            return False
+    return True

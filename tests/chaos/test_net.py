@@ -25,8 +25,8 @@ def firewall() -> Iterator[net.Firewall]:
             pytest.fail(f"CI must be able to partition: {why}")
         pytest.skip(why)
     fw = net.Firewall(HOSTS)
-    fw.install()
     try:
+        fw.install()
         yield fw
     finally:
         fw.uninstall()
@@ -97,3 +97,35 @@ def test_ring_of_five_gives_every_node_a_different_majority() -> None:
     }
     assert all(len(v) >= 3 for v in views.values())  # a majority of 5
     assert len(set(views.values())) == 5  # all different
+
+
+def test_connections_open_before_the_partition_are_cut_both_ways(
+    firewall: net.Firewall,
+) -> None:
+    """Answers on a connection node 1 opened to node 2 go to 127.0.0.1, not node 1's address;
+    the connection mark must cut them too. Socket credentials are taken when a socket is made,
+    so switching this process's group id makes each socket belong to a node."""
+    try:
+        os.setegid(net.node_gid(2))
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((HOSTS[2], PORT + 1))
+        srv.listen(1)
+        os.setegid(net.node_gid(1))
+        cli = socket.create_connection((HOSTS[2], PORT + 1), timeout=2.0)
+        os.setegid(net.node_gid(2))
+        conn, _ = srv.accept()
+    finally:
+        os.setegid(0)
+    with srv, cli, conn:
+        conn.sendall(b"a")
+        assert cli.recv(1) == b"a"
+        firewall.isolate(1)
+        conn.sendall(b"b")  # node 2 answering on node 1's connection
+        cli.settimeout(1.5)
+        with pytest.raises(TimeoutError):
+            cli.recv(1)
+        cli.sendall(b"c")
+        conn.settimeout(1.5)
+        with pytest.raises(TimeoutError):
+            conn.recv(1)

@@ -3,11 +3,13 @@ with the property it breaks named, and an interrupted run leaves no rule and no 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,20 @@ HOST_BASE = "127.0.252"
 def chaos_run(out: Path, *args: str, timeout_s: float = 280.0) -> tuple[int, dict[str, Any]]:
     cmd = [sys.executable, "-m", "node.cli", "chaos", "run", "--out", str(out)]
     cmd += ["--host-base", HOST_BASE, *args]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        _, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        # SIGTERM first: the runner then removes its rules and stops its nodes.
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=60)
+        pytest.fail(f"the chaos run took over {timeout_s} s:\n{stderr[-3000:]}")
     runs = sorted(out.iterdir())
-    assert len(runs) == 1, proc.stderr[-3000:]
+    assert len(runs) == 1, stderr[-3000:]
     verdict_path = runs[0] / "verdict.json"
-    assert verdict_path.exists(), proc.stderr[-3000:]
+    assert verdict_path.exists(), stderr[-3000:]
     return proc.returncode, json.loads(verdict_path.read_text())
 
 
@@ -53,12 +64,18 @@ def assert_clean() -> None:
 
 
 @pytest.fixture(autouse=True)
-def needs_iptables() -> None:
+def needs_iptables() -> Iterator[None]:
     why = net.problem()
     if why is not None:
         if os.environ.get("CI"):
             pytest.fail(f"CI must be able to run the chaos suite: {why}")
         pytest.skip(why)
+    yield
+    # Whatever a failed test left behind must not break the next one.
+    for pid in node_processes():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    net.remove_stale()
 
 
 @pytest.mark.timeout(300)
@@ -109,7 +126,8 @@ def test_interrupted_run_removes_its_rules_and_processes(tmp_path: Path) -> None
         rules = subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True).stdout
         assert net.CHAIN in rules  # installed while running
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 130
+        proc.communicate(timeout=60)  # drains stderr while the runner cleans up
+        assert proc.returncode == 130
     finally:
         if proc.poll() is None:
             proc.kill()
