@@ -27,7 +27,7 @@ from node.devcluster import (
 )
 
 from .http import HttpError, request
-from .net import node_gid
+from .net import Firewall, node_gid
 
 READY_TIMEOUT_S = 120.0
 
@@ -61,6 +61,8 @@ class ChaosCluster:
         self.removed: set[int] = set()
         """Nodes that left the cluster: their processes are stopped and stay stopped."""
         self.paused: set[int] = set()
+        self.firewall: Firewall | None = None
+        """Told about every node the run starts later, so partitions cover joiners too."""
 
     def host(self, node_id: int) -> str:
         return f"{self.host_base}.{10 + node_id}"
@@ -84,7 +86,9 @@ class ChaosCluster:
         wait_all_stopped(list(self.nodes.values()))
 
     def members(self) -> list[int]:
-        return sorted(self.known - self.removed)
+        """Members with a process of ours (a member the runner has not launched yet is
+        launched by the next :meth:`refresh_members`)."""
+        return sorted((self.known - self.removed) & set(self.nodes))
 
     def running(self) -> list[int]:
         return sorted(n for n, p in self.nodes.items() if p.running)
@@ -154,6 +158,11 @@ class ChaosCluster:
             return None
         self.known = {int(k) for k in best["nodes"]}
         self.removed -= self.known  # a map that lists a node again outranks an older one
+        via = next(iter(self.serving()), None)
+        for n in sorted(self.known - set(self.nodes)):
+            if via is not None:
+                # Admitted by a join whose answer was lost: it must run for its groups' sake.
+                self.launch_joiner(n, via)
         for n, proc in self.nodes.items():
             if n not in self.known and n not in self.removed:
                 self.removed.add(n)
@@ -174,6 +183,8 @@ class ChaosCluster:
         runner learnt of only later, from the cluster map)."""
         self.hosts[node_id] = self.host(node_id)
         self.known.add(node_id)
+        if self.firewall is not None:
+            self.firewall.add_node(node_id, self.hosts[node_id])
         extra = dict(self.settings)
         extra.update(
             {"RAFTCHAT_CLUSTER_JOIN": self.hosts[via], "RAFTCHAT_CLUSTER_PASSWORD": self.password}

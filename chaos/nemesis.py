@@ -269,11 +269,7 @@ class Nemesis:
             self.changing.add(new)
 
             async def join() -> None:
-                try:
-                    await self.cluster.join(new, via)
-                finally:
-                    if self.firewall is not None:
-                        self.firewall.add_node(new, self.cluster.hosts[new])
+                await self.cluster.join(new, via)
 
             async def joined() -> None:
                 self.changing.discard(new)
@@ -313,17 +309,10 @@ class Nemesis:
         if self.firewall is not None:
             await trio.to_thread.run_sync(self.firewall.heal)
         self.cluster.resume_all()
-        await self.cluster.refresh_members()
-        via = next(iter(self.cluster.serving()), None)
+        await self.cluster.refresh_members()  # also launches members admitted behind our back
         for n in self.cluster.members():
-            if n in self.cluster.nodes:
-                if not self.cluster.nodes[n].running:
-                    await trio.to_thread.run_sync(self.cluster.restart, n)
-            elif via is not None:
-                # Admitted by a join whose answer was lost: it must run for its groups' sake.
-                self.cluster.launch_joiner(n, via)
-                if self.firewall is not None:
-                    self.firewall.add_node(n, self.cluster.hosts[n])
+            if not self.cluster.nodes[n].running:
+                await trio.to_thread.run_sync(self.cluster.restart, n)
         self.down.clear()
 
     def summary(self) -> dict[str, Any]:

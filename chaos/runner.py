@@ -300,6 +300,7 @@ def run(cfg: RunConfig) -> int:
         raise RunError(str(e)) from None
     net.remove_stale()
     firewall = net.Firewall(cluster.hosts) if "partition" in families else None
+    cluster.firewall = firewall
     meta: dict[str, Any] = {
         "run": name,
         "nodes": cfg.nodes,
