@@ -143,17 +143,23 @@ class ChaosCluster:
 
     # --- membership ----------------------------------------------------------------------
 
-    async def refresh_members(self) -> set[int] | None:
-        """Learn the members from the newest cluster map any serving node has, and stop the
-        processes of nodes that are no longer members. None when no node answered."""
+    async def newest_status(self, nodes: Iterable[int] | None = None) -> dict[str, Any] | None:
+        """The status of the node (of ``nodes``, default: the serving ones) holding the newest
+        cluster map; None when none answered."""
         best: dict[str, Any] | None = None
-        for n in self.serving():
+        for n in self.serving() if nodes is None else nodes:
             try:
                 st = await self.status(n)
             except (HttpError, ClusterError):
                 continue
             if best is None or int(st["placement_version"]) > int(best["placement_version"]):
                 best = st
+        return best
+
+    async def refresh_members(self) -> set[int] | None:
+        """Learn the members from the newest cluster map any serving node has, and stop the
+        processes of nodes that are no longer members. None when no node answered."""
+        best = await self.newest_status()
         if best is None:
             return None
         self.known = {int(k) for k in best["nodes"]}

@@ -26,7 +26,7 @@ from node.channels import person_channel_id
 from node.devcluster import TCP_PORT
 from proto.wkproto import ChannelType
 
-from .cluster import ChaosCluster, ClusterError
+from .cluster import ChaosCluster
 from .history import (
     ChannelDigest,
     DigestValue,
@@ -153,12 +153,8 @@ class ChatWorkload:
                 await self._setup_call("/channel", {**body, "subscribers": list(ch.members)})
 
     async def _slot_table(self) -> list[int]:
-        for n in self.cluster.serving():
-            try:
-                return [int(g) for g in (await self.cluster.status(n))["slot_table"]]
-            except (HttpError, ClusterError, KeyError):  # any node that answers will do
-                continue
-        return []
+        st = await self.cluster.newest_status()
+        return [] if st is None else [int(g) for g in st["slot_table"]]
 
     async def _setup_call(self, path: str, body: dict[str, Any]) -> None:
         for attempt in range(60):
@@ -524,14 +520,7 @@ class ChatWorkload:
 
     async def _replica_sets(self, nodes: Sequence[int]) -> dict[int, set[int]]:
         """Slot group -> its replicas, from the newest cluster map among ``nodes``."""
-        best: dict[str, Any] | None = None
-        for n in nodes:
-            try:
-                st = await self.cluster.status(n)
-            except (HttpError, ClusterError):
-                continue
-            if best is None or int(st["placement_version"]) > int(best["placement_version"]):
-                best = st
+        best = await self.cluster.newest_status(nodes)
         if best is None:
             return {}
         return {

@@ -80,12 +80,10 @@ class NodeProcess:
         return found is not None
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
-        ready = self._ready.wait(timeout_s)
-        if ready is None:
+        if not self.ready_within(timeout_s):
             self.stop()
             tail = self.log_path.read_text()[-2000:] if self.log_path.exists() else ""
             raise NodeStartError(f"node {self.node_id} did not become ready:\n{tail}")
-        self.endpoints = ready
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
