@@ -37,7 +37,8 @@ from .gateway.transport import TcpTransport, WsTransport
 from .groups.local import LocalGroup
 from .groups.machine import GroupMachine
 from .groups.pipeline import GroupPipeline
-from .http.api import ApiContext, build_router
+from .http.api import build_router
+from .http.common import ApiContext
 from .http.server import HttpServer
 from .log import get_logger
 from .router import Router, RouterSettings

@@ -360,7 +360,29 @@ class Router:
 
     async def read(self, key: str, query: dict[str, Any]) -> Any:
         """A linearizable read of the group owning ``key``, served by its leader."""
-        group = self.group_of(key)
+        return await self.read_group(self.group_of(key), query)
+
+    async def read_every_group(self, query: dict[str, Any]) -> list[Any]:
+        """The same read on every slot group (concurrently), for state indexed by something
+        other than the group's key, such as a user's conversations: one result per group."""
+        results: dict[int, Any] = {}
+        failures: list[ClusterUnavailable] = []
+
+        async def one(group: int) -> None:
+            try:
+                results[group] = await self.read_group(group, query)
+            except ClusterUnavailable as e:
+                failures.append(e)  # raised below, unwrapped from the nursery's group
+
+        async with trio.open_nursery() as nursery:
+            for group in sorted(self.placement.groups):
+                nursery.start_soon(one, group)
+        if failures:
+            raise failures[0]
+        return [results[g] for g in sorted(results)]
+
+    async def read_group(self, group: int, query: dict[str, Any]) -> Any:
+        """A linearizable read of slot group ``group``, served by its leader."""
 
         async def once(target: int) -> Any:
             if target == self.s.node_id:

@@ -15,6 +15,8 @@ from ..ids import EPOCH_MS
 from ..pipeline_rules import SYSTEM_UID, request_problem, send_permission
 from ..storage import ChannelInfo, DeviceRecord, MessageRecord, Store
 from ..storage.db import Batch
+from . import channel_state, conversations, message_ops
+from .context import ApplyContext
 
 _ID_SEQ_BITS = 12
 _ID_GROUP_BITS = 10
@@ -59,10 +61,11 @@ class GroupMachine:
         cmd = pb.Command.FromString(command)
         wb = self.store.batch()
         body = cmd.WhichOneof("body")
+        ctx = ApplyContext(self.group, self.store, wb, cmd.time_ms)
         if body == "send":
-            result = self._apply_sends(cmd.send, cmd.time_ms, wb).SerializeToString()
+            result = self._apply_sends(cmd.send, ctx).SerializeToString()
         elif body == "meta":
-            result = self._apply_meta(cmd.meta, wb).SerializeToString()
+            result = self._apply_meta(cmd.meta, ctx).SerializeToString()
         else:
             result = b""  # a read barrier changes nothing
         wb.set_applied(index)
@@ -72,7 +75,8 @@ class GroupMachine:
 
     # --- sends ------------------------------------------------------------------------------
 
-    def _apply_sends(self, batch: pb.SendBatch, time_ms: int, wb: Batch) -> pb.SendBatchResult:
+    def _apply_sends(self, batch: pb.SendBatch, ctx: ApplyContext) -> pb.SendBatchResult:
+        time_ms, wb = ctx.time_ms, ctx.wb
         result = pb.SendBatchResult()
         heads: dict[tuple[int, str], int] = {}
         seen: dict[tuple[int, str, str, str], pb.SendOutcome] = {}
@@ -131,6 +135,7 @@ class GroupMachine:
             )
             if seq:
                 wb.append_message(record)
+                conversations.on_message(ctx, record, item)
             outcome.reason = ReasonCode.SUCCESS
             outcome.message_id = record.message_id
             outcome.message_seq = seq
@@ -168,14 +173,17 @@ class GroupMachine:
 
     # --- metadata ---------------------------------------------------------------------------
 
-    def _apply_meta(self, op: pb.MetaOp, wb: Batch) -> pb.MetaResult:
+    def _apply_meta(self, op: pb.MetaOp, ctx: ApplyContext) -> pb.MetaResult:
         which = op.WhichOneof("op")
         if which == "set_device":
             d = op.set_device
-            wb.put_device(d.uid, d.device_flag, DeviceRecord(d.token, d.device_level))
+            ctx.wb.put_device(d.uid, d.device_flag, DeviceRecord(d.token, d.device_level))
             return pb.MetaResult(reason=ReasonCode.SUCCESS)
         if which == "channel":
-            return self._apply_channel(op.channel, wb)
+            return self._apply_channel(op.channel, ctx.wb)
+        handler = _META_HANDLERS.get(which or "")
+        if handler is not None:
+            return handler(ctx, getattr(op, which or ""))
         return pb.MetaResult(reason=ReasonCode.SYSTEM_ERROR, detail=f"unknown op {which}")
 
     def _apply_channel(self, c: pb.ChannelUpdate, wb: Batch) -> pb.MetaResult:
@@ -199,6 +207,9 @@ class GroupMachine:
         if c.add_subscribers:
             wb.add_subscribers(c.channel_type, c.channel_id, list(c.add_subscribers))
         return pb.MetaResult(reason=ReasonCode.SUCCESS)
+
+
+_META_HANDLERS = {**channel_state.META, **conversations.META, **message_ops.META}
 
 
 def record_to_pb(r: MessageRecord) -> pb.Message:

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ..storage import MessageRecord, Store
+from . import channel_state, conversations, message_ops
 
 MAX_SYNC_LIMIT = 10_000
 
@@ -63,6 +64,9 @@ def run_query(store: Store, q: dict[str, Any]) -> Any:
             return store.head_seq(int(q["channel_type"]), q["channel_id"])
         if kind == "messages":
             return _messages(store, q)
+        domain = _DOMAIN_QUERIES.get(kind)
+        if domain is not None:
+            return domain(store, q)
     except (KeyError, TypeError, ValueError) as e:
         raise QueryError(f"bad query {q!r}: {e}") from None
     raise QueryError(f"unknown query {q.get('q')!r}")
@@ -95,5 +99,8 @@ def _messages(store: Store, q: dict[str, Any]) -> dict[str, Any]:
     return {
         "head": head,
         "more": 1 if more else 0,
-        "messages": [message_json(r) for r in records],
+        "messages": message_ops.present(store, records, str(q.get("login_uid", ""))),
     }
+
+
+_DOMAIN_QUERIES = {**channel_state.QUERIES, **conversations.QUERIES, **message_ops.QUERIES}

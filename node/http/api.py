@@ -12,7 +12,6 @@ import base64
 import binascii
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -20,13 +19,20 @@ import trio
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, DeviceFlag, DeviceLevel, HeaderFlag, ReasonCode
 
-from ..admin import Admin, AdminError
-from ..channels import canonical_channel_id, id_problem, view_channel_id
-from ..config import Config
+from ..admin import AdminError
 from ..groups.digest import channel_digests
 from ..pipeline_rules import SYSTEM_UID, request_problem
-from ..router import ClusterUnavailable, Router
-from ..sessions import SessionRegistry
+from . import routes_channels, routes_conversations, routes_messages
+from .common import (
+    CHANNEL_TYPES,
+    OK,
+    ApiContext,
+    check_id,
+    guard,
+    message_resp,
+    meta,
+    person_or_channel,
+)
 from .fields import get_flag, get_int, get_str, get_str_list
 from .server import ApiError, Handler, Request, Response, bad_request
 from .server import Router as HttpRouter
@@ -34,64 +40,6 @@ from .server import Router as HttpRouter
 _CLIENT_FLAGS = {int(DeviceFlag.APP), int(DeviceFlag.WEB), int(DeviceFlag.PC)}
 _LEVELS = {int(DeviceLevel.SLAVE), int(DeviceLevel.MASTER)}
 _SUPPORTED_SEND_TYPES = {int(ChannelType.PERSON), int(ChannelType.GROUP)}
-_CHANNEL_TYPES = {int(t) for t in ChannelType}
-_OK = {"status": 200}
-
-
-@dataclass
-class ApiContext:
-    config: Config
-    registry: SessionRegistry
-    router: Router
-    admin: Admin
-
-
-def _check_id(value: str, what: str) -> str:
-    problem = id_problem(value, what)
-    if problem is not None:
-        raise bad_request(problem)
-    return value
-
-
-def _unavailable(e: ClusterUnavailable) -> ApiError:
-    return ApiError(503, f"cluster cannot serve this now, retry: {e}", reason=int(e.reason))
-
-
-def _guard(handler: Handler) -> Handler:
-    """Turn a cluster that cannot answer in time into HTTP 503 with the reason code."""
-
-    async def wrapped(req: Request) -> Response:
-        try:
-            return await handler(req)
-        except ClusterUnavailable as e:
-            raise _unavailable(e) from None
-
-    return wrapped
-
-
-def message_resp(m: dict[str, Any], login_uid: str) -> dict[str, Any]:
-    """A stored message as WuKongIM's ``MessageResp``, with the channel id in the reader's
-    view (a person channel appears under the peer's uid)."""
-    flags = m["flags"]
-    return {
-        "header": {
-            "no_persist": flags & HeaderFlag.NO_PERSIST and 1,
-            "red_dot": 1 if flags & HeaderFlag.RED_DOT else 0,
-            "sync_once": 1 if flags & HeaderFlag.SYNC_ONCE else 0,
-        },
-        "setting": m["setting"],
-        "message_id": m["message_id"],
-        "message_idstr": str(m["message_id"]),
-        "client_msg_no": m["client_msg_no"],
-        "message_seq": m["message_seq"],
-        "from_uid": "" if m["from_uid"] == SYSTEM_UID else m["from_uid"],
-        "channel_id": view_channel_id(m["channel_id"], m["channel_type"], login_uid),
-        "channel_type": m["channel_type"],
-        "topic": m["topic"],
-        "expire": m["expire"],
-        "timestamp": m["timestamp_ms"] // 1000,
-        "payload": m["payload"],
-    }
 
 
 def build_router(ctx: ApiContext) -> HttpRouter:
@@ -99,7 +47,7 @@ def build_router(ctx: ApiContext) -> HttpRouter:
 
     def route(method: str, path: str) -> Callable[[Handler], Handler]:
         def deco(fn: Handler) -> Handler:
-            r.add(method, path, _guard(fn))
+            r.add(method, path, guard(fn))
             return fn
 
         return deco
@@ -170,34 +118,26 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         ws = gw.external_ws_addr or f"ws://{host}:{gw.ws_port}"
         return Response(200, {"tcp_addr": tcp, "ws_addr": ws, "wss_addr": ""})
 
-    async def meta(key: str, op: pb.MetaOp) -> pb.MetaResult:
-        result = await ctx.router.meta(key, op)
-        if result.reason == ReasonCode.CHANNEL_NOT_EXIST:
-            raise ApiError(404, result.detail or "channel does not exist", reason=result.reason)
-        if result.reason != ReasonCode.SUCCESS:
-            raise ApiError(500, result.detail or "metadata change failed", reason=result.reason)
-        return result
-
     @route("POST", "/user/token")
     async def user_token(req: Request) -> Response:
         body = req.json_object()
-        uid = _check_id(get_str(body, "uid", required=True), "uid")
+        uid = check_id(get_str(body, "uid", required=True), "uid")
         token = get_str(body, "token", required=True)
         flag = get_int(body, "device_flag", default=DeviceFlag.APP, choices=_CLIENT_FLAGS)
         level = get_int(body, "device_level", default=DeviceLevel.SLAVE, choices=_LEVELS)
         op = pb.MetaOp(
             set_device=pb.DeviceToken(uid=uid, device_flag=flag, token=token, device_level=level)
         )
-        await meta(uid, op)
+        await meta(ctx, uid, op)
         if level == DeviceLevel.MASTER:
             # A new master token retires the sessions that logged in with the old one.
             await ctx.router.kick_everywhere(uid, flag, "token changed")
-        return Response(200, _OK)
+        return Response(200, OK)
 
     @route("POST", "/user/device_quit")
     async def device_quit(req: Request) -> Response:
         body = req.json_object()
-        uid = _check_id(get_str(body, "uid", required=True), "uid")
+        uid = check_id(get_str(body, "uid", required=True), "uid")
         flag = get_int(body, "device_flag", default=-1, choices=_CLIENT_FLAGS | {-1})
         for f in sorted(_CLIENT_FLAGS) if flag == -1 else [flag]:
             auth = await ctx.router.read(uid, {"q": "device", "uid": uid, "device_flag": f})
@@ -207,9 +147,9 @@ def build_router(ctx: ApiContext) -> HttpRouter:
                         uid=uid, device_flag=f, token="", device_level=auth["device_level"]
                     )
                 )
-                await meta(uid, op)
+                await meta(ctx, uid, op)
         await ctx.router.kick_everywhere(uid, flag, "device quit")
-        return Response(200, _OK)
+        return Response(200, OK)
 
     @route("POST", "/user/onlinestatus")
     async def online_status(req: Request) -> Response:
@@ -220,8 +160,8 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         return Response(200, [{"uid": u, "device_flag": f, "online": 1} for u, f in found])
 
     def channel_update(body: dict[str, Any], *, subscribers: str | None) -> pb.ChannelUpdate:
-        channel_id = _check_id(get_str(body, "channel_id", required=True), "channel_id")
-        channel_type = get_int(body, "channel_type", required=True, choices=_CHANNEL_TYPES)
+        channel_id = check_id(get_str(body, "channel_id", required=True), "channel_id")
+        channel_type = get_int(body, "channel_type", required=True, choices=CHANNEL_TYPES)
         update = pb.ChannelUpdate(channel_id=channel_id, channel_type=channel_type)
         for name in ("ban", "disband", "send_ban", "allow_stranger", "large"):
             value = get_flag(body, name)
@@ -232,7 +172,7 @@ def build_router(ctx: ApiContext) -> HttpRouter:
             if uids and channel_type == ChannelType.PERSON:
                 raise bad_request("a person channel takes no subscribers")
             for uid in uids:
-                _check_id(uid, "subscriber uid")
+                check_id(uid, "subscriber uid")
             update.add_subscribers.extend(uids)
         return update
 
@@ -241,22 +181,22 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         body = req.json_object()
         update = channel_update(body, subscribers="optional")
         update.reset_subscribers = bool(get_flag(body, "reset"))
-        await meta(update.channel_id, pb.MetaOp(channel=update))
-        return Response(200, _OK)
+        await meta(ctx, update.channel_id, pb.MetaOp(channel=update))
+        return Response(200, OK)
 
     @route("POST", "/channel/info")
     async def channel_info(req: Request) -> Response:
         update = channel_update(req.json_object(), subscribers=None)
-        await meta(update.channel_id, pb.MetaOp(channel=update))
-        return Response(200, _OK)
+        await meta(ctx, update.channel_id, pb.MetaOp(channel=update))
+        return Response(200, OK)
 
     @route("POST", "/channel/subscriber_add")
     async def subscriber_add(req: Request) -> Response:
         body = req.json_object()
         update = channel_update(body, subscribers="required")
         update.reset_subscribers = bool(get_flag(body, "reset"))
-        await meta(update.channel_id, pb.MetaOp(channel=update))
-        return Response(200, _OK)
+        await meta(ctx, update.channel_id, pb.MetaOp(channel=update))
+        return Response(200, OK)
 
     @route("POST", "/channel/subscriber_remove")
     async def subscriber_remove(req: Request) -> Response:
@@ -265,23 +205,8 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         update.remove_subscribers.extend(update.add_subscribers)
         del update.add_subscribers[:]
         update.must_exist = True
-        await meta(update.channel_id, pb.MetaOp(channel=update))
-        return Response(200, _OK)
-
-    def person_or_channel(body: dict[str, Any], uid_field: str) -> tuple[str, str, int]:
-        """(the requester's uid, canonical channel id, channel type) of a request body."""
-        uid = get_str(body, uid_field)
-        channel_id = get_str(body, "channel_id", required=True)
-        channel_type = get_int(body, "channel_type", required=True, choices=_CHANNEL_TYPES)
-        try:
-            if channel_type != ChannelType.PERSON or "@" not in channel_id:
-                _check_id(channel_id, "channel_id")
-            if channel_type == ChannelType.PERSON and not uid:
-                raise bad_request(f"{uid_field} is required for a person channel")
-            canonical = canonical_channel_id(uid, channel_id, channel_type)
-        except ValueError as e:
-            raise bad_request(f"channel_id: {e}") from None
-        return uid, canonical, channel_type
+        await meta(ctx, update.channel_id, pb.MetaOp(channel=update))
+        return Response(200, OK)
 
     @route("POST", "/message/send")
     async def message_send(req: Request) -> Response:
@@ -290,7 +215,7 @@ def build_router(ctx: ApiContext) -> HttpRouter:
             body["from_uid"] = body["sender_uid"]
         from_uid = get_str(body, "from_uid") or SYSTEM_UID
         if from_uid != SYSTEM_UID:
-            _check_id(from_uid, "from_uid")
+            check_id(from_uid, "from_uid")
         channel_type = get_int(body, "channel_type", required=True)
         if channel_type not in _SUPPORTED_SEND_TYPES:
             raise bad_request(f"channel_type {channel_type} is not supported yet (1 or 2)")
@@ -363,7 +288,7 @@ def build_router(ctx: ApiContext) -> HttpRouter:
     @route("POST", "/channel/messagesync")
     async def message_sync(req: Request) -> Response:
         body = req.json_object()
-        login_uid = _check_id(get_str(body, "login_uid", required=True), "login_uid")
+        login_uid = check_id(get_str(body, "login_uid", required=True), "login_uid")
         _, canonical, channel_type = person_or_channel(body, "login_uid")
         start = get_int(body, "start_message_seq", minimum=0)
         end = get_int(body, "end_message_seq", minimum=0)
@@ -379,6 +304,7 @@ def build_router(ctx: ApiContext) -> HttpRouter:
                 "end_message_seq": end,
                 "limit": limit,
                 "pull_mode": pull_mode,
+                "login_uid": login_uid,
             },
         )
         messages = [message_resp(m, login_uid) for m in page["messages"]]
@@ -402,10 +328,12 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         if channel_type == ChannelType.PERSON and "@" not in channel_id:
             raise bad_request("channel_id of a person channel must be the canonical a@b id")
         if channel_type != ChannelType.PERSON:
-            _check_id(channel_id, "channel_id")
+            check_id(channel_id, "channel_id")
         head = await ctx.router.read(
             channel_id, {"q": "head", "channel_id": channel_id, "channel_type": channel_type}
         )
         return Response(200, {"message_seq": head})
 
+    for module in (routes_channels, routes_conversations, routes_messages):
+        module.register(route, ctx)
     return r

@@ -30,7 +30,18 @@ from rocksdict import (
 from . import keys
 from .records import ChannelInfo, DeviceRecord, MessageRecord
 
-_CFS = ("messages", "channels", "subscribers", "users", "dedupe", "state")
+_CFS = (
+    "messages",
+    "channels",
+    "subscribers",
+    "users",
+    "dedupe",
+    "state",
+    # Issue 5's state; key layouts live with the modules that own them (node/groups/*).
+    "lists",  # channel deny/allow lists
+    "convs",  # per-user conversation rows
+    "msgx",  # per-message extras: revocations, edits, per-user hides, read receipts
+)
 _DEDUPE = struct.Struct(">qQ")
 _INFO = b"I"
 _HEAD = b"H"
@@ -218,6 +229,25 @@ class Store:
             del it
         return applied
 
+    # --- generic access for the domain modules (node/groups/*) -----------------------------
+
+    def get_raw(self, cf: str, key: bytes) -> bytes | None:
+        with self._lock:
+            raw = self._cf[cf].get(key)
+        return None if raw is None else bytes(raw)
+
+    def prefix_items(
+        self, cf: str, prefix: bytes, limit: int | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) whose key starts with ``prefix``, in key order."""
+        out: list[tuple[bytes, bytes]] = []
+        with self._lock:
+            for k, v in self._prefix(self._cf[cf], prefix):
+                out.append((bytes(k), bytes(v)))
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
     # --- users ----------------------------------------------------------------------------
 
     def get_device(self, uid: str, device_flag: int) -> DeviceRecord | None:
@@ -265,6 +295,12 @@ class Batch:
 
     def _delete(self, cf: str, key: bytes) -> None:
         self.wb.delete(key, self._store._h[cf])
+
+    def put_raw(self, cf: str, key: bytes, value: bytes) -> None:
+        self._put(cf, key, value)
+
+    def delete_raw(self, cf: str, key: bytes) -> None:
+        self._delete(cf, key)
 
     def put_channel(self, info: ChannelInfo) -> None:
         ck = keys.channel_key(info.channel_type, info.channel_id)

@@ -48,6 +48,8 @@ class SendItem(_message.Message):
     TRUSTED_FIELD_NUMBER: _builtins.int
     ORIGIN_NODE_FIELD_NUMBER: _builtins.int
     ORIGIN_CONN_FIELD_NUMBER: _builtins.int
+    SYSTEM_FIELD_NUMBER: _builtins.int
+    SUBSCRIBERS_FIELD_NUMBER: _builtins.int
     from_uid: _builtins.str
     channel_id: _builtins.str
     channel_type: _builtins.int
@@ -64,6 +66,16 @@ class SendItem(_message.Message):
     origin_node: _builtins.int
     """Where the send came from; not used by apply. Fan-out skips that connection."""
     origin_conn: _builtins.int
+    system: _builtins.bool
+    """The sender is a system account (`/user/systemuids_add`). Decided by the node that proposes
+    the send, from the sender's user facts, so that apply stays deterministic.
+    """
+    @_builtins.property
+    def subscribers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """An explicit recipient list (HTTP sends with `subscribers`): the message is for these uids
+        only, whatever the channel's subscribers are.
+        """
+
     def __init__(
         self,
         *,
@@ -80,10 +92,12 @@ class SendItem(_message.Message):
         trusted: _builtins.bool = ...,
         origin_node: _builtins.int = ...,
         origin_conn: _builtins.int = ...,
+        system: _builtins.bool = ...,
+        subscribers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_type", b"channel_type", "client_msg_no", b"client_msg_no", "expire", b"expire", "flags", b"flags", "from_uid", b"from_uid", "origin_conn", b"origin_conn", "origin_node", b"origin_node", "payload", b"payload", "setting", b"setting", "stream_no", b"stream_no", "topic", b"topic", "trusted", b"trusted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_type", b"channel_type", "client_msg_no", b"client_msg_no", "expire", b"expire", "flags", b"flags", "from_uid", b"from_uid", "origin_conn", b"origin_conn", "origin_node", b"origin_node", "payload", b"payload", "setting", b"setting", "stream_no", b"stream_no", "subscribers", b"subscribers", "system", b"system", "topic", b"topic", "trusted", b"trusted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -412,26 +426,277 @@ class ChannelUpdate(_message.Message):
 Global___ChannelUpdate: _TypeAlias = ChannelUpdate  # noqa: Y015
 
 @_typing.final
+class ListUpdate(_message.Message):
+    """A channel's deny list ("blacklist") or allow list ("whitelist"). For a person channel the
+    lists belong to the owner uid: channel (bob, 1) holds bob's lists.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ListUpdate._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        DENY: ListUpdate._Kind.ValueType  # 0
+        ALLOW: ListUpdate._Kind.ValueType  # 1
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    DENY: ListUpdate.Kind.ValueType  # 0
+    ALLOW: ListUpdate.Kind.ValueType  # 1
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_TYPE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ADD_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    RESET_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    channel_type: _builtins.int
+    kind: Global___ListUpdate.Kind.ValueType
+    reset: _builtins.bool
+    """remove every entry before adding"""
+    @_builtins.property
+    def add(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def remove(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        channel_type: _builtins.int = ...,
+        kind: Global___ListUpdate.Kind.ValueType = ...,
+        add: _abc.Iterable[_builtins.str] | None = ...,
+        remove: _abc.Iterable[_builtins.str] | None = ...,
+        reset: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "channel_id", b"channel_id", "channel_type", b"channel_type", "kind", b"kind", "remove", b"remove", "reset", b"reset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUpdate: _TypeAlias = ListUpdate  # noqa: Y015
+
+@_typing.final
+class UserUpdate(_message.Message):
+    """User-level facts that are not flags of the user's person channel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UID_FIELD_NUMBER: _builtins.int
+    SYSTEM_FIELD_NUMBER: _builtins.int
+    uid: _builtins.str
+    system: _builtins.bool
+    """a system account: passes the send checks, gets no pushes"""
+    def __init__(
+        self,
+        *,
+        uid: _builtins.str = ...,
+        system: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_system", b"_system", "system", b"system"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_system", b"_system", "system", b"system", "uid", b"uid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__system: _TypeAlias = _typing.Literal["system"]  # noqa: Y015
+    _WhichOneofArgType__system: _TypeAlias = _typing.Literal["_system", b"_system"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__system) -> _WhichOneofReturnType__system | None: ...
+
+Global___UserUpdate: _TypeAlias = UserUpdate  # noqa: Y015
+
+@_typing.final
+class ChannelDelete(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_TYPE_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    channel_type: _builtins.int
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        channel_type: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_type", b"channel_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChannelDelete: _TypeAlias = ChannelDelete  # noqa: Y015
+
+@_typing.final
+class ConversationOp(_message.Message):
+    """One user's view of one conversation (stored in the channel's slot group)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ConversationOp._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        CLEAR_UNREAD: ConversationOp._Kind.ValueType  # 0
+        """read up to message_seq (0 = the head)"""
+        SET_UNREAD: ConversationOp._Kind.ValueType  # 1
+        """show `unread` unread messages"""
+        DELETE: ConversationOp._Kind.ValueType  # 2
+        """hide the conversation until a newer message arrives"""
+        CLEAR_MESSAGES: ConversationOp._Kind.ValueType  # 3
+        """hide every message up to message_seq (0 = the head) from this user"""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    CLEAR_UNREAD: ConversationOp.Kind.ValueType  # 0
+    """read up to message_seq (0 = the head)"""
+    SET_UNREAD: ConversationOp.Kind.ValueType  # 1
+    """show `unread` unread messages"""
+    DELETE: ConversationOp.Kind.ValueType  # 2
+    """hide the conversation until a newer message arrives"""
+    CLEAR_MESSAGES: ConversationOp.Kind.ValueType  # 3
+    """hide every message up to message_seq (0 = the head) from this user"""
+
+    UID_FIELD_NUMBER: _builtins.int
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_TYPE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_SEQ_FIELD_NUMBER: _builtins.int
+    UNREAD_FIELD_NUMBER: _builtins.int
+    uid: _builtins.str
+    channel_id: _builtins.str
+    channel_type: _builtins.int
+    kind: Global___ConversationOp.Kind.ValueType
+    message_seq: _builtins.int
+    unread: _builtins.int
+    def __init__(
+        self,
+        *,
+        uid: _builtins.str = ...,
+        channel_id: _builtins.str = ...,
+        channel_type: _builtins.int = ...,
+        kind: Global___ConversationOp.Kind.ValueType = ...,
+        message_seq: _builtins.int = ...,
+        unread: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_type", b"channel_type", "kind", b"kind", "message_seq", b"message_seq", "uid", b"uid", "unread", b"unread"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConversationOp: _TypeAlias = ConversationOp  # noqa: Y015
+
+@_typing.final
+class MessageOp(_message.Message):
+    """An operation on stored messages of one channel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[MessageOp._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        REVOKE: MessageOp._Kind.ValueType  # 0
+        EDIT: MessageOp._Kind.ValueType  # 1
+        DELETE_FOR_USER: MessageOp._Kind.ValueType  # 2
+        """hide message_seqs from actor_uid only"""
+        READ_RECEIPT: MessageOp._Kind.ValueType  # 3
+        """actor_uid read message_seqs"""
+        DELETE_RANGE: MessageOp._Kind.ValueType  # 4
+        """retention: remove messages with seq <= message_seqs[0]"""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    REVOKE: MessageOp.Kind.ValueType  # 0
+    EDIT: MessageOp.Kind.ValueType  # 1
+    DELETE_FOR_USER: MessageOp.Kind.ValueType  # 2
+    """hide message_seqs from actor_uid only"""
+    READ_RECEIPT: MessageOp.Kind.ValueType  # 3
+    """actor_uid read message_seqs"""
+    DELETE_RANGE: MessageOp.Kind.ValueType  # 4
+    """retention: remove messages with seq <= message_seqs[0]"""
+
+    KIND_FIELD_NUMBER: _builtins.int
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_TYPE_FIELD_NUMBER: _builtins.int
+    MESSAGE_SEQS_FIELD_NUMBER: _builtins.int
+    ACTOR_UID_FIELD_NUMBER: _builtins.int
+    ADMIN_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    kind: Global___MessageOp.Kind.ValueType
+    channel_id: _builtins.str
+    channel_type: _builtins.int
+    actor_uid: _builtins.str
+    admin: _builtins.bool
+    """the app backend acting as an administrator"""
+    payload: _builtins.bytes
+    """EDIT: the new content"""
+    @_builtins.property
+    def message_seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        kind: Global___MessageOp.Kind.ValueType = ...,
+        channel_id: _builtins.str = ...,
+        channel_type: _builtins.int = ...,
+        message_seqs: _abc.Iterable[_builtins.int] | None = ...,
+        actor_uid: _builtins.str = ...,
+        admin: _builtins.bool = ...,
+        payload: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_uid", b"actor_uid", "admin", b"admin", "channel_id", b"channel_id", "channel_type", b"channel_type", "kind", b"kind", "message_seqs", b"message_seqs", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageOp: _TypeAlias = MessageOp  # noqa: Y015
+
+@_typing.final
 class MetaOp(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SET_DEVICE_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
+    LISTS_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    CHANNEL_DELETE_FIELD_NUMBER: _builtins.int
+    CONVERSATION_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def set_device(self) -> Global___DeviceToken: ...
     @_builtins.property
     def channel(self) -> Global___ChannelUpdate: ...
+    @_builtins.property
+    def lists(self) -> Global___ListUpdate: ...
+    @_builtins.property
+    def user(self) -> Global___UserUpdate: ...
+    @_builtins.property
+    def channel_delete(self) -> Global___ChannelDelete: ...
+    @_builtins.property
+    def conversation(self) -> Global___ConversationOp: ...
+    @_builtins.property
+    def message(self) -> Global___MessageOp: ...
     def __init__(
         self,
         *,
         set_device: Global___DeviceToken | None = ...,
         channel: Global___ChannelUpdate | None = ...,
+        lists: Global___ListUpdate | None = ...,
+        user: Global___UserUpdate | None = ...,
+        channel_delete: Global___ChannelDelete | None = ...,
+        conversation: Global___ConversationOp | None = ...,
+        message: Global___MessageOp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "op", b"op", "set_device", b"set_device"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "channel_delete", b"channel_delete", "conversation", b"conversation", "lists", b"lists", "message", b"message", "op", b"op", "set_device", b"set_device", "user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "op", b"op", "set_device", b"set_device"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "channel_delete", b"channel_delete", "conversation", b"conversation", "lists", b"lists", "message", b"message", "op", b"op", "set_device", b"set_device", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["set_device", "channel"]  # noqa: Y015
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["set_device", "channel", "lists", "user", "channel_delete", "conversation", "message"]  # noqa: Y015
     _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
 
@@ -443,17 +708,21 @@ class MetaResult(_message.Message):
 
     REASON_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
     reason: _builtins.int
     detail: _builtins.str
+    data: _builtins.bytes
+    """op-specific JSON (for example the revoked message), empty when none"""
     def __init__(
         self,
         *,
         reason: _builtins.int = ...,
         detail: _builtins.str = ...,
+        data: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "detail", b"detail", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -832,6 +1101,45 @@ class OnlineReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OnlineReply: _TypeAlias = OnlineReply  # noqa: Y015
+
+@_typing.final
+class InvalidateRequest(_message.Message):
+    """User facts (send ban, person lists, system account) changed: drop them from the node's
+    cache (node/userfacts.py). Sent to every node before the changing API call answers.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UIDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        uids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["uids", b"uids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvalidateRequest: _TypeAlias = InvalidateRequest  # noqa: Y015
+
+@_typing.final
+class InvalidateReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvalidateReply: _TypeAlias = InvalidateReply  # noqa: Y015
 
 @_typing.final
 class AdminRequest(_message.Message):

@@ -69,6 +69,11 @@ class PeerStub:
                 request_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.OnlineRequest.SerializeToString,
                 response_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.OnlineReply.FromString,
                 _registered_method=True)
+        self.Invalidate = channel.unary_unary(
+                '/raftchat.peer.v1.Peer/Invalidate',
+                request_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.InvalidateRequest.SerializeToString,
+                response_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.InvalidateReply.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -116,6 +121,12 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Invalidate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +164,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Online,
                     request_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.OnlineRequest.FromString,
                     response_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.OnlineReply.SerializeToString,
+            ),
+            'Invalidate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Invalidate,
+                    request_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.InvalidateRequest.FromString,
+                    response_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.InvalidateReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +360,33 @@ class Peer:
             '/raftchat.peer.v1.Peer/Online',
             proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.OnlineRequest.SerializeToString,
             proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.OnlineReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Invalidate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftchat.peer.v1.Peer/Invalidate',
+            proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.InvalidateRequest.SerializeToString,
+            proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.InvalidateReply.FromString,
             options,
             channel_credentials,
             insecure,

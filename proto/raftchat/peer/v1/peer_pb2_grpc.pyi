@@ -45,6 +45,7 @@ class PeerStub:
     Deliver: _grpc.UnaryUnaryMultiCallable[_peer_pb2.DeliverRequest, _peer_pb2.DeliverReply]
     Kick: _grpc.UnaryUnaryMultiCallable[_peer_pb2.KickRequest, _peer_pb2.KickReply]
     Online: _grpc.UnaryUnaryMultiCallable[_peer_pb2.OnlineRequest, _peer_pb2.OnlineReply]
+    Invalidate: _grpc.UnaryUnaryMultiCallable[_peer_pb2.InvalidateRequest, _peer_pb2.InvalidateReply]
 
 @_typing.type_check_only
 class PeerAsyncStub(PeerStub):
@@ -56,6 +57,7 @@ class PeerAsyncStub(PeerStub):
     Deliver: _aio.UnaryUnaryMultiCallable[_peer_pb2.DeliverRequest, _peer_pb2.DeliverReply]  # type: ignore[assignment]
     Kick: _aio.UnaryUnaryMultiCallable[_peer_pb2.KickRequest, _peer_pb2.KickReply]  # type: ignore[assignment]
     Online: _aio.UnaryUnaryMultiCallable[_peer_pb2.OnlineRequest, _peer_pb2.OnlineReply]  # type: ignore[assignment]
+    Invalidate: _aio.UnaryUnaryMultiCallable[_peer_pb2.InvalidateRequest, _peer_pb2.InvalidateReply]  # type: ignore[assignment]
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -106,5 +108,12 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         request: _peer_pb2.OnlineRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_peer_pb2.OnlineReply, _abc.Awaitable[_peer_pb2.OnlineReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Invalidate(
+        self,
+        request: _peer_pb2.InvalidateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.InvalidateReply, _abc.Awaitable[_peer_pb2.InvalidateReply]]: ...
 
 def add_PeerServicer_to_server(servicer: PeerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

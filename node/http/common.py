@@ -1,0 +1,108 @@
+"""What the HTTP route modules share: the context, field checks, envelopes and the way a
+request reaches its slot group."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from proto.raftchat.peer.v1 import peer_pb2 as pb
+from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
+
+from ..admin import Admin
+from ..channels import canonical_channel_id, id_problem, view_channel_id
+from ..config import Config
+from ..pipeline_rules import SYSTEM_UID
+from ..router import ClusterUnavailable, Router
+from ..sessions import SessionRegistry
+from .fields import get_int, get_str
+from .server import ApiError, Handler, Request, Response, bad_request
+
+CHANNEL_TYPES = {int(t) for t in ChannelType}
+OK = {"status": 200}
+
+RouteAdder = Callable[[str, str], Callable[[Handler], Handler]]
+"""``route("POST", "/path")``: a decorator that registers a handler (see ``api.build_router``)."""
+
+
+@dataclass
+class ApiContext:
+    config: Config
+    registry: SessionRegistry
+    router: Router
+    admin: Admin
+
+
+def check_id(value: str, what: str) -> str:
+    problem = id_problem(value, what)
+    if problem is not None:
+        raise bad_request(problem)
+    return value
+
+
+def unavailable(e: ClusterUnavailable) -> ApiError:
+    return ApiError(503, f"cluster cannot serve this now, retry: {e}", reason=int(e.reason))
+
+
+def guard(handler: Handler) -> Handler:
+    """Turn a cluster that cannot answer in time into HTTP 503 with the reason code."""
+
+    async def wrapped(req: Request) -> Response:
+        try:
+            return await handler(req)
+        except ClusterUnavailable as e:
+            raise unavailable(e) from None
+
+    return wrapped
+
+
+def message_resp(m: dict[str, Any], login_uid: str) -> dict[str, Any]:
+    """A stored message as WuKongIM's ``MessageResp``, with the channel id in the reader's
+    view (a person channel appears under the peer's uid)."""
+    flags = m["flags"]
+    return {
+        "header": {
+            "no_persist": flags & HeaderFlag.NO_PERSIST and 1,
+            "red_dot": 1 if flags & HeaderFlag.RED_DOT else 0,
+            "sync_once": 1 if flags & HeaderFlag.SYNC_ONCE else 0,
+        },
+        "setting": m["setting"],
+        "message_id": m["message_id"],
+        "message_idstr": str(m["message_id"]),
+        "client_msg_no": m["client_msg_no"],
+        "message_seq": m["message_seq"],
+        "from_uid": "" if m["from_uid"] == SYSTEM_UID else m["from_uid"],
+        "channel_id": view_channel_id(m["channel_id"], m["channel_type"], login_uid),
+        "channel_type": m["channel_type"],
+        "topic": m["topic"],
+        "expire": m["expire"],
+        "timestamp": m["timestamp_ms"] // 1000,
+        "payload": m["payload"],
+    }
+
+
+async def meta(ctx: ApiContext, key: str, op: pb.MetaOp) -> pb.MetaResult:
+    """Commit a metadata change in the slot group owning ``key``; errors become HTTP errors."""
+    result = await ctx.router.meta(key, op)
+    if result.reason == ReasonCode.CHANNEL_NOT_EXIST:
+        raise ApiError(404, result.detail or "channel does not exist", reason=result.reason)
+    if result.reason != ReasonCode.SUCCESS:
+        raise ApiError(500, result.detail or "metadata change failed", reason=result.reason)
+    return result
+
+
+def person_or_channel(body: dict[str, Any], uid_field: str) -> tuple[str, str, int]:
+    """(the requester's uid, canonical channel id, channel type) of a request body."""
+    uid = get_str(body, uid_field)
+    channel_id = get_str(body, "channel_id", required=True)
+    channel_type = get_int(body, "channel_type", required=True, choices=CHANNEL_TYPES)
+    try:
+        if channel_type != ChannelType.PERSON or "@" not in channel_id:
+            check_id(channel_id, "channel_id")
+        if channel_type == ChannelType.PERSON and not uid:
+            raise bad_request(f"{uid_field} is required for a person channel")
+        canonical = canonical_channel_id(uid, channel_id, channel_type)
+    except ValueError as e:
+        raise bad_request(f"channel_id: {e}") from None
+    return uid, canonical, channel_type
