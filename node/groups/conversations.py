@@ -19,3 +19,9 @@ QUERIES: dict[str, Callable[[Store, dict[str, Any]], Any]] = {}
 
 def on_message(ctx: ApplyContext, record: MessageRecord, item: pb.SendItem) -> None:
     """Runs in apply for every stored message, in the same write batch."""
+
+
+def cleared_to(store: Store, uid: str, channel_type: int, channel_id: str) -> int:
+    """The seq up to which ``uid`` cleared this conversation (CLEAR_MESSAGES): messages at or
+    below it are hidden from that user. 0 when never cleared."""
+    return 0
