@@ -85,6 +85,23 @@ class MessagesSection:
     commit_window_ms: float = 1.0
     """How long the send pipeline gathers SENDs into one batch before it commits."""
     max_batch: int = 512
+    max_payload_bytes: int = 12 * 1024
+    """The largest message payload accepted (the source documents' 12 KB)."""
+    group_rate_limit: float = 40.0
+    """Sends per second one non-person channel accepts (0 = no limit)."""
+    revoke_window_s: int = 120
+    """How long after sending a sender may revoke a message (an admin may at any time)."""
+    retention_days: float = 0.0
+    """Messages older than this are deleted (0 = kept until deleted explicitly)."""
+    person_whitelist: bool = False
+    """Person channels accept only senders on the receiver's allow list (or allow_stranger)."""
+
+
+@dataclass
+class WebhookSection:
+    url: str = ""
+    """Where events are POSTed (``<url>?event=<name>``); empty = no webhooks."""
+    events: str = "msg.notify,msg.offline,user.onlinestatus"
 
 
 @dataclass
@@ -136,6 +153,7 @@ class Config:
     http: HttpSection = field(default_factory=HttpSection)
     auth: AuthSection = field(default_factory=AuthSection)
     messages: MessagesSection = field(default_factory=MessagesSection)
+    webhook: WebhookSection = field(default_factory=WebhookSection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
     log: LogSection = field(default_factory=LogSection)
     testing: TestingSection = field(default_factory=TestingSection)

@@ -459,6 +459,13 @@ class Router:
             except trio.WouldBlock:
                 self.delivery_failures += 1  # a stalled peer: its clients resync by seq
 
+    async def push_online(self, message: pb.Message, uids: list[str]) -> None:
+        """Deliver a message that is not stored (``message_seq`` 0: a command or notice) to the
+        sessions of ``uids`` on every node that answers; best effort, like presence."""
+        request = pb.DeliverRequest(messages=[message], recipients=[pb.Recipients(uids=uids)])
+        self.deliver(request)
+        await self._gather("Deliver", request)
+
     def deliver(self, request: pb.DeliverRequest) -> None:
         for message, rcpt in zip(request.messages, request.recipients, strict=True):
             origin = rcpt.origin_conn if rcpt.origin_node == self.s.node_id else None
