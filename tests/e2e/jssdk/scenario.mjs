@@ -265,6 +265,49 @@ class Client {
     this.sdk.disconnect();
   }
 
+  async syncConversations(httpUrl, msgCount) {
+    const { model } = this.inst.modules;
+    this.sdk.config.provider.syncConversationsCallback = async () => {
+      const res = await fetch(new URL('/conversation/sync', httpUrl), {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ uid: this.uid, version: 0, msg_count: msgCount }),
+      });
+      if (res.status !== 200) throw new Error(`/conversation/sync answered ${res.status}: ${await res.text()}`);
+      return (await res.json()).map((row) => {
+        const conv = new model.Conversation();
+        conv.channel = new this.inst.Channel(String(row.channel_id), Number(row.channel_type));
+        conv.unread = row.unread;
+        conv.timestamp = row.timestamp;
+        const last = row.recents && row.recents.length ? row.recents[row.recents.length - 1] : null;
+        if (last) {
+          const m = new this.inst.Message();
+          m.messageID = last.message_idstr;
+          m.messageSeq = last.message_seq;
+          m.fromUID = last.from_uid;
+          m.channel = conv.channel;
+          m.timestamp = last.timestamp;
+          const content = JSON.parse(Buffer.from(last.payload, 'base64').toString('utf8'));
+          m.contentType = content.type;
+          m.content = this.sdk.getMessageContent(content.type);
+          m.content.decode(Buffer.from(last.payload, 'base64'));
+          conv.lastMessage = m;
+        }
+        return conv;
+      });
+    };
+    const convs = await this.sdk.conversationManager.sync({});
+    return convs.map((conv) => ({
+      channel_id: conv.channel.channelID,
+      channel_type: conv.channel.channelType,
+      unread: conv.unread,
+      timestamp: conv.timestamp,
+      last_msg_seq: conv.lastMessage ? toNum(conv.lastMessage.messageSeq) : null,
+      last_content_type: conv.lastMessage ? conv.lastMessage.contentType : null,
+      last_text: conv.lastMessage && conv.lastMessage.content ? (conv.lastMessage.content.text ?? null) : null,
+    }));
+  }
+
   async send(text, channelId, channelType, step = null) {
     const content = new this.inst.MessageText(text);
     const channel = new this.inst.Channel(String(channelId), Number(channelType));
@@ -365,6 +408,22 @@ async function runDefault(input, phase) {
   await Promise.all([ackWait, recvWait]);
 }
 
+function resolveAckRefs(value, stepSends, here) {
+  if (typeof value === 'string' && value.startsWith('$ack:')) {
+    const [, j, field] = value.split(':');
+    const e = stepSends.get(Number(j));
+    if (!e) throw new Error(`step ${here}: ${value} names no earlier send step`);
+    const ack = e.c.acks.get(e.s.client_seq);
+    if (!ack) throw new Error(`step ${here}: ${value}: that send has no SENDACK yet`);
+    return ack[field];
+  }
+  if (Array.isArray(value)) return value.map((v) => resolveAckRefs(v, stepSends, here));
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, resolveAckRefs(v, stepSends, here)]));
+  }
+  return value;
+}
+
 async function runSteps(input, phase) {
   const stepSends = new Map(); // step index -> {client, sent}
   for (let i = 0; i < input.steps.length; i++) {
@@ -401,6 +460,37 @@ async function runSteps(input, phase) {
           const n = Number(st.count ?? 1);
           await c.waitRecv(() => c.received.length >= n);
         }
+        break;
+      }
+      case 'http': {
+        // An app-backend call made by the harness (the SDK has no HTTP): the body may name
+        // an earlier send step's SENDACK fields as "$ack:<step>:<field>".
+        const body = resolveAckRefs(st.body ?? {}, stepSends, i);
+        const res = await fetch(new URL(st.path, input.http_url), {
+          method: st.method ?? 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify(body),
+        });
+        const text = await res.text();
+        out.http = out.http ?? {};
+        out.http[st.save ?? String(i)] = { status: res.status, body: text ? JSON.parse(text) : null };
+        if (st.expect_status !== undefined && res.status !== st.expect_status) {
+          return fail(`step ${i}: HTTP ${res.status} from ${st.path}, expected ${st.expect_status}: ${text}`);
+        }
+        break;
+      }
+      case 'sync_conversations': {
+        // The SDK's own ConversationManager.sync(), fed by the provider callback an app writes:
+        // POST /conversation/sync, each row turned into the SDK's Conversation model.
+        const c = who(input, st.who);
+        const convs = await c.syncConversations(input.http_url, st.msg_count ?? 20);
+        out.conversations = out.conversations ?? {};
+        out.conversations[st.who] = convs;
+        break;
+      }
+      case 'wait_recv_type': {
+        const c = who(input, st.who);
+        await c.waitRecv(() => c.received.some((r) => r.content_type === st.content_type));
         break;
       }
       case 'sleep':
