@@ -249,7 +249,12 @@ class Webhooks:
                     break
                 jobs.append(job)
                 uids.update(u for _, to in job for u in to)
-            masters = await self._masters_online(sorted(uids))
+            try:
+                masters = await self._masters_online(sorted(uids))
+            except Exception as e:  # a webhook must never take the node down
+                log.error("presence lookup for msg.offline failed", error=repr(e))
+                self._count_drop(MSG_OFFLINE, sum(len(j) for j in jobs), "presence failed")
+                continue
             for job in jobs:
                 for resp, to in job:
                     offline = [u for u in to if u not in masters]
@@ -341,6 +346,9 @@ class Webhooks:
             )
         except PostError as e:
             return False, str(e)
+        except Exception as e:  # a bug here counts as a failed attempt, never kills the node
+            log.error("webhook request raised", kind=event.kind, error=repr(e))
+            return False, repr(e)
         return 200 <= status < 300, f"HTTP {status}"
 
     # --- observability ----------------------------------------------------------------------

@@ -206,3 +206,41 @@ def test_target_keeps_the_urls_own_query() -> None:
     assert Target.parse("https://example.com").with_params(event="x") == "/?event=x"
     with pytest.raises(ValueError):
         Target.parse("not a url")
+
+
+def test_a_raising_poster_is_a_failed_attempt_not_a_crash() -> None:
+    calls: list[str] = []
+
+    async def flaky(
+        _target: Target, _p: dict[str, str], _b: bytes, headers: dict[str, str], _t: float
+    ) -> int:
+        calls.append(headers[EVENT_ID_HEADER])
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the client")
+        return 204
+
+    async def main() -> None:
+        hooks, registry = make(Receiver(fail=0))
+        hooks._post = flaky
+        registry.add(FakeSession(1, "bob", 0))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hooks.run)
+            while hooks.counters["user.onlinestatus"].sent_events == 0:
+                await trio.sleep(0.5)
+            nursery.cancel_scope.cancel()
+        assert hooks.counters["user.onlinestatus"].failed_attempts == 1
+
+    run_virtual(main)
+    assert len(calls) == 2 and calls[0] == calls[1]
+
+
+def test_registry_listeners_see_logins_logouts_and_evictions_once() -> None:
+    registry = SessionRegistry(DeviceLimits(app=1))
+    seen: list[tuple[int, bool]] = []
+    registry.listeners.append(lambda s, online: seen.append((s.conn_id, online)))
+    old, new = FakeSession(1, "bob", 0), FakeSession(2, "bob", 0)
+    registry.add(old)
+    registry.add(new)  # over the APP limit: the old one is evicted
+    registry.remove(old)  # its own close later finds it gone: no second logout
+    registry.remove(new)
+    assert seen == [(1, True), (1, False), (2, True), (2, False)]
