@@ -45,6 +45,7 @@ from .router import Router, RouterSettings
 from .sabotage import ACK_WITHOUT_COMMIT, SKIP_DEDUPE, AckCounter
 from .sessions import DeviceLimits, SessionRegistry
 from .storage import MessageRecord, Store
+from .webhooks import Webhooks
 
 log = get_logger("node")
 
@@ -64,6 +65,7 @@ class Node:
         self.clients: GrpcClients
         self.driver: RaftDriver
         self.admin: Admin | None = None
+        self.webhooks: Webhooks | None = None
         self.controller: Controller | None = None
         # Never a Raft port without a password: pysyncobj unpickles whatever reaches an open
         # one. A lone node has no peer to share a secret with, so it makes one up.
@@ -99,6 +101,15 @@ class Node:
 
     def online_local(self, uids: list[str]) -> list[tuple[str, int]]:
         return sorted({(s.uid, s.device_flag) for uid in uids for s in self.registry.of(uid)})
+
+    def online_levels_local(self, uids: list[str]) -> list[tuple[str, int, int]]:
+        """(uid, device flag, highest device level): presence for msg.offline."""
+        levels: dict[tuple[str, int], int] = {}
+        for uid in uids:
+            for s in self.registry.of(uid):
+                key = (s.uid, s.device_flag)
+                levels[key] = max(levels.get(key, 0), s.device_level)
+        return sorted((u, f, v) for (u, f), v in levels.items())
 
     # --- addresses --------------------------------------------------------------------------
 
@@ -264,6 +275,13 @@ class Node:
                 self.kick_local,
                 self.online_local,
             )
+            self.router.online_levels_local = self.online_levels_local
+            if cfg.webhook.url:
+                self.webhooks = Webhooks(
+                    cfg.webhook, cfg.node.id, self.registry, self.router.masters_online_everywhere
+                )
+                self.router.commit_hooks.append(self.webhooks.on_committed)
+                self.registry.listeners.append(self.webhooks.on_session)
             await self._open_controller()
             for gid in self.router.placement.groups_of_node(cfg.node.id):
                 await self.open_group(gid, self.router.placement.replicas(gid))
@@ -278,6 +296,8 @@ class Node:
             )
             async with trio.open_nursery() as nursery, grpc_server.serving():
                 await nursery.start(self.router.run)
+                if self.webhooks is not None:
+                    await nursery.start(self.webhooks.run)
                 nursery.start_soon(self.controller.run)
                 await self._serve_clients(nursery, self.router)
                 while not self.router.groups_ready():
@@ -307,7 +327,7 @@ class Node:
             await Session(gw, WsTransport(ws)).run()
 
         assert self.admin is not None
-        api = ApiContext(cfg, self.registry, router, self.admin)
+        api = ApiContext(cfg, self.registry, router, self.admin, self.webhooks)
         http = HttpServer(build_router(api), cfg.http.max_body_bytes)
         await nursery.start(partial(http.serve, host, cfg.http.port))
         if cfg.http.also_host and cfg.http.also_host != host:

@@ -102,6 +102,37 @@ class WebhookSection:
     url: str = ""
     """Where events are POSTed (``<url>?event=<name>``); empty = no webhooks."""
     events: str = "msg.notify,msg.offline,user.onlinestatus"
+    queue_size: int = 10_000
+    """Items (messages, status lines) waiting per event kind; when full the oldest is dropped."""
+    batch_size: int = 100
+    """Most messages (msg.notify) or status lines (user.onlinestatus) in one POST."""
+    max_attempts: int = 5
+    """POSTs of one event before it is dropped."""
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+    """After the n-th consecutive failure the sender waits ``min(cap, base * 2**(n-1))``, halved
+    at random by up to a half (jitter), before its next request, whatever event that carries."""
+    timeout_s: float = 5.0
+    """A POST without a complete answer by then counts as failed."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.url and not self.url.startswith(("http://", "https://")):
+            out.append("webhook.url must start with http:// or https://")
+        known = {"msg.notify", "msg.offline", "user.onlinestatus"}
+        for name in (n.strip() for n in self.events.split(",")):
+            if name and name not in known:
+                out.append(f"webhook.events: unknown event {name!r} (known: {sorted(known)})")
+        for key in ("queue_size", "batch_size", "max_attempts"):
+            if getattr(self, key) < 1:
+                out.append(f"webhook.{key} must be at least 1")
+        for key in ("backoff_base_s", "backoff_cap_s", "timeout_s"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value > 0):
+                out.append(f"webhook.{key} must be a positive number of seconds")
+        if self.backoff_cap_s < self.backoff_base_s:
+            out.append("webhook.backoff_cap_s must be at least webhook.backoff_base_s")
+        return out
 
 
 @dataclass
@@ -169,6 +200,8 @@ class Config:
         for name in ("app_limit", "web_limit", "pc_limit"):
             if getattr(self.devices, name) < 1:
                 raise ConfigError(f"devices.{name} must be at least 1")
+        for problem in self.webhook.problems():
+            raise ConfigError(problem)
         if self.log.format not in ("json", "text"):
             raise ConfigError(f"log.format must be 'json' or 'text', got {self.log.format!r}")
         if self.log.level.lower() not in _LOG_LEVELS:

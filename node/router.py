@@ -44,6 +44,10 @@ KickLocal = Callable[[str, int, str], int]
 """(uid, device flag or -1, reason) -> sessions kicked on this node."""
 OnlineLocal = Callable[[list[str]], list[tuple[str, int]]]
 """uids -> (uid, device flag) of their sessions on this node."""
+OnlineLevelsLocal = Callable[[list[str]], list[tuple[str, int, int]]]
+"""uids -> (uid, device flag, highest device level) of their sessions on this node."""
+CommitHook = Callable[[pb.DeliverRequest], None]
+"""Sees every committed batch on the leader, with each message's recipients (webhooks)."""
 
 _REASON_OF_FAILURE = {
     "no_leader": ReasonCode.NODE_MATCH_ERROR,
@@ -129,6 +133,8 @@ class Router:
         self._nursery: trio.Nursery | None = None
         self.extra_handlers: dict[str, Callable[[Any], Any]] = {}
         self.delivery_failures = 0
+        self.commit_hooks: list[CommitHook] = []
+        self.online_levels_local: OnlineLevelsLocal | None = None
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -453,6 +459,8 @@ class Router:
                 pb.Recipients(uids=uids, origin_node=item.origin_node, origin_conn=item.origin_conn)
             )
         self.deliver(request)
+        for hook in self.commit_hooks:
+            hook(request)
         for send in self._deliveries.values():
             try:
                 send.send_nowait(request)
@@ -581,6 +589,11 @@ class Router:
         return pb.KickReply(kicked=self._kick_local(req.uid, req.device_flag, req.reason))
 
     async def _h_online(self, req: pb.OnlineRequest) -> pb.OnlineReply:
+        if self.online_levels_local is not None:
+            levels = self.online_levels_local(list(req.uids))
+            return pb.OnlineReply(
+                entries=[pb.OnlineEntry(uid=u, device_flag=f, device_level=v) for u, f, v in levels]
+            )
         entries = self._online_local(list(req.uids))
         return pb.OnlineReply(entries=[pb.OnlineEntry(uid=u, device_flag=f) for u, f in entries])
 
@@ -602,6 +615,14 @@ class Router:
         for reply in await self._gather("Online", pb.OnlineRequest(uids=uids)):
             found.update((e.uid, e.device_flag) for e in reply.entries)
         return sorted(found)
+
+    async def masters_online_everywhere(self, uids: list[str]) -> set[str]:
+        """Which of ``uids`` have a master-level device online on a node that answers."""
+        local = self.online_levels_local(uids) if self.online_levels_local is not None else []
+        found = {u for u, _, level in local if level}
+        for reply in await self._gather("Online", pb.OnlineRequest(uids=uids)):
+            found.update(e.uid for e in reply.entries if e.device_level)
+        return found
 
     async def _gather(self, method: str, request: Any) -> list[Any]:
         replies: list[Any] = []

@@ -12,7 +12,7 @@ Policy, applied when a session authenticates (see ``docs/protocol.md``):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -84,12 +84,17 @@ def evictions(
     return out
 
 
+SessionListener = Callable[[SessionLike, bool], None]
+"""(session, True when it joined / False when it left the registry); runs after the change."""
+
+
 class SessionRegistry:
     """Sessions of this node by uid. Only the trio thread touches it."""
 
     def __init__(self, limits: DeviceLimits) -> None:
         self.limits = limits
         self._by_uid: dict[str, dict[int, SessionLike]] = {}
+        self.listeners: list[SessionListener] = []
 
     def add(self, session: SessionLike) -> list[Eviction]:
         """Register ``session`` and return the sessions the policy evicts (caller closes them)."""
@@ -98,6 +103,10 @@ class SessionRegistry:
         for ev in out:
             current.pop(ev.session.conn_id, None)
         current[session.conn_id] = session
+        for listener in self.listeners:
+            for ev in out:
+                listener(ev.session, False)
+            listener(session, True)
         return out
 
     def remove(self, session: SessionLike) -> None:
@@ -106,6 +115,8 @@ class SessionRegistry:
             del current[session.conn_id]
             if not current:
                 del self._by_uid[session.uid]
+            for listener in self.listeners:
+                listener(session, False)
 
     def of(self, uid: str) -> list[SessionLike]:
         return list(self._by_uid.get(uid, {}).values())

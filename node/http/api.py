@@ -22,7 +22,7 @@ from proto.wkproto import ChannelType, DeviceFlag, DeviceLevel, HeaderFlag, Reas
 from ..admin import AdminError
 from ..groups.digest import channel_digests
 from ..pipeline_rules import SYSTEM_UID, request_problem
-from . import routes_channels, routes_conversations, routes_messages
+from . import routes_channels, routes_conversations, routes_messages, routes_webhooks
 from .common import (
     CHANNEL_TYPES,
     OK,
@@ -334,6 +334,6 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         )
         return Response(200, {"message_seq": head})
 
-    for module in (routes_channels, routes_conversations, routes_messages):
+    for module in (routes_channels, routes_conversations, routes_messages, routes_webhooks):
         module.register(route, ctx)
     return r

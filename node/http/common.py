@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
@@ -18,6 +18,9 @@ from ..router import ClusterUnavailable, Router
 from ..sessions import SessionRegistry
 from .fields import get_int, get_str
 from .server import ApiError, Handler, Request, Response, bad_request
+
+if TYPE_CHECKING:
+    from ..webhooks import Webhooks  # imports this module (message_resp)
 
 CHANNEL_TYPES = {int(t) for t in ChannelType}
 OK = {"status": 200}
@@ -32,6 +35,7 @@ class ApiContext:
     registry: SessionRegistry
     router: Router
     admin: Admin
+    webhooks: Webhooks | None = None
 
 
 def check_id(value: str, what: str) -> str:

@@ -1066,17 +1066,21 @@ class OnlineEntry(_message.Message):
 
     UID_FIELD_NUMBER: _builtins.int
     DEVICE_FLAG_FIELD_NUMBER: _builtins.int
+    DEVICE_LEVEL_FIELD_NUMBER: _builtins.int
     uid: _builtins.str
     device_flag: _builtins.int
+    device_level: _builtins.int
+    """1 if any of the uid's sessions on this platform is a master device (webhook msg.offline)."""
     def __init__(
         self,
         *,
         uid: _builtins.str = ...,
         device_flag: _builtins.int = ...,
+        device_level: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_flag", b"device_flag", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_flag", b"device_flag", "device_level", b"device_level", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

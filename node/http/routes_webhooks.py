@@ -1,0 +1,18 @@
+"""``GET /webhook/status``: this node's webhook sender counters (sent, failed, dropped)."""
+
+from __future__ import annotations
+
+from .common import ApiContext, RouteAdder
+from .server import Request, Response
+
+
+def register(route: RouteAdder, ctx: ApiContext) -> None:
+    """Add this module's routes."""
+
+    @route("GET", "/webhook/status")
+    async def webhook_status(req: Request) -> Response:
+        # Each node reports its own sender: msg.* events leave from slot group leaders,
+        # user.onlinestatus from the node holding the session.
+        if ctx.webhooks is None:
+            return Response(200, {"enabled": False})
+        return Response(200, ctx.webhooks.status())
