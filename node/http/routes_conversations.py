@@ -12,7 +12,7 @@ from typing import Any
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, HeaderFlag
 
-from ..channels import id_problem, person_channel_id, view_channel_id
+from ..channels import id_problem, person_channel_id, person_parties, view_channel_id
 from ..groups.conversations import MAX_RECENTS, NO_CONVERSATION
 from ..ids import online_message_id
 from ..pipeline_rules import SYSTEM_UID
@@ -36,8 +36,16 @@ def parse_last_msg_seqs(uid: str, raw: str) -> dict[str, int]:
         cid, ctype, seq = fields[0], int(fields[1]), int(fields[2])
         if "@" not in cid and id_problem(cid) is not None:
             raise bad_request(f"last_msg_seqs: bad channel id {cid!r}")
-        if ctype == ChannelType.PERSON and "@" not in cid:
-            cid = person_channel_id(uid, cid)
+        if ctype == ChannelType.PERSON:
+            try:
+                # The peer's uid, or an a@b id in either order: stored rows use the canonical one.
+                cid = (
+                    person_channel_id(*person_parties(cid))
+                    if "@" in cid
+                    else person_channel_id(uid, cid)
+                )
+            except ValueError:
+                raise bad_request(f"last_msg_seqs: bad channel id {cid!r}") from None
         known[f"{ctype}:{cid}"] = seq
     return known
 
