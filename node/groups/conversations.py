@@ -1,27 +1,390 @@
 """Per-user conversation rows, read floors and unread counts, kept in the channel's slot group.
 
-Issue 5 (conversations and unread) fills this in.
+A user's row for a channel lives in the channel's group (CF ``convs``), so it is written in the
+same command as the messages that change it and no write ever spans two groups; a user's whole
+list is a scatter-gather read over every group (``Router.read_every_group``).
+
+Key layout of ``convs``:
+
+* ``u`` + uid + NUL + channel key -> the row (JSON, ``Row``);
+* ``N`` + channel key + seq (8 bytes) -> how many *countable* messages the channel holds up to
+  and including seq (8 bytes): unread is a difference of two of these, O(1) whatever the gap;
+* ``A`` + channel key -> the seq of the channel's latest ``mention.all`` message.
+
+Countable = header flag RED_DOT set and SYNC_ONCE not set. Unread = countable messages above
+max(read floor, deleted-to, cleared-to) and at most the head (or the cap of a removed member),
+plus an explicit ``setUnread`` override. See ``docs/messaging.md``.
 """
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 from proto.raftchat.peer.v1 import peer_pb2 as pb
+from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
 
+from ..channels import person_parties
 from ..storage import MessageRecord, Store
+from ..storage.keys import SEP, channel_key
+from . import message_ops, msgindex
 from .context import ApplyContext
 
-META: dict[str, Callable[[ApplyContext, Any], pb.MetaResult]] = {}
-QUERIES: dict[str, Callable[[Store, dict[str, Any]], Any]] = {}
+_ROW = b"u"
+_COUNT = b"N"
+_MENTION_ALL = b"A"
+_U64 = struct.Struct(">Q")
+
+GROUP_LIKE = frozenset(
+    int(t)
+    for t in (
+        ChannelType.GROUP,
+        ChannelType.CUSTOMER_SERVICE,
+        ChannelType.COMMUNITY,
+        ChannelType.COMMUNITY_TOPIC,
+        ChannelType.INFO,
+        ChannelType.VISITORS,
+        ChannelType.AGENT,
+        ChannelType.AGENT_GROUP,
+    )
+)
+"""Channel types whose conversations come from the subscriber list."""
+NO_CONVERSATION = frozenset(int(t) for t in (ChannelType.DATA, ChannelType.TEMP, ChannelType.LIVE))
+"""Channel types that never show up in a conversation list (as in WuKongIM v2)."""
+MAX_RECENTS = 100
+MAX_MENTION_UIDS = 1000
 
 
-def on_message(ctx: ApplyContext, record: MessageRecord, item: pb.SendItem) -> None:
-    """Runs in apply for every stored message, in the same write batch."""
+@dataclass
+class Row:
+    """One user's state in one conversation. Seqs are the channel's message seqs."""
+
+    channel_id: str
+    channel_type: int
+    read: int = 0
+    """Read floor: messages at or below it are read. Never moves back."""
+    deleted: int = 0
+    """Conversation deleted up to here: hidden from the list until a newer message arrives."""
+    cleared: int = 0
+    """Messages at or below it are hidden from this user (CLEAR_MESSAGES)."""
+    override: int | None = None
+    """``setUnread``: this many unread as of ``override_at``, plus countable messages after."""
+    override_at: int = 0
+    mention: int = 0
+    """The last seq whose ``mention.uids`` named this user."""
+    cap: int | None = None
+    """Set when the user left a group-like channel: the head then; later messages are not theirs."""
+    updated_ms: int = 0
+    """Leader time of the last conversation operation (part of the row's sync version)."""
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Row:
+        return cls(**json.loads(raw))
+
+    def top(self, head: int) -> int:
+        """The newest seq that belongs to this user's view of the channel."""
+        return head if self.cap is None else min(self.cap, head)
+
+    def base(self) -> int:
+        return max(self.read, self.deleted, self.cleared)
+
+    def mark_read(self, seq: int) -> None:
+        if seq > self.read:
+            self.read = seq
+        self.override = None
+
+
+def row_key(uid: str, ck: bytes) -> bytes:
+    return _ROW + uid.encode() + SEP + ck
+
+
+def _count_key(ck: bytes, seq: int) -> bytes:
+    return _COUNT + ck + _U64.pack(seq)
+
+
+# --- reads that apply and queries share -----------------------------------------------------
+
+
+def count_at(store: Store, ck: bytes, seq: int) -> int:
+    """Countable messages with seq <= ``seq`` (0 for seq 0)."""
+    if seq <= 0:
+        return 0
+    raw = store.get_raw("convs", _count_key(ck, seq))
+    return 0 if raw is None else int(_U64.unpack(raw)[0])
+
+
+def unread_of(row: Row, top: int, count: Callable[[int], int]) -> int:
+    """Unread of ``row`` when ``top`` is its newest seq; ``count(seq)`` as ``count_at``."""
+
+    def span(lo: int) -> int:
+        return count(top) - count(lo) if top > lo else 0
+
+    base = row.base()
+    if row.override is not None:
+        return row.override + span(max(base, row.override_at))
+    return span(base)
+
+
+def mention_all_seq(store: Store, ck: bytes) -> int:
+    raw = store.get_raw("convs", _MENTION_ALL + ck)
+    return 0 if raw is None else int(_U64.unpack(raw)[0])
+
+
+def mentioned(row: Row, top: int, all_seq: int) -> bool:
+    seq = max(row.mention, all_seq if all_seq <= top else 0)
+    return seq > row.base()
+
+
+def load_row(store: Store, uid: str, channel_type: int, channel_id: str) -> Row | None:
+    raw = store.get_raw("convs", row_key(uid, channel_key(channel_type, channel_id)))
+    return None if raw is None else Row.decode(raw)
 
 
 def cleared_to(store: Store, uid: str, channel_type: int, channel_id: str) -> int:
     """The seq up to which ``uid`` cleared this conversation (CLEAR_MESSAGES): messages at or
     below it are hidden from that user. 0 when never cleared."""
-    return 0
+    row = load_row(store, uid, channel_type, channel_id)
+    return 0 if row is None else row.cleared
+
+
+# --- apply ----------------------------------------------------------------------------------
+
+
+def _get(ctx: ApplyContext, uid: str, ck: bytes) -> Row | None:
+    key = ("conv", uid, ck)
+    if key in ctx.cache:
+        row: Row | None = ctx.cache[key]
+        return row
+    raw = ctx.store.get_raw("convs", row_key(uid, ck))
+    return None if raw is None else Row.decode(raw)
+
+
+def _put(ctx: ApplyContext, uid: str, ck: bytes, row: Row) -> None:
+    ctx.cache[("conv", uid, ck)] = row
+    ctx.wb.put_raw("convs", row_key(uid, ck), row.encode())
+
+
+def is_countable(flags: int) -> bool:
+    return bool(flags & HeaderFlag.RED_DOT) and not flags & HeaderFlag.SYNC_ONCE
+
+
+def on_message(ctx: ApplyContext, record: MessageRecord, item: pb.SendItem) -> None:
+    """Runs in apply for every stored message, in the same write batch."""
+    msgindex.index_message(ctx, record)
+    ctype, cid, seq = record.channel_type, record.channel_id, record.message_seq
+    if ctype in NO_CONVERSATION:
+        return
+    ck = channel_key(ctype, cid)
+    countable = is_countable(record.flags)
+    # Seqs of a channel are contiguous, so the running count continues from seq - 1 (from the
+    # cache when that message is in this same batch).
+    previous = ctx.cache.get(("count", ck))
+    if previous is None:
+        previous = count_at(ctx.store, ck, seq - 1)
+    total = previous + (1 if countable else 0)
+    ctx.cache[("count", ck)] = total
+    ctx.wb.put_raw("convs", _count_key(ck, seq), _U64.pack(total))
+
+    if ctype == ChannelType.PERSON:
+        for uid in dict.fromkeys(person_parties(cid)):
+            row = _get(ctx, uid, ck)
+            if row is None or uid == record.from_uid:
+                row = row or Row(cid, ctype)
+                if uid == record.from_uid:
+                    row.mark_read(seq)  # one's own messages are never unread
+                _put(ctx, uid, ck, row)
+    else:
+        own = _get(ctx, record.from_uid, ck)
+        if own is not None and own.cap is None:
+            own.mark_read(seq)
+            _put(ctx, record.from_uid, ck, own)
+    if countable and b'"mention"' in record.payload:
+        _on_mention(ctx, ck, seq, record.payload)
+
+
+def _on_mention(ctx: ApplyContext, ck: bytes, seq: int, payload: bytes) -> None:
+    """``{"mention": {"uids": [...], "all": 0|1}}`` in a JSON payload; anything else is not a
+    mention (payloads are the app's business, so a malformed one is simply ignored)."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return
+    mention = doc.get("mention") if isinstance(doc, dict) else None
+    if not isinstance(mention, dict):
+        return
+    if mention.get("all") in (1, True):
+        ctx.wb.put_raw("convs", _MENTION_ALL + ck, _U64.pack(seq))
+    uids = mention.get("uids")
+    if isinstance(uids, list):
+        for uid in uids[:MAX_MENTION_UIDS]:
+            if not isinstance(uid, str) or SEP.decode() in uid:
+                continue
+            row = _get(ctx, uid, ck)
+            if row is not None and row.cap is None:
+                row.mention = seq
+                _put(ctx, uid, ck, row)
+
+
+def on_channel_update(ctx: ApplyContext, c: pb.ChannelUpdate) -> None:
+    """A ``ChannelUpdate`` applied (its subscriber writes are in ``ctx.wb``, so the store still
+    holds the subscribers from before it)."""
+    if c.channel_type not in GROUP_LIKE:
+        return
+    removed = list(c.remove_subscribers)
+    if c.reset_subscribers:
+        removed = ctx.store.subscribers(c.channel_type, c.channel_id)
+    on_subscribers(ctx, c.channel_type, c.channel_id, list(c.add_subscribers), removed)
+
+
+def on_subscribers(
+    ctx: ApplyContext, channel_type: int, channel_id: str, added: list[str], removed: list[str]
+) -> None:
+    """Rows for group-like channels start when a uid joins and are capped at the head when it
+    leaves (a uid both removed and added, as in a reset, stays a member)."""
+    if channel_type not in GROUP_LIKE:
+        return
+    ck = channel_key(channel_type, channel_id)
+    head = ctx.store.head_seq(channel_type, channel_id)
+    for uid in removed:
+        row = _get(ctx, uid, ck)
+        if row is not None and row.cap is None:
+            row.cap = head
+            _put(ctx, uid, ck, row)
+    for uid in added:
+        row = _get(ctx, uid, ck)
+        if row is None:
+            # History before joining is readable but not unread.
+            _put(ctx, uid, ck, Row(channel_id, channel_type, read=head))
+        elif row.cap is not None:
+            if head > row.cap:
+                # Back after a gap: keep the unread the user had when they left, and let the
+                # messages of the gap (not theirs) not count.
+                left_unread = unread_of(row, row.cap, lambda s: count_at(ctx.store, ck, s))
+                row.override, row.override_at = left_unread, head
+            row.cap = None
+            _put(ctx, uid, ck, row)
+
+
+def _apply_op(ctx: ApplyContext, op: pb.ConversationOp) -> pb.MetaResult:
+    ctype, cid = op.channel_type, op.channel_id
+    ck = channel_key(ctype, cid)
+    row = _get(ctx, op.uid, ck)
+    if row is None:
+        # No conversation yet (no message, not a subscriber): nothing to change.
+        return pb.MetaResult(reason=ReasonCode.SUCCESS, data=b'{"exists":false}')
+    top = row.top(ctx.store.head_seq(ctype, cid))
+    seq = min(op.message_seq, top) if op.message_seq else top
+    if op.kind == pb.ConversationOp.CLEAR_UNREAD:
+        row.mark_read(seq)
+    elif op.kind == pb.ConversationOp.SET_UNREAD:
+        row.override, row.override_at = op.unread, top
+    elif op.kind == pb.ConversationOp.DELETE:
+        row.deleted = max(row.deleted, seq)
+    elif op.kind == pb.ConversationOp.CLEAR_MESSAGES:
+        row.cleared = max(row.cleared, seq)
+    else:
+        return pb.MetaResult(reason=ReasonCode.SYSTEM_ERROR, detail=f"unknown kind {op.kind}")
+    row.updated_ms = ctx.time_ms
+    _put(ctx, op.uid, ck, row)
+    unread = unread_of(row, top, lambda s: count_at(ctx.store, ck, s))
+    data = {"exists": True, "readed_to_msg_seq": row.read, "unread": unread}
+    return pb.MetaResult(reason=ReasonCode.SUCCESS, data=json.dumps(data).encode())
+
+
+META: dict[str, Callable[[ApplyContext, Any], pb.MetaResult]] = {"conversation": _apply_op}
+
+
+# --- queries --------------------------------------------------------------------------------
+
+
+def _row_query(store: Store, q: dict[str, Any]) -> dict[str, Any] | None:
+    """One user's row in one channel, with its unread (for ``peerRead`` and tests)."""
+    ctype, cid = int(q["channel_type"]), str(q["channel_id"])
+    row = load_row(store, str(q["uid"]), ctype, cid)
+    if row is None:
+        return None
+    ck = channel_key(ctype, cid)
+    top = row.top(store.head_seq(ctype, cid))
+    return {
+        **asdict(row),
+        "unread": unread_of(row, top, lambda s: count_at(store, ck, s)),
+        "mention": 1 if mentioned(row, top, mention_all_seq(store, ck)) else 0,
+        "top": top,
+    }
+
+
+def _conversations(store: Store, q: dict[str, Any]) -> list[dict[str, Any]]:
+    """This group's part of ``/conversation/sync`` for ``uid`` (reference §5.3, v2 rules).
+
+    ``known`` maps "type:canonical id" to the client's last seq; ``version`` > 0 asks only for
+    rows changed after it."""
+    uid = str(q["uid"])
+    version = int(q.get("version", 0))
+    only_unread = bool(q.get("only_unread", 0))
+    msg_count = max(0, min(int(q.get("msg_count", 20)), MAX_RECENTS))
+    exclude = {int(t) for t in q.get("exclude_channel_types", [])}
+    known: dict[str, int] = {str(k): int(v) for k, v in dict(q.get("known", {})).items()}
+    prefix = _ROW + uid.encode() + SEP
+    out = []
+    for key, raw in store.prefix_items("convs", prefix):
+        row = Row.decode(raw)
+        ctype, cid = row.channel_type, row.channel_id
+        if ctype in exclude:
+            continue
+        ck = key[len(prefix) :]
+        top = row.top(store.head_seq(ctype, cid))
+        if top <= row.deleted:
+            continue  # deleted and nothing newer since (or no message at all)
+        last = store.get_message(ctype, cid, top)
+        last_ms = last.timestamp_ms if last is not None else 0
+        row_version = max(last_ms, row.updated_ms)
+        if version and row_version <= version:
+            continue
+        client_seq = known.get(f"{ctype}:{cid}")
+        if client_seq is not None and top <= client_seq:
+            continue  # the client has every message of it (v2 drops such rows)
+        unread = unread_of(row, top, partial(count_at, store, ck))
+        if only_unread and unread == 0:
+            continue
+        if client_seq is not None:
+            start = client_seq + 1
+        elif version or only_unread:
+            start = row.read + 1
+        else:
+            start = 1
+        start = max(start, row.deleted + 1, row.cleared + 1)
+        recents: list[dict[str, Any]] = []
+        if msg_count and top >= start:
+            lo = max(start, top - msg_count + 1)
+            records = store.messages(ctype, cid, lo, top + 1, msg_count)
+            recents = message_ops.present(store, records, uid) if records else []
+        out.append(
+            {
+                "channel_id": cid,
+                "channel_type": ctype,
+                "unread": unread,
+                "mention": 1 if mentioned(row, top, mention_all_seq(store, ck)) else 0,
+                "timestamp": last_ms // 1000,
+                "timestamp_ms": last_ms,
+                "last_msg_seq": top,
+                "last_client_msg_no": last.client_msg_no if last is not None else "",
+                "readed_to_msg_seq": row.read,
+                "version": row_version,
+                "recents": recents,
+            }
+        )
+    return out
+
+
+QUERIES: dict[str, Callable[[Store, dict[str, Any]], Any]] = {
+    "conversation_row": _row_query,
+    "conversations": _conversations,
+    **msgindex.QUERIES,
+}

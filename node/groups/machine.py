@@ -180,7 +180,10 @@ class GroupMachine:
             ctx.wb.put_device(d.uid, d.device_flag, DeviceRecord(d.token, d.device_level))
             return pb.MetaResult(reason=ReasonCode.SUCCESS)
         if which == "channel":
-            return self._apply_channel(op.channel, ctx.wb)
+            result = self._apply_channel(op.channel, ctx.wb)
+            if result.reason == ReasonCode.SUCCESS:
+                conversations.on_channel_update(ctx, op.channel)
+            return result
         handler = _META_HANDLERS.get(which or "")
         if handler is not None:
             return handler(ctx, getattr(op, which or ""))

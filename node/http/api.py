@@ -22,7 +22,13 @@ from proto.wkproto import ChannelType, DeviceFlag, DeviceLevel, HeaderFlag, Reas
 from ..admin import AdminError
 from ..groups.digest import channel_digests
 from ..pipeline_rules import SYSTEM_UID, request_problem
-from . import routes_channels, routes_conversations, routes_messages, routes_webhooks
+from . import (
+    routes_channels,
+    routes_conversations,
+    routes_history,
+    routes_messages,
+    routes_webhooks,
+)
 from .common import (
     CHANNEL_TYPES,
     OK,
@@ -238,6 +244,10 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         ):
             if get_flag(header, name):
                 flags |= bit
+        if get_flag(header, "red_dot") is None:
+            # An omitted red_dot counts as 1: a message raises the unread count unless the
+            # backend says otherwise (docs/messaging.md).
+            flags |= HeaderFlag.RED_DOT
         client_msg_no = get_str(body, "client_msg_no") or uuid.uuid4().hex
         expire = get_int(body, "expire", minimum=0, maximum=0xFFFFFFFF)
         problem = request_problem(client_msg_no, "", "", canonical, from_uid, expire)
@@ -334,6 +344,12 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         )
         return Response(200, {"message_seq": head})
 
-    for module in (routes_channels, routes_conversations, routes_messages, routes_webhooks):
+    for module in (
+        routes_channels,
+        routes_conversations,
+        routes_messages,
+        routes_history,
+        routes_webhooks,
+    ):
         module.register(route, ctx)
     return r

@@ -1,0 +1,134 @@
+"""Message lookups: by id (``/messages``, ``/message``), by ``client_msg_no`` and the last
+message of a channel. A message id names the slot group that stored it, so lookups by id go
+to that group's leader directly (one read per group involved)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from proto.wkproto import ChannelType
+
+from ..channels import canonical_channel_id
+from ..groups.msgindex import MAX_IDS, group_of_message_id
+from .common import CHANNEL_TYPES, ApiContext, RouteAdder, check_id, message_resp
+from .fields import get_str
+from .server import Request, Response, bad_request
+
+NOT_FOUND = Response(404, {"status": 404})
+
+
+def _message_id(value: Any, what: str) -> int:
+    """An id as a JSON integer or as its decimal string (``message_idstr``)."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 63:
+        raise bad_request(f"{what} must be message ids (integers or decimal strings)")
+    return value
+
+
+def _query_channel(req: Request, uid_field: str) -> tuple[str, str, int]:
+    """(uid, canonical channel id, type) from a query string; person channels by the peer's uid
+    from ``uid_field``'s view (an ``a@b`` id is accepted as is)."""
+    channel_id = req.query.get("channel_id", "")
+    raw_type = req.query.get("channel_type", "")
+    if not raw_type.isdigit() or int(raw_type) not in CHANNEL_TYPES:
+        raise bad_request(f"channel_type must be one of {sorted(CHANNEL_TYPES)}")
+    channel_type = int(raw_type)
+    uid = req.query.get(uid_field, "")
+    if uid:
+        check_id(uid, uid_field)
+    if channel_type != ChannelType.PERSON or "@" not in channel_id:
+        check_id(channel_id, "channel_id")
+    if channel_type == ChannelType.PERSON and not uid:
+        raise bad_request(f"{uid_field} is required for a person channel")
+    try:
+        canonical = canonical_channel_id(uid, channel_id, channel_type)
+    except ValueError as e:
+        raise bad_request(f"channel_id: {e}") from None
+    return uid, canonical, channel_type
+
+
+async def lookup_ids(ctx: ApiContext, ids: list[int], login_uid: str) -> list[dict[str, Any]]:
+    """The stored messages among ``ids`` as MessageResp, in the order asked; unknown ids (and
+    ids of groups that do not exist) are left out."""
+    by_group: dict[int, list[int]] = {}
+    for mid in dict.fromkeys(ids):
+        group = group_of_message_id(mid)
+        if group in ctx.router.placement.groups:
+            by_group.setdefault(group, []).append(mid)
+    found: dict[int, dict[str, Any]] = {}
+
+    async def one(group: int, wanted: list[int]) -> None:
+        query = {"q": "messages_by_id", "ids": wanted, "login_uid": login_uid}
+        for m in await ctx.router.read_group(group, query):
+            found[m["message_id"]] = m
+
+    async with trio.open_nursery() as nursery:
+        for group, wanted in by_group.items():
+            nursery.start_soon(one, group, wanted)
+    return [message_resp(found[mid], login_uid) for mid in dict.fromkeys(ids) if mid in found]
+
+
+def register(route: RouteAdder, ctx: ApiContext) -> None:
+    @route("POST", "/messages")
+    async def messages(req: Request) -> Response:
+        body = req.json_object()
+        raw = body.get("message_ids")
+        if not isinstance(raw, list):
+            raise bad_request("message_ids is required (a list of message ids)")
+        if len(raw) > MAX_IDS:
+            raise bad_request(f"message_ids: at most {MAX_IDS} ids")
+        ids = [_message_id(v, "message_ids") for v in raw]
+        login_uid = get_str(body, "login_uid")
+        if login_uid:
+            check_id(login_uid, "login_uid")
+        return Response(200, await lookup_ids(ctx, ids, login_uid))
+
+    @route("POST", "/message")
+    async def message(req: Request) -> Response:
+        body = req.json_object()
+        if body.get("message_id") is None:
+            raise bad_request("message_id is required")
+        mid = _message_id(body["message_id"], "message_id")
+        login_uid = get_str(body, "login_uid")
+        if login_uid:
+            check_id(login_uid, "login_uid")
+        found = await lookup_ids(ctx, [mid], login_uid)
+        return Response(200, found[0]) if found else NOT_FOUND
+
+    @route("GET", "/message/byclientmsgno")
+    async def by_client_msg_no(req: Request) -> Response:
+        from_uid, canonical, channel_type = _query_channel(req, "from_uid")
+        client_msg_no = req.query.get("client_msg_no", "")
+        if not client_msg_no:
+            raise bad_request("client_msg_no is required")
+        if not from_uid:
+            raise bad_request("from_uid is required")
+        found = await ctx.router.read(
+            canonical,
+            {
+                "q": "message_by_client_msg_no",
+                "channel_id": canonical,
+                "channel_type": channel_type,
+                "from_uid": from_uid,
+                "client_msg_no": client_msg_no,
+                "login_uid": from_uid,
+            },
+        )
+        return NOT_FOUND if found is None else Response(200, message_resp(found, from_uid))
+
+    @route("GET", "/channel/last_message")
+    async def last_message(req: Request) -> Response:
+        login_uid, canonical, channel_type = _query_channel(req, "login_uid")
+        found = await ctx.router.read(
+            canonical,
+            {
+                "q": "last_message",
+                "channel_id": canonical,
+                "channel_type": channel_type,
+                "login_uid": login_uid,
+            },
+        )
+        return NOT_FOUND if found is None else Response(200, message_resp(found, login_uid))
