@@ -27,6 +27,12 @@ from .server import ApiError, Request, Response, bad_request
 Kind = pb.MessageOp.Kind
 
 REVOKE_NOTICE_TYPE = 1006
+_TRANSIENT = {
+    ReasonCode.NODE_MATCH_ERROR,
+    ReasonCode.NODE_NOT_MATCH,
+    ReasonCode.FORWARD_SEND_PACKET_ERROR,
+    ReasonCode.SYSTEM_ERROR,
+}
 COMMAND_TYPE = 99
 
 
@@ -129,7 +135,7 @@ def register(route: RouteAdder, ctx: ApiContext) -> None:
         }
         # Stored, so that offline parties get it at sync; red_dot 0 (not unread). The
         # client_msg_no is the revoked message's id: a repeated revoke dedupes to one notice.
-        await ctx.router.send(
+        outcome = await ctx.router.send(
             pb.SendItem(
                 from_uid=SYSTEM_UID,
                 channel_id=cid,
@@ -139,6 +145,14 @@ def register(route: RouteAdder, ctx: ApiContext) -> None:
                 trusted=True,
             )
         )
+        if outcome.reason in _TRANSIENT:
+            # The tombstone is committed; a retry of the revoke is harmless and stores the
+            # notice once (dedupe). Refusals (a disbanded channel) leave the tombstone alone.
+            raise ApiError(
+                503,
+                "revoked, but the revoke notice is not stored yet; retry the revoke",
+                reason=int(outcome.reason),
+            )
         return Response(
             200,
             {
