@@ -41,6 +41,7 @@ from .http.api import build_router
 from .http.common import ApiContext
 from .http.server import HttpServer
 from .log import get_logger
+from .reclaim import run_reclaim
 from .router import Router, RouterSettings
 from .sabotage import ACK_WITHOUT_COMMIT, SKIP_DEDUPE, AckCounter
 from .sessions import DeviceLimits, SessionRegistry
@@ -299,6 +300,7 @@ class Node:
                 if self.webhooks is not None:
                     await nursery.start(self.webhooks.run)
                 nursery.start_soon(self.controller.run)
+                nursery.start_soon(run_reclaim, self.router, cfg.messages.retention_days)
                 await self._serve_clients(nursery, self.router)
                 while not self.router.groups_ready():
                     await trio.sleep(READY_POLL_S)  # waiting on elections, which signal nothing

@@ -136,6 +136,7 @@ class GroupMachine:
             if seq:
                 wb.append_message(record)
                 conversations.on_message(ctx, record, item)
+                message_ops.on_message(ctx, record)
             outcome.reason = ReasonCode.SUCCESS
             outcome.message_id = record.message_id
             outcome.message_seq = seq

@@ -262,6 +262,7 @@ def build_router(ctx: ApiContext) -> HttpRouter:
                 payload=payload,
                 flags=flags,
                 expire=expire,
+                setting=get_int(body, "setting", minimum=0, maximum=255),  # 0x80: receipts
                 trusted=True,
             )
         )

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 CHANNEL_TYPES = {int(t) for t in ChannelType}
 OK = {"status": 200}
 
+MESSAGE_EXTRAS = ("revoke", "revoker", "edited", "edited_at")
+"""Fields a presented message may carry beyond WuKongIM's ``MessageResp``."""
+
 RouteAdder = Callable[[str, str], Callable[[Handler], Handler]]
 """``route("POST", "/path")``: a decorator that registers a handler (see ``api.build_router``)."""
 
@@ -65,7 +68,7 @@ def message_resp(m: dict[str, Any], login_uid: str) -> dict[str, Any]:
     """A stored message as WuKongIM's ``MessageResp``, with the channel id in the reader's
     view (a person channel appears under the peer's uid)."""
     flags = m["flags"]
-    return {
+    resp = {
         "header": {
             "no_persist": flags & HeaderFlag.NO_PERSIST and 1,
             "red_dot": 1 if flags & HeaderFlag.RED_DOT else 0,
@@ -84,6 +87,11 @@ def message_resp(m: dict[str, Any], login_uid: str) -> dict[str, Any]:
         "timestamp": m["timestamp_ms"] // 1000,
         "payload": m["payload"],
     }
+    # Message operations (groups/message_ops.present): tombstones and edits.
+    for name in MESSAGE_EXTRAS:
+        if name in m:
+            resp[name] = m[name]
+    return resp
 
 
 async def meta(ctx: ApiContext, key: str, op: pb.MetaOp) -> pb.MetaResult:

@@ -609,6 +609,10 @@ class MessageOp(_message.Message):
         """actor_uid read message_seqs"""
         DELETE_RANGE: MessageOp._Kind.ValueType  # 4
         """retention: remove messages with seq <= message_seqs[0]"""
+        DELETE_EXPIRED: MessageOp._Kind.ValueType  # 5
+        """remove those of message_seqs whose `expire` has passed at time_ms"""
+        SET_RETENTION: MessageOp._Kind.ValueType  # 6
+        """the channel's own retention (retention_days; 0 = the global one)"""
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     REVOKE: MessageOp.Kind.ValueType  # 0
@@ -619,6 +623,10 @@ class MessageOp(_message.Message):
     """actor_uid read message_seqs"""
     DELETE_RANGE: MessageOp.Kind.ValueType  # 4
     """retention: remove messages with seq <= message_seqs[0]"""
+    DELETE_EXPIRED: MessageOp.Kind.ValueType  # 5
+    """remove those of message_seqs whose `expire` has passed at time_ms"""
+    SET_RETENTION: MessageOp.Kind.ValueType  # 6
+    """the channel's own retention (retention_days; 0 = the global one)"""
 
     KIND_FIELD_NUMBER: _builtins.int
     CHANNEL_ID_FIELD_NUMBER: _builtins.int
@@ -627,6 +635,9 @@ class MessageOp(_message.Message):
     ACTOR_UID_FIELD_NUMBER: _builtins.int
     ADMIN_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    REVOKE_WINDOW_MS_FIELD_NUMBER: _builtins.int
+    RETENTION_DAYS_FIELD_NUMBER: _builtins.int
     kind: Global___MessageOp.Kind.ValueType
     channel_id: _builtins.str
     channel_type: _builtins.int
@@ -635,6 +646,14 @@ class MessageOp(_message.Message):
     """the app backend acting as an administrator"""
     payload: _builtins.bytes
     """EDIT: the new content"""
+    message_id: _builtins.int
+    """REVOKE/EDIT by message id when message_seqs is empty (resolved in apply)."""
+    revoke_window_ms: _builtins.int
+    """REVOKE: the sender's revoke window, from the proposing node's config, so that every
+    replica decides the same way.
+    """
+    retention_days: _builtins.float
+    """SET_RETENTION"""
     @_builtins.property
     def message_seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -647,10 +666,13 @@ class MessageOp(_message.Message):
         actor_uid: _builtins.str = ...,
         admin: _builtins.bool = ...,
         payload: _builtins.bytes = ...,
+        message_id: _builtins.int = ...,
+        revoke_window_ms: _builtins.int = ...,
+        retention_days: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_uid", b"actor_uid", "admin", b"admin", "channel_id", b"channel_id", "channel_type", b"channel_type", "kind", b"kind", "message_seqs", b"message_seqs", "payload", b"payload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_uid", b"actor_uid", "admin", b"admin", "channel_id", b"channel_id", "channel_type", b"channel_type", "kind", b"kind", "message_id", b"message_id", "message_seqs", b"message_seqs", "payload", b"payload", "retention_days", b"retention_days", "revoke_window_ms", b"revoke_window_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
