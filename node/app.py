@@ -45,6 +45,7 @@ from .router import Router, RouterSettings
 from .sabotage import ACK_WITHOUT_COMMIT, SKIP_DEDUPE, AckCounter
 from .sessions import DeviceLimits, SessionRegistry
 from .storage import MessageRecord, Store
+from .userfacts import UserFacts
 
 log = get_logger("node")
 
@@ -64,6 +65,7 @@ class Node:
         self.clients: GrpcClients
         self.driver: RaftDriver
         self.admin: Admin | None = None
+        self.facts: UserFacts | None = None
         self.controller: Controller | None = None
         # Never a Raft port without a password: pysyncobj unpickles whatever reaches an open
         # one. A lone node has no peer to share a secret with, so it makes one up.
@@ -269,6 +271,8 @@ class Node:
                 await self.open_group(gid, self.router.placement.replicas(gid))
             assert self.admin is not None and self.controller is not None
             self.router.extra_handlers["Admin"] = self.admin.rpc
+            self.facts = UserFacts(self.router)
+            self.router.extra_handlers["Invalidate"] = self.facts.rpc
             grpc_server = GrpcServer(
                 bind=f"{host}:{cfg.cluster.grpc_port}",
                 auth_token=token,
@@ -297,7 +301,8 @@ class Node:
     async def _serve_clients(self, nursery: trio.Nursery, router: Router) -> None:
         cfg = self.config
         host = cfg.node.host
-        gw = GatewayContext(cfg, self.registry, router, nursery)
+        assert self.facts is not None
+        gw = GatewayContext(cfg, self.registry, router, nursery, self.facts)
 
         async def on_tcp(stream: trio.SocketStream) -> None:
             await Session(gw, TcpTransport(stream)).run()
@@ -307,7 +312,7 @@ class Node:
             await Session(gw, WsTransport(ws)).run()
 
         assert self.admin is not None
-        api = ApiContext(cfg, self.registry, router, self.admin)
+        api = ApiContext(cfg, self.registry, router, self.admin, self.facts)
         http = HttpServer(build_router(api), cfg.http.max_body_bytes)
         await nursery.start(partial(http.serve, host, cfg.http.port))
         if cfg.http.also_host and cfg.http.also_host != host:

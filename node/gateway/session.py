@@ -51,6 +51,7 @@ from ..pipeline_rules import SYSTEM_UID, request_problem
 from ..router import ClusterUnavailable, Router
 from ..sessions import SessionRegistry
 from ..storage import MessageRecord
+from ..userfacts import UserFacts
 from .transport import Transport
 
 log = get_logger("gateway")
@@ -74,6 +75,8 @@ class GatewayContext:
     router: Router
     nursery: trio.Nursery
     """For short tasks that outlive a call (delayed closes after a kick)."""
+    facts: UserFacts | None = None
+    """User facts for the send pre-check; ``None`` only in tests that never send."""
 
 
 class Session:

@@ -34,6 +34,7 @@ from .common import (
     person_or_channel,
 )
 from .fields import get_flag, get_int, get_str, get_str_list
+from .routes_channels import user_facts_changed
 from .server import ApiError, Handler, Request, Response, bad_request
 from .server import Router as HttpRouter
 
@@ -182,12 +183,14 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         update = channel_update(body, subscribers="optional")
         update.reset_subscribers = bool(get_flag(body, "reset"))
         await meta(ctx, update.channel_id, pb.MetaOp(channel=update))
+        await user_facts_changed(ctx, update.channel_id, update.channel_type)
         return Response(200, OK)
 
     @route("POST", "/channel/info")
     async def channel_info(req: Request) -> Response:
         update = channel_update(req.json_object(), subscribers=None)
         await meta(ctx, update.channel_id, pb.MetaOp(channel=update))
+        await user_facts_changed(ctx, update.channel_id, update.channel_type)
         return Response(200, OK)
 
     @route("POST", "/channel/subscriber_add")

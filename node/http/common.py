@@ -16,6 +16,7 @@ from ..config import Config
 from ..pipeline_rules import SYSTEM_UID
 from ..router import ClusterUnavailable, Router
 from ..sessions import SessionRegistry
+from ..userfacts import UserFacts
 from .fields import get_int, get_str
 from .server import ApiError, Handler, Request, Response, bad_request
 
@@ -32,6 +33,7 @@ class ApiContext:
     registry: SessionRegistry
     router: Router
     admin: Admin
+    facts: UserFacts
 
 
 def check_id(value: str, what: str) -> str:
