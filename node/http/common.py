@@ -11,7 +11,7 @@ from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
 
 from ..admin import Admin
-from ..channels import canonical_channel_id, id_problem, view_channel_id
+from ..channels import canonical_channel_id, channel_id_problem, id_problem, view_channel_id
 from ..config import Config
 from ..pipeline_rules import SYSTEM_UID
 from ..router import ClusterUnavailable, Router
@@ -100,8 +100,9 @@ def person_or_channel(body: dict[str, Any], uid_field: str) -> tuple[str, str, i
     channel_id = get_str(body, "channel_id", required=True)
     channel_type = get_int(body, "channel_type", required=True, choices=CHANNEL_TYPES)
     try:
-        if channel_type != ChannelType.PERSON or "@" not in channel_id:
-            check_id(channel_id, "channel_id")
+        problem = channel_id_problem(channel_id, channel_type)
+        if problem is not None:
+            raise bad_request(problem)
         if channel_type == ChannelType.PERSON and not uid:
             raise bad_request(f"{uid_field} is required for a person channel")
         canonical = canonical_channel_id(uid, channel_id, channel_type)
