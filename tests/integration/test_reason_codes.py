@@ -237,3 +237,13 @@ def test_4_person_blacklist_change_seen_at_once_on_another_node(tmp_path: Any) -
         assert b.client_send(alice, bob, 1) == R.SEND_BAN
     finally:
         cluster.stop()
+
+
+def test_16_and_23_for_unusable_channel_addresses(n: Node) -> None:
+    a = n.user()
+    assert n.client_send(a, "no-agent-separator", 11) == R.CHANNEL_ID_ERROR
+    assert n.client_send(a, "g", 13) == R.NOT_SUPPORT_CHANNEL_TYPE
+    resp = n.api.post(
+        "/message/send", {"from_uid": a, "channel_id": "x", "channel_type": 11, "payload": "aGk="}
+    )
+    assert resp.status_code == 400 and "agent" in resp.json()["msg"]
