@@ -46,6 +46,7 @@ from .router import Router, RouterSettings
 from .sabotage import ACK_WITHOUT_COMMIT, SKIP_DEDUPE, AckCounter
 from .sessions import DeviceLimits, SessionRegistry
 from .storage import MessageRecord, Store
+from .userfacts import UserFacts
 from .webhooks import Webhooks
 
 log = get_logger("node")
@@ -67,6 +68,7 @@ class Node:
         self.driver: RaftDriver
         self.admin: Admin | None = None
         self.webhooks: Webhooks | None = None
+        self.facts: UserFacts | None = None
         self.controller: Controller | None = None
         # Never a Raft port without a password: pysyncobj unpickles whatever reaches an open
         # one. A lone node has no peer to share a secret with, so it makes one up.
@@ -288,6 +290,8 @@ class Node:
                 await self.open_group(gid, self.router.placement.replicas(gid))
             assert self.admin is not None and self.controller is not None
             self.router.extra_handlers["Admin"] = self.admin.rpc
+            self.facts = UserFacts(self.router)
+            self.router.extra_handlers["Invalidate"] = self.facts.rpc
             grpc_server = GrpcServer(
                 bind=f"{host}:{cfg.cluster.grpc_port}",
                 auth_token=token,
@@ -319,7 +323,8 @@ class Node:
     async def _serve_clients(self, nursery: trio.Nursery, router: Router) -> None:
         cfg = self.config
         host = cfg.node.host
-        gw = GatewayContext(cfg, self.registry, router, nursery)
+        assert self.facts is not None
+        gw = GatewayContext(cfg, self.registry, router, nursery, self.facts)
 
         async def on_tcp(stream: trio.SocketStream) -> None:
             await Session(gw, TcpTransport(stream)).run()
@@ -329,7 +334,7 @@ class Node:
             await Session(gw, WsTransport(ws)).run()
 
         assert self.admin is not None
-        api = ApiContext(cfg, self.registry, router, self.admin, self.webhooks)
+        api = ApiContext(cfg, self.registry, router, self.admin, self.facts, self.webhooks)
         http = HttpServer(build_router(api), cfg.http.max_body_bytes)
         await nursery.start(partial(http.serve, host, cfg.http.port))
         if cfg.http.also_host and cfg.http.also_host != host:

@@ -30,6 +30,21 @@ def id_problem(value: str, what: str = "uid") -> str | None:
     return None
 
 
+def channel_id_problem(channel_id: str, channel_type: int) -> str | None:
+    """Why ``channel_id`` cannot address a channel of ``channel_type`` as given, or ``None``.
+
+    A person id with ``@`` is checked by ``canonical_channel_id`` (the sender must be a party);
+    an agent channel's id is ``uid@agentUid``, two valid uids; every other id is one."""
+    if channel_type == ChannelType.PERSON and "@" in channel_id:
+        return None
+    if channel_type == ChannelType.AGENT:
+        uid, sep, agent = channel_id.partition("@")
+        if not sep:
+            return "channel_id of an agent channel must be uid@agentUid"
+        return id_problem(uid, "agent channel uid") or id_problem(agent, "agent channel agent")
+    return id_problem(channel_id, "channel_id")
+
+
 def person_channel_id(uid_a: str, uid_b: str) -> str:
     """The canonical id of the one-to-one channel of two uids: ``larger@smaller`` by crc32.
 

@@ -1,15 +1,13 @@
-"""Rules a send must pass, as pure functions: field limits and the send permissions.
+"""Rules a send must pass, as pure functions: field limits.
 
 The gateway and the HTTP API call ``request_problem`` first to answer precisely; the slot
-group's state machine applies both again at commit, where they are authoritative.
+group's state machine applies it again at commit, where it is authoritative. The send
+permissions are in ``groups/permissions.py`` (apply) and ``send_checks.py`` (proposing node).
 """
 
 from __future__ import annotations
 
-from proto.wkproto import ChannelType, ReasonCode
-
 from .channels import MAX_ID_BYTES
-from .storage import ChannelInfo
 
 SYSTEM_UID = "____system"
 """The sender of HTTP sends without ``from_uid``; recipients see an empty ``from_uid``."""
@@ -35,30 +33,3 @@ def request_problem(
     if not 0 <= expire <= 0xFFFFFFFF:
         return "expire must fit 32 bits"
     return None
-
-
-def send_permission(
-    *,
-    channel_type: int,
-    from_uid: str,
-    trusted: bool,
-    info: ChannelInfo | None,
-    is_subscriber: bool,
-) -> ReasonCode:
-    """The first-issue subset of WuKongIM's send checks (the full set is issue 5)."""
-    if channel_type == ChannelType.PERSON:
-        return ReasonCode.SUCCESS
-    if channel_type != ChannelType.GROUP:
-        return ReasonCode.NOT_SUPPORT_CHANNEL_TYPE
-    if info is None and trusted:
-        return ReasonCode.CHANNEL_NOT_EXIST
-    if info is not None and info.ban and from_uid != SYSTEM_UID:
-        return ReasonCode.BAN
-    if info is not None and info.disband:
-        return ReasonCode.DISBAND
-    if trusted or from_uid == SYSTEM_UID:
-        return ReasonCode.SUCCESS
-    if not is_subscriber:
-        # WuKongIM answers a send to a group that was never created the same way.
-        return ReasonCode.SUBSCRIBER_NOT_EXIST
-    return ReasonCode.SUCCESS

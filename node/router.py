@@ -624,6 +624,10 @@ class Router:
             found.update(e.uid for e in reply.entries if e.device_level)
         return found
 
+    async def call_other_nodes(self, method: str, request: Any) -> list[Any]:
+        """``method`` on every other node; the replies of those that answered in time."""
+        return await self._gather(method, request)
+
     async def _gather(self, method: str, request: Any) -> list[Any]:
         replies: list[Any] = []
 

@@ -44,13 +44,15 @@ from proto.wkproto import (
 )
 from proto.wkproto.crypto import KeyPair, SessionCipher, new_salt, recv_sign, send_sign
 
-from ..channels import canonical_channel_id, id_problem, view_channel_id
+from ..channels import canonical_channel_id, channel_id_problem, id_problem, view_channel_id
 from ..config import Config
 from ..log import get_logger
 from ..pipeline_rules import SYSTEM_UID, request_problem
 from ..router import ClusterUnavailable, Router
+from ..send_checks import precheck
 from ..sessions import SessionRegistry
 from ..storage import MessageRecord
+from ..userfacts import UserFacts
 from .transport import Transport
 
 log = get_logger("gateway")
@@ -74,6 +76,8 @@ class GatewayContext:
     router: Router
     nursery: trio.Nursery
     """For short tasks that outlive a call (delayed closes after a kick)."""
+    facts: UserFacts | None = None
+    """User facts for the send pre-check; ``None`` only in tests that never send."""
 
 
 class Session:
@@ -348,10 +352,9 @@ class Session:
             answer(ReasonCode.NOT_SUPPORT_CHANNEL_TYPE)
             return
         try:
-            if s.channel_type != ChannelType.PERSON or "@" not in s.channel_id:
-                problem = id_problem(s.channel_id, "channel_id")
-                if problem is not None:
-                    raise ValueError(problem)
+            problem = channel_id_problem(s.channel_id, s.channel_type)
+            if problem is not None:
+                raise ValueError(problem)
             channel_id = canonical_channel_id(self.uid, s.channel_id, s.channel_type)
         except ValueError as e:
             log.info("SEND with a bad channel id", **self._fields(), error=str(e))
@@ -375,6 +378,19 @@ class Session:
             stream_no=s.stream_no,
             origin_conn=self.conn_id,
         )
+        if self._ctx.facts is not None:
+            # User-level rules (send ban, the receiver's person lists) from cached user facts,
+            # awaited here so that sends still enter the log in frame order.
+            try:
+                refused = await precheck(
+                    self._ctx.facts, item, self._ctx.config.messages.person_whitelist
+                )
+            except ClusterUnavailable as e:
+                answer(e.reason)
+                return
+            if refused != ReasonCode.SUCCESS:
+                answer(refused)
+                return
         # Commit concurrently with reading further frames; the semaphore bounds a client that
         # sends faster than the cluster commits (it stops being read: TCP backpressure).
         await self._sends.acquire()

@@ -9,13 +9,13 @@ written in one WriteBatch, so a journal replay after a restart skips applied com
 from __future__ import annotations
 
 from proto.raftchat.peer.v1 import peer_pb2 as pb
-from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
+from proto.wkproto import HeaderFlag, ReasonCode
 
 from ..ids import EPOCH_MS
-from ..pipeline_rules import SYSTEM_UID, request_problem, send_permission
+from ..pipeline_rules import request_problem
 from ..storage import ChannelInfo, DeviceRecord, MessageRecord, Store
 from ..storage.db import Batch
-from . import channel_state, conversations, message_ops
+from . import channel_state, conversations, message_ops, permissions
 from .context import ApplyContext
 
 _ID_SEQ_BITS = 12
@@ -153,24 +153,7 @@ class GroupMachine:
             item.client_msg_no, item.topic, item.stream_no, item.channel_id, item.from_uid
         ):
             return ReasonCode.PAYLOAD_DECODE_ERROR
-        info = (
-            self.store.get_channel(item.channel_type, item.channel_id)
-            if item.channel_type != ChannelType.PERSON
-            else None
-        )
-        is_subscriber = (
-            item.channel_type != ChannelType.PERSON
-            and not item.trusted
-            and item.from_uid != SYSTEM_UID
-            and self.store.is_subscriber(item.channel_type, item.channel_id, item.from_uid)
-        )
-        return send_permission(
-            channel_type=item.channel_type,
-            from_uid=item.from_uid,
-            trusted=item.trusted,
-            info=info,
-            is_subscriber=is_subscriber,
-        )
+        return permissions.send_permission(self.store, item)
 
     # --- metadata ---------------------------------------------------------------------------
 

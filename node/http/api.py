@@ -22,6 +22,7 @@ from proto.wkproto import ChannelType, DeviceFlag, DeviceLevel, HeaderFlag, Reas
 from ..admin import AdminError
 from ..groups.digest import channel_digests
 from ..pipeline_rules import SYSTEM_UID, request_problem
+from ..send_checks import precheck
 from . import (
     routes_channels,
     routes_conversations,
@@ -40,12 +41,13 @@ from .common import (
     person_or_channel,
 )
 from .fields import get_flag, get_int, get_str, get_str_list
+from .routes_channels import user_facts_changed
 from .server import ApiError, Handler, Request, Response, bad_request
 from .server import Router as HttpRouter
 
 _CLIENT_FLAGS = {int(DeviceFlag.APP), int(DeviceFlag.WEB), int(DeviceFlag.PC)}
 _LEVELS = {int(DeviceLevel.SLAVE), int(DeviceLevel.MASTER)}
-_SUPPORTED_SEND_TYPES = {int(ChannelType.PERSON), int(ChannelType.GROUP)}
+_SUPPORTED_SEND_TYPES = CHANNEL_TYPES
 
 
 def build_router(ctx: ApiContext) -> HttpRouter:
@@ -188,12 +190,14 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         update = channel_update(body, subscribers="optional")
         update.reset_subscribers = bool(get_flag(body, "reset"))
         await meta(ctx, update.channel_id, pb.MetaOp(channel=update))
+        await user_facts_changed(ctx, update.channel_id, update.channel_type)
         return Response(200, OK)
 
     @route("POST", "/channel/info")
     async def channel_info(req: Request) -> Response:
         update = channel_update(req.json_object(), subscribers=None)
         await meta(ctx, update.channel_id, pb.MetaOp(channel=update))
+        await user_facts_changed(ctx, update.channel_id, update.channel_type)
         return Response(200, OK)
 
     @route("POST", "/channel/subscriber_add")
@@ -224,7 +228,7 @@ def build_router(ctx: ApiContext) -> HttpRouter:
             check_id(from_uid, "from_uid")
         channel_type = get_int(body, "channel_type", required=True)
         if channel_type not in _SUPPORTED_SEND_TYPES:
-            raise bad_request(f"channel_type {channel_type} is not supported yet (1 or 2)")
+            raise bad_request(f"channel_type must be one of 1-12, got {channel_type}")
         if channel_type == ChannelType.PERSON and from_uid == SYSTEM_UID:
             raise bad_request("from_uid is required for a person channel")
         _, canonical, _ = person_or_channel({**body, "from_uid": from_uid}, "from_uid")
@@ -253,19 +257,22 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         problem = request_problem(client_msg_no, "", "", canonical, from_uid, expire)
         if problem is not None:
             raise bad_request(problem)
-        outcome = await ctx.router.send(
-            pb.SendItem(
-                from_uid=from_uid,
-                channel_id=canonical,
-                channel_type=channel_type,
-                client_msg_no=client_msg_no,
-                payload=payload,
-                flags=flags,
-                expire=expire,
-                setting=get_int(body, "setting", minimum=0, maximum=255),  # 0x80: receipts
-                trusted=True,
-            )
+        item = pb.SendItem(
+            from_uid=from_uid,
+            channel_id=canonical,
+            channel_type=channel_type,
+            client_msg_no=client_msg_no,
+            payload=payload,
+            flags=flags,
+            expire=expire,
+            setting=get_int(body, "setting", minimum=0, maximum=255),  # 0x80: receipts
+            trusted=True,
         )
+        refused = await precheck(ctx.facts, item, ctx.config.messages.person_whitelist)
+        if refused != ReasonCode.SUCCESS:
+            outcome = pb.SendOutcome(reason=refused)  # user-level rule: nothing proposed
+        else:
+            outcome = await ctx.router.send(item)
         reason = ReasonCode(outcome.reason)
         if reason == ReasonCode.CHANNEL_NOT_EXIST:
             raise ApiError(404, f"channel {body['channel_id']} does not exist", reason=reason)

@@ -11,11 +11,12 @@ from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
 
 from ..admin import Admin
-from ..channels import canonical_channel_id, id_problem, view_channel_id
+from ..channels import canonical_channel_id, channel_id_problem, id_problem, view_channel_id
 from ..config import Config
 from ..pipeline_rules import SYSTEM_UID
 from ..router import ClusterUnavailable, Router
 from ..sessions import SessionRegistry
+from ..userfacts import UserFacts
 from .fields import get_int, get_str
 from .server import ApiError, Handler, Request, Response, bad_request
 
@@ -38,6 +39,7 @@ class ApiContext:
     registry: SessionRegistry
     router: Router
     admin: Admin
+    facts: UserFacts
     webhooks: Webhooks | None = None
 
 
@@ -110,8 +112,9 @@ def person_or_channel(body: dict[str, Any], uid_field: str) -> tuple[str, str, i
     channel_id = get_str(body, "channel_id", required=True)
     channel_type = get_int(body, "channel_type", required=True, choices=CHANNEL_TYPES)
     try:
-        if channel_type != ChannelType.PERSON or "@" not in channel_id:
-            check_id(channel_id, "channel_id")
+        problem = channel_id_problem(channel_id, channel_type)
+        if problem is not None:
+            raise bad_request(problem)
         if channel_type == ChannelType.PERSON and not uid:
             raise bad_request(f"{uid_field} is required for a person channel")
         canonical = canonical_channel_id(uid, channel_id, channel_type)

@@ -306,6 +306,10 @@ class Batch:
         ck = keys.channel_key(info.channel_type, info.channel_id)
         self._put("channels", _INFO + ck, info.encode())
 
+    def delete_channel(self, channel_type: int, channel_id: str) -> None:
+        """Drop the channel's row (not its messages or head seq)."""
+        self._delete("channels", _INFO + keys.channel_key(channel_type, channel_id))
+
     def add_subscribers(self, channel_type: int, channel_id: str, uids: Iterable[str]) -> None:
         ck = keys.channel_key(channel_type, channel_id)
         for uid in uids:

@@ -260,8 +260,9 @@ def test_group_permissions(f: Feeder) -> None:
         (item("missing", from_uid="u1"), ReasonCode.SUBSCRIBER_NOT_EXIST),
         (item("open", from_uid="u9", trusted=True), ReasonCode.SUCCESS),
         (item("banned", from_uid=SYSTEM_UID), ReasonCode.SUCCESS),
-        (item("x", ctype=ChannelType.CUSTOMER_SERVICE), ReasonCode.NOT_SUPPORT_CHANNEL_TYPE),
-        (item("x", ctype=ChannelType.DATA, trusted=True), ReasonCode.NOT_SUPPORT_CHANNEL_TYPE),
+        (item("x", ctype=ChannelType.CUSTOMER_SERVICE), ReasonCode.SUCCESS),
+        (item("x", ctype=ChannelType.DATA, trusted=True), ReasonCode.SUCCESS),
+        (item("x", ctype=13), ReasonCode.NOT_SUPPORT_CHANNEL_TYPE),
         (item("u2@u1", ctype=PERSON, from_uid="u1"), ReasonCode.SUCCESS),
     ]
     # once as one batch, and once item by item: the answer must not depend on batching

@@ -1,0 +1,87 @@
+"""The send pre-check on the node that builds a ``SendItem`` (gateway SEND, HTTP send).
+
+The user-level send rules of WuKongIM v3 (reference §3.4) depend on facts kept in the slot
+groups of the sender and, for a person channel, of the receiver, not in the channel's slot
+group where apply runs. So the proposing node checks them with its user-facts cache
+(``node/userfacts.py``) before proposing, and a refused send is answered without a proposal.
+The channel-local rules are decided in apply (``node/groups/permissions.py``).
+
+Order (v3): a system account passes straight to apply (which still refuses a disbanded
+channel) and is marked ``SendItem.system``; the sender's ``send_ban`` -> SendBan (25); person
+channel: receiver is a system account -> pass; sender in the receiver's deny list ->
+InBlacklist (4); with ``messages.person_whitelist``: on the receiver's allow list or receiver
+``allow_stranger`` -> pass, else NotInWhitelist (13). A note to self (``a@a``) always passes
+the receiver rules.
+
+HTTP sends (trusted) get the same checks: these are rules between users, so the backend
+sending in a user's name is held to them; trusted only skips group membership in apply.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from proto.raftchat.peer.v1 import peer_pb2 as pb
+from proto.wkproto import ChannelType, ReasonCode
+
+from .channels import person_parties
+from .pipeline_rules import SYSTEM_UID
+from .router import ClusterUnavailable
+from .userfacts import Facts, UserFacts
+
+
+def decide(
+    item: pb.SendItem, sender: Facts, receiver: Facts | None, person_whitelist: bool
+) -> tuple[ReasonCode, bool]:
+    """(reason, sender is a system account) from the facts; pure, for unit tests."""
+    if sender.system:
+        return ReasonCode.SUCCESS, True
+    if sender.send_ban:
+        return ReasonCode.SEND_BAN, False
+    if item.channel_type != ChannelType.PERSON or receiver is None:
+        return ReasonCode.SUCCESS, False
+    if receiver.system or receiver.uid == sender.uid:
+        return ReasonCode.SUCCESS, False
+    if sender.uid in receiver.deny:
+        return ReasonCode.IN_BLACKLIST, False
+    if person_whitelist and not (sender.uid in receiver.allow or receiver.allow_stranger):
+        return ReasonCode.NOT_IN_WHITELIST, False
+    return ReasonCode.SUCCESS, False
+
+
+def receiver_of(item: pb.SendItem) -> str | None:
+    if item.channel_type != ChannelType.PERSON:
+        return None
+    a, b = person_parties(item.channel_id)
+    return b if a == item.from_uid else a
+
+
+async def precheck(facts: UserFacts, item: pb.SendItem, person_whitelist: bool) -> ReasonCode:
+    """Check ``item`` against the user facts; sets ``item.system`` for a system sender.
+
+    May raise ``router.ClusterUnavailable`` when a uid's slot group cannot be read."""
+    if item.from_uid == SYSTEM_UID:
+        item.system = True  # the API's own sender: a system account by definition
+        return ReasonCode.SUCCESS
+    other = receiver_of(item)
+    loaded: dict[str, Facts] = {}
+    failures: list[ClusterUnavailable] = []
+
+    async def load(uid: str) -> None:
+        try:
+            loaded[uid] = await facts.get(uid)
+        except ClusterUnavailable as e:
+            failures.append(e)  # raised below, not wrapped in the nursery's exception group
+
+    if other is None or other == item.from_uid:
+        await load(item.from_uid)
+    else:
+        # Both from their own slot groups, concurrently: a cold cache costs one round trip.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(load, item.from_uid)
+            nursery.start_soon(load, other)
+    if failures:
+        raise failures[0]
+    reason, system = decide(item, loaded[item.from_uid], loaded.get(other or ""), person_whitelist)
+    item.system = system
+    return reason
