@@ -227,6 +227,9 @@ def build_router(ctx: ApiContext) -> HttpRouter:
             payload = base64.b64decode(raw_payload, validate=True)
         except (binascii.Error, ValueError):
             raise bad_request("payload must be base64") from None
+        limit = ctx.config.messages.max_payload_bytes
+        if len(payload) > limit:
+            raise bad_request(f"payload is larger than {limit} bytes")
         header = body.get("header") or {}
         if not isinstance(header, dict):
             raise bad_request("header must be an object")
@@ -273,6 +276,8 @@ def build_router(ctx: ApiContext) -> HttpRouter:
             )
         if reason == ReasonCode.SYSTEM_ERROR:
             raise ApiError(500, "message could not be stored", reason=int(reason))
+        if reason == ReasonCode.RATE_LIMIT:
+            raise ApiError(429, "too many sends to this channel, retry later", reason=int(reason))
         if reason != ReasonCode.SUCCESS:
             raise ApiError(403, f"send refused: {reason.name}", reason=int(reason))
         return Response(
