@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 
-CMD_SUFFIX = "____cmd"
+from proto.wkproto import ChannelType, HeaderFlag
+
+from .channels import CMD_SUFFIX
+
 TEMP_PREFIX = "tmp"
 """Temp channels (type 8) made for HTTP sends with an explicit ``subscribers`` list."""
 
@@ -33,3 +36,18 @@ def temp_channel_id(uids: list[str]) -> str:
     with repeats) always maps to the same channel, so its messages form one history."""
     joined = "\x00".join(sorted(set(uids))).encode()  # uids cannot contain NUL
     return TEMP_PREFIX + hashlib.blake2b(joined, digest_size=12).hexdigest()
+
+
+_NO_CONVERSATION_TYPES = {int(ChannelType.DATA), int(ChannelType.TEMP), int(ChannelType.LIVE)}
+
+
+def makes_conversations(channel_type: int, channel_id: str) -> bool:
+    """Whether a stored message of this channel updates its recipients' conversations: not for
+    data, temp and live channels (as WuKongIM v2), nor for command twins (synced apart)."""
+    return channel_type not in _NO_CONVERSATION_TYPES and not is_cmd(channel_id)
+
+
+def online_only(channel_type: int, flags: int) -> bool:
+    """A message that is delivered to who is online and never stored (seq 0): ``no_persist``
+    sends and every message of a live channel."""
+    return bool(flags & HeaderFlag.NO_PERSIST) or channel_type == ChannelType.LIVE

@@ -48,7 +48,7 @@ def send_permission(
     """The first-issue subset of WuKongIM's send checks (the full set is issue 5)."""
     if channel_type == ChannelType.PERSON:
         return ReasonCode.SUCCESS
-    if channel_type != ChannelType.GROUP:
+    if channel_type not in (ChannelType.GROUP, ChannelType.LIVE):  # live: member-only, like groups
         return ReasonCode.NOT_SUPPORT_CHANNEL_TYPE
     if info is None and trusted:
         return ReasonCode.CHANNEL_NOT_EXIST

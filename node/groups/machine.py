@@ -11,6 +11,7 @@ from __future__ import annotations
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
 
+from ..command_channels import makes_conversations, online_only
 from ..ids import EPOCH_MS
 from ..pipeline_rules import SYSTEM_UID, request_problem, send_permission
 from ..storage import ChannelInfo, DeviceRecord, MessageRecord, Store
@@ -83,7 +84,7 @@ class GroupMachine:
         last_id = self.store.last_message_id()
         for item in batch.items:
             outcome = result.outcomes.add()
-            no_persist = bool(item.flags & HeaderFlag.NO_PERSIST)
+            no_persist = online_only(item.channel_type, item.flags)
             key = (item.channel_type, item.channel_id, item.from_uid, item.client_msg_no)
             # Dedupe first: a retry of a message that committed gets its ids back even if the
             # sender lost the permission since (else a "refused" message would exist).
@@ -128,14 +129,16 @@ class GroupMachine:
                 client_msg_no=item.client_msg_no,
                 payload=item.payload,
                 setting=item.setting,
-                flags=item.flags & _PERSISTED_FLAGS,
+                flags=(item.flags & _PERSISTED_FLAGS)
+                | (HeaderFlag.NO_PERSIST if no_persist else 0),
                 expire=item.expire,
                 topic=item.topic,
                 stream_no=item.stream_no,
             )
             if seq:
                 wb.append_message(record)
-                conversations.on_message(ctx, record, item)
+                if makes_conversations(item.channel_type, item.channel_id):
+                    conversations.on_message(ctx, record, item)
             outcome.reason = ReasonCode.SUCCESS
             outcome.message_id = record.message_id
             outcome.message_seq = seq
@@ -152,6 +155,10 @@ class GroupMachine:
             item.client_msg_no, item.topic, item.stream_no, item.channel_id, item.from_uid
         ):
             return ReasonCode.PAYLOAD_DECODE_ERROR
+        if item.subscribers:
+            # An explicit recipient list addresses people, not a channel: only the app backend
+            # (HTTP API) may send one, and no channel check applies (WuKongIM v3 does the same).
+            return ReasonCode.SUCCESS if item.trusted else ReasonCode.NOT_ALLOW_SEND
         info = (
             self.store.get_channel(item.channel_type, item.channel_id)
             if item.channel_type != ChannelType.PERSON

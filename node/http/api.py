@@ -22,7 +22,7 @@ from proto.wkproto import ChannelType, DeviceFlag, DeviceLevel, HeaderFlag, Reas
 from ..admin import AdminError
 from ..groups.digest import channel_digests
 from ..pipeline_rules import SYSTEM_UID, request_problem
-from . import routes_channels, routes_conversations, routes_messages
+from . import routes_channels, routes_conversations, routes_messages, routes_sends
 from .common import (
     CHANNEL_TYPES,
     OK,
@@ -39,7 +39,7 @@ from .server import Router as HttpRouter
 
 _CLIENT_FLAGS = {int(DeviceFlag.APP), int(DeviceFlag.WEB), int(DeviceFlag.PC)}
 _LEVELS = {int(DeviceLevel.SLAVE), int(DeviceLevel.MASTER)}
-_SUPPORTED_SEND_TYPES = {int(ChannelType.PERSON), int(ChannelType.GROUP)}
+_SUPPORTED_SEND_TYPES = {int(ChannelType.PERSON), int(ChannelType.GROUP), int(ChannelType.LIVE)}
 
 
 def build_router(ctx: ApiContext) -> HttpRouter:
@@ -211,6 +211,8 @@ def build_router(ctx: ApiContext) -> HttpRouter:
     @route("POST", "/message/send")
     async def message_send(req: Request) -> Response:
         body = req.json_object()
+        if body.get("subscribers") is not None:
+            return await routes_sends.subscriber_send(ctx, body)
         if not get_str(body, "from_uid") and get_str(body, "sender_uid"):
             body["from_uid"] = body["sender_uid"]
         from_uid = get_str(body, "from_uid") or SYSTEM_UID
@@ -339,6 +341,6 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         )
         return Response(200, {"message_seq": head})
 
-    for module in (routes_channels, routes_conversations, routes_messages):
+    for module in (routes_channels, routes_conversations, routes_messages, routes_sends):
         module.register(route, ctx)
     return r

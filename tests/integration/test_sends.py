@@ -12,8 +12,9 @@ import pytest
 import trio
 
 from client.wkproto import open_client
+from node.channels import person_channel_id
 from node.devcluster import NodeProcess
-from proto.wkproto import ReasonCode
+from proto.wkproto import HeaderFlag, ReasonCode
 from tests.conftest import Api, start_node
 
 RATE = 5
@@ -145,3 +146,173 @@ def test_wkproto_sends_over_the_group_rate_get_rate_limit(sapi: Api, snode: Node
             assert seqs == list(range(1, len(seqs) + 1))
 
     trio.run(main)
+
+
+# --- 2. online-only sends, live channels, explicit subscribers, system sends -----------------
+
+
+def head(api: Api, channel_id: str, channel_type: int) -> int:
+    resp = api.http.get(
+        "/channel/max_message_seq",
+        params={"channel_id": channel_id, "channel_type": channel_type},
+    )
+    assert resp.status_code == 200, resp.text
+    return int(resp.json()["message_seq"])
+
+
+async def post(api: Api, path: str, body: dict[str, Any]) -> Any:
+    """An HTTP call from a trio test, off the event loop (the clients keep reading)."""
+    return await trio.to_thread.run_sync(api.post, path, body)
+
+
+def test_no_persist_is_delivered_but_never_stored(sapi: Api, snode: NodeProcess) -> None:
+    a, b = users(sapi, "a", "b")
+
+    async def main() -> None:
+        async with (
+            open_client(*tcp(snode), uid=a, token=f"tok-{a}") as ca,
+            open_client(*tcp(snode), uid=b, token=f"tok-{b}") as cb,
+        ):
+            ack = await ca.send(b, 1, b"typing...", flags=HeaderFlag.NO_PERSIST)
+            assert ack.ok and ack.message_seq == 0 and ack.message_id > 0
+            got = await cb.recv()
+            assert (got.payload, got.message_seq, got.message_id) == (
+                b"typing...",
+                0,
+                ack.message_id,
+            )
+            assert got.flags & HeaderFlag.NO_PERSIST
+            resp = await post(
+                sapi,
+                "/message/send",
+                send_body(
+                    from_uid=b,
+                    channel_id=a,
+                    channel_type=1,
+                    header={"no_persist": 1},
+                    payload=b64(b"over http"),
+                ),
+            )
+            assert resp.status_code == 200 and resp.json()["message_seq"] == 0
+            back = await ca.recv()
+            assert (back.payload, back.message_seq, back.from_uid) == (b"over http", 0, b)
+            # A stored message after them is seq 1: nothing was written for the two above.
+            stored = await ca.send(b, 1, b"kept")
+            assert stored.message_seq == 1
+
+    trio.run(main)
+    assert head(sapi, person_channel_id(a, b), 1) == 1
+
+
+def test_live_channel_messages_are_online_only(sapi: Api, snode: NodeProcess) -> None:
+    a, b, stranger = users(sapi, "a", "b", "s")
+    live = make_group(sapi, [a, b], channel_type=9)
+
+    async def main() -> None:
+        async with (
+            open_client(*tcp(snode), uid=a, token=f"tok-{a}") as ca,
+            open_client(*tcp(snode), uid=b, token=f"tok-{b}") as cb,
+            open_client(*tcp(snode), uid=stranger, token=f"tok-{stranger}") as cs,
+        ):
+            ack = await ca.send(live, 9, b"on air")
+            assert ack.ok and ack.message_seq == 0
+            got = await cb.recv()
+            assert (got.channel_id, got.channel_type, got.payload) == (live, 9, b"on air")
+            assert got.message_seq == 0 and got.flags & HeaderFlag.NO_PERSIST
+            # Not a subscriber: refused like a group.
+            refused = await cs.send(live, 9, b"let me in")
+            assert refused.reason_code == ReasonCode.SUBSCRIBER_NOT_EXIST
+            resp = await post(sapi, "/message/send", send_body(channel_id=live, channel_type=9))
+            assert resp.status_code == 200 and resp.json()["message_seq"] == 0
+            assert (await cb.recv()).from_uid == ""
+
+    trio.run(main)
+    assert head(sapi, live, 9) == 0
+
+
+def test_system_send_reaches_members_with_an_empty_sender(sapi: Api, snode: NodeProcess) -> None:
+    (a,) = users(sapi, "a")
+    gid = make_group(sapi, [a])
+
+    async def main() -> None:
+        async with open_client(*tcp(snode), uid=a, token=f"tok-{a}") as ca:
+            resp = await post(sapi, "/message/send", send_body(channel_id=gid, channel_type=2))
+            assert resp.status_code == 200, resp.text
+            got = await ca.recv()
+            assert (got.from_uid, got.channel_id, got.message_seq) == ("", gid, 1)
+
+    trio.run(main)
+
+
+def test_explicit_subscribers_reach_exactly_those_uids(sapi: Api, snode: NodeProcess) -> None:
+    a, b, c = users(sapi, "a", "b", "c")
+
+    async def main() -> None:
+        async with (
+            open_client(*tcp(snode), uid=a, token=f"tok-{a}") as ca,
+            open_client(*tcp(snode), uid=b, token=f"tok-{b}") as cb,
+            open_client(*tcp(snode), uid=c, token=f"tok-{c}") as cc,
+        ):
+            online = send_body(
+                subscribers=[a, b],
+                header={"sync_once": 1, "no_persist": 1},
+                payload=b64(b"online cmd"),
+            )
+            resp = await post(sapi, "/message/send", online)
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["message_seq"] == 0
+            for client in (ca, cb):
+                got = await client.recv()
+                assert (got.payload, got.message_seq, got.from_uid) == (b"online cmd", 0, "")
+                assert got.flags & HeaderFlag.SYNC_ONCE and got.channel_type == 8
+            stored = send_body(
+                subscribers=[b, a, b],
+                header={"sync_once": 1},
+                from_uid=c,
+                payload=b64(b"stored cmd"),
+            )
+            first = await post(sapi, "/message/send", stored)
+            second = await post(sapi, "/message/send", stored)
+            assert first.status_code == 200 and first.json()["message_seq"] == 1
+            assert second.json()["message_seq"] == 2  # the same uid set: the same channel
+            m1, m2 = await ca.recv(), await ca.recv()
+            assert (m1.message_seq, m2.message_seq, m1.from_uid) == (1, 2, c)
+            assert m1.channel_id == m2.channel_id
+            assert (await cb.recv()).message_seq == 1
+            # c sent it but is not listed: nothing for c (a ping proves nothing is queued).
+            await cc.ping()
+            assert cc.pending_messages() == 0
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize(
+    ("body", "msg"),
+    [
+        (
+            {
+                "subscribers": ["u1"],
+                "channel_id": "g",
+                "channel_type": 2,
+                "header": {"sync_once": 1},
+            },
+            "channel_id and subscribers are mutually exclusive",
+        ),
+        ({"subscribers": ["u1"]}, "subscribers requires header.sync_once = 1"),
+        ({"subscribers": [], "header": {"sync_once": 1}}, "subscribers must not be empty"),
+        (
+            {"subscribers": "u1", "header": {"sync_once": 1}},
+            "subscribers must be a list of strings",
+        ),
+        ({"subscribers": ["a@b"], "header": {"sync_once": 1}}, "subscribers uid contains"),
+        ({"subscribers": ["u1"], "header": {"sync_once": 2}}, "header.sync_once must be 0 or 1"),
+        (
+            {"subscribers": ["u1"], "header": {"sync_once": 1}, "payload": "***"},
+            "payload must be base64",
+        ),
+    ],
+)
+def test_explicit_subscribers_bad_input_is_400(sapi: Api, body: dict[str, Any], msg: str) -> None:
+    resp = sapi.post("/message/send", {"payload": b64(b"x"), **body})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["msg"].startswith(msg)

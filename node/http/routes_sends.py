@@ -1,0 +1,141 @@
+"""Sends beyond one sender to one channel: explicit recipient lists (``/message/send`` with
+``subscribers``), batch person sends (``/message/sendbatch``), and the per-device sync of
+command messages (``/message/sync``, ``/message/syncack``). See ``docs/messaging.md``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from typing import Any
+
+from proto.raftchat.peer.v1 import peer_pb2 as pb
+from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
+
+from ..command_channels import temp_channel_id
+from ..pipeline_rules import SYSTEM_UID, request_problem
+from .common import ApiContext, RouteAdder, check_id
+from .fields import get_flag, get_int, get_str, get_str_list
+from .server import ApiError, Response, bad_request
+
+MAX_SUBSCRIBERS = 1000
+"""Recipients of one explicit-list send or one batch send."""
+_RETRY_REASONS = (
+    ReasonCode.NODE_MATCH_ERROR,
+    ReasonCode.NODE_NOT_MATCH,
+    ReasonCode.FORWARD_SEND_PACKET_ERROR,
+)
+
+
+def parse_payload(ctx: ApiContext, body: dict[str, Any]) -> bytes:
+    raw = get_str(body, "payload", required=True)
+    try:
+        payload = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_request("payload must be base64") from None
+    limit = ctx.config.messages.max_payload_bytes
+    if len(payload) > limit:
+        raise bad_request(f"payload is larger than {limit} bytes")
+    return payload
+
+
+def parse_flags(body: dict[str, Any]) -> int:
+    """The WKProto header flags of a request's ``header`` object."""
+    header = body.get("header") or {}
+    if not isinstance(header, dict):
+        raise bad_request("header must be an object")
+    flags = 0
+    for name, bit in (
+        ("no_persist", HeaderFlag.NO_PERSIST),
+        ("red_dot", HeaderFlag.RED_DOT),
+        ("sync_once", HeaderFlag.SYNC_ONCE),
+    ):
+        try:
+            if get_flag(header, name):
+                flags |= bit
+        except ApiError as e:
+            raise bad_request(f"header.{e.msg}") from None
+    return flags
+
+
+def parse_uids(body: dict[str, Any], name: str) -> list[str]:
+    uids = get_str_list(body, name, required=True)
+    if not uids:
+        raise bad_request(f"{name} must not be empty")
+    if len(uids) > MAX_SUBSCRIBERS:
+        raise bad_request(f"{name} lists more than {MAX_SUBSCRIBERS} uids")
+    for uid in uids:
+        check_id(uid, f"{name} uid")
+    return list(dict.fromkeys(uids))  # in order, once each
+
+
+def sender(body: dict[str, Any]) -> str:
+    from_uid = get_str(body, "from_uid") or get_str(body, "sender_uid") or SYSTEM_UID
+    if from_uid != SYSTEM_UID:
+        check_id(from_uid, "from_uid")
+    return from_uid
+
+
+def raise_for_reason(reason: ReasonCode, client_msg_no: str) -> None:
+    """The HTTP answer of a send that did not succeed (as ``/message/send``)."""
+    if reason == ReasonCode.SUCCESS:
+        return
+    if reason in _RETRY_REASONS:
+        raise ApiError(
+            503,
+            f"not committed as far as known ({reason.name}); retry with this client_msg_no",
+            reason=int(reason),
+            client_msg_no=client_msg_no,
+        )
+    if reason == ReasonCode.RATE_LIMIT:
+        raise ApiError(429, "too many sends to this channel, retry later", reason=int(reason))
+    if reason == ReasonCode.SYSTEM_ERROR:
+        raise ApiError(500, "message could not be stored", reason=int(reason))
+    raise ApiError(403, f"send refused: {reason.name}", reason=int(reason))
+
+
+async def subscriber_send(ctx: ApiContext, body: dict[str, Any]) -> Response:
+    """``/message/send`` with an explicit ``subscribers`` list instead of a channel: the message
+    reaches exactly those uids. Stored ones (not ``no_persist``) go to the temp channel of that
+    uid set (type 8; its command twin, as they are sync_once), so they can be synced."""
+    if get_str(body, "channel_id"):
+        raise bad_request("channel_id and subscribers are mutually exclusive")
+    uids = parse_uids(body, "subscribers")
+    from_uid = sender(body)
+    flags = parse_flags(body)
+    if not flags & HeaderFlag.SYNC_ONCE:
+        raise bad_request("subscribers requires header.sync_once = 1")
+    payload = parse_payload(ctx, body)
+    client_msg_no = get_str(body, "client_msg_no") or uuid.uuid4().hex
+    expire = get_int(body, "expire", minimum=0, maximum=0xFFFFFFFF)
+    channel_id = temp_channel_id(uids)
+    problem = request_problem(client_msg_no, "", "", channel_id, from_uid, expire)
+    if problem is not None:
+        raise bad_request(problem)
+    outcome = await ctx.router.send(
+        pb.SendItem(
+            from_uid=from_uid,
+            channel_id=channel_id,
+            channel_type=ChannelType.TEMP,
+            client_msg_no=client_msg_no,
+            payload=payload,
+            flags=flags,
+            expire=expire,
+            trusted=True,
+            subscribers=uids,
+        )
+    )
+    raise_for_reason(ReasonCode(outcome.reason), client_msg_no)
+    return Response(
+        200,
+        {
+            "message_id": outcome.message_id,
+            "message_idstr": str(outcome.message_id),
+            "message_seq": outcome.message_seq,
+            "client_msg_no": client_msg_no,
+        },
+    )
+
+
+def register(route: RouteAdder, ctx: ApiContext) -> None:
+    """Add this module's routes."""
