@@ -331,7 +331,10 @@ class Router:
     # --- metadata and reads -------------------------------------------------------------------
 
     async def meta(self, key: str, op: pb.MetaOp) -> pb.MetaResult:
-        group = self.group_of(key)
+        return await self.meta_group(self.group_of(key), op)
+
+    async def meta_group(self, group: int, op: pb.MetaOp) -> pb.MetaResult:
+        """Commit a metadata change in slot group ``group`` (state not indexed by one key)."""
 
         async def once(target: int) -> Any:
             if target == self.s.node_id:

@@ -11,12 +11,12 @@ from __future__ import annotations
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
 
-from ..command_channels import makes_conversations, online_only
+from ..command_channels import cmd_of, is_cmd, makes_conversations, online_only, source_of
 from ..ids import EPOCH_MS
 from ..pipeline_rules import SYSTEM_UID, request_problem, send_permission
 from ..storage import ChannelInfo, DeviceRecord, MessageRecord, Store
 from ..storage.db import Batch
-from . import channel_state, conversations, message_ops
+from . import channel_state, command_sync, conversations, message_ops
 from .context import ApplyContext
 
 _ID_SEQ_BITS = 12
@@ -84,6 +84,8 @@ class GroupMachine:
         last_id = self.store.last_message_id()
         for item in batch.items:
             outcome = result.outcomes.add()
+            if item.flags & HeaderFlag.SYNC_ONCE:
+                item.channel_id = cmd_of(item.channel_id)  # stored in the command twin
             no_persist = online_only(item.channel_type, item.flags)
             key = (item.channel_type, item.channel_id, item.from_uid, item.client_msg_no)
             # Dedupe first: a retry of a message that committed gets its ids back even if the
@@ -93,7 +95,11 @@ class GroupMachine:
                 and not self.skip_dedupe
                 and not no_persist
                 and not request_problem(
-                    item.client_msg_no, item.topic, item.stream_no, item.channel_id, item.from_uid
+                    item.client_msg_no,
+                    item.topic,
+                    item.stream_no,
+                    source_of(item.channel_id),
+                    item.from_uid,
                 )
             ):
                 earlier = seen.get(key)
@@ -139,6 +145,9 @@ class GroupMachine:
                 wb.append_message(record)
                 if makes_conversations(item.channel_type, item.channel_id):
                     conversations.on_message(ctx, record, item)
+                if is_cmd(item.channel_id):
+                    uids = command_sync.recipients_of(self.store, item, item.channel_id)
+                    command_sync.enqueue(ctx, record, uids)
             outcome.reason = ReasonCode.SUCCESS
             outcome.message_id = record.message_id
             outcome.message_seq = seq
@@ -151,8 +160,9 @@ class GroupMachine:
         return result
 
     def _check(self, item: pb.SendItem) -> ReasonCode:
+        channel_id = source_of(item.channel_id)  # a command twin is checked as its source
         if request_problem(
-            item.client_msg_no, item.topic, item.stream_no, item.channel_id, item.from_uid
+            item.client_msg_no, item.topic, item.stream_no, channel_id, item.from_uid
         ):
             return ReasonCode.PAYLOAD_DECODE_ERROR
         if item.subscribers:
@@ -160,7 +170,7 @@ class GroupMachine:
             # (HTTP API) may send one, and no channel check applies (WuKongIM v3 does the same).
             return ReasonCode.SUCCESS if item.trusted else ReasonCode.NOT_ALLOW_SEND
         info = (
-            self.store.get_channel(item.channel_type, item.channel_id)
+            self.store.get_channel(item.channel_type, channel_id)
             if item.channel_type != ChannelType.PERSON
             else None
         )
@@ -168,7 +178,7 @@ class GroupMachine:
             item.channel_type != ChannelType.PERSON
             and not item.trusted
             and item.from_uid != SYSTEM_UID
-            and self.store.is_subscriber(item.channel_type, item.channel_id, item.from_uid)
+            and self.store.is_subscriber(item.channel_type, channel_id, item.from_uid)
         )
         return send_permission(
             channel_type=item.channel_type,
@@ -216,7 +226,12 @@ class GroupMachine:
         return pb.MetaResult(reason=ReasonCode.SUCCESS)
 
 
-_META_HANDLERS = {**channel_state.META, **conversations.META, **message_ops.META}
+_META_HANDLERS = {
+    **channel_state.META,
+    **conversations.META,
+    **message_ops.META,
+    **command_sync.META,
+}
 
 
 def record_to_pb(r: MessageRecord) -> pb.Message:

@@ -13,13 +13,16 @@ from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
 
 from ..command_channels import temp_channel_id
+from ..groups.command_sync import decode_position
 from ..pipeline_rules import SYSTEM_UID, request_problem
-from .common import ApiContext, RouteAdder, check_id
+from .common import OK, ApiContext, RouteAdder, check_id, message_resp
 from .fields import get_flag, get_int, get_str, get_str_list
-from .server import ApiError, Response, bad_request
+from .server import ApiError, Request, Response, bad_request
 
 MAX_SUBSCRIBERS = 1000
 """Recipients of one explicit-list send or one batch send."""
+MAX_SYNC_LIMIT = 1000
+_DEVICE_FLAGS = {0, 1, 2}
 _RETRY_REASONS = (
     ReasonCode.NODE_MATCH_ERROR,
     ReasonCode.NODE_NOT_MATCH,
@@ -139,3 +142,52 @@ async def subscriber_send(ctx: ApiContext, body: dict[str, Any]) -> Response:
 
 def register(route: RouteAdder, ctx: ApiContext) -> None:
     """Add this module's routes."""
+
+    @route("POST", "/message/sync")
+    async def command_sync(req: Request) -> Response:
+        """The user's pending command messages: the oldest slot group's pending page (one group
+        per page, so that the last ``message_seq`` acknowledges exactly what was seen)."""
+        body = req.json_object()
+        uid = check_id(get_str(body, "uid", required=True), "uid")
+        flag = get_int(body, "device_flag", default=0, choices=_DEVICE_FLAGS)
+        after = get_int(body, "message_seq", default=0, minimum=0)
+        limit = get_int(body, "limit", default=200, minimum=1, maximum=MAX_SYNC_LIMIT)
+        query = {
+            "q": "cmd_pending",
+            "uid": uid,
+            "device_flag": flag,
+            "after": after,
+            "limit": limit,
+        }
+        pages = [p for p in await ctx.router.read_every_group(query) if p["entries"]]
+        if not pages:
+            return Response(200, [])
+        oldest = min(
+            pages,
+            key=lambda p: (
+                p["entries"][0]["message"]["timestamp_ms"],
+                p["entries"][0]["message"]["message_id"],
+            ),
+        )
+        out = []
+        for entry in oldest["entries"]:
+            m = message_resp(entry["message"], uid)
+            m["channel_message_seq"] = m["message_seq"]
+            m["message_seq"] = entry["sync_seq"]
+            out.append(m)
+        return Response(200, out)
+
+    @route("POST", "/message/syncack")
+    async def command_syncack(req: Request) -> Response:
+        body = req.json_object()
+        uid = check_id(get_str(body, "uid", required=True), "uid")
+        flag = get_int(body, "device_flag", default=0, choices=_DEVICE_FLAGS)
+        last = get_int(body, "last_message_seq", required=True, minimum=1)
+        position, group = decode_position(last)
+        if position == 0 or group not in ctx.router.placement.groups:
+            raise bad_request("last_message_seq is not a message_seq that /message/sync returned")
+        op = pb.MetaOp(command_ack=pb.CommandAck(uid=uid, device_flag=flag, position=position))
+        result = await ctx.router.meta_group(group, op)
+        if result.reason != ReasonCode.SUCCESS:
+            raise ApiError(500, result.detail or "acknowledgement failed", reason=result.reason)
+        return Response(200, OK)

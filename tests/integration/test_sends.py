@@ -316,3 +316,137 @@ def test_explicit_subscribers_bad_input_is_400(sapi: Api, body: dict[str, Any], 
     resp = sapi.post("/message/send", {"payload": b64(b"x"), **body})
     assert resp.status_code == 400, resp.text
     assert resp.json()["msg"].startswith(msg)
+
+
+# --- 3. command (sync_once) messages and their per-device sync -----------------------------
+
+
+def sync_all(api: Api, uid: str, device_flag: int = 0, limit: int = 200) -> list[dict[str, Any]]:
+    """Sync and acknowledge page after page until nothing is pending."""
+    got: list[dict[str, Any]] = []
+    for _ in range(50):
+        page = api.ok("/message/sync", {"uid": uid, "device_flag": device_flag, "limit": limit})
+        if not page:
+            return got
+        got.extend(page)
+        last = page[-1]["message_seq"]
+        api.ok(
+            "/message/syncack",
+            {"uid": uid, "device_flag": device_flag, "last_message_seq": last},
+        )
+    raise AssertionError("sync never drained")
+
+
+def test_sync_once_goes_to_the_command_twin_and_syncs_once(sapi: Api, snode: NodeProcess) -> None:
+    a, b, outsider = users(sapi, "a", "b", "o")
+    gid = make_group(sapi, [a, b])
+
+    async def main() -> None:
+        async with (
+            open_client(*tcp(snode), uid=a, token=f"tok-{a}") as ca,
+            open_client(*tcp(snode), uid=b, token=f"tok-{b}") as cb,
+            open_client(*tcp(snode), uid=outsider, token=f"tok-{outsider}") as co,
+        ):
+            ack = await ca.send(gid, 2, b"cmd-group", flags=HeaderFlag.SYNC_ONCE)
+            assert ack.ok and ack.message_seq == 1
+            got = await cb.recv()
+            assert (got.channel_id, got.payload, got.message_seq) == (
+                f"{gid}____cmd",
+                b"cmd-group",
+                1,
+            )
+            assert got.flags & HeaderFlag.SYNC_ONCE
+            # Permission is the source channel's: a non-member is refused.
+            refused = await co.send(gid, 2, b"no", flags=HeaderFlag.SYNC_ONCE)
+            assert refused.reason_code == ReasonCode.SUBSCRIBER_NOT_EXIST
+            person = await ca.send(b, 1, b"cmd-person", flags=HeaderFlag.SYNC_ONCE)
+            assert person.ok and person.message_seq == 1
+            assert (await cb.recv()).channel_id == f"{a}____cmd"  # b's view of the twin
+            # Chat history is untouched; the twin has its own seqs.
+            chat = await ca.send(gid, 2, b"chat")
+            assert chat.message_seq == 1
+
+    trio.run(main)
+    sapi.ok(
+        "/message/send",
+        send_body(
+            from_uid=a,
+            channel_id=b,
+            channel_type=1,
+            header={"sync_once": 1},
+            payload=b64(b"cmd-http"),
+        ),
+    )
+    sapi.ok(
+        "/message/send",
+        send_body(subscribers=[b], header={"sync_once": 1}, payload=b64(b"cmd-list")),
+    )
+    assert head(sapi, gid, 2) == 1 and head(sapi, f"{gid}____cmd", 2) == 1
+
+    # b's web device acknowledges once early, so it keeps a cursor of its own.
+    first = sapi.ok("/message/sync", {"uid": b, "device_flag": 1, "limit": 1})
+    assert len(first) == 1
+    sapi.ok(
+        "/message/syncack",
+        {"uid": b, "device_flag": 1, "last_message_seq": first[0]["message_seq"]},
+    )
+
+    synced = sync_all(sapi, b)
+    assert sorted(base64.b64decode(m["payload"]) for m in synced) == [
+        b"cmd-group",
+        b"cmd-http",
+        b"cmd-list",
+        b"cmd-person",
+    ]
+    by_payload = {base64.b64decode(m["payload"]): m for m in synced}
+    assert by_payload[b"cmd-group"]["channel_id"] == f"{gid}____cmd"
+    assert by_payload[b"cmd-group"]["header"]["sync_once"] == 1
+    assert by_payload[b"cmd-person"]["channel_id"] == f"{a}____cmd"
+    assert by_payload[b"cmd-list"]["from_uid"] == ""
+    assert sync_all(sapi, b) == []  # once: acknowledged messages do not come back
+    web = sync_all(sapi, b, device_flag=1)
+    assert len(web) == 3 and first[0]["message_id"] not in {m["message_id"] for m in web}
+    # The sender's own commands are not queued for it.
+    assert sync_all(sapi, a) == []
+
+
+def test_sync_pages_and_resume_after_message_seq(sapi: Api) -> None:
+    a, b = users(sapi, "a", "b")
+    for i in range(5):
+        sapi.ok(
+            "/message/send",
+            send_body(
+                from_uid=a,
+                channel_id=b,
+                channel_type=1,
+                header={"sync_once": 1},
+                payload=b64(f"c{i}".encode()),
+            ),
+        )
+    page1 = sapi.ok("/message/sync", {"uid": b, "limit": 2})
+    # Without an ack, message_seq resumes after what was seen; nothing moves server-side.
+    page2 = sapi.ok(
+        "/message/sync", {"uid": b, "limit": 2, "message_seq": page1[-1]["message_seq"]}
+    )
+    again = sapi.ok("/message/sync", {"uid": b, "limit": 2})
+    assert [m["payload"] for m in again] == [m["payload"] for m in page1]
+    assert [base64.b64decode(m["payload"]) for m in page1 + page2] == [b"c0", b"c1", b"c2", b"c3"]
+    assert [m["channel_message_seq"] for m in page1 + page2] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "msg"),
+    [
+        ("/message/sync", {}, "uid is required"),
+        ("/message/sync", {"uid": "u", "limit": 0}, "limit must be at least 1"),
+        ("/message/sync", {"uid": "u", "device_flag": 7}, "device_flag must be one of"),
+        ("/message/sync", {"uid": "u", "message_seq": "x"}, "message_seq must be an integer"),
+        ("/message/syncack", {"uid": "u"}, "last_message_seq is required"),
+        ("/message/syncack", {"uid": "u", "last_message_seq": 1}, "last_message_seq is not"),
+        ("/message/syncack", {"uid": "a b", "last_message_seq": 513}, "uid contains"),
+    ],
+)
+def test_sync_bad_input_is_400(sapi: Api, path: str, body: dict[str, Any], msg: str) -> None:
+    resp = sapi.post(path, body)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["msg"].startswith(msg)
