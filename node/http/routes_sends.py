@@ -9,9 +9,12 @@ import binascii
 import uuid
 from typing import Any
 
+import trio
+
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
 
+from ..channels import person_channel_id
 from ..command_channels import temp_channel_id
 from ..groups.command_sync import decode_position
 from ..pipeline_rules import SYSTEM_UID, request_problem
@@ -140,8 +143,49 @@ async def subscriber_send(ctx: ApiContext, body: dict[str, Any]) -> Response:
     )
 
 
+async def send_each(ctx: ApiContext, items: list[pb.SendItem]) -> list[pb.SendOutcome]:
+    """Commit independent sends concurrently; all are queued first, in order."""
+    finishes = [ctx.router.begin_send(item) for item in items]
+    outcomes: list[pb.SendOutcome] = [pb.SendOutcome() for _ in items]
+
+    async def one(i: int) -> None:
+        outcomes[i] = await finishes[i]()
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(items)):
+            nursery.start_soon(one, i)
+    return outcomes
+
+
 def register(route: RouteAdder, ctx: ApiContext) -> None:
     """Add this module's routes."""
+
+    @route("POST", "/message/sendbatch")
+    async def send_batch(req: Request) -> Response:
+        """The same payload as a person message from ``from_uid`` to each subscriber; every
+        recipient's send succeeds or fails on its own (``fail_uids`` with the reason codes)."""
+        body = req.json_object()
+        from_uid = check_id(get_str(body, "from_uid", required=True), "from_uid")
+        uids = parse_uids(body, "subscribers")
+        flags = parse_flags(body)
+        payload = parse_payload(ctx, body)
+        items = [
+            pb.SendItem(
+                from_uid=from_uid,
+                channel_id=person_channel_id(from_uid, uid),
+                channel_type=ChannelType.PERSON,
+                client_msg_no=uuid.uuid4().hex,
+                payload=payload,
+                flags=flags,
+                trusted=True,
+            )
+            for uid in uids
+        ]
+        outcomes = await send_each(ctx, items)
+        failed = [(u, o.reason) for u, o in zip(uids, outcomes, strict=True) if o.reason != 1]
+        return Response(
+            200, {"fail_uids": [u for u, _ in failed], "reason": [int(r) for _, r in failed]}
+        )
 
     @route("POST", "/message/sync")
     async def command_sync(req: Request) -> Response:

@@ -450,3 +450,58 @@ def test_sync_bad_input_is_400(sapi: Api, path: str, body: dict[str, Any], msg: 
     resp = sapi.post(path, body)
     assert resp.status_code == 400, resp.text
     assert resp.json()["msg"].startswith(msg)
+
+
+# --- 4. batch sends ------------------------------------------------------------------------------
+
+
+def test_sendbatch_sends_a_person_message_to_each(sapi: Api, snode: NodeProcess) -> None:
+    a, b, c = users(sapi, "a", "b", "c")
+
+    async def main() -> None:
+        async with (
+            open_client(*tcp(snode), uid=b, token=f"tok-{b}") as cb,
+            open_client(*tcp(snode), uid=c, token=f"tok-{c}") as cc,
+        ):
+            body = {
+                "from_uid": a,
+                "subscribers": [b, c, b],
+                "header": {"red_dot": 1},
+                "payload": b64(b"news"),
+            }
+            resp = await post(sapi, "/message/sendbatch", body)
+            assert resp.status_code == 200, resp.text
+            assert resp.json() == {"fail_uids": [], "reason": []}
+            for client in (cb, cc):
+                got = await client.recv()
+                assert (got.from_uid, got.channel_id, got.channel_type) == (a, a, 1)
+                assert (got.payload, got.message_seq) == (b"news", 1)
+                assert got.flags & HeaderFlag.RED_DOT
+            await cb.ping()
+            assert cb.pending_messages() == 0  # b listed twice, sent once
+
+    trio.run(main)
+    assert head(sapi, person_channel_id(a, b), 1) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "msg"),
+    [
+        ({"subscribers": ["u1"], "payload": "eA=="}, "from_uid is required"),
+        ({"from_uid": "u0", "subscribers": [], "payload": "eA=="}, "subscribers must not be empty"),
+        ({"from_uid": "u0", "payload": "eA=="}, "subscribers is required"),
+        ({"from_uid": "u0", "subscribers": ["u1"]}, "payload is required"),
+        (
+            {"from_uid": "u0", "subscribers": ["u1"], "payload": b64(b"z" * (12 * 1024 + 1))},
+            "payload is larger than",
+        ),
+        (
+            {"from_uid": "u0", "subscribers": [f"u{i}" for i in range(1001)], "payload": "eA=="},
+            "subscribers lists more than 1000",
+        ),
+    ],
+)
+def test_sendbatch_bad_input_is_400(sapi: Api, body: dict[str, Any], msg: str) -> None:
+    resp = sapi.post("/message/sendbatch", body)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["msg"].startswith(msg)
