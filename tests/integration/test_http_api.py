@@ -48,7 +48,7 @@ def test_unknown_route_and_method(api: Api) -> None:
         ("/message/send", {"channel_id": "g", "channel_type": 2}, "payload"),
         ("/message/send", {"channel_id": "g", "channel_type": 2, "payload": "%%"}, "base64"),
         ("/message/send", {"channel_id": "g", "payload": "aGk="}, "channel_type"),
-        ("/message/send", {"channel_id": "g", "channel_type": 9, "payload": "aGk="}, "9"),
+        ("/message/send", {"channel_id": "g", "channel_type": 13, "payload": "aGk="}, "13"),
         ("/message/send", {"channel_id": "b", "channel_type": 1, "payload": "aGk="}, "from_uid"),
         (
             "/message/send",
