@@ -170,6 +170,7 @@ class Node:
             max_batch=cfg.messages.max_batch,
             proposal_timeout_s=cfg.cluster.proposal_timeout_s,
             fake_acks=self.fake_acks,
+            group_rate_limit=cfg.messages.group_rate_limit,
         )
         self.router.attach(local, pipeline)
         log.info("replica opened", group=group, members=members)

@@ -8,6 +8,8 @@ import zlib
 from proto.wkproto import ChannelType
 
 MAX_ID_BYTES = 64
+CMD_SUFFIX = "____cmd"
+"""Suffix of command twin channels (``node/command_channels.py``)."""
 _FORBIDDEN = set("@#&")
 
 
@@ -84,8 +86,9 @@ def view_channel_id(channel_id: str, channel_type: int, recipient_uid: str) -> s
     """The channel id as a recipient sees it: for a person channel, the other party's uid."""
     if channel_type != ChannelType.PERSON:
         return channel_id
-    a, b = person_parties(channel_id)
-    return b if recipient_uid == a else a
+    suffix = CMD_SUFFIX if channel_id.endswith(CMD_SUFFIX) else ""  # a command twin: peer + suffix
+    a, b = person_parties(channel_id.removesuffix(suffix) if suffix else channel_id)
+    return (b if recipient_uid == a else a) + suffix
 
 
 def recipients(channel_id: str, channel_type: int, subscribers: list[str]) -> list[str]:

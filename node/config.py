@@ -219,6 +219,11 @@ class Config:
         window = self.messages.commit_window_ms
         if not (math.isfinite(window) and window >= 0):
             raise ConfigError(f"messages.commit_window_ms must be >= 0, got {window}")
+        if self.messages.max_payload_bytes < 1:
+            raise ConfigError("messages.max_payload_bytes must be at least 1")
+        rate = self.messages.group_rate_limit
+        if not (math.isfinite(rate) and rate >= 0):
+            raise ConfigError(f"messages.group_rate_limit must be >= 0, got {rate}")
         if self.messages.max_batch < 1:
             raise ConfigError("messages.max_batch must be at least 1")
         if self.http.max_body_bytes < 1024:

@@ -29,6 +29,7 @@ from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, ReasonCode
 
 from .channels import recipients
+from .command_channels import source_of
 from .groups.local import LocalGroup, ProposalError
 from .groups.machine import record_from_pb
 from .groups.pipeline import GroupPipeline
@@ -186,7 +187,8 @@ class Router:
             await trio.sleep_forever()
 
     def group_of(self, key: str) -> int:
-        return self.placement.group_of(key)
+        # A command twin lives with its source channel (node/command_channels.py).
+        return self.placement.group_of(source_of(key))
 
     def peer_target(self, node_id: int) -> str:
         host = self.placement.nodes.get(node_id)
@@ -335,7 +337,10 @@ class Router:
     # --- metadata and reads -------------------------------------------------------------------
 
     async def meta(self, key: str, op: pb.MetaOp) -> pb.MetaResult:
-        group = self.group_of(key)
+        return await self.meta_group(self.group_of(key), op)
+
+    async def meta_group(self, group: int, op: pb.MetaOp) -> pb.MetaResult:
+        """Commit a metadata change in slot group ``group`` (state not indexed by one key)."""
 
         async def once(target: int) -> Any:
             if target == self.s.node_id:
@@ -446,14 +451,18 @@ class Router:
         subscribers: dict[tuple[int, str], list[str]] = {}
         request = pb.DeliverRequest()
         for message, item in zip(messages, items, strict=True):
-            key = (message.channel_type, message.channel_id)
-            if key not in subscribers:
-                subscribers[key] = (
-                    []
-                    if message.channel_type == ChannelType.PERSON
-                    else local.store.subscribers(*key)
-                )
-            uids = recipients(message.channel_id, message.channel_type, subscribers[key])
+            # A command twin's recipients are its source channel's.
+            key = (message.channel_type, source_of(message.channel_id))
+            if item.subscribers:
+                uids = list(item.subscribers)  # an explicit recipient list, whatever the channel
+            else:
+                if key not in subscribers:
+                    subscribers[key] = (
+                        []
+                        if message.channel_type == ChannelType.PERSON
+                        else local.store.subscribers(*key)
+                    )
+                uids = recipients(key[1], message.channel_type, subscribers[key])
             request.messages.append(message)
             request.recipients.append(
                 pb.Recipients(uids=uids, origin_node=item.origin_node, origin_conn=item.origin_conn)

@@ -348,6 +348,10 @@ class Session:
                 log.info("SEND payload does not decrypt", **self._fields(), error=str(e))
                 answer(ReasonCode.PAYLOAD_DECODE_ERROR)
                 return
+        if len(payload) > self._ctx.config.messages.max_payload_bytes:
+            log.info("SEND payload too large", **self._fields(), size=len(payload))
+            answer(ReasonCode.PAYLOAD_DECODE_ERROR)
+            return
         if s.channel_type not in _KNOWN_CHANNEL_TYPES:
             answer(ReasonCode.NOT_SUPPORT_CHANNEL_TYPE)
             return

@@ -29,6 +29,7 @@ from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
 
 from ..channels import person_parties
+from ..command_channels import is_cmd
 from ..storage import MessageRecord, Store
 from ..storage.keys import SEP, channel_key
 from . import message_ops, msgindex
@@ -179,8 +180,8 @@ def on_message(ctx: ApplyContext, record: MessageRecord, item: pb.SendItem) -> N
     """Runs in apply for every stored message, in the same write batch."""
     msgindex.index_message(ctx, record)
     ctype, cid, seq = record.channel_type, record.channel_id, record.message_seq
-    if ctype in NO_CONVERSATION:
-        return
+    if ctype in NO_CONVERSATION or is_cmd(cid):
+        return  # command twins are synced apart (groups/command_sync.py)
     ck = channel_key(ctype, cid)
     countable = is_countable(record.flags)
     # Seqs of a channel are contiguous, so the running count continues from seq - 1 (from the

@@ -11,11 +11,12 @@ from __future__ import annotations
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import HeaderFlag, ReasonCode
 
+from ..command_channels import cmd_of, is_cmd, online_only, source_of
 from ..ids import EPOCH_MS
 from ..pipeline_rules import request_problem
 from ..storage import ChannelInfo, DeviceRecord, MessageRecord, Store
 from ..storage.db import Batch
-from . import channel_state, conversations, message_ops, permissions
+from . import channel_state, command_sync, conversations, message_ops, permissions
 from .context import ApplyContext
 
 _ID_SEQ_BITS = 12
@@ -83,7 +84,9 @@ class GroupMachine:
         last_id = self.store.last_message_id()
         for item in batch.items:
             outcome = result.outcomes.add()
-            no_persist = bool(item.flags & HeaderFlag.NO_PERSIST)
+            if item.flags & HeaderFlag.SYNC_ONCE:
+                item.channel_id = cmd_of(item.channel_id)  # stored in the command twin
+            no_persist = online_only(item.channel_type, item.flags)
             key = (item.channel_type, item.channel_id, item.from_uid, item.client_msg_no)
             # Dedupe first: a retry of a message that committed gets its ids back even if the
             # sender lost the permission since (else a "refused" message would exist).
@@ -92,7 +95,11 @@ class GroupMachine:
                 and not self.skip_dedupe
                 and not no_persist
                 and not request_problem(
-                    item.client_msg_no, item.topic, item.stream_no, item.channel_id, item.from_uid
+                    item.client_msg_no,
+                    item.topic,
+                    item.stream_no,
+                    source_of(item.channel_id),
+                    item.from_uid,
                 )
             ):
                 earlier = seen.get(key)
@@ -128,15 +135,20 @@ class GroupMachine:
                 client_msg_no=item.client_msg_no,
                 payload=item.payload,
                 setting=item.setting,
-                flags=item.flags & _PERSISTED_FLAGS,
+                flags=(item.flags & _PERSISTED_FLAGS)
+                | (HeaderFlag.NO_PERSIST if no_persist else 0),
                 expire=item.expire,
                 topic=item.topic,
                 stream_no=item.stream_no,
             )
             if seq:
                 wb.append_message(record)
+                # Indexes every stored message; rows only where conversations exist.
                 conversations.on_message(ctx, record, item)
                 message_ops.on_message(ctx, record)
+                if is_cmd(item.channel_id):
+                    uids = command_sync.recipients_of(self.store, item, item.channel_id)
+                    command_sync.enqueue(ctx, record, uids)
             outcome.reason = ReasonCode.SUCCESS
             outcome.message_id = record.message_id
             outcome.message_seq = seq
@@ -149,10 +161,20 @@ class GroupMachine:
         return result
 
     def _check(self, item: pb.SendItem) -> ReasonCode:
+        channel_id = source_of(item.channel_id)  # a command twin is checked as its source
         if request_problem(
-            item.client_msg_no, item.topic, item.stream_no, item.channel_id, item.from_uid
+            item.client_msg_no, item.topic, item.stream_no, channel_id, item.from_uid
         ):
             return ReasonCode.PAYLOAD_DECODE_ERROR
+        if item.subscribers:
+            # An explicit recipient list addresses people, not a channel: only the app backend
+            # (HTTP API) may send one, and no channel check applies (WuKongIM v3 does the same).
+            return ReasonCode.SUCCESS if item.trusted else ReasonCode.NOT_ALLOW_SEND
+        if channel_id != item.channel_id:
+            source = pb.SendItem()
+            source.CopyFrom(item)
+            source.channel_id = channel_id
+            item = source
         return permissions.send_permission(self.store, item)
 
     # --- metadata ---------------------------------------------------------------------------
@@ -196,7 +218,12 @@ class GroupMachine:
         return pb.MetaResult(reason=ReasonCode.SUCCESS)
 
 
-_META_HANDLERS = {**channel_state.META, **conversations.META, **message_ops.META}
+_META_HANDLERS = {
+    **channel_state.META,
+    **conversations.META,
+    **message_ops.META,
+    **command_sync.META,
+}
 
 
 def record_to_pb(r: MessageRecord) -> pb.Message:

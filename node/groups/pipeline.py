@@ -18,10 +18,12 @@ import trio
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import HeaderFlag, ReasonCode
 
+from ..command_channels import source_of
 from ..log import get_logger
 from ..sabotage import AckCounter
 from .local import LocalGroup, Proposal, ProposalError
 from .machine import next_message_id
+from .rate_limit import ChannelRateLimiter
 
 log = get_logger("pipeline")
 
@@ -43,8 +45,12 @@ class GroupPipeline:
         max_in_flight: int = 4,
         queue_size: int = 50_000,
         fake_acks: AckCounter | None = None,
+        group_rate_limit: float = 0.0,
     ) -> None:
         self.group = group
+        # Sends to one non-person channel per second; checked here, on the leader, before the
+        # send is proposed (never in apply: rates depend on the clock).
+        self.rate_limiter = ChannelRateLimiter(group_rate_limit)
         # SABOTAGE (tests only, ``testing.sabotage = ack-without-commit``); None in production.
         self._fake_acks = fake_acks
         self._on_committed = on_committed
@@ -74,6 +80,9 @@ class GroupPipeline:
             # SABOTAGE: a success that looks real for a send that never reaches Raft, i.e. an
             # acknowledged message that is lost; the chaos checkers must catch it.
             done(self._fake_outcome(item), None)
+            return
+        if not self.rate_limiter.allow(item.channel_type, source_of(item.channel_id)):
+            done(pb.SendOutcome(reason=ReasonCode.RATE_LIMIT), None)
             return
         try:
             self._send.send_nowait((item, done))

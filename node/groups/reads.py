@@ -11,7 +11,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ..storage import MessageRecord, Store
-from . import channel_state, conversations, message_ops
+from . import channel_state, command_sync, conversations, message_ops
 
 MAX_SYNC_LIMIT = 10_000
 
@@ -103,4 +103,9 @@ def _messages(store: Store, q: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_DOMAIN_QUERIES = {**channel_state.QUERIES, **conversations.QUERIES, **message_ops.QUERIES}
+_DOMAIN_QUERIES = {
+    **channel_state.QUERIES,
+    **conversations.QUERIES,
+    **message_ops.QUERIES,
+    **command_sync.QUERIES,
+}

@@ -28,6 +28,7 @@ from . import (
     routes_conversations,
     routes_history,
     routes_messages,
+    routes_sends,
     routes_webhooks,
 )
 from .common import (
@@ -221,6 +222,8 @@ def build_router(ctx: ApiContext) -> HttpRouter:
     @route("POST", "/message/send")
     async def message_send(req: Request) -> Response:
         body = req.json_object()
+        if body.get("subscribers") is not None:
+            return await routes_sends.subscriber_send(ctx, body)
         if not get_str(body, "from_uid") and get_str(body, "sender_uid"):
             body["from_uid"] = body["sender_uid"]
         from_uid = get_str(body, "from_uid") or SYSTEM_UID
@@ -237,6 +240,9 @@ def build_router(ctx: ApiContext) -> HttpRouter:
             payload = base64.b64decode(raw_payload, validate=True)
         except (binascii.Error, ValueError):
             raise bad_request("payload must be base64") from None
+        limit = ctx.config.messages.max_payload_bytes
+        if len(payload) > limit:
+            raise bad_request(f"payload is larger than {limit} bytes")
         header = body.get("header") or {}
         if not isinstance(header, dict):
             raise bad_request("header must be an object")
@@ -291,6 +297,8 @@ def build_router(ctx: ApiContext) -> HttpRouter:
             )
         if reason == ReasonCode.SYSTEM_ERROR:
             raise ApiError(500, "message could not be stored", reason=int(reason))
+        if reason == ReasonCode.RATE_LIMIT:
+            raise ApiError(429, "too many sends to this channel, retry later", reason=int(reason))
         if reason != ReasonCode.SUCCESS:
             raise ApiError(403, f"send refused: {reason.name}", reason=int(reason))
         return Response(
@@ -357,6 +365,7 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         routes_conversations,
         routes_messages,
         routes_history,
+        routes_sends,
         routes_webhooks,
     ):
         module.register(route, ctx)

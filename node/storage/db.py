@@ -41,6 +41,7 @@ _CFS = (
     "lists",  # channel deny/allow lists
     "convs",  # per-user conversation rows
     "msgx",  # per-message extras: revocations, edits, per-user hides, read receipts
+    "cmdq",  # per-user command (sync_once) queues and per-device cursors
 )
 _DEDUPE = struct.Struct(">qQ")
 _INFO = b"I"

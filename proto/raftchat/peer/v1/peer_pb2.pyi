@@ -689,6 +689,7 @@ class MetaOp(_message.Message):
     CHANNEL_DELETE_FIELD_NUMBER: _builtins.int
     CONVERSATION_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    COMMAND_ACK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def set_device(self) -> Global___DeviceToken: ...
     @_builtins.property
@@ -703,6 +704,8 @@ class MetaOp(_message.Message):
     def conversation(self) -> Global___ConversationOp: ...
     @_builtins.property
     def message(self) -> Global___MessageOp: ...
+    @_builtins.property
+    def command_ack(self) -> Global___CommandAck: ...
     def __init__(
         self,
         *,
@@ -713,16 +716,46 @@ class MetaOp(_message.Message):
         channel_delete: Global___ChannelDelete | None = ...,
         conversation: Global___ConversationOp | None = ...,
         message: Global___MessageOp | None = ...,
+        command_ack: Global___CommandAck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "channel_delete", b"channel_delete", "conversation", b"conversation", "lists", b"lists", "message", b"message", "op", b"op", "set_device", b"set_device", "user", b"user"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "channel_delete", b"channel_delete", "command_ack", b"command_ack", "conversation", b"conversation", "lists", b"lists", "message", b"message", "op", b"op", "set_device", b"set_device", "user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "channel_delete", b"channel_delete", "conversation", b"conversation", "lists", b"lists", "message", b"message", "op", b"op", "set_device", b"set_device", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "channel_delete", b"channel_delete", "command_ack", b"command_ack", "conversation", b"conversation", "lists", b"lists", "message", b"message", "op", b"op", "set_device", b"set_device", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["set_device", "channel", "lists", "user", "channel_delete", "conversation", "message"]  # noqa: Y015
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["set_device", "channel", "lists", "user", "channel_delete", "conversation", "message", "command_ack"]  # noqa: Y015
     _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
 
 Global___MetaOp: _TypeAlias = MetaOp  # noqa: Y015
+
+@_typing.final
+class CommandAck(_message.Message):
+    """A device acknowledges its command (sync_once) messages in one slot group, up to `position`
+    of the user's command queue there (node/groups/command_sync.py).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UID_FIELD_NUMBER: _builtins.int
+    DEVICE_FLAG_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    uid: _builtins.str
+    device_flag: _builtins.int
+    position: _builtins.int
+    def __init__(
+        self,
+        *,
+        uid: _builtins.str = ...,
+        device_flag: _builtins.int = ...,
+        position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_flag", b"device_flag", "position", b"position", "uid", b"uid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommandAck: _TypeAlias = CommandAck  # noqa: Y015
 
 @_typing.final
 class MetaResult(_message.Message):
