@@ -17,9 +17,12 @@ Per channel type:
   takes the member checks of a group against the visitors channel's own lists and subscribers.
 * agent (11, id ``uid@agentUid``): ``disband`` -> Disband; a sender that is neither party ->
   NotAllowSend (also for trusted sends: it is a rule of the channel, not of membership).
-* customer service (3), community (4), topic (5), info (6), data (7), temp (8), live (9),
-  agent group (12): ``disband`` only, as v3 does ("terminal check"); v3 does not check
-  subscribers for these.
+* live (9): ``disband`` -> Disband, then the member checks of a group for client sends: a live
+  room's messages go only to its current subscribers, so an outsider could only shout into a
+  room they cannot hear (v3 checks only ``disband``; we choose the stricter rule).
+* customer service (3), community (4), topic (5), info (6), data (7), temp (8), agent group
+  (12): ``disband`` only, as v3 does ("terminal check"); v3 does not check subscribers for
+  these.
 
 Trusted (HTTP) and system senders skip the member checks, never ``disband``.
 """
@@ -65,7 +68,9 @@ def send_permission(store: Store, item: pb.SendItem) -> ReasonCode:
         if not system and sender not in agent_parties(cid):
             return ReasonCode.NOT_ALLOW_SEND
         return ReasonCode.SUCCESS
-    if ctype == ChannelType.GROUP or (ctype == ChannelType.VISITORS and sender != cid):
+    if ctype in (ChannelType.GROUP, ChannelType.LIVE) or (
+        ctype == ChannelType.VISITORS and sender != cid
+    ):
         return ReasonCode.SUCCESS if privileged else member_check(store, ctype, cid, sender)
     return ReasonCode.SUCCESS
 

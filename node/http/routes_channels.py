@@ -11,7 +11,7 @@ from proto.wkproto import ChannelType
 
 from .common import CHANNEL_TYPES, OK, ApiContext, RouteAdder, check_id, meta
 from .fields import get_int, get_str, get_str_list
-from .server import Request, Response, bad_request
+from .server import ApiError, Request, Response, bad_request
 
 _KINDS = {"blacklist": pb.ListUpdate.DENY, "whitelist": pb.ListUpdate.ALLOW}
 _QUERY_KINDS = {"blacklist": "deny", "whitelist": "allow"}
@@ -93,6 +93,28 @@ def register(route: RouteAdder, ctx: ApiContext) -> None:
 
     list_routes("blacklist")
     list_routes("whitelist")
+
+    @route("GET", "/channel/info")
+    async def get_info(req: Request) -> Response:
+        """The stored flags of a channel; 404 when it was never created (or was deleted)."""
+        channel_id, channel_type = _channel_of_query(req)
+        info = await ctx.router.read(
+            channel_id, {"q": "channel", "channel_id": channel_id, "channel_type": channel_type}
+        )
+        if info is None:
+            raise ApiError(404, f"channel {channel_id} does not exist")
+        flags = {k: int(v) if isinstance(v, bool) else v for k, v in info.items()}
+        flags.pop("extra", None)
+        return Response(200, flags)
+
+    @route("GET", "/channel/subscribers")
+    async def get_subscribers(req: Request) -> Response:
+        channel_id, channel_type = _channel_of_query(req)
+        uids = await ctx.router.read(
+            channel_id,
+            {"q": "subscribers", "channel_id": channel_id, "channel_type": channel_type},
+        )
+        return Response(200, uids)
 
     @route("POST", "/channel/subscriber_remove_all")
     async def subscriber_remove_all(req: Request) -> Response:

@@ -134,7 +134,6 @@ def test_agent(state: State) -> None:
         T.INFO,
         T.DATA,
         T.TEMP,
-        T.LIVE,
         T.AGENT_GROUP,
     ],
 )
@@ -195,3 +194,11 @@ def test_receiver_of() -> None:
     assert receiver_of(person("a", "b")) == "b"
     assert receiver_of(pb.SendItem(from_uid="b", channel_id="b@a", channel_type=1)) == "a"
     assert receiver_of(pb.SendItem(from_uid="a", channel_id="g", channel_type=2)) is None
+
+
+def test_live_rooms_take_the_member_checks_of_a_group(state: State) -> None:
+    assert check(state, "stage", T.LIVE, "outsider") == R.SUBSCRIBER_NOT_EXIST
+    state.channel("stage", T.LIVE, ["viewer"])
+    assert check(state, "stage", T.LIVE, "viewer") == R.SUCCESS
+    state.lists("stage", T.LIVE, pb.ListUpdate.DENY, ["viewer"])
+    assert check(state, "stage", T.LIVE, "viewer") == R.IN_BLACKLIST
