@@ -78,3 +78,76 @@ def test_sdk_person_and_group_messages(node: NodeProcess, api: Api) -> None:
     assert person["message_seq"] == acks[0]["message_seq"]
     assert group["message_seq"] == acks[1]["message_seq"]
     assert not result["errors"], result["errors"]
+
+
+def test_sdk_conversation_sync_and_revoke(node: NodeProcess, api: Api) -> None:
+    """B reads, goes offline, misses messages, reconnects: the SDK's own conversation sync (fed
+    by /conversation/sync through the provider callback an app writes) shows the right unread
+    counts and latest messages. Then A's revoke reaches B online as a 1006 system message."""
+    api.token("carol", "carol-token", device_flag=1)
+    api.token("dave", "dave-token", device_flag=1)
+    api.ok("/channel", {"channel_id": "room2", "channel_type": 2, "subscribers": ["carol", "dave"]})
+
+    def send(text: str, to: str, channel_type: int) -> dict[str, Any]:
+        return {
+            "op": "send",
+            "from": "a",
+            "channel_id": to,
+            "channel_type": channel_type,
+            "text": text,
+        }
+
+    result = run_scenario(
+        {
+            "ws_url": node.endpoints["ws"],
+            "http_url": node.endpoints["http"],
+            "a": {"uid": "carol", "token": "carol-token"},
+            "b": {"uid": "dave", "token": "dave-token"},
+            "timeout_ms": 45000,
+            "sdk_log": False,
+            "steps": [
+                send("p1", "dave", 1),  # 0
+                send("g1", "room2", 2),  # 1
+                {"op": "wait_recv", "who": "b", "steps": [0, 1]},  # 2
+                # Dave opens the person chat: the app marks it read.
+                {
+                    "op": "http",
+                    "path": "/conversations/clearUnread",
+                    "body": {"uid": "dave", "channel_id": "carol", "channel_type": 1},
+                    "expect_status": 200,
+                },  # 3
+                {"op": "disconnect", "who": "b"},  # 4
+                send("p2", "dave", 1),  # 5
+                send("p3", "dave", 1),  # 6
+                send("g2", "room2", 2),  # 7
+                {"op": "wait_acks"},  # 8
+                {"op": "connect", "who": "b"},  # 9
+                {"op": "sync_conversations", "who": "b", "msg_count": 20},  # 10
+                {
+                    "op": "http",
+                    "path": "/message/revoke",
+                    "body": {
+                        "from_uid": "carol",
+                        "channel_id": "dave",
+                        "channel_type": 1,
+                        "message_seq": "$ack:6:message_seq",
+                    },
+                    "expect_status": 200,
+                    "save": "revoke",
+                },  # 11
+                {"op": "wait_recv_type", "who": "b", "content_type": 1006},  # 12
+            ],
+        }
+    )
+    convs = {(c["channel_id"], c["channel_type"]): c for c in result["conversations"]["b"]}
+    person, group = convs[("carol", 1)], convs[("room2", 2)]
+    # p1 was read before going offline; p2 and p3 were missed.
+    assert person["unread"] == 2, person
+    assert (person["last_text"], person["last_msg_seq"]) == ("p3", 3), person
+    assert group["unread"] == 2, group
+    assert (group["last_text"], group["last_msg_seq"]) == ("g2", 2), group
+
+    p3_id = next(a["message_id"] for a in result["acks"]["a"] if a["message_seq"] == 3)
+    notices = [r for r in result["b_received"] if r["content_type"] == 1006]
+    assert notices and notices[0]["content"]["message_id"] == p3_id, notices
+    assert not result["errors"], result["errors"]

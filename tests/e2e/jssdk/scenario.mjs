@@ -288,7 +288,6 @@ class Client {
           m.channel = conv.channel;
           m.timestamp = last.timestamp;
           const content = JSON.parse(Buffer.from(last.payload, 'base64').toString('utf8'));
-          m.contentType = content.type;
           m.content = this.sdk.getMessageContent(content.type);
           m.content.decode(Buffer.from(last.payload, 'base64'));
           conv.lastMessage = m;
