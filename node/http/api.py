@@ -43,6 +43,7 @@ from .common import (
 )
 from .fields import get_flag, get_int, get_str, get_str_list
 from .routes_channels import user_facts_changed
+from .routes_sends import raise_for_reason
 from .server import ApiError, Handler, Request, Response, bad_request
 from .server import Router as HttpRouter
 
@@ -282,25 +283,9 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         reason = ReasonCode(outcome.reason)
         if reason == ReasonCode.CHANNEL_NOT_EXIST:
             raise ApiError(404, f"channel {body['channel_id']} does not exist", reason=reason)
-        if reason in (
-            ReasonCode.NODE_MATCH_ERROR,
-            ReasonCode.NODE_NOT_MATCH,
-            ReasonCode.FORWARD_SEND_PACKET_ERROR,
-        ):
-            # The client_msg_no comes back so that a retry is recognised (dedupe), even when the
-            # server made it up.
-            raise ApiError(
-                503,
-                f"not committed as far as known ({reason.name}); retry with this client_msg_no",
-                reason=int(reason),
-                client_msg_no=client_msg_no,
-            )
-        if reason == ReasonCode.SYSTEM_ERROR:
-            raise ApiError(500, "message could not be stored", reason=int(reason))
-        if reason == ReasonCode.RATE_LIMIT:
-            raise ApiError(429, "too many sends to this channel, retry later", reason=int(reason))
-        if reason != ReasonCode.SUCCESS:
-            raise ApiError(403, f"send refused: {reason.name}", reason=int(reason))
+        # A retryable answer carries the client_msg_no, so that a retry is recognised (dedupe)
+        # even when the server made it up.
+        raise_for_reason(reason, client_msg_no)
         return Response(
             200,
             {
