@@ -22,7 +22,7 @@ from proto.wkproto import ChannelType, ReasonCode, Setting
 
 from ..channels import person_parties
 from ..storage import MessageRecord, Store, keys
-from . import conversations, msgx
+from . import conversations, msgindex, msgx
 from .context import ApplyContext
 
 Kind = pb.MessageOp.Kind
@@ -62,24 +62,11 @@ def _expired(r: MessageRecord, now_ms: int) -> bool:
 def find_by_id(
     store: Store, channel_type: int, channel_id: str, message_id: int
 ) -> MessageRecord | None:
-    """Binary search by seq: ids of one channel grow with their seqs (one group assigns both,
-    both increasing), and gaps left by deletions are skipped by looking at the first message
-    at or above the probe."""
-    lo, hi = 1, store.head_seq(channel_type, channel_id)
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        found = store.messages(channel_type, channel_id, mid, hi + 1, 1)
-        if not found:
-            hi = mid - 1
-            continue
-        r = found[0]
-        if r.message_id == message_id:
-            return r
-        if r.message_id < message_id:
-            lo = r.message_seq + 1
-        else:
-            hi = mid - 1
-    return None
+    """The message with this id in this channel, through the id index (``msgindex``)."""
+    found = msgindex.locate(store, message_id)
+    if found is None or found[:2] != (channel_type, channel_id):
+        return None
+    return store.get_message(channel_type, channel_id, found[2])
 
 
 def _target(ctx: ApplyContext, op: pb.MessageOp) -> MessageRecord | None:
@@ -227,6 +214,7 @@ def _erase(ctx: ApplyContext, r: MessageRecord, ck: bytes) -> None:
     """Remove one message and everything kept about it (its space is reclaimed)."""
     seq = r.message_seq
     ctx.wb.delete_raw("messages", keys.message_key(ck, seq))
+    msgindex.forget_message(ctx, r)
     if r.client_msg_no:
         ctx.wb.delete_raw("dedupe", keys.dedupe_key(ck, r.from_uid, r.client_msg_no))
     for prefix in (msgx.REVOKE, msgx.EDIT):

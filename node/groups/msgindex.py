@@ -40,6 +40,11 @@ def index_message(ctx: ApplyContext, record: MessageRecord) -> None:
     ctx.wb.put_raw("msgx", _key(record.message_id), value)
 
 
+def forget_message(ctx: ApplyContext, record: MessageRecord) -> None:
+    """Drop the index entry of a message that is being erased (retention, expiry)."""
+    ctx.wb.delete_raw("msgx", _key(record.message_id))
+
+
 def locate(store: Store, message_id: int) -> tuple[int, str, int] | None:
     """(channel type, channel id, seq) of a stored message id, or ``None``."""
     if not 0 <= message_id < 1 << 63:

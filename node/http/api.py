@@ -8,8 +8,6 @@ is 503 with the reason code (17, 18 or 10); see ``docs/api.md``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +15,7 @@ from typing import Any
 import trio
 
 from proto.raftchat.peer.v1 import peer_pb2 as pb
-from proto.wkproto import ChannelType, DeviceFlag, DeviceLevel, HeaderFlag, ReasonCode
+from proto.wkproto import ChannelType, DeviceFlag, DeviceLevel, ReasonCode
 
 from ..admin import AdminError
 from ..groups.digest import channel_digests
@@ -225,40 +223,17 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         body = req.json_object()
         if body.get("subscribers") is not None:
             return await routes_sends.subscriber_send(ctx, body)
-        if not get_str(body, "from_uid") and get_str(body, "sender_uid"):
-            body["from_uid"] = body["sender_uid"]
-        from_uid = get_str(body, "from_uid") or SYSTEM_UID
-        if from_uid != SYSTEM_UID:
-            check_id(from_uid, "from_uid")
+        from_uid = routes_sends.sender(body)
         channel_type = get_int(body, "channel_type", required=True)
         if channel_type not in _SUPPORTED_SEND_TYPES:
             raise bad_request(f"channel_type must be one of 1-12, got {channel_type}")
         if channel_type == ChannelType.PERSON and from_uid == SYSTEM_UID:
             raise bad_request("from_uid is required for a person channel")
         _, canonical, _ = person_or_channel({**body, "from_uid": from_uid}, "from_uid")
-        raw_payload = get_str(body, "payload", required=True)
-        try:
-            payload = base64.b64decode(raw_payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise bad_request("payload must be base64") from None
-        limit = ctx.config.messages.max_payload_bytes
-        if len(payload) > limit:
-            raise bad_request(f"payload is larger than {limit} bytes")
-        header = body.get("header") or {}
-        if not isinstance(header, dict):
-            raise bad_request("header must be an object")
-        flags = 0
-        for name, bit in (
-            ("no_persist", HeaderFlag.NO_PERSIST),
-            ("red_dot", HeaderFlag.RED_DOT),
-            ("sync_once", HeaderFlag.SYNC_ONCE),
-        ):
-            if get_flag(header, name):
-                flags |= bit
-        if get_flag(header, "red_dot") is None:
-            # An omitted red_dot counts as 1: a message raises the unread count unless the
-            # backend says otherwise (docs/messaging.md).
-            flags |= HeaderFlag.RED_DOT
+        payload = routes_sends.parse_payload(ctx, body)
+        # An omitted red_dot counts as 1 here: a message raises the unread count unless the
+        # backend says otherwise (docs/messaging.md).
+        flags = routes_sends.parse_flags(body, red_dot_default=True)
         client_msg_no = get_str(body, "client_msg_no") or uuid.uuid4().hex
         expire = get_int(body, "expire", minimum=0, maximum=0xFFFFFFFF)
         problem = request_problem(client_msg_no, "", "", canonical, from_uid, expire)

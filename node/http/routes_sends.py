@@ -45,8 +45,9 @@ def parse_payload(ctx: ApiContext, body: dict[str, Any]) -> bytes:
     return payload
 
 
-def parse_flags(body: dict[str, Any]) -> int:
-    """The WKProto header flags of a request's ``header`` object."""
+def parse_flags(body: dict[str, Any], *, red_dot_default: bool = False) -> int:
+    """The WKProto header flags of a request's ``header`` object; ``red_dot_default`` is the
+    red dot of a header that does not mention it."""
     header = body.get("header") or {}
     if not isinstance(header, dict):
         raise bad_request("header must be an object")
@@ -61,6 +62,8 @@ def parse_flags(body: dict[str, Any]) -> int:
                 flags |= bit
         except ApiError as e:
             raise bad_request(f"header.{e.msg}") from None
+    if red_dot_default and header.get("red_dot") is None:
+        flags |= HeaderFlag.RED_DOT
     return flags
 
 
