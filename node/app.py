@@ -88,7 +88,9 @@ class Node:
 
     # --- local session operations -------------------------------------------------------------
 
-    def deliver_local(self, msg: MessageRecord, uids: list[str], origin_conn: int | None) -> None:
+    def deliver_local(
+        self, msg: MessageRecord | pb.EventPush, uids: list[str], origin_conn: int | None
+    ) -> None:
         for uid in uids:
             for session in self.registry.of(uid):
                 if session.conn_id != origin_conn:

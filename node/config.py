@@ -95,6 +95,11 @@ class MessagesSection:
     """Messages older than this are deleted (0 = kept until deleted explicitly)."""
     person_whitelist: bool = False
     """Person channels accept only senders on the receiver's allow list (or allow_stranger)."""
+    payload_conventions: bool = True
+    """Check JSON payloads of the documented types (1-4, 8, 99, > 1000) and give system types
+    their recommended header flags (docs/messaging.md); off: payloads pass untouched."""
+    stream_snapshot_bytes: int = 64 * 1024
+    """Text of a stream lane kept folded for history (``event_meta``); more is cut off."""
 
 
 @dataclass
@@ -221,6 +226,8 @@ class Config:
             raise ConfigError(f"messages.commit_window_ms must be >= 0, got {window}")
         if self.messages.max_payload_bytes < 1:
             raise ConfigError("messages.max_payload_bytes must be at least 1")
+        if self.messages.stream_snapshot_bytes < 1:
+            raise ConfigError("messages.stream_snapshot_bytes must be at least 1")
         rate = self.messages.group_rate_limit
         if not (math.isfinite(rate) and rate >= 0):
             raise ConfigError(f"messages.group_rate_limit must be >= 0, got {rate}")

@@ -39,7 +39,7 @@ from .storage import MessageRecord
 
 log = get_logger("router")
 
-DeliverLocal = Callable[[MessageRecord, list[str], "int | None"], None]
+DeliverLocal = Callable[[MessageRecord | pb.EventPush, list[str], "int | None"], None]
 """(message, recipient uids, origin connection on this node) -> RECV to local sessions."""
 KickLocal = Callable[[str, int, str], int]
 """(uid, device flag or -1, reason) -> sessions kicked on this node."""
@@ -483,10 +483,20 @@ class Router:
         self.deliver(request)
         await self._gather("Deliver", request)
 
+    async def push_event(self, event: pb.EventPush) -> None:
+        """A committed stream event to the sessions of ``event.uids`` on every node that
+        answers; best effort like ``push_online`` (a client that missed one pages them with
+        ``/message/eventsync``)."""
+        request = pb.DeliverRequest(events=[event])
+        self.deliver(request)
+        await self._gather("Deliver", request)
+
     def deliver(self, request: pb.DeliverRequest) -> None:
         for message, rcpt in zip(request.messages, request.recipients, strict=True):
             origin = rcpt.origin_conn if rcpt.origin_node == self.s.node_id else None
             self._deliver_local(record_from_pb(message), list(rcpt.uids), origin)
+        for event in request.events:
+            self._deliver_local(event, list(event.uids), None)
 
     async def _delivery_sender(
         self, node_id: int, queue: trio.MemoryReceiveChannel[pb.DeliverRequest]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import hmac
 import itertools
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from proto.wkproto import (
     CryptoError,
     DeviceFlag,
     Disconnect,
+    Event,
     Frame,
     FrameDecoder,
     HeaderFlag,
@@ -44,6 +46,7 @@ from proto.wkproto import (
 )
 from proto.wkproto.crypto import KeyPair, SessionCipher, new_salt, recv_sign, send_sign
 
+from .. import payload_conventions as conventions
 from ..channels import canonical_channel_id, channel_id_problem, id_problem, view_channel_id
 from ..config import Config
 from ..log import get_logger
@@ -54,6 +57,9 @@ from ..sessions import SessionRegistry
 from ..storage import MessageRecord
 from ..userfacts import UserFacts
 from .transport import Transport
+
+EVENT_MIN_VERSION = 5
+"""The first protocol version with stream EVENT frames (and without stream fields in RECV)."""
 
 log = get_logger("gateway")
 
@@ -352,6 +358,14 @@ class Session:
             log.info("SEND payload too large", **self._fields(), size=len(payload))
             answer(ReasonCode.PAYLOAD_DECODE_ERROR)
             return
+        typed = (
+            conventions.parse(payload) if self._ctx.config.messages.payload_conventions else None
+        )
+        problem = None if typed is None else conventions.problem(typed)
+        if problem is not None:
+            log.info("SEND payload breaks its type's convention", **self._fields(), problem=problem)
+            answer(ReasonCode.PAYLOAD_DECODE_ERROR)
+            return
         if s.channel_type not in _KNOWN_CHANNEL_TYPES:
             answer(ReasonCode.NOT_SUPPORT_CHANNEL_TYPE)
             return
@@ -395,6 +409,12 @@ class Session:
             if refused != ReasonCode.SUCCESS:
                 answer(refused)
                 return
+        if conventions.is_system_type(typed) and not item.system:
+            # A system notice (type > 1000) renders as the server speaking: only the API and
+            # system accounts may send one.
+            log.info("SEND of a system message type by a user", **self._fields())
+            answer(ReasonCode.NOT_ALLOW_SEND)
+            return
         # Commit concurrently with reading further frames; the semaphore bounds a client that
         # sends faster than the cluster commits (it stops being read: TCP backpressure).
         await self._sends.acquire()
@@ -416,9 +436,30 @@ class Session:
 
     # --- delivery -------------------------------------------------------------------------
 
-    def push(self, msg: MessageRecord) -> None:
-        """Queue a RECV of a committed message, encrypted for this session."""
+    def _push_event(self, ev: pb.EventPush) -> None:
+        """Queue an EVENT frame of a stream event; only protocol 5 and later know the frame
+        (the official JS SDK 1.0.4 speaks 2, and its decoder throws on type 12)."""
+        if self.version < EVENT_MIN_VERSION:
+            return
+        data = json.loads(ev.data)
+        data["channel_id"] = view_channel_id(ev.channel_id, ev.channel_type, self.uid)
+        if data.get("from_uid") == SYSTEM_UID:
+            data["from_uid"] = ""
+        self._enqueue(
+            Event(
+                id=ev.event_id,
+                type=ev.event_type,
+                timestamp=ev.timestamp_ms,
+                data=json.dumps(data, separators=(",", ":")).encode(),
+            )
+        )
+
+    def push(self, msg: MessageRecord | pb.EventPush) -> None:
+        """Queue a RECV of a committed message, encrypted for this session (or an EVENT)."""
         if self._leaving:
+            return
+        if isinstance(msg, pb.EventPush):
+            self._push_event(msg)
             return
         if msg.message_seq:
             # A channel's stream to a session never goes backwards or repeats (a late fan-out

@@ -13,10 +13,11 @@ from proto.wkproto import HeaderFlag, ReasonCode
 
 from ..command_channels import cmd_of, is_cmd, online_only, source_of
 from ..ids import EPOCH_MS
+from ..log import get_logger
 from ..pipeline_rules import request_problem
 from ..storage import ChannelInfo, DeviceRecord, MessageRecord, Store
 from ..storage.db import Batch
-from . import channel_state, command_sync, conversations, message_ops, permissions
+from . import channel_state, command_sync, conversations, message_ops, permissions, streams
 from .context import ApplyContext
 
 _ID_SEQ_BITS = 12
@@ -35,6 +36,9 @@ def next_message_id(last_id: int, time_ms: int, group: int) -> int:
     if counter >> _ID_SEQ_BITS:
         stamp, counter = stamp + 1, 0  # 4096 ids in one millisecond: borrow the next one
     return (stamp << shift) | (group << _ID_SEQ_BITS) | counter
+
+
+log = get_logger("groups")
 
 
 class GroupMachine:
@@ -66,7 +70,17 @@ class GroupMachine:
         if body == "send":
             result = self._apply_sends(cmd.send, ctx).SerializeToString()
         elif body == "meta":
-            result = self._apply_meta(cmd.meta, ctx).SerializeToString()
+            try:
+                result = self._apply_meta(cmd.meta, ctx).SerializeToString()
+            except Exception as e:
+                # A bug in a domain module must not wedge the group (Raft would apply the
+                # entry again and again): every replica runs the same code on the same
+                # command, so every one drops the op's writes alike and answers SYSTEM_ERROR.
+                log.exception("metadata op failed in apply", group=self.group)
+                wb = self.store.batch()
+                result = pb.MetaResult(
+                    reason=ReasonCode.SYSTEM_ERROR, detail=f"operation failed: {type(e).__name__}"
+                ).SerializeToString()
         else:
             result = b""  # a read barrier changes nothing
         wb.set_applied(index)
@@ -223,6 +237,7 @@ _META_HANDLERS = {
     **conversations.META,
     **message_ops.META,
     **command_sync.META,
+    **streams.META,
 }
 
 

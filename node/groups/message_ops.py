@@ -22,7 +22,7 @@ from proto.wkproto import ChannelType, ReasonCode, Setting
 
 from ..channels import person_parties
 from ..storage import MessageRecord, Store, keys
-from . import conversations, msgindex, msgx
+from . import conversations, msgindex, msgx, streams
 from .context import ApplyContext
 
 Kind = pb.MessageOp.Kind
@@ -55,7 +55,7 @@ def _not_found(op: pb.MessageOp) -> pb.MetaResult:
 # --- finding messages ---------------------------------------------------------------------
 
 
-def _expired(r: MessageRecord, now_ms: int) -> bool:
+def is_expired(r: MessageRecord, now_ms: int) -> bool:
     return bool(r.expire) and r.timestamp_ms + r.expire * 1000 <= now_ms
 
 
@@ -79,7 +79,7 @@ def _target(ctx: ApplyContext, op: pb.MessageOp) -> MessageRecord | None:
         r = find_by_id(ctx.store, op.channel_type, op.channel_id, op.message_id)
     else:
         return None
-    if r is None or _expired(r, ctx.time_ms):
+    if r is None or is_expired(r, ctx.time_ms):
         return None
     if r.message_seq <= msgx.floor(ctx.store, keys.channel_key(r.channel_type, r.channel_id)):
         return None
@@ -191,7 +191,7 @@ def _read_receipt(ctx: ApplyContext, op: pb.MessageOp) -> pb.MetaResult:
             or seq <= floor
             or not r.setting & Setting.RECEIPT
             or r.from_uid == op.actor_uid
-            or _expired(r, ctx.time_ms)
+            or is_expired(r, ctx.time_ms)
         ):
             continue
         key = msgx.user_key(msgx.RECEIPT, ck, seq, op.actor_uid)
@@ -224,6 +224,8 @@ def _erase(ctx: ApplyContext, r: MessageRecord, ck: bytes) -> None:
             ctx.wb.delete_raw(msgx.CF, msgx.user_key(prefix, ck, seq, uid))
     if r.expire:
         ctx.wb.delete_raw(msgx.CF, msgx.expiry_key(r.timestamp_ms + r.expire * 1000, ck, seq))
+    if r.setting & Setting.STREAM:
+        streams.forget(ctx, ck, seq)
 
 
 def _delete_range(ctx: ApplyContext, op: pb.MessageOp) -> pb.MetaResult:
@@ -257,7 +259,7 @@ def _delete_expired(ctx: ApplyContext, op: pb.MessageOp) -> pb.MetaResult:
     deleted = 0
     for seq in sorted(set(op.message_seqs[:MAX_SEQS])):
         r = ctx.store.get_message(op.channel_type, op.channel_id, seq)
-        if r is not None and _expired(r, ctx.time_ms):
+        if r is not None and is_expired(r, ctx.time_ms):
             _erase(ctx, r, ck)
             deleted += 1
     return _ok({"deleted": deleted})
@@ -315,7 +317,7 @@ def _receipt(store: Store, q: dict[str, Any]) -> dict[str, Any] | None:
     ctype, cid, seq = int(q["channel_type"]), q["channel_id"], int(q["message_seq"])
     r = store.get_message(ctype, cid, seq)
     ck = keys.channel_key(ctype, cid)
-    if r is None or seq <= msgx.floor(store, ck) or _expired(r, int(time.time() * 1000)):
+    if r is None or seq <= msgx.floor(store, ck) or is_expired(r, int(time.time() * 1000)):
         return None
     readers = msgx.users_of(store, msgx.RECEIPT, ck, seq)
     unread = set(parties(store, ctype, cid)) - {r.from_uid} - set(readers)
@@ -356,7 +358,7 @@ def present(
                 floor = max(floor, conversations.cleared_to(store, viewer, *chan))
             floors[chan] = floor
         seq = r.message_seq
-        if seq <= floors[chan] or _expired(r, now):
+        if seq <= floors[chan] or is_expired(r, now):
             continue
         hide_key = msgx.user_key(msgx.HIDE, ck, seq, viewer)
         if viewer and store.get_raw(msgx.CF, hide_key) is not None:
@@ -371,5 +373,8 @@ def present(
                 m.update(
                     payload=edit["payload"], edited=edit["version"], edited_at=edit["edited_at"]
                 )
+        meta = streams.event_meta(store, r)
+        if meta is not None:
+            m["event_meta"] = meta
         out.append(m)
     return out

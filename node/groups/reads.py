@@ -11,7 +11,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ..storage import MessageRecord, Store
-from . import channel_state, command_sync, conversations, message_ops
+from . import channel_state, command_sync, conversations, message_ops, streams
 
 MAX_SYNC_LIMIT = 10_000
 
@@ -108,4 +108,5 @@ _DOMAIN_QUERIES = {
     **conversations.QUERIES,
     **message_ops.QUERIES,
     **command_sync.QUERIES,
+    **streams.QUERIES,
 }

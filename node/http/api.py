@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from proto.raftchat.peer.v1 import peer_pb2 as pb
-from proto.wkproto import ChannelType, DeviceFlag, DeviceLevel, ReasonCode
+from proto.wkproto import ChannelType, DeviceFlag, DeviceLevel, ReasonCode, Setting
 
 from ..admin import AdminError
 from ..groups.digest import channel_digests
@@ -27,6 +27,7 @@ from . import (
     routes_history,
     routes_messages,
     routes_sends,
+    routes_streams,
     routes_webhooks,
 )
 from .common import (
@@ -233,12 +234,16 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         payload = routes_sends.parse_payload(ctx, body)
         # An omitted red_dot counts as 1 here: a message raises the unread count unless the
         # backend says otherwise (docs/messaging.md).
-        flags = routes_sends.parse_flags(body, red_dot_default=True)
+        flags = routes_sends.parse_flags(ctx, body, payload, red_dot_default=True)
         client_msg_no = get_str(body, "client_msg_no") or uuid.uuid4().hex
         expire = get_int(body, "expire", minimum=0, maximum=0xFFFFFFFF)
         problem = request_problem(client_msg_no, "", "", canonical, from_uid, expire)
         if problem is not None:
             raise bad_request(problem)
+        setting = get_int(body, "setting", minimum=0, maximum=255)  # 0x80: receipts
+        if get_flag(body, "is_stream"):
+            # The anchor of a stream: events follow with /message/event (routes_streams).
+            setting |= Setting.STREAM
         item = pb.SendItem(
             from_uid=from_uid,
             channel_id=canonical,
@@ -247,7 +252,7 @@ def build_router(ctx: ApiContext) -> HttpRouter:
             payload=payload,
             flags=flags,
             expire=expire,
-            setting=get_int(body, "setting", minimum=0, maximum=255),  # 0x80: receipts
+            setting=setting,
             trusted=True,
         )
         refused = await precheck(ctx.facts, item, ctx.config.messages.person_whitelist)
@@ -326,6 +331,7 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         routes_messages,
         routes_history,
         routes_sends,
+        routes_streams,
         routes_webhooks,
     ):
         module.register(route, ctx)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 CHANNEL_TYPES = {int(t) for t in ChannelType}
 OK = {"status": 200}
 
-MESSAGE_EXTRAS = ("revoke", "revoker", "edited", "edited_at")
+MESSAGE_EXTRAS = ("revoke", "revoker", "edited", "edited_at", "event_meta")
 """Fields a presented message may carry beyond WuKongIM's ``MessageResp``."""
 
 RouteAdder = Callable[[str, str], Callable[[Handler], Handler]]

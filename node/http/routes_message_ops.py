@@ -8,8 +8,6 @@ type-99 commands for the rest.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from typing import Any
 
@@ -22,6 +20,7 @@ from ..ids import online_message_id
 from ..pipeline_rules import SYSTEM_UID
 from .common import OK, ApiContext, RouteAdder, check_id, person_or_channel
 from .fields import get_flag, get_int, get_str
+from .routes_sends import parse_payload
 from .server import ApiError, Request, Response, bad_request
 
 Kind = pb.MessageOp.Kind
@@ -168,13 +167,7 @@ def register(route: RouteAdder, ctx: ApiContext) -> None:
     async def edit(req: Request) -> Response:
         body = req.json_object()
         uid, cid, ctype = actor(body, "from_uid")
-        try:
-            payload = base64.b64decode(get_str(body, "payload", required=True), validate=True)
-        except (binascii.Error, ValueError):
-            raise bad_request("payload must be base64") from None
-        limit = ctx.config.messages.max_payload_bytes
-        if len(payload) > limit:
-            raise bad_request(f"payload is larger than {limit} bytes")
+        payload = parse_payload(ctx, body)
         op = pb.MessageOp(
             kind=Kind.EDIT,
             channel_id=cid,

@@ -14,6 +14,7 @@ import trio
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
 
+from .. import payload_conventions as conventions
 from ..channels import person_channel_id
 from ..command_channels import temp_channel_id
 from ..groups.command_sync import decode_position
@@ -34,6 +35,7 @@ _RETRY_REASONS = (
 
 
 def parse_payload(ctx: ApiContext, body: dict[str, Any]) -> bytes:
+    """The base64 ``payload``, within the size limit and the payload conventions."""
     raw = get_str(body, "payload", required=True)
     try:
         payload = base64.b64decode(raw, validate=True)
@@ -42,13 +44,26 @@ def parse_payload(ctx: ApiContext, body: dict[str, Any]) -> bytes:
     limit = ctx.config.messages.max_payload_bytes
     if len(payload) > limit:
         raise bad_request(f"payload is larger than {limit} bytes")
+    if ctx.config.messages.payload_conventions:
+        typed = conventions.parse(payload)
+        problem = None if typed is None else conventions.problem(typed)
+        if problem is not None:
+            raise bad_request(problem)
     return payload
 
 
-def parse_flags(body: dict[str, Any], *, red_dot_default: bool = False) -> int:
+def parse_flags(
+    ctx: ApiContext, body: dict[str, Any], payload: bytes, *, red_dot_default: bool = False
+) -> int:
     """The WKProto header flags of a request's ``header`` object; ``red_dot_default`` is the
-    red dot of a header that does not mention it."""
-    header = body.get("header") or {}
+    red dot of a header that does not mention it. Without any ``header``, a system notice or
+    command gets its recommended flags (``payload_conventions``)."""
+    header = body.get("header")
+    if header is None and ctx.config.messages.payload_conventions:
+        advice = conventions.recommended_flags(conventions.parse(payload))
+        if advice is not None:
+            return advice
+    header = header or {}
     if not isinstance(header, dict):
         raise bad_request("header must be an object")
     flags = 0
@@ -111,10 +126,10 @@ async def subscriber_send(ctx: ApiContext, body: dict[str, Any]) -> Response:
         raise bad_request("channel_id and subscribers are mutually exclusive")
     uids = parse_uids(body, "subscribers")
     from_uid = sender(body)
-    flags = parse_flags(body)
+    payload = parse_payload(ctx, body)
+    flags = parse_flags(ctx, body, payload)
     if not flags & HeaderFlag.SYNC_ONCE:
         raise bad_request("subscribers requires header.sync_once = 1")
-    payload = parse_payload(ctx, body)
     client_msg_no = get_str(body, "client_msg_no") or uuid.uuid4().hex
     expire = get_int(body, "expire", minimum=0, maximum=0xFFFFFFFF)
     channel_id = temp_channel_id(uids)
@@ -170,8 +185,8 @@ def register(route: RouteAdder, ctx: ApiContext) -> None:
         body = req.json_object()
         from_uid = check_id(get_str(body, "from_uid", required=True), "from_uid")
         uids = parse_uids(body, "subscribers")
-        flags = parse_flags(body)
         payload = parse_payload(ctx, body)
+        flags = parse_flags(ctx, body, payload)
         items = [
             pb.SendItem(
                 from_uid=from_uid,

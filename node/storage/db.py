@@ -238,12 +238,13 @@ class Store:
         return None if raw is None else bytes(raw)
 
     def prefix_items(
-        self, cf: str, prefix: bytes, limit: int | None = None
+        self, cf: str, prefix: bytes, limit: int | None = None, start: bytes = b""
     ) -> list[tuple[bytes, bytes]]:
-        """Every (key, value) whose key starts with ``prefix``, in key order."""
+        """Every (key, value) whose key starts with ``prefix``, in key order; with ``start``,
+        only those from that key on (a page that resumes)."""
         out: list[tuple[bytes, bytes]] = []
         with self._lock:
-            for k, v in self._prefix(self._cf[cf], prefix):
+            for k, v in self._prefix(self._cf[cf], prefix, max(start, prefix)):
                 out.append((bytes(k), bytes(v)))
                 if limit is not None and len(out) >= limit:
                     break
@@ -259,12 +260,14 @@ class Store:
     # --- helpers --------------------------------------------------------------------------
 
     @staticmethod
-    def _prefix(cf: Any, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    def _prefix(
+        cf: Any, prefix: bytes, start: bytes | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
         ro = ReadOptions()
         ro.set_iterate_lower_bound(prefix)
         ro.set_iterate_upper_bound(_prefix_end(prefix))
         it = cf.iter(ro)
-        it.seek(prefix)
+        it.seek(start or prefix)
         while it.valid():
             yield it.key(), it.value()
             it.next()

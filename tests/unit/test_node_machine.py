@@ -767,3 +767,23 @@ def test_head_query_and_bad_queries(f: Feeder) -> None:
     ):
         with pytest.raises(QueryError):
             run_query(f.store, bad)
+
+
+def test_a_failing_metadata_op_answers_system_error_and_writes_nothing(
+    f: Feeder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in a domain module must not wedge the group: the entry counts as applied, its
+    partial writes are dropped, and the next command applies normally."""
+    from node.groups import machine as machine_module
+
+    def broken(ctx: Any, op: Any) -> pb.MetaResult:
+        ctx.wb.put_raw("msgx", b"half-done", b"x")
+        raise KeyError("a bug")
+
+    monkeypatch.setitem(machine_module._META_HANDLERS, "stream_event", broken)
+    before = f.machine.applied_index()
+    result = f.meta(pb.MetaOp(stream_event=pb.StreamEvent(channel_id="g", channel_type=GROUP)))
+    assert result.reason == ReasonCode.SYSTEM_ERROR and "KeyError" in result.detail
+    assert f.machine.applied_index() == before + 1
+    assert f.store.get_raw("msgx", b"half-done") is None
+    assert f.channel("after-the-bug").reason == ReasonCode.SUCCESS

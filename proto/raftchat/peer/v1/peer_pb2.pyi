@@ -689,6 +689,7 @@ class MetaOp(_message.Message):
     CHANNEL_DELETE_FIELD_NUMBER: _builtins.int
     CONVERSATION_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    STREAM_EVENT_FIELD_NUMBER: _builtins.int
     COMMAND_ACK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def set_device(self) -> Global___DeviceToken: ...
@@ -705,6 +706,8 @@ class MetaOp(_message.Message):
     @_builtins.property
     def message(self) -> Global___MessageOp: ...
     @_builtins.property
+    def stream_event(self) -> Global___StreamEvent: ...
+    @_builtins.property
     def command_ack(self) -> Global___CommandAck: ...
     def __init__(
         self,
@@ -716,17 +719,81 @@ class MetaOp(_message.Message):
         channel_delete: Global___ChannelDelete | None = ...,
         conversation: Global___ConversationOp | None = ...,
         message: Global___MessageOp | None = ...,
+        stream_event: Global___StreamEvent | None = ...,
         command_ack: Global___CommandAck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "channel_delete", b"channel_delete", "command_ack", b"command_ack", "conversation", b"conversation", "lists", b"lists", "message", b"message", "op", b"op", "set_device", b"set_device", "user", b"user"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "channel_delete", b"channel_delete", "command_ack", b"command_ack", "conversation", b"conversation", "lists", b"lists", "message", b"message", "op", b"op", "set_device", b"set_device", "stream_event", b"stream_event", "user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "channel_delete", b"channel_delete", "command_ack", b"command_ack", "conversation", b"conversation", "lists", b"lists", "message", b"message", "op", b"op", "set_device", b"set_device", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "channel_delete", b"channel_delete", "command_ack", b"command_ack", "conversation", b"conversation", "lists", b"lists", "message", b"message", "op", b"op", "set_device", b"set_device", "stream_event", b"stream_event", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["set_device", "channel", "lists", "user", "channel_delete", "conversation", "message", "command_ack"]  # noqa: Y015
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["set_device", "channel", "lists", "user", "channel_delete", "conversation", "message", "stream_event", "command_ack"]  # noqa: Y015
     _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
 
 Global___MetaOp: _TypeAlias = MetaOp  # noqa: Y015
+
+@_typing.final
+class StreamEvent(_message.Message):
+    """One event appended to a stream anchor message (node/groups/streams.py): the anchor is the
+    message `from_uid` sent with `client_msg_no` (or `message_id`) and `is_stream`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_TYPE_FIELD_NUMBER: _builtins.int
+    FROM_UID_FIELD_NUMBER: _builtins.int
+    CLIENT_MSG_NO_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    EVENT_KEY_FIELD_NUMBER: _builtins.int
+    PRIVATE_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_LIMIT_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    channel_type: _builtins.int
+    from_uid: _builtins.str
+    client_msg_no: _builtins.str
+    message_id: _builtins.int
+    event_id: _builtins.str
+    """the producer's id for the event: a repeat is answered, not applied"""
+    event_type: _builtins.str
+    """stream.delta | stream.finish | stream.close | stream.error | stream.cancel"""
+    event_key: _builtins.str
+    """the lane ("main", "thinking", ...)"""
+    private: _builtins.bool
+    """only the anchor's sender sees it"""
+    payload: _builtins.bytes
+    """a JSON object; a delta's "delta" text is folded into the lane snapshot"""
+    occurred_at: _builtins.int
+    """the producer's clock (ms), carried through"""
+    snapshot_limit: _builtins.int
+    """bytes of folded text kept per lane (the proposer's config)"""
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        channel_type: _builtins.int = ...,
+        from_uid: _builtins.str = ...,
+        client_msg_no: _builtins.str = ...,
+        message_id: _builtins.int = ...,
+        event_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        event_key: _builtins.str = ...,
+        private: _builtins.bool = ...,
+        payload: _builtins.bytes = ...,
+        occurred_at: _builtins.int = ...,
+        snapshot_limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_type", b"channel_type", "client_msg_no", b"client_msg_no", "event_id", b"event_id", "event_key", b"event_key", "event_type", b"event_type", "from_uid", b"from_uid", "message_id", b"message_id", "occurred_at", b"occurred_at", "payload", b"payload", "private", b"private", "snapshot_limit", b"snapshot_limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamEvent: _TypeAlias = StreamEvent  # noqa: Y015
 
 @_typing.final
 class CommandAck(_message.Message):
@@ -1015,25 +1082,73 @@ class DeliverRequest(_message.Message):
 
     MESSAGES_FIELD_NUMBER: _builtins.int
     RECIPIENTS_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]: ...
     @_builtins.property
     def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___Recipients]:
         """one per message"""
 
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventPush]:
+        """stream events, written as EVENT frames (protocol >= 5)"""
+
     def __init__(
         self,
         *,
         messages: _abc.Iterable[Global___Message] | None = ...,
         recipients: _abc.Iterable[Global___Recipients] | None = ...,
+        events: _abc.Iterable[Global___EventPush] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "recipients", b"recipients"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "messages", b"messages", "recipients", b"recipients"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeliverRequest: _TypeAlias = DeliverRequest  # noqa: Y015
+
+@_typing.final
+class EventPush(_message.Message):
+    """A committed stream event for the sessions of `uids` (node/gateway/session.py push_event)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UIDS_FIELD_NUMBER: _builtins.int
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_TYPE_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_MS_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    """canonical; each session shows it in its user's view"""
+    channel_type: _builtins.int
+    event_id: _builtins.str
+    event_type: _builtins.str
+    timestamp_ms: _builtins.int
+    data: _builtins.bytes
+    """the event as JSON (groups/streams.py event_json)"""
+    @_builtins.property
+    def uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        uids: _abc.Iterable[_builtins.str] | None = ...,
+        channel_id: _builtins.str = ...,
+        channel_type: _builtins.int = ...,
+        event_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        timestamp_ms: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_type", b"channel_type", "data", b"data", "event_id", b"event_id", "event_type", b"event_type", "timestamp_ms", b"timestamp_ms", "uids", b"uids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventPush: _TypeAlias = EventPush  # noqa: Y015
 
 @_typing.final
 class DeliverReply(_message.Message):
