@@ -172,7 +172,9 @@ class Admin:
         current = {self.node.node_of_address(str(n.address)) for n in local.raft.otherNodes}
         if "add" in r:
             node_id, method = int(r["add"]), local.raft.addNodeToCluster
-            if node_id in current:
+            # The leader itself is no "other node", but it is a member all the same (a join of
+            # the controller leader's own id at its own address is as idempotent as any other).
+            if node_id in current or node_id == self.node.config.node.id:
                 return {"ok": True, "already": True}
         else:
             node_id, method = int(r["remove"]), local.raft.removeNodeFromCluster
