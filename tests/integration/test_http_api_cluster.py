@@ -57,7 +57,7 @@ from client.wkproto import ConnectRefused, open_client
 from node.channels import person_channel_id
 from node.http.api import build_router
 from node.http.common import ApiContext
-from proto.wkproto import ReasonCode
+from proto.wkproto import Event, ReasonCode
 from tests.conftest import Api, Cluster, eventually
 from tests.integration.test_webhooks import Receiver
 
@@ -746,6 +746,55 @@ def test_person_conversation_delete_and_peer_read(suite: Suite) -> None:
 # --- valid cases: webhooks ------------------------------------------------------------------
 
 
+@covers("POST /message/event", "POST /message/eventsync")
+def test_stream_events_reach_sessions_on_other_nodes_and_page_the_same_everywhere(
+    suite: Suite,
+) -> None:
+    bot, viewer = new_users(suite, 2)
+    gid, writer, reader = new_group(suite, [bot, viewer])
+    host, port = suite.cluster.tcp(reader.id)
+    cmn = fresh("answer-")
+    anchor = {"channel_id": gid, "channel_type": 2, "from_uid": bot, "client_msg_no": cmn}
+    frames: list[Event] = []
+
+    async def main() -> None:
+        async with open_client(host, port, uid=viewer, token=f"tok-{viewer}", version=5) as c:
+            send(writer, bot, gid, "...", client_msg_no=cmn, is_stream=1)
+            assert (await c.recv()).client_msg_no == cmn
+            for n, (etype, payload) in enumerate(
+                [
+                    ("stream.delta", {"delta": "Hel"}),
+                    ("stream.delta", {"delta": "lo"}),
+                    ("stream.finish", {}),
+                ],
+                start=1,
+            ):
+                body = {**anchor, "event_id": f"e{n}", "event_type": etype, "payload": payload}
+                assert writer.ok("/message/event", body)["msg_event_seq"] == n
+            # A message after the events: the EVENTs were queued on the reader's node before
+            # the HTTP answers came back, so they precede its RECV.
+            send(writer, bot, gid, "after")
+            assert text_of_recv(await c.recv()) == "after"
+            frames.extend(f for f in c.other_frames if isinstance(f, Event))
+
+    trio.run(main)
+    assert [(f.id, f.type) for f in frames] == [
+        ("e1", "stream.delta"),
+        ("e2", "stream.delta"),
+        ("e3", "stream.finish"),
+    ]
+    page = suite.everywhere(
+        lambda n: n.ok("/message/eventsync", {**anchor, "login_uid": viewer}), first=reader
+    )
+    assert [e["msg_event_seq"] for e in page["events"]] == [1, 2, 3]
+    (lane,) = page["event_meta"]["lanes"]
+    assert (lane["snapshot"], lane["stream_status"]) == ("Hello", "finished")
+
+
+def text_of_recv(message: Any) -> str:
+    return bytes(message.payload).decode()
+
+
 @covers("GET /webhook/status")
 def test_webhook_status_counts_deliveries_on_the_sending_node(suite: Suite) -> None:
     def sent_items() -> int:
@@ -919,6 +968,14 @@ BAD: list[Bad] = [
         "channel_type",
     ),
     Bad("GET /conversations/peerRead", {"channel_id": "b"}, "uid"),
+    Bad(
+        "POST /message/event",
+        {**G, "client_msg_no": "c", "event_type": "stream.delta", "payload": {"delta": "x"}},
+        "event_id",
+    ),
+    Bad("POST /message/event", {**G, "client_msg_no": "c", "event_id": "e"}, "event_type"),
+    Bad("POST /message/eventsync", G, "client_msg_no"),
+    Bad("POST /message/eventsync", {**G, "client_msg_no": "c", "limit": 0}, "limit"),
 ]
 
 
