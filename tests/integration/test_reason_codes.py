@@ -19,7 +19,7 @@ import trio
 
 from client.wkproto import open_client
 from node.devcluster import NodeProcess
-from proto.wkproto import ReasonCode
+from proto.wkproto import ReasonCode, Sub, Suback
 from tests.conftest import Api, Cluster, start_node
 
 R = ReasonCode
@@ -247,3 +247,26 @@ def test_16_and_23_for_unusable_channel_addresses(n: Node) -> None:
         "/message/send", {"from_uid": a, "channel_id": "x", "channel_type": 11, "payload": "aGk="}
     )
     assert resp.status_code == 400 and "agent" in resp.json()["msg"]
+
+
+def test_23_every_sub_is_answered_with_not_support_channel_type(n: Node) -> None:
+    """SUB is a v1 feature for data channels that v2 and v3 dropped: the answer is a SUBACK
+    with code 23 echoing the request, and the session goes on."""
+    a = n.user()
+    host, port = n.tcp
+
+    async def main() -> tuple[Suback, int]:
+        async with open_client(host, port, uid=a, token=f"tok-{a}") as c:
+            await c.send_frame(
+                Sub(setting=0, sub_no="s-1", channel_id="data-1", channel_type=7, action=0)
+            )
+            # The session answers in frame order: a SEND after the SUB is acknowledged after
+            # the SUBACK was written.
+            result = await c.send(a, 1, b"still here")
+            (suback,) = [f for f in c.other_frames if isinstance(f, Suback)]
+            return suback, result.reason_code
+
+    suback, after = trio.run(main)
+    assert (suback.sub_no, suback.channel_id, suback.channel_type) == ("s-1", "data-1", 7)
+    assert suback.reason_code == R.NOT_SUPPORT_CHANNEL_TYPE
+    assert after == R.SUCCESS
