@@ -19,6 +19,7 @@ from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, ReasonCode
 
 from ..storage import Store, keys
+from . import conversations
 from .context import ApplyContext
 
 DENY = b"D"
@@ -84,6 +85,10 @@ def _apply_channel_delete(ctx: ApplyContext, op: pb.ChannelDelete) -> pb.MetaRes
     """Forget the channel's metadata: its row, subscribers and both lists. Messages and the head
     seq stay, so stored history remains readable and a re-created channel never reuses a seq."""
     ck = keys.channel_key(op.channel_type, op.channel_id)
+    # Members' conversations stay (history is still readable) but end at today's head, as
+    # for a removed member: a channel re-created under the same id starts afresh for them.
+    members = ctx.store.subscribers(op.channel_type, op.channel_id)
+    conversations.on_subscribers(ctx, op.channel_type, op.channel_id, [], members)
     ctx.wb.delete_channel(op.channel_type, op.channel_id)
     for key, _ in ctx.store.prefix_items("subscribers", ck):
         ctx.wb.delete_raw("subscribers", key)

@@ -125,6 +125,24 @@ def test_channel_delete_keeps_history_and_forgets_metadata(api: Api) -> None:
     assert api.ok("/message/send", send)["message_seq"] == 2
 
 
+def test_channel_delete_keeps_members_conversations_up_to_the_deletion(api: Api) -> None:
+    g, a, b = fresh("g"), fresh("a"), fresh("b")
+    api.ok("/channel", {"channel_id": g, "channel_type": 2, "subscribers": [a, b]})
+    send = {"from_uid": a, "channel_id": g, "channel_type": 2, "payload": "aGk="}
+    api.ok("/message/send", send)
+    api.ok("/channel/delete", {"channel_id": g, "channel_type": 2})
+
+    def unread_of_b() -> list[int]:
+        rows = api.ok("/conversation/sync", {"uid": b, "msg_count": 1})
+        return [r["unread"] for r in rows if r["channel_id"] == g]
+
+    assert unread_of_b() == [1]  # the conversation and its history stay
+    # Re-created without b: its messages are not b's to count.
+    api.ok("/channel", {"channel_id": g, "channel_type": 2, "subscribers": [a]})
+    api.ok("/message/send", send)
+    assert unread_of_b() == [1]
+
+
 def test_system_uids_add_list_remove(api: Api) -> None:
     uids = [fresh("sys") for _ in range(6)]
     api.ok("/user/systemuids_add", {"uids": uids})
