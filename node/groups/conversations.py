@@ -32,7 +32,7 @@ from ..channels import person_parties
 from ..command_channels import is_cmd
 from ..storage import MessageRecord, Store
 from ..storage.keys import SEP, channel_key
-from . import message_ops, msgindex
+from . import message_ops, msgindex, msgx
 from .context import ApplyContext
 
 _ROW = b"u"
@@ -121,16 +121,24 @@ def count_at(store: Store, ck: bytes, seq: int) -> int:
     return 0 if raw is None else int(_U64.unpack(raw)[0])
 
 
-def unread_of(row: Row, top: int, count: Callable[[int], int]) -> int:
-    """Unread of ``row`` when ``top`` is its newest seq; ``count(seq)`` as ``count_at``."""
+def unread_of(row: Row, top: int, count: Callable[[int], int], floor: int = 0) -> int:
+    """Unread of ``row`` when ``top`` is its newest seq; ``count(seq)`` as ``count_at``.
+    Messages at or below ``floor`` (deleted by range or retention) never count."""
 
     def span(lo: int) -> int:
         return count(top) - count(lo) if top > lo else 0
 
-    base = row.base()
+    base = max(row.base(), floor)
     if row.override is not None:
-        return row.override + span(max(base, row.override_at))
+        unread = row.override + span(max(base, row.override_at))
+        # An unread set by hand cannot survive the deletion of the messages it was about.
+        return min(unread, span(floor)) if floor else unread
     return span(base)
+
+
+def stored_unread(store: Store, row: Row, top: int, ck: bytes) -> int:
+    """``unread_of`` against the store: counters and the channel's deletion floor."""
+    return unread_of(row, top, partial(count_at, store, ck), msgx.floor(store, ck))
 
 
 def mention_all_seq(store: Store, ck: bytes) -> int:
@@ -267,7 +275,7 @@ def on_subscribers(
             if head > row.cap:
                 # Back after a gap: keep the unread the user had when they left, and let the
                 # messages of the gap (not theirs) not count.
-                left_unread = unread_of(row, row.cap, lambda s: count_at(ctx.store, ck, s))
+                left_unread = stored_unread(ctx.store, row, row.cap, ck)
                 row.override, row.override_at = left_unread, head
             row.cap = None
             _put(ctx, uid, ck, row)
@@ -294,7 +302,7 @@ def _apply_op(ctx: ApplyContext, op: pb.ConversationOp) -> pb.MetaResult:
         return pb.MetaResult(reason=ReasonCode.SYSTEM_ERROR, detail=f"unknown kind {op.kind}")
     row.updated_ms = ctx.time_ms
     _put(ctx, op.uid, ck, row)
-    unread = unread_of(row, top, lambda s: count_at(ctx.store, ck, s))
+    unread = stored_unread(ctx.store, row, top, ck)
     data = {"exists": True, "readed_to_msg_seq": row.read, "unread": unread}
     return pb.MetaResult(reason=ReasonCode.SUCCESS, data=json.dumps(data).encode())
 
@@ -315,7 +323,7 @@ def _row_query(store: Store, q: dict[str, Any]) -> dict[str, Any] | None:
     top = row.top(store.head_seq(ctype, cid))
     return {
         **asdict(row),
-        "unread": unread_of(row, top, lambda s: count_at(store, ck, s)),
+        "unread": stored_unread(store, row, top, ck),
         "mention": 1 if mentioned(row, top, mention_all_seq(store, ck)) else 0,
         "top": top,
     }
@@ -351,7 +359,7 @@ def _conversations(store: Store, q: dict[str, Any]) -> list[dict[str, Any]]:
         client_seq = known.get(f"{ctype}:{cid}")
         if client_seq is not None and top <= client_seq:
             continue  # the client has every message of it (v2 drops such rows)
-        unread = unread_of(row, top, partial(count_at, store, ck))
+        unread = stored_unread(store, row, top, ck)
         if only_unread and unread == 0:
             continue
         if client_seq is not None:

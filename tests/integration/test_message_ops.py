@@ -295,6 +295,9 @@ def test_messages_delete_keeps_seqs(api: Api) -> None:
     )
     assert done["deleted_to_seq"] == 3
     assert [m["message_seq"] for m in sync(api, gid, bob)] == [4]
+    # Deleted messages no longer count as unread.
+    rows = api.ok("/conversation/sync", {"uid": bob, "msg_count": 1})
+    assert [r["unread"] for r in rows if r["channel_id"] == gid] == [1]
     assert send(api, gid, alice)["message_seq"] == 5  # seqs are never reused
 
 
