@@ -185,7 +185,10 @@ class _StreamCall(_Call):
             self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
 
     def reply(self, value: Any, error: GrpcAbort | None) -> None:
-        self.put("end", None) if error is None else self.put("error", error)
+        if error is None:
+            self.put("end", None)
+        else:
+            self.put("error", error)
 
     def release(self) -> None:
         """Trio thread: the client took an item."""

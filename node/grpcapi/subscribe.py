@@ -197,40 +197,33 @@ async def run_subscribe(
 ) -> None:
     target = request.WhichOneof("target")
     if target == "channel":
-        await _channel_stream(ctx, feed, call_route, request, emit)
+        t = request.channel
+        login_uid, canonical, ctype = person_or_channel(
+            {"channel_id": t.channel_id, "channel_type": t.channel_type, "login_uid": t.login_uid},
+            "login_uid",
+        )
+        if login_uid:
+            check_id(login_uid, "login_uid")
+        stream = _Stream(ctx, call_route, emit, login_uid, user=False)
+        await _channel_stream(stream, feed, request, (ctype, canonical))
     elif target == "uid":
-        await _user_stream(ctx, feed, call_route, request, emit)
+        stream = _Stream(ctx, call_route, emit, check_id(request.uid, "uid"), user=True)
+        await _user_stream(stream, feed, request)
     else:
         raise ApiError(400, "target is required: channel or uid")
 
 
 async def _channel_stream(
-    ctx: ApiContext,
-    feed: LiveFeed,
-    call_route: CallRoute,
-    request: api_pb2.SubscribeRequest,
-    emit: Callable[[Any], Awaitable[None]],
+    stream: _Stream, feed: LiveFeed, request: api_pb2.SubscribeRequest, key: Key
 ) -> None:
-    t = request.channel
-    login_uid, canonical, ctype = person_or_channel(
-        {"channel_id": t.channel_id, "channel_type": t.channel_type, "login_uid": t.login_uid},
-        "login_uid",
-    )
-    if login_uid:
-        check_id(login_uid, "login_uid")
-    if ctype != 1:
-        check_id(canonical, "channel_id")
-    key = (ctype, canonical)
-    stream = _Stream(ctx, call_route, emit, login_uid, user=False)
     with feed.watch(channel=key) as watcher:
         given = [p.message_seq for p in request.positions]
         if given:
             stream.covered[key] = max(given)
         elif request.only_new:
-            head = await ctx.router.read(
-                canonical, {"q": "head", "channel_id": canonical, "channel_type": ctype}
-            )
-            stream.covered[key] = int(head)
+            ctype, cid = key
+            query = {"q": "head", "channel_id": cid, "channel_type": ctype}
+            stream.covered[key] = int(await stream.ctx.router.read(cid, query))
         else:
             stream.covered[key] = 0
         await stream.send_start()
@@ -241,15 +234,8 @@ async def _poll_channel(stream: _Stream, key: Key) -> None:
     await stream.catch_up(key)
 
 
-async def _user_stream(
-    ctx: ApiContext,
-    feed: LiveFeed,
-    call_route: CallRoute,
-    request: api_pb2.SubscribeRequest,
-    emit: Callable[[Any], Awaitable[None]],
-) -> None:
-    uid = check_id(request.uid, "uid")
-    stream = _Stream(ctx, call_route, emit, uid, user=True)
+async def _user_stream(stream: _Stream, feed: LiveFeed, request: api_pb2.SubscribeRequest) -> None:
+    uid = stream.viewer
     for p in request.positions:
         _, canonical, ctype = person_or_channel(
             {"channel_id": p.channel_id, "channel_type": p.channel_type, "uid": uid}, "uid"

@@ -81,27 +81,12 @@ def test_message_rpcs(rpc: Stubs) -> None:
         v1.ChannelRequest(channel_id="team", channel_type=2, subscribers=["alice", "bob"]),
         timeout=T,
     )
-    sent = m.Send(
-        v1.SendRequest(
-            from_uid="alice",
-            channel_id="team",
-            channel_type=2,
-            payload=b"\x00one",
-            client_msg_no="c-1",
-        ),
-        timeout=T,
+    first = v1.SendRequest(
+        from_uid="alice", channel_id="team", channel_type=2, payload=b"\x00one", client_msg_no="c-1"
     )
+    sent = m.Send(first, timeout=T)
     assert sent.message_seq == 1 and sent.message_idstr == str(sent.message_id)
-    again = m.Send(
-        v1.SendRequest(
-            from_uid="alice",
-            channel_id="team",
-            channel_type=2,
-            payload=b"\x00one",
-            client_msg_no="c-1",
-        ),
-        timeout=T,
-    )
+    again = m.Send(first, timeout=T)
     assert (again.message_id, again.message_seq) == (sent.message_id, 1)  # deduplicated
     m.Send(
         v1.SendRequest(from_uid="bob", channel_id="team", channel_type=2, payload=b"two"), timeout=T
