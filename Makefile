@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JSSDK := tests/e2e/jssdk
 JSSDK_STAMP := $(JSSDK)/node_modules/.installed
+GRPCJS := tests/e2e/grpcjs
+GRPCJS_STAMP := $(GRPCJS)/node_modules/.installed
 
 .PHONY: run test lint typecheck proto proto-check bench chaos chaos-deps clean
 
@@ -18,6 +20,10 @@ $(JSSDK_STAMP): $(JSSDK)/package.json $(JSSDK)/package-lock.json
 	cd $(JSSDK) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+$(GRPCJS_STAMP): $(GRPCJS)/package.json $(GRPCJS)/package-lock.json
+	cd $(GRPCJS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 run: $(STAMP)
 	$(BIN)/raftchat dev --nodes 3 --data ./data
 
@@ -28,8 +34,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# Generated gRPC/protobuf modules are committed; `proto` regenerates them from the .proto files
-# and `proto-check` (part of `make test`) fails when they differ.
+# Generated gRPC/protobuf modules (proto/raftchat/**/*_pb2*.py[i]) are committed; `proto`
+# regenerates them from the .proto files with grpcio-tools and mypy-protobuf, and `proto-check`
+# (part of `make test`, so of CI) fails when they differ. See docs/grpc.md.
 proto: $(STAMP)
 	$(BIN)/python -m proto.codegen
 
@@ -46,7 +53,7 @@ chaos-deps:
 chaos: $(STAMP) chaos-deps
 	$(BIN)/raftchat chaos run $(ARGS)
 
-test: $(STAMP) $(JSSDK_STAMP) chaos-deps lint typecheck proto-check
+test: $(STAMP) $(JSSDK_STAMP) $(GRPCJS_STAMP) chaos-deps lint typecheck proto-check
 	$(BIN)/pytest
 
 # Durable sends/s, SEND->SENDACK and delivery latency, commit latency, idle CPU and failover of a
@@ -56,4 +63,4 @@ bench: $(STAMP)
 	$(BIN)/raftchat bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) data $(JSSDK)/node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) data $(JSSDK)/node_modules $(GRPCJS)/node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -9,7 +9,11 @@ grpcio has no trio support, so this module bridges the two (measured in stack-fi
 * Client: the sync stub's ``.future()`` with a done-callback that reschedules the waiting trio
   task. No thread per call, and as fast as pure ``grpc.aio`` in the measurements.
 
-Peers authenticate with a shared token in the call metadata (see ``peer.proto``).
+One server hosts several services on one port, each with its own authentication: peers
+present a shared token in the call metadata (see ``peer.proto``), the public API
+(``raftchat.v1``) needs none. Server-streaming RPCs are bridged too: the trio handler ``emit``s
+items, which the asyncio side yields, with a small window of credits so that a slow client
+holds back its producer instead of piling items up in memory.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import hashlib
 import hmac
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -34,8 +39,13 @@ AUTH_METADATA_KEY = "x-raftchat-peer"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 Handler = Callable[[Any], Awaitable[Any]]
-# What a trio handler hands back to the asyncio side: (None, reply) or (status code, details).
-_Answer = tuple[Any, Any]
+Emit = Callable[[Any], Awaitable[None]]
+StreamHandler = Callable[[Any, Emit], Awaitable[None]]
+"""A server-streaming RPC: ``await handler(request, emit)``, calling ``await emit(item)`` per
+item; returning ends the stream with OK, raising GrpcAbort ends it with that status."""
+
+STREAM_WINDOW = 64
+"""Items a stream handler may emit ahead of what the client has taken."""
 
 _SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -71,10 +81,16 @@ def peer_token(password: str) -> str:
 class GrpcAbort(Exception):
     """Raised by a trio handler to answer with a specific gRPC status."""
 
-    def __init__(self, code: grpc.StatusCode, message: str = "") -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str = "",
+        trailing_metadata: tuple[tuple[str, str | bytes], ...] = (),
+    ) -> None:
         super().__init__(code, message)
         self.code = code
         self.message = message
+        self.trailing_metadata = trailing_metadata
 
 
 class GrpcCallError(Exception):
@@ -92,7 +108,40 @@ class GrpcCallError(Exception):
 # ---- server ------------------------------------------------------------------------------
 
 
-_SHUTTING_DOWN: _Answer = (grpc.StatusCode.UNAVAILABLE, "node is shutting down")
+_SHUTTING_DOWN = GrpcAbort(grpc.StatusCode.UNAVAILABLE, "node is shutting down")
+
+
+@dataclass(frozen=True)
+class GrpcService:
+    """One gRPC service of a ``GrpcServer``: its trio handlers and who may call it."""
+
+    add_to_server: Callable[[Any, Any], None]
+    servicer_base: type
+    handlers: Mapping[str, Handler]
+    streams: Mapping[str, StreamHandler] = field(default_factory=dict)
+    auth_token: str | None = None
+    """The token callers must present under ``AUTH_METADATA_KEY``; None: anyone may call."""
+
+    def check(self) -> None:
+        base = self.servicer_base
+        names = [*self.handlers, *self.streams]
+        unknown = sorted(n for n in names if not callable(getattr(base, n, None)))
+        if unknown:
+            raise ValueError(f"{base.__name__} has no RPC named {', '.join(unknown)}")
+
+
+async def _abort(context: Any, error: GrpcAbort) -> None:
+    await context.abort(error.code, error.message, trailing_metadata=error.trailing_metadata)
+
+
+@contextlib.contextmanager
+def _deadline(remaining: float | None) -> Iterator[None]:
+    """The caller's deadline bounds the handler: past it, nobody reads the reply."""
+    if remaining is None:
+        yield
+    else:
+        with trio.fail_after(max(remaining, 0.0)):
+            yield
 
 
 async def _unimplemented(_servicer: Any, _request: Any, context: Any) -> None:
@@ -102,22 +151,49 @@ async def _unimplemented(_servicer: Any, _request: Any, context: Any) -> None:
 class _Call:
     """One RPC on its way from the asyncio thread to a trio task and back."""
 
-    def __init__(self, name: str, handler: Handler, request: Any, remaining: float | None) -> None:
+    def __init__(self, name: str, handler: Any, request: Any, remaining: float | None) -> None:
         self.name, self.handler, self.request, self.remaining = name, handler, request, remaining
         self.loop = asyncio.get_running_loop()
-        self.answer: asyncio.Future[_Answer] = self.loop.create_future()
+        # (reply, None) or (None, the error to answer).
+        self.answer: asyncio.Future[tuple[Any, GrpcAbort | None]] = self.loop.create_future()
         self.scope = trio.CancelScope()  # only entered and cancelled on the trio thread
 
-    def reply(self, value: _Answer) -> None:
+    def reply(self, value: Any, error: GrpcAbort | None) -> None:
         """Trio thread: resolve the asyncio side's future."""
 
         def set_once() -> None:
             if not self.answer.done():  # cancelled when the RPC went away first
-                self.answer.set_result(value)
+                self.answer.set_result((value, error))
 
         # A closed loop means the aio server is gone and nobody waits for this answer.
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(set_once)
+
+
+class _StreamCall(_Call):
+    """A server-streaming RPC: items go through an asyncio queue, credits are trio's."""
+
+    def __init__(self, name: str, handler: Any, request: Any, remaining: float | None) -> None:
+        super().__init__(name, handler, request, remaining)
+        # ("item", item), then one ("end", None) or ("error", GrpcAbort).
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.credits: trio.Semaphore | None = None  # made on the trio thread
+
+    def put(self, kind: str, value: Any) -> None:
+        """Trio thread."""
+        with contextlib.suppress(RuntimeError):  # the aio loop is gone: nobody listens
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
+
+    def reply(self, value: Any, error: GrpcAbort | None) -> None:
+        if error is None:
+            self.put("end", None)
+        else:
+            self.put("error", error)
+
+    def release(self) -> None:
+        """Trio thread: the client took an item."""
+        if self.credits is not None:
+            self.credits.release()
 
 
 class GrpcServer:
@@ -130,16 +206,14 @@ class GrpcServer:
         handlers: Mapping[str, Handler],
         *,
         grace_s: float = 2.0,
+        extra_services: Sequence[GrpcService] = (),
     ) -> None:
-        unknown = sorted(n for n in handlers if not callable(getattr(servicer_base, n, None)))
-        if unknown:
-            raise ValueError(f"{servicer_base.__name__} has no RPC named {', '.join(unknown)}")
+        main = GrpcService(add_to_server, servicer_base, handlers, auth_token=auth_token)
+        self._services = [main, *extra_services]
+        for service in self._services:
+            service.check()
         self.bind = bind
         self.port = 0  # the bound port once serving() has started (resolves ":0")
-        self._auth = auth_token.encode() if auth_token else None
-        self._add_to_server = add_to_server
-        self._servicer_base = servicer_base
-        self._handlers = dict(handlers)
         self._grace_s = grace_s
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
@@ -210,7 +284,8 @@ class GrpcServer:
 
     async def _serve(self, ready: concurrent.futures.Future[Any]) -> None:
         server = grpc.aio.server(options=_SERVER_OPTIONS)
-        self._add_to_server(self._make_servicer(), server)
+        for service in self._services:
+            service.add_to_server(self._make_servicer(service), server)
         try:
             port = server.add_insecure_port(self.bind)
         except RuntimeError as e:
@@ -222,80 +297,151 @@ class GrpcServer:
         # Only a fallback: _stop cancels the trio handlers once self._grace_s has passed.
         await server.stop(self._grace_s + 2.0)
 
-    def _make_servicer(self) -> Any:
-        methods = {name: self._make_method(name, h) for name, h in self._handlers.items()}
+    def _make_servicer(self, service: GrpcService) -> Any:
+        auth = service.auth_token.encode() if service.auth_token else None
+        methods: dict[str, Callable[..., Any]] = {}
+        for name, handler in service.handlers.items():
+            methods[name] = self._unary_method(name, handler, auth)
+        for name, stream in service.streams.items():
+            methods[name] = self._stream_method(name, stream, auth)
         # RPCs without a handler answer UNIMPLEMENTED, as the generated base methods do, but
         # quietly: those are sync, so grpc.aio runs them in a thread pool and logs a traceback
         # per call (and a peer on a newer version could send such calls all day).
-        for name, attr in vars(self._servicer_base).items():
+        base = service.servicer_base
+        for name, attr in vars(base).items():
             if callable(attr) and not name.startswith("_") and name not in methods:
                 methods[name] = _unimplemented
-        return type(f"Trio{self._servicer_base.__name__}", (self._servicer_base,), methods)()
+        return type(f"Trio{base.__name__}", (base,), methods)()
 
-    def _make_method(self, name: str, handler: Handler) -> Callable[..., Awaitable[Any]]:
+    def _unary_method(
+        self, name: str, handler: Handler, auth: bytes | None
+    ) -> Callable[..., Awaitable[Any]]:
         async def method(_servicer: Any, request: Any, context: Any) -> Any:
-            return await self._handle(name, handler, request, context)
+            await self._check_auth(context, auth)
+            call = _Call(name, handler, request, context.time_remaining())
+            return await self._handle(call, context)
 
         method.__name__ = method.__qualname__ = name
         return method
 
-    def _authorized(self, context: Any) -> bool:
-        assert self._auth is not None
+    def _stream_method(
+        self, name: str, handler: StreamHandler, auth: bytes | None
+    ) -> Callable[..., AsyncIterator[Any]]:
+        async def method(_servicer: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+            await self._check_auth(context, auth)
+            call = _StreamCall(name, handler, request, context.time_remaining())
+            async for item in self._handle_stream(call, context):
+                yield item
+
+        method.__name__ = method.__qualname__ = name
+        return method
+
+    @staticmethod
+    async def _check_auth(context: Any, auth: bytes | None) -> None:
+        if auth is None:
+            return
         for key, value in context.invocation_metadata() or ():
             if key == AUTH_METADATA_KEY:
                 given = value.encode() if isinstance(value, str) else bytes(value)
-                return hmac.compare_digest(given, self._auth)
-        return False
+                if hmac.compare_digest(given, auth):
+                    return
+                break
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong peer token")
 
-    async def _handle(self, name: str, handler: Handler, request: Any, context: Any) -> Any:
-        """Asyncio thread: hand the call to trio and wait for its answer."""
-        if self._auth is not None and not self._authorized(context):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong peer token")
+    def _start(self, call: _Call, run: Callable[[_Call], Awaitable[None]]) -> bool:
+        """Asyncio thread: start ``run(call)`` in trio; False when trio is gone."""
         assert self._trio_token is not None
-        call = _Call(name, handler, request, context.time_remaining())
         try:
-            self._trio_token.run_sync_soon(self._spawn, call)
+            self._trio_token.run_sync_soon(self._spawn, call, run)
         except trio.RunFinishedError:
-            await context.abort(*_SHUTTING_DOWN)
-        try:
-            code, value = await call.answer
-        except asyncio.CancelledError:
-            # The client cancelled or its deadline passed: nobody wants the answer any more,
-            # so stop the trio handler as well.
-            with contextlib.suppress(trio.RunFinishedError):
-                self._trio_token.run_sync_soon(call.scope.cancel)
-            raise
-        if code is None:
-            return value
-        await context.abort(code, value)
+            return False
+        return True
 
-    def _spawn(self, call: _Call) -> None:
+    def _cancel(self, call: _Call) -> None:
+        """Asyncio thread: the client cancelled or its deadline passed, so nobody wants the
+        answer any more: stop the trio handler as well."""
+        assert self._trio_token is not None
+        with contextlib.suppress(trio.RunFinishedError):
+            self._trio_token.run_sync_soon(call.scope.cancel)
+
+    async def _handle(self, call: _Call, context: Any) -> Any:
+        """Asyncio thread: hand the call to trio and wait for its answer."""
+        if not self._start(call, self._run):
+            await _abort(context, _SHUTTING_DOWN)
+        try:
+            value, error = await call.answer
+        except asyncio.CancelledError:
+            self._cancel(call)
+            raise
+        if error is not None:
+            await _abort(context, error)
+        return value
+
+    async def _handle_stream(self, call: _StreamCall, context: Any) -> AsyncIterator[Any]:
+        """Asyncio thread: yield what the trio handler emits, until it ends."""
+        if not self._start(call, self._run_stream):
+            await _abort(context, _SHUTTING_DOWN)
+        finished = False
+        try:
+            while True:
+                kind, value = await call.queue.get()
+                if kind == "item":
+                    yield value
+                    assert self._trio_token is not None
+                    with contextlib.suppress(trio.RunFinishedError):
+                        self._trio_token.run_sync_soon(call.release)
+                    continue
+                finished = True
+                if kind == "error":
+                    await _abort(context, value)
+                return
+        finally:
+            if not finished:
+                self._cancel(call)
+
+    def _spawn(self, call: _Call, run: Callable[[_Call], Awaitable[None]]) -> None:
         """Trio thread."""
         try:
             assert self._nursery is not None
-            self._nursery.start_soon(self._run, call)
+            self._nursery.start_soon(run, call)
         except RuntimeError:  # the nursery is closed: serving() has ended
-            call.reply(_SHUTTING_DOWN)
+            call.reply(None, _SHUTTING_DOWN)
 
     async def _run(self, call: _Call) -> None:
-        result = _SHUTTING_DOWN  # stays the answer if cancelled from outside (server stopping)
+        async def body() -> Any:
+            return await call.handler(call.request)
+
+        await self._guarded(call, body)
+
+    async def _run_stream(self, call: _Call) -> None:
+        assert isinstance(call, _StreamCall)
+        credits = call.credits = trio.Semaphore(STREAM_WINDOW)
+
+        async def emit(item: Any) -> None:
+            await credits.acquire()
+            call.put("item", item)
+
+        async def body() -> None:
+            await call.handler(call.request, emit)
+
+        await self._guarded(call, body)
+
+    async def _guarded(self, call: _Call, body: Callable[[], Awaitable[Any]]) -> None:
+        """Trio thread: run a handler under the call's deadline and answer how it ended."""
+        value: Any = None
+        error: GrpcAbort | None = _SHUTTING_DOWN  # if cancelled from outside (server stopping)
         try:
-            with call.scope:
-                # The caller's deadline bounds the handler: past it, nobody reads the reply.
-                if call.remaining is None:
-                    result = (None, await call.handler(call.request))
-                else:
-                    with trio.fail_after(max(call.remaining, 0.0)):
-                        result = (None, await call.handler(call.request))
+            with call.scope, _deadline(call.remaining):
+                value, error = await body(), None
         except GrpcAbort as e:
-            result = (e.code, e.message)
+            error = e
         except trio.TooSlowError:
-            result = (grpc.StatusCode.DEADLINE_EXCEEDED, f"{call.name}: deadline exceeded")
+            error = GrpcAbort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{call.name}: deadline exceeded")
         except Exception as e:
-            log.exception("peer RPC %s failed", call.name)
-            result = (grpc.StatusCode.INTERNAL, str(e) or type(e).__name__)
+            log.exception("RPC %s failed", call.name)
+            error = GrpcAbort(grpc.StatusCode.INTERNAL, str(e) or type(e).__name__)
         finally:
-            call.reply(result)
+            call.reply(value, error)
 
 
 # ---- client ------------------------------------------------------------------------------

@@ -37,6 +37,8 @@ from .gateway.transport import TcpTransport, WsTransport
 from .groups.local import LocalGroup
 from .groups.machine import GroupMachine
 from .groups.pipeline import GroupPipeline
+from .grpcapi.servicer import PublicApi
+from .grpcapi.subscribe import LiveFeed
 from .http.api import build_router
 from .http.common import ApiContext
 from .http.server import HttpServer
@@ -61,6 +63,9 @@ class Node:
             app=config.devices.app_limit, web=config.devices.web_limit, pc=config.devices.pc_limit
         )
         self.registry = SessionRegistry(limits)
+        # The public gRPC API (raftchat.v1); its Subscribe streams follow local deliveries.
+        self.live = LiveFeed()
+        self.public_api = PublicApi(self.live)
         self.endpoints: dict[str, str] = {}
         self.stores: dict[int, Store] = {}
         self.router: Router
@@ -91,6 +96,8 @@ class Node:
     def deliver_local(
         self, msg: MessageRecord | pb.EventPush, uids: list[str], origin_conn: int | None
     ) -> None:
+        if isinstance(msg, MessageRecord):
+            self.live.publish(msg, uids)  # gRPC Subscribe streams (stream events are not theirs)
         for uid in uids:
             for session in self.registry.of(uid):
                 if session.conn_id != origin_conn:
@@ -301,6 +308,8 @@ class Node:
                 add_to_server=peer_pb2_grpc.add_PeerServicer_to_server,
                 servicer_base=peer_pb2_grpc.PeerServicer,
                 handlers=self.router.handlers(),
+                # Same port, no peer token: the public API is for the app's backend.
+                extra_services=self.public_api.services(),
             )
             async with trio.open_nursery() as nursery, grpc_server.serving():
                 await nursery.start(self.router.run)
@@ -338,7 +347,9 @@ class Node:
 
         assert self.admin is not None
         api = ApiContext(cfg, self.registry, router, self.admin, self.facts, self.webhooks)
-        http = HttpServer(build_router(api), cfg.http.max_body_bytes)
+        http_router = build_router(api)
+        self.public_api.attach(http_router, api)
+        http = HttpServer(http_router, cfg.http.max_body_bytes)
         await nursery.start(partial(http.serve, host, cfg.http.port))
         if cfg.http.also_host and cfg.http.also_host != host:
             await nursery.start(partial(http.serve, cfg.http.also_host, cfg.http.port))
