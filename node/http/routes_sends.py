@@ -19,6 +19,8 @@ from ..channels import person_channel_id
 from ..command_channels import temp_channel_id
 from ..groups.command_sync import decode_position
 from ..pipeline_rules import SYSTEM_UID, request_problem
+from ..router import ClusterUnavailable
+from ..send_checks import precheck
 from .common import OK, ApiContext, RouteAdder, check_id, message_resp
 from .fields import get_flag, get_int, get_str, get_str_list
 from .server import ApiError, Request, Response, bad_request
@@ -161,6 +163,28 @@ async def subscriber_send(ctx: ApiContext, body: dict[str, Any]) -> Response:
     )
 
 
+async def checked_send_each(ctx: ApiContext, items: list[pb.SendItem]) -> list[pb.SendOutcome]:
+    """``send_each`` after the user-level rules (send ban, the receivers' person lists), as
+    every HTTP send in a user's name: refused items are answered without a proposal."""
+    reasons: list[ReasonCode] = [ReasonCode.SUCCESS] * len(items)
+
+    async def check(i: int) -> None:
+        try:
+            reasons[i] = await precheck(ctx.facts, items[i], ctx.config.messages.person_whitelist)
+        except ClusterUnavailable as e:
+            reasons[i] = e.reason
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(items)):
+            nursery.start_soon(check, i)
+    allowed = [i for i, r in enumerate(reasons) if r == ReasonCode.SUCCESS]
+    sent = await send_each(ctx, [items[i] for i in allowed])
+    outcomes = [pb.SendOutcome(reason=r) for r in reasons]
+    for i, outcome in zip(allowed, sent, strict=True):
+        outcomes[i] = outcome
+    return outcomes
+
+
 async def send_each(ctx: ApiContext, items: list[pb.SendItem]) -> list[pb.SendOutcome]:
     """Commit independent sends concurrently; all are queued first, in order."""
     finishes = [ctx.router.begin_send(item) for item in items]
@@ -199,7 +223,7 @@ def register(route: RouteAdder, ctx: ApiContext) -> None:
             )
             for uid in uids
         ]
-        outcomes = await send_each(ctx, items)
+        outcomes = await checked_send_each(ctx, items)
         failed = [(u, o.reason) for u, o in zip(uids, outcomes, strict=True) if o.reason != 1]
         return Response(
             200, {"fail_uids": [u for u, _ in failed], "reason": [int(r) for _, r in failed]}

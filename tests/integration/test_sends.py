@@ -484,6 +484,17 @@ def test_sendbatch_sends_a_person_message_to_each(sapi: Api, snode: NodeProcess)
     assert head(sapi, person_channel_id(a, b), 1) == 1
 
 
+def test_sendbatch_keeps_the_receivers_person_lists(sapi: Api) -> None:
+    """A batch send in a user's name is held to the same user-level rules as any send: a
+    receiver who denies the sender is a failed uid with InBlacklist, the others get it."""
+    a, b, c = users(sapi, "a", "b", "c")
+    sapi.ok("/channel/blacklist_add", {"channel_id": c, "channel_type": 1, "uids": [a]})
+    body = {"from_uid": a, "subscribers": [b, c], "payload": b64(b"hi")}
+    assert sapi.ok("/message/sendbatch", body) == {"fail_uids": [c], "reason": [4]}
+    assert head(sapi, person_channel_id(a, b), 1) == 1
+    assert head(sapi, person_channel_id(a, c), 1) == 0
+
+
 @pytest.mark.parametrize(
     ("body", "msg"),
     [
