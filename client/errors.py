@@ -153,3 +153,13 @@ class Unreachable(ClientError):
     def __init__(self, message: str, errors: list[BaseException]) -> None:
         self.errors = errors
         super().__init__(message)
+
+
+class Disconnected(ClientClosed):
+    """The server ended the session with DISCONNECT (``reason_code`` 12, ConnectKick: a login
+    elsewhere took the session's place, or the token was withdrawn). A reconnecting session
+    stops instead of fighting the other login."""
+
+    def __init__(self, reason_code: int, reason: str) -> None:
+        self.reason_code = as_reason(reason_code)
+        super().__init__(f"disconnected by the server: reason code {self.reason_code!r} {reason}")
