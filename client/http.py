@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, Self, TypeVar, overload
 
@@ -28,7 +28,9 @@ from proto.wkproto import ReasonCode
 
 from . import routes
 from .backoff import Backoff
+from .defaults import DEFAULT_HTTP_URL
 from .errors import ApiError, ClientError, Unreachable, api_error
+from .models import Message
 from .routes import Call
 
 P = ParamSpec("P")
@@ -46,8 +48,7 @@ NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 HTTP_BACKOFF = Backoff(0.1, 2.0)
 """With the default 4 retries: about 1.5 s at most before giving up on a call."""
 
-DEFAULT_URL = "http://127.0.0.11:5001"
-"""Node 1 of the standard local cluster (``raftchat dev``)."""
+DEFAULT_URL = DEFAULT_HTTP_URL
 
 
 class _Again(Exception):
@@ -325,6 +326,29 @@ class HttpClient(_Base):
     async def request(self, method: str, path: str, body: Any = None) -> httpx.Response:
         """One raw request to the current node: no retry, no failover, no status check."""
         return await self.http.request(method, self.url + path, json=body)
+
+    async def iter_messages(
+        self,
+        login_uid: str,
+        channel_id: str,
+        channel_type: int,
+        start_message_seq: int = 1,
+        end_message_seq: int = 0,
+        *,
+        page_size: int = 500,
+    ) -> AsyncIterator[Message]:
+        """A channel's stored messages from ``start_message_seq`` up to ``end_message_seq``
+        (excluded; 0: the head when the last page is read), in seq order, page by page."""
+        cursor = start_message_seq
+        while True:
+            page = await self.messagesync(
+                login_uid, channel_id, channel_type, cursor, end_message_seq, limit=page_size
+            )
+            for m in page.messages:
+                yield m
+            if not page.more or not page.messages:
+                return
+            cursor = page.messages[-1].message_seq + 1
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -53,8 +53,6 @@ FINAL_REFUSALS = frozenset(
 )
 """CONNACK refusals that another try would only repeat: the session fails with them."""
 
-FETCH_PAGE = 500
-
 
 def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
     """``"host:port"`` (or a (host, port) pair) as a pair."""
@@ -307,16 +305,8 @@ class Session:
     async def _fetch(self, http: HttpClient, key: ChannelKey, start: int, until: int = 0) -> None:
         """Deliver the channel's stored messages from ``start`` up to ``until`` (excluded; 0:
         the head)."""
-        cursor = start
-        while True:
-            page = await http.messagesync(
-                self.uid, key[0], key[1], cursor, until, limit=FETCH_PAGE, pull_mode=1
-            )
-            for m in page.messages:
-                self._offer(m)
-            if not page.more or not page.messages:
-                return
-            cursor = page.messages[-1].message_seq + 1
+        async for m in http.iter_messages(self.uid, key[0], key[1], start, until):
+            self._offer(m)
 
     def _offer(self, m: Message) -> None:
         if self.delivered.accept(m):
