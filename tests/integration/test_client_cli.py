@@ -118,3 +118,23 @@ def test_tail_prints_the_log_then_new_messages(node: NodeProcess) -> None:
         api.send("", "team", ChannelType.GROUP, b"from the system")
         assert out.next() == "[4] system: from the system"
     api.close()
+
+
+def test_cluster_command_prints_status_and_reports_refusals(node: NodeProcess) -> None:
+    http = node.endpoints["http"]
+
+    def cluster(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "node.cli", "cluster", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    # The first --api does not answer: the command goes on to the next one.
+    status = cluster("status", "--api", "http://127.0.0.2:5001", "--api", http)
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert lines[0].startswith("cluster map version ") and lines[0].endswith("seen from node 1")
+    assert f"  node 1: {http.split('//')[1].split(':')[0]}" in lines
+    assert any(line.split()[:3] == ["ctrl", "1", "1"] for line in lines)
+
+    refused = cluster("leave", "--node", "9", "--api", http)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("raftchat cluster: 404 ")
