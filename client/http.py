@@ -35,6 +35,7 @@ from .routes import Call
 
 P = ParamSpec("P")
 T = TypeVar("T")
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
 
 RETRIED_REASONS = frozenset(
     {ReasonCode.NODE_MATCH_ERROR, ReasonCode.NODE_NOT_MATCH, ReasonCode.FORWARD_SEND_PACKET_ERROR}
@@ -61,7 +62,7 @@ class _Again(Exception):
 class _Attempt(Generic[T]):
     """One call through its retries; the executors only do the I/O and the sleeping."""
 
-    def __init__(self, client: _Base, call: Call[T]) -> None:
+    def __init__(self, client: _Base[Any], call: Call[T]) -> None:
         self.client = client
         self.call = call
         self.attempt = 0
@@ -161,7 +162,7 @@ class endpoint(Generic[P, T]):
     def __get__(self, obj: SyncHttpClient, owner: type[Any]) -> Callable[P, T]: ...
     @overload
     def __get__(self, obj: HttpClient, owner: type[Any]) -> Callable[P, Coroutine[Any, Any, T]]: ...
-    def __get__(self, obj: _Base | None, owner: type[Any]) -> Any:
+    def __get__(self, obj: _Base[Any] | None, owner: type[Any]) -> Any:
         if obj is None:
             return self
         build = self.build
@@ -174,15 +175,17 @@ class endpoint(Generic[P, T]):
         return bound
 
 
-class _Base:
-    """The routes and the node list, shared by both clients."""
+class _Base(Generic[H]):
+    """The routes, the node list and the constructor, shared by both clients."""
 
     def __init__(
         self,
         base_urls: str | Sequence[str] = DEFAULT_URL,
         *,
+        timeout_s: float = 10.0,
         retries: int = 4,
         backoff: Backoff = HTTP_BACKOFF,
+        http: H | None = None,
     ) -> None:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
@@ -191,7 +194,13 @@ class _Base:
         self.retries = retries
         """Tries after the first, for unreachable nodes and retryable 503s."""
         self.backoff = backoff
+        self.http: H = http if http is not None else self._new_http(timeout_s)
+        """The httpx client underneath; pass your own (``http=``) to configure it."""
         self._current = 0
+
+    @staticmethod
+    def _new_http(timeout_s: float) -> H:
+        raise NotImplementedError
 
     @property
     def url(self) -> str:
@@ -247,21 +256,13 @@ class _Base:
     set_unread = endpoint(routes.set_unread)
 
 
-class SyncHttpClient(_Base):
-    """The blocking client, over an ``httpx.Client`` (``http``; pass your own to configure
-    it). Usable from any thread that does not run an event loop."""
+class SyncHttpClient(_Base[httpx.Client]):
+    """The blocking client, over an ``httpx.Client``. Usable from any thread that does not
+    run an event loop."""
 
-    def __init__(
-        self,
-        base_urls: str | Sequence[str] = DEFAULT_URL,
-        *,
-        timeout_s: float = 10.0,
-        retries: int = 4,
-        backoff: Backoff = HTTP_BACKOFF,
-        http: httpx.Client | None = None,
-    ) -> None:
-        super().__init__(base_urls, retries=retries, backoff=backoff)
-        self.http = http if http is not None else httpx.Client(timeout=timeout_s)
+    @staticmethod
+    def _new_http(timeout_s: float) -> httpx.Client:
+        return httpx.Client(timeout=timeout_s)
 
     def run(self, call: Call[T]) -> T:
         """Send a built call (what every route method does)."""
@@ -293,21 +294,13 @@ class SyncHttpClient(_Base):
         self.close()
 
 
-class HttpClient(_Base):
+class HttpClient(_Base[httpx.AsyncClient]):
     """The trio client, over an ``httpx.AsyncClient`` (``http``). Use it as
     ``async with HttpClient(urls) as api:`` (or call ``aclose``)."""
 
-    def __init__(
-        self,
-        base_urls: str | Sequence[str] = DEFAULT_URL,
-        *,
-        timeout_s: float = 10.0,
-        retries: int = 4,
-        backoff: Backoff = HTTP_BACKOFF,
-        http: httpx.AsyncClient | None = None,
-    ) -> None:
-        super().__init__(base_urls, retries=retries, backoff=backoff)
-        self.http = http if http is not None else httpx.AsyncClient(timeout=timeout_s)
+    @staticmethod
+    def _new_http(timeout_s: float) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=timeout_s)
 
     async def run(self, call: Call[T]) -> T:
         """Send a built call (what every route method does)."""

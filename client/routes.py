@@ -11,7 +11,7 @@ import base64
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack
 
 from .models import (
     BatchSendResult,
@@ -150,9 +150,18 @@ def system_uids_remove(uids: Iterable[str]) -> Call[None]:
 # --- channels -------------------------------------------------------------------------------
 
 
-def _flags(**flags: bool | None) -> dict[str, int]:
-    # Absent flags keep their stored value on the server: send only the ones given.
-    return {k: int(v) for k, v in flags.items() if v is not None}
+class ChannelFlags(TypedDict, total=False):
+    """A channel's flags; a flag left out keeps its stored value on the server."""
+
+    ban: bool
+    disband: bool
+    send_ban: bool
+    allow_stranger: bool
+    large: bool
+
+
+def _flag_ints(flags: ChannelFlags) -> dict[str, int]:
+    return {k: 1 if v else 0 for k, v in flags.items()}
 
 
 def channel_create(
@@ -161,40 +170,24 @@ def channel_create(
     subscribers: Iterable[str] = (),
     *,
     reset: bool = False,
-    ban: bool | None = None,
-    disband: bool | None = None,
-    send_ban: bool | None = None,
-    allow_stranger: bool | None = None,
-    large: bool | None = None,
+    **flags: Unpack[ChannelFlags],
 ) -> Call[None]:
     """Create or update a channel and add subscribers (``reset``: replace them)."""
-    flags = _flags(
-        ban=ban, disband=disband, send_ban=send_ban, allow_stranger=allow_stranger, large=large
-    )
     body = {
         **_channel(channel_id, channel_type),
         "subscribers": list(subscribers),
         "reset": int(reset),
-        **flags,
+        **_flag_ints(flags),
     }
     return _post("/channel", body)
 
 
 def channel_info_update(
-    channel_id: str,
-    channel_type: int,
-    *,
-    ban: bool | None = None,
-    disband: bool | None = None,
-    send_ban: bool | None = None,
-    allow_stranger: bool | None = None,
-    large: bool | None = None,
+    channel_id: str, channel_type: int, **flags: Unpack[ChannelFlags]
 ) -> Call[None]:
     """Change a channel's flags (``POST /channel/info``); a person channel's are the user's."""
-    flags = _flags(
-        ban=ban, disband=disband, send_ban=send_ban, allow_stranger=allow_stranger, large=large
-    )
-    return _post("/channel/info", {**_channel(channel_id, channel_type), **flags})
+    body = {**_channel(channel_id, channel_type), **_flag_ints(flags)}
+    return _post("/channel/info", body)
 
 
 def channel_info(channel_id: str, channel_type: int) -> Call[ChannelInfo | None]:

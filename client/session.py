@@ -20,11 +20,11 @@ import math
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Literal
+from typing import Literal, Unpack
 
 import trio
 
-from proto.wkproto import HeaderFlag, ReasonCode
+from proto.wkproto import ReasonCode
 
 from ._groups import sole_exception
 from .backoff import Backoff
@@ -39,7 +39,7 @@ from .errors import (
 )
 from .http import RETRIED_REASONS, HttpClient
 from .models import Message
-from .wkproto import SendResult, WKClient, open_client
+from .wkproto import SendOptions, SendResult, WKClient, open_client
 
 RECONNECT_BACKOFF = Backoff(0.2, 5.0)
 
@@ -145,16 +145,14 @@ class Session:
         payload: bytes,
         *,
         client_msg_no: str | None = None,
-        flags: int = HeaderFlag.RED_DOT,
-        setting: int = 0,
-        expire: int = 0,
-        topic: str = "",
         timeout_s: float = 10.0,
+        **options: Unpack[SendOptions],
     ) -> SendResult:
         """Send and wait for success, across reconnections: a send cut off by a lost
         connection or answered 17/18/10 is sent again with the same ``client_msg_no`` (the
         server answers a repeat with the original ids). Raises ``SendRefused`` with the reason
-        code for any other refusal, ``trio.TooSlowError`` past ``timeout_s``."""
+        code for any other refusal, ``trio.TooSlowError`` past ``timeout_s``. ``options``:
+        ``flags`` (default RED_DOT), ``setting``, ``expire``, ``topic``, as ``WKClient.send``."""
         client_msg_no = client_msg_no or uuid.uuid4().hex
         attempt = 0
         with trio.fail_after(timeout_s):
@@ -166,11 +164,8 @@ class Session:
                         channel_type,
                         payload,
                         client_msg_no=client_msg_no,
-                        flags=flags,
-                        setting=setting,
-                        expire=expire,
-                        topic=topic,
                         timeout_s=math.inf,
+                        **options,
                     )
                 except ClientClosed:
                     continue  # the run loop is already reconnecting

@@ -18,14 +18,14 @@ import queue
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager, suppress
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar, Unpack
 
 import trio
 
 from .errors import ClientClosed
 from .models import Message
 from .session import Session, open_session
-from .wkproto import SendResult
+from .wkproto import SendOptions, SendResult
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -107,10 +107,18 @@ class SyncSession:
         return self.session.connected
 
     def send(
-        self, channel_id: str, channel_type: int, payload: bytes, **options: Any
+        self,
+        channel_id: str,
+        channel_type: int,
+        payload: bytes,
+        *,
+        client_msg_no: str | None = None,
+        timeout: float = 10.0,
+        **options: Unpack[SendOptions],
     ) -> SendResult:
         """``Session.send``: returns once the message is durable, across reconnections."""
-        return self._portal.call(self.session.send, channel_id, channel_type, payload, **options)
+        send = functools.partial(self.session.send, client_msg_no=client_msg_no, **options)
+        return self._portal.call(send, channel_id, channel_type, payload, timeout_s=timeout)
 
     def receive(self, timeout: float = 10.0) -> Message:
         """The next message; ``TimeoutError`` if none came within ``timeout`` seconds."""

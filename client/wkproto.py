@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, TypedDict, TypeVar
 
 import trio
 
@@ -71,6 +71,15 @@ RECVACK_MIRRORED_FLAGS = HeaderFlag.NO_PERSIST | HeaderFlag.RED_DOT | HeaderFlag
 server reads NoPersist/SyncOnce from the RECVACK to pick its bookkeeping."""
 
 T = TypeVar("T")
+
+
+class SendOptions(TypedDict, total=False):
+    """``WKClient.send``'s options that wrappers pass through unchanged."""
+
+    flags: int
+    setting: int
+    expire: int
+    topic: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,9 +113,8 @@ def test_sync_facade_sends_receives_and_reports_refusals(node: NodeProcess) -> N
     with SyncHttpClient(http) as api:
         api.user_token("alice", "ta")
         api.user_token("bob", "tb")
-        with pytest.raises(ConnectRefused) as refused:
-            with connect_sync(tcp, uid="bob", token="wrong", http=http):
-                pass
+        with pytest.raises(ConnectRefused) as refused, connect_sync(tcp, uid="bob", token="x"):
+            pass
         assert refused.value.reason_code == ReasonCode.AUTH_FAIL
 
         with (
