@@ -26,7 +26,7 @@ from node.devcluster import (
     wait_all_stopped,
 )
 
-from .http import HttpError, request
+from .http import HttpError, NodeHttp
 from .net import Firewall, node_gid
 
 READY_TIMEOUT_S = 120.0
@@ -54,6 +54,7 @@ class ChaosCluster:
         envs = cluster_env(self.hosts, self.password, self.settings)
         for n in self.hosts:
             self.nodes[n] = self._process(n, envs[n])
+        self.http = NodeHttp()
         self.known: set[int] = set(self.hosts)
         """The members as the newest cluster map says (:meth:`refresh_members`): a membership
         request that timed out may still have taken effect, so the runner never trusts its own
@@ -131,7 +132,7 @@ class ChaosCluster:
     async def call(
         self, node_id: int, method: str, path: str, body: Any = None, timeout_s: float = 10.0
     ) -> tuple[int, Any]:
-        return await request(
+        return await self.http.request(
             self.hosts[node_id], HTTP_PORT, method, path, body, timeout_s=timeout_s
         )
 

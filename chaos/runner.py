@@ -258,10 +258,15 @@ async def _watch_signals() -> None:
 async def _main(
     cfg: RunConfig, cluster: ChaosCluster, firewall: net.Firewall | None, rec: HistoryWriter
 ) -> dict[str, Any]:
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals)
-        facts = await _drive(cfg, cluster, firewall, rec)
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_signals)
+            facts = await _drive(cfg, cluster, firewall, rec)
+            nursery.cancel_scope.cancel()
+    finally:
+        # The nodes' HTTP clients belong to this trio run.
+        with trio.CancelScope(shield=True):
+            await cluster.http.aclose()
     return facts
 
 

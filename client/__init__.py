@@ -1,38 +1,98 @@
-"""Clients of a raftchat server. ``client.wkproto`` is the WKProto (TCP/WebSocket) client.
+"""The raftchat client library (``docs/client.md``).
 
-The session classes load on first use (PEP 562) so that importing ``client`` or one of its other
-modules does not pull in trio, the codec and the crypto stack.
+* ``client.http``: ``HttpClient`` (trio) and ``SyncHttpClient`` (blocking), the HTTP API;
+* ``client.wkproto``: ``open_client``, one WKProto connection (TCP or WebSocket);
+* ``client.session``: ``open_session``, a WKProto session that reconnects and catches up;
+* ``client.sync``: ``connect_sync``, the same session for blocking code;
+* ``client.models`` (typed results) and ``client.errors`` (exceptions with reason codes).
+* ``client.grpc``: the public gRPC API's client, still to come.
+
+Everything is importable from ``client`` itself; the modules load on first use (PEP 562), so
+that importing ``client`` or its errors does not pull in trio, httpx or the crypto stack.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import ClientClosed, ClientError, ClosedBeforeConnack, ConnectRefused
+from .errors import (
+    ApiError,
+    BadRequest,
+    ClientClosed,
+    ClientError,
+    ClosedBeforeConnack,
+    Conflict,
+    ConnectRefused,
+    Disconnected,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    Refused,
+    SendRefused,
+    ServerError,
+    Unavailable,
+    Unreachable,
+)
 
 if TYPE_CHECKING:
+    from .http import HttpClient, SyncHttpClient
+    from .models import Conversation, Message
+    from .session import Session, open_session
+    from .sync import SyncSession, connect_sync
     from .wkproto import ReceivedMessage, SendResult, WKClient, open_client, open_client_over
 
+_LAZY = {
+    "HttpClient": "http",
+    "SyncHttpClient": "http",
+    "Conversation": "models",
+    "Message": "models",
+    "Session": "session",
+    "open_session": "session",
+    "SyncSession": "sync",
+    "connect_sync": "sync",
+    "ReceivedMessage": "wkproto",
+    "SendResult": "wkproto",
+    "WKClient": "wkproto",
+    "open_client": "wkproto",
+    "open_client_over": "wkproto",
+}
+
 __all__ = [
+    "ApiError",
+    "BadRequest",
     "ClientClosed",
     "ClientError",
     "ClosedBeforeConnack",
+    "Conflict",
     "ConnectRefused",
+    "Conversation",
+    "Disconnected",
+    "HttpClient",
+    "Message",
+    "NotFound",
+    "PayloadTooLarge",
+    "RateLimited",
     "ReceivedMessage",
+    "Refused",
+    "SendRefused",
     "SendResult",
+    "ServerError",
+    "Session",
+    "SyncHttpClient",
+    "SyncSession",
+    "Unavailable",
+    "Unreachable",
     "WKClient",
+    "connect_sync",
     "open_client",
     "open_client_over",
+    "open_session",
 ]
-
-_FROM_WKPROTO = frozenset(
-    {"ReceivedMessage", "SendResult", "WKClient", "open_client", "open_client_over"}
-)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _FROM_WKPROTO:
-        from . import wkproto
-
-        return getattr(wkproto, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

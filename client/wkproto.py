@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, TypedDict, TypeVar
 
 import trio
 
@@ -43,6 +43,7 @@ from proto.wkproto import (
 )
 from proto.wkproto.crypto import KeyPair, SessionCipher, recv_sign, send_sign
 
+from ._groups import sole_exception
 from .errors import ClientClosed, ClientError, ClosedBeforeConnack, ConnectRefused
 from .transport import StreamTransport, Transport, connect_tcp, connect_ws
 
@@ -70,6 +71,15 @@ RECVACK_MIRRORED_FLAGS = HeaderFlag.NO_PERSIST | HeaderFlag.RED_DOT | HeaderFlag
 server reads NoPersist/SyncOnce from the RECVACK to pick its bookkeeping."""
 
 T = TypeVar("T")
+
+
+class SendOptions(TypedDict, total=False):
+    """``WKClient.send``'s options that wrappers pass through unchanged."""
+
+    flags: int
+    setting: int
+    expire: int
+    topic: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,7 +522,7 @@ async def _handshake(transport: Transport, login: _Login) -> WKClient:
 async def _session(
     connect: Callable[[trio.Nursery], Awaitable[Transport]], login: _Login
 ) -> AsyncIterator[WKClient]:
-    try:
+    with sole_exception():
         async with trio.open_nursery() as nursery:
             try:
                 with trio.fail_after(login.connect_timeout_s):
@@ -534,20 +544,6 @@ async def _session(
                     await client.aclose()
                 finally:
                     nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # The nursery wraps even a lone exception in a group; callers should be able to write
-        # ``except ConnectRefused`` (or see their own exception) instead of unpicking groups.
-        if len(group.exceptions) != 1:
-            raise
-        sole = group.exceptions[0]
-        # Re-raising inside ``except`` would chain the group (which holds this very exception)
-        # as its context; restoring the old context keeps tracebacks readable.
-        context = sole.__context__
-        try:
-            raise sole
-        finally:
-            sole.__context__ = context
-            del sole, context
 
 
 def _login(

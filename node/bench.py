@@ -69,9 +69,9 @@ from .devcluster import (
 )
 
 if TYPE_CHECKING:
-    import httpx
-# httpx is imported where it is used: ``raftchat node`` builds this command's parser too, and a
-# node process has no use for an HTTP client.
+    from client.http import SyncHttpClient
+# The HTTP client is imported where it is used: ``raftchat node`` builds this command's parser
+# too, and a node process has no use for it.
 
 SLOT_GROUPS = 8
 HASH_SLOTS = 256
@@ -586,37 +586,31 @@ class BenchCluster:
             )
             for i, host in self.hosts.items()
         }
-        import httpx
+        from client.http import SyncHttpClient
 
-        self.http: httpx.Client = httpx.Client(timeout=15.0)
+        self.api: dict[int, SyncHttpClient] = {
+            i: SyncHttpClient(f"http://{host}:{HTTP_PORT}", timeout_s=15.0)
+            for i, host in self.hosts.items()
+        }
 
     def start(self) -> None:
         start_all(list(self.nodes.values()))
 
     def stop(self) -> None:
-        self.http.close()
+        for api in self.api.values():
+            api.close()
         for n in self.nodes.values():
             n.stop(timeout_s=10.0)
 
-    def url(self, node: int, path: str) -> str:
-        return f"http://{self.hosts[node]}:{HTTP_PORT}{path}"
-
     def post(self, node: int, path: str, body: Any) -> Any:
-        import httpx
-
         try:
-            resp = self.http.post(self.url(node, path), json=body)
-        except httpx.HTTPError as e:
+            return self.api[node].call("POST", path, body)
+        except ClientError as e:
             state = "running" if self.nodes[node].running else "not running (see its log)"
-            raise BenchError(f"POST {path} on node {node}: {e!r}; node {node} is {state}") from e
-        if resp.status_code != 200:
-            raise BenchError(f"POST {path} on node {node}: {resp.status_code} {resp.text}")
-        return resp.json()
+            raise BenchError(f"POST {path} on node {node}: {e}; node {node} is {state}") from e
 
     def status(self, node: int) -> Any:
-        resp = self.http.get(self.url(node, "/cluster/status"), timeout=5.0)
-        resp.raise_for_status()
-        return resp.json()
+        return self.api[node].call("GET", "/cluster/status")
 
     def running(self) -> list[int]:
         return [i for i, n in self.nodes.items() if n.running]
@@ -626,8 +620,6 @@ class BenchCluster:
 
     def leader_of_key(self, key: str, timeout_s: float = 15.0) -> tuple[int, int]:
         """(group, leading node) of the slot group owning ``key``, as the leader reports it."""
-        import httpx
-
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -637,22 +629,20 @@ class BenchCluster:
                     for g in self.status(node)["groups"]:
                         if g["group"] == group and g.get("is_leader"):
                             return group, node
-            except httpx.HTTPError:
+            except ClientError:
                 pass
             if time.monotonic() > deadline:
                 raise BenchError(f"no leader found for the group of {key!r}")
             time.sleep(0.05)
 
     def wait_caught_up(self, node: int, timeout_s: float = 60.0) -> None:
-        import httpx
-
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 groups = [g for g in self.status(node)["groups"] if g["local"]]
                 if all(g["raft_applied"] >= g["commit_index"] for g in groups):
                     return
-            except httpx.HTTPError:
+            except ClientError:
                 pass
             if time.monotonic() > deadline:
                 raise BenchError(f"node {node} did not catch up in {timeout_s} s")
@@ -790,13 +780,11 @@ def commit_latency(cluster: BenchCluster) -> dict[str, Any]:
 
     Percentiles of different groups do not merge exactly: ``p50`` is the batch-weighted median of
     the groups' p50s and ``p99`` the worst group's p99 (an upper bound)."""
-    import httpx
-
     groups = []
     for node in cluster.running():
         try:
             status = cluster.status(node)
-        except httpx.HTTPError:
+        except ClientError:
             continue
         for g in status["groups"]:
             cm = g.get("commit_ms")

@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     from .cluster_cli import add_parser
 
     add_parser(sub)
+    # Terminal clients: the client library's, registered here so that `raftchat` has them.
+    from client.cli_chat import add_parsers as add_chat_parsers
+
+    add_chat_parsers(sub)
     _add_chaos(sub)
     raw = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(raw)

@@ -5,29 +5,33 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import urllib.error
-import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from client.defaults import DEFAULT_HTTP_URL
+
+if TYPE_CHECKING:
+    from client.http import SyncHttpClient
+
+MEMBERSHIP_TIMEOUT_S = 60.0
+"""A join or leave answers once the controller committed it, which may wait for an election."""
 
 
-def _call(api: str, method: str, path: str, body: Any = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(api.rstrip("/") + path, data=data, method=method)
-    req.add_header("content-type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        detail = e.read().decode(errors="replace")
-        raise SystemExit(f"raftchat cluster: {e.code} {detail}") from None
-    except urllib.error.URLError as e:
-        raise SystemExit(f"raftchat cluster: cannot reach {api}: {e.reason}") from None
+def _api(args: argparse.Namespace) -> SyncHttpClient:
+    # Imported here: `raftchat node` builds this command's parser too, and a node process has
+    # no use for an HTTP client.
+    from client.http import SyncHttpClient
+
+    return SyncHttpClient(args.api or [DEFAULT_HTTP_URL], timeout_s=MEMBERSHIP_TIMEOUT_S)
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("cluster", help="cluster membership: status, join, leave")
     p.add_argument("action", choices=["status", "join", "leave"])
-    p.add_argument("--api", default="http://127.0.0.11:5001", help="HTTP API of any member")
+    p.add_argument(
+        "--api",
+        action="append",
+        help=f"HTTP API of any member, repeatable: tried in turn (default {DEFAULT_HTTP_URL})",
+    )
     p.add_argument("--node", type=int, help="node id to join or leave")
     p.add_argument("--host", help="address of the joining node")
     p.add_argument("--json", action="store_true", help="print raw JSON")
@@ -40,19 +44,31 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from client.errors import ApiError, ClientError
+
+    try:
+        with _api(args) as api:
+            return _run(api, args)
+    except ApiError as e:
+        raise SystemExit(f"raftchat cluster: {e.status} {e.message}") from None
+    except ClientError as e:
+        raise SystemExit(f"raftchat cluster: {e}") from None
+
+
+def _run(api: SyncHttpClient, args: argparse.Namespace) -> int:
     if args.action == "status":
-        st = _call(args.api, "GET", "/cluster/status")
+        st = api.cluster_status()
         if args.json:
-            print(json.dumps(st, indent=2))
+            print(json.dumps(st.raw, indent=2))
             return 0
-        print(f"cluster map version {st['placement_version']}, seen from node {st['node_id']}")
-        for node_id, host in st["nodes"].items():
+        print(f"cluster map version {st.placement_version}, seen from node {st.node_id}")
+        for node_id, host in st.nodes.items():
             print(f"  node {node_id}: {host}")
         print(f"  {'group':>5}  {'replicas':<16} leader")
-        for g in st["groups"]:
-            name = "ctrl" if g["group"] == 0 else str(g["group"])
-            leader = g["leader"] if g["leader"] is not None else "?"
-            print(f"  {name:>5}  {','.join(map(str, g['replicas'])):<16} {leader}")
+        for g in st.groups:
+            name = "ctrl" if g.group == 0 else str(g.group)
+            leader = g.leader if g.leader is not None else "?"
+            print(f"  {name:>5}  {','.join(map(str, g.replicas)):<16} {leader}")
         return 0
     if args.node is None:
         print("raftchat cluster: --node is required", file=sys.stderr)
@@ -61,10 +77,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.host:
             print("raftchat cluster join: --host is required", file=sys.stderr)
             return 2
-        _call(args.api, "POST", "/cluster/join", {"node_id": args.node, "host": args.host})
+        api.cluster_join(args.node, args.host)
         print(f"node {args.node} admitted; start it with cluster.join set to a member's address")
         return 0
-    body = {"node_id": args.node, **({"force": 1} if args.force else {})}
-    _call(args.api, "POST", "/cluster/leave", body)
+    api.cluster_leave(args.node, force=args.force)
     print(f"node {args.node} is leaving: its replicas move to the other nodes")
     return 0
