@@ -5,7 +5,8 @@
 * ``client.session``: ``open_session``, a WKProto session that reconnects and catches up;
 * ``client.sync``: ``connect_sync``, the same session for blocking code;
 * ``client.models`` (typed results) and ``client.errors`` (exceptions with reason codes).
-* ``client.grpc``: the public gRPC API's client, still to come.
+* ``client.grpc``: ``GrpcClient`` (trio) and ``SyncGrpcClient`` (blocking), the public gRPC
+  API (``GrpcError`` is there too: importing it loads grpc).
 
 Everything is importable from ``client`` itself; the modules load on first use (PEP 562), so
 that importing ``client`` or its errors does not pull in trio, httpx or the crypto stack.
@@ -36,6 +37,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .grpc import GrpcClient, GrpcError, SyncGrpcClient
     from .http import HttpClient, SyncHttpClient
     from .models import Conversation, Message
     from .session import Session, open_session
@@ -43,6 +45,9 @@ if TYPE_CHECKING:
     from .wkproto import ReceivedMessage, SendResult, WKClient, open_client, open_client_over
 
 _LAZY = {
+    "GrpcClient": "grpc",
+    "GrpcError": "grpc",
+    "SyncGrpcClient": "grpc",
     "HttpClient": "http",
     "SyncHttpClient": "http",
     "Conversation": "models",
@@ -68,6 +73,8 @@ __all__ = [
     "ConnectRefused",
     "Conversation",
     "Disconnected",
+    "GrpcClient",
+    "GrpcError",
     "HttpClient",
     "Message",
     "NotFound",
@@ -79,6 +86,7 @@ __all__ = [
     "SendResult",
     "ServerError",
     "Session",
+    "SyncGrpcClient",
     "SyncHttpClient",
     "SyncSession",
     "Unavailable",

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
-from typing import Any, Generic, ParamSpec, Self, TypeVar, overload
+from typing import Any, Generic, Self, TypeVar
 
 import httpx
 import trio
@@ -27,13 +27,13 @@ import trio
 from proto.wkproto import ReasonCode
 
 from . import routes
+from ._bind import Async, Blocking, endpoint
 from .backoff import Backoff
 from .defaults import DEFAULT_HTTP_URL
 from .errors import ApiError, ClientError, Unreachable, api_error
 from .models import Message
 from .routes import Call
 
-P = ParamSpec("P")
 T = TypeVar("T")
 H = TypeVar("H", httpx.Client, httpx.AsyncClient)
 
@@ -148,33 +148,6 @@ def _error(call: Call[Any], status: int, body: Any, content: bytes) -> ApiError:
     )
 
 
-class endpoint(Generic[P, T]):
-    """A route builder as a method: on ``SyncHttpClient`` it returns the result, on
-    ``HttpClient`` a coroutine of it, with the builder's arguments either way."""
-
-    def __init__(self, build: Callable[P, Call[T]]) -> None:
-        self.build = build
-        self.__doc__ = build.__doc__
-
-    @overload
-    def __get__(self, obj: None, owner: type[Any]) -> Self: ...
-    @overload
-    def __get__(self, obj: SyncHttpClient, owner: type[Any]) -> Callable[P, T]: ...
-    @overload
-    def __get__(self, obj: HttpClient, owner: type[Any]) -> Callable[P, Coroutine[Any, Any, T]]: ...
-    def __get__(self, obj: _Base[Any] | None, owner: type[Any]) -> Any:
-        if obj is None:
-            return self
-        build = self.build
-
-        def bound(*args: P.args, **kwargs: P.kwargs) -> Any:
-            return obj.run(build(*args, **kwargs))
-
-        bound.__doc__ = self.__doc__
-        bound.__name__ = getattr(build, "__name__", "route")
-        return bound
-
-
 class _Base(Generic[H]):
     """The routes, the node list and the constructor, shared by both clients."""
 
@@ -256,7 +229,7 @@ class _Base(Generic[H]):
     set_unread = endpoint(routes.set_unread)
 
 
-class SyncHttpClient(_Base[httpx.Client]):
+class SyncHttpClient(Blocking, _Base[httpx.Client]):
     """The blocking client, over an ``httpx.Client``. Usable from any thread that does not
     run an event loop."""
 
@@ -294,7 +267,7 @@ class SyncHttpClient(_Base[httpx.Client]):
         self.close()
 
 
-class HttpClient(_Base[httpx.AsyncClient]):
+class HttpClient(Async, _Base[httpx.AsyncClient]):
     """The trio client, over an ``httpx.AsyncClient`` (``http``). Use it as
     ``async with HttpClient(urls) as api:`` (or call ``aclose``)."""
 

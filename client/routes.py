@@ -257,32 +257,62 @@ def list_get(name: ListName, channel_id: str, channel_type: int) -> Call[list[st
 # --- sending --------------------------------------------------------------------------------
 
 
+class SendOptions(TypedDict, total=False):
+    """The options of a send, over HTTP (``send``) or gRPC (``client.grpc``)."""
+
+    client_msg_no: str | None
+    """The dedupe key; generated when absent, so that the client's own retries (after a
+    timeout, a 503 or UNAVAILABLE) return the original ids instead of storing it twice."""
+    red_dot: bool
+    no_persist: bool
+    sync_once: bool
+    setting: int
+    expire: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendSettings:
+    """``SendOptions`` with their defaults, and the ``client_msg_no`` to use."""
+
+    client_msg_no: str
+    red_dot: bool
+    no_persist: bool
+    sync_once: bool
+    setting: int
+    expire: int
+
+    @classmethod
+    def of(cls, options: SendOptions) -> SendSettings:
+        return cls(
+            client_msg_no=options.get("client_msg_no") or uuid.uuid4().hex,
+            red_dot=options.get("red_dot", True),
+            no_persist=options.get("no_persist", False),
+            sync_once=options.get("sync_once", False),
+            setting=options.get("setting", 0),
+            expire=options.get("expire", 0),
+        )
+
+
 def send(
     from_uid: str,
     channel_id: str,
     channel_type: int,
     payload: bytes | str,
     *,
-    client_msg_no: str | None = None,
-    red_dot: bool = True,
-    no_persist: bool = False,
-    sync_once: bool = False,
-    setting: int = 0,
-    expire: int = 0,
     topic: str = "",
+    **options: Unpack[SendOptions],
 ) -> Call[SendResult]:
     """Send as ``from_uid`` ("" sends as the system). Answered once the message is durable.
-
-    A ``client_msg_no`` is generated when absent, so that the client's own retries (after a
-    timeout or a 503) return the original ids instead of storing the message twice."""
+    ``options``: ``SendOptions`` (``client_msg_no``, ``red_dot``, ``no_persist``, ...)."""
+    o = SendSettings.of(options)
     body = {
         "from_uid": from_uid,
         **_channel(channel_id, channel_type),
         "payload": _b64(payload),
-        "client_msg_no": client_msg_no or uuid.uuid4().hex,
-        "header": _header(red_dot, no_persist, sync_once),
-        "setting": setting,
-        "expire": expire,
+        "client_msg_no": o.client_msg_no,
+        "header": _header(o.red_dot, o.no_persist, o.sync_once),
+        "setting": o.setting,
+        "expire": o.expire,
         **({"topic": topic} if topic else {}),
     }
     return Call("POST", "/message/send", SendResult.from_json, body=body)

@@ -1,8 +1,8 @@
 """Every ```python block of docs/client.md runs, as its own script, against a real node.
 
-The examples read the node's addresses from RAFTCHAT_HTTP and RAFTCHAT_TCP and assert their own
-results; an example that raises (or asserts wrongly) fails its test. They share one node, in
-document order, so each uses its own uids and channels.
+The examples read the node's addresses from RAFTCHAT_HTTP, RAFTCHAT_TCP and RAFTCHAT_GRPC and
+assert their own results; an example that raises (or asserts wrongly) fails its test. They share
+one node, in document order, so each uses its own uids and channels.
 """
 
 from __future__ import annotations
@@ -30,7 +30,15 @@ def examples() -> list[str]:
 
 def test_the_document_has_examples_of_every_part() -> None:
     code = "\n".join(examples())
-    for name in ("SyncHttpClient", "HttpClient", "open_client", "open_session", "connect_sync"):
+    for name in (
+        "SyncHttpClient",
+        "HttpClient",
+        "open_client",
+        "open_session",
+        "connect_sync",
+        "SyncGrpcClient",
+        "GrpcClient",
+    ):
         assert re.search(rf"\b{name}\(", code), f"no example uses {name}"
 
 
@@ -50,6 +58,7 @@ def test_example_runs(index: int, doc_node: NodeProcess) -> None:
         **os.environ,
         "RAFTCHAT_HTTP": doc_node.endpoints["http"],
         "RAFTCHAT_TCP": doc_node.endpoints["tcp"],
+        "RAFTCHAT_GRPC": doc_node.endpoints["grpc"],
     }
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
