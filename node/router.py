@@ -479,15 +479,17 @@ class Router:
     async def push_online(self, message: pb.Message, uids: list[str]) -> None:
         """Deliver a message that is not stored (``message_seq`` 0: a command or notice) to the
         sessions of ``uids`` on every node that answers; best effort, like presence."""
-        request = pb.DeliverRequest(messages=[message], recipients=[pb.Recipients(uids=uids)])
-        self.deliver(request)
-        await self._gather("Deliver", request)
+        await self._broadcast(
+            pb.DeliverRequest(messages=[message], recipients=[pb.Recipients(uids=uids)])
+        )
 
     async def push_event(self, event: pb.EventPush) -> None:
         """A committed stream event to the sessions of ``event.uids`` on every node that
         answers; best effort like ``push_online`` (a client that missed one pages them with
         ``/message/eventsync``)."""
-        request = pb.DeliverRequest(events=[event])
+        await self._broadcast(pb.DeliverRequest(events=[event]))
+
+    async def _broadcast(self, request: pb.DeliverRequest) -> None:
         self.deliver(request)
         await self._gather("Deliver", request)
 

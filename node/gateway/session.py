@@ -49,6 +49,7 @@ from proto.wkproto.crypto import KeyPair, SessionCipher, new_salt, recv_sign, se
 from .. import payload_conventions as conventions
 from ..channels import canonical_channel_id, channel_id_problem, id_problem, view_channel_id
 from ..config import Config
+from ..groups.streams import event_view
 from ..log import get_logger
 from ..pipeline_rules import SYSTEM_UID, request_problem
 from ..router import ClusterUnavailable, Router
@@ -441,10 +442,7 @@ class Session:
         (the official JS SDK 1.0.4 speaks 2, and its decoder throws on type 12)."""
         if self.version < EVENT_MIN_VERSION:
             return
-        data = json.loads(ev.data)
-        data["channel_id"] = view_channel_id(ev.channel_id, ev.channel_type, self.uid)
-        if data.get("from_uid") == SYSTEM_UID:
-            data["from_uid"] = ""
+        data = event_view(json.loads(ev.data), self.uid)
         self._enqueue(
             Event(
                 id=ev.event_id,

@@ -59,6 +59,12 @@ def is_expired(r: MessageRecord, now_ms: int) -> bool:
     return bool(r.expire) and r.timestamp_ms + r.expire * 1000 <= now_ms
 
 
+def is_gone(store: Store, r: MessageRecord, now_ms: int) -> bool:
+    """Expired, or below its channel's deletion floor: no longer there for anyone."""
+    ck = keys.channel_key(r.channel_type, r.channel_id)
+    return is_expired(r, now_ms) or r.message_seq <= msgx.floor(store, ck)
+
+
 def find_by_id(
     store: Store, channel_type: int, channel_id: str, message_id: int
 ) -> MessageRecord | None:
@@ -79,9 +85,7 @@ def _target(ctx: ApplyContext, op: pb.MessageOp) -> MessageRecord | None:
         r = find_by_id(ctx.store, op.channel_type, op.channel_id, op.message_id)
     else:
         return None
-    if r is None or is_expired(r, ctx.time_ms):
-        return None
-    if r.message_seq <= msgx.floor(ctx.store, keys.channel_key(r.channel_type, r.channel_id)):
+    if r is None or is_gone(ctx.store, r, ctx.time_ms):
         return None
     return r
 
@@ -317,7 +321,7 @@ def _receipt(store: Store, q: dict[str, Any]) -> dict[str, Any] | None:
     ctype, cid, seq = int(q["channel_type"]), q["channel_id"], int(q["message_seq"])
     r = store.get_message(ctype, cid, seq)
     ck = keys.channel_key(ctype, cid)
-    if r is None or seq <= msgx.floor(store, ck) or is_expired(r, int(time.time() * 1000)):
+    if r is None or is_gone(store, r, int(time.time() * 1000)):
         return None
     readers = msgx.users_of(store, msgx.RECEIPT, ck, seq)
     unread = set(parties(store, ctype, cid)) - {r.from_uid} - set(readers)

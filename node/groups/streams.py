@@ -25,6 +25,8 @@ from typing import Any
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ReasonCode, Setting
 
+from ..channels import view_channel_id
+from ..pipeline_rules import SYSTEM_UID
 from ..storage import MessageRecord, Store, keys
 from . import msgx
 from .context import ApplyContext
@@ -73,11 +75,12 @@ def find_anchor(
 
 
 def _visible(store: Store, r: MessageRecord, now_ms: int) -> bool:
-    from .message_ops import is_expired
+    """Not gone (expired, deleted) and not revoked: a stream can still take events."""
+    from .message_ops import is_gone
 
-    ck = keys.channel_key(r.channel_type, r.channel_id)
-    if r.message_seq <= msgx.floor(store, ck) or is_expired(r, now_ms):
+    if is_gone(store, r, now_ms):
         return False
+    ck = keys.channel_key(r.channel_type, r.channel_id)
     return store.get_raw(msgx.CF, msgx.seq_key(msgx.REVOKE, ck, r.message_seq)) is None
 
 
@@ -169,6 +172,16 @@ def _apply(ctx: ApplyContext, op: pb.StreamEvent) -> pb.MetaResult:
         else parties(ctx.store, anchor.channel_type, anchor.channel_id)
     )
     return _result({"event": event, "duplicate": False, "parties": audience})
+
+
+def event_view(event: dict[str, Any], viewer: str) -> dict[str, Any]:
+    """An event as ``viewer`` sees it: a person channel under the peer's uid, the system
+    sender as "" (as RECV and ``MessageResp`` show them)."""
+    out = dict(event)
+    out["channel_id"] = view_channel_id(event["channel_id"], event["channel_type"], viewer)
+    if out.get("from_uid") == SYSTEM_UID:
+        out["from_uid"] = ""
+    return out
 
 
 def forget(ctx: ApplyContext, ck: bytes, seq: int) -> None:

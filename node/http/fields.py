@@ -69,3 +69,19 @@ def get_str_list(body: dict[str, Any], name: str, *, required: bool = False) -> 
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise bad_request(f"{name} must be a list of strings")
     return value
+
+
+def message_id_of(value: Any, what: str) -> int:
+    """A message id given as a JSON integer or as its decimal string (``message_idstr``:
+    WuKongIM clients often send ids as strings, JavaScript cannot hold 64 bits)."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 63:
+        raise bad_request(f"{what}: a message id is an integer or its decimal string")
+    return value
+
+
+def get_message_id(body: dict[str, Any], name: str = "message_id") -> int:
+    """The optional message id field ``name``; 0 when absent."""
+    value = body.get(name)
+    return 0 if value is None else message_id_of(value, name)

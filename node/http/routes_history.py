@@ -13,19 +13,10 @@ from proto.wkproto import ChannelType
 from ..channels import canonical_channel_id
 from ..groups.msgindex import MAX_IDS, group_of_message_id
 from .common import CHANNEL_TYPES, ApiContext, RouteAdder, check_id, message_resp
-from .fields import get_str
+from .fields import get_str, message_id_of
 from .server import Request, Response, bad_request
 
 NOT_FOUND = Response(404, {"status": 404})
-
-
-def _message_id(value: Any, what: str) -> int:
-    """An id as a JSON integer or as its decimal string (``message_idstr``)."""
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 63:
-        raise bad_request(f"{what} must be message ids (integers or decimal strings)")
-    return value
 
 
 def _query_channel(req: Request, uid_field: str) -> tuple[str, str, int]:
@@ -80,7 +71,7 @@ def register(route: RouteAdder, ctx: ApiContext) -> None:
             raise bad_request("message_ids is required (a list of message ids)")
         if len(raw) > MAX_IDS:
             raise bad_request(f"message_ids: at most {MAX_IDS} ids")
-        ids = [_message_id(v, "message_ids") for v in raw]
+        ids = [message_id_of(v, "message_ids") for v in raw]
         login_uid = get_str(body, "login_uid")
         if login_uid:
             check_id(login_uid, "login_uid")
@@ -91,7 +82,7 @@ def register(route: RouteAdder, ctx: ApiContext) -> None:
         body = req.json_object()
         if body.get("message_id") is None:
             raise bad_request("message_id is required")
-        mid = _message_id(body["message_id"], "message_id")
+        mid = message_id_of(body["message_id"], "message_id")
         login_uid = get_str(body, "login_uid")
         if login_uid:
             check_id(login_uid, "login_uid")

@@ -19,7 +19,7 @@ from ..groups.message_ops import MAX_SEQS
 from ..ids import online_message_id
 from ..pipeline_rules import SYSTEM_UID
 from .common import OK, ApiContext, RouteAdder, check_id, person_or_channel
-from .fields import get_flag, get_int, get_str
+from .fields import get_flag, get_int, get_message_id, get_str
 from .routes_sends import parse_payload
 from .server import ApiError, Request, Response, bad_request
 
@@ -72,14 +72,7 @@ async def push_command(
 def target(body: dict[str, Any], op: pb.MessageOp) -> None:
     """The message a revoke or edit names: ``message_seq`` and/or ``message_id``."""
     seq = get_int(body, "message_seq", minimum=0)
-    raw_id = body.get("message_id")
-    if isinstance(raw_id, str):  # WuKongIM clients often send the id as a string
-        try:
-            raw_id = int(raw_id)
-        except ValueError:
-            raise bad_request("message_id must be an integer") from None
-        body = {**body, "message_id": raw_id}
-    message_id = get_int(body, "message_id", minimum=0)
+    message_id = get_message_id(body)
     if not seq and not message_id:
         raise bad_request("message_seq or message_id is required")
     if seq:

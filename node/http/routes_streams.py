@@ -10,11 +10,10 @@ from typing import Any
 
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 
-from ..channels import view_channel_id
-from ..groups.streams import MAX_PAGE, STATUS_OF
+from ..groups.streams import MAX_PAGE, STATUS_OF, event_view
 from ..pipeline_rules import SYSTEM_UID
 from .common import ApiContext, RouteAdder, check_id, person_or_channel
-from .fields import get_flag, get_int, get_str
+from .fields import get_flag, get_int, get_message_id, get_str
 from .routes_sends import sender
 from .server import ApiError, Request, Response, bad_request
 
@@ -32,10 +31,7 @@ def _anchor(body: dict[str, Any], viewer_field: str) -> tuple[str, str, int, str
     viewer = get_str(body, viewer_field) or ("" if from_uid == SYSTEM_UID else from_uid)
     _, cid, ctype = person_or_channel({**body, viewer_field: viewer}, viewer_field)
     client_msg_no = get_str(body, "client_msg_no")
-    raw_id = body.get("message_id")
-    if isinstance(raw_id, str) and raw_id.isdigit():  # ids often travel as strings
-        raw_id = int(raw_id)
-    message_id = get_int({"message_id": raw_id}, "message_id", minimum=0)
+    message_id = get_message_id(body)
     if not client_msg_no and not message_id:
         raise bad_request("client_msg_no (or message_id) of the stream's anchor is required")
     return from_uid, cid, ctype, client_msg_no, message_id
@@ -69,14 +65,6 @@ def _refusal(data: dict[str, Any]) -> None:
         raise ApiError(404, f"anchor message: {data['not_found']}")
     if "conflict" in data:
         raise ApiError(409, str(data["conflict"]))
-
-
-def _view(event: dict[str, Any], viewer: str) -> dict[str, Any]:
-    out = dict(event)
-    out["channel_id"] = view_channel_id(event["channel_id"], event["channel_type"], viewer)
-    if out.get("from_uid") == SYSTEM_UID:
-        out["from_uid"] = ""
-    return out
 
 
 def register(route: RouteAdder, ctx: ApiContext) -> None:
@@ -128,7 +116,7 @@ def register(route: RouteAdder, ctx: ApiContext) -> None:
                 )
             )
         viewer = "" if from_uid == SYSTEM_UID else from_uid
-        shown = _view(event, viewer)
+        shown = event_view(event, viewer)
         return Response(
             200,
             {
@@ -171,7 +159,7 @@ def register(route: RouteAdder, ctx: ApiContext) -> None:
             200,
             {
                 "status": 200,
-                "events": [_view(e, viewer) for e in found["events"]],
+                "events": [event_view(e, viewer) for e in found["events"]],
                 "more": 1 if found["more"] else 0,
                 "next_msg_event_seq": found["next_msg_event_seq"],
                 "event_meta": found["event_meta"],
