@@ -305,6 +305,19 @@ class WKClient:
             except trio.EndOfChannel:
                 raise self._closed_error() from None
 
+    async def recv_where(
+        self, want: Callable[[ReceivedMessage], bool], timeout_s: float = 10.0
+    ) -> ReceivedMessage:
+        """The next message for which ``want`` is true; the ones before it are dropped.
+
+        Useful after connecting: a message committed just before the connection may still be
+        pushed to it, because delivery runs after the commit, not before the sender's answer."""
+        with trio.fail_after(timeout_s):
+            while True:
+                got = await self.recv(timeout_s)
+                if want(got):
+                    return got
+
     def pending_messages(self) -> int:
         """Received messages not yet taken with ``recv``."""
         return self._inbox_out.statistics().current_buffer_used

@@ -74,6 +74,15 @@ def refused(api: Api, path: str, body: dict[str, Any], status: int, *words: str)
         assert word in msg, (word, msg)
 
 
+def json_object(payload: bytes) -> dict[str, Any]:
+    """The payload as a JSON object, or an empty one when it is plain text."""
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def listen(
     node: NodeProcess, uid: str, action: Callable[[], Any], want: Callable[[Any], bool]
 ) -> ReceivedMessage:
@@ -85,11 +94,7 @@ def listen(
         client: WKClient
         async with open_client(host, int(port), uid=uid, token=f"tok-{uid}") as client:
             await trio.to_thread.run_sync(action)
-            for _ in range(20):
-                got = await client.recv()
-                if want(json.loads(got.payload)):
-                    return got
-        raise AssertionError("no matching push")
+            return await client.recv_where(lambda got: want(json_object(got.payload)))
 
     return trio.run(main)
 
