@@ -177,6 +177,7 @@ class Node:
             self.router.on_committed,
             commit_window_s=cfg.messages.commit_window_ms / 1000,
             max_batch=cfg.messages.max_batch,
+            max_in_flight=cfg.messages.max_in_flight_batches,
             proposal_timeout_s=cfg.cluster.proposal_timeout_s,
             fake_acks=self.fake_acks,
             group_rate_limit=cfg.messages.group_rate_limit,

@@ -15,6 +15,8 @@ from proto.wkproto import ChannelType, HeaderFlag
 from .channels import CMD_SUFFIX
 
 TEMP_PREFIX = "tmp"
+_NO_PERSIST = int(HeaderFlag.NO_PERSIST)
+_LIVE = int(ChannelType.LIVE)
 """Temp channels (type 8) made for HTTP sends with an explicit ``subscribers`` list."""
 
 
@@ -50,4 +52,4 @@ def makes_conversations(channel_type: int, channel_id: str) -> bool:
 def online_only(channel_type: int, flags: int) -> bool:
     """A message that is delivered to who is online and never stored (seq 0): ``no_persist``
     sends and every message of a live channel."""
-    return bool(flags & HeaderFlag.NO_PERSIST) or channel_type == ChannelType.LIVE
+    return bool(flags & _NO_PERSIST) or channel_type == _LIVE

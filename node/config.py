@@ -85,6 +85,9 @@ class MessagesSection:
     commit_window_ms: float = 1.0
     """How long the send pipeline gathers SENDs into one batch before it commits."""
     max_batch: int = 512
+    max_in_flight_batches: int = 4
+    """Batches of one slot group in Raft at once; while they are, new SENDs gather into the
+    next batch, so batches grow with load."""
     max_payload_bytes: int = 12 * 1024
     """The largest message payload accepted (the source documents' 12 KB)."""
     group_rate_limit: float = 40.0
@@ -233,6 +236,8 @@ class Config:
             raise ConfigError(f"messages.group_rate_limit must be >= 0, got {rate}")
         if self.messages.max_batch < 1:
             raise ConfigError("messages.max_batch must be at least 1")
+        if self.messages.max_in_flight_batches < 1:
+            raise ConfigError("messages.max_in_flight_batches must be at least 1")
         if self.http.max_body_bytes < 1024:
             raise ConfigError("http.max_body_bytes must be at least 1024")
         self._validate_cluster()

@@ -57,6 +57,8 @@ GROUP_LIKE = frozenset(
 NO_CONVERSATION = frozenset(int(t) for t in (ChannelType.DATA, ChannelType.TEMP, ChannelType.LIVE))
 """Channel types that never show up in a conversation list (as in WuKongIM v2)."""
 MAX_RECENTS = 100
+_RED_DOT = int(HeaderFlag.RED_DOT)
+_SYNC_ONCE = int(HeaderFlag.SYNC_ONCE)
 MAX_MENTION_UIDS = 1000
 
 
@@ -83,7 +85,9 @@ class Row:
     """Leader time of the last conversation operation (part of the row's sync version)."""
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        # The fields in declaration order, as asdict would give them (every replica writes the
+        # same bytes) without its deep copy, which was a fifth of the cost of applying a send.
+        return json.dumps(self.__dict__, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> Row:
@@ -181,7 +185,7 @@ def _put(ctx: ApplyContext, uid: str, ck: bytes, row: Row) -> None:
 
 
 def is_countable(flags: int) -> bool:
-    return bool(flags & HeaderFlag.RED_DOT) and not flags & HeaderFlag.SYNC_ONCE
+    return bool(flags & _RED_DOT) and not flags & _SYNC_ONCE
 
 
 def on_message(ctx: ApplyContext, record: MessageRecord, item: pb.SendItem) -> None:

@@ -22,7 +22,10 @@ from .context import ApplyContext
 
 _ID_SEQ_BITS = 12
 _ID_GROUP_BITS = 10
-_PERSISTED_FLAGS = HeaderFlag.NO_PERSIST | HeaderFlag.RED_DOT | HeaderFlag.SYNC_ONCE
+# Plain ints: IntFlag arithmetic builds enum members, a measurable cost per applied send.
+_PERSISTED_FLAGS = int(HeaderFlag.NO_PERSIST | HeaderFlag.RED_DOT | HeaderFlag.SYNC_ONCE)
+_SYNC_ONCE = int(HeaderFlag.SYNC_ONCE)
+_NO_PERSIST = int(HeaderFlag.NO_PERSIST)
 
 
 def next_message_id(last_id: int, time_ms: int, group: int) -> int:
@@ -39,6 +42,7 @@ def next_message_id(last_id: int, time_ms: int, group: int) -> int:
 
 
 log = get_logger("groups")
+_PERMIT_CACHE_SIZE = 100_000
 
 
 class GroupMachine:
@@ -48,6 +52,11 @@ class GroupMachine:
         self.applied_commands = 0
         # SABOTAGE (tests only, ``testing.sabotage = skip-dedupe``): retries become duplicates.
         self.skip_dedupe = skip_dedupe
+        # Send permissions by (type, channel, sender, system, trusted). Only metadata ops and
+        # snapshot installs change what they depend on (channel rows, lists, subscribers), so
+        # the cache is dropped at each of those; sends only read it. Saves a channel decode
+        # and two or three RocksDB reads per send on every replica.
+        self._permits: dict[tuple[int, str, str, bool, bool], ReasonCode] = {}
 
     # --- StateMachine protocol --------------------------------------------------------------
 
@@ -58,6 +67,7 @@ class GroupMachine:
         self.store.checkpoint(path)
 
     def install(self, path: str) -> None:
+        self._permits.clear()
         self.store.install(path)
 
     def apply(self, index: int, command: bytes) -> bytes:
@@ -70,6 +80,7 @@ class GroupMachine:
         if body == "send":
             result = self._apply_sends(cmd.send, ctx).SerializeToString()
         elif body == "meta":
+            self._permits.clear()
             try:
                 result = self._apply_meta(cmd.meta, ctx).SerializeToString()
             except Exception as e:
@@ -98,24 +109,20 @@ class GroupMachine:
         last_id = self.store.last_message_id()
         for item in batch.items:
             outcome = result.outcomes.add()
-            if item.flags & HeaderFlag.SYNC_ONCE:
+            if item.flags & _SYNC_ONCE:
                 item.channel_id = cmd_of(item.channel_id)  # stored in the command twin
             no_persist = online_only(item.channel_type, item.flags)
             key = (item.channel_type, item.channel_id, item.from_uid, item.client_msg_no)
+            malformed = request_problem(
+                item.client_msg_no,
+                item.topic,
+                item.stream_no,
+                source_of(item.channel_id),
+                item.from_uid,
+            )
             # Dedupe first: a retry of a message that committed gets its ids back even if the
             # sender lost the permission since (else a "refused" message would exist).
-            if (
-                item.client_msg_no
-                and not self.skip_dedupe
-                and not no_persist
-                and not request_problem(
-                    item.client_msg_no,
-                    item.topic,
-                    item.stream_no,
-                    source_of(item.channel_id),
-                    item.from_uid,
-                )
-            ):
+            if item.client_msg_no and not self.skip_dedupe and not no_persist and not malformed:
                 earlier = seen.get(key)
                 if earlier is None:
                     found = self.store.get_dedupe(*key)
@@ -127,7 +134,7 @@ class GroupMachine:
                     outcome.CopyFrom(earlier)
                     outcome.duplicate = True
                     continue
-            reason = self._check(item)
+            reason = ReasonCode.PAYLOAD_DECODE_ERROR if malformed else self._check(item)
             if reason != ReasonCode.SUCCESS:
                 outcome.reason = reason
                 continue
@@ -150,7 +157,7 @@ class GroupMachine:
                 payload=item.payload,
                 setting=item.setting,
                 flags=(item.flags & _PERSISTED_FLAGS)
-                | (HeaderFlag.NO_PERSIST if no_persist else 0),
+                | (_NO_PERSIST if no_persist else 0),
                 expire=item.expire,
                 topic=item.topic,
                 stream_no=item.stream_no,
@@ -176,20 +183,23 @@ class GroupMachine:
 
     def _check(self, item: pb.SendItem) -> ReasonCode:
         channel_id = source_of(item.channel_id)  # a command twin is checked as its source
-        if request_problem(
-            item.client_msg_no, item.topic, item.stream_no, channel_id, item.from_uid
-        ):
-            return ReasonCode.PAYLOAD_DECODE_ERROR
         if item.subscribers:
             # An explicit recipient list addresses people, not a channel: only the app backend
             # (HTTP API) may send one, and no channel check applies (WuKongIM v3 does the same).
             return ReasonCode.SUCCESS if item.trusted else ReasonCode.NOT_ALLOW_SEND
-        if channel_id != item.channel_id:
-            source = pb.SendItem()
-            source.CopyFrom(item)
-            source.channel_id = channel_id
-            item = source
-        return permissions.send_permission(self.store, item)
+        key = (item.channel_type, channel_id, item.from_uid, item.system, item.trusted)
+        reason = self._permits.get(key)
+        if reason is None:
+            if channel_id != item.channel_id:
+                source = pb.SendItem()
+                source.CopyFrom(item)
+                source.channel_id = channel_id
+                item = source
+            reason = permissions.send_permission(self.store, item)
+            if len(self._permits) >= _PERMIT_CACHE_SIZE:
+                self._permits.clear()
+            self._permits[key] = reason
+        return reason
 
     # --- metadata ---------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ records, and the channel row is checked on write so that a hash collision is det
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 
@@ -14,7 +15,9 @@ CHANNEL_KEY_LEN = 8
 SEP = b"\x00"
 
 
+@functools.lru_cache(maxsize=65_536)
 def channel_key(channel_type: int, channel_id: str) -> bytes:
+    # Cached: apply computes it several times per message (message, index, counters, rows).
     h = hashlib.blake2b(f"{channel_type}:{channel_id}".encode(), digest_size=CHANNEL_KEY_LEN)
     return h.digest()
 

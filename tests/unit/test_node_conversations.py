@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from node.channels import person_channel_id
 from node.groups.context import ApplyContext
-from node.groups.conversations import cleared_to, on_message
+from node.groups.conversations import Row, cleared_to, on_message
 from node.groups.machine import GroupMachine
 from node.groups.msgindex import group_of_message_id
 from node.groups.reads import run_query
@@ -311,3 +312,11 @@ def test_replay_after_restart_changes_nothing(n: Node, tmp_path: Path) -> None:
     n.machine.apply(n.index + 1, raw)
     n.machine.apply(n.index + 1, raw)  # replayed: already applied
     assert n.unread("b", "g") == 2
+
+
+def test_row_encoding_is_every_field_in_order() -> None:
+    """Replicas must write identical bytes: the encoding is the dataclass fields in order."""
+    row = Row("g1", 2, read=3, override=1, cap=9, updated_ms=5)
+    row.mark_read(4)
+    assert row.encode() == json.dumps(dataclasses.asdict(row), separators=(",", ":")).encode()
+    assert Row.decode(row.encode()) == row

@@ -202,3 +202,26 @@ def test_live_rooms_take_the_member_checks_of_a_group(state: State) -> None:
     assert check(state, "stage", T.LIVE, "viewer") == R.SUCCESS
     state.lists("stage", T.LIVE, pb.ListUpdate.DENY, ["viewer"])
     assert check(state, "stage", T.LIVE, "viewer") == R.IN_BLACKLIST
+
+
+def test_apply_sees_every_metadata_change_between_sends(state: State) -> None:
+    """The machine caches permissions between metadata ops; each op must drop the cache."""
+
+    def send(sender: str) -> int:
+        item = pb.SendItem(
+            from_uid=sender, channel_id="g-cache", channel_type=T.GROUP, payload=b"x"
+        )
+        raw = state.machine.apply(
+            next(state.index),
+            pb.Command(time_ms=2, send=pb.SendBatch(items=[item])).SerializeToString(),
+        )
+        return pb.SendBatchResult.FromString(raw).outcomes[0].reason
+
+    state.channel("g-cache", T.GROUP, ["ann", "ben"])
+    assert (send("ann"), send("cat")) == (R.SUCCESS, R.SUBSCRIBER_NOT_EXIST)
+    state.lists("g-cache", T.GROUP, pb.ListUpdate.DENY, ["ann"])
+    assert send("ann") == R.IN_BLACKLIST
+    state.channel("g-cache", T.GROUP, ["cat"])
+    assert send("cat") == R.SUCCESS
+    state.channel("g-cache", T.GROUP, ban=True)
+    assert (send("cat"), send("ben")) == (R.BAN, R.BAN)
