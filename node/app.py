@@ -34,7 +34,7 @@ from .config import Config
 from .controller import PLACEMENT_KEY, Controller, ControllerMachine
 from .gateway.session import GatewayContext, Session
 from .gateway.transport import TcpTransport, WsTransport
-from .groups.local import LocalGroup
+from .groups.local import CommitFlusher, LocalGroup
 from .groups.machine import GroupMachine
 from .groups.pipeline import GroupPipeline
 from .grpcapi.servicer import PublicApi
@@ -71,6 +71,7 @@ class Node:
         self.router: Router
         self.clients: GrpcClients
         self.driver: RaftDriver
+        self.flusher: CommitFlusher
         self.admin: Admin | None = None
         self.webhooks: Webhooks | None = None
         self.facts: UserFacts | None = None
@@ -171,7 +172,7 @@ class Node:
         machine = GroupMachine(group, store, skip_dedupe=self.skip_dedupe)
         snapshots = CheckpointSnapshots(machine, gdir / "snapshots")
         raft = await trio.to_thread.run_sync(self._raft(group, members, machine, snapshots).result)
-        local = LocalGroup(group, store, machine, raft, self.node_of_address)
+        local = LocalGroup(group, store, machine, raft, self.node_of_address, self.flusher)
         pipeline = GroupPipeline(
             local,
             self.router.on_committed,
@@ -275,6 +276,7 @@ class Node:
         self.clients = GrpcClients(peer_pb2_grpc.PeerStub, token)
         self.driver = RaftDriver(self.timing.tick_interval_s, name=f"node{cfg.node.id}")
         self.driver.start()
+        self.flusher = CommitFlusher(self.driver)
         try:
             self.router = Router(
                 RouterSettings(
@@ -329,6 +331,7 @@ class Node:
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.driver.stop)
+                await trio.to_thread.run_sync(self.flusher.stop)  # after the driver's last pass
             self.clients.close_all()
             for store in self.stores.values():
                 store.close()

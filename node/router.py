@@ -354,7 +354,7 @@ class Router:
                     )
                 except ProposalError as e:
                     return e.kind
-                await trio.to_thread.run_sync(local.store.flush_wal)
+                await local.make_durable()
                 return pb.MetaResult.FromString(raw)
             reply = await self._call(
                 target, "ProposeMeta", pb.ProposeMetaRequest(group=group, op=op)
@@ -583,7 +583,7 @@ class Router:
             )
         except ProposalError as e:
             return pb.ProposeMetaReply(status=self._failure_status(req.group, e.kind))
-        await trio.to_thread.run_sync(local.store.flush_wal)
+        await local.make_durable()
         return pb.ProposeMetaReply(
             status=pb.Status(code=pb.Status.OK), result=pb.MetaResult.FromString(raw)
         )

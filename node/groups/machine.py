@@ -156,8 +156,7 @@ class GroupMachine:
                 client_msg_no=item.client_msg_no,
                 payload=item.payload,
                 setting=item.setting,
-                flags=(item.flags & _PERSISTED_FLAGS)
-                | (_NO_PERSIST if no_persist else 0),
+                flags=(item.flags & _PERSISTED_FLAGS) | (_NO_PERSIST if no_persist else 0),
                 expire=item.expire,
                 topic=item.topic,
                 stream_no=item.stream_no,

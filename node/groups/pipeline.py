@@ -156,7 +156,7 @@ class GroupPipeline:
                 self._fail(batch, e)
                 return
             # A failed fsync here raises and stops the node: no answer would be honest.
-            await trio.to_thread.run_sync(self.group.store.flush_wal)
+            await self.group.make_durable()
             self.commit_latency_s.append(time.perf_counter() - started)
             result = pb.SendBatchResult.FromString(raw)
             if len(result.outcomes) != len(batch):
