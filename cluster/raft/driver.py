@@ -26,6 +26,8 @@ from typing import Any, TypeVar
 import pysyncobj.syncobj as _syncobj_module
 from pysyncobj.poller import POLL_EVENT_TYPE, Poller, PollPoller
 
+from . import wire
+
 T = TypeVar("T")
 log = logging.getLogger("raftchat.raft")
 
@@ -73,6 +75,7 @@ def _group_poller(poller: Poller) -> Iterator[None]:
 
 class RaftDriver:
     def __init__(self, tick_interval_s: float = 0.05, name: str = "raft") -> None:
+        wire.install()  # authenticated, uncompressed Raft frames for every group (ADR 009)
         self.tick_interval_s = tick_interval_s
         self._poller = PollPoller()
         self._groups: dict[str, Any] = {}

@@ -29,6 +29,7 @@ from cluster.raft.conf import RaftTiming, make_conf
 from cluster.raft.driver import RaftDriver
 from cluster.raft.group import ReplicatedGroup
 from cluster.raft.snapshot import CheckpointSnapshots
+from cluster.raft.wire import authenticator_for
 from node.groups.machine import GroupMachine
 from node.storage import Store
 from proto.raftchat.peer.v1 import peer_pb2 as pb
@@ -317,24 +318,27 @@ class Evil:
         return (Path.touch, (self.marker,))
 
 
-def frame(obj: Any, encrypt_with: str | None = None) -> bytes:
-    """One pysyncobj TCP frame: a 4-byte native-order length, then the zlib-compressed pickle
-    (Fernet-encrypted when the cluster has a password)."""
-    data = zlib.compress(pickle.dumps(obj, protocol=2), 3)
-    if encrypt_with is not None:
+def frame(obj: Any, sign_with: str | None = None, fernet: bool = False) -> bytes:
+    """One pysyncobj TCP frame: a 4-byte native-order length, then the pickle, signed as
+    raftchat signs frames (``cluster/raft/wire.py``) or as stock pysyncobj would (zlib, Fernet)
+    with ``sign_with`` as the password."""
+    data = pickle.dumps(obj, protocol=2)
+    if fernet:
         from pysyncobj.encryptor import getEncryptor
 
-        data = getEncryptor(encrypt_with).encrypt(data)
+        data = getEncryptor(sign_with or "").encrypt(zlib.compress(data, 3))
+    elif sign_with is not None:
+        data = authenticator_for(sign_with).encrypt_at_time(data, int(time.monotonic()))
     return struct.pack("i", len(data)) + data
 
 
-def attack(address: str, marker: Path, encrypt_with: str | None = None) -> None:
+def attack(address: str, marker: Path, sign_with: str | None = None, fernet: bool = False) -> None:
     """Send a forged frame and return when the node hangs up, which proves its driver read
     the frame. The forged object sits in a tuple: unpickled, the tuple is a message that
     names no known node, so pysyncobj drops the connection (a bare ``None`` it would ignore)."""
     host, port = address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(frame((Evil(marker), "not-a-node"), encrypt_with))
+        sock.sendall(frame((Evil(marker), "not-a-node"), sign_with, fernet))
         while sock.recv(65536):
             pass
 
@@ -349,8 +353,9 @@ def test_forged_pickles_never_run_when_the_cluster_has_a_password(tmp_path: Path
         # a raw pickle, as pysyncobj unpickles it without a password
         attack(follower.address, marker)
         attack(leader.address, marker)
-        # one encrypted with the wrong password
-        attack(leader.address, marker, encrypt_with="wrong")
+        # one signed with the wrong password, and one in pysyncobj's own Fernet format
+        attack(leader.address, marker, sign_with="wrong")
+        attack(follower.address, marker, sign_with="cluster-secret", fernet=True)
         assert not marker.exists()
         # the drivers keep working: a command proposed afterwards commits on every replica
         outs = commit_all(leader, [send(1)])

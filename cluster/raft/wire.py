@@ -1,0 +1,99 @@
+"""How raftchat frames pysyncobj's Raft messages: authenticated, neither encrypted nor compressed.
+
+pysyncobj pickles every Raft message, compresses it with zlib and, when the cluster has a
+password, wraps it in a Fernet token (AES-CBC, HMAC-SHA256, base64) that the receiver checks
+twice before it unpickles. Per AppendEntries of a few hundred bytes that was ~65 us of CPU on
+each side of every hop (zlib alone ~40 us), measured in ADR 009. What the password is for is
+authentication: nobody outside the cluster may make a node unpickle a frame. So a frame is
+
+    version (1 byte) | timestamp (8 bytes, big-endian) | pickle | HMAC-SHA256 (32 bytes)
+
+with the MAC over everything before it, checked in constant time before pysyncobj unpickles.
+The timestamp keeps pysyncobj's check that timestamps never go back on a connection, and its
+per-connection random keys still reject frames replayed from another connection. Raft traffic
+is no longer confidential; neither was the peer gRPC traffic, which carries the same messages
+(docs/operations.md: keep cluster links on a private network).
+
+``install()`` patches pysyncobj 0.3.17 (process-wide, idempotent): ``getEncryptor`` returns a
+``FrameAuthenticator`` (the three methods pysyncobj calls on its Fernet) and its TCP
+connections' zlib becomes the identity. Every node of a cluster must run the same framing.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import struct
+
+import pysyncobj.syncobj as _syncobj
+import pysyncobj.tcp_connection as _tcp_connection
+
+_VERSION = 1
+_HEAD = struct.Struct(">BQ")
+_MAC_LEN = 32
+_SALT = b"raftchat raft frames v1"
+_KDF_ROUNDS = 100_000
+
+
+class FrameAuthError(Exception):
+    """A frame that is not from a cluster member (wrong MAC, version or length)."""
+
+
+class FrameAuthenticator:
+    """Signs and checks Raft frames with a key derived from the cluster password."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        # pysyncobj checks a frame twice (extract_timestamp, then decrypt) with the same object.
+        self._checked: bytes | None = None
+
+    def encrypt_at_time(self, data: bytes, current_time: int) -> bytes:
+        signed = _HEAD.pack(_VERSION, current_time) + data
+        return signed + hmac.digest(self._key, signed, "sha256")
+
+    def extract_timestamp(self, token: bytes) -> int:
+        self._check(token)
+        return int(_HEAD.unpack_from(token)[1])
+
+    def decrypt(self, token: bytes) -> bytes:
+        self._check(token)
+        return token[_HEAD.size : -_MAC_LEN]
+
+    def _check(self, token: bytes) -> None:
+        if token is self._checked:
+            return
+        if len(token) < _HEAD.size + _MAC_LEN or token[0] != _VERSION:
+            raise FrameAuthError("not a raftchat Raft frame")
+        mac = hmac.digest(self._key, token[:-_MAC_LEN], "sha256")
+        if not hmac.compare_digest(mac, token[-_MAC_LEN:]):
+            raise FrameAuthError("bad frame MAC")
+        self._checked = token
+
+
+@functools.lru_cache(maxsize=8)
+def frame_key(password: str | bytes) -> bytes:
+    """The MAC key: a slow KDF of the password (once per process, not once per group)."""
+    raw = password if isinstance(password, bytes) else password.encode()
+    return hashlib.pbkdf2_hmac("sha256", raw, _SALT, _KDF_ROUNDS)
+
+
+def authenticator_for(password: str | bytes) -> FrameAuthenticator:
+    return FrameAuthenticator(frame_key(password))
+
+
+class _Uncompressed:
+    """Stands in for the zlib module in pysyncobj's TCP connections."""
+
+    @staticmethod
+    def compress(data: bytes, _level: int = -1) -> bytes:
+        return data
+
+    @staticmethod
+    def decompress(data: bytes) -> bytes:
+        return data
+
+
+def install() -> None:
+    _syncobj.getEncryptor = authenticator_for
+    _tcp_connection.zlib = _Uncompressed
