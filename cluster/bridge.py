@@ -49,6 +49,18 @@ StreamHandler = Callable[[Any, Emit], Awaitable[None]]
 """A server-streaming RPC: ``await handler(request, emit)``, calling ``await emit(item)`` per
 item; returning ends the stream with OK, raising GrpcAbort ends it with that status."""
 
+
+@dataclass(frozen=True)
+class Notice:
+    """A one-way unary RPC: ``handle(request)`` runs on the trio thread (plain function, in
+    arrival order) and the caller gets ``reply()`` as soon as the request is handed to trio,
+    without a trio task or a trip back to the asyncio thread. For best-effort messages such
+    as deliveries, where the answer only says that the node received the request."""
+
+    handle: Callable[[Any], None]
+    reply: Callable[[], Any]
+
+
 STREAM_WINDOW = 64
 """Items a stream handler may emit ahead of what the client has taken."""
 
@@ -124,12 +136,13 @@ class GrpcService:
     servicer_base: type
     handlers: Mapping[str, Handler]
     streams: Mapping[str, StreamHandler] = field(default_factory=dict)
+    notices: Mapping[str, Notice] = field(default_factory=dict)
     auth_token: str | None = None
     """The token callers must present under ``AUTH_METADATA_KEY``; None: anyone may call."""
 
     def check(self) -> None:
         base = self.servicer_base
-        names = [*self.handlers, *self.streams]
+        names = [*self.handlers, *self.streams, *self.notices]
         unknown = sorted(n for n in names if not callable(getattr(base, n, None)))
         if unknown:
             raise ValueError(f"{base.__name__} has no RPC named {', '.join(unknown)}")
@@ -212,8 +225,11 @@ class GrpcServer:
         *,
         grace_s: float = 2.0,
         extra_services: Sequence[GrpcService] = (),
+        notices: Mapping[str, Notice] | None = None,
     ) -> None:
-        main = GrpcService(add_to_server, servicer_base, handlers, auth_token=auth_token)
+        main = GrpcService(
+            add_to_server, servicer_base, handlers, notices=notices or {}, auth_token=auth_token
+        )
         self._services = [main, *extra_services]
         for service in self._services:
             service.check()
@@ -309,6 +325,8 @@ class GrpcServer:
             methods[name] = self._unary_method(name, handler, auth)
         for name, stream in service.streams.items():
             methods[name] = self._stream_method(name, stream, auth)
+        for name, notice in service.notices.items():
+            methods[name] = self._notice_method(name, notice, auth)
         # RPCs without a handler answer UNIMPLEMENTED, as the generated base methods do, but
         # quietly: those are sync, so grpc.aio runs them in a thread pool and logs a traceback
         # per call (and a peer on a newer version could send such calls all day).
@@ -337,6 +355,21 @@ class GrpcServer:
             call = _StreamCall(name, handler, request, context.time_remaining())
             async for item in self._handle_stream(call, context):
                 yield item
+
+        method.__name__ = method.__qualname__ = name
+        return method
+
+    def _notice_method(
+        self, name: str, notice: Notice, auth: bytes | None
+    ) -> Callable[..., Awaitable[Any]]:
+        async def method(_servicer: Any, request: Any, context: Any) -> Any:
+            await self._check_auth(context, auth)
+            assert self._trio_token is not None
+            try:
+                self._trio_token.run_sync_soon(_run_notice, name, notice.handle, request)
+            except trio.RunFinishedError:
+                await _abort(context, _SHUTTING_DOWN)
+            return notice.reply()
 
         method.__name__ = method.__qualname__ = name
         return method
@@ -447,6 +480,14 @@ class GrpcServer:
             error = GrpcAbort(grpc.StatusCode.INTERNAL, str(e) or type(e).__name__)
         finally:
             call.reply(value, error)
+
+
+def _run_notice(name: str, handle: Callable[[Any], None], request: Any) -> None:
+    """Trio thread. An exception must not escape: ``run_sync_soon`` would end the trio run."""
+    try:
+        handle(request)
+    except Exception:
+        log.exception("RPC %s failed", name)
 
 
 # ---- client ------------------------------------------------------------------------------

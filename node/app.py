@@ -311,6 +311,7 @@ class Node:
                 add_to_server=peer_pb2_grpc.add_PeerServicer_to_server,
                 servicer_base=peer_pb2_grpc.PeerServicer,
                 handlers=self.router.handlers(),
+                notices=self.router.notices(),
                 # Same port, no peer token: the public API is for the app's backend.
                 extra_services=self.public_api.services(),
             )

@@ -18,6 +18,7 @@ from cluster.bridge import (
     GrpcClient,
     GrpcClients,
     GrpcServer,
+    Notice,
     peer_token,
 )
 from proto.raftchat.peer.v1 import peer_pb2 as pb
@@ -395,3 +396,48 @@ def test_nothing_listening_is_unavailable() -> None:
             clients.close_all()
 
         trio.run(main)
+
+
+def test_notices_run_in_trio_in_arrival_order_and_answer_at_once() -> None:
+    """One-way RPCs: the handler sees every request in order, a failing one does not stop the
+    node (nor later notices), and a wrong token is still refused."""
+    seen: list[int] = []
+    all_seen = trio.Event()
+
+    def deliver(req: pb.DeliverRequest) -> None:
+        seq = req.messages[0].message_seq
+        if seq == 3:
+            raise RuntimeError("a bug in one delivery")
+        seen.append(seq)
+        if len(seen) == 9:
+            all_seen.set()
+
+    async def main() -> None:
+        server = GrpcServer(
+            bind="127.0.0.1:0",
+            auth_token=TOKEN,
+            add_to_server=pb_grpc.add_PeerServicer_to_server,
+            servicer_base=pb_grpc.PeerServicer,
+            handlers={},
+            notices={"Deliver": Notice(deliver, pb.DeliverReply)},
+        )
+        async with server.serving():
+            client = GrpcClient(server.address, pb_grpc.PeerStub, TOKEN)
+            try:
+                for seq in range(1, 11):
+                    request = pb.DeliverRequest(messages=[pb.Message(message_seq=seq)])
+                    reply = await client.call("Deliver", request, 5)
+                    assert isinstance(reply, pb.DeliverReply)
+                with trio.fail_after(5):
+                    await all_seen.wait()
+            finally:
+                client.close()
+            stranger = GrpcClient(server.address, pb_grpc.PeerStub, "wrong")
+            try:
+                error = await expect_error(stranger.call("Deliver", pb.DeliverRequest(), 5))
+                assert error.code == grpc.StatusCode.UNAUTHENTICATED
+            finally:
+                stranger.close()
+
+    trio.run(main)
+    assert seen == [1, 2, 4, 5, 6, 7, 8, 9, 10]
