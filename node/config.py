@@ -151,7 +151,7 @@ class ClusterSection:
     """Address of a member to join through (a new node of a running cluster); ``cluster.nodes``
     is then not needed. Its placement comes from the cluster."""
     password: str = ""
-    """Shared secret of the Raft ports (Fernet) and the peer gRPC service (HMAC). Required when
+    """Shared secret of the Raft ports and the peer gRPC service (both HMAC). Required when
     the cluster has more than one node."""
     groups: int = 8
     """Slot groups the 256 hash slots are spread over."""
