@@ -32,7 +32,7 @@ from .channels import recipients
 from .command_channels import source_of
 from .groups.local import LocalGroup, ProposalError
 from .groups.machine import record_from_pb
-from .groups.pipeline import GroupPipeline
+from .groups.pipeline import MAX_BATCH_BYTES, GroupPipeline
 from .groups.reads import QueryError, run_query
 from .log import get_logger
 from .storage import MessageRecord
@@ -733,14 +733,18 @@ class _Forwarder:
     async def run(self) -> None:
         async for first in self._recv:
             batch = [first]
+            # Bounded in bytes too: a request must stay under gRPC's message limit.
+            size = first[0].ByteSize()
             with trio.move_on_after(self._router.s.forward_window_s):
-                while len(batch) < 512:
+                while len(batch) < 512 and size < MAX_BATCH_BYTES:
                     batch.append(await self._recv.receive())
-            while len(batch) < 2048:
+                    size += batch[-1][0].ByteSize()
+            while len(batch) < 2048 and size < MAX_BATCH_BYTES:
                 try:
                     batch.append(self._recv.receive_nowait())
                 except trio.WouldBlock:
                     break
+                size += batch[-1][0].ByteSize()
             # One call at a time per (leader, group): a later batch never overtakes an
             # earlier one; what queues meanwhile rides in the next, bigger batch.
             await self._flush(batch)

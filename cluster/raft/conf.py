@@ -8,6 +8,15 @@ from pysyncobj import SyncObjConf
 
 from .snapshot import CheckpointSnapshots
 
+MAX_ENTRY_BYTES = 4 * 1024 * 1024
+"""pysyncobj's ``appendEntriesBatchSizeBytes``. An entry above it is sent in chunks, and
+pysyncobj 0.3.17 labels the wrong chunk as the last one for some sizes (the follower then
+unpickles a truncated entry, forever), so no command may come near it. It also bounds one
+AppendEntries when a follower catches up (pysyncobj's receive buffer grows by concatenation,
+so far larger messages would cost quadratic copying)."""
+MAX_COMMAND_BYTES = MAX_ENTRY_BYTES - 64 * 1024
+"""The largest command raftchat proposes (room left for pysyncobj's framing)."""
+
 
 @dataclass(frozen=True)
 class RaftTiming:
@@ -42,6 +51,7 @@ def make_conf(
     return SyncObjConf(
         autoTick=False,
         appendEntriesUseBatch=False,
+        appendEntriesBatchSizeBytes=MAX_ENTRY_BYTES,
         appendEntriesPeriod=timing.heartbeat_s,
         raftMinTimeout=timing.election_min_s,
         raftMaxTimeout=timing.election_max_s,

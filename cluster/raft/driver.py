@@ -190,7 +190,12 @@ class RaftDriver:
                     hook()
                 self.ticks += 1
                 wait = 0.0 if self._dirty else self._next_full_pass - time.monotonic()
-                self._poller.poll(max(0.0, wait))
+                try:
+                    # Sockets' callbacks run pysyncobj's message handling: one that raises must
+                    # not end the thread that runs every group of the node.
+                    self._poller.poll(max(0.0, wait))
+                except Exception:
+                    log.exception("raft message handling failed")
         finally:
             self._run_calls()
             for obj in list(self._groups.values()):

@@ -27,6 +27,10 @@ from .rate_limit import ChannelRateLimiter
 
 log = get_logger("pipeline")
 
+MAX_BATCH_BYTES = 1024 * 1024
+"""A batch stops growing at this size (one item may pass it): Raft entries stay far below
+pysyncobj's chunking limit (``cluster.raft.conf.MAX_ENTRY_BYTES``)."""
+
 Done = Callable[[pb.SendOutcome | None, ProposalError | None], None]
 Committed = Callable[[int, list[pb.Message], list[pb.SendItem]], None]
 """(group id, committed messages, the item each came from) -> fan-out."""
@@ -117,14 +121,17 @@ class GroupPipeline:
         async with trio.open_nursery() as nursery:
             while True:
                 batch = [await self._recv.receive()]
+                size = batch[0][0].ByteSize()
                 with trio.move_on_after(self._window_s):
-                    while len(batch) < self._max_batch:
+                    while len(batch) < self._max_batch and size < MAX_BATCH_BYTES:
                         batch.append(await self._recv.receive())
-                while len(batch) < self._max_batch:
+                        size += batch[-1][0].ByteSize()
+                while len(batch) < self._max_batch and size < MAX_BATCH_BYTES:
                     try:
                         batch.append(self._recv.receive_nowait())
                     except trio.WouldBlock:
                         break
+                    size += batch[-1][0].ByteSize()
                 await self._in_flight.acquire()
                 number = self._next_number
                 self._next_number += 1

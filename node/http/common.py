@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cluster.raft.conf import MAX_COMMAND_BYTES
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
 
@@ -98,6 +99,13 @@ def message_resp(m: dict[str, Any], login_uid: str) -> dict[str, Any]:
 
 async def meta(ctx: ApiContext, key: str, op: pb.MetaOp) -> pb.MetaResult:
     """Commit a metadata change in the slot group owning ``key``; errors become HTTP errors."""
+    size = op.ByteSize()
+    if size > MAX_COMMAND_BYTES:
+        raise ApiError(
+            413,
+            f"the change is too large for one request ({size} bytes, at most "
+            f"{MAX_COMMAND_BYTES}): split it into several",
+        )
     result = await ctx.router.meta(key, op)
     if result.reason == ReasonCode.CHANNEL_NOT_EXIST:
         raise ApiError(404, result.detail or "channel does not exist", reason=result.reason)

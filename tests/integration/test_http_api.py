@@ -4,6 +4,7 @@ with 400 and a message that names the problem."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import httpx
 import pytest
@@ -11,7 +12,7 @@ import trio
 
 from client.wkproto import open_client
 from node.devcluster import NodeProcess
-from tests.conftest import Api, eventually
+from tests.conftest import Api, eventually, start_node
 
 
 def b64(data: bytes) -> str:
@@ -207,3 +208,25 @@ def test_leave_that_would_shrink_below_the_replica_count_is_refused(api: Api) ->
     assert "cluster.replicas" in resp.json()["msg"]
     assert api.post("/cluster/leave", {"node_id": 1, "force": 2}).status_code == 400
     assert "1" in api.http.get("/cluster/status").json()["nodes"]  # still a member
+
+
+def test_a_change_too_large_for_one_raft_entry_is_refused_with_413(tmp_path: Path) -> None:
+    """With a body limit raised past what one Raft entry may hold, the node refuses the change
+    instead of proposing an entry that pysyncobj would split into chunks."""
+    node = start_node(tmp_path, http__max_body_bytes=16 * 1024 * 1024)
+    try:
+        api = Api(node.endpoints["http"])
+        api.ok("/channel", {"channel_id": "huge", "channel_type": 2})
+        uids = [f"member-{i:06d}-{'x' * 40}" for i in range(80_000)]  # ~4.4 MB of uids
+        resp = api.post(
+            "/channel/subscriber_add",
+            {"channel_id": "huge", "channel_type": 2, "subscribers": uids},
+        )
+        assert resp.status_code == 413, resp.text
+        assert "split it" in resp.json()["msg"]
+        half = {"channel_id": "huge", "channel_type": 2, "subscribers": uids[:20_000]}
+        api.ok("/channel/subscriber_add", half)
+        got = api.http.get("/channel/subscribers", params={"channel_id": "huge", "channel_type": 2})
+        assert len(got.json()) == 20_000
+    finally:
+        node.stop()

@@ -255,6 +255,24 @@ def test_a_follower_applies_what_the_leader_commits(cluster: Cluster) -> None:
     assert not follower.is_leader()
 
 
+def test_commands_larger_than_pysyncobj_chunks_commit_everywhere(cluster: Cluster) -> None:
+    """pysyncobj sends an entry above ``appendEntriesBatchSizeBytes`` in chunks and marks the
+    wrong chunk as the last one for some sizes (just under a multiple of the chunk size): the
+    follower then unpickles a truncated entry. Our conf keeps every command under that limit."""
+    leader = cluster.leader()
+    # Payloads that put the pickled entry just over 2 and 3 chunks while its data stays
+    # under them (pysyncobj's framing adds ~86 bytes to the data and ~75 more to the entry).
+    sizes = [70_000, 2 * 65_536 - 150, 2 * 65_536 - 120, 3 * 65_536 - 130, 400_000]
+    commands = []
+    for i, size in enumerate(sizes):
+        item = pb.SendItem(from_uid="a", channel_id="a@b", channel_type=PERSON, payload=b"x" * size)
+        commands.append(pb.Command(time_ms=T0 + i, send=pb.SendBatch(items=[item])))
+    outs = commit_all(leader, commands)
+    assert [o.message_seq for o in outs] == list(range(1, len(sizes) + 1))
+    assert_same_state(cluster.replicas)
+    assert all(r.driver.thread.is_alive() for r in cluster.replicas)
+
+
 # --- snapshot catch-up ------------------------------------------------------------------------
 
 
