@@ -61,6 +61,9 @@ class Notice:
     reply: Callable[[], Any]
 
 
+NOTICE_WINDOW = 256
+"""Notices handed to trio and not yet handled before new ones wait for theirs."""
+
 STREAM_WINDOW = 64
 """Items a stream handler may emit ahead of what the client has taken."""
 
@@ -237,6 +240,8 @@ class GrpcServer:
         self.port = 0  # the bound port once serving() has started (resolves ":0")
         self._grace_s = grace_s
         self._trio_token: trio.lowlevel.TrioToken | None = None
+        self._notices_sent = 0
+        self._notices_done = 0
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -365,14 +370,44 @@ class GrpcServer:
         async def method(_servicer: Any, request: Any, context: Any) -> Any:
             await self._check_auth(context, auth)
             assert self._trio_token is not None
+            # Answered at once while trio keeps up; once NOTICE_WINDOW notices wait for it,
+            # the answer waits for this one too, so a busy node slows its senders down
+            # instead of queueing without bound.
+            loop = asyncio.get_running_loop()
+            handled: asyncio.Future[None] | None = None
+            if self._notices_sent - self._notices_done >= NOTICE_WINDOW:
+                handled = loop.create_future()
             try:
-                self._trio_token.run_sync_soon(_run_notice, name, notice.handle, request)
+                self._trio_token.run_sync_soon(
+                    self._run_notice, name, notice.handle, request, handled
+                )
             except trio.RunFinishedError:
                 await _abort(context, _SHUTTING_DOWN)
+            self._notices_sent += 1  # asyncio thread only; _notices_done is trio's
+            if handled is not None:
+                await handled
             return notice.reply()
 
         method.__name__ = method.__qualname__ = name
         return method
+
+    def _run_notice(
+        self,
+        name: str,
+        handle: Callable[[Any], None],
+        request: Any,
+        handled: asyncio.Future[None] | None,
+    ) -> None:
+        """Trio thread. An exception must not escape: ``run_sync_soon`` would end the run."""
+        try:
+            handle(request)
+        except Exception:
+            log.exception("RPC %s failed", name)
+        finally:
+            self._notices_done += 1
+            if handled is not None:
+                with contextlib.suppress(RuntimeError):  # the aio loop is gone
+                    handled.get_loop().call_soon_threadsafe(_resolve, handled)
 
     @staticmethod
     async def _check_auth(context: Any, auth: bytes | None) -> None:
@@ -482,12 +517,9 @@ class GrpcServer:
             call.reply(value, error)
 
 
-def _run_notice(name: str, handle: Callable[[Any], None], request: Any) -> None:
-    """Trio thread. An exception must not escape: ``run_sync_soon`` would end the trio run."""
-    try:
-        handle(request)
-    except Exception:
-        log.exception("RPC %s failed", name)
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # cancelled when the RPC went away first
+        future.set_result(None)
 
 
 # ---- client ------------------------------------------------------------------------------

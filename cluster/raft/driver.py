@@ -143,6 +143,7 @@ class RaftDriver:
 
     def remove_group(self, name: str) -> concurrent.futures.Future[None]:
         def drop() -> None:
+            self._dirty.discard(name)
             obj = self._groups.pop(name, None)
             if obj is not None:
                 _destroy(obj)
@@ -184,11 +185,14 @@ class RaftDriver:
                     self._dirty.discard(name)
                     try:
                         obj.doTick(0.0)
+                        if _lone_leader_behind(obj):
+                            self._dirty.add(name)
                     except Exception:
                         log.exception("raft group tick failed")
-                for hook in self._after_pass:
-                    hook()
+                self._run_after_pass()
                 self.ticks += 1
+                # A dropped group's pipe may still mark its name: only live groups count.
+                self._dirty &= self._groups.keys()
                 wait = 0.0 if self._dirty else self._next_full_pass - time.monotonic()
                 try:
                     # Sockets' callbacks run pysyncobj's message handling: one that raises must
@@ -201,13 +205,16 @@ class RaftDriver:
             for obj in list(self._groups.values()):
                 _destroy(obj)
             self._groups.clear()
-            for hook in self._after_pass:  # outcomes that the last pass or the teardown gave
-                try:
-                    hook()
-                except Exception:
-                    log.exception("after-pass hook failed at stop")
+            self._run_after_pass()  # outcomes that the last pass or the teardown gave
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+    def _run_after_pass(self) -> None:
+        for hook in self._after_pass:
+            try:
+                hook()
+            except Exception:
+                log.exception("raft after-pass hook failed")
 
     def _run_calls(self) -> bool:
         ran = False
@@ -218,6 +225,16 @@ class RaftDriver:
                 return ran
             _run_into(fn, fut)
             ran = True
+
+
+def _lone_leader_behind(obj: Any) -> bool:
+    """A group without other members commits what it appended only in its next tick (pysyncobj
+    computes the commit index before it appends), and no socket event will come to ask for
+    that tick."""
+    if obj._SyncObj__otherNodes:
+        return False
+    log_ = obj._SyncObj__raftLog
+    return bool(obj._isLeader()) and obj._SyncObj__raftCommitIndex < log_[-1][1]
 
 
 def _run_into(fn: Callable[[], T], fut: concurrent.futures.Future[T]) -> None:

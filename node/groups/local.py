@@ -13,6 +13,7 @@ from typing import Any
 import trio
 from pysyncobj import FAIL_REASON
 
+from cluster.raft.conf import MAX_COMMAND_BYTES
 from cluster.raft.driver import RaftDriver
 from cluster.raft.group import ReplicatedGroup
 from proto.raftchat.peer.v1 import peer_pb2 as pb
@@ -31,6 +32,10 @@ class ProposalError(Exception):
     def __init__(self, kind: str, detail: str = "") -> None:
         super().__init__(f"{kind}: {detail}" if detail else kind)
         self.kind = kind
+
+
+class CommandTooLarge(Exception):
+    """A command above ``MAX_COMMAND_BYTES``: a bug in whoever built it, never proposed."""
 
 
 _DEFINITE = {
@@ -82,8 +87,13 @@ class LocalGroup:
         """Queue ``command`` in Raft now (proposals keep the order of these calls)."""
         if not self.is_leader():
             raise ProposalError("not_leader" if self.raft._getLeader() else "no_leader")
+        raw = command.SerializeToString()
+        if len(raw) > MAX_COMMAND_BYTES:
+            # Callers bound what they propose (send batches, the HTTP 413 check); an entry this
+            # big would go through pysyncobj's faulty chunked transmission (cluster/raft/conf.py).
+            raise CommandTooLarge(f"command of {len(raw)} bytes, at most {MAX_COMMAND_BYTES}")
         proposal = Proposal(self._flusher, self.store)
-        self.raft.apply(command.SerializeToString(), callback=proposal.callback)
+        self.raft.apply(raw, callback=proposal.callback)
         return proposal
 
     async def propose(self, command: pb.Command, timeout_s: float) -> bytes:
@@ -194,13 +204,18 @@ class CommitFlusher:
             self._handed.put(pending)
 
     def _run(self) -> None:
-        while True:
+        stopping = False
+        while not stopping:
             first = self._handed.get()
             if first is None:
                 return
             pending = list(first)
             with contextlib.suppress(queue.Empty):
-                while (more := self._handed.get_nowait()) is not None:
+                while True:
+                    more = self._handed.get_nowait()
+                    if more is None:
+                        stopping = True  # this round still answers what came before stop()
+                        break
                     pending.extend(more)
             ok = FAIL_REASON.SUCCESS
             stores = {id(s): s for _, _, error, s in pending if s is not None and error == ok}

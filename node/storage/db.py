@@ -60,6 +60,8 @@ class Store:
         # Guards swapping the database under readers when a snapshot is installed; RocksDB
         # itself is safe for concurrent readers and writers.
         self._lock = threading.RLock()
+        # Held through an fsync, which runs without ``_lock`` so that readers are not held up.
+        self._flush_lock = threading.Lock()
         self._open()
 
     def _open(self) -> None:
@@ -82,13 +84,17 @@ class Store:
     # --- lifecycle ------------------------------------------------------------------------
 
     def flush_wal(self) -> None:
-        """fsync the WAL: everything written before is durable after this returns."""
-        with self._lock:
-            db = self._db
-        db.flush_wal(True)
+        """fsync the WAL: everything written before is durable after this returns. A closed
+        store (a replica dropped from this node) has nothing left to make durable here."""
+        with self._flush_lock:
+            with self._lock:
+                db = getattr(self, "_db", None)
+            if db is not None:
+                db.flush_wal(True)
 
     def close(self) -> None:
-        with self._lock:
+        # Not under a running fsync on another thread (the commit flusher's).
+        with self._flush_lock, self._lock:
             self._close()
 
     def _close(self) -> None:
@@ -107,7 +113,7 @@ class Store:
 
     def install(self, checkpoint: str) -> None:
         """Replace the whole database by a checkpoint (a snapshot from the group's leader)."""
-        with self._lock:
+        with self._flush_lock, self._lock:
             self._close()
             staging = f"{self.path}.installing"
             shutil.rmtree(staging, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -12,7 +13,9 @@ import grpc
 import pytest
 import trio
 
+from cluster import bridge
 from cluster.bridge import (
+    AUTH_METADATA_KEY,
     GrpcAbort,
     GrpcCallError,
     GrpcClient,
@@ -441,3 +444,50 @@ def test_notices_run_in_trio_in_arrival_order_and_answer_at_once() -> None:
 
     trio.run(main)
     assert seen == [1, 2, 4, 5, 6, 7, 8, 9, 10]
+
+
+def test_notices_wait_for_trio_once_a_window_of_them_is_pending(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While trio cannot run (here: its thread is blocked), the first NOTICE_WINDOW notices are
+    answered at once and the next one only after trio has handled it."""
+    monkeypatch.setattr(bridge, "NOTICE_WINDOW", 3)
+    handled: list[int] = []
+    answered: list[int] = []
+    fourth_sent = threading.Event()
+
+    def deliver(req: pb.DeliverRequest) -> None:
+        handled.append(req.messages[0].message_seq)
+
+    def sender(address: str) -> None:
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.PeerStub(channel)
+            for seq in range(1, 5):
+                if seq == 4:
+                    fourth_sent.set()
+                request = pb.DeliverRequest(messages=[pb.Message(message_seq=seq)])
+                stub.Deliver(request, timeout=10, metadata=((AUTH_METADATA_KEY, TOKEN),))
+                answered.append(seq)
+
+    async def main() -> None:
+        server = GrpcServer(
+            bind="127.0.0.1:0",
+            auth_token=TOKEN,
+            add_to_server=pb_grpc.add_PeerServicer_to_server,
+            servicer_base=pb_grpc.PeerServicer,
+            handlers={},
+            notices={"Deliver": Notice(deliver, pb.DeliverReply)},
+        )
+        async with server.serving():
+            thread = threading.Thread(target=sender, args=(server.address,))
+            thread.start()
+            # Block the trio thread: notices queue up behind it.
+            assert fourth_sent.wait(10)
+            # The fourth cannot be answered before trio handles it; give it a moment to
+            # (wrongly) come back, without letting trio run.
+            time.sleep(0.5)
+            assert answered == [1, 2, 3] and handled == []
+            await trio.to_thread.run_sync(thread.join, 10)
+            assert answered == [1, 2, 3, 4] and handled == [1, 2, 3, 4]
+
+    trio.run(main)
