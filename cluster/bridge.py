@@ -604,9 +604,23 @@ def _keep_spin_thread(channel: grpc.Channel) -> bool:
 
 
 def _release_spin_thread(channel: grpc.Channel) -> None:
+    """Let the spin thread end before the channel closes (closing under it makes it die with
+    a traceback). It ends when a call completes and none is left, so one last call, to a
+    method no server has, gives our count back from its done-callback, which runs on the spin
+    thread just before that check."""
     state = channel._call_state
-    with state.lock:
-        state.managed_calls -= 1
+
+    def give_back(_fut: Any) -> None:
+        with state.lock:
+            state.managed_calls -= 1
+
+    last = channel.unary_unary(_NO_SUCH_METHOD).future(b"", timeout=0.2)
+    last.add_done_callback(give_back)
+    with contextlib.suppress(grpc.RpcError, grpc.FutureCancelledError):
+        last.result()
+
+
+_NO_SUCH_METHOD = "/raftchat.internal.Nothing/Nothing"
 
 
 class GrpcClients:
