@@ -30,9 +30,10 @@ from proto.wkproto import ChannelType, ReasonCode
 
 from .channels import recipients
 from .command_channels import source_of
+from .groups.batching import gather
 from .groups.local import LocalGroup, ProposalError
 from .groups.machine import record_from_pb
-from .groups.pipeline import MAX_BATCH_BYTES, GroupPipeline
+from .groups.pipeline import GroupPipeline
 from .groups.reads import QueryError, run_query
 from .log import get_logger
 from .storage import MessageRecord
@@ -732,19 +733,13 @@ class _Forwarder:
 
     async def run(self) -> None:
         async for first in self._recv:
-            batch = [first]
-            # Bounded in bytes too: a request must stay under gRPC's message limit.
-            size = first[0].ByteSize()
-            with trio.move_on_after(self._router.s.forward_window_s):
-                while len(batch) < 512 and size < MAX_BATCH_BYTES:
-                    batch.append(await self._recv.receive())
-                    size += batch[-1][0].ByteSize()
-            while len(batch) < 2048 and size < MAX_BATCH_BYTES:
-                try:
-                    batch.append(self._recv.receive_nowait())
-                except trio.WouldBlock:
-                    break
-                size += batch[-1][0].ByteSize()
+            batch = await gather(
+                self._recv,
+                first,
+                window_s=self._router.s.forward_window_s,
+                window_items=512,
+                max_items=2048,
+            )
             # One call at a time per (leader, group): a later batch never overtakes an
             # earlier one; what queues meanwhile rides in the next, bigger batch.
             await self._flush(batch)

@@ -21,15 +21,12 @@ from proto.wkproto import HeaderFlag, ReasonCode
 from ..command_channels import source_of
 from ..log import get_logger
 from ..sabotage import AckCounter
+from .batching import gather
 from .local import LocalGroup, Proposal, ProposalError
 from .machine import next_message_id
 from .rate_limit import ChannelRateLimiter
 
 log = get_logger("pipeline")
-
-MAX_BATCH_BYTES = 1024 * 1024
-"""A batch stops growing at this size (one item may pass it): Raft entries stay far below
-pysyncobj's chunking limit (``cluster.raft.conf.MAX_ENTRY_BYTES``)."""
 
 Done = Callable[[pb.SendOutcome | None, ProposalError | None], None]
 Committed = Callable[[int, list[pb.Message], list[pb.SendItem]], None]
@@ -120,18 +117,13 @@ class GroupPipeline:
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             while True:
-                batch = [await self._recv.receive()]
-                size = batch[0][0].ByteSize()
-                with trio.move_on_after(self._window_s):
-                    while len(batch) < self._max_batch and size < MAX_BATCH_BYTES:
-                        batch.append(await self._recv.receive())
-                        size += batch[-1][0].ByteSize()
-                while len(batch) < self._max_batch and size < MAX_BATCH_BYTES:
-                    try:
-                        batch.append(self._recv.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                    size += batch[-1][0].ByteSize()
+                batch = await gather(
+                    self._recv,
+                    await self._recv.receive(),
+                    window_s=self._window_s,
+                    window_items=self._max_batch,
+                    max_items=self._max_batch,
+                )
                 await self._in_flight.acquire()
                 number = self._next_number
                 self._next_number += 1
