@@ -22,10 +22,13 @@ calls first.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import shutil
 import subprocess
-from collections.abc import Collection, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 CHAIN = "RAFTCHAT-CHAOS"
 MARK_CHAIN = "RAFTCHAT-CHAOS-MARK"
@@ -103,6 +106,21 @@ def ring_links(nodes: Sequence[int]) -> set[tuple[int, int]]:
     return keep & every
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(method: F) -> F:
+    """The nemesis changes the firewall from worker threads, several faults at once (a join
+    adds a host while a partition iterates over them): one change at a time."""
+
+    @functools.wraps(method)
+    def run(self: Firewall, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return cast(F, run)
+
+
 class Firewall:
     """The partition state of one run. ``hosts`` maps node id -> its address; a joining node is
     added with :meth:`add_node`."""
@@ -111,7 +129,9 @@ class Firewall:
         self.hosts: dict[int, str] = dict(hosts)
         self.blocked: set[tuple[int, int]] = set()
         self.installed = False
+        self._lock = threading.RLock()
 
+    @_locked
     def add_node(self, node_id: int, host: str) -> None:
         new = node_id not in self.hosts
         self.hosts[node_id] = host
@@ -125,6 +145,7 @@ class Firewall:
             "--ctstate", "NEW", "-j", "CONNMARK", "--set-mark", gid,
         )  # fmt: skip
 
+    @_locked
     def install(self) -> None:
         remove_stale()
         _iptables("-N", MARK_CHAIN)
@@ -138,16 +159,19 @@ class Firewall:
         for n in self.hosts:
             self._mark(n)
 
+    @_locked
     def uninstall(self) -> None:
         self.blocked.clear()
         remove_stale()
         self.installed = False
 
+    @_locked
     def heal(self) -> None:
         if self.installed:
             _iptables("-F", CHAIN)
         self.blocked.clear()
 
+    @_locked
     def block(self, pairs: Iterable[tuple[int, int]]) -> None:
         """Drop what node a sends to node b, for each directed pair (a, b)."""
         for a, b in pairs:
@@ -164,6 +188,7 @@ class Firewall:
             )  # fmt: skip
             self.blocked.add((a, b))
 
+    @_locked
     def split(self, components: Sequence[Collection[int]]) -> None:
         """Heal, then cut every link between nodes of different components. A node in no
         component is alone."""
@@ -175,9 +200,11 @@ class Firewall:
         self.heal()
         self.block((a, b) for a in self.hosts for b in self.hosts if where[a] != where[b])
 
+    @_locked
     def isolate(self, node_id: int) -> None:
         self.split([[n for n in self.hosts if n != node_id]])
 
+    @_locked
     def ring(self, nodes: Sequence[int] | None = None) -> None:
         """Overlapping majorities (see :func:`ring_links`)."""
         order = sorted(self.hosts) if nodes is None else list(nodes)
