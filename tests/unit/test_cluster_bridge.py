@@ -36,6 +36,7 @@ def make_server(
     auth_token: str | None = TOKEN,
     bind: str = "127.0.0.1:0",
     grace_s: float = 2.0,
+    notices: Mapping[str, Notice] | None = None,
 ) -> GrpcServer:
     return GrpcServer(
         bind=bind,
@@ -44,6 +45,7 @@ def make_server(
         servicer_base=pb_grpc.PeerServicer,
         handlers=handlers,
         grace_s=grace_s,
+        notices=notices,
     )
 
 
@@ -416,14 +418,7 @@ def test_notices_run_in_trio_in_arrival_order_and_answer_at_once() -> None:
             all_seen.set()
 
     async def main() -> None:
-        server = GrpcServer(
-            bind="127.0.0.1:0",
-            auth_token=TOKEN,
-            add_to_server=pb_grpc.add_PeerServicer_to_server,
-            servicer_base=pb_grpc.PeerServicer,
-            handlers={},
-            notices={"Deliver": Notice(deliver, pb.DeliverReply)},
-        )
+        server = make_server({}, notices={"Deliver": Notice(deliver, pb.DeliverReply)})
         async with server.serving():
             client = GrpcClient(server.address, pb_grpc.PeerStub, TOKEN)
             try:
@@ -470,14 +465,7 @@ def test_notices_wait_for_trio_once_a_window_of_them_is_pending(
                 answered.append(seq)
 
     async def main() -> None:
-        server = GrpcServer(
-            bind="127.0.0.1:0",
-            auth_token=TOKEN,
-            add_to_server=pb_grpc.add_PeerServicer_to_server,
-            servicer_base=pb_grpc.PeerServicer,
-            handlers={},
-            notices={"Deliver": Notice(deliver, pb.DeliverReply)},
-        )
+        server = make_server({}, notices={"Deliver": Notice(deliver, pb.DeliverReply)})
         async with server.serving():
             thread = threading.Thread(target=sender, args=(server.address,))
             thread.start()
