@@ -15,9 +15,14 @@ from proto.wkproto import ChannelType, HeaderFlag
 from .channels import CMD_SUFFIX
 
 TEMP_PREFIX = "tmp"
-_NO_PERSIST = int(HeaderFlag.NO_PERSIST)
-_LIVE = int(ChannelType.LIVE)
 """Temp channels (type 8) made for HTTP sends with an explicit ``subscribers`` list."""
+
+# Header flag bits as plain ints for apply's per-message tests: IntFlag arithmetic builds enum
+# members, a measurable cost per applied send (ADR 009).
+NO_PERSIST = int(HeaderFlag.NO_PERSIST)
+RED_DOT = int(HeaderFlag.RED_DOT)
+SYNC_ONCE = int(HeaderFlag.SYNC_ONCE)
+_LIVE = int(ChannelType.LIVE)
 
 
 def is_cmd(channel_id: str) -> bool:
@@ -52,4 +57,4 @@ def makes_conversations(channel_type: int, channel_id: str) -> bool:
 def online_only(channel_type: int, flags: int) -> bool:
     """A message that is delivered to who is online and never stored (seq 0): ``no_persist``
     sends and every message of a live channel."""
-    return bool(flags & _NO_PERSIST) or channel_type == _LIVE
+    return bool(flags & NO_PERSIST) or channel_type == _LIVE

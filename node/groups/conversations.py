@@ -26,10 +26,10 @@ from functools import partial
 from typing import Any
 
 from proto.raftchat.peer.v1 import peer_pb2 as pb
-from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
+from proto.wkproto import ChannelType, ReasonCode
 
 from ..channels import person_parties
-from ..command_channels import is_cmd
+from ..command_channels import RED_DOT, SYNC_ONCE, is_cmd
 from ..storage import MessageRecord, Store
 from ..storage.keys import SEP, channel_key
 from . import message_ops, msgindex, msgx
@@ -57,8 +57,6 @@ GROUP_LIKE = frozenset(
 NO_CONVERSATION = frozenset(int(t) for t in (ChannelType.DATA, ChannelType.TEMP, ChannelType.LIVE))
 """Channel types that never show up in a conversation list (as in WuKongIM v2)."""
 MAX_RECENTS = 100
-_RED_DOT = int(HeaderFlag.RED_DOT)
-_SYNC_ONCE = int(HeaderFlag.SYNC_ONCE)
 MAX_MENTION_UIDS = 1000
 
 
@@ -185,7 +183,7 @@ def _put(ctx: ApplyContext, uid: str, ck: bytes, row: Row) -> None:
 
 
 def is_countable(flags: int) -> bool:
-    return bool(flags & _RED_DOT) and not flags & _SYNC_ONCE
+    return bool(flags & RED_DOT) and not flags & SYNC_ONCE
 
 
 def on_message(ctx: ApplyContext, record: MessageRecord, item: pb.SendItem) -> None:

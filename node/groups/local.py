@@ -63,12 +63,6 @@ class LocalGroup:
         self._flusher = flusher
         self._barrier: _Barrier | None = None
 
-    @property
-    def durable_on_commit(self) -> bool:
-        """Whether a successful proposal's result comes after the WAL fsync (``CommitFlusher``);
-        otherwise the caller runs ``store.flush_wal`` itself."""
-        return self._flusher is not None
-
     async def make_durable(self) -> None:
         """After a successful proposal: make the store's WAL durable, unless already done."""
         if self._flusher is None:
@@ -183,7 +177,6 @@ class CommitFlusher:
         self._token = trio.lowlevel.current_trio_token()
         self._pending: list[_Completion] = []
         self._handed: queue.SimpleQueue[list[_Completion] | None] = queue.SimpleQueue()
-        self.flushes = 0
         self._thread = threading.Thread(target=self._run, name="wal-flusher", daemon=True)
         self._thread.start()
         driver.add_after_pass(self._after_pass)
@@ -222,7 +215,6 @@ class CommitFlusher:
             try:
                 for store in stores.values():
                     store.flush_wal()
-                    self.flushes += 1
             except Exception as e:
                 # No honest answer is left for these writes: stop the node, as a failed fsync
                 # in trio would (the exception ends the trio run).

@@ -9,9 +9,17 @@ written in one WriteBatch, so a journal replay after a restart skips applied com
 from __future__ import annotations
 
 from proto.raftchat.peer.v1 import peer_pb2 as pb
-from proto.wkproto import HeaderFlag, ReasonCode
+from proto.wkproto import ReasonCode
 
-from ..command_channels import cmd_of, is_cmd, online_only, source_of
+from ..command_channels import (
+    NO_PERSIST,
+    RED_DOT,
+    SYNC_ONCE,
+    cmd_of,
+    is_cmd,
+    online_only,
+    source_of,
+)
 from ..ids import EPOCH_MS
 from ..log import get_logger
 from ..pipeline_rules import request_problem
@@ -22,10 +30,7 @@ from .context import ApplyContext
 
 _ID_SEQ_BITS = 12
 _ID_GROUP_BITS = 10
-# Plain ints: IntFlag arithmetic builds enum members, a measurable cost per applied send.
-_PERSISTED_FLAGS = int(HeaderFlag.NO_PERSIST | HeaderFlag.RED_DOT | HeaderFlag.SYNC_ONCE)
-_SYNC_ONCE = int(HeaderFlag.SYNC_ONCE)
-_NO_PERSIST = int(HeaderFlag.NO_PERSIST)
+_PERSISTED_FLAGS = NO_PERSIST | RED_DOT | SYNC_ONCE
 
 
 def next_message_id(last_id: int, time_ms: int, group: int) -> int:
@@ -109,7 +114,7 @@ class GroupMachine:
         last_id = self.store.last_message_id()
         for item in batch.items:
             outcome = result.outcomes.add()
-            if item.flags & _SYNC_ONCE:
+            if item.flags & SYNC_ONCE:
                 item.channel_id = cmd_of(item.channel_id)  # stored in the command twin
             no_persist = online_only(item.channel_type, item.flags)
             key = (item.channel_type, item.channel_id, item.from_uid, item.client_msg_no)
@@ -156,7 +161,7 @@ class GroupMachine:
                 client_msg_no=item.client_msg_no,
                 payload=item.payload,
                 setting=item.setting,
-                flags=(item.flags & _PERSISTED_FLAGS) | (_NO_PERSIST if no_persist else 0),
+                flags=(item.flags & _PERSISTED_FLAGS) | (NO_PERSIST if no_persist else 0),
                 expire=item.expire,
                 topic=item.topic,
                 stream_no=item.stream_no,
