@@ -7,9 +7,11 @@ journal replay after a restart skips what is already applied.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.syncobj import _RAFT_STATE
+from pysyncobj.tcp_connection import CONNECTION_STATE
 
 from .snapshot import CheckpointSnapshots, install_checkpoint_transmitter
 
@@ -58,6 +60,30 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
         # answers, fan-out and reads all come from the leader.
         SyncObj._SyncObj__applyLogEntries(self)
         return False
+
+    def _SyncObj__onNodeConnected(self, node: Any) -> None:  # overrides pysyncobj internals
+        SyncObj._SyncObj__onNodeConnected(self, node)
+        if self._SyncObj__raftState == _RAFT_STATE.CANDIDATE and node in self._SyncObj__otherNodes:
+            # Ask again for a vote that may have been lost. Followers never talk to each
+            # other, and pysyncobj drops a link that has not been read from for
+            # ``connectionTimeout`` at the next send on it, discarding the message: a
+            # candidate's first vote request after its leader died was nearly always lost,
+            # so every failover waited for a second election round (ADR 010). The link is
+            # back moments later, and this is the moment to repeat the request. A node that
+            # already voted in this term ignores it, so no vote is counted twice.
+            #
+            # The connection itself, not the transport: pysyncobj reports an outgoing link as
+            # connected just before it marks it so, and the transport refuses to send on it.
+            conn = self._SyncObj__transport._connections.get(node)
+            if conn is not None and conn.state != CONNECTION_STATE.DISCONNECTED:
+                conn.send(
+                    {
+                        "type": "request_vote",
+                        "term": self._SyncObj__raftCurrentTerm,
+                        "last_log_index": self._SyncObj__getCurrentLogIndex(),
+                        "last_log_term": self._SyncObj__getCurrentLogTerm(),
+                    }
+                )
 
     @replicated  # type: ignore[untyped-decorator]
     def apply(self, command: bytes) -> bytes:
