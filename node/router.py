@@ -321,7 +321,15 @@ class Router:
             if trio.current_time() + backoff > deadline:
                 log.info("giving up on group", group=group, failure=failure)
                 return give_up_failure(failure, maybe_committed)
-            await trio.sleep(backoff)  # back off before retrying a moving leadership
+            # Back off before retrying a moving leadership, but no longer than until a local
+            # replica names another leader (after a failover that saves up to a whole backoff).
+            local = self.local.get(group)
+            if local is None:
+                await trio.sleep(backoff)
+            elif local.leader_id() in (None, target):
+                await local.leader_news(backoff)
+            else:
+                await trio.lowlevel.checkpoint()  # the news came while the attempt failed
             backoff = min(backoff * 2, 0.2)
 
     def _rotate_guess(self, group: int, failed: int) -> None:

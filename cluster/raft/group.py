@@ -7,6 +7,7 @@ journal replay after a restart skips what is already applied.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from pysyncobj import SyncObj, SyncObjConf, replicated
@@ -47,6 +48,10 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
         # configuration, not replicated state.
         self._machine = machine
         self._snapshots = snapshots
+        self.on_leader_news: Callable[[], None] | None = None
+        """Called on the driver thread when this replica learns of a different leader (or of
+        none): whoever waits to retry a request to the old one may go at once."""
+        self._known_leader: Any = None
         super().__init__(self_addr, partners, conf)
         if snapshots is not None:
             install_checkpoint_transmitter(self, snapshots)
@@ -60,6 +65,23 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
         # answers, fan-out and reads all come from the leader.
         SyncObj._SyncObj__applyLogEntries(self)
         return False
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:
+        super()._onTick(timeToWait)
+        self._check_leader()
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # pysyncobj's
+        SyncObj._SyncObj__onMessageReceived(self, node, message)
+        self._check_leader()
+
+    def _check_leader(self) -> None:
+        # After pysyncobj is done with a message or a tick, not in its own leader-changed
+        # hook, which runs before it records the new leader.
+        leader = self._SyncObj__raftLeader
+        if leader is not self._known_leader:
+            self._known_leader = leader
+            if self.on_leader_news is not None:
+                self.on_leader_news()
 
     def _SyncObj__onNodeConnected(self, node: Any) -> None:  # overrides pysyncobj internals
         SyncObj._SyncObj__onNodeConnected(self, node)

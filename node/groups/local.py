@@ -62,6 +62,27 @@ class LocalGroup:
         self._node_of_address = node_of_address
         self._flusher = flusher
         self._barrier: _Barrier | None = None
+        self._news = trio.Event()
+        self._news_token: trio.lowlevel.TrioToken | None = None
+        raft.on_leader_news = self._on_leader_news
+
+    def _on_leader_news(self) -> None:  # on the Raft driver thread
+        token = self._news_token
+        if token is not None:  # None until someone waited: then nobody needs the news
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._publish_news)
+
+    def _publish_news(self) -> None:
+        self._news.set()
+        self._news = trio.Event()
+
+    async def leader_news(self, timeout_s: float) -> None:
+        """Return once this replica learns of a different leader (or of none), at the latest
+        after ``timeout_s``: a request that failed on the old leader retries at once."""
+        if self._news_token is None:
+            self._news_token = trio.lowlevel.current_trio_token()
+        with trio.move_on_after(timeout_s):
+            await self._news.wait()
 
     async def make_durable(self) -> None:
         """After a successful proposal: make the store's WAL durable, unless already done."""

@@ -294,6 +294,13 @@ def candidate_wins_first_round(cluster: Cluster) -> None:
     while link_idle_s(candidate, voter) <= timeout:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    # What the voter's replica reports to whoever waits on leadership (node/groups/local.py).
+    news: list[str | None] = []
+
+    def watch() -> None:
+        voter.raft.on_leader_news = lambda: news.append(voter.leader())
+
+    voter.driver.call(watch).result(10)
     cluster.replicas.remove(leader)
     leader.close()
 
@@ -309,6 +316,8 @@ def candidate_wins_first_round(cluster: Cluster) -> None:
     assert cluster.leader() is candidate
     won = candidate.driver.call(lambda: int(candidate.raft._SyncObj__raftCurrentTerm)).result(10)
     assert won == term + 1, "the first vote request was lost: the candidate won a later round"
+    # Read on the driver thread, after the step that recorded the new leader.
+    assert voter.driver.call(lambda: list(news)).result(10)[-1] == candidate.address
     commit_all(candidate, [send(0)])
 
 
