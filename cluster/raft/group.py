@@ -52,6 +52,8 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
         """Called on the driver thread when this replica learns of a different leader (or of
         none): whoever waits to retry a request to the old one may go at once."""
         self._known_leader: Any = None
+        self._vote_term = -1
+        self._voters: set[str] = set()
         super().__init__(self_addr, partners, conf)
         if snapshots is not None:
             install_checkpoint_transmitter(self, snapshots)
@@ -71,8 +73,26 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
         self._check_leader()
 
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # pysyncobj's
+        if message["type"] == "response_vote" and not self._first_vote_from(node, message):
+            return
         SyncObj._SyncObj__onMessageReceived(self, node, message)
         self._check_leader()
+
+    def _first_vote_from(self, node: Any, message: Any) -> bool:
+        # pysyncobj counts every vote answer of the current term without asking who sent it.
+        # Since a candidate may ask a member twice (``_SyncObj__onNodeConnected``), a second
+        # answer from the same member in the same term must not count: in a group of five,
+        # it could make a majority that does not exist. pysyncobj's voters answer once per
+        # term, but this does not rely on it.
+        term = int(message["term"])
+        if term < self._vote_term:
+            return True  # an older term's answer, which pysyncobj ignores
+        if term > self._vote_term:
+            self._vote_term, self._voters = term, set()
+        if node.id in self._voters:
+            return False
+        self._voters.add(node.id)
+        return True
 
     def _check_leader(self) -> None:
         # After pysyncobj is done with a message or a tick, not in its own leader-changed
