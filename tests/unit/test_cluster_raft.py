@@ -29,7 +29,7 @@ from pysyncobj.syncobj import _RAFT_STATE
 
 from cluster.raft.conf import RaftTiming, make_conf
 from cluster.raft.driver import RaftDriver
-from cluster.raft.group import ReplicatedGroup
+from cluster.raft.group import FIRST_ROUND, ReplicatedGroup
 from cluster.raft.snapshot import CheckpointSnapshots
 from cluster.raft.wire import authenticator_for
 from node.groups.machine import GroupMachine
@@ -329,6 +329,55 @@ def candidate_wins_first_round(cluster: Cluster, dials: bool) -> None:
     seen = voter.driver.call(lambda: list(news)).result(10)
     assert None in seen and seen[-1] == candidate.address
     commit_all(candidate, [send(0)])
+
+
+def election_state(replica: Replica) -> tuple[int, int, float]:
+    """(Raft state, term, seconds to its election deadline), read on its driver thread."""
+
+    def read() -> tuple[int, int, float]:
+        raft = replica.raft
+        left = raft._SyncObj__raftElectionDeadline - raft_clock()
+        return int(raft._SyncObj__raftState), int(raft._SyncObj__raftCurrentTerm), float(left)
+
+    return replica.driver.call(read).result(10)
+
+
+def candidacy_after(replica: Replica, term: int) -> tuple[int, float]:
+    """Polled (elections signal nothing) until ``replica`` stands in a term after ``term``:
+    (that term, seconds left in its round, read moments after the round began)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        state, now_term, left = election_state(replica)
+        if state == _RAFT_STATE.CANDIDATE and now_term > term:
+            return now_term, left
+        assert time.monotonic() < deadline, "no election started"
+        time.sleep(0.005)
+
+
+def test_a_candidates_first_round_is_short_and_later_rounds_whole(cluster: Cluster) -> None:
+    """A split vote (both followers of a dead leader stand at once) costs the first round:
+    it lasts a fraction of the minimum timeout, not a whole timeout. A candidate whose first
+    round failed waits whole timeouts again (ADR 010)."""
+    leader = cluster.leader()
+    candidate, voter = [r for r in cluster.replicas if r is not leader]
+    cluster.replicas.remove(leader)
+    leader.close()
+    # The voter's driver thread is held: its sockets stay open, so the candidate may stand
+    # (pysyncobj needs a connected partner), but no vote comes back.
+    release = threading.Event()
+    held = voter.driver.call(lambda: release.wait(WAIT_S))
+    try:
+        _, term0, _ = election_state(candidate)
+        longest_first = FAST.election_min_s * FIRST_ROUND[1]
+        term1, left = candidacy_after(candidate, term0)
+        assert left <= longest_first, f"first round {left:.3f} s"
+        term2, left = candidacy_after(candidate, term1)
+        assert term2 == term1 + 1
+        assert left > longest_first, f"second round {left:.3f} s, want a whole timeout"
+    finally:
+        release.set()
+        held.result(10)
+    commit_all(cluster.leader(), [send(0)])
 
 
 def test_a_second_vote_answer_from_one_member_does_not_count(tmp_path: Path) -> None:
