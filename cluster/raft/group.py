@@ -83,8 +83,10 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
             # costs is a split vote, when both followers of a dead leader stand within the
             # same few milliseconds: another 0.5-1.0 s without a leader (ADR 010). So the first
             # round after following a leader is a random fraction of the minimum timeout. A
-            # candidate whose first round failed gets whole timeouts again, so a node whose
-            # votes are slow, or who cannot win, stands no more often than before.
+            # candidate whose first round failed gets whole timeouts again, so slow votes cost
+            # at most one short round. (A node knocked back to follower, say by a vote request
+            # of a higher term that it refused, starts with a short round again: in a minority
+            # partition its term rises a little faster than pysyncobj's would, and that is all.)
             self._SyncObj__raftElectionDeadline = raft_clock() + first_round_s(
                 self._SyncObj__conf.raftMinTimeout
             )
