@@ -132,7 +132,8 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
             # candidate's first vote request after its leader died was nearly always lost,
             # so every failover waited for a second election round (ADR 010). The link is
             # back moments later, and this is the moment to repeat the request. A node that
-            # already voted in this term ignores it, so no vote is counted twice.
+            # already voted in this term ignores it, and a second answer would not count
+            # (``_first_vote_from``).
             #
             # The connection itself, not the transport: pysyncobj reports an outgoing link as
             # connected just before it marks it so, and the transport refuses to send on it.

@@ -1,6 +1,10 @@
-"""A request that failed on a leader retries as soon as the local replica names another one,
-not at the end of its backoff (which grows to 0.2 s): after a failover, sends that were stuck
-on the dead leader go through with the first news of the new one."""
+"""Whom ``Router._retrying`` asks next, and when.
+
+* A node without a replica of a group follows NOT_LEADER hints instead of retrying a stale
+  guess (the bug: the hint was recorded, then discarded, and the same wrong node asked again).
+* A request that failed on a leader retries as soon as the local replica names another one,
+  not at the end of its backoff (which grows to 0.2 s): after a failover, sends that were stuck
+  on the dead leader go through with the first news of the new one (ADR 010)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,52 @@ import trio.testing
 from cluster.placement import Placement
 from node.groups.local import LocalGroup
 from node.router import Router, RouterSettings
+from proto.raftchat.peer.v1 import peer_pb2 as pb
+
+
+def bare_router(placement: Placement) -> Router:
+    """Node 1's router, with no peers to call and no sessions."""
+    return Router(
+        RouterSettings(node_id=1, grpc_port=1, forward_timeout_s=2.0),
+        placement,
+        None,  # type: ignore[arg-type]
+        lambda *a: None,
+        lambda *a: 0,
+        lambda *a: [],
+    )
+
+
+def test_forwarding_follows_the_leader_hint() -> None:
+    placement = Placement(1, [1] * 256, {1: [2, 3, 4]}, {1: "a", 2: "b", 3: "c", 4: "d"})
+    router = bare_router(placement)
+    asked: list[int] = []
+
+    async def attempt(target: int) -> Any:
+        asked.append(target)
+        if target == 4:
+            return pb.SendOutcome(reason=1)
+        # Node 2 and 3 are followers; both point at node 4.
+        return router._status_failure(1, pb.Status(code=pb.Status.NOT_LEADER, leader_hint=4))
+
+    result = trio.run(router._retrying, 1, attempt)
+    assert result == pb.SendOutcome(reason=1)
+    assert asked == [2, 4]
+
+
+def test_a_refusal_without_a_hint_moves_to_the_next_replica() -> None:
+    placement = Placement(1, [1] * 256, {1: [2, 3, 4]}, {1: "a", 2: "b", 3: "c", 4: "d"})
+    router = bare_router(placement)
+    asked: list[int] = []
+
+    async def attempt(target: int) -> Any:
+        asked.append(target)
+        return pb.SendOutcome(reason=1) if target == 3 else "not_leader"
+
+    assert trio.run(router._retrying, 1, attempt) == pb.SendOutcome(reason=1)
+    assert asked == [2, 3]
+
+
+# --- retries on leader news -------------------------------------------------------------
 
 NODES = {1: "a", 2: "b", 3: "c"}
 
@@ -31,15 +81,7 @@ class FakeRaft:
 
 
 def make_router(raft: FakeRaft) -> Router:
-    placement = Placement(1, [1] * 256, {1: [1, 2, 3]}, NODES)
-    router = Router(
-        RouterSettings(node_id=1, grpc_port=1, forward_timeout_s=2.0),
-        placement,
-        None,  # type: ignore[arg-type]
-        lambda *a: None,
-        lambda *a: 0,
-        lambda *a: [],
-    )
+    router = bare_router(Placement(1, [1] * 256, {1: [1, 2, 3]}, NODES))
     by_host = {h: n for n, h in NODES.items()}
     router.local[1] = LocalGroup(1, None, None, raft, by_host.get)  # type: ignore[arg-type]
     return router
