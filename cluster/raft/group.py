@@ -96,7 +96,6 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
         if message["type"] == "response_vote" and not self._first_vote_from(node, message):
             return
         SyncObj._SyncObj__onMessageReceived(self, node, message)
-        self._check_leader()
 
     def _first_vote_from(self, node: Any, message: Any) -> bool:
         # pysyncobj counts every vote answer of the current term without asking who sent it.
@@ -115,8 +114,9 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
         return True
 
     def _check_leader(self) -> None:
-        # After pysyncobj is done with a message or a tick, not in its own leader-changed
-        # hook, which runs before it records the new leader.
+        # After each tick, not in pysyncobj's own leader-changed hook, which runs before it
+        # records the new leader. Not per message either: the driver ticks a group right
+        # after the poll that brought its messages, so one check per tick sees every change.
         leader = self._SyncObj__raftLeader
         if leader is not self._known_leader:
             self._known_leader = leader
