@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from trio_websocket import WebSocketRequest, serve_websocket
 
 from cluster.bridge import GrpcCallError, GrpcClients, GrpcServer, peer_token
 from cluster.placement import Placement, from_json, initial_placement
@@ -27,13 +26,12 @@ from cluster.raft.group import ReplicatedGroup
 from cluster.raft.snapshot import CheckpointSnapshots
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.raftchat.peer.v1 import peer_pb2_grpc
-from proto.wkproto import MAX_REMAINING_LENGTH
 
 from .admin import Admin
 from .config import Config
 from .controller import PLACEMENT_KEY, Controller, ControllerMachine
-from .gateway.session import GatewayContext, Session
-from .gateway.transport import TcpTransport, WsTransport
+from .gateway.listeners import Gateway
+from .gateway.session import GatewayContext
 from .groups.local import CommitFlusher, LocalGroup
 from .groups.machine import GroupMachine
 from .groups.pipeline import GroupPipeline
@@ -43,9 +41,11 @@ from .http.api import build_router
 from .http.common import ApiContext
 from .http.server import HttpServer
 from .log import get_logger
+from .rate_limit import TokenBuckets
 from .reclaim import run_reclaim
 from .router import Router, RouterSettings
 from .sabotage import ACK_WITHOUT_COMMIT, SKIP_DEDUPE, AckCounter
+from .send_checks import SendRules
 from .sessions import DeviceLimits, SessionRegistry
 from .storage import MessageRecord, Store
 from .userfacts import UserFacts
@@ -341,37 +341,20 @@ class Node:
         cfg = self.config
         host = cfg.node.host
         assert self.facts is not None
-        gw = GatewayContext(cfg, self.registry, router, nursery, self.facts)
-
-        async def on_tcp(stream: trio.SocketStream) -> None:
-            await Session(gw, TcpTransport(stream)).run()
-
-        async def on_ws(request: WebSocketRequest) -> None:
-            ws = await request.accept()
-            await Session(gw, WsTransport(ws)).run()
-
+        rules = SendRules(
+            cfg.messages.person_whitelist, TokenBuckets(cfg.messages.person_rate_limit)
+        )
+        gateway = Gateway(GatewayContext(cfg, self.registry, router, nursery, self.facts, rules))
         assert self.admin is not None
-        api = ApiContext(cfg, self.registry, router, self.admin, self.facts, self.webhooks)
+        api = ApiContext(cfg, self.registry, router, self.admin, self.facts, rules, self.webhooks)
         http_router = build_router(api)
         self.public_api.attach(http_router, api)
         http = HttpServer(http_router, cfg.http.max_body_bytes)
         await nursery.start(partial(http.serve, host, cfg.http.port))
         if cfg.http.also_host and cfg.http.also_host != host:
             await nursery.start(partial(http.serve, cfg.http.also_host, cfg.http.port))
+        await gateway.serve(nursery, host)
         tcp_port = cfg.gateway.tcp_port
-        await nursery.start(partial(trio.serve_tcp, on_tcp, tcp_port, host=host))
-        await nursery.start(
-            lambda task_status: serve_websocket(
-                on_ws,
-                host,
-                cfg.gateway.ws_port,
-                None,
-                max_message_size=MAX_REMAINING_LENGTH + 16,
-                connect_timeout=cfg.gateway.auth_timeout_s,
-                disconnect_timeout=2,
-                task_status=task_status,
-            )
-        )
         self.endpoints = {
             "node_id": str(cfg.node.id),
             "http": f"http://{host}:{cfg.http.port}",

@@ -51,6 +51,10 @@ class GatewaySection:
     """Payload encryption (X25519 + AES-CBC). Off: CONNACK carries no keys, payloads are clear."""
     kick_close_delay_s: float = 2.0
     """Time between a DISCONNECT kick and the socket close, so the client can read the reason."""
+    max_connections: int = 0
+    """Client connections (TCP and WebSocket together) open at once; beyond, a new one is
+    closed right after the accept. 0: the open-file limit less 1,024 kept for other sockets
+    and files."""
     external_tcp_addr: str = ""
     external_ws_addr: str = ""
     """What ``/route`` tells clients; empty means the bound address."""
@@ -92,6 +96,9 @@ class MessagesSection:
     """The largest message payload accepted (the source documents' 12 KB)."""
     group_rate_limit: float = 40.0
     """Sends per second one non-person channel accepts (0 = no limit)."""
+    person_rate_limit: float = 20.0
+    """Person-channel sends per second one sender may make through one node, bursts up to one
+    second's worth (0 = no limit; system accounts are never limited)."""
     revoke_window_s: int = 120
     """How long after sending a sender may revoke a message (an admin may at any time)."""
     retention_days: float = 0.0
@@ -205,6 +212,8 @@ class Config:
             port = getattr(getattr(self, sect), name)
             if not 0 <= port < 65536:
                 raise ConfigError(f"{key} must be a TCP port, got {port}")
+        if self.gateway.max_connections < 0:
+            raise ConfigError("gateway.max_connections must be >= 0 (0: from the open-file limit)")
         for name in ("app_limit", "web_limit", "pc_limit"):
             if getattr(self.devices, name) < 1:
                 raise ConfigError(f"devices.{name} must be at least 1")
@@ -231,9 +240,10 @@ class Config:
             raise ConfigError("messages.max_payload_bytes must be at least 1")
         if self.messages.stream_snapshot_bytes < 1:
             raise ConfigError("messages.stream_snapshot_bytes must be at least 1")
-        rate = self.messages.group_rate_limit
-        if not (math.isfinite(rate) and rate >= 0):
-            raise ConfigError(f"messages.group_rate_limit must be >= 0, got {rate}")
+        for key in ("group_rate_limit", "person_rate_limit"):
+            rate = getattr(self.messages, key)
+            if not (math.isfinite(rate) and rate >= 0):
+                raise ConfigError(f"messages.{key} must be >= 0, got {rate}")
         if self.messages.max_batch < 1:
             raise ConfigError("messages.max_batch must be at least 1")
         if self.messages.max_in_flight_batches < 1:

@@ -15,9 +15,16 @@ the receiver rules.
 
 HTTP sends (trusted) get the same checks: these are rules between users, so the backend
 sending in a user's name is held to them; trusted only skips group membership in apply.
+
+Last, a send to a person channel that passed takes a token from its sender's bucket
+(``messages.person_rate_limit``): RateLimit (22) when empty. The buckets live on the node where
+the send enters the cluster, so a flood is refused before it costs a hop; a user with devices
+on k nodes gets at most k times the rate. System senders are not limited.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import trio
 
@@ -26,8 +33,18 @@ from proto.wkproto import ChannelType, ReasonCode
 
 from .channels import person_parties
 from .pipeline_rules import SYSTEM_UID
+from .rate_limit import TokenBuckets
 from .router import ClusterUnavailable
 from .userfacts import Facts, UserFacts
+
+
+@dataclass
+class SendRules:
+    """The node's settings for the pre-check, and its per-sender buckets."""
+
+    person_whitelist: bool = False
+    senders: TokenBuckets = field(default_factory=lambda: TokenBuckets(0))
+    """Person-channel sends per sender uid."""
 
 
 def decide(
@@ -56,8 +73,11 @@ def receiver_of(item: pb.SendItem) -> str | None:
     return b if a == item.from_uid else a
 
 
-async def precheck(facts: UserFacts, item: pb.SendItem, person_whitelist: bool) -> ReasonCode:
+async def precheck(
+    facts: UserFacts, item: pb.SendItem, rules: SendRules, *, limited: bool = True
+) -> ReasonCode:
     """Check ``item`` against the user facts; sets ``item.system`` for a system sender.
+    ``limited`` False leaves the sender's bucket to the caller (a batch takes one token).
 
     May raise ``router.ClusterUnavailable`` when a uid's slot group cannot be read."""
     if item.from_uid == SYSTEM_UID:
@@ -82,6 +102,16 @@ async def precheck(facts: UserFacts, item: pb.SendItem, person_whitelist: bool) 
             nursery.start_soon(load, other)
     if failures:
         raise failures[0]
-    reason, system = decide(item, loaded[item.from_uid], loaded.get(other or ""), person_whitelist)
+    reason, system = decide(
+        item, loaded[item.from_uid], loaded.get(other or ""), rules.person_whitelist
+    )
     item.system = system
+    if (
+        limited
+        and reason == ReasonCode.SUCCESS
+        and not system
+        and item.channel_type == ChannelType.PERSON
+        and not rules.senders.allow(item.from_uid)
+    ):
+        return ReasonCode.RATE_LIMIT
     return reason

@@ -14,7 +14,7 @@ import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -53,7 +53,7 @@ from ..groups.streams import event_view
 from ..log import get_logger
 from ..pipeline_rules import SYSTEM_UID, request_problem
 from ..router import ClusterUnavailable, Router
-from ..send_checks import precheck
+from ..send_checks import SendRules, precheck
 from ..sessions import SessionRegistry
 from ..storage import MessageRecord
 from ..userfacts import UserFacts
@@ -85,6 +85,7 @@ class GatewayContext:
     """For short tasks that outlive a call (delayed closes after a kick)."""
     facts: UserFacts | None = None
     """User facts for the send pre-check; ``None`` only in tests that never send."""
+    rules: SendRules = field(default_factory=SendRules)
 
 
 class Session:
@@ -401,9 +402,7 @@ class Session:
             # User-level rules (send ban, the receiver's person lists) from cached user facts,
             # awaited here so that sends still enter the log in frame order.
             try:
-                refused = await precheck(
-                    self._ctx.facts, item, self._ctx.config.messages.person_whitelist
-                )
+                refused = await precheck(self._ctx.facts, item, self._ctx.rules)
             except ClusterUnavailable as e:
                 answer(e.reason)
                 return

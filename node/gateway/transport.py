@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Protocol
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from .websocket import WsConnection
 
 
 class Transport(Protocol):
@@ -26,16 +27,20 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
+def peer_of(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "?"
+
+
 class TcpTransport:
     kind = "tcp"
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self._stream = stream
-        try:
-            host, port = stream.socket.getpeername()[:2]
-            self.peer = f"{host}:{port}"
-        except OSError:
-            self.peer = "?"
+        self.peer = peer_of(stream)
 
     async def receive(self) -> bytes:
         try:
@@ -54,15 +59,13 @@ class TcpTransport:
 class WsTransport:
     kind = "ws"
 
-    def __init__(self, ws: WebSocketConnection) -> None:
+    def __init__(self, ws: WsConnection, peer: str) -> None:
         self._ws = ws
-        remote = ws.remote
-        self.peer = f"{getattr(remote, 'address', '?')}:{getattr(remote, 'port', '?')}"
+        self.peer = peer
 
     async def receive(self) -> bytes:
-        try:
-            message = await self._ws.get_message()
-        except ConnectionClosed:
+        message = await self._ws.receive()
+        if message is None:
             return b""
         if isinstance(message, str):
             # JSON-RPC over text messages is not served; treat it as bytes so that the codec

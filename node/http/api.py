@@ -255,7 +255,7 @@ def build_router(ctx: ApiContext) -> HttpRouter:
             setting=setting,
             trusted=True,
         )
-        refused = await precheck(ctx.facts, item, ctx.config.messages.person_whitelist)
+        refused = await precheck(ctx.facts, item, ctx.rules)
         if refused != ReasonCode.SUCCESS:
             outcome = pb.SendOutcome(reason=refused)  # user-level rule: nothing proposed
         else:

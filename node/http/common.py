@@ -16,6 +16,7 @@ from ..channels import canonical_channel_id, channel_id_problem, id_problem, vie
 from ..config import Config
 from ..pipeline_rules import SYSTEM_UID
 from ..router import ClusterUnavailable, Router
+from ..send_checks import SendRules
 from ..sessions import SessionRegistry
 from ..userfacts import UserFacts
 from .fields import get_int, get_str
@@ -41,6 +42,7 @@ class ApiContext:
     router: Router
     admin: Admin
     facts: UserFacts
+    rules: SendRules
     webhooks: Webhooks | None = None
 
 

@@ -114,7 +114,11 @@ def raise_for_reason(reason: ReasonCode, client_msg_no: str) -> None:
             client_msg_no=client_msg_no,
         )
     if reason == ReasonCode.RATE_LIMIT:
-        raise ApiError(429, "too many sends to this channel, retry later", reason=int(reason))
+        raise ApiError(
+            429,
+            "send rate limit reached (per channel, or per sender on person channels); retry later",
+            reason=int(reason),
+        )
     if reason == ReasonCode.SYSTEM_ERROR:
         raise ApiError(500, "message could not be stored", reason=int(reason))
     raise ApiError(403, f"send refused: {reason.name}", reason=int(reason))
@@ -164,13 +168,15 @@ async def subscriber_send(ctx: ApiContext, body: dict[str, Any]) -> Response:
 
 
 async def checked_send_each(ctx: ApiContext, items: list[pb.SendItem]) -> list[pb.SendOutcome]:
-    """``send_each`` after the user-level rules (send ban, the receivers' person lists), as
-    every HTTP send in a user's name: refused items are answered without a proposal."""
+    """``send_each`` of one sender's person messages after the user-level rules (send ban, the
+    receivers' person lists), as every HTTP send in a user's name: refused items are answered
+    without a proposal. The batch takes one token of the sender's rate limit, not one per
+    recipient: it is one send operation, as a group message is."""
     reasons: list[ReasonCode] = [ReasonCode.SUCCESS] * len(items)
 
     async def check(i: int) -> None:
         try:
-            reasons[i] = await precheck(ctx.facts, items[i], ctx.config.messages.person_whitelist)
+            reasons[i] = await precheck(ctx.facts, items[i], ctx.rules, limited=False)
         except ClusterUnavailable as e:
             reasons[i] = e.reason
 
@@ -178,6 +184,11 @@ async def checked_send_each(ctx: ApiContext, items: list[pb.SendItem]) -> list[p
         for i in range(len(items)):
             nursery.start_soon(check, i)
     allowed = [i for i, r in enumerate(reasons) if r == ReasonCode.SUCCESS]
+    system = any(items[i].system for i in allowed)
+    if allowed and not system and not ctx.rules.senders.allow(items[allowed[0]].from_uid):
+        for i in allowed:
+            reasons[i] = ReasonCode.RATE_LIMIT
+        allowed = []
     sent = await send_each(ctx, [items[i] for i in allowed])
     outcomes = [pb.SendOutcome(reason=r) for r in reasons]
     for i, outcome in zip(allowed, sent, strict=True):

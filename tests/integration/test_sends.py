@@ -19,6 +19,9 @@ from tests.conftest import Api, start_node
 
 RATE = 5
 """The node's per-channel rate limit: low, so that a test can exceed it in a moment."""
+PERSON_RATE = 1
+"""The per-sender limit on person channels of ``pnode``: one send per second, so that the test
+does not depend on how fast the machine answers."""
 
 _ids = itertools.count(1)
 
@@ -32,6 +35,20 @@ def snode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     proc = start_node(tmp_path_factory.mktemp("sends"), messages__group_rate_limit=RATE)
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def pnode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    proc = start_node(tmp_path_factory.mktemp("psends"), messages__person_rate_limit=PERSON_RATE)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def papi(pnode: NodeProcess) -> Iterator[Api]:
+    client = Api(pnode.endpoints["http"])
+    yield client
+    client.http.close()
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +133,8 @@ def test_http_sends_over_the_group_rate_are_429(sapi: Api) -> None:
             assert resp.json()["reason"] == ReasonCode.RATE_LIMIT
     assert codes[:RATE] == [200] * RATE  # the first second's burst passes
     assert 429 in codes
-    # Another channel has its own budget, and person channels have none.
+    # Another channel has its own budget, and person channels are limited per sender
+    # instead: more than RATE in a burst pass there.
     other = make_group(sapi, [a])
     assert (
         sapi.post(
@@ -125,8 +143,53 @@ def test_http_sends_over_the_group_rate_are_429(sapi: Api) -> None:
         == 200
     )
     (b,) = users(sapi, "b")
-    for _ in range(RATE * 3):
+    for _ in range(RATE * 3):  # within the default per-sender burst of 20
         sapi.ok("/message/send", send_body(from_uid=a, channel_id=b, channel_type=1))
+
+
+def test_wkproto_person_sends_over_the_sender_rate_get_rate_limit(
+    papi: Api, pnode: NodeProcess
+) -> None:
+    a, b, c = users(papi, "a", "b", "c")
+
+    async def main() -> None:
+        async with open_client(*tcp(pnode), uid=a, token=f"tok-{a}") as ca:
+            # Alternating receivers: the budget is the sender's, not a channel's.
+            acks = [await ca.send((b, c)[i % 2], 1, b"m") for i in range(4)]
+            reasons = [r.reason_code for r in acks]
+            assert reasons[0] == ReasonCode.SUCCESS
+            assert ReasonCode.RATE_LIMIT in reasons
+            refused = [r for r in acks if r.reason_code == ReasonCode.RATE_LIMIT]
+            assert all(r.message_seq == 0 and r.message_id == 0 for r in refused)
+        # Another sender has its own budget.
+        async with open_client(*tcp(pnode), uid=b, token=f"tok-{b}") as cb:
+            assert (await cb.send(c, 1, b"from b")).ok
+
+    trio.run(main)
+
+
+def test_http_person_sends_over_the_sender_rate_are_429_and_a_batch_is_one_send(
+    papi: Api,
+) -> None:
+    a, b, c = users(papi, "a", "b", "c")
+    batch = {"from_uid": a, "subscribers": [b, c], "payload": b64(b"hi")}
+    # A batch to two receivers takes one token, so both pass on a budget of one.
+    assert papi.ok("/message/sendbatch", batch) == {"fail_uids": [], "reason": []}
+    codes = []
+    for _ in range(4):
+        resp = papi.post("/message/send", send_body(from_uid=a, channel_id=b, channel_type=1))
+        codes.append(resp.status_code)
+        if resp.status_code == 429:
+            assert resp.json()["reason"] == ReasonCode.RATE_LIMIT
+    assert 429 in codes
+    refused = papi.ok("/message/sendbatch", batch)
+    if refused["fail_uids"]:  # unless a token came back meanwhile: then the next one is out
+        assert refused == {"fail_uids": [b, c], "reason": [ReasonCode.RATE_LIMIT] * 2}
+    # A system account is never limited.
+    (bot,) = users(papi, "bot")
+    papi.ok("/user/systemuids_add", {"uids": [bot]})
+    for _ in range(10):
+        papi.ok("/message/send", send_body(from_uid=bot, channel_id=b, channel_type=1))
 
 
 def test_wkproto_sends_over_the_group_rate_get_rate_limit(sapi: Api, snode: NodeProcess) -> None:

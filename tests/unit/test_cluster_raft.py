@@ -62,6 +62,10 @@ class Recorder(GroupMachine):
         super().__init__(group, store)
         self.log: list[tuple[int, bytes]] = []
         self.cond = threading.Condition()
+        # What a waiter may rely on: the store's applied index is written inside apply, before
+        # ``log`` is appended to, so waiting on the store could return with ``log`` one short.
+        # ``seen`` moves under the condition, after ``log``.
+        self.seen = store.applied_index()
 
     def apply(self, index: int, command: bytes) -> bytes:
         fresh = index > self.store.applied_index()
@@ -69,18 +73,20 @@ class Recorder(GroupMachine):
         with self.cond:
             if fresh:
                 self.log.append((index, command))
+            self.seen = max(self.seen, index)
             self.cond.notify_all()
         return result
 
     def install(self, path: str) -> None:
         super().install(path)
         with self.cond:
+            self.seen = max(self.seen, self.store.applied_index())
             self.cond.notify_all()
 
     def wait_applied(self, index: int, timeout_s: float = WAIT_S) -> None:
         with self.cond:
-            ok = self.cond.wait_for(lambda: self.store.applied_index() >= index, timeout_s)
-        assert ok, f"applied {self.store.applied_index()} < {index} after {timeout_s} s"
+            ok = self.cond.wait_for(lambda: self.seen >= index, timeout_s)
+        assert ok, f"applied {self.seen} < {index} after {timeout_s} s"
 
 
 class Replica:

@@ -1,8 +1,9 @@
-"""The per-channel token bucket, on a fake clock."""
+"""The send rate limits' token buckets, on a fake clock."""
 
 from __future__ import annotations
 
 from node.groups.rate_limit import ChannelRateLimiter
+from node.rate_limit import MAX_BUCKETS, TokenBuckets
 
 
 class Clock:
@@ -41,3 +42,22 @@ def test_idle_bucket_never_exceeds_its_burst() -> None:
     limiter.allow(2, "g")
     clock.now += 3600
     assert [limiter.allow(2, "g") for _ in range(3)] == [True, True, False]
+
+
+def test_a_rate_below_one_per_second_still_lets_a_send_through() -> None:
+    clock = Clock()
+    buckets = TokenBuckets(0.5, clock)
+    assert [buckets.allow("u") for _ in range(2)] == [True, False]
+    clock.now += 1.0  # half a token back: not yet
+    assert not buckets.allow("u")
+    clock.now += 1.0
+    assert buckets.allow("u")
+
+
+def test_keys_are_independent_and_forgotten_least_recently_used_first() -> None:
+    buckets = TokenBuckets(1, Clock())
+    assert buckets.allow("a") and not buckets.allow("a")
+    assert buckets.allow("b")
+    for i in range(MAX_BUCKETS):
+        buckets.allow(i)
+    assert buckets.allow("a")  # its empty bucket was forgotten: a fresh one

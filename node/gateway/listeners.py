@@ -1,0 +1,135 @@
+"""The gateway's listeners: WKProto over TCP and over WebSocket, each connection contained.
+
+Three rules hold for every accepted connection:
+
+* **Contained.** A connection's failure ends that connection only. trio's ``serve_tcp`` lets a
+  handler's exception end the whole listener (and with it the node), so each handler runs
+  inside a boundary that logs the failure, rate-limited, and closes the socket. Known bad
+  input never gets that far (the session answers it with a reason code); the boundary is for
+  what nobody foresaw, and its log line says so.
+* **Counted.** At most ``gateway.max_connections`` at once, over both transports. Beyond, a
+  new connection is closed right after the accept, before it costs a task or a read buffer.
+* **Bounded.** The WebSocket upgrade must finish within ``gateway.auth_timeout_s``, as the
+  CONNECT must after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import trio
+
+from cluster.ratelog import RateLimitedLog
+from proto.wkproto import MAX_REMAINING_LENGTH
+
+from ..log import get_logger
+from .session import GatewayContext, Session
+from .transport import TcpTransport, WsTransport, peer_of
+from .websocket import HandshakeFailed, WsConnection
+
+log = get_logger("gateway")
+_ratelog = RateLimitedLog(logging.getLogger("raftchat.gateway"))
+
+FD_RESERVE = 1024
+"""Open files kept back from client connections (HTTP, Raft and gRPC sockets, RocksDB files)
+when ``gateway.max_connections`` is 0."""
+
+WS_MAX_MESSAGE = MAX_REMAINING_LENGTH + 16
+"""One WKProto frame per message: the largest frame the codec accepts, plus its header."""
+
+
+def raise_open_file_limit() -> int:
+    """Lift this process's soft limit on open files to the hard limit; the new soft limit.
+    Every connection is a file, and distributions often set the soft limit at 1,024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open-file limit", soft=soft, hard=hard, error=str(e))
+    return soft
+
+
+def connection_capacity(configured: int, open_files: int) -> int:
+    """How many client connections the node accepts at once."""
+    room = max(open_files - FD_RESERVE, 1)
+    return room if configured <= 0 else min(configured, room)
+
+
+class Gateway:
+    """Serves WKProto on TCP and WebSocket for one node."""
+
+    def __init__(self, ctx: GatewayContext) -> None:
+        self._ctx = ctx
+        gw = ctx.config.gateway
+        self.capacity = connection_capacity(gw.max_connections, raise_open_file_limit())
+        if gw.max_connections > self.capacity:
+            log.warning(
+                "gateway.max_connections is above what the open-file limit allows",
+                configured=gw.max_connections,
+                capacity=self.capacity,
+            )
+        self.open = 0
+        self.refused = 0
+
+    async def serve(self, nursery: trio.Nursery, host: str) -> None:
+        """Start both listeners (returns once they listen)."""
+        gw = self._ctx.config.gateway
+        tcp = partial(self._contained, "tcp", self._on_tcp)
+        ws = partial(self._contained, "ws", self._on_ws)
+        await nursery.start(partial(trio.serve_tcp, tcp, gw.tcp_port, host=host))
+        await nursery.start(partial(trio.serve_tcp, ws, gw.ws_port, host=host))
+
+    async def _contained(
+        self,
+        kind: str,
+        handler: Callable[[trio.SocketStream], Awaitable[None]],
+        stream: trio.SocketStream,
+    ) -> None:
+        if self.open >= self.capacity:
+            self.refused += 1
+            _ratelog.event(
+                ("full", kind),
+                "connection refused: the node is at gateway.max_connections",
+                transport=kind,
+                capacity=self.capacity,
+                peer=peer_of(stream),
+            )
+            await trio.aclose_forcefully(stream)
+            return
+        self.open += 1
+        try:
+            await handler(stream)
+        except Exception as e:
+            # Not bad input (the session answers that with a reason code): a fault of ours,
+            # which must cost this connection only.
+            _ratelog.event(
+                ("failed", kind, type(e).__name__),
+                "connection failed unexpectedly; closed",
+                transport=kind,
+                peer=peer_of(stream),
+                error=repr(e),
+            )
+        finally:
+            self.open -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def _on_tcp(self, stream: trio.SocketStream) -> None:
+        await Session(self._ctx, TcpTransport(stream)).run()
+
+    async def _on_ws(self, stream: trio.SocketStream) -> None:
+        ws = WsConnection(stream, WS_MAX_MESSAGE)
+        with trio.move_on_after(self._ctx.config.gateway.auth_timeout_s) as upgrade:
+            try:
+                await ws.accept()
+            except HandshakeFailed as e:
+                log.debug("WebSocket upgrade failed", peer=peer_of(stream), error=str(e))
+                return
+        if upgrade.cancelled_caught:
+            log.debug("WebSocket upgrade timed out", peer=peer_of(stream))
+            return
+        await Session(self._ctx, WsTransport(ws, peer_of(stream))).run()

@@ -1,0 +1,135 @@
+"""Hostile peers on the gateway's listeners: one bad connection ends that connection only.
+
+Raw sockets with hand-built WebSocket frames, so that a test can send what no well-behaved
+client library would: control frames while the server closes, absurd lengths, pings around the
+auth timeout. Each test then checks that the node still serves everyone else.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from client.wkproto import open_client
+from node.devcluster import NodeProcess
+from tests.conftest import Api, start_node
+
+# A WKProto CONNECT header whose remaining-length varint declares far more than the gateway
+# accepts: the session refuses it at once and closes.
+ABSURD_CONNECT = bytes([0x10, 0xFF, 0xFF, 0xFF, 0x7F])
+
+
+@pytest.fixture
+def fast_auth_node(tmp_path: Path) -> Iterator[NodeProcess]:
+    proc = start_node(tmp_path, gateway__auth_timeout_s=0.5)
+    yield proc
+    proc.stop()
+
+
+def ws_addr(node: NodeProcess) -> tuple[str, int]:
+    host, port = node.endpoints["ws"].removeprefix("ws://").rsplit(":", 1)
+    return host, int(port)
+
+
+def ws_frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True) -> bytes:
+    """One client frame (RFC 6455 §5.2), masked as a client must unless told otherwise."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if n < 126:
+        head += bytes([mask_bit | n])
+    elif n < 1 << 16:
+        head += bytes([mask_bit | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([mask_bit | 127]) + struct.pack(">Q", n)
+    if not masked:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def ws_open(node: NodeProcess) -> socket.socket:
+    """A raw socket past the WebSocket upgrade."""
+    sock = socket.create_connection(ws_addr(node), timeout=5)
+    key = base64.b64encode(os.urandom(16)).decode()
+    host, port = ws_addr(node)
+    sock.sendall(
+        (
+            f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, "closed during the upgrade"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def ping_until_closed(sock: socket.socket, timeout_s: float) -> bool:
+    """Send PINGs back to back, reading whatever comes, until the server closes the socket.
+    True when it closed within ``timeout_s``."""
+    sock.settimeout(0.01)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            sock.sendall(ws_frame(0x9, b"are you there"))
+        except OSError:
+            return True
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except TimeoutError:
+            pass
+        except OSError:
+            return True
+    return False
+
+
+def assert_serves(node: NodeProcess) -> None:
+    """The node is alive and a well-behaved WebSocket client still gets through."""
+    assert node.running, "the node process exited"
+    api = Api(node.endpoints["http"])
+    api.token("calm", "calm-token")
+
+    async def connect() -> None:
+        host, port = ws_addr(node)
+        async with open_client(host, port, uid="calm", token="calm-token", transport="ws") as c:
+            assert (await c.send("calm", 1, b'{"type":1,"content":"still here"}')).ok
+
+    trio.run(connect)
+    assert node.running
+
+
+def test_pings_while_the_server_closes_after_a_bad_frame_end_only_that_connection(
+    fast_auth_node: NodeProcess,
+) -> None:
+    for _ in range(3):
+        sock = ws_open(fast_auth_node)
+        sock.sendall(ws_frame(0x2, ABSURD_CONNECT))
+        assert ping_until_closed(sock, timeout_s=5), "the server never closed the connection"
+        sock.close()
+    assert_serves(fast_auth_node)
+
+
+def test_pings_around_the_auth_timeout_end_only_that_connection(
+    fast_auth_node: NodeProcess,
+) -> None:
+    # No WKProto frame at all: the session gives up at the auth timeout (0.5 s here) and closes
+    # while pings keep arriving.
+    for _ in range(3):
+        sock = ws_open(fast_auth_node)
+        assert ping_until_closed(sock, timeout_s=5), "the server never closed the connection"
+        sock.close()
+    assert_serves(fast_auth_node)
