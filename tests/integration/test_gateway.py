@@ -324,7 +324,9 @@ def test_ping_pong_and_version_negotiation(enc_node: NodeProcess) -> None:
 
 
 def test_timeouts_close_silent_connections(tmp_path: Path) -> None:
-    node = start_node(tmp_path, gateway__auth_timeout_s=0.5, gateway__idle_timeout_s=1.0)
+    # The idle timeout is four ping periods, so that a stalled process on a loaded machine does
+    # not look like a silent client.
+    node = start_node(tmp_path, gateway__auth_timeout_s=0.5, gateway__idle_timeout_s=2.0)
     try:
         (a,) = users(node, "a")
         host, port = addr(node)
@@ -337,7 +339,7 @@ def test_timeouts_close_silent_connections(tmp_path: Path) -> None:
                 assert idle.disconnect is None
             # A client that keeps pinging outlives several idle periods.
             async with open_client(host, port, uid=a, token=f"tok-{a}") as busy:
-                for _ in range(6):
+                for _ in range(10):
                     await busy.ping()
                     with trio.move_on_after(0.5):
                         await busy.closed.wait()

@@ -66,6 +66,7 @@ class Recorder(GroupMachine):
         # ``log`` is appended to, so waiting on the store could return with ``log`` one short.
         # ``seen`` moves under the condition, after ``log``.
         self.seen = store.applied_index()
+        self.installs = 0
 
     def apply(self, index: int, command: bytes) -> bytes:
         fresh = index > self.store.applied_index()
@@ -80,6 +81,7 @@ class Recorder(GroupMachine):
     def install(self, path: str) -> None:
         super().install(path)
         with self.cond:
+            self.installs += 1
             self.seen = max(self.seen, self.store.applied_index())
             self.cond.notify_all()
 
@@ -301,6 +303,12 @@ def candidate_wins_first_round(cluster: Cluster, dials: bool) -> None:
     candidate, voter = (higher, lower) if dials else (lower, higher)
     # What the voter's replica reports to whoever waits on leadership (node/groups/local.py).
     news: list[str | None] = []
+    heard = threading.Condition()
+
+    def on_news() -> None:  # on the voter's driver thread, at the end of a tick
+        with heard:
+            news.append(voter.leader())
+            heard.notify_all()
 
     def no_own_elections(replica: Replica) -> None:
         # Only stand_now() below starts an election, however long the steps take.
@@ -310,9 +318,7 @@ def candidate_wins_first_round(cluster: Cluster, dials: bool) -> None:
 
     candidate.driver.call(lambda: no_own_elections(candidate)).result(10)
     voter.driver.call(lambda: no_own_elections(voter)).result(10)
-    voter.driver.call(
-        lambda: setattr(voter.raft, "on_leader_news", lambda: news.append(voter.leader()))
-    ).result(10)
+    voter.driver.call(lambda: setattr(voter.raft, "on_leader_news", on_news)).result(10)
     timeout = candidate.raft._SyncObj__conf.connectionTimeout
     deadline = time.monotonic() + WAIT_S
     # The link between the followers goes stale with time alone (nothing to wait on).
@@ -330,10 +336,13 @@ def candidate_wins_first_round(cluster: Cluster, dials: bool) -> None:
     assert cluster.leader() is candidate, "the first vote request was lost"
     won = candidate.driver.call(lambda: int(candidate.raft._SyncObj__raftCurrentTerm)).result(10)
     assert won == term + 1
-    # Read on the driver thread, after the step that recorded the new leader: the voter
-    # reported the lost leader (None, when the candidate's term reached it), then the new one.
-    seen = voter.driver.call(lambda: list(news)).result(10)
-    assert None in seen and seen[-1] == candidate.address
+    # The voter reports leader news at the end of the tick after the message that changed its
+    # leader, which may come after cluster.leader() above already sees the change: wait for the
+    # news itself. It reported the lost leader (None, when the candidate's term reached it),
+    # then the new one.
+    with heard:
+        assert heard.wait_for(lambda: bool(news) and news[-1] == candidate.address, WAIT_S)
+        assert None in news
     commit_all(candidate, [send(0)])
 
 
@@ -466,7 +475,10 @@ def test_a_new_replica_catches_up_through_a_checkpoint_snapshot(tmp_path: Path) 
         assert added.result(WAIT_S) == FAIL_REASON.SUCCESS
 
         newcomer.machine.wait_applied(leader.store.applied_index())
-        assert newcomer.snapshots.installed >= 1
+        with newcomer.machine.cond:
+            # Counted by Recorder.install itself: the snapshot counter moves only after the
+            # install has woken the wait above.
+            assert newcomer.machine.installs >= 1
         # it did not replay the commands one by one: it got them in a checkpoint
         assert len(newcomer.machine.log) < 100
         # and it follows the commands after the snapshot
@@ -475,7 +487,11 @@ def test_a_new_replica_catches_up_through_a_checkpoint_snapshot(tmp_path: Path) 
         assert_same_state(cluster.replicas)
         msgs = newcomer.store.messages(PERSON, "a@b", 0, 0, 1000)
         assert [m.message_seq for m in msgs] == list(range(1, 111))
-        assert newcomer.raft._SyncObj__raftLastApplied == leader.raft._SyncObj__raftLastApplied
+        applied = [
+            r.driver.call(lambda r=r: r.raft._SyncObj__raftLastApplied).result(10)
+            for r in (newcomer, leader)
+        ]
+        assert applied[0] == applied[1]
     finally:
         cluster.close()
 
