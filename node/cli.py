@@ -70,6 +70,15 @@ def main(argv: list[str] | None = None) -> int:
 
     add_bench_arguments(p_bench)
     p_bench.set_defaults(func=_cmd_bench)
+    p_conns = sub.add_parser(
+        "bench-connections",
+        help="memory per idle authenticated connection of a fresh local node",
+    )
+    from bench.connections import add_arguments as add_connections_arguments
+    from bench.connections import run as run_connections
+
+    add_connections_arguments(p_conns)
+    p_conns.set_defaults(func=run_connections)
     from .cluster_cli import add_parser
 
     add_parser(sub)

@@ -90,6 +90,7 @@ class Gateway:
         handler: Callable[[trio.SocketStream], Awaitable[None]],
         stream: trio.SocketStream,
     ) -> None:
+        peer = peer_of(stream)
         if self.open >= self.capacity:
             self.refused += 1
             _ratelog.event(
@@ -97,7 +98,7 @@ class Gateway:
                 "connection refused: the node is at gateway.max_connections",
                 transport=kind,
                 capacity=self.capacity,
-                peer=peer_of(stream),
+                peer=peer,
             )
             await trio.aclose_forcefully(stream)
             return
@@ -111,7 +112,7 @@ class Gateway:
                 ("failed", kind, type(e).__name__),
                 "connection failed unexpectedly; closed",
                 transport=kind,
-                peer=peer_of(stream),
+                peer=peer,
                 error=repr(e),
             )
         finally:

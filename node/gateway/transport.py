@@ -28,11 +28,14 @@ class Transport(Protocol):
 
 
 def peer_of(stream: trio.SocketStream) -> str:
+    """``host:port`` of the peer; ``?`` once the socket is gone (or when it has no address)."""
     try:
-        host, port = stream.socket.getpeername()[:2]
-        return f"{host}:{port}"
+        name = stream.socket.getpeername()
     except OSError:
         return "?"
+    if isinstance(name, tuple) and len(name) >= 2:
+        return f"{name[0]}:{name[1]}"
+    return "?"
 
 
 class TcpTransport:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from client.errors import ClientClosed
 from client.wkproto import open_client
 from node.devcluster import NodeProcess
 from tests.conftest import Api, start_node
@@ -133,3 +134,55 @@ def test_pings_around_the_auth_timeout_end_only_that_connection(
         assert ping_until_closed(sock, timeout_s=5), "the server never closed the connection"
         sock.close()
     assert_serves(fast_auth_node)
+
+
+def tcp_addr(node: NodeProcess) -> tuple[str, int]:
+    host, port = node.endpoints["tcp"].rsplit(":", 1)
+    return host, int(port)
+
+
+def closed_by_server(sock: socket.socket, timeout_s: float) -> bool:
+    sock.settimeout(timeout_s)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_connections_beyond_max_connections_are_closed_at_once(tmp_path: Path) -> None:
+    node = start_node(tmp_path, gateway__max_connections=3, gateway__auth_timeout_s=30)
+    try:
+        held = [socket.create_connection(tcp_addr(node)) for _ in range(2)]
+        held.append(ws_open(node))  # both transports count
+        for _ in range(5):
+            extra = socket.create_connection(tcp_addr(node))
+            assert closed_by_server(extra, 5), "a connection over the cap was kept"
+            extra.close()
+        extra = socket.create_connection(ws_addr(node))
+        assert closed_by_server(extra, 5)
+        extra.close()
+        # The connections within the cap are untouched, and a freed slot is usable again.
+        assert not closed_by_server(held[0], 0.2)
+        held.pop().close()
+
+        async def connect() -> None:
+            Api(node.endpoints["http"]).token("cap", "cap-token")
+            async with open_client(*tcp_addr(node), uid="cap", token="cap-token") as c:
+                assert (await c.send("cap", 1, b'{"type":1,"content":"in"}')).ok
+
+        deadline = time.monotonic() + 5
+        while True:  # the server notices the freed slot when it reads the close
+            try:
+                trio.run(connect)
+                break
+            except (ClientClosed, OSError):
+                assert time.monotonic() < deadline, "the freed slot was never reused"
+        log = node.log_path.read_text()
+        # Six refusals, at most one line per transport per interval (rate-limited).
+        assert 1 <= log.count("gateway.max_connections") <= 2
+        for s in held:
+            s.close()
+    finally:
+        node.stop()

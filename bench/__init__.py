@@ -1,0 +1,1 @@
+"""Benchmarks that drive a local cluster from outside."""
