@@ -1,0 +1,109 @@
+"""Log lines for events that a peer can cause at will, at most one per key per interval.
+
+A refused connection, a frame that fails authentication or a call with a wrong token deserves a
+line in the log, but each costs an attacker one packet: logged one by one, bad input would turn
+into log volume (disk, and the operator's attention). ``RateLimitedLog`` writes the first event
+of a key (a source address, say) at once and counts the key's further events for
+``interval_s``; when the interval is over, one line gives the count with the text of the last
+of them, and opens the next interval. A key costs at most one line per interval however much
+it sends. The table of keys is bounded too: beyond ``max_keys`` keys with an open interval, new
+keys share one overflow entry (their lines still name the source in their text).
+
+Counts are reported by the next ``log`` or ``flush`` after their interval ends: whoever owns a
+loop calls ``flush`` now and then (cheap when nothing is held back).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+OVERFLOW_KEY = "*"
+"""The key that events of new keys count under while the table is full."""
+
+
+@dataclass
+class _Window:
+    opened: float
+    held: int = 0
+    last: tuple[int, str, dict[str, Any]] = (0, "", {})
+
+
+class RateLimitedLog:
+    """Thread-safe; lines are written outside the lock."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval_s: float = 10.0,
+        *,
+        max_keys: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self.interval_s = interval_s
+        self._max_keys = max_keys
+        self._clock = clock
+        self._lock = threading.Lock()
+        # Insertion order is opening order (windows open at the clock's time, which never goes
+        # back), so the windows to close are always at the front.
+        self._windows: dict[str, _Window] = {}
+
+    def warning(self, key: str, msg: str, **fields: Any) -> None:
+        self.log(logging.WARNING, key, msg, **fields)
+
+    def log(self, level: int, key: str, msg: str, **fields: Any) -> None:
+        """Write ``msg`` now if ``key`` has no open interval, else count it for later.
+        ``fields`` go to the record as ``fields`` (structured logs, ``node/log.py``)."""
+        with self._lock:
+            now = self._clock()
+            due = self._close_windows(now)
+            if key not in self._windows and len(self._windows) >= self._max_keys:
+                key = OVERFLOW_KEY
+            window = self._windows.get(key)
+            if window is None:
+                self._windows[key] = _Window(now)
+                due.append((level, msg, fields))
+            else:
+                window.held += 1
+                window.last = (level, msg, fields)
+        self._write(due)
+
+    def flush(self) -> None:
+        """Write the counts of intervals that have ended."""
+        if not self._windows:  # the common case, without the lock
+            return
+        with self._lock:
+            due = self._close_windows(self._clock())
+        self._write(due)
+
+    def _close_windows(self, now: float) -> list[tuple[int, str, dict[str, Any]]]:
+        due: list[tuple[int, str, dict[str, Any]]] = []
+        while self._windows:
+            key = next(iter(self._windows))
+            window = self._windows[key]
+            if now - window.opened < self.interval_s:
+                break
+            del self._windows[key]
+            if window.held:
+                level, msg, fields = window.last
+                source = key if key != OVERFLOW_KEY else "sources beyond the table's limit"
+                due.append(
+                    (
+                        level,
+                        f"{window.held} more from {source} in the last {self.interval_s:g} s, "
+                        f"the last: {msg}",
+                        {**fields, "held_back": window.held},
+                    )
+                )
+                # The count line was this key's line for a new interval.
+                self._windows[key] = _Window(now)
+        return due
+
+    def _write(self, lines: list[tuple[int, str, dict[str, Any]]]) -> None:
+        for level, msg, fields in lines:
+            self._logger.log(level, msg, extra={"fields": fields})
