@@ -16,9 +16,11 @@ grpcio has no trio support, so this module bridges the two (measured in stack-fi
 
 One server hosts several services on one port, each with its own authentication: peers
 present a shared token in the call metadata (see ``peer.proto``), the public API
-(``raftchat.v1``) needs none. Server-streaming RPCs are bridged too: the trio handler ``emit``s
-items, which the asyncio side yields, with a small window of credits so that a slow client
-holds back its producer instead of piling items up in memory.
+(``raftchat.v1``) needs none. A call without the right token ends alone, UNAUTHENTICATED (the
+connection and other calls carry on), and is logged at most once per peer address and
+``AUTH_LOG_INTERVAL_S`` (``cluster/ratelog.py``). Server-streaming RPCs are bridged too: the
+trio handler ``emit``s items, which the asyncio side yields, with a small window of credits so
+that a slow client holds back its producer instead of piling items up in memory.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import hashlib
 import hmac
 import logging
 import threading
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +40,8 @@ from typing import Any
 import grpc
 import outcome
 import trio
+
+from cluster.ratelog import RateLimitedLog
 
 log = logging.getLogger("raftchat.bridge")
 
@@ -91,6 +96,19 @@ _CLIENT_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+
+
+AUTH_LOG_INTERVAL_S = 10.0
+"""Calls refused for their peer token are logged at most once per peer address this often."""
+
+
+def peer_host(peer: str) -> str:
+    """The address part of grpc's ``context.peer()`` (``ipv4:10.0.0.1:5432`` -> ``10.0.0.1``)."""
+    kind, sep, rest = peer.partition(":")
+    if sep and kind in ("ipv4", "ipv6"):
+        host = urllib.parse.unquote(rest).rpartition(":")[0]  # ipv6:%5B::1%5D:5432 too
+        return host.strip("[]") or rest
+    return peer
 
 
 def peer_token(password: str) -> str:
@@ -243,6 +261,9 @@ class GrpcServer:
         self._notices_sent = 0
         self._notices_done = 0
         self._nursery: trio.Nursery | None = None
+        # Calls refused for their token: a line per peer address per interval, since every
+        # refused call costs the caller one request (asyncio thread only).
+        self.auth_refusals = RateLimitedLog(log, AUTH_LOG_INTERVAL_S)
 
     @property
     def address(self) -> str:
@@ -345,7 +366,7 @@ class GrpcServer:
         self, name: str, handler: Handler, auth: bytes | None
     ) -> Callable[..., Awaitable[Any]]:
         async def method(_servicer: Any, request: Any, context: Any) -> Any:
-            await self._check_auth(context, auth)
+            await self._check_auth(context, auth, name)
             call = _Call(name, handler, request, context.time_remaining())
             return await self._handle(call, context)
 
@@ -356,7 +377,7 @@ class GrpcServer:
         self, name: str, handler: StreamHandler, auth: bytes | None
     ) -> Callable[..., AsyncIterator[Any]]:
         async def method(_servicer: Any, request: Any, context: Any) -> AsyncIterator[Any]:
-            await self._check_auth(context, auth)
+            await self._check_auth(context, auth, name)
             call = _StreamCall(name, handler, request, context.time_remaining())
             async for item in self._handle_stream(call, context):
                 yield item
@@ -368,7 +389,7 @@ class GrpcServer:
         self, name: str, notice: Notice, auth: bytes | None
     ) -> Callable[..., Awaitable[Any]]:
         async def method(_servicer: Any, request: Any, context: Any) -> Any:
-            await self._check_auth(context, auth)
+            await self._check_auth(context, auth, name)
             assert self._trio_token is not None
             # Answered at once while trio keeps up; once NOTICE_WINDOW notices wait for it,
             # the answer waits for this one too, so a busy node slows its senders down
@@ -409,16 +430,23 @@ class GrpcServer:
                 with contextlib.suppress(RuntimeError):  # the aio loop is gone
                     handled.get_loop().call_soon_threadsafe(_resolve, handled)
 
-    @staticmethod
-    async def _check_auth(context: Any, auth: bytes | None) -> None:
+    async def _check_auth(self, context: Any, auth: bytes | None, name: str) -> None:
+        """Refuse the call (only it: the connection stays) without the peer token."""
         if auth is None:
             return
+        problem = "no peer token"
         for key, value in context.invocation_metadata() or ():
             if key == AUTH_METADATA_KEY:
                 given = value.encode() if isinstance(value, str) else bytes(value)
                 if hmac.compare_digest(given, auth):
+                    self.auth_refusals.flush()  # counts of refusals whose interval is over
                     return
+                problem = "wrong peer token"
                 break
+        host = peer_host(context.peer() or "")
+        self.auth_refusals.warning(
+            host, f"peer gRPC: refused {name} from {host}: {problem}", peer=host
+        )
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong peer token")
 
     def _start(self, call: _Call, run: Callable[[_Call], Awaitable[None]]) -> bool:

@@ -1,12 +1,16 @@
-"""Log lines about hostile or broken input, at most one per key per interval.
+"""Log lines for events that a peer can cause at will, at most one per key per interval.
 
-A peer that sends garbage a thousand times a second must not turn into a thousand log lines a
-second: that would let bad input amplify into disk and CPU. Each event has a key (usually the
-kind of event and the peer's address); the first event of a key in an interval is logged, the
-rest are counted, and the next line that gets through says how many were suppressed.
+A refused connection, a frame that fails authentication or a call with a wrong token deserves a
+line in the log, but each costs an attacker one packet: logged one by one, bad input would turn
+into log volume (disk, and the operator's attention). ``RateLimitedLog`` writes the first event
+of a key (a source address, say) at once and counts the key's further events for
+``interval_s``; when the interval is over, one line gives the count with the text of the last
+of them, and opens the next interval. A key costs at most one line per interval however much
+it sends. The table of keys is bounded too: beyond ``max_keys`` keys with an open interval, new
+keys share one overflow entry (their lines still name the source in their text).
 
-Lives in ``cluster`` (the lowest layer that logs) so that the Raft ports, the peer gRPC server
-and the node's listeners share it. Thread-safe: the Raft driver thread and trio both use it.
+Counts are reported by the next ``log`` or ``flush`` after their interval ends: whoever owns a
+loop calls ``flush`` now and then (cheap when nothing is held back).
 """
 
 from __future__ import annotations
@@ -14,45 +18,92 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-MAX_KEYS = 4096
-"""Keys remembered at once; beyond, the least recently logged is forgotten (an attacker with
-many addresses then gets at most one line per address per interval, as intended)."""
+OVERFLOW_KEY = "*"
+"""The key that events of new keys count under while the table is full."""
+
+
+@dataclass
+class _Window:
+    opened: float
+    held: int = 0
+    last: tuple[int, str, dict[str, Any]] = (0, "", {})
 
 
 class RateLimitedLog:
+    """Thread-safe; lines are written outside the lock."""
+
     def __init__(
         self,
         logger: logging.Logger,
         interval_s: float = 10.0,
+        *,
+        max_keys: int = 1024,
         clock: Callable[[], float] = time.monotonic,
-        level: int = logging.WARNING,
     ) -> None:
-        self._log = logger
-        self._interval = interval_s
+        self._logger = logger
+        self.interval_s = interval_s
+        self._max_keys = max_keys
         self._clock = clock
-        self._level = level
         self._lock = threading.Lock()
-        # key -> (time of the last line, events suppressed since)
-        self._keys: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()
+        # Insertion order is opening order (windows open at the clock's time, which never goes
+        # back), so the windows to close are always at the front.
+        self._windows: dict[str, _Window] = {}
 
-    def event(self, key: Hashable, msg: str, **fields: Any) -> bool:
-        """Record one event; True when it was logged, False when it was only counted."""
-        now = self._clock()
+    def warning(self, key: str, msg: str, **fields: Any) -> None:
+        self.log(logging.WARNING, key, msg, **fields)
+
+    def log(self, level: int, key: str, msg: str, **fields: Any) -> None:
+        """Write ``msg`` now if ``key`` has no open interval, else count it for later.
+        ``fields`` go to the record as ``fields`` (structured logs, ``node/log.py``)."""
         with self._lock:
-            last, suppressed = self._keys.get(key, (None, 0))
-            if last is not None and now - last < self._interval:
-                self._keys[key] = (last, suppressed + 1)
-                return False
-            self._keys[key] = (now, 0)
-            self._keys.move_to_end(key)
-            if len(self._keys) > MAX_KEYS:
-                self._keys.popitem(last=False)
-        if suppressed:
-            fields["suppressed"] = suppressed
-        # ``fields`` is what node/log.py's formatters print as structured members.
-        self._log.log(self._level, msg, extra={"fields": fields})
-        return True
+            now = self._clock()
+            due = self._close_windows(now)
+            if key not in self._windows and len(self._windows) >= self._max_keys:
+                key = OVERFLOW_KEY
+            window = self._windows.get(key)
+            if window is None:
+                self._windows[key] = _Window(now)
+                due.append((level, msg, fields))
+            else:
+                window.held += 1
+                window.last = (level, msg, fields)
+        self._write(due)
+
+    def flush(self) -> None:
+        """Write the counts of intervals that have ended."""
+        if not self._windows:  # the common case, without the lock
+            return
+        with self._lock:
+            due = self._close_windows(self._clock())
+        self._write(due)
+
+    def _close_windows(self, now: float) -> list[tuple[int, str, dict[str, Any]]]:
+        due: list[tuple[int, str, dict[str, Any]]] = []
+        while self._windows:
+            key = next(iter(self._windows))
+            window = self._windows[key]
+            if now - window.opened < self.interval_s:
+                break
+            del self._windows[key]
+            if window.held:
+                level, msg, fields = window.last
+                source = key if key != OVERFLOW_KEY else "sources beyond the table's limit"
+                due.append(
+                    (
+                        level,
+                        f"{window.held} more from {source} in the last {self.interval_s:g} s, "
+                        f"the last: {msg}",
+                        {**fields, "held_back": window.held},
+                    )
+                )
+                # The count line was this key's line for a new interval.
+                self._windows[key] = _Window(now)
+        return due
+
+    def _write(self, lines: list[tuple[int, str, dict[str, Any]]]) -> None:
+        for level, msg, fields in lines:
+            self._logger.log(level, msg, extra={"fields": fields})

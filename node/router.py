@@ -227,6 +227,7 @@ class Router:
                 # Raft's own applied position (includes election no-ops, which never reach the
                 # state machine, so it can exceed applied_index).
                 entry["raft_applied"] = int(local.raft.raftLastApplied)
+                entry["term"] = int(local.raft.raftCurrentTerm)  # grows with every election
                 entry["is_leader"] = local.is_leader()
                 pipeline = self.pipelines.get(gid)
                 if pipeline is not None:

@@ -27,6 +27,7 @@ import pysyncobj.syncobj as _syncobj_module
 from pysyncobj.poller import POLL_EVENT_TYPE, Poller, PollPoller
 
 from . import wire
+from .guard import ConnectionGuard
 
 T = TypeVar("T")
 log = logging.getLogger("raftchat.raft")
@@ -42,9 +43,12 @@ class _GroupPoller(Poller):  # type: ignore[misc]
     shared poller with callbacks that first mark the group as having work; polling itself is
     the driver's, once per pass, so ``doTick`` polls nothing."""
 
-    def __init__(self, shared: PollPoller, mark: Callable[[], None]) -> None:
+    def __init__(
+        self, shared: PollPoller, mark: Callable[[], None], raft_guard: ConnectionGuard
+    ) -> None:
         self._shared = shared
         self._mark = mark
+        self.raft_guard = raft_guard  # found by the group's connections (guard.py)
 
     def subscribe(self, descr: int, callback: Callable[[int, int], None], event_mask: int) -> None:
         mark = self._mark
@@ -78,6 +82,8 @@ class RaftDriver:
         wire.install()  # authenticated, uncompressed Raft frames for every group (ADR 009)
         self.tick_interval_s = tick_interval_s
         self._poller = PollPoller()
+        # Incoming Raft connections of every group that have not authenticated yet (guard.py).
+        self.guard = ConnectionGuard()
         self._groups: dict[str, Any] = {}
         # Groups that had socket or proposal events since their last tick: ticked in the next
         # pass. Every group is ticked at least once per tick interval (heartbeats, elections).
@@ -133,7 +139,8 @@ class RaftDriver:
         def build() -> T:
             if name in self._groups:
                 raise ValueError(f"raft group {name} already exists")
-            with _group_poller(_GroupPoller(self._poller, lambda: self._dirty.add(name))):
+            poller = _GroupPoller(self._poller, lambda: self._dirty.add(name), self.guard)
+            with _group_poller(poller):
                 obj = factory()
             self._groups[name] = obj
             self._dirty.add(name)
@@ -176,6 +183,10 @@ class RaftDriver:
                 full = ran_calls or now >= self._next_full_pass
                 if full:
                     self._next_full_pass = now + self.tick_interval_s
+                    try:
+                        self.guard.sweep()  # connections past their deadline to authenticate
+                    except Exception:
+                        log.exception("closing unauthenticated raft connections failed")
                 # A pass ticks only the groups with news unless a full pass is due: with nine
                 # groups per node, ticking all of them on every socket event was most of the
                 # driver's CPU under load.

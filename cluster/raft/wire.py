@@ -15,8 +15,10 @@ is no longer confidential; neither was the peer gRPC traffic, which carries the 
 (docs/operations.md: keep cluster links on a private network).
 
 ``install()`` patches pysyncobj 0.3.17 (process-wide, idempotent): ``getEncryptor`` returns a
-``FrameAuthenticator`` (the three methods pysyncobj calls on its Fernet) and its TCP
-connections' zlib becomes the identity. Every node of a cluster must run the same framing.
+``FrameAuthenticator`` (the three methods pysyncobj calls on its Fernet), its TCP
+connections' zlib becomes the identity, and its connections are ``guard.GuardedConnection``s,
+which bound what a connection may send before and after it authenticates. Every node of a
+cluster must run the same framing.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import struct
 
 import pysyncobj.syncobj as _syncobj
 import pysyncobj.tcp_connection as _tcp_connection
+
+from . import guard
 
 _VERSION = 1
 _HEAD = struct.Struct(">BQ")
@@ -97,3 +101,4 @@ class _Uncompressed:
 def install() -> None:
     _syncobj.getEncryptor = authenticator_for
     _tcp_connection.zlib = _Uncompressed
+    guard.install()

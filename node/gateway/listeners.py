@@ -83,6 +83,14 @@ class Gateway:
         ws = partial(self._contained, "ws", self._on_ws)
         await nursery.start(partial(trio.serve_tcp, tcp, gw.tcp_port, host=host))
         await nursery.start(partial(trio.serve_tcp, ws, gw.ws_port, host=host))
+        nursery.start_soon(self._flush_log)
+
+    @staticmethod
+    async def _flush_log() -> None:
+        """Write the counts of held-back lines once their interval is over."""
+        while True:
+            await trio.sleep(_ratelog.interval_s)
+            _ratelog.flush()
 
     async def _contained(
         self,
@@ -93,8 +101,8 @@ class Gateway:
         peer = peer_of(stream)
         if self.open >= self.capacity:
             self.refused += 1
-            _ratelog.event(
-                ("full", kind),
+            _ratelog.warning(
+                f"full/{kind}",
                 "connection refused: the node is at gateway.max_connections",
                 transport=kind,
                 capacity=self.capacity,
@@ -108,8 +116,8 @@ class Gateway:
         except Exception as e:
             # Not bad input (the session answers that with a reason code): a fault of ours,
             # which must cost this connection only.
-            _ratelog.event(
-                ("failed", kind, type(e).__name__),
+            _ratelog.warning(
+                f"failed/{kind}/{type(e).__name__}",
                 "connection failed unexpectedly; closed",
                 transport=kind,
                 peer=peer,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -22,8 +23,10 @@ from cluster.bridge import (
     GrpcClients,
     GrpcServer,
     Notice,
+    peer_host,
     peer_token,
 )
+from cluster.ratelog import RateLimitedLog
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.raftchat.peer.v1 import peer_pb2_grpc as pb_grpc
 
@@ -479,3 +482,69 @@ def test_notices_wait_for_trio_once_a_window_of_them_is_pending(
             assert answered == [1, 2, 3, 4] and handled == [1, 2, 3, 4]
 
     trio.run(main)
+
+
+@pytest.mark.parametrize(
+    ("peer", "host"),
+    [
+        ("ipv4:127.0.0.1:50432", "127.0.0.1"),
+        ("ipv6:[::1]:50432", "::1"),
+        ("ipv6:%5B::1%5D:50432", "::1"),
+        ("unix:/tmp/sock", "unix:/tmp/sock"),
+        ("", ""),
+    ],
+)
+def test_peer_host_is_the_callers_address(peer: str, host: str) -> None:
+    assert peer_host(peer) == host
+
+
+def test_refused_calls_are_logged_once_per_address_and_end_only_themselves() -> None:
+    now = [100.0]
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("test.bridge.refusals")
+    handler = Collect()
+    logger.addHandler(handler)
+    ran = 0
+
+    async def kick(req: pb.KickRequest) -> pb.KickReply:
+        nonlocal ran
+        ran += 1
+        return pb.KickReply(kicked=1)
+
+    def calls(address: str) -> list[Any]:
+        """Over one channel (one connection): refused calls, then calls with the token."""
+        wrong, right = ((AUTH_METADATA_KEY, "wrong"),), ((AUTH_METADATA_KEY, TOKEN),)
+        out: list[Any] = []
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.PeerStub(channel)
+            for metadata in [wrong] * 5 + [()]:
+                try:
+                    stub.Kick(pb.KickRequest(uid="u"), metadata=metadata, timeout=5)
+                except grpc.RpcError as e:
+                    out.append(e.code())
+            out.append(stub.Kick(pb.KickRequest(uid="u"), metadata=right, timeout=5).kicked)
+            now[0] += 10  # the log's interval is over: the next call writes the count
+            out.append(stub.Kick(pb.KickRequest(uid="u"), metadata=right, timeout=5).kicked)
+        return out
+
+    async def main() -> None:
+        server = make_server({"Kick": kick})
+        server.auth_refusals = RateLimitedLog(logger, 10.0, clock=lambda: now[0])
+        with trio.fail_after(20):
+            async with server.serving():
+                out = await trio.to_thread.run_sync(calls, server.address)
+        assert out == [grpc.StatusCode.UNAUTHENTICATED] * 6 + [1, 1]
+
+    try:
+        trio.run(main)
+    finally:
+        logger.removeHandler(handler)
+    assert ran == 2
+    first = "peer gRPC: refused Kick from 127.0.0.1: wrong peer token"
+    last = "peer gRPC: refused Kick from 127.0.0.1: no peer token"
+    assert lines == [first, f"5 more from 127.0.0.1 in the last 10 s, the last: {last}"]
