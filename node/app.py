@@ -41,12 +41,13 @@ from .http.api import build_router
 from .http.common import ApiContext
 from .http.server import HttpServer
 from .log import get_logger
+from .presence import ClusterSessions
 from .rate_limit import TokenBuckets
 from .reclaim import run_reclaim
 from .router import Router, RouterSettings
 from .sabotage import ACK_WITHOUT_COMMIT, SKIP_DEDUPE, AckCounter
 from .send_checks import SendRules
-from .sessions import DeviceLimits, SessionRegistry
+from .sessions import DeviceLimits, SessionLike, SessionRegistry
 from .storage import MessageRecord, Store
 from .userfacts import UserFacts
 from .webhooks import Webhooks
@@ -76,6 +77,7 @@ class Node:
         self.webhooks: Webhooks | None = None
         self.facts: UserFacts | None = None
         self.controller: Controller | None = None
+        self.cluster_sessions: ClusterSessions
         # Never a Raft port without a password: pysyncobj unpickles whatever reaches an open
         # one. A lone node has no peer to share a secret with, so it makes one up.
         self.raft_password = config.cluster.password or secrets.token_hex(16)
@@ -104,12 +106,19 @@ class Node:
                 if session.conn_id != origin_conn:
                     session.push(msg)
 
-    def kick_local(self, uid: str, device_flag: int, reason: str) -> int:
+    def kick_local(self, req: pb.KickRequest) -> int:
         from proto.wkproto import ReasonCode
 
-        sessions = self.registry.of_flag(uid, None if device_flag < 0 else device_flag)
+        flag = None if req.device_flag < 0 else req.device_flag
+        sessions = self.registry.of_flag(req.uid, flag)
+        if req.conn_ids:
+            wanted = set(req.conn_ids)
+            sessions = [s for s in sessions if s.conn_id in wanted]
         for s in sessions:
-            s.kick(ReasonCode.CONNECT_KICK, reason)
+            if req.quiet:
+                s.close()
+            else:
+                s.kick(ReasonCode.CONNECT_KICK, req.reason)
         return len(sessions)
 
     def online_local(self, uids: list[str]) -> list[tuple[str, int]]:
@@ -292,6 +301,12 @@ class Node:
                 self.online_local,
             )
             self.router.online_levels_local = self.online_levels_local
+            self.cluster_sessions = ClusterSessions(
+                self.registry,
+                self.registry.limits,
+                self.router.call_each_other_node,
+                self.router.call_node,
+            )
             if cfg.webhook.url:
                 self.webhooks = Webhooks(
                     cfg.webhook, cfg.node.id, self.registry, self.router.masters_online_everywhere
@@ -305,6 +320,7 @@ class Node:
             self.router.extra_handlers["Admin"] = self.admin.rpc
             self.facts = UserFacts(self.router)
             self.router.extra_handlers["Invalidate"] = self.facts.rpc
+            self.router.extra_handlers["Sessions"] = self.cluster_sessions.rpc_sessions
             grpc_server = GrpcServer(
                 bind=f"{host}:{cfg.cluster.grpc_port}",
                 auth_token=token,
@@ -344,7 +360,14 @@ class Node:
         rules = SendRules(
             cfg.messages.person_whitelist, TokenBuckets(cfg.messages.person_rate_limit)
         )
-        gateway = Gateway(GatewayContext(cfg, self.registry, router, nursery, self.facts, rules))
+        sessions = self.cluster_sessions
+
+        def on_login(session: SessionLike) -> None:
+            nursery.start_soon(sessions.enforce, session)
+
+        gateway = Gateway(
+            GatewayContext(cfg, self.registry, router, nursery, self.facts, rules, on_login)
+        )
         assert self.admin is not None
         api = ApiContext(cfg, self.registry, router, self.admin, self.facts, rules, self.webhooks)
         http_router = build_router(api)

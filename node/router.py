@@ -42,8 +42,8 @@ log = get_logger("router")
 
 DeliverLocal = Callable[[MessageRecord | pb.EventPush, list[str], "int | None"], None]
 """(message, recipient uids, origin connection on this node) -> RECV to local sessions."""
-KickLocal = Callable[[str, int, str], int]
-"""(uid, device flag or -1, reason) -> sessions kicked on this node."""
+KickLocal = Callable[[pb.KickRequest], int]
+"""A ``Kick`` (uid, device flag or -1, reason, connection ids) -> sessions kicked here."""
 OnlineLocal = Callable[[list[str]], list[tuple[str, int]]]
 """uids -> (uid, device flag) of their sessions on this node."""
 OnlineLevelsLocal = Callable[[list[str]], list[tuple[str, int, int]]]
@@ -437,10 +437,12 @@ class Router:
         self.note_hint(group, status)
         return _STATUS_FAILURE.get(status.code, "unknown")
 
-    async def _call(self, target: int, method: str, request: Any) -> Any:
+    async def _call(
+        self, target: int, method: str, request: Any, timeout_s: float | None = None
+    ) -> Any:
         try:
             return await self._clients.get(self.peer_target(target)).call(
-                method, request, timeout_s=self.s.rpc_timeout_s
+                method, request, timeout_s=timeout_s or self.s.rpc_timeout_s
             )
         except KeyError:
             return "forward_failed"
@@ -618,7 +620,7 @@ class Router:
         return {"Deliver": Notice(self.deliver, pb.DeliverReply)}
 
     async def _h_kick(self, req: pb.KickRequest) -> pb.KickReply:
-        return pb.KickReply(kicked=self._kick_local(req.uid, req.device_flag, req.reason))
+        return pb.KickReply(kicked=self._kick_local(req))
 
     async def _h_online(self, req: pb.OnlineRequest) -> pb.OnlineReply:
         if self.online_levels_local is not None:
@@ -636,10 +638,9 @@ class Router:
 
     async def kick_everywhere(self, uid: str, device_flag: int, reason: str) -> int:
         """Kick a uid's sessions on every node that answers (best effort, like presence)."""
-        kicked = self._kick_local(uid, device_flag, reason)
-        replies = await self._gather(
-            "Kick", pb.KickRequest(uid=uid, device_flag=device_flag, reason=reason)
-        )
+        request = pb.KickRequest(uid=uid, device_flag=device_flag, reason=reason)
+        kicked = self._kick_local(request)
+        replies = await self._gather("Kick", request)
         return kicked + sum(int(r.kicked) for r in replies)
 
     async def online_everywhere(self, uids: list[str]) -> list[tuple[str, int]]:
@@ -659,6 +660,27 @@ class Router:
     async def call_other_nodes(self, method: str, request: Any) -> list[Any]:
         """``method`` on every other node; the replies of those that answered in time."""
         return await self._gather(method, request)
+
+    async def call_each_other_node(
+        self, method: str, request: Any, timeout_s: float
+    ) -> dict[int, Any]:
+        """``method`` on every other node; the replies of those that answered within
+        ``timeout_s``, by node id."""
+        replies: dict[int, Any] = {}
+
+        async def one(node_id: int) -> None:
+            reply = await self._call(node_id, method, request, timeout_s)
+            if not isinstance(reply, str):
+                replies[node_id] = reply
+
+        async with trio.open_nursery() as nursery:
+            for node_id in self._other_nodes():
+                nursery.start_soon(one, node_id)
+        return replies
+
+    async def call_node(self, node_id: int, method: str, request: Any) -> Any:
+        """``method`` on one node; its reply, or a failure string (best effort)."""
+        return await self._call(node_id, method, request)
 
     async def _gather(self, method: str, request: Any) -> list[Any]:
         replies: list[Any] = []

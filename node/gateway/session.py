@@ -86,6 +86,8 @@ class GatewayContext:
     facts: UserFacts | None = None
     """User facts for the send pre-check; ``None`` only in tests that never send."""
     rules: SendRules = field(default_factory=SendRules)
+    on_login: Callable[[Session], None] | None = None
+    """Called once a session is registered (the cluster-wide multi-device policy)."""
 
 
 class Session:
@@ -253,7 +255,8 @@ class Session:
         self.device_flag = c.device_flag
         self.device_id = c.device_id
         self.device_level = level
-        self.connected_at = trio.current_time()
+        # Wall clock: the multi-device policy orders logins across nodes (node/presence.py).
+        self.connected_at = time.time()
         # Registration and CONNACK happen in one synchronous step, so no RECV can be queued
         # for this session before its CONNACK.
         for ev in self._ctx.registry.add(self):
@@ -262,6 +265,8 @@ class Session:
             else:
                 ev.session.close()
         self._enqueue(ack)
+        if self._ctx.on_login is not None:
+            self._ctx.on_login(self)  # the policy on the other nodes, after the CONNACK
         log.info(
             "session open",
             **self._fields(),

@@ -1172,20 +1172,30 @@ class KickRequest(_message.Message):
     UID_FIELD_NUMBER: _builtins.int
     DEVICE_FLAG_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    CONN_IDS_FIELD_NUMBER: _builtins.int
+    QUIET_FIELD_NUMBER: _builtins.int
     uid: _builtins.str
     device_flag: _builtins.int
     """-1: every platform"""
     reason: _builtins.str
+    quiet: _builtins.bool
+    """Close without a DISCONNECT: the same device logged in again elsewhere (node/sessions.py)."""
+    @_builtins.property
+    def conn_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Only these sessions of the uid (empty: every session of the platform)."""
+
     def __init__(
         self,
         *,
         uid: _builtins.str = ...,
         device_flag: _builtins.int = ...,
         reason: _builtins.str = ...,
+        conn_ids: _abc.Iterable[_builtins.int] | None = ...,
+        quiet: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_flag", b"device_flag", "reason", b"reason", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conn_ids", b"conn_ids", "device_flag", b"device_flag", "quiet", b"quiet", "reason", b"reason", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1275,6 +1285,81 @@ class OnlineReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OnlineReply: _TypeAlias = OnlineReply  # noqa: Y015
+
+@_typing.final
+class SessionsRequest(_message.Message):
+    """A uid's sessions on one platform of a node: what a node where the uid logs in needs to apply
+    the multi-device policy across the cluster (node/presence.py).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UID_FIELD_NUMBER: _builtins.int
+    DEVICE_FLAG_FIELD_NUMBER: _builtins.int
+    uid: _builtins.str
+    device_flag: _builtins.int
+    def __init__(
+        self,
+        *,
+        uid: _builtins.str = ...,
+        device_flag: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_flag", b"device_flag", "uid", b"uid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionsRequest: _TypeAlias = SessionsRequest  # noqa: Y015
+
+@_typing.final
+class SessionEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONN_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_LEVEL_FIELD_NUMBER: _builtins.int
+    CONNECTED_AT_FIELD_NUMBER: _builtins.int
+    conn_id: _builtins.int
+    device_id: _builtins.str
+    device_level: _builtins.int
+    connected_at: _builtins.float
+    """wall clock, seconds"""
+    def __init__(
+        self,
+        *,
+        conn_id: _builtins.int = ...,
+        device_id: _builtins.str = ...,
+        device_level: _builtins.int = ...,
+        connected_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conn_id", b"conn_id", "connected_at", b"connected_at", "device_id", b"device_id", "device_level", b"device_level"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionEntry: _TypeAlias = SessionEntry  # noqa: Y015
+
+@_typing.final
+class SessionsReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionEntry]: ...
+    def __init__(
+        self,
+        *,
+        sessions: _abc.Iterable[Global___SessionEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sessions", b"sessions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionsReply: _TypeAlias = SessionsReply  # noqa: Y015
 
 @_typing.final
 class InvalidateRequest(_message.Message):

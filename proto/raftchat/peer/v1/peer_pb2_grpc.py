@@ -69,6 +69,11 @@ class PeerStub:
                 request_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.OnlineRequest.SerializeToString,
                 response_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.OnlineReply.FromString,
                 _registered_method=True)
+        self.Sessions = channel.unary_unary(
+                '/raftchat.peer.v1.Peer/Sessions',
+                request_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.SessionsRequest.SerializeToString,
+                response_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.SessionsReply.FromString,
+                _registered_method=True)
         self.Invalidate = channel.unary_unary(
                 '/raftchat.peer.v1.Peer/Invalidate',
                 request_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.InvalidateRequest.SerializeToString,
@@ -121,6 +126,12 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Sessions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Invalidate(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -164,6 +175,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Online,
                     request_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.OnlineRequest.FromString,
                     response_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.OnlineReply.SerializeToString,
+            ),
+            'Sessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sessions,
+                    request_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.SessionsRequest.FromString,
+                    response_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.SessionsReply.SerializeToString,
             ),
             'Invalidate': grpc.unary_unary_rpc_method_handler(
                     servicer.Invalidate,
@@ -360,6 +376,33 @@ class Peer:
             '/raftchat.peer.v1.Peer/Online',
             proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.OnlineRequest.SerializeToString,
             proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.OnlineReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftchat.peer.v1.Peer/Sessions',
+            proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.SessionsRequest.SerializeToString,
+            proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.SessionsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,7 @@ class PeerStub:
     Deliver: _grpc.UnaryUnaryMultiCallable[_peer_pb2.DeliverRequest, _peer_pb2.DeliverReply]
     Kick: _grpc.UnaryUnaryMultiCallable[_peer_pb2.KickRequest, _peer_pb2.KickReply]
     Online: _grpc.UnaryUnaryMultiCallable[_peer_pb2.OnlineRequest, _peer_pb2.OnlineReply]
+    Sessions: _grpc.UnaryUnaryMultiCallable[_peer_pb2.SessionsRequest, _peer_pb2.SessionsReply]
     Invalidate: _grpc.UnaryUnaryMultiCallable[_peer_pb2.InvalidateRequest, _peer_pb2.InvalidateReply]
 
 @_typing.type_check_only
@@ -57,6 +58,7 @@ class PeerAsyncStub(PeerStub):
     Deliver: _aio.UnaryUnaryMultiCallable[_peer_pb2.DeliverRequest, _peer_pb2.DeliverReply]  # type: ignore[assignment]
     Kick: _aio.UnaryUnaryMultiCallable[_peer_pb2.KickRequest, _peer_pb2.KickReply]  # type: ignore[assignment]
     Online: _aio.UnaryUnaryMultiCallable[_peer_pb2.OnlineRequest, _peer_pb2.OnlineReply]  # type: ignore[assignment]
+    Sessions: _aio.UnaryUnaryMultiCallable[_peer_pb2.SessionsRequest, _peer_pb2.SessionsReply]  # type: ignore[assignment]
     Invalidate: _aio.UnaryUnaryMultiCallable[_peer_pb2.InvalidateRequest, _peer_pb2.InvalidateReply]  # type: ignore[assignment]
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
@@ -108,6 +110,13 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         request: _peer_pb2.OnlineRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_peer_pb2.OnlineReply, _abc.Awaitable[_peer_pb2.OnlineReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Sessions(
+        self,
+        request: _peer_pb2.SessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.SessionsReply, _abc.Awaitable[_peer_pb2.SessionsReply]]: ...
 
     @_abc_1.abstractmethod
     def Invalidate(
