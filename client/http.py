@@ -190,6 +190,7 @@ class _Base(Generic[H]):
     call = endpoint(routes.call)
     health = endpoint(routes.health)
     route = endpoint(routes.route)
+    route_batch = endpoint(routes.route_batch)
     cluster_status = endpoint(routes.cluster_status)
     cluster_join = endpoint(routes.cluster_join)
     cluster_leave = endpoint(routes.cluster_leave)

@@ -338,6 +338,8 @@ class Route:
     tcp_addr: str
     ws_addr: str
     wss_addr: str = ""
+    uids: tuple[str, ...] = ()
+    """``/route/batch``: the uids that connect here."""
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Route:
@@ -345,4 +347,5 @@ class Route:
             tcp_addr=str(d.get("tcp_addr", "")),
             ws_addr=str(d.get("ws_addr", "")),
             wss_addr=str(d.get("wss_addr", "")),
+            uids=tuple(str(u) for u in d.get("uids", ())),
         )

@@ -94,9 +94,24 @@ def health() -> Call[bool]:
     return Call("GET", "/health", lambda d: d.get("status") == "ok", statuses=frozenset({200, 503}))
 
 
-def route() -> Call[Route]:
-    """Where WKProto clients connect (TCP and WebSocket addresses)."""
-    return Call("GET", "/route", Route.from_json)
+def route(uid: str | None = None, intranet: bool = False) -> Call[Route]:
+    """Where WKProto clients connect (TCP and WebSocket addresses): with ``uid``, the node
+    that user is spread to; without, the node asked. ``intranet``: the bound addresses."""
+    query: dict[str, str | int] = {"intranet": int(intranet)}
+    if uid:
+        query["uid"] = uid
+    return Call("GET", "/route", Route.from_json, query=query)
+
+
+def route_batch(uids: Iterable[str], intranet: bool = False) -> Call[list[Route]]:
+    """Where each of ``uids`` connects: one :class:`Route` per node, with its ``uids``."""
+    return Call(
+        "POST",
+        "/route/batch",
+        lambda d: [Route.from_json(r) for r in d],
+        body=list(uids),
+        query={"intranet": int(intranet)},
+    )
 
 
 def cluster_status() -> Call[ClusterStatus]:

@@ -28,6 +28,7 @@ from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.raftchat.peer.v1 import peer_pb2_grpc
 
 from .admin import Admin
+from .client_routes import ClientRoutes, own_endpoints
 from .config import Config
 from .controller import PLACEMENT_KEY, Controller, ControllerMachine
 from .gateway.listeners import Gateway
@@ -78,6 +79,7 @@ class Node:
         self.facts: UserFacts | None = None
         self.controller: Controller | None = None
         self.cluster_sessions: ClusterSessions
+        self.client_routes: ClientRoutes
         # Never a Raft port without a password: pysyncobj unpickles whatever reaches an open
         # one. A lone node has no peer to share a secret with, so it makes one up.
         self.raft_password = config.cluster.password or secrets.token_hex(16)
@@ -321,6 +323,13 @@ class Node:
             self.facts = UserFacts(self.router)
             self.router.extra_handlers["Invalidate"] = self.facts.rpc
             self.router.extra_handlers["Sessions"] = self.cluster_sessions.rpc_sessions
+            self.client_routes = ClientRoutes(
+                cfg.node.id,
+                own_endpoints(cfg),
+                lambda: self.router.placement.nodes,
+                self.router.call_each_other_node,
+            )
+            self.router.extra_handlers["Endpoints"] = self.client_routes.rpc_endpoints
             grpc_server = GrpcServer(
                 bind=f"{host}:{cfg.cluster.grpc_port}",
                 auth_token=token,
@@ -337,6 +346,7 @@ class Node:
                     await nursery.start(self.webhooks.run)
                 nursery.start_soon(self.controller.run)
                 nursery.start_soon(run_reclaim, self.router, cfg.messages.retention_days)
+                nursery.start_soon(self.client_routes.run)
                 await self._serve_clients(nursery, self.router)
                 while not self.router.groups_ready():
                     await trio.sleep(READY_POLL_S)  # waiting on elections, which signal nothing
@@ -369,7 +379,16 @@ class Node:
             GatewayContext(cfg, self.registry, router, nursery, self.facts, rules, on_login)
         )
         assert self.admin is not None
-        api = ApiContext(cfg, self.registry, router, self.admin, self.facts, rules, self.webhooks)
+        api = ApiContext(
+            cfg,
+            self.registry,
+            router,
+            self.admin,
+            self.facts,
+            rules,
+            self.webhooks,
+            self.client_routes,
+        )
         http_router = build_router(api)
         self.public_api.attach(http_router, api)
         http = HttpServer(http_router, cfg.http.max_body_bytes)

@@ -18,6 +18,7 @@ from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, DeviceFlag, DeviceLevel, ReasonCode, Setting
 
 from ..admin import AdminError
+from ..client_routes import ClientRoutes
 from ..groups.digest import channel_digests
 from ..pipeline_rules import SYSTEM_UID, request_problem
 from ..send_checks import precheck
@@ -49,6 +50,7 @@ from .server import Router as HttpRouter
 _CLIENT_FLAGS = {int(DeviceFlag.APP), int(DeviceFlag.WEB), int(DeviceFlag.PC)}
 _LEVELS = {int(DeviceLevel.SLAVE), int(DeviceLevel.MASTER)}
 _SUPPORTED_SEND_TYPES = CHANNEL_TYPES
+MAX_ROUTE_BATCH = 10_000
 
 
 def build_router(ctx: ApiContext) -> HttpRouter:
@@ -120,12 +122,33 @@ def build_router(ctx: ApiContext) -> HttpRouter:
             raise ApiError(404, f"node {node_id} is not a member")
         return await membership({"op": "leave", "node_id": node_id, "force": bool(force)})
 
+    def routes() -> ClientRoutes:
+        assert ctx.client_routes is not None
+        return ctx.client_routes
+
+    def intranet(req: Request) -> bool:
+        value = req.query.get("intranet", "0")
+        if value not in ("0", "1"):
+            raise bad_request("intranet must be 0 or 1")
+        return value == "1"
+
     @route("GET", "/route")
     async def route_(req: Request) -> Response:
-        gw, host = ctx.config.gateway, ctx.config.node.host
-        tcp = gw.external_tcp_addr or f"{host}:{gw.tcp_port}"
-        ws = gw.external_ws_addr or f"ws://{host}:{gw.ws_port}"
-        return Response(200, {"tcp_addr": tcp, "ws_addr": ws, "wss_addr": ""})
+        uid = req.query.get("uid") or None
+        if uid is not None:
+            check_id(uid, "uid")
+        return Response(200, routes().route(uid, intranet(req)))
+
+    @route("POST", "/route/batch")
+    async def route_batch(req: Request) -> Response:
+        uids = req.json()
+        if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
+            raise bad_request("the body must be a JSON array of uids")
+        if len(uids) > MAX_ROUTE_BATCH:
+            raise bad_request(f"at most {MAX_ROUTE_BATCH} uids per request")
+        for uid in uids:
+            check_id(uid, "uid")
+        return Response(200, routes().route_batch(uids, intranet(req)))
 
     @route("POST", "/user/token")
     async def user_token(req: Request) -> Response:

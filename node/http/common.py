@@ -13,6 +13,7 @@ from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
 
 from ..admin import Admin
 from ..channels import canonical_channel_id, channel_id_problem, id_problem, view_channel_id
+from ..client_routes import ClientRoutes
 from ..config import Config
 from ..pipeline_rules import SYSTEM_UID
 from ..router import ClusterUnavailable, Router
@@ -44,6 +45,7 @@ class ApiContext:
     facts: UserFacts
     rules: SendRules
     webhooks: Webhooks | None = None
+    client_routes: ClientRoutes | None = None
 
 
 def check_id(value: str, what: str) -> str:

@@ -1362,6 +1362,59 @@ class SessionsReply(_message.Message):
 Global___SessionsReply: _TypeAlias = SessionsReply  # noqa: Y015
 
 @_typing.final
+class EndpointsRequest(_message.Message):
+    """Where a node's clients connect (what `/route` hands out, node/client_routes.py)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndpointsRequest: _TypeAlias = EndpointsRequest  # noqa: Y015
+
+@_typing.final
+class EndpointsReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TCP_ADDR_FIELD_NUMBER: _builtins.int
+    WS_ADDR_FIELD_NUMBER: _builtins.int
+    WSS_ADDR_FIELD_NUMBER: _builtins.int
+    INTRANET_TCP_ADDR_FIELD_NUMBER: _builtins.int
+    INTRANET_WS_ADDR_FIELD_NUMBER: _builtins.int
+    INTRANET_WSS_ADDR_FIELD_NUMBER: _builtins.int
+    tcp_addr: _builtins.str
+    """what clients outside are told (gateway.external_*, else bound)"""
+    ws_addr: _builtins.str
+    wss_addr: _builtins.str
+    intranet_tcp_addr: _builtins.str
+    """the bound addresses"""
+    intranet_ws_addr: _builtins.str
+    intranet_wss_addr: _builtins.str
+    def __init__(
+        self,
+        *,
+        tcp_addr: _builtins.str = ...,
+        ws_addr: _builtins.str = ...,
+        wss_addr: _builtins.str = ...,
+        intranet_tcp_addr: _builtins.str = ...,
+        intranet_ws_addr: _builtins.str = ...,
+        intranet_wss_addr: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["intranet_tcp_addr", b"intranet_tcp_addr", "intranet_ws_addr", b"intranet_ws_addr", "intranet_wss_addr", b"intranet_wss_addr", "tcp_addr", b"tcp_addr", "ws_addr", b"ws_addr", "wss_addr", b"wss_addr"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndpointsReply: _TypeAlias = EndpointsReply  # noqa: Y015
+
+@_typing.final
 class InvalidateRequest(_message.Message):
     """User facts (send ban, person lists, system account) changed: drop them from the node's
     cache (node/userfacts.py). Sent to every node before the changing API call answers.

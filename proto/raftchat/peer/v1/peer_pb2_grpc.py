@@ -74,6 +74,11 @@ class PeerStub:
                 request_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.SessionsRequest.SerializeToString,
                 response_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.SessionsReply.FromString,
                 _registered_method=True)
+        self.Endpoints = channel.unary_unary(
+                '/raftchat.peer.v1.Peer/Endpoints',
+                request_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.EndpointsRequest.SerializeToString,
+                response_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.EndpointsReply.FromString,
+                _registered_method=True)
         self.Invalidate = channel.unary_unary(
                 '/raftchat.peer.v1.Peer/Invalidate',
                 request_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.InvalidateRequest.SerializeToString,
@@ -132,6 +137,12 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Endpoints(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Invalidate(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -180,6 +191,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Sessions,
                     request_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.SessionsRequest.FromString,
                     response_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.SessionsReply.SerializeToString,
+            ),
+            'Endpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.Endpoints,
+                    request_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.EndpointsRequest.FromString,
+                    response_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.EndpointsReply.SerializeToString,
             ),
             'Invalidate': grpc.unary_unary_rpc_method_handler(
                     servicer.Invalidate,
@@ -403,6 +419,33 @@ class Peer:
             '/raftchat.peer.v1.Peer/Sessions',
             proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.SessionsRequest.SerializeToString,
             proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.SessionsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Endpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftchat.peer.v1.Peer/Endpoints',
+            proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.EndpointsRequest.SerializeToString,
+            proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.EndpointsReply.FromString,
             options,
             channel_credentials,
             insecure,

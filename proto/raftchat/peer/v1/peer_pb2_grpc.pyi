@@ -46,6 +46,7 @@ class PeerStub:
     Kick: _grpc.UnaryUnaryMultiCallable[_peer_pb2.KickRequest, _peer_pb2.KickReply]
     Online: _grpc.UnaryUnaryMultiCallable[_peer_pb2.OnlineRequest, _peer_pb2.OnlineReply]
     Sessions: _grpc.UnaryUnaryMultiCallable[_peer_pb2.SessionsRequest, _peer_pb2.SessionsReply]
+    Endpoints: _grpc.UnaryUnaryMultiCallable[_peer_pb2.EndpointsRequest, _peer_pb2.EndpointsReply]
     Invalidate: _grpc.UnaryUnaryMultiCallable[_peer_pb2.InvalidateRequest, _peer_pb2.InvalidateReply]
 
 @_typing.type_check_only
@@ -59,6 +60,7 @@ class PeerAsyncStub(PeerStub):
     Kick: _aio.UnaryUnaryMultiCallable[_peer_pb2.KickRequest, _peer_pb2.KickReply]  # type: ignore[assignment]
     Online: _aio.UnaryUnaryMultiCallable[_peer_pb2.OnlineRequest, _peer_pb2.OnlineReply]  # type: ignore[assignment]
     Sessions: _aio.UnaryUnaryMultiCallable[_peer_pb2.SessionsRequest, _peer_pb2.SessionsReply]  # type: ignore[assignment]
+    Endpoints: _aio.UnaryUnaryMultiCallable[_peer_pb2.EndpointsRequest, _peer_pb2.EndpointsReply]  # type: ignore[assignment]
     Invalidate: _aio.UnaryUnaryMultiCallable[_peer_pb2.InvalidateRequest, _peer_pb2.InvalidateReply]  # type: ignore[assignment]
 
 class PeerServicer(metaclass=_abc_1.ABCMeta):
@@ -117,6 +119,13 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         request: _peer_pb2.SessionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_peer_pb2.SessionsReply, _abc.Awaitable[_peer_pb2.SessionsReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Endpoints(
+        self,
+        request: _peer_pb2.EndpointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.EndpointsReply, _abc.Awaitable[_peer_pb2.EndpointsReply]]: ...
 
     @_abc_1.abstractmethod
     def Invalidate(
