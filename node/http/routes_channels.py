@@ -1,4 +1,4 @@
-"""Channel lists, system uids and channel deletion (issue 5).
+"""Channel lists, system uids and channel deletion.
 
 Lists of a person channel belong to its owner: ``{"channel_id": "bob", "channel_type": 1}``
 addresses bob's own deny/allow lists, kept in bob's slot group.

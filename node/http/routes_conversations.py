@@ -1,4 +1,4 @@
-"""Conversations and unread counts (issue 5): ``/conversation/sync`` and the
+"""Conversations and unread counts: ``/conversation/sync`` and the
 ``/conversations/*`` operations. Rows live in their channel's slot group, so a user's list is
 gathered from every group; an operation on one conversation is a ``ConversationOp`` committed in
 the channel's group."""

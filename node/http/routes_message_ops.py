@@ -1,4 +1,4 @@
-"""Operations on stored messages (issue 5, message operations and retention): revoke, edit,
+"""Operations on stored messages (message operations and retention): revoke, edit,
 delete for one user, read receipts, per-channel retention and range deletion.
 
 Each route commits one ``MessageOp`` in the channel's slot group (``groups/message_ops.py``

@@ -1,4 +1,4 @@
-"""Message lookups and operations on messages (issue 5)."""
+"""Message lookups and operations on messages."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Killing any one node of three loses none of the messaging state: channels, subscribers, deny
-and allow lists, conversations, read floors and messages (issue 5). Each node in turn is killed
+and allow lists, conversations, read floors and messages. Each node in turn is killed
 with SIGKILL; the other two must answer every read exactly as before; then it comes back."""
 
 from __future__ import annotations

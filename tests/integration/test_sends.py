@@ -1,4 +1,4 @@
-"""Issue 5 sends on one real node: payload limit, rate limit, online-only sends, live channels,
+"""Sends on one real node: payload limit, rate limit, online-only sends, live channels,
 explicit-subscriber and system sends, command messages and their sync, batch sends."""
 
 from __future__ import annotations
