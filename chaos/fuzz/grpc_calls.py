@@ -7,19 +7,28 @@ server. INTERNAL and UNKNOWN statuses are findings: the API promises a precise s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from .context import FuzzContext
 from .executor import TargetStats
-from .rpc import methods, request_body
+from .rpc import Method, methods, request_body
 from .scenario import scenario_rng
 
 CALL_TIMEOUT_S = 3.0
 SERVER_ERRORS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 LIBRARY_DECODE_ERROR = "Exception deserializing request!"
 """grpcio's own answer (INTERNAL) when a request does not decode, before any handler runs."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    method: Method
+    body: bytes
+    node: int
+    metadata: tuple[tuple[str, str], ...]
 
 
 class GrpcCaller:
@@ -33,8 +42,8 @@ class GrpcCaller:
             for n, h in ctx.hosts.items()
         }
 
-    def call(self, seed: int, conn_no: int) -> tuple[str, str, dict[str, Any] | None]:
-        """Make call ``conn_no`` of this seed; (method, status name, finding or None)."""
+    def plan(self, seed: int, conn_no: int) -> Call:
+        """Call ``conn_no`` of this seed (what :meth:`call` sends)."""
         rng = scenario_rng(seed, "grpc-call", conn_no)
         method = rng.choice(methods())
         body = request_body(method, rng, self.ctx)
@@ -42,6 +51,11 @@ class GrpcCaller:
         metadata: list[tuple[str, str]] = []
         if rng.random() < 0.5:
             metadata.append(("x-raftchat-peer", rng.randbytes(32).hex()))
+        return Call(method, body, node, tuple(metadata))
+
+    def call(self, c: Call) -> tuple[str, str, dict[str, Any] | None]:
+        """Make a call (blocking); (method, status name, finding or None)."""
+        method, body, node, metadata = c.method, c.body, c.node, list(c.metadata)
         channel = self.channels[node]
         try:
             if method.streaming:

@@ -26,7 +26,7 @@ STALL_S = 1.0
 """A probe answered later than this (or not at all, while the node ran) counts as a stall."""
 SUSPECT_WINDOW_S = 15.0
 """Scenarios to a node that began this long before its crash are listed as suspects."""
-MAX_SUSPECTS = 30
+MAX_SUSPECTS = 60
 SERVER_ERROR_ANSWERS = frozenset(
     {
         "grpc:INTERNAL",
@@ -112,8 +112,8 @@ def log_errors(logs: dict[int, Path]) -> dict[str, Any]:
 
 
 def suspects(scenario_log: Path, crash: Crash, seed: int) -> dict[str, Any]:
-    """The connections to the crashed node (and gRPC calls) that began shortly before it died,
-    newest first, and the command that replays them."""
+    """The connections to the crashed node that began shortly before it died, newest first,
+    and the command that replays them in their order (a replay runs them one at a time)."""
     rows: list[tuple[float, str, str]] = []
     try:
         with scenario_log.open() as f:
@@ -123,10 +123,7 @@ def suspects(scenario_log: Path, crash: Crash, seed: int) -> dict[str, Any]:
                     continue
                 mono, target, number, node, _port, kind = parts
                 t = float(mono)
-                if crash.mono - SUSPECT_WINDOW_S <= t <= crash.mono and int(node) in (
-                    crash.node,
-                    0,
-                ):
+                if crash.mono - SUSPECT_WINDOW_S <= t <= crash.mono and int(node) == crash.node:
                     rows.append((t, f"{target}:{number}", kind))
     except OSError:
         return {"connections": [], "replay": None}

@@ -48,6 +48,7 @@ GRPC_CALL_LANES = 1
 STATS_EVERY_S = 2.0
 REFUSED_PAUSE_S = 0.25
 DEADLINE_GRACE_S = 2.0
+REPLAY_PAUSE_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,25 +145,35 @@ class Worker:
             if stats.refused > refused:
                 await trio.sleep(REFUSED_PAUSE_S)  # a node down or restarting: do not spin
 
+    async def _call(self, caller: GrpcCaller, number: int, limiter: Limiter) -> str:
+        """One grpcio call; returns its status name."""
+        call = caller.plan(self.cfg.seed, number)
+        await limiter.take(1)
+        if self._log is not None:
+            port = self.cfg.context.grpc_port
+            self._log.write(
+                f"{time.monotonic():.3f}\tgrpc-call\t{number}\t{call.node}\t{port}\tgrpcio\n"
+            )
+        result = await trio.to_thread.run_sync(caller.call, call)
+        record(self.stats["grpc"], result, f"grpc-call:{number}")
+        return result[1]
+
     async def _call_lane(self, caller: GrpcCaller, limiter: Limiter) -> None:
         while not self._done():
-            number = next(self._numbers["grpc-call"])
-            await limiter.take(1)
-            if self._log is not None:
-                self._log.write(f"{time.monotonic():.3f}\tgrpc-call\t{number}\t0\t0\tgrpcio\n")
-            result = await trio.to_thread.run_sync(caller.call, self.cfg.seed, number)
-            record(self.stats["grpc"], result, f"grpc-call:{number}")
-            if result[1] == "UNAVAILABLE":
+            status = await self._call(caller, next(self._numbers["grpc-call"]), limiter)
+            if status == "UNAVAILABLE":
                 await trio.sleep(REFUSED_PAUSE_S)  # the node is down or restarting
 
     async def _replay(self, caller: GrpcCaller | None, limiter: Limiter) -> None:
+        """The given connections one after another, with a pause after each so that a crash
+        is attributed to the last connection before it (the runner lists it first)."""
         for spec in self.cfg.replay:
             target, _, number = spec.partition(":")
             if target == "grpc-call" and caller is not None:
-                result = await trio.to_thread.run_sync(caller.call, self.cfg.seed, int(number))
-                record(self.stats["grpc"], result, spec)
+                await self._call(caller, int(number), limiter)
             elif target in self.stats:
                 await self._one(target, int(number), limiter)
+            await trio.sleep(REPLAY_PAUSE_S)
 
     def _emit(self, kind: str) -> None:
         line = {
