@@ -108,7 +108,7 @@ def test_suspects_are_the_crashed_nodes_recent_connections(tmp_path: Path) -> No
         "80.0\tws\t1\t2\t5200\tsession\n"  # too early
         "95.0\ttcp\t7\t1\t5100\tsession\n"  # another node
         "96.0\tws\t8\t2\t5200\tclose_race\n"
-        "97.0\tgrpc-call\t3\t0\t0\tgrpcio\n"
+        "97.0\tgrpc-call\t3\t2\t11110\tgrpcio\n"
         "99.5\tws\t9\t2\t5200\tsession\n"
         "101.0\tws\t10\t2\t5200\tsession\n"  # after the crash
     )
