@@ -120,7 +120,7 @@ def _half_open(rng: random.Random) -> Steps:
 def _many_connections(rng: random.Random) -> Steps:
     data = rng.choice((b"", wrong_mac_frame(rng), length_prefix(1 << 20)))
     yield Flood(rng.choice((20, 100, 250)), data)
-    yield Sleep(rng.choice((0.2, 1.0, 3.0)))
+    yield Sleep(rng.choice((0.2, 0.5, 1.5)))
 
 
 def _negative(rng: random.Random) -> Steps:

@@ -42,7 +42,7 @@ MAKERS: dict[str, Callable[[FuzzContext, Random], Scenario]] = {
     "grpc": rpc.make,
 }
 TARGETS = tuple(MAKERS)
-LANES = {"tcp": 6, "ws": 6, "http": 4, "raft": 2, "grpc": 3}
+LANES = {"tcp": 6, "ws": 6, "http": 4, "raft": 4, "grpc": 3}
 GRPC_CALL_LANES = 1
 """Lanes of grpcio calls (part of the ``grpc`` target); each call blocks a thread."""
 STATS_EVERY_S = 2.0
