@@ -4,8 +4,9 @@ workload keeps sending and receiving, and the chaos checkers then count lost and
 acknowledged messages. See docs/fuzz.md.
 
 Modules: ``mutate`` (generic byte mutators), ``scenario`` (the sans-IO steps a generator yields),
-one generator module per target (``wk``, ``ws``, ``http``, ``raft``, ``grpc``), ``safety``
+``context`` (what generators know of the cluster), one generator module per target (``tcp`` and
+``wk`` for WKProto, ``ws``, ``http``, ``raft``, ``rpc`` and ``grpc_calls`` for gRPC), ``safety``
 (what the fuzzer must never send: the workload's ids, destructive calls that would parse),
-``executor`` and ``worker`` (the process that sends), ``watch`` (crashes, restarts, memory,
-stalls) and ``runner`` (the command).
+``executor``, ``answers`` and ``worker`` (the process that sends and counts the answers),
+``watch`` (crashes, restarts, memory, stalls), ``report`` and ``runner`` (the command).
 """

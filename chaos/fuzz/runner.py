@@ -180,11 +180,13 @@ def _progress(text: str) -> None:
 # --- the run ---------------------------------------------------------------------------------
 
 
-async def _call_until_ok(cluster: ChaosCluster, path: str, body: dict[str, Any]) -> None:
+async def _call_until_ok(
+    cluster: ChaosCluster, rng: random.Random, path: str, body: dict[str, Any]
+) -> None:
     code: int = 0
     answer: Any = None
     for attempt in range(60):
-        node = random.choice(cluster.serving())
+        node = rng.choice(cluster.serving())
         try:
             code, answer = await cluster.call(node, "POST", path, body)
         except HttpError:
@@ -201,10 +203,10 @@ async def _fuzz_setup(
     users = tuple(FuzzUser(uid, f"fzt-{rng.getrandbits(48):x}", flag) for uid, flag in FUZZ_USERS)
     for u in users:
         body = {"uid": u.uid, "token": u.token, "device_flag": u.device_flag}
-        await _call_until_ok(cluster, "/user/token", body)
+        await _call_until_ok(cluster, rng, "/user/token", body)
     for g in FUZZ_GROUPS:
         body = {"channel_id": g, "channel_type": 2, "subscribers": [u.uid for u in users]}
-        await _call_until_ok(cluster, "/channel", body)
+        await _call_until_ok(cluster, rng, "/channel", body)
     protected = sorted({*workload.users, *(ch.canonical for ch in workload.channels)})
     assert not any(p.startswith(FUZZ_PREFIX) for p in protected)
     return FuzzContext(
@@ -223,7 +225,7 @@ class _WorkerOutput:
         self.last: dict[str, Any] = {}
         self._shown = 0.0
 
-    def take(self, line: str) -> None:
+    def take(self, line: str, crashes: int) -> None:
         try:
             data = json.loads(line)
         except ValueError:
@@ -233,7 +235,9 @@ class _WorkerOutput:
         if now - self._shown >= 10.0 or data.get("type") == "final":
             self._shown = now
             per = ", ".join(f"{t} {s['frames']:,}" for t, s in data["targets"].items())
-            _progress(f"{data['elapsed_s']:.0f} s: {data['frames']:,} frames ({per})")
+            _progress(
+                f"{data['elapsed_s']:.0f} s: {data['frames']:,} frames ({per}); crashes {crashes}"
+            )
 
 
 async def _run_worker(
@@ -254,10 +258,7 @@ async def _run_worker(
                 *lines, rest = buf.split(b"\n")
                 buf = rest
                 for line in lines:
-                    output.take(line.decode())
-                    crashes = len(watch.crashes)
-                    if crashes and output.last.get("type") == "stats":
-                        output.last["crashes_so_far"] = crashes
+                    output.take(line.decode(), len(watch.crashes))
         await proc.wait()
     finally:
         if proc.returncode is None:
