@@ -44,9 +44,13 @@ class ChaosCluster:
         *,
         host_base: str = "127.0.0",
         settings: dict[str, str] | None = None,
+        gids: bool = True,
     ) -> None:
         self.root = root
         self.host_base = host_base
+        self.gids = gids
+        """Run each node with its own group id (for partitions; needs root). The fuzzer, which
+        cuts no links, runs the nodes as its own user."""
         self.password = secrets.token_urlsafe(24)
         self.settings = dict(settings or {})
         self.hosts: dict[int, str] = {n: self.host(n) for n in node_ids}
@@ -75,7 +79,7 @@ class ChaosCluster:
             data_dir=data,
             env=node_env(node_id, self.hosts[node_id], data, extra),
             log_path=self.root / f"node{node_id}.log",
-            gid=node_gid(node_id),
+            gid=node_gid(node_id) if self.gids else None,
         )
 
     # --- process control ------------------------------------------------------------------

@@ -158,7 +158,7 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _revision() -> str | None:
+def revision() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -174,7 +174,7 @@ def _revision() -> str | None:
 # --- the run ----------------------------------------------------------------------------------
 
 
-async def _wait_healthy(cluster: ChaosCluster, timeout_s: float) -> bool:
+async def wait_healthy(cluster: ChaosCluster, timeout_s: float) -> bool:
     """Every serving member answers /health (all its groups have leaders) and has applied what
     it knows to be committed."""
     deadline = trio.current_time() + timeout_s
@@ -227,7 +227,7 @@ async def _drive(
         # Senders finish the attempt in flight (bounded by their send timeout), then return.
     faulted_s = time.monotonic() - started
     _progress("waiting for the cluster to recover")
-    healthy = await _wait_healthy(cluster, 120.0)
+    healthy = await wait_healthy(cluster, 120.0)
     if not healthy:
         _progress("the cluster did not report healthy within 120 s; reading anyway")
     await cluster.refresh_members()
@@ -316,7 +316,7 @@ def run(cfg: RunConfig) -> int:
         "quick": cfg.quick,
         "sabotage": cfg.sabotage or None,
         "hosts": {str(n): h for n, h in cluster.hosts.items()},
-        "revision": _revision(),
+        "revision": revision(),
         "command": cfg.command,
         "load": asdict(cfg.load),
     }

@@ -52,6 +52,23 @@ def _add_chaos(sub: Any) -> None:
     p_run.set_defaults(func=_cmd_chaos)
 
 
+def _cmd_fuzz(args: argparse.Namespace) -> int:
+    from chaos.fuzz.runner import run_fuzz
+
+    return run_fuzz(args)
+
+
+def _add_fuzz(sub: Any) -> None:
+    # The live fuzzer drives a cluster from outside, like the chaos suite (docs/fuzz.md).
+    p_fuzz = sub.add_parser(
+        "fuzz", help="live fuzzing of every listener of a local cluster under a checked workload"
+    )
+    from chaos.fuzz.runner import add_arguments
+
+    add_arguments(p_fuzz)
+    p_fuzz.set_defaults(func=_cmd_fuzz)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="raftchat", description="raftchat IM server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,9 +104,10 @@ def main(argv: list[str] | None = None) -> int:
 
     add_chat_parsers(sub)
     _add_chaos(sub)
+    _add_fuzz(sub)
     raw = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(raw)
-    args.argv = raw[2:] if raw[:2] == ["chaos", "run"] else []
+    args.argv = raw[2:] if raw[:2] == ["chaos", "run"] else raw[1:] if raw[:1] == ["fuzz"] else []
     return int(args.func(args))
 
 
