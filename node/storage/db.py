@@ -37,7 +37,8 @@ _CFS = (
     "users",
     "dedupe",
     "state",
-    # The messaging product's state; key layouts live with the modules that own them (node/groups/*).
+    # The messaging product's state; key layouts live with the modules that own them
+    # (node/groups/*).
     "lists",  # channel deny/allow lists
     "convs",  # per-user conversation rows
     "msgx",  # per-message extras: revocations, edits, per-user hides, read receipts
