@@ -241,7 +241,8 @@ class Session:
                 log.info("bad client key", **self._fields(), error=str(e))
                 reason = ReasonCode.AUTH_FAIL
         ack = Connack(
-            time_diff=now_ms - c.client_timestamp,
+            # Clamped to the field's i64: a client clock of +-2**63 must still get its answer.
+            time_diff=max(-(2**63), min(2**63 - 1, now_ms - c.client_timestamp)),
             reason_code=reason,
             server_key=server_key if reason == ReasonCode.SUCCESS else "",
             salt=salt if reason == ReasonCode.SUCCESS else "",

@@ -21,6 +21,7 @@ import trio
 from client.errors import ClientClosed
 from client.wkproto import open_client
 from node.devcluster import NodeProcess
+from proto.wkproto import Connack, Connect, FrameDecoder, ReasonCode, encode
 from tests.conftest import Api, start_node
 
 # A WKProto CONNECT header whose remaining-length varint declares far more than the gateway
@@ -186,3 +187,33 @@ def test_connections_beyond_max_connections_are_closed_at_once(tmp_path: Path) -
             s.close()
     finally:
         node.stop()
+
+
+@pytest.mark.parametrize("client_timestamp", [-(2**63), 2**63 - 1])
+def test_a_connect_with_an_extreme_client_clock_is_still_answered(
+    fast_auth_node: NodeProcess, client_timestamp: int
+) -> None:
+    # CONNACK carries now - client_timestamp as an i64; unclamped it did not fit, the CONNACK
+    # could not be encoded and the client never heard back.
+    connect = Connect(
+        version=4,
+        device_flag=0,
+        device_id="d",
+        uid="clock",
+        token="wrong",
+        client_timestamp=client_timestamp,
+        client_key="",
+    )
+    with socket.create_connection(tcp_addr(fast_auth_node), timeout=5) as sock:
+        sock.sendall(encode(connect, 4))
+        decoder = FrameDecoder()
+        decoder.version = 4
+        ack = None
+        while ack is None:
+            data = sock.recv(4096)
+            assert data, "closed without a CONNACK"
+            decoder.feed(data)
+            ack = decoder.next_frame()
+    assert isinstance(ack, Connack)
+    assert ack.reason_code != ReasonCode.SUCCESS
+    assert_serves(fast_auth_node)
