@@ -416,15 +416,21 @@ class NemesisValue:
 
 @dataclass(frozen=True, slots=True)
 class FloorValue:
-    """A reader's view of one user's position in one channel: read floor (last seq read),
-    unread count, channel head. Any of the three may be missing from one observation."""
+    """One user's position in one channel.
+
+    ``read_floor`` and ``unread`` ops are observations (``/conversation/sync``): read floor
+    (``readed_to_msg_seq``, the last seq read), unread count and channel head (``last_msg_seq``)
+    as one answer reported them; any of the three may be missing. A ``clear_unread`` op is a
+    request (``/conversations/clearUnread``) to move the floor up to ``floor``; once it
+    completed ``ok``, the floor is at least that (the workload only asks for a seq it has seen
+    the head reach, so the server's clamp to the head cannot lower it)."""
 
     uid: str
     floor: int | None = None
     unread: int | None = None
     head: int | None = None
 
-    F: ClassVar[tuple[str, ...]] = ("read_floor", "unread")
+    F: ClassVar[tuple[str, ...]] = ("read_floor", "unread", "clear_unread")
 
     def to_json(self) -> dict[str, Any]:
         return _drop_none(dataclasses.asdict(self))

@@ -12,18 +12,28 @@ of a real cluster reach a minority node.
 One catch: the answers on a connection that b opened to a go to b's *source* address,
 127.0.0.1, which ``-d <address of b>`` does not match. So every new connection is marked with the
 group id of the node that opened it (CONNMARK), and a second rule drops what a sends on a
-connection b opened: ``-m owner --gid-owner <a> -m connmark --mark <gid of b> -j DROP``.
+connection b opened:
+``-m owner --gid-owner <a> -s <address of a> -m connmark --mark <gid of b> -j DROP``. The
+source address (a answers from the address b connected to) is there because group ids are the
+same in every run: without it, a rule of one run would cut the nodes of another run on the
+same machine.
 
-The drop rules live in ``RAFTCHAT-CHAOS`` and the marking rules in ``RAFTCHAT-CHAOS-MARK``, both
-hooked into OUTPUT. Healing flushes the drop chain; :meth:`Firewall.uninstall` removes both, and
-:func:`remove_stale` removes what an interrupted (SIGKILLed) run left behind, which every run
-calls first.
+Each run has its own pair of chains, ``RC-<pid>-<tag>`` for the drop rules and
+``RC-<pid>-<tag>-M`` for the marking rules (``<pid>`` the runner's process id, ``<tag>`` six hex
+digits of a hash of the run id; iptables allows 28 characters), both hooked into OUTPUT.
+Healing flushes the run's drop chain; :meth:`Firewall.uninstall` removes the run's two chains and
+nothing else, and :func:`remove_stale`, which every run calls first, removes the chains of runs
+whose process is gone (a SIGKILLed run), so runs on different addresses can share a machine.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
+import os
+import re
+import secrets
 import shutil
 import subprocess
 import threading
@@ -32,6 +42,12 @@ from typing import Any, TypeVar, cast
 
 CHAIN = "RAFTCHAT-CHAOS"
 MARK_CHAIN = "RAFTCHAT-CHAOS-MARK"
+"""The one pair of chains every run shared before chains carried the run; a machine may still
+have them from a SIGKILLed run of that time, so :func:`remove_stale` removes them too."""
+CHAIN_PREFIX = "RC-"
+MAX_CHAIN_NAME = 28
+"""iptables' limit on a chain name (XT_EXTENSION_MAXNAMELEN - 1)."""
+_RUN_CHAIN = re.compile(r"^RC-(\d+)-[0-9a-z]+(?:-M)?$")
 GID_BASE = 47000
 """Node n runs with group id GID_BASE + n: high enough to be no real group on this machine."""
 
@@ -52,6 +68,47 @@ def _iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess[str
     return proc
 
 
+def chain_names(run_id: str, pid: int | None = None) -> tuple[str, str]:
+    """The drop chain and the marking chain of run ``run_id`` made by process ``pid`` (default:
+    this one). The pid tells :func:`remove_stale` whether the run is still alive."""
+    pid = os.getpid() if pid is None else pid
+    tag = hashlib.sha256(run_id.encode()).hexdigest()[:6]
+    chain = f"{CHAIN_PREFIX}{pid}-{tag}"
+    assert len(chain) + 2 <= MAX_CHAIN_NAME, chain
+    return chain, f"{chain}-M"
+
+
+def chain_pid(chain: str) -> int | None:
+    """The pid a run's chain (or probe chain) carries; None for any other chain."""
+    m = _RUN_CHAIN.match(chain)
+    return int(m.group(1)) if m else None
+
+
+def our_chains() -> list[str]:
+    """Every chain of this module on the machine: runs' chains, probes, the legacy pair."""
+    listing = _iptables("-S", check=False).stdout.splitlines()
+    names = [line.split()[1] for line in listing if line.startswith("-N ")]
+    return [n for n in names if chain_pid(n) is not None or n in (CHAIN, MARK_CHAIN)]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _remove_chain(chain: str) -> None:
+    """Unhook ``chain`` from OUTPUT, flush and delete it (idempotent)."""
+    while _iptables("-D", "OUTPUT", "-j", chain, check=False).returncode == 0:
+        pass
+    _iptables("-F", chain, check=False)
+    _iptables("-X", chain, check=False)
+
+
 def problem() -> str | None:
     """Why partitions cannot be made on this machine, or None."""
     if shutil.which("iptables") is None:
@@ -59,8 +116,9 @@ def problem() -> str | None:
     probe = _iptables("-S", "OUTPUT", check=False)
     if probe.returncode != 0:
         return f"iptables does not work here (root needed): {probe.stderr.strip()}"
-    # The owner, conntrack and connmark matches must exist in this kernel.
-    chain = "RAFTCHAT-PROBE"
+    # The owner, conntrack and connmark matches must exist in this kernel. The probe chain
+    # carries our pid, so that a probe of another run at the same moment is left alone.
+    chain = f"{CHAIN_PREFIX}{os.getpid()}-probe"
     _iptables("-N", chain, check=False)
     rule = ["-m", "owner", "--gid-owner", str(GID_BASE), "-m", "connmark", "--mark", "1"]
     made = _iptables("-A", chain, *rule, "-j", "DROP", check=False)
@@ -76,14 +134,14 @@ def problem() -> str | None:
 
 
 def remove_stale() -> None:
-    """Remove the chain and its hook if a previous run left them (idempotent)."""
+    """Remove the chains (and their hooks) of runs whose process is gone, and the legacy shared
+    pair; chains of live runs, this process's included, are left alone (idempotent)."""
     if shutil.which("iptables") is None:
         return
-    for chain in (CHAIN, MARK_CHAIN):
-        while _iptables("-D", "OUTPUT", "-j", chain, check=False).returncode == 0:
-            pass
-        _iptables("-F", chain, check=False)
-        _iptables("-X", chain, check=False)
+    for chain in our_chains():
+        pid = chain_pid(chain)
+        if pid is None or not _pid_alive(pid):
+            _remove_chain(chain)
 
 
 def ring_links(nodes: Sequence[int]) -> set[tuple[int, int]]:
@@ -123,12 +181,16 @@ def _locked(method: F) -> F:
 
 class Firewall:
     """The partition state of one run. ``hosts`` maps node id -> its address; a joining node is
-    added with :meth:`add_node`."""
+    added with :meth:`add_node`. ``run_id`` names the run's chains (:func:`chain_names`; a
+    random one when not given): two firewalls with different run ids never touch each other's
+    rules."""
 
-    def __init__(self, hosts: Mapping[int, str]) -> None:
+    def __init__(self, hosts: Mapping[int, str], run_id: str | None = None) -> None:
         self.hosts: dict[int, str] = dict(hosts)
         self.blocked: set[tuple[int, int]] = set()
         self.installed = False
+        self.run_id = run_id if run_id is not None else secrets.token_hex(8)
+        self.chain, self.mark_chain = chain_names(self.run_id)
         self._lock = threading.RLock()
 
     @_locked
@@ -141,34 +203,39 @@ class Firewall:
     def _mark(self, node_id: int) -> None:
         gid = str(node_gid(node_id))
         _iptables(
-            "-A", MARK_CHAIN, "-m", "owner", "--gid-owner", gid, "-m", "conntrack",
+            "-A", self.mark_chain, "-m", "owner", "--gid-owner", gid, "-m", "conntrack",
             "--ctstate", "NEW", "-j", "CONNMARK", "--set-mark", gid,
         )  # fmt: skip
 
     @_locked
     def install(self) -> None:
         remove_stale()
-        _iptables("-N", MARK_CHAIN)
-        _iptables("-N", CHAIN)
+        for chain in (self.chain, self.mark_chain):
+            _remove_chain(chain)  # a second install of this firewall starts afresh
+        _iptables("-N", self.mark_chain)
+        _iptables("-N", self.chain)
         # First in OUTPUT, so that no ACCEPT rule of the machine's own comes before ours; the
         # marking chain first of all, so that a connection's first packet is marked before any
-        # drop rule looks at it.
-        _iptables("-I", "OUTPUT", "1", "-j", CHAIN)
-        _iptables("-I", "OUTPUT", "1", "-j", MARK_CHAIN)
+        # drop rule looks at it. (Another run's chains may sit before or after ours: its rules
+        # only drop, and only packets of its own addresses.)
+        _iptables("-I", "OUTPUT", "1", "-j", self.chain)
+        _iptables("-I", "OUTPUT", "1", "-j", self.mark_chain)
         self.installed = True
         for n in self.hosts:
             self._mark(n)
 
     @_locked
     def uninstall(self) -> None:
+        """Remove this run's chains, and nothing else."""
         self.blocked.clear()
-        remove_stale()
+        for chain in (self.chain, self.mark_chain):
+            _remove_chain(chain)
         self.installed = False
 
     @_locked
     def heal(self) -> None:
         if self.installed:
-            _iptables("-F", CHAIN)
+            _iptables("-F", self.chain)
         self.blocked.clear()
 
     @_locked
@@ -178,13 +245,15 @@ class Firewall:
             if a == b or (a, b) in self.blocked:
                 continue
             gid = str(node_gid(a))
-            # Connections a opened to b, then answers of a on connections b opened.
+            # Connections a opened to b, then answers of a (from its own address) on
+            # connections b opened.
             _iptables(
-                "-A", CHAIN, "-m", "owner", "--gid-owner", gid, "-d", self.hosts[b], "-j", "DROP"
-            )
+                "-A", self.chain, "-m", "owner", "--gid-owner", gid, "-d", self.hosts[b],
+                "-j", "DROP",
+            )  # fmt: skip
             _iptables(
-                "-A", CHAIN, "-m", "owner", "--gid-owner", gid, "-m", "connmark", "--mark",
-                str(node_gid(b)), "-j", "DROP",
+                "-A", self.chain, "-m", "owner", "--gid-owner", gid, "-s", self.hosts[a],
+                "-m", "connmark", "--mark", str(node_gid(b)), "-j", "DROP",
             )  # fmt: skip
             self.blocked.add((a, b))
 

@@ -2,15 +2,20 @@
 
 What it shows, top to bottom:
 
-1. the verdict (VALID / INVALID), the failed properties and the run's facts (``meta``);
+1. the verdict (VALID / INVALID / INCONCLUSIVE), the failed properties, the properties that had
+   no data, and the run's facts (``meta``);
 2. throughput: sends acknowledged, definitely failed and indeterminate per second, with every
    fault window shaded in its kind's colour;
 3. send latency (invocation to completion of acknowledged sends): p50, p99 and max per time
    bucket on a log scale, same shading;
 4. availability per fault window, straight from the availability checker's table, with a bar
    chart of the longest write gap against the window's length;
-5. one row per checker: valid, counts, its first examples as JSON;
+5. one row per checker: valid, INVALID or no data, counts, its first examples as JSON;
 6. the nemesis timeline: a lane per fault kind, and every start/stop operation with its times.
+
+Every fault has one number everywhere (plots, availability, timeline): the one the nemesis gave
+it in its id (``partition-one-7`` is #7), or its place in start order when the history's faults
+carry no ids.
 
 No dependencies and no scripts: hand-built inline SVG and one ``<style>``. Times on the x axes
 are seconds since the first event, on the monotonic clock the checkers order by. Plots bucket
@@ -25,6 +30,7 @@ import html
 import json
 import math
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +51,10 @@ MAX_EXAMPLE_CHARS = 4000
 MAX_TIMELINE_ROWS = 500
 MAX_BAR_ROWS = 200
 MAX_SCOPES_LISTED = 12
+_LABEL_CHAR_W = 6.2
+"""Width of one character of the 10-unit tick font, a little generous (SVG text has no wrap)."""
+_BAR_LABEL_CHARS = 34
+"""What fits left of the gap bars (220 units at the tick font)."""
 
 _BUCKET_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
 
@@ -201,6 +211,56 @@ class _Colors:
         return self.map.get(kind, _FAULT_COLORS[-3])
 
 
+# --- one number per fault ------------------------------------------------------------------------
+
+_ID_NUMBER = re.compile(r"-(\d+)$")
+
+
+def _id_number(fault_id: str | None) -> int | None:
+    m = _ID_NUMBER.search(fault_id) if fault_id else None
+    return int(m.group(1)) if m else None
+
+
+def _numbers(fault_ids: Sequence[Any]) -> list[int]:
+    """The number of each fault window, given their ids in start order: from the ids when
+    every window has a distinct numbered one, else its place in start order."""
+    from_ids = [_id_number(f) if isinstance(f, str) else None for f in fault_ids]
+    numbers = [n for n in from_ids if n is not None]
+    if len(numbers) == len(fault_ids) and len(set(numbers)) == len(numbers):
+        return numbers
+    return list(range(1, len(fault_ids) + 1))
+
+
+def _window_numbers(windows: Sequence[FaultWindow]) -> list[int]:
+    return _numbers([w.fault_id for w in windows])
+
+
+def _op_numbers(nemesis_ops: Sequence[Op], windows: Sequence[FaultWindow]) -> dict[int, int]:
+    """History index of each nemesis op -> the number of its fault, the same number
+    :func:`_window_numbers` gives (a start that failed has a number only if its id has one)."""
+    numbers = _window_numbers(windows)
+    by_window: dict[int, int] = {}
+    for w, n in zip(windows, numbers, strict=True):
+        by_window[w.start_index] = n
+        if w.stop_index >= 0:
+            by_window[w.stop_index] = n
+    ids_used = bool(windows) and numbers == [_id_number(w.fault_id) for w in windows]
+    out: dict[int, int] = {}
+    for op in nemesis_ops:
+        v = op.value
+        from_id = _id_number(v.fault_id) if isinstance(v, NemesisValue) else None
+        if ids_used or not windows:
+            if from_id is not None:
+                out[op.index] = from_id
+        elif op.index in by_window:
+            out[op.index] = by_window[op.index]
+    return out
+
+
+def _fault_name(number: int | None, fault: str) -> str:
+    return f"#{number} {fault}" if number is not None else fault
+
+
 # --- SVG -----------------------------------------------------------------------------------------
 
 
@@ -238,15 +298,18 @@ class _Series:
 class _Frame:
     """The x/y mapping of one plot."""
 
-    def __init__(self, x_max: float, y_lo: float, y_hi: float, log: bool) -> None:
+    def __init__(
+        self, x_max: float, y_lo: float, y_hi: float, log: bool, left: float = _ML
+    ) -> None:
         self.x_max = x_max if x_max > 0 else 1.0
         self.log = log
         self.y_lo, self.y_hi = y_lo, y_hi
-        self.pw = _W - _ML - _MR
+        self.left = left
+        self.pw = _W - left - _MR
         self.ph = _H - _MT - _MB
 
     def x(self, t: float) -> float:
-        return _ML + min(max(t / self.x_max, 0.0), 1.0) * self.pw
+        return self.left + min(max(t / self.x_max, 0.0), 1.0) * self.pw
 
     def y(self, v: float) -> float:
         if self.log:
@@ -269,12 +332,13 @@ def _svg_open(label: str, height: int = _H) -> str:
 def _fault_rects(fr: _Frame, windows: Sequence[FaultWindow], t0: float, colors: _Colors) -> str:
     parts: list[str] = []
     label_ends = [0.0, 0.0]
-    for n, w in sorted(enumerate(windows, start=1), key=lambda nw: nw[1].start_mono):
+    numbered = zip(_window_numbers(windows), windows, strict=True)
+    for n, w in sorted(numbered, key=lambda nw: nw[1].start_mono):
         x1, x2 = fr.x(w.start_mono - t0), fr.x(w.stop_mono - t0)
         width = max(x2 - x1, 1.0)
         color = colors[w.fault]
         tip = (
-            f"#{n} {w.fault} {', '.join(w.targets)}: {_num(w.start_mono - t0)}s + "
+            f"{_fault_name(n, w.fault)} {', '.join(w.targets)}: {_num(w.start_mono - t0)}s + "
             f"{_num(w.duration_s)}s{'' if w.healed else ' (never healed)'}"
         )
         dash = "" if w.healed else ' stroke-dasharray="4 3"'
@@ -285,7 +349,7 @@ def _fault_rects(fr: _Frame, windows: Sequence[FaultWindow], t0: float, colors: 
         )
         # Labels sit above the plot in two rows and may run past a narrow window, but never
         # over another label (the legend and the rect's tooltip name every window anyway).
-        label = w.fault[:16]
+        label = w.fault
         row = next((r for r, end in enumerate(label_ends) if x1 >= end), None)
         if row is not None:
             parts.append(
@@ -318,13 +382,14 @@ def _axes(fr: _Frame, x_label: str, y_label: str) -> str:
     for v in ys:
         y = fr.y(v)
         parts.append(
-            f'<line class="grid" x1="{_ML}" y1="{y:.1f}" x2="{_ML + fr.pw}" y2="{y:.1f}"/>'
-            f'<text class="tick" x="{_ML - 5}" y="{y + 3:.1f}" text-anchor="end">'
+            f'<line class="grid" x1="{fr.left}" y1="{y:.1f}" x2="{fr.left + fr.pw}" '
+            f'y2="{y:.1f}"/><text class="tick" x="{fr.left - 5}" y="{y + 3:.1f}" '
+            'text-anchor="end">'
             f"{_tick_label(v)}</text>"
         )
     parts.append(
-        f'<rect class="frame" x="{_ML}" y="{_MT}" width="{fr.pw}" height="{fr.ph}"/>'
-        f'<text class="axis" x="{_ML + fr.pw / 2:.1f}" y="{_H - 6}" text-anchor="middle">'
+        f'<rect class="frame" x="{fr.left}" y="{_MT}" width="{fr.pw}" height="{fr.ph}"/>'
+        f'<text class="axis" x="{fr.left + fr.pw / 2:.1f}" y="{_H - 6}" text-anchor="middle">'
         f"{_e(x_label)}</text>"
         f'<text class="axis" transform="translate(14 {_MT + fr.ph / 2:.1f}) rotate(-90)" '
         f'text-anchor="middle">{_e(y_label)}</text>'
@@ -391,7 +456,7 @@ def _plot(
         parts.extend(_path(fr, b, s) for s in series)
     if not positive:
         parts.append(
-            f'<text class="empty" x="{_ML + fr.pw / 2:.1f}" y="{_MT + fr.ph / 2:.1f}" '
+            f'<text class="empty" x="{fr.left + fr.pw / 2:.1f}" y="{_MT + fr.ph / 2:.1f}" '
             f'text-anchor="middle">{_e(empty_text)}</text>'
         )
     parts.append("</svg>")
@@ -415,6 +480,13 @@ def _legend(series: Sequence[_Series], colors: _Colors) -> str:
 # --- sections ------------------------------------------------------------------------------------
 
 
+def _text(value: Any) -> str:
+    """A scalar for people, escaped: yes/no for booleans, a dash for None, never a repr."""
+    if value is None or isinstance(value, bool | int | float):
+        return _num(value)
+    return _e(value)
+
+
 def _meta_value(value: Any) -> str:
     if isinstance(value, Mapping):
         rows = "".join(
@@ -422,14 +494,23 @@ def _meta_value(value: Any) -> str:
         )
         return f'<table class="kv inner">{rows}</table>'
     if isinstance(value, list | tuple | set | frozenset):
-        return _e(", ".join(str(v) for v in value))
-    if isinstance(value, float):
-        return _num(value)
-    return _e(value)
+        return ", ".join(_text(v) for v in value) if value else DASH
+    return _text(value)
+
+
+_STATUS_WORDS = {
+    "valid": ("VALID", "valid"),
+    "invalid": ("INVALID", "invalid"),
+    "inconclusive": ("INCONCLUSIVE", "inconclusive"),
+}
+
+
+def _checker_link(name: str) -> str:
+    return f'<a href="#checker-{_e(name)}"><b>{_e(name)}</b></a>'
 
 
 def _header(verdict: Verdict, meta: Mapping[str, Any], facts: Mapping[str, str]) -> str:
-    word, cls = ("VALID", "valid") if verdict.valid else ("INVALID", "invalid")
+    word, cls = _STATUS_WORDS[verdict.status]
     run = meta.get("run")
     title = f"Chaos run {_e(run)}" if run is not None else "Chaos run"
     failed = verdict.failed
@@ -441,14 +522,35 @@ def _header(verdict: Verdict, meta: Mapping[str, Any], facts: Mapping[str, str])
                 f"{k}={_num(v)}" for k, v in r.counts.items() if v not in (0, 0.0, None)
             )
             items.append(
-                f'<li><a href="#checker-{_e(name)}"><b>{_e(name)}</b></a>'
-                f"{' ' + DASH + ' ' + _e(nonzero) if nonzero else ''}</li>"
+                f"<li>{_checker_link(name)}{' ' + DASH + ' ' + _e(nonzero) if nonzero else ''}</li>"
             )
         failed_html = f'<p>Failed properties:</p><ul class="failed">{"".join(items)}</ul>'
     elif not verdict.results:
         failed_html = "<p>No checker ran.</p>"
     else:
-        failed_html = f"<p>All {len(verdict.results)} checkers passed.</p>"
+        passed = sum(1 for r in verdict.results.values() if r.status == "valid")
+        failed_html = (
+            f"<p>All {passed} checkers passed.</p>"
+            if passed == len(verdict.results)
+            else f"<p>{passed} of {len(verdict.results)} checkers passed.</p>"
+        )
+    missing = verdict.missing
+    if missing:
+        failed_html += (
+            '<p class="nodata">No data for required properties (the run cannot vouch for '
+            f"them): {', '.join(_checker_link(n) for n in missing)}.</p>"
+        )
+    optional = [n for n in verdict.no_data if n not in missing]
+    if optional:
+        failed_html += (
+            '<p class="dim">No data (not required): '
+            f"{', '.join(_checker_link(n) for n in optional)}.</p>"
+        )
+    if verdict.unchecked:
+        failed_html += (
+            '<p class="nodata">Not everything could be looked at: '
+            f"{_e('; '.join(verdict.unchecked))}.</p>"
+        )
     meta_rows = "".join(
         f"<tr><th>{_e(k)}</th><td>{_meta_value(v)}</td></tr>" for k, v in meta.items()
     )
@@ -495,7 +597,7 @@ def _availability_section(
     if not table:
         return totals + "<p>No faults were injected.</p>" + summary
     rows: list[str] = []
-    for n, w in enumerate(table, start=1):
+    for n, w in zip(_numbers([w.get("fault_id") for w in table]), table, strict=True):
         lat = w.get("latency_ms", {}) or {}
         groups: dict[str, dict[str, Any]] = w.get("groups", {}) or {}
         worst: dict[str, dict[str, Any]] = w.get("worst_channels", {}) or {}
@@ -506,8 +608,8 @@ def _availability_section(
         rows.append(
             "<tr>"
             f'<td><span class="sw box" style="background:{colors[str(w.get("fault"))]}"></span>'
-            f"{n}</td>"
-            f"<td>{_e(w.get('fault'))}{_id_suffix(w.get('fault_id'))}</td>"
+            f"#{n}</td>"
+            f"<td>{_e(w.get('fault'))}</td>"
             f"<td>{_e(', '.join(map(str, w.get('targets', []))))}</td>"
             f"<td>{_num(_rel(w.get('start_mono'), t0), ' s')}</td>"
             f"<td>{_num(w.get('duration_s'), ' s')}"
@@ -545,10 +647,6 @@ def _rel(mono: Any, t0: float) -> float | None:
     return float(mono) - t0 if isinstance(mono, int | float) else None
 
 
-def _id_suffix(fault_id: Any) -> str:
-    return f' <span class="dim">({_e(fault_id)})</span>' if fault_id else ""
-
-
 def _scopes(scopes: Mapping[str, Mapping[str, Any]], prefix: str) -> str:
     if not scopes:
         return DASH
@@ -581,17 +679,22 @@ def _gap_bars(table: Sequence[Mapping[str, Any]], colors: _Colors) -> str:
         f'<text class="axis" x="{label_w}" y="14">grey: window length, colour: longest time '
         "no write was accepted (worst channel or group)</text>"
     )
-    for n, w in enumerate(shown, start=1):
-        y = 24 + (n - 1) * row_h
+    numbers = _numbers([w.get("fault_id") for w in table])
+    for row, (n, w) in enumerate(zip(numbers, shown, strict=False)):
+        y = 24 + row * row_h
         dur = max(float(w.get("duration_s") or 0), 0.0)
         gap = max(float(w.get("longest_gap_s") or 0), 0.0)
         fault = str(w.get("fault"))
-        label = f"#{n} {fault} {', '.join(map(str, w.get('targets', [])))}"
-        if len(label) > 34:
-            label = label[:33] + "\u2026"
+        targets = ", ".join(map(str, w.get("targets", [])))
+        name = _fault_name(n, fault)
+        # The number and kind always show in full; only a long target list is shortened
+        # (the tooltip has all of it).
+        room = max(_BAR_LABEL_CHARS - len(name) - 1, 0)
+        shown_targets = targets if len(targets) <= room else targets[: max(room - 1, 0)] + "\u2026"
+        label = f"{name} {shown_targets}".rstrip()
         parts.append(
-            f'<text class="tick" x="{label_w - 6}" y="{y + 13}" text-anchor="end">{_e(label)}'
-            f"</text>"
+            f'<text class="tick" x="{label_w - 6}" y="{y + 13}" text-anchor="end">'
+            f"<title>{_e(f'{name} {targets}')}</title>{_e(label)}</text>"
             f'<rect class="dur" x="{label_w}" y="{y + 3}" width="{dur / scale_max * bar_w:.1f}" '
             f'height="{row_h - 6}"/>'
             f'<rect class="gap" x="{label_w}" y="{y + 6}" '
@@ -631,16 +734,29 @@ def _checker_section(verdict: Verdict) -> str:
             )
         else:
             examples = '<span class="dim">none</span>'
-        ok_cls, ok_text = ("ok", "valid") if r.valid else ("bad", "INVALID")
+        ok_cls, ok_text = _CHECK_STATUS[r.status]
+        required = name in verdict.required
+        if r.status == "no data" and not required:
+            ok_cls = "dim"
+        # Once a verdict names what it requires, say which checkers it does not.
+        optional = " <span class=dim>(not required)</span>" if verdict.required else ""
         rows.append(
-            f'<tr id="checker-{_e(name)}"><td><b>{_e(name)}</b></td>'
-            f'<td class="{ok_cls}">{ok_text}</td><td class="counts">{counts}</td>'
+            f'<tr id="checker-{_e(name)}"><td><b>{_e(name)}</b>'
+            f"{'' if required else optional}"
+            f'</td><td class="{ok_cls}">{ok_text}</td><td class="counts">{counts}</td>'
             f"<td>{examples}</td></tr>"
         )
     return (
-        '<table class="grid-table checkers"><tr><th>checker</th><th>valid</th><th>counts</th>'
+        '<table class="grid-table checkers"><tr><th>checker</th><th>status</th><th>counts</th>'
         f"<th>examples</th></tr>{''.join(rows)}</table>"
     )
+
+
+_CHECK_STATUS = {
+    "valid": ("ok", "valid"),
+    "invalid": ("bad", "INVALID"),
+    "no data": ("nodata", "no data"),
+}
 
 
 def _timeline_section(
@@ -653,19 +769,21 @@ def _timeline_section(
     if not nemesis_ops:
         return "<p>No nemesis operations: the run had no faults.</p>"
     parts = [_lanes(windows, t0, span, colors)] if windows else []
+    numbers = _op_numbers(nemesis_ops, windows)
     rows: list[str] = []
     for op in nemesis_ops[:MAX_TIMELINE_ROWS]:
         v = op.value
-        fault, action, targets, fid = (
-            (v.fault, v.action, ", ".join(v.targets), v.fault_id)
+        fault, action, targets = (
+            (v.fault, v.action, ", ".join(v.targets))
             if isinstance(v, NemesisValue)
-            else ("?", "?", "", None)
+            else ("?", "?", "")
         )
         done = op.completion
+        number = numbers.get(op.index)
         rows.append(
-            f'<tr class="{_e(action)}">'
+            f'<tr class="{_e(action)}"><td>{f"#{number}" if number is not None else DASH}</td>'
             f'<td><span class="sw box" style="background:{colors[fault]}"></span>{_e(fault)}'
-            f"{_id_suffix(fid)}</td><td><b>{_e(action)}</b></td><td>{_e(targets)}</td>"
+            f"</td><td><b>{_e(action)}</b></td><td>{_e(targets)}</td>"
             f"<td>{_num(op.invoke_mono - t0, ' s')}</td>"
             f"<td>{_num(done.mono - t0, ' s') if done is not None else DASH}</td>"
             f'<td class="{"ok" if op.type == "ok" else "bad"}">'
@@ -679,7 +797,8 @@ def _timeline_section(
         else ""
     )
     parts.append(
-        '<div class="scroll"><table class="grid-table"><tr><th>fault</th><th>action</th>'
+        '<div class="scroll"><table class="grid-table"><tr><th>#</th><th>fault</th>'
+        "<th>action</th>"
         "<th>targets</th><th>invoked (s)</th><th>completed (s)</th><th>outcome</th>"
         f"<th>wall clock (UTC)</th><th>process</th></tr>{''.join(rows)}</table></div>{more}"
     )
@@ -691,7 +810,11 @@ def _lanes(windows: Sequence[FaultWindow], t0: float, span: float, colors: _Colo
     kinds = list(dict.fromkeys(w.fault for w in windows))
     lane_h = 22
     height = _MT + lane_h * len(kinds) + 24
-    fr = _Frame(span, 0.0, 1.0, False)
+    # The label column is as wide as the longest kind needs (every nemesis kind fits in
+    # full); only a kind longer than a third of the width is shortened, its tooltip whole.
+    most = int((_W / 3 - 12) / _LABEL_CHAR_W)
+    longest = min(max(len(k) for k in kinds), most)
+    fr = _Frame(span, 0.0, 1.0, False, left=max(_ML, 12 + _LABEL_CHAR_W * longest))
     parts = [_svg_open("fault windows per kind", height)]
     step = _nice_step(fr.x_max, 10)
     t = 0.0
@@ -706,15 +829,16 @@ def _lanes(windows: Sequence[FaultWindow], t0: float, span: float, colors: _Colo
         t += step
     for lane, kind in enumerate(kinds):
         y = _MT + lane * lane_h
+        label = kind if len(kind) <= most else kind[: most - 1] + "\u2026"
         parts.append(
-            f'<text class="tick" x="{_ML - 5}" y="{y + 15}" text-anchor="end">{_e(kind[:10])}'
-            f"</text>"
+            f'<text class="lane-label tick" x="{fr.left - 5:.1f}" y="{y + 15}" '
+            f'text-anchor="end"><title>{_e(kind)}</title>{_e(label)}</text>'
         )
-    for n, w in enumerate(windows, start=1):
+    for n, w in zip(_window_numbers(windows), windows, strict=True):
         y = _MT + kinds.index(w.fault) * lane_h
         x1, x2 = fr.x(w.start_mono - t0), fr.x(w.stop_mono - t0)
         dash = "" if w.healed else ' stroke-dasharray="4 3"'
-        tip = f"#{n} {w.fault} {', '.join(w.targets)}: {_num(w.duration_s)} s"
+        tip = f"{_fault_name(n, w.fault)} {', '.join(w.targets)}: {_num(w.duration_s)} s"
         parts.append(
             f'<rect class="lane" x="{x1:.1f}" y="{y + 3}" width="{max(x2 - x1, 1.5):.1f}" '
             f'height="{lane_h - 6}" fill="{colors[w.fault]}" stroke="#555" stroke-width="0.6"'
@@ -729,7 +853,8 @@ body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 a
 max-width:1200px;padding:16px 24px;color:#202124;background:#fff}
 h1{font-size:22px;margin:4px 0}h2{font-size:18px;margin:28px 0 6px;border-bottom:1px solid #ddd}
 .verdict{font-size:56px;font-weight:800;letter-spacing:2px;margin:4px 0}
-.verdict.valid{color:#1e8e3e}.verdict.invalid{color:#d93025}
+.verdict.valid{color:#1e8e3e}.verdict.invalid{color:#d93025}.verdict.inconclusive{color:#b06000}
+td.nodata,p.nodata{color:#b06000;font-weight:600}
 ul.failed{margin:0 0 8px;color:#d93025}
 .tables{display:flex;gap:24px;flex-wrap:wrap;align-items:flex-start}
 table{border-collapse:collapse}caption{text-align:left;font-weight:600;padding:4px 0}
@@ -858,7 +983,7 @@ def render_report(
         _timeline_section(nemesis_ops, windows, t0, span, colors),
     ]
     run = meta.get("run")
-    title = f"raftchat chaos: {run} ({'VALID' if verdict.valid else 'INVALID'})"
+    title = f"raftchat chaos: {run} ({_STATUS_WORDS[verdict.status][0]})"
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -12,8 +12,10 @@
    ``report.html``, ``nodes/node<N>.log``.
 
 The exit status is 0 when every property held, 1 when one did not, 2 when the run could not be
-made. Every iptables rule and every process the run made is removed at the end, also on Ctrl-C
-or SIGTERM; rules left by a run that was SIGKILLed are removed by the next run.
+made or was inconclusive (a safety property without data, final reads that kept failing,
+replicas that never converged). Every iptables rule and every process the run made is removed
+at the end, also on Ctrl-C or SIGTERM; rules left by a run that was SIGKILLed are removed by
+the next run. Runs on other addresses may share the machine: each has its own firewall chains.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import trio
 from node.devcluster import NodeStartError, ensure_ports_free
 
 from . import net
-from .checkers import Verdict, check_all
+from .checkers import SAFETY, Verdict, check_all
 from .cluster import ChaosCluster, ClusterError
 from .history import HistoryWriter, load_history
 from .http import HttpError
@@ -270,6 +272,10 @@ async def _main(
     return facts
 
 
+_VOLUME_COUNTS = frozenset({"messages", "sends", "recvs", "reads", "observations"})
+"""Checker counts that say how much a property was checked on (with every ``*checked``)."""
+
+
 def _counts(verdict: Verdict, events: int) -> dict[str, Any]:
     r = verdict.results
     ops = {
@@ -279,9 +285,27 @@ def _counts(verdict: Verdict, events: int) -> dict[str, Any]:
     }
     for name, result in r.items():
         for key, value in result.counts.items():
-            if key.endswith("checked") or key in ("messages", "sends", "recvs", "reads"):
+            if key.endswith("checked") or key in _VOLUME_COUNTS:
                 ops[f"{name}.{key}"] = value
     return ops
+
+
+def required_properties(cfg: RunConfig) -> tuple[str, ...]:
+    """The safety properties a run must have data for. A single-node cluster has no second
+    replica to compare, so replica agreement cannot be required of it."""
+    if cfg.nodes < 2:
+        return tuple(p for p in SAFETY if p != "replica_divergence")
+    return SAFETY
+
+
+def unchecked_reasons(facts: dict[str, Any]) -> list[str]:
+    """What the run could not look at: each makes an otherwise clean verdict inconclusive."""
+    out = []
+    if facts.get("final_reads_failed"):
+        out.append(f"{facts['final_reads_failed']} final reads kept failing")
+    if not facts.get("replicas_converged", True):
+        out.append("replicas never reached one applied index: agreement not checked")
+    return out
 
 
 def run(cfg: RunConfig) -> int:
@@ -304,7 +328,7 @@ def run(cfg: RunConfig) -> int:
     except NodeStartError as e:
         raise RunError(str(e)) from None
     net.remove_stale()
-    firewall = net.Firewall(cluster.hosts) if "partition" in families else None
+    firewall = net.Firewall(cluster.hosts, run_id=name) if "partition" in families else None
     cluster.firewall = firewall
     meta: dict[str, Any] = {
         "run": name,
@@ -315,7 +339,8 @@ def run(cfg: RunConfig) -> int:
         "seed": cfg.seed,
         "quick": cfg.quick,
         "sabotage": cfg.sabotage or None,
-        "hosts": {str(n): h for n, h in cluster.hosts.items()},
+        "hosts": _hosts(cluster),
+        "firewall_chain": firewall.chain if firewall is not None else None,
         "revision": revision(),
         "command": cfg.command,
         "load": asdict(cfg.load),
@@ -350,21 +375,36 @@ def run(cfg: RunConfig) -> int:
             shutil.rmtree(data_root, ignore_errors=True)
     _progress("checking the history")
     events = load_history(history_path)
-    verdict = check_all(events, recovery_bound_s=RECOVERY_BOUND_S)
+    verdict = check_all(
+        events,
+        recovery_bound_s=RECOVERY_BOUND_S,
+        required=required_properties(cfg),
+        unchecked=unchecked_reasons(facts),
+    )
     meta.update(facts)
+    meta["hosts"] = _hosts(cluster)  # joiners included
     meta["counts"] = _counts(verdict, len(events))
-    result = {"valid": verdict.valid, "meta": meta, **verdict.to_json()}
+    result = {"meta": meta, **verdict.to_json()}
     (out / "verdict.json").write_text(json.dumps(result, indent=2) + "\n")
     write_report(out / "report.html", events, verdict, meta)
-    status = "VALID" if verdict.valid else f"INVALID: {', '.join(verdict.failed)}"
-    print(f"raftchat chaos: {status} ({len(events)} events; {out})", flush=True)
-    if not verdict.valid:
-        return 1
-    if not facts["replicas_converged"] or facts["final_reads_failed"]:
+    if verdict.status == "invalid":
+        status = f"INVALID: {', '.join(verdict.failed)}"
+    elif verdict.status == "inconclusive":
         # Nothing was seen to break, but not everything could be looked at.
-        print("raftchat chaos: INCONCLUSIVE: replicas unconverged or final reads failed")
-        return 2
-    return 0
+        reasons = [*verdict.unchecked]
+        if verdict.missing:
+            reasons.append(f"no data for {', '.join(verdict.missing)}")
+        status = f"INCONCLUSIVE: {'; '.join(reasons)}"
+    else:
+        status = "VALID"
+    print(f"raftchat chaos: {status} ({len(events)} events; {out})", flush=True)
+    return {"valid": 0, "invalid": 1, "inconclusive": 2}[verdict.status]
+
+
+def _hosts(cluster: ChaosCluster) -> dict[str, str]:
+    """Every node the run launched, in id order: the initial ones and every joiner (a join the
+    cluster refused launched nothing and is not listed)."""
+    return {str(n): cluster.hosts[n] for n in sorted(cluster.nodes)}
 
 
 def run_chaos(args: argparse.Namespace) -> int:

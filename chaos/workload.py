@@ -1,6 +1,8 @@
 """The ``chat`` workload: users on WKProto sessions (and some HTTP calls) sending to person and
-group channels, receivers recording every RECV, readers syncing channels by seq, and at the end
-final reads of every channel from every node plus each replica's digest.
+group channels, receivers recording every RECV, readers syncing channels by seq, users reading
+their conversation list (read floor, unread, head per channel) and now and then marking a
+conversation read, and at the end final reads of every channel from every node plus each
+replica's digest.
 
 Everything a client asks or sees goes to the history (:mod:`chaos.history`). A send whose
 outcome is unknown (timeout, lost connection, a "retry" reason code) is retried with the same
@@ -24,12 +26,13 @@ from client.errors import ClientError
 from client.wkproto import ReceivedMessage, WKClient, open_client
 from node.channels import person_channel_id
 from node.devcluster import TCP_PORT
-from proto.wkproto import ChannelType
+from proto.wkproto import ChannelType, HeaderFlag
 
 from .cluster import ChaosCluster
 from .history import (
     ChannelDigest,
     DigestValue,
+    FloorValue,
     ReadMessage,
     ReadValue,
     Recorder,
@@ -63,6 +66,10 @@ class WorkloadConfig:
     """Longer than the server's own bound on a send (10 s): the server should answer first."""
     readers: int = 2
     read_gap_s: float = 1.0
+    floor_gap_s: float = 4.0
+    """Mean pause between two conversation-list reads of one user (``/conversation/sync``)."""
+    clear_fraction: float = 0.5
+    """How often a conversation-list read is followed by marking one conversation read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +123,7 @@ class ChatWorkload:
         self.acked_heads: dict[str, int] = {}
         """The highest acked seq per channel: readers start their tail reads near it."""
         self.stopping = False
+        self._stopped = trio.Event()
         self.in_flight = 0
 
     # --- setup -----------------------------------------------------------------------------
@@ -176,17 +184,21 @@ class ChatWorkload:
             nursery.start_soon(self._session_loop, u)
             if u.channels:
                 nursery.start_soon(self._sender, u)
+                nursery.start_soon(self._floor_reader, u)
         for i in range(self.cfg.readers):
             nursery.start_soon(self._reader, f"r{i}")
 
     def stop(self) -> None:
         self.stopping = True
+        self._stopped.set()
         for u in self.users.values():
             if u.scope is not None:
                 u.scope.cancel()
 
     async def _pause(self, mean_s: float) -> None:
-        await trio.sleep(min(self.rng.expovariate(1.0 / mean_s), 5 * mean_s))
+        """Wait about ``mean_s``, or until :meth:`stop`: a long pause must not hold up the end."""
+        with trio.move_on_after(min(self.rng.expovariate(1.0 / mean_s), 5 * mean_s)):
+            await self._stopped.wait()
 
     def _pick_node(self, prefer: int | None = None) -> int | None:
         serving = self.cluster.serving()
@@ -240,6 +252,8 @@ class ChatWorkload:
             self._record_recv(u, m, session, node)
 
     def _record_recv(self, u: _User, m: ReceivedMessage, session: str, node: int) -> None:
+        if not is_stored(m):
+            return  # an online-only command (unreadClear): no seq, not part of any log
         canonical = (
             person_channel_id(u.uid, m.channel_id)
             if m.channel_type == ChannelType.PERSON
@@ -458,6 +472,77 @@ class ChatWorkload:
         op.ok(messages=tuple(messages), complete=not more)
         return True
 
+    # --- read floors and unread counts -----------------------------------------------------
+
+    async def _floor_reader(self, u: _User) -> None:
+        while not self.stopping:
+            await self._pause(self.cfg.floor_gap_s)
+            node = self._pick_node()
+            if self.stopping or node is None:
+                continue
+            seen = await self.read_floors(u, node)
+            if self.rng.random() < self.cfg.clear_fraction:
+                target = clear_target(seen, self.rng)
+                if target is not None:
+                    await self.clear_unread(u, self._pick_node() or node, *target)
+
+    async def read_floors(self, u: _User, node: int) -> dict[str, FloorValue]:
+        """One ``/conversation/sync`` of ``u``, recorded as one ``read_floor`` op per channel of
+        the user, all invoked before the request and completed after the answer (so that
+        real-time order holds for each). A channel the answer lacks (no message yet) and any
+        failed request complete with ``fail``: nothing was observed."""
+        process = f"{u.uid}:floor"
+        ops = {
+            ch.key: self.rec.invoke(
+                "read_floor", process, FloorValue(u.uid), channel=ch.key, node=node
+            )
+            for ch in u.channels
+        }
+        seen: dict[str, FloorValue] = {}
+        try:
+            code, answer = await self.cluster.call(
+                node, "POST", "/conversation/sync", {"uid": u.uid, "msg_count": 0}, timeout_s=10.0
+            )
+            if code == 200:
+                seen = floor_observations(u.uid, answer, set(ops))
+        except (HttpError, ValueError):
+            seen = {}
+        for key, op in ops.items():
+            v = seen.get(key)
+            if v is None:
+                op.fail()
+            else:
+                op.ok(floor=v.floor, unread=v.unread, head=v.head)
+        return seen
+
+    async def clear_unread(self, u: _User, node: int, channel: str, seq: int) -> str:
+        """``/conversations/clearUnread`` up to ``seq``, recorded as a ``clear_unread`` op: once
+        ok, the floor of (u, channel) is at least ``seq``."""
+        ch = next(c for c in u.channels if c.key == channel)
+        value = FloorValue(u.uid, floor=seq)
+        op = self.rec.invoke("clear_unread", f"{u.uid}:floor", value, channel=channel, node=node)
+        body = {
+            "uid": u.uid,
+            "channel_id": ch.address_for(u.uid),
+            "channel_type": ch.type,
+            "message_seq": seq,
+        }
+        try:
+            code, _ = await self.cluster.call(
+                node, "POST", "/conversations/clearUnread", body, timeout_s=10.0
+            )
+        except HttpError:
+            op.info()  # it may still have committed
+            return "info"
+        if code == 200:
+            op.ok()
+            return "ok"
+        if 400 <= code < 500:
+            op.fail()  # refused before anything was proposed
+            return "fail"
+        op.info()
+        return "info"
+
     # --- the end of a run ------------------------------------------------------------------
 
     async def final_reads(self, nodes: Sequence[int]) -> int:
@@ -528,6 +613,67 @@ class ChatWorkload:
             for g in best.get("groups", [])
             if int(g["group"]) > 0
         }
+
+
+def is_stored(m: ReceivedMessage) -> bool:
+    """Whether a RECV carries a stored message. Online-only pushes (the ``unreadClear`` command
+    after a conversation is marked read) have seq 0 and belong to no channel's log: recording
+    them would read as repeated seqs and as messages nobody sent."""
+    return not m.flags & HeaderFlag.NO_PERSIST and m.message_seq > 0
+
+
+def _count(row: dict[str, Any], name: str) -> int:
+    v = row.get(name)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"conversation row field {name!r} is {v!r}, not an integer")
+    return v
+
+
+def floor_observations(uid: str, answer: Any, wanted: set[str]) -> dict[str, FloorValue]:
+    """The (floor, unread, head) of each channel in ``wanted`` (history channel keys) that a
+    ``/conversation/sync`` answer for ``uid`` lists. Person conversations are named by the
+    peer's uid and mapped to the canonical ``a@b`` key. Raises ValueError on an answer that is
+    not a list of rows with integer fields, or that lists one conversation twice: a reader
+    that cannot trust the answer must not record it."""
+    if not isinstance(answer, list):
+        raise ValueError("the conversation list is not a JSON array")
+    out: dict[str, FloorValue] = {}
+    for row in answer:
+        if not isinstance(row, dict):
+            raise ValueError(f"conversation row {row!r} is not an object")
+        ctype, cid = _count(row, "channel_type"), row.get("channel_id")
+        if not isinstance(cid, str):
+            raise ValueError(f"conversation row channel_id {cid!r} is not a string")
+        canonical = person_channel_id(uid, cid) if ctype == ChannelType.PERSON else cid
+        key = channel_key(ctype, canonical)
+        if key not in wanted:
+            continue
+        if key in out:
+            raise ValueError(f"conversation {key} listed twice")
+        out[key] = FloorValue(
+            uid,
+            floor=_count(row, "readed_to_msg_seq"),
+            unread=_count(row, "unread"),
+            head=_count(row, "last_msg_seq"),
+        )
+    return out
+
+
+def clear_target(seen: dict[str, FloorValue], rng: random.Random) -> tuple[str, int] | None:
+    """A conversation with unread messages and a seq to mark it read up to: any seq above the
+    floor up to the head seen (the server honours a partial clear). Only a seen head is asked
+    for, so the server's clamp to its head never lowers the floor the history expects."""
+    open_ = sorted(
+        key
+        for key, v in seen.items()
+        if v.floor is not None and v.head is not None and v.head > v.floor
+    )
+    if not open_:
+        return None
+    key = rng.choice(open_)
+    v = seen[key]
+    assert v.floor is not None and v.head is not None
+    return key, rng.randint(v.floor + 1, v.head)
 
 
 def _converged(views: dict[int, dict[str, Any]], replicas: dict[int, set[int]]) -> bool:

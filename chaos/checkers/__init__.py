@@ -12,23 +12,25 @@ aborted_read               P7     a definitely failed send (or a never-sent one)
 nonmonotonic_delivery      P6     a session's RECV seqs of a channel repeating or going back
 replica_divergence         P10    replicas disagreeing on a channel's (head, hash) after heal
 stale_read                 P8     a read begun after an ack that covers its seq but misses it
-read_floor_regression      P11    read floors or heads going back; floor/unread above head
+read_floor_regression      P11    floor/head going back; floor > head; unread > head - floor
 availability               P12    (measurement) unavailability and latency around faults
 =========================  =====  ==============================================================
 
-Every checker reads ``info`` (and a never-completed invoke) as "maybe happened".
+Every checker reads ``info`` (and a never-completed invoke) as "maybe happened". A checker that
+found nothing to check reports "no data" (:attr:`CheckResult.status`), not "valid"; a property
+named in ``required`` that has no data makes the verdict "inconclusive".
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from chaos.history import History
 
 from .availability import FaultWindow, check_availability, fault_windows
-from .base import MAX_EXAMPLES, CheckResult, HistoryLike, send_outcome
+from .base import MAX_EXAMPLES, CheckResult, CheckStatus, HistoryLike, send_outcome
 from .delivery import check_nonmonotonic_delivery, check_read_floor_regression
 from .messages import (
     check_aborted_read,
@@ -43,9 +45,12 @@ from .replicas import check_replica_divergence, heal_mono
 __all__ = [
     "CHECKERS",
     "MAX_EXAMPLES",
+    "SAFETY",
     "CheckResult",
+    "CheckStatus",
     "FaultWindow",
     "Verdict",
+    "VerdictStatus",
     "check_aborted_read",
     "check_all",
     "check_availability",
@@ -76,20 +81,62 @@ CHECKERS: dict[str, Callable[[HistoryLike], CheckResult]] = {
 }
 
 
+SAFETY: tuple[str, ...] = tuple(name for name in CHECKERS if name != "availability")
+"""The safety properties: what a chaos run must have data for before it may call itself valid
+(availability is a measurement; a run without faults has nothing to measure)."""
+
+VerdictStatus = Literal["valid", "invalid", "inconclusive"]
+
+
 @dataclass(slots=True)
 class Verdict:
+    """``valid`` is True when no checker found a violation and every ``required`` property had
+    data; with nothing required (the default) it only says nothing was found broken. ``status``
+    tells the three outcomes apart."""
+
     valid: bool
     results: dict[str, CheckResult]
+    required: tuple[str, ...] = ()
+    unchecked: tuple[str, ...] = ()
+    """Why the run could not look at everything it should have (set by the runner: final reads
+    that kept failing, replicas that never converged). Makes the verdict inconclusive."""
 
     @property
     def failed(self) -> list[str]:
         return [name for name, r in self.results.items() if not r.valid]
 
+    @property
+    def no_data(self) -> list[str]:
+        """Every checker that had nothing to check, required or not."""
+        return [name for name, r in self.results.items() if r.status == "no data"]
+
+    @property
+    def missing(self) -> list[str]:
+        """Required properties without data: a missing checker counts as no data."""
+        return [
+            name
+            for name in self.required
+            if name not in self.results or self.results[name].status == "no data"
+        ]
+
+    @property
+    def status(self) -> VerdictStatus:
+        if self.failed:
+            return "invalid"
+        if self.missing or self.unchecked:
+            return "inconclusive"
+        return "valid" if self.valid else "invalid"
+
     def to_json(self) -> dict[str, Any]:
         """A plain dict ``json.dumps`` accepts (no inf/NaN, no dataclasses)."""
         return {
             "valid": self.valid,
+            "status": self.status,
             "failed": self.failed,
+            "no_data": self.no_data,
+            "required": list(self.required),
+            "missing": self.missing,
+            "unchecked": list(self.unchecked),
             "results": {name: r.to_json() for name, r in self.results.items()},
         }
 
@@ -99,8 +146,12 @@ def check_all(
     *,
     recovery_bound_s: float | None = None,
     allow_unknown_messages: bool = False,
+    required: Collection[str] = (),
+    unchecked: Collection[str] = (),
 ) -> Verdict:
-    """Run every checker over one history (paired and indexed once)."""
+    """Run every checker over one history (paired and indexed once). ``required``: properties
+    that must have data for the verdict to be valid (a runner passes :data:`SAFETY`);
+    ``unchecked``: reasons the caller could not look at everything (see :class:`Verdict`)."""
     h = History.of(history)
     results: dict[str, CheckResult] = {}
     for name, check in CHECKERS.items():
@@ -110,4 +161,8 @@ def check_all(
             results[name] = check_aborted_read(h, allow_unknown=allow_unknown_messages)
         else:
             results[name] = check(h)
-    return Verdict(valid=all(r.valid for r in results.values()), results=results)
+    verdict = Verdict(
+        valid=False, results=results, required=tuple(required), unchecked=tuple(unchecked)
+    )
+    verdict.valid = not verdict.failed and not verdict.missing and not verdict.unchecked
+    return verdict

@@ -3,7 +3,8 @@ group from accepting writes, how long after the heal the first write got through
 send latency looked like before, during and after faults.
 
 A measurement first: it is valid unless a ``recovery_bound_s`` is given and some channel or
-group that was being written took longer than that after a heal (or never recovered)."""
+group that was being written took longer than that after a heal (or never recovered). With no
+fault window there is nothing to measure: "no data"."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class FaultWindow:
     stop_mono: float
     healed: bool
     start_index: int = -1
+    stop_index: int = -1
+    """History index of the stop op that healed it (-1 while it never healed)."""
 
     @property
     def duration_s(self) -> float:
@@ -59,6 +62,7 @@ def fault_windows(history: HistoryLike) -> list[FaultWindow]:
             w = open_[key].pop(0)
             w.stop_mono = op.complete_mono if op.completion is not None else op.invoke_mono
             w.healed = True
+            w.stop_index = op.index
     return windows
 
 
@@ -199,6 +203,7 @@ def check_availability(
         counts=counts,
         examples=ex.take(),
         details={"windows": table},
+        no_data=not windows,
     )
 
 

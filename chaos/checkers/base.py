@@ -8,7 +8,7 @@ import weakref
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from chaos.history import (
     DEFINITE_FAIL_REASONS,
@@ -29,22 +29,37 @@ SendKey = tuple[str, str, str]
 HistoryLike = History | Sequence[Event]
 
 
+CheckStatus = Literal["valid", "invalid", "no data"]
+
+
 @dataclass(slots=True)
 class CheckResult:
     """One property's verdict. ``counts`` are totals; ``examples`` at most ``MAX_EXAMPLES``
     dicts, each with a ``kind``; ``details`` holds measurements too big for counts
-    (availability's per-window tables)."""
+    (availability's per-window tables).
+
+    ``valid`` means "nothing was found broken". ``no_data`` says the history held nothing this
+    property could be checked on (no floor observations, no acked send, ...): then ``valid`` is
+    vacuous and ``status`` is "no data", never "valid"."""
 
     name: str
     valid: bool
     counts: dict[str, int | float | None] = field(default_factory=dict)
     examples: list[dict[str, Any]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    no_data: bool = False
+
+    @property
+    def status(self) -> CheckStatus:
+        if not self.valid:
+            return "invalid"
+        return "no data" if self.no_data else "valid"
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": self.name,
             "valid": self.valid,
+            "status": self.status,
             "counts": {k: _json_number(v) for k, v in self.counts.items()},
             "examples": self.examples,
         }

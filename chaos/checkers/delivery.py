@@ -44,6 +44,7 @@ def check_nonmonotonic_delivery(history: HistoryLike) -> CheckResult:
             "repeats": ex.counts["repeat"],
         },
         examples=ex.take(),
+        no_data=not ix.recvs,
     )
 
 
@@ -54,28 +55,69 @@ class _Obs:
     channel: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    """The floor is at least ``floor`` once ``op`` has completed."""
+
+    floor: int
+    source: str
+    """"clear_unread" or "own_send"."""
+    op: Op
+
+
+_Key = tuple[str, str]
+"""(uid, channel)."""
+
+
 def check_read_floor_regression(history: HistoryLike) -> CheckResult:
-    """P11, kept simple until the server's unread API lands (issue 5). Observations are ok ops
-    with f ``read_floor`` or ``unread`` carrying a :class:`FloorValue` per (uid, channel).
+    """P11: read floors and unread counts, exactly as the server promises them
+    (``docs/messaging.md``): the floor never moves back, one's own messages are never unread,
+    and unread counts only messages after the floor, up to the head.
 
-    * No value is negative; a floor never exceeds the head it was reported with; an unread
-      count never exceeds the head.
-    * Real-time monotonicity: if observation A completed before observation B was invoked,
-      B's floor >= A's floor and B's head >= A's head. Concurrent observations are not ordered.
+    Observations are ok ops with f ``read_floor`` or ``unread`` (a :class:`FloorValue` per
+    (uid, channel): floor, unread, head as one ``/conversation/sync`` row reported them).
+    Failed and unfinished observations say nothing and are skipped. Per observation:
 
-    An unread count itself may go down (the user read) or up (new messages); what must not
-    happen is the floor moving back, which would resurrect messages already read."""
-    h, _ = index_of(history)
-    per: dict[tuple[str, str], list[_Obs]] = defaultdict(list)
+    * no value is negative; the floor is at most the head;
+    * unread is at most head - floor (head alone when the floor is not reported): unread is
+      countable messages above the floor. This bound assumes nobody used ``setUnread``, whose
+      override may exceed it (the chaos workload never does);
+
+    and in real time, per (uid, channel), comparing B only with what *completed* before B was
+    invoked (concurrent operations are not ordered):
+
+    * B's floor is at least every earlier observed floor, every floor an ``ok``
+      ``clear_unread`` asked for (its ``floor``), and every seq the user's own acknowledged
+      sends in that channel got (the server marks one's own messages read);
+    * B's head is at least every earlier observed head.
+
+    An unread count may go up (new messages) as well as down (the user read), so it is not
+    compared over time. With no observation at all the result is "no data"."""
+    h, ix = index_of(history)
+    per: dict[_Key, list[_Obs]] = defaultdict(list)
     for op in h.ops_of("read_floor", "unread"):
         v = op.value
         if op.type != "ok" or op.channel is None or not isinstance(v, FloorValue):
             continue
         per[(v.uid, op.channel)].append(_Obs(op, v, op.channel))
+    bounds: dict[_Key, list[_Bound]] = defaultdict(list)
+    for op in h.ops_of("clear_unread"):
+        v = op.value
+        if op.type != "ok" or op.channel is None or not isinstance(v, FloorValue):
+            continue  # a clear that failed or may not have happened promises nothing
+        if v.floor is not None:
+            bounds[(v.uid, op.channel)].append(_Bound(v.floor, "clear_unread", op))
+    for s in ix.sends:
+        if s.outcome == "ok" and s.value.message_seq is not None:
+            bounds[(s.value.from_uid, s.channel)].append(
+                _Bound(s.value.message_seq, "own_send", s.op)
+            )
     ex = Examples()
-    total = 0
+    total = bounds_used = 0
     for (uid, channel), obs in per.items():
         total += len(obs)
+        lower = bounds.get((uid, channel), [])
+        bounds_used += len(lower)
         for o in obs:
             v = o.value
             where = {"uid": uid, "channel": channel, "observation": op_ref(o.op)}
@@ -83,15 +125,29 @@ def check_read_floor_regression(history: HistoryLike) -> CheckResult:
                 ex.add("negative", floor=v.floor, unread=v.unread, head=v.head, **where)
             if v.head is not None and v.floor is not None and v.floor > v.head:
                 ex.add("floor_above_head", floor=v.floor, head=v.head, **where)
-            if v.head is not None and v.unread is not None and v.unread > v.head:
-                ex.add("unread_above_head", unread=v.unread, head=v.head, **where)
-        _regressions(obs, "floor", uid, channel, ex)
-        _regressions(obs, "head", uid, channel, ex)
+            if v.head is not None and v.unread is not None:
+                span = v.head - (v.floor or 0)
+                if v.unread > span:
+                    ex.add(
+                        "unread_above_head",
+                        unread=v.unread,
+                        floor=v.floor,
+                        head=v.head,
+                        most=span,
+                        **where,
+                    )
+        earlier = [(o.op.complete_mono, o.value.floor, "observed", o.op) for o in obs]
+        earlier += [(b.op.complete_mono, b.floor, b.source, b.op) for b in lower]
+        _regressions(obs, "floor", earlier, uid, channel, ex)
+        heads = [(o.op.complete_mono, o.value.head, "observed", o.op) for o in obs]
+        _regressions(obs, "head", heads, uid, channel, ex)
     return CheckResult(
         name="read_floor_regression",
         valid=not ex,
         counts={
             "observations": total,
+            "user_channels": len(per),
+            "floor_lower_bounds": bounds_used,
             "floor_regressed": ex.counts["floor_regressed"],
             "head_regressed": ex.counts["head_regressed"],
             "floor_above_head": ex.counts["floor_above_head"],
@@ -99,22 +155,34 @@ def check_read_floor_regression(history: HistoryLike) -> CheckResult:
             "negative": ex.counts["negative"],
         },
         examples=ex.take(),
+        no_data=total == 0,
     )
 
 
-def _regressions(obs: list[_Obs], attr: str, uid: str, channel: str, ex: Examples) -> None:
-    """Sweep in invoke order, folding in observations as they complete: each one is compared
-    with the highest value any observation completed strictly before it began."""
-    with_value = [(o, getattr(o.value, attr)) for o in obs if getattr(o.value, attr) is not None]
-    by_invoke = sorted(with_value, key=lambda p: p[0].op.invoke_mono)
-    by_complete = sorted(with_value, key=lambda p: p[0].op.complete_mono)
-    best: tuple[int, _Obs] | None = None
+def _regressions(
+    obs: list[_Obs],
+    attr: str,
+    earlier: list[tuple[float, int | None, str, Op]],
+    uid: str,
+    channel: str,
+    ex: Examples,
+) -> None:
+    """Sweep the observations in invoke order, folding in ``earlier`` facts (completion time,
+    value, source, op) as they complete: each observation is compared with the highest value
+    of anything that completed strictly before it began."""
+    checked = sorted(
+        ((o, getattr(o.value, attr)) for o in obs if getattr(o.value, attr) is not None),
+        key=lambda p: p[0].op.invoke_mono,
+    )
+    facts = sorted((f for f in earlier if f[1] is not None), key=lambda f: f[0])
+    best: tuple[int, str, Op] | None = None
     i = 0
-    for o, value in by_invoke:
-        while i < len(by_complete) and by_complete[i][0].op.complete_mono < o.op.invoke_mono:
-            done, done_value = by_complete[i]
+    for o, value in checked:
+        while i < len(facts) and facts[i][0] < o.op.invoke_mono:
+            _, done_value, source, done_op = facts[i]
+            assert done_value is not None
             if best is None or done_value > best[0]:
-                best = (done_value, done)
+                best = (done_value, source, done_op)
             i += 1
         if best is not None and value < best[0]:
             ex.add(
@@ -123,6 +191,7 @@ def _regressions(obs: list[_Obs], attr: str, uid: str, channel: str, ex: Example
                 channel=channel,
                 earlier=best[0],
                 later=value,
-                earlier_observation=op_ref(best[1].op),
+                earlier_source=best[1],
+                earlier_observation=op_ref(best[2]),
                 observation=op_ref(o.op),
             )

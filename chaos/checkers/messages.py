@@ -100,6 +100,7 @@ def check_lost_acked(history: HistoryLike) -> CheckResult:
             "final_reads": sum(len(v) for v in finals.values()),
         },
         examples=ex.take(),
+        no_data=acked == 0,
     )
 
 
@@ -140,6 +141,7 @@ def check_duplicates(history: HistoryLike) -> CheckResult:
             "extra_seqs": extra,
         },
         examples=ex.take(),
+        no_data=not by_key,
     )
 
 
@@ -204,6 +206,7 @@ def check_inconsistent_seq(history: HistoryLike) -> CheckResult:
             "message_ids_reused": ex.counts["message_id_reused"],
         },
         examples=ex.take(),
+        no_data=not by_seq,
     )
 
 
@@ -263,6 +266,7 @@ def check_log_gaps(history: HistoryLike) -> CheckResult:
             **{k: ex.counts[k] for k in _GAP_KINDS},
         },
         examples=ex.take(),
+        no_data=not ix.reads,
     )
 
 
@@ -287,10 +291,12 @@ def check_aborted_read(history: HistoryLike, *, allow_unknown: bool = False) -> 
     ex = Examples()
     aborted: set[SendKey] = set()
     observed = 0
+    checked = 0
     unknown: set[SendKey] = set()
     for o in ix.observations:
         if o.source == "ack":
             continue
+        checked += 1
         if o.key in failed:
             observed += 1
             aborted.add(o.key)
@@ -324,8 +330,10 @@ def check_aborted_read(history: HistoryLike, *, allow_unknown: bool = False) -> 
             "aborted": len(aborted),
             "aborted_observations": observed,
             "never_sent": len(unknown),
+            "observations_checked": checked,
         },
         examples=ex.take(),
+        no_data=checked == 0,
     )
 
 
@@ -405,4 +413,5 @@ def check_stale_read(history: HistoryLike) -> CheckResult:
             "missed_messages": ex.counts["missed_acked"],
         },
         examples=ex.take(),
+        no_data=checked == 0,
     )

@@ -29,8 +29,8 @@ def check_replica_divergence(history: HistoryLike) -> CheckResult:
     another holds messages is divergence too (head 0 counts as absent).
 
     Digests taken before the heal are ignored (a lagging follower is not a split brain); the
-    runner must let replicas catch up before it asks. With no digests the check passes with
-    ``groups_compared`` 0: single-node runs have nothing to compare."""
+    runner must let replicas catch up before it asks. With no group compared (no digests after
+    the heal, or one replica per group, as in a single-node run) the result is "no data"."""
     h = History.of(history)
     healed = heal_mono(h)
     latest: dict[int, dict[int, tuple[Op, DigestValue]]] = defaultdict(dict)
@@ -87,4 +87,5 @@ def check_replica_divergence(history: HistoryLike) -> CheckResult:
             "missing_on_replica": ex.counts["missing"],
         },
         examples=ex.take(),
+        no_data=compared_groups == 0,
     )

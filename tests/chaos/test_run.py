@@ -28,6 +28,7 @@ def chaos_run(out: Path, *args: str, timeout_s: float = 280.0) -> tuple[int, dic
     proc = subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    runners.append(proc.pid)
     try:
         _, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -57,9 +58,19 @@ def node_processes() -> list[int]:
     return pids
 
 
+runners: list[int] = []
+"""Pids of the runner processes this module started: their chains carry them."""
+
+
+def chains_of(pid: int) -> list[str]:
+    return [c for c in net.our_chains() if net.chain_pid(c) == pid]
+
+
 def assert_clean() -> None:
-    rules = subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True).stdout
-    assert net.CHAIN not in rules
+    """The runs of this test left no chain (other runs on this machine may have theirs) and no
+    node process."""
+    for pid in runners:
+        assert chains_of(pid) == []
     assert node_processes() == []
 
 
@@ -70,6 +81,7 @@ def needs_iptables() -> Iterator[None]:
         if os.environ.get("CI"):
             pytest.fail(f"CI must be able to run the chaos suite: {why}")
         pytest.skip(why)
+    runners.clear()
     yield
     # Whatever a failed test left behind must not break the next one.
     for pid in node_processes():
@@ -81,15 +93,34 @@ def needs_iptables() -> Iterator[None]:
 @pytest.mark.timeout(300)
 def test_quick_run_holds_every_property(tmp_path: Path) -> None:
     code, verdict = chaos_run(tmp_path, "--quick", "--seed", "11")
-    failed = verdict["failed"]
-    assert code == 0 and verdict["valid"], f"failed: {failed}"
+    failed, missing, unchecked = verdict["failed"], verdict["missing"], verdict["unchecked"]
+    assert code == 0 and verdict["valid"], f"failed: {failed}, no data: {missing}, {unchecked}"
+    assert verdict["status"] == "valid"
+    results = verdict["results"]
+    for name in verdict["required"]:  # every safety property had data and held
+        assert results[name]["status"] == "valid", name
     meta = verdict["meta"]
     assert meta["faults"]["faults"] >= 5  # the nemesis really did something
     assert meta["counts"]["acked_sends"] >= 100
-    lost = verdict["results"]["lost_acked"]["counts"]
+    lost = results["lost_acked"]["counts"]
     assert lost["final_reads"] >= meta["channels"] * 3  # every channel read from every node
-    assert verdict["results"]["replica_divergence"]["counts"]["groups_compared"] == 8
+    assert results["replica_divergence"]["counts"]["groups_compared"] == 8
+    floors = results["read_floor_regression"]["counts"]
+    assert floors["observations"] > 0 and floors["user_channels"] > 0
+    assert floors["floor_lower_bounds"] > 0  # own sends and completed clearUnreads
     run = next(tmp_path.iterdir())
+    # "hosts" lists every node the run launched, the ones that joined during it included.
+    joined = {
+        line["value"]["targets"][0]
+        for line in map(json.loads, (run / "history.jsonl").read_text().splitlines())
+        if line["f"] == "nemesis"
+        and line["type"] == "ok"
+        and line["value"]["fault"] == "join"
+        and line["value"]["action"] == "start"
+    }
+    # (Whether a join completes within the minute depends on the faults around it; when one
+    # did, its node must be listed.)
+    assert joined | {str(n) for n in meta["members_at_end"]} <= set(meta["hosts"])
     assert (run / "report.html").stat().st_size > 1000
     assert any((run / "nodes").glob("node*.log"))
     assert_clean()
@@ -123,8 +154,8 @@ def test_interrupted_run_removes_its_rules_and_processes(tmp_path: Path) -> None
                 break
         else:
             pytest.fail("the run never got to its workload")
-        rules = subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True).stdout
-        assert net.CHAIN in rules  # installed while running
+        runners.append(proc.pid)
+        assert len(chains_of(proc.pid)) == 2  # its own chains, installed while running
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)  # drains stderr while the runner cleans up
         assert proc.returncode == 130

@@ -633,6 +633,103 @@ def test_read_floor_flags(second: dict[str, int], kind: str) -> None:
     assert r.examples[0]["uid"] == "u2" and r.examples[0]["channel"] == G1
 
 
+def test_read_floor_with_no_observation_is_no_data_not_valid() -> None:
+    sc = Scenario()
+    sc.send_ok(G1, "m1", 1, uid="u2")  # a floor lower bound, but nothing observed
+    sc.tick()
+    failed = sc.rec.invoke("read_floor", "r1", FloorValue("u2"), channel=G1)
+    failed.fail()  # a read that failed observed nothing
+    r = check_read_floor_regression(sc.events)
+    assert r.valid and r.no_data and r.status == "no data"
+    assert r.counts["observations"] == 0
+    assert r.to_json()["status"] == "no data"
+    sc.floor("u2", G1, floor=1, unread=0, head=1)
+    r = check_read_floor_regression(sc.events)
+    assert r.status == "valid" and r.counts["observations"] == 1
+
+
+def test_read_floor_never_below_the_users_own_acked_message() -> None:
+    """The server marks one's own messages read: once u2's send is acked at seq 3, u2's floor is
+    at least 3 for every read begun after the ack, but a read begun before it may be older."""
+    sc = Scenario()
+    sc.tick()
+    early = sc.rec.invoke("read_floor", "r1", FloorValue("u2"), channel=G1)
+    sc.send_ok(G1, "m3", 3, uid="u2")
+    sc.tick()
+    early.ok(floor=0, unread=2, head=3)  # began before the ack completed: not ordered
+    sc.floor("u3", G1, floor=0, head=3)  # another user's floor does not move
+    assert check_read_floor_regression(sc.events).valid
+    sc.floor("u2", G1, floor=2, unread=1, head=3)
+    r = check_read_floor_regression(sc.events)
+    assert not r.valid and kinds(r) == {"floor_regressed"}
+    ex = r.examples[0]
+    assert ex["earlier"] == 3 and ex["later"] == 2 and ex["earlier_source"] == "own_send"
+
+
+def test_read_floor_never_below_a_completed_clear_unread() -> None:
+    sc = Scenario()
+    sc.floor("u2", G1, floor=1, unread=4, head=5)
+    sc.tick()
+    maybe = sc.rec.invoke("clear_unread", "u2:floor", FloorValue("u2", floor=5), channel=G1)
+    sc.tick()
+    maybe.info()  # may or may not have happened: promises nothing
+    sc.tick()
+    clear = sc.rec.invoke("clear_unread", "u2:floor", FloorValue("u2", floor=4), channel=G1)
+    sc.tick()
+    during = sc.rec.invoke("read_floor", "u2:floor", FloorValue("u2"), channel=G1)
+    sc.tick()
+    clear.ok()
+    sc.tick()
+    during.ok(floor=1, unread=4, head=5)  # concurrent with the clear
+    assert check_read_floor_regression(sc.events).valid
+    sc.floor("u2", G1, floor=3, unread=2, head=5)
+    r = check_read_floor_regression(sc.events)
+    assert not r.valid and kinds(r) == {"floor_regressed"}
+    assert r.examples[0]["earlier_source"] == "clear_unread" and r.examples[0]["earlier"] == 4
+    assert r.counts["floor_lower_bounds"] == 1  # the info clear is no bound
+
+
+@pytest.mark.parametrize(("unread", "ok"), [(0, True), (3, True), (4, False)])
+def test_unread_counts_only_messages_above_the_floor(unread: int, ok: bool) -> None:
+    sc = Scenario()
+    sc.floor("u2", G1, floor=2, unread=unread, head=5)
+    r = check_read_floor_regression(sc.events)
+    assert r.valid is ok
+    if not ok:
+        assert kinds(r) == {"unread_above_head"} and r.examples[0]["most"] == 3
+
+
+@pytest.mark.parametrize("name", sorted(CHECKERS))
+def test_every_checker_reports_no_data_on_an_empty_history(name: str) -> None:
+    r = CHECKERS[name]([])
+    assert r.valid and r.status == "no data" and r.to_json()["status"] == "no data"
+
+
+def test_a_required_property_without_data_makes_the_verdict_inconclusive() -> None:
+    sc = Scenario()
+    sc.send_ok(G1, "m1", 1)
+    sc.read(G1, [msg(1, "m1")], final=True, head=1)
+    plain = check_all(sc.events)
+    # Nothing required (the default): only "nothing was found broken", as before.
+    assert plain.valid and plain.status == "valid"
+    assert "read_floor_regression" in plain.no_data and plain.missing == []
+    strict = check_all(sc.events, required=["lost_acked", "read_floor_regression"])
+    assert not strict.valid and strict.status == "inconclusive"
+    assert strict.failed == [] and strict.missing == ["read_floor_regression"]
+    out = strict.to_json()
+    assert out["status"] == "inconclusive" and out["valid"] is False
+    assert out["missing"] == ["read_floor_regression"]
+    assert out["results"]["read_floor_regression"]["status"] == "no data"
+    sc.floor("u1", G1, floor=1, unread=0, head=1)
+    assert check_all(sc.events, required=["lost_acked", "read_floor_regression"]).valid
+    why = check_all(sc.events, unchecked=["2 final reads kept failing"])
+    assert why.status == "inconclusive" and not why.valid
+    # A violation outranks missing data.
+    sc.send_ok(G1, "m2", 2)
+    broken = check_all(sc.events, required=["replica_divergence"])
+    assert broken.status == "invalid" and "lost_acked" in broken.failed
+
+
 # --- availability ------------------------------------------------------------------------------
 
 
@@ -785,6 +882,8 @@ class Sim:
             self.next_id += 1
             log.append(ReadMessage(len(log) + 1, self.next_id, cmn, uid, ph(cmn)))
             self.dedupe[key] = log[-1]
+            # One's own message is read: the sender's floor moves up to it.
+            self.floors[(uid, channel)] = max(self.floors.get((uid, channel), 0), len(log))
         return self.dedupe[key]
 
     def run(self) -> list[Event]:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import pytest
 
-from chaos.checkers import CHECKERS, CheckResult, Verdict, check_all
+from chaos.checkers import CHECKERS, SAFETY, CheckResult, Verdict, check_all
 from chaos.history import (
     Event,
     MemoryHistory,
@@ -86,12 +86,15 @@ class Run:
         action: Literal["start", "stop"],
         targets: tuple[str, ...] = ("n2",),
         complete: bool = True,
+        fault_id: str | None = None,
+        outcome: Literal["ok", "fail"] = "ok",
     ) -> None:
         self.clock.t = at
-        op = self.rec.invoke("nemesis", "nemesis", NemesisValue(fault, action, targets))
+        value = NemesisValue(fault, action, targets, fault_id)
+        op = self.rec.invoke("nemesis", "nemesis", value)
         if complete:
             self.clock.t = at + 0.1
-            op.ok()
+            op.complete(outcome)
 
 
 def faulty_run() -> Run:
@@ -110,6 +113,10 @@ def faulty_run() -> Run:
     r.events.sort(key=lambda e: e.mono)
     r.final_read(531.0)
     return r
+
+
+FAULT_NUMBER = r"(?<=[>\s])#(\d+)\b"
+"""A fault's number as the report shows it (colours like fill="#555" follow a quote)."""
 
 
 def fault_rects(page: str) -> list[str]:
@@ -132,7 +139,9 @@ def test_report_shows_verdict_plots_fault_windows_and_tables() -> None:
     page = render_report(r.events, verdict, meta)
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert '<div class="verdict valid">VALID</div>' in page
-    assert "All 10 checkers passed" in page
+    # No RECVs, digests or floor observations in this history: said so, not called valid.
+    assert "7 of 10 checkers passed" in page
+    assert "No data (not required)" in page and '<td class="dim">no data</td>' in page
     # Meta as a table, lists joined, nested dicts as a nested table.
     for text in ("20261122-0102-seed7", "partition, kill", "raftchat chaos run --seed 7"):
         assert text in page
@@ -276,3 +285,95 @@ def test_rates_have_no_spike_or_cliff_at_the_ends() -> None:
     short = _buckets(0.0, 0.01)  # a run of 10 ms: one 1 s bucket, not a rate over 10 ms
     assert short.count == 1 and short.covered(0) == 1.0
     assert _buckets(0.0, 0.0).rates([3]) == [3.0]
+
+
+def test_a_required_property_without_data_is_inconclusive_not_valid() -> None:
+    r = faulty_run()
+    verdict = check_all(r.events, required=SAFETY)
+    assert verdict.status == "inconclusive"
+    page = render_report(r.events, verdict, {"run": "r"})
+    assert '<div class="verdict inconclusive">INCONCLUSIVE</div>' in page
+    assert "(INCONCLUSIVE)</title>" in page
+    assert re.search(r"No data for required properties.*read_floor_regression", page)
+    row = re.search(r'id="checker-read_floor_regression">(.*?)</tr>', page, re.S)
+    assert row and '<td class="nodata">no data</td>' in row.group(1)
+    assert "VALID</div>" not in page.replace("INCONCLUSIVE</div>", "")
+    unchecked = check_all(r.events, unchecked=["3 final reads kept failing"])
+    page = render_report(r.events, unchecked, {})
+    assert "INCONCLUSIVE" in page and "3 final reads kept failing" in page
+
+
+def test_lane_labels_show_full_nemesis_names() -> None:
+    r = Run()
+    for i, kind in enumerate(["partition-leader", "partition-one", "partition-ring", "kill"]):
+        r.nemesis(500.0 + 3 * i, kind, "start", ("1",))
+        r.nemesis(501.0 + 3 * i, kind, "stop", ("1",))
+    r.send(520.0)
+    page = render_report(r.events, check_all(r.events), {})
+    labels = re.findall(
+        r'<text class="lane-label tick"[^>]*><title>[^<]*</title>([^<]*)</text>', page
+    )
+    assert labels == ["partition-leader", "partition-one", "partition-ring", "kill"]
+    # The label column is wide enough for the longest: the bars start right of it.
+    first_bar = re.search(r'<rect class="lane" x="([\d.]+)"', page)
+    assert first_bar and float(first_bar.group(1)) >= 6 * len("partition-leader")
+    # A hostile, absurdly long kind is shortened in the lane, whole in its tooltip.
+    long_kind = "x" * 400
+    r.nemesis(530.0, long_kind, "start")
+    r.nemesis(531.0, long_kind, "stop")
+    page = render_report(r.events, check_all(r.events), {})
+    assert f"<title>{long_kind}</title>x" in page and "\u2026</text>" in page
+
+
+def test_one_number_per_fault_everywhere() -> None:
+    """The nemesis numbers its faults in their ids (a fault that could not start uses a number
+    too); every part of the report shows that number, and no second one."""
+    r = Run()
+    r.nemesis(500.0, "partition-one", "start", ("1",), fault_id="partition-one-3")
+    r.nemesis(502.0, "kill", "start", ("2",), fault_id="kill-4", outcome="fail")
+    r.nemesis(503.0, "kill", "start", ("3",), fault_id="kill-5")
+    r.nemesis(504.0, "partition-one", "stop", ("1",), fault_id="partition-one-3")
+    r.nemesis(506.0, "kill", "stop", ("3",), fault_id="kill-5")
+    for i in range(80):
+        r.send(500.0 + i * 0.1)
+    page = render_report(r.events, check_all(r.events), {})
+    page = page[page.index("</style>") :]  # colours in the style sheet look like numbers
+    shown = set(re.findall(FAULT_NUMBER, page))
+    assert shown == {"3", "4", "5"}
+    assert "(partition-one-3)" not in page and "kill-5" not in page
+    assert "<td>#3</td><td><span" in page  # the timeline's number column
+    assert re.search(r"#5</td>\s*<td>kill</td>", page)  # availability table
+    assert "#3 partition-one 1" in page  # gap bars, tooltips
+    # Without ids, faults are numbered in start order, again one number each.
+    r = Run()
+    r.nemesis(500.0, "pause", "start")
+    r.nemesis(501.0, "kill", "start")
+    r.nemesis(502.0, "pause", "stop")
+    r.nemesis(503.0, "kill", "stop")
+    r.send(504.0)
+    page = render_report(r.events, check_all(r.events), {})
+    page = page[page.index("</style>") :]
+    assert set(re.findall(FAULT_NUMBER, page)) == {"1", "2"}
+    assert page.count("<td>#1</td>") == 2 and page.count("<td>#2</td>") == 2  # start, stop
+
+
+def test_run_facts_read_as_text_not_python() -> None:
+    meta: dict[str, Any] = {
+        "quick": True,
+        "sabotage": None,
+        "replicas_converged": False,
+        "members_at_end": [1, 4, 5],
+        "hosts": {"1": "127.0.0.11", "6": "127.0.0.16"},
+        "load": {"users": 8, "http_fraction": 0.15, "note": None},
+        "nothing": [],
+    }
+    page = render_report([], check_all([]), meta)
+    header = page[page.index("<caption>Run</caption>") : page.index("<caption>History")]
+    for python in ("True", "False", "None", "[]", "{"):
+        assert python not in header
+    assert "<th>quick</th><td>yes</td>" in header
+    assert "<th>replicas_converged</th><td>no</td>" in header
+    assert "<th>sabotage</th><td>\u2014</td>" in header
+    assert "<th>note</th><td>\u2014</td>" in header
+    assert "<th>members_at_end</th><td>1, 4, 5</td>" in header
+    assert "<th>6</th><td>127.0.0.16</td>" in header
