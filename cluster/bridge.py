@@ -40,6 +40,7 @@ from typing import Any
 import grpc
 import outcome
 import trio
+from google.protobuf.message import DecodeError
 
 from cluster.ratelog import RateLimitedLog
 
@@ -167,6 +168,69 @@ class GrpcService:
         unknown = sorted(n for n in names if not callable(getattr(base, n, None)))
         if unknown:
             raise ValueError(f"{base.__name__} has no RPC named {', '.join(unknown)}")
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """What a request that is not a valid protobuf message of its type deserializes to, so
+    that the method answers INVALID_ARGUMENT (grpc would answer UNKNOWN, as for a bug)."""
+
+    error: str
+
+
+def _decoding_safely(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def safe(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except DecodeError as e:
+            return Undecodable(str(e))
+
+    return safe
+
+
+class _HandlerCapture:
+    """Stands in for the server while a generated ``add_*Servicer_to_server`` registers its
+    method handlers, so that they can be registered again with safe deserializers."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, dict[str, Any]] = {}
+
+    def add_generic_rpc_handlers(self, _handlers: Any) -> None:
+        pass  # the same methods come again through add_registered_method_handlers
+
+    def add_registered_method_handlers(self, name: str, handlers: dict[str, Any]) -> None:
+        self.services[name] = handlers
+
+
+def _add_decoding_safely(
+    server: Any, add_to_server: Callable[[Any, Any], None], servicer: Any
+) -> None:
+    capture = _HandlerCapture()
+    add_to_server(servicer, capture)
+    for name, handlers in capture.services.items():
+        safe: dict[str, Any] = {}
+        for method, h in handlers.items():
+            deserialize = _decoding_safely(h.request_deserializer)
+            if h.request_streaming:
+                raise ValueError(f"{name}/{method}: client streaming is not bridged")
+            if h.response_streaming:
+                safe[method] = grpc.unary_stream_rpc_method_handler(
+                    h.unary_stream, deserialize, h.response_serializer
+                )
+            else:
+                safe[method] = grpc.unary_unary_rpc_method_handler(
+                    h.unary_unary, deserialize, h.response_serializer
+                )
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, safe),))
+        server.add_registered_method_handlers(name, safe)
+
+
+async def _refuse_undecodable(context: Any, request: Any, name: str) -> None:
+    if isinstance(request, Undecodable):
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{name}: the request does not decode: {request.error}",
+        )
 
 
 async def _abort(context: Any, error: GrpcAbort) -> None:
@@ -332,7 +396,7 @@ class GrpcServer:
     async def _serve(self, ready: concurrent.futures.Future[Any]) -> None:
         server = grpc.aio.server(options=_SERVER_OPTIONS)
         for service in self._services:
-            service.add_to_server(self._make_servicer(service), server)
+            _add_decoding_safely(server, service.add_to_server, self._make_servicer(service))
         try:
             port = server.add_insecure_port(self.bind)
         except RuntimeError as e:
@@ -367,6 +431,7 @@ class GrpcServer:
     ) -> Callable[..., Awaitable[Any]]:
         async def method(_servicer: Any, request: Any, context: Any) -> Any:
             await self._check_auth(context, auth, name)
+            await _refuse_undecodable(context, request, name)
             call = _Call(name, handler, request, context.time_remaining())
             return await self._handle(call, context)
 
@@ -378,6 +443,7 @@ class GrpcServer:
     ) -> Callable[..., AsyncIterator[Any]]:
         async def method(_servicer: Any, request: Any, context: Any) -> AsyncIterator[Any]:
             await self._check_auth(context, auth, name)
+            await _refuse_undecodable(context, request, name)
             call = _StreamCall(name, handler, request, context.time_remaining())
             async for item in self._handle_stream(call, context):
                 yield item
@@ -390,6 +456,7 @@ class GrpcServer:
     ) -> Callable[..., Awaitable[Any]]:
         async def method(_servicer: Any, request: Any, context: Any) -> Any:
             await self._check_auth(context, auth, name)
+            await _refuse_undecodable(context, request, name)
             assert self._trio_token is not None
             # Answered at once while trio keeps up; once NOTICE_WINDOW notices wait for it,
             # the answer waits for this one too, so a busy node slows its senders down

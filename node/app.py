@@ -283,7 +283,9 @@ class Node:
                 sabotage=cfg.testing.sabotage,
             )
         host = cfg.node.host
-        token = peer_token(cfg.cluster.password) if cfg.cluster.password else None
+        # A lone node without a password gets the random one (never None): its peer service must
+        # not be open to anyone who reaches the port.
+        token = peer_token(self.raft_password)
         self.clients = GrpcClients(peer_pb2_grpc.PeerStub, token)
         self.driver = RaftDriver(self.timing.tick_interval_s, name=f"node{cfg.node.id}")
         self.driver.start()

@@ -7,7 +7,9 @@ permissions are in ``groups/permissions.py`` (apply) and ``send_checks.py`` (pro
 
 from __future__ import annotations
 
-from .channels import MAX_ID_BYTES
+from proto.wkproto import ChannelType
+
+from .channels import MAX_ID_BYTES, id_problem
 
 SYSTEM_UID = "____system"
 """The sender of HTTP sends without ``from_uid``; recipients see an empty ``from_uid``."""
@@ -32,4 +34,22 @@ def request_problem(
             return f"{name} is longer than {limit} bytes"
     if not 0 <= expire <= 0xFFFFFFFF:
         return "expire must fit 32 bits"
+    return None
+
+
+def person_channel_problem(channel_id: str, channel_type: int, from_uid: str) -> str | None:
+    """Why a send cannot be stored in this person channel: the id must name two valid uids,
+    the sender one of them. Entry nodes only propose canonical such ids; apply checks the shape
+    again, so that nothing downstream (conversations, delivery) meets another."""
+    if channel_type != ChannelType.PERSON:
+        return None
+    a, sep, b = channel_id.partition("@")
+    if not sep:
+        return "a person channel id is uid@uid"
+    for party in (a, b):
+        problem = id_problem(party, "person channel party")
+        if problem is not None:
+            return problem
+    if from_uid not in (a, b):
+        return "the sender is not a party of this person channel"
     return None

@@ -22,7 +22,7 @@ from ..command_channels import (
 )
 from ..ids import EPOCH_MS
 from ..log import get_logger
-from ..pipeline_rules import request_problem
+from ..pipeline_rules import person_channel_problem, request_problem
 from ..storage import ChannelInfo, DeviceRecord, MessageRecord, Store
 from ..storage.db import Batch
 from . import channel_state, command_sync, conversations, message_ops, permissions, streams
@@ -139,7 +139,14 @@ class GroupMachine:
                     outcome.CopyFrom(earlier)
                     outcome.duplicate = True
                     continue
-            reason = ReasonCode.PAYLOAD_DECODE_ERROR if malformed else self._check(item)
+            if malformed:
+                reason = ReasonCode.PAYLOAD_DECODE_ERROR
+            elif person_channel_problem(
+                source_of(item.channel_id), item.channel_type, item.from_uid
+            ):
+                reason = ReasonCode.CHANNEL_ID_ERROR
+            else:
+                reason = self._check(item)
             if reason != ReasonCode.SUCCESS:
                 outcome.reason = reason
                 continue

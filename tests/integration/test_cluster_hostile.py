@@ -27,7 +27,7 @@ from cluster.raft.guard import AUTH_DEADLINE_S, UNAUTHENTICATED_PER_SOURCE
 from cluster.raft.wire import authenticator_for
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.raftchat.peer.v1 import peer_pb2_grpc as pb_grpc
-from tests.conftest import Cluster, eventually
+from tests.conftest import Cluster, eventually, start_node
 
 RAFT_PORTS = range(12000, 12009)  # the controller group and the 8 slot groups
 PASSWORD = "test-cluster-secret"  # what tests/conftest.py gives its clusters
@@ -356,3 +356,27 @@ class Holder(threading.Thread):
         for sock in socks.values():
             if sock is not None:
                 sock.close()
+
+
+def test_a_lone_node_without_a_password_serves_its_peer_service_to_nobody(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # Without cluster.password, the node's Raft ports use a random password; its peer gRPC
+    # service must be just as closed (it accepted any caller, who could commit anything).
+    node = start_node(tmp_path_factory.mktemp("lone"))
+    try:
+        host = node.endpoints["grpc"]
+        item = pb.SendItem(from_uid="x", channel_id="", channel_type=1, client_msg_no="m")
+        with grpc.insecure_channel(host) as channel:
+            stub = pb_grpc.PeerStub(channel)
+            for metadata in (None, [(AUTH_METADATA_KEY, peer_token("guess"))]):
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.ForwardSends(
+                        pb.ForwardSendsRequest(group=1, items=[item]),
+                        timeout=5,
+                        metadata=metadata,
+                    )
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        assert node.running
+    finally:
+        node.stop()

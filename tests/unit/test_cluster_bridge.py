@@ -548,3 +548,38 @@ def test_refused_calls_are_logged_once_per_address_and_end_only_themselves() -> 
     first = "peer gRPC: refused Kick from 127.0.0.1: wrong peer token"
     last = "peer gRPC: refused Kick from 127.0.0.1: no peer token"
     assert lines == [first, f"5 more from 127.0.0.1 in the last 10 s, the last: {last}"]
+
+
+def test_a_request_that_does_not_decode_is_invalid_argument_and_reaches_no_handler() -> None:
+    calls: list[pb.KickRequest] = []
+
+    async def kick(req: pb.KickRequest) -> pb.KickReply:
+        calls.append(req)
+        return pb.KickReply(kicked=1)
+
+    def raw_call(address: str, body: bytes, token: str | None) -> grpc.RpcError:
+        with grpc.insecure_channel(address) as channel:
+            call = channel.unary_unary("/raftchat.peer.v1.Peer/Kick")
+            metadata = [(bridge.AUTH_METADATA_KEY, token)] if token else None
+            with pytest.raises(grpc.RpcError) as info:
+                call(body, timeout=5, metadata=metadata)
+            return info.value
+
+    async def main() -> None:
+        server = make_server({"Kick": kick})
+        async with server.serving():
+            # Wire type 7 does not exist: protobuf cannot decode this.
+            error = await trio.to_thread.run_sync(raw_call, server.address, b"\xff\xff", TOKEN)
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+            assert "does not decode" in error.details()  # type: ignore[attr-defined]
+            # Authentication still comes first.
+            error = await trio.to_thread.run_sync(raw_call, server.address, b"\xff\xff", None)
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+            client = GrpcClient(server.address, pb_grpc.PeerStub, TOKEN)
+            try:
+                assert (await client.call("Kick", pb.KickRequest(uid="u"), 5.0)).kicked == 1
+            finally:
+                client.close()
+        assert [r.uid for r in calls] == ["u"]
+
+    trio.run(main)

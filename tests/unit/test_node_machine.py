@@ -787,3 +787,21 @@ def test_a_failing_metadata_op_answers_system_error_and_writes_nothing(
     assert f.machine.applied_index() == before + 1
     assert f.store.get_raw("msgx", b"half-done") is None
     assert f.channel("after-the-bug").reason == ReasonCode.SUCCESS
+
+
+@pytest.mark.parametrize(
+    ("channel_id", "from_uid"),
+    [("", "u1"), ("u2", "u1"), ("@u2", "u1"), ("u1@", "u1"), ("u2@u3", "u1"), ("a b@u1", "u1")],
+)
+def test_a_person_send_whose_channel_id_is_no_person_channel_is_refused_in_apply(
+    f: Feeder, channel_id: str, from_uid: str
+) -> None:
+    # Entry nodes never propose these; a peer that did (a bug, or a forged ForwardSends)
+    # once committed a message that delivery could not handle. Apply refuses it, and the
+    # batch's other sends are unaffected.
+    res = f.send(
+        item(channel_id, ctype=PERSON, from_uid=from_uid, no="bad"),
+        item("u1@u2", ctype=PERSON, from_uid="u1", no="good"),
+    )
+    assert [o.reason for o in res.outcomes] == [ReasonCode.CHANNEL_ID_ERROR, ReasonCode.SUCCESS]
+    assert [m.channel_id for m in res.committed] == ["u1@u2"]
