@@ -119,7 +119,9 @@ def parse(message: bytes | str) -> Any:
         raise JsonRpcError(PARSE_ERROR, "not JSON: a number has too many digits") from None
     except RecursionError:
         raise JsonRpcError(PARSE_ERROR, "not JSON: nested too deeply") from None
-    if isinstance(doc, dict | list) and _too_deep(doc, MAX_DEPTH):
+    # Counting brackets first spares the walk for every message that cannot nest that deep.
+    brackets = message.count("{") + message.count("[")
+    if brackets > MAX_DEPTH and isinstance(doc, dict | list) and _too_deep(doc, MAX_DEPTH):
         raise JsonRpcError(INVALID_REQUEST, f"nested deeper than {MAX_DEPTH} levels")
     return doc
 
