@@ -248,6 +248,30 @@ def test_kick_arrives_as_a_disconnect_notification(node: NodeProcess) -> None:
     trio.run(main)
 
 
+def test_stream_events_arrive_as_event_notifications(node: NodeProcess) -> None:
+    api = Api(node.endpoints["http"])
+    (reader,) = users(node, "reader")
+    gid, cmn = fresh("sg"), fresh("stream-")
+    api.ok("/channel", {"channel_id": gid, "channel_type": 2, "subscribers": ["bot", reader]})
+    common = {"channel_id": gid, "channel_type": 2, "from_uid": "bot", "client_msg_no": cmn}
+
+    async def main() -> None:
+        async with login(node, reader) as jr:
+            anchor = {**common, "is_stream": 1, "payload": b64(b'{"type":1,"content":""}')}
+            await trio.to_thread.run_sync(api.ok, "/message/send", anchor)
+            assert (await jr.recv())["clientMsgNo"] == cmn
+            delta = {**common, "event_id": "e1", "event_type": "stream.delta"}
+            delta["payload"] = {"delta": "Hel"}
+            await trio.to_thread.run_sync(api.ok, "/message/event", delta)
+            event = await jr.notification("event")
+            assert (event["id"], event["type"]) == ("e1", "stream.delta")
+            assert isinstance(event["timestamp"], int)
+            data = json.loads(event["data"])
+            assert data["client_msg_no"] == cmn and data["payload"] == {"delta": "Hel"}
+
+    trio.run(main)
+
+
 # --- refusals -------------------------------------------------------------------------------
 
 
