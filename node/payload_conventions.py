@@ -50,7 +50,9 @@ def parse(payload: bytes) -> dict[str, Any] | None:
         return None  # cheap exit for binary and encrypted payloads
     try:
         obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: nested deeper than the parser recurses (a 12 KiB payload holds
+        # thousands of levels); such a payload is no document of ours either.
         return None
     if not isinstance(obj, dict):
         return None

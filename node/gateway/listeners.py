@@ -1,4 +1,5 @@
-"""The gateway's listeners: WKProto over TCP and over WebSocket, each connection contained.
+"""The gateway's listeners: WKProto over TCP, and WKProto or JSON-RPC over WebSocket, each
+connection contained.
 
 Three rules hold for every accepted connection:
 
@@ -38,7 +39,8 @@ FD_RESERVE = 1024
 when ``gateway.max_connections`` is 0."""
 
 WS_MAX_MESSAGE = MAX_REMAINING_LENGTH + 16
-"""One WKProto frame per message: the largest frame the codec accepts, plus its header."""
+"""The largest WKProto frame the codec accepts, plus its header; the same bound holds for one
+JSON-RPC message."""
 
 
 def raise_open_file_limit() -> int:

@@ -1,6 +1,7 @@
-"""One client session, the same state machine behind TCP and WebSocket.
+"""One client session, the same state machine behind TCP and WebSocket, WKProto and JSON-RPC.
 
-States: awaiting CONNECT (bounded by ``auth_timeout_s``) -> authenticated (closed after
+The session works on WKProto frames; its codec (``codec.py``) reads and writes the client's
+protocol. States: awaiting CONNECT (bounded by ``auth_timeout_s``) -> authenticated (closed after
 ``idle_timeout_s`` without an inbound frame) -> closed. A failed CONNECT is always answered with
 a CONNACK carrying its reason before the close; a kick sends DISCONNECT first. Outbound frames go
 through one queue and one writer task, so SENDACKs and RECVs never interleave on the stream.
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from proto.jsonrpc import Answer
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import (
     LATEST_VERSION,
@@ -29,7 +31,6 @@ from proto.wkproto import (
     Disconnect,
     Event,
     Frame,
-    FrameDecoder,
     HeaderFlag,
     Ping,
     Pong,
@@ -42,7 +43,6 @@ from proto.wkproto import (
     Setting,
     Sub,
     Suback,
-    encode,
 )
 from proto.wkproto.crypto import KeyPair, SessionCipher, new_salt, recv_sign, send_sign
 
@@ -57,6 +57,7 @@ from ..send_checks import SendRules, precheck
 from ..sessions import SessionRegistry
 from ..storage import MessageRecord
 from ..userfacts import UserFacts
+from .codec import SessionCodec, WkprotoCodec, choose_codec
 from .transport import Transport
 
 EVENT_MIN_VERSION = 5
@@ -102,8 +103,9 @@ class Session:
         self.connected_at = 0.0
         self.version = LATEST_VERSION
         self._cipher: SessionCipher | None = None
-        self._decoder = FrameDecoder()
-        self._out_send, self._out_recv = trio.open_memory_channel[bytes](OUTBOUND_QUEUE)
+        # Chosen by the first message on a WebSocket (JSON-RPC or WKProto); TCP is WKProto.
+        self._codec: SessionCodec | None = None if transport.json_rpc else WkprotoCodec()
+        self._out_send, self._out_recv = trio.open_memory_channel[bytes | str](OUTBOUND_QUEUE)
         self._scope = trio.CancelScope()
         self._leaving = False
         self._sends = trio.Semaphore(SENDS_IN_FLIGHT)
@@ -152,7 +154,19 @@ class Session:
         self._scope.cancel()
 
     def _fields(self) -> dict[str, object]:
-        return {"conn": self.conn_id, "uid": self.uid, "transport": self._transport.kind}
+        fields: dict[str, object] = {
+            "conn": self.conn_id,
+            "uid": self.uid,
+            "transport": self._transport.kind,
+        }
+        if self._codec is not None and self._codec.name != "wkproto":
+            fields["protocol"] = self._codec.name
+        return fields
+
+    @property
+    def _encrypts(self) -> bool:
+        """Payload encryption: configured, and possible in the client's protocol."""
+        return self._ctx.config.gateway.encryption and bool(self._codec and self._codec.encrypts)
 
     # --- IO -------------------------------------------------------------------------------
 
@@ -173,11 +187,17 @@ class Session:
             self._scope.cancel()
 
     def _enqueue(self, frame: Frame) -> None:
+        if self._codec is None:
+            return
         try:
-            data = encode(frame, self.version)
+            data = self._codec.encode(frame)
         except ProtocolError as e:
             log.error("cannot encode frame for session", **self._fields(), error=str(e))
             return
+        if data is not None:
+            self._put(data)
+
+    def _put(self, data: bytes | str) -> None:
         try:
             self._out_send.send_nowait(data)
         except trio.WouldBlock:
@@ -188,13 +208,28 @@ class Session:
 
     async def _next_frame(self) -> Frame | None:
         while True:
-            frame = self._decoder.next_frame()
-            if frame is not None:
-                return frame
+            item = self._codec.next_frame() if self._codec is not None else None
+            if isinstance(item, Answer):
+                self._answer(item)
+                continue
+            if item is not None:
+                return item
             data = await self._transport.receive()
             if not data:
                 return None
-            self._decoder.feed(data)
+            if self._codec is None:
+                self._codec = choose_codec(data, self._transport.json_rpc)
+                if self._codec is None:
+                    continue
+            self._codec.feed(data)
+
+    def _answer(self, answer: Answer) -> None:
+        """Send the codec's answer to refused input; raise when the session must end."""
+        if answer.text is not None:
+            self._put(answer.text)
+        if answer.close:
+            raise ProtocolError(answer.reason)
+        log.info("request refused", **self._fields(), reason=answer.reason)
 
     async def _reader(self) -> None:
         gw = self._ctx.config.gateway
@@ -226,12 +261,13 @@ class Session:
         cfg = self._ctx.config
         # Version 0 (unset) and anything newer than ours run at our latest, as WuKongIM v3 does.
         self.version = LATEST_VERSION if c.version == 0 else min(c.version, LATEST_VERSION)
-        self._decoder.version = self.version
+        assert self._codec is not None  # it decoded this CONNECT
+        self._codec.version = self.version
         now_ms = int(time.time() * 1000)
         self.uid = c.uid
         reason, level = await self._authenticate(c)
         server_key, salt = "", ""
-        if reason == ReasonCode.SUCCESS and cfg.gateway.encryption:
+        if reason == ReasonCode.SUCCESS and self._encrypts:
             pair = KeyPair()
             salt = new_salt()
             try:
@@ -286,7 +322,7 @@ class Session:
             return ReasonCode.AUTH_FAIL, 0
         if c.device_flag not in _CLIENT_DEVICE_FLAGS:
             return ReasonCode.AUTH_FAIL, 0
-        if cfg.gateway.encryption and not c.client_key:
+        if self._encrypts and not c.client_key:
             return ReasonCode.CLIENT_KEY_IS_EMPTY, 0
         try:
             # A fresh read from the uid's slot group leader: a token set a moment ago counts.

@@ -1,12 +1,15 @@
-"""Byte transports under a session: raw TCP, and WebSocket with binary messages.
+"""Transports under a session: raw TCP, and WebSocket messages.
 
-Both hand the session raw bytes (a WKProto frame may span or share reads, or WebSocket
-messages) and take whole frames to write. WebSocket writes exactly one frame per message:
-the official JS SDK 1.0.4 loses every frame after the first in a message.
+TCP hands the session raw bytes (a WKProto frame may span or share reads); WebSocket hands it
+whole messages, bytes for binary and str for text, and the session's codec makes sense of them
+(WKProto frames may span or share messages; a JSON-RPC message is one WebSocket message).
+Both take whole frames to write. WebSocket writes exactly one frame per message (the official
+JS SDK 1.0.4 loses every frame after the first in a message), as text when it is a str.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import trio
@@ -17,12 +20,14 @@ from .websocket import WsConnection
 class Transport(Protocol):
     kind: str
     peer: str
+    json_rpc: bool
+    """Whether a session here may speak JSON-RPC (chosen by its first message)."""
 
-    async def receive(self) -> bytes:
-        """Next bytes from the peer; ``b""`` once the peer has closed."""
+    async def receive(self) -> bytes | str:
+        """What the peer sent next (never empty); ``b""`` once the peer has closed."""
         ...
 
-    async def send_frames(self, frames: list[bytes]) -> None: ...
+    async def send_frames(self, frames: Sequence[bytes | str]) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -40,6 +45,7 @@ def peer_of(stream: trio.SocketStream) -> str:
 
 class TcpTransport:
     kind = "tcp"
+    json_rpc = False
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self._stream = stream
@@ -51,9 +57,11 @@ class TcpTransport:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
 
-    async def send_frames(self, frames: list[bytes]) -> None:
-        # On TCP, frames written together cost one syscall.
-        await self._stream.send_all(b"".join(frames))
+    async def send_frames(self, frames: Sequence[bytes | str]) -> None:
+        # On TCP, frames written together cost one syscall. Only WKProto runs here: all bytes.
+        await self._stream.send_all(
+            b"".join(f if isinstance(f, bytes) else f.encode() for f in frames)
+        )
 
     async def aclose(self) -> None:
         await self._stream.aclose()
@@ -61,22 +69,22 @@ class TcpTransport:
 
 class WsTransport:
     kind = "ws"
+    json_rpc = True
 
     def __init__(self, ws: WsConnection, peer: str) -> None:
         self._ws = ws
         self.peer = peer
 
-    async def receive(self) -> bytes:
-        message = await self._ws.receive()
-        if message is None:
-            return b""
-        if isinstance(message, str):
-            # JSON-RPC over text messages is not served; treat it as bytes so that the codec
-            # rejects it precisely instead of the transport guessing.
-            return message.encode()
-        return bytes(message)
+    async def receive(self) -> bytes | str:
+        while True:
+            message = await self._ws.receive()
+            if message is None:
+                return b""
+            # An empty message is legal and must not read as the end of the connection.
+            if message:
+                return message
 
-    async def send_frames(self, frames: list[bytes]) -> None:
+    async def send_frames(self, frames: Sequence[bytes | str]) -> None:
         for frame in frames:
             await self._ws.send_message(frame)
 

@@ -225,7 +225,9 @@ def _on_mention(ctx: ApplyContext, ck: bytes, seq: int, payload: bytes) -> None:
     mention (payloads are the app's business, so a malformed one is simply ignored)."""
     try:
         doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # This runs while applying the Raft log: a payload nested deeper than the parser
+        # recurses must be ignored like any other malformed one, never fail the apply.
         return
     mention = doc.get("mention") if isinstance(doc, dict) else None
     if not isinstance(mention, dict):

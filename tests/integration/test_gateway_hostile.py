@@ -217,3 +217,44 @@ def test_a_connect_with_an_extreme_client_clock_is_still_answered(
     assert isinstance(ack, Connack)
     assert ack.reason_code != ReasonCode.SUCCESS
     assert_serves(fast_auth_node)
+
+
+def read_ws_message(sock: socket.socket, timeout_s: float = 5) -> bytes | None:
+    """The payload of the next (unmasked, unfragmented) server message; None once closed."""
+    sock.settimeout(timeout_s)
+    buf = b""
+    while True:
+        if len(buf) >= 2:
+            n, at = buf[1] & 0x7F, 2
+            if n == 126 and len(buf) >= 4:
+                n, at = struct.unpack(">H", buf[2:4])[0], 4
+            if n < 127 and len(buf) >= at + n:
+                return buf[at : at + n]
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        buf += chunk
+
+
+def test_an_empty_message_does_not_end_the_session(fast_auth_node: NodeProcess) -> None:
+    sock = ws_open(fast_auth_node)
+    sock.sendall(ws_frame(0x2, b""))  # legal, and no end of anything
+    connect = Connect(
+        version=6,
+        device_flag=0,
+        device_id="d",
+        uid="empty",
+        token="t",
+        client_timestamp=0,
+        client_key="",
+    )
+    sock.sendall(ws_frame(0x2, encode(connect, 6)))
+    answer = read_ws_message(sock)
+    assert answer is not None, "the server closed instead of reading the CONNECT"
+    connack = FrameDecoder(6)
+    connack.feed(answer)
+    frame = connack.next_frame()
+    # Encryption is on and the client key empty: refused, but only after reading it.
+    assert isinstance(frame, Connack) and frame.reason_code == ReasonCode.CLIENT_KEY_IS_EMPTY
+    sock.close()
+    assert_serves(fast_auth_node)

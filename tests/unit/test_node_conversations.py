@@ -242,6 +242,8 @@ def test_mentions_of_a_user_and_of_everyone(n: Node) -> None:
     assert (n.row("b", "g")["mention"], n.row("c", "g")["mention"]) == (1, 1)
     assert n.row("a", "g")["mention"] == 0  # the sender read its own
     n.send("g", "a", payload=b'{"mention": not json')  # ignored, not a crash
+    # Nested deeper than the parser recurses: ignored too, never an error in the apply path.
+    n.send("g", "a", payload=b'{"mention":{"all":1},"a":' + b"[" * 6000 + b"]" * 6000 + b"}")
     n.members("g", ["d"])
     assert n.row("d", "g")["mention"] == 0  # joined after the mention
 

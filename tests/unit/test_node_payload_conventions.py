@@ -22,6 +22,12 @@ def test_parse_never_raises_and_only_types_json_objects(raw: bytes) -> None:
     assert out is None or isinstance(out["type"], int)
 
 
+def test_a_payload_nested_deeper_than_the_parser_recurses_is_opaque() -> None:
+    # 6,000 levels fit the default 12 KiB payload limit and exceed Python's recursion limit.
+    deep = b'{"type":1,"content":"x","a":' + b"[" * 6000 + b"]" * 6000 + b"}"
+    assert pc.parse(deep) is None
+
+
 def test_untyped_payloads_are_opaque() -> None:
     for obj in ([1, 2], {"type": "1"}, {"type": True}, {"content": "x"}, "text"):
         assert typed(obj) is None

@@ -15,6 +15,7 @@ from proto.wkproto import FrameDecoder, Recv
 class _NoTransport:
     kind = "test"
     peer = "test"
+    json_rpc = False
 
 
 def record(seq: int, channel: str = "g1") -> MessageRecord:
