@@ -36,6 +36,7 @@ from proto.wkproto import ChannelType, ReasonCode
 
 from ..channels import person_parties
 from ..command_channels import RED_DOT, SYNC_ONCE, is_cmd
+from ..ids import committed_ms
 from ..storage import MessageRecord, Store
 from ..storage.keys import SEP, channel_key
 from . import message_ops, msgindex, msgx
@@ -242,14 +243,18 @@ def is_countable(flags: int) -> bool:
     return bool(flags & RED_DOT) and not flags & SYNC_ONCE
 
 
-def on_message(ctx: ApplyContext, record: MessageRecord, item: pb.SendItem) -> None:
-    """Runs in apply for every stored message, in the same write batch."""
+def on_message(ctx: ApplyContext, record: MessageRecord, *, imported: bool = False) -> None:
+    """Runs in apply for every stored message, in the same write batch. An ``imported`` message
+    (history, ``groups/imports.py``) counts as unread for no one and mentions no one: it adds 0
+    to the running count, so every row's unread stays what it was whatever its read floor, and
+    it moves no read floor (that would drop a ``setUnread`` override). Person rows are created
+    as for any message, so the conversation shows up with its history."""
     msgindex.index_message(ctx, record)
     ctype, cid, seq = record.channel_type, record.channel_id, record.message_seq
     if ctype in NO_CONVERSATION or is_cmd(cid):
         return  # command twins are synced apart (groups/command_sync.py)
     ck = channel_key(ctype, cid)
-    countable = is_countable(record.flags)
+    countable = is_countable(record.flags) and not imported
     # Seqs of a channel are contiguous, so the running count continues from seq - 1 (from the
     # cache when that message is in this same batch).
     previous = ctx.cache.get(("count", ck))
@@ -259,19 +264,20 @@ def on_message(ctx: ApplyContext, record: MessageRecord, item: pb.SendItem) -> N
     ctx.cache[("count", ck)] = total
     ctx.wb.put_raw("convs", _count_key(ck, seq), _U64.pack(total))
 
+    own = "" if imported else record.from_uid  # no uid is empty
     if ctype == ChannelType.PERSON:
         for uid in dict.fromkeys(person_parties(cid)):
             row = _get(ctx, uid, ck)
-            if row is None or uid == record.from_uid:
+            if row is None or uid == own:
                 row = row or Row(cid, ctype)
-                if uid == record.from_uid:
+                if uid == own:
                     row.mark_read(seq)  # one's own messages are never unread
                 _put(ctx, uid, ck, row)
-    else:
-        own = _get(ctx, record.from_uid, ck)
-        if own is not None and own.cap is None:
-            own.mark_read(seq)
-            _put(ctx, record.from_uid, ck, own)
+    elif own:
+        row = _get(ctx, own, ck)
+        if row is not None and row.cap is None:
+            row.mark_read(seq)
+            _put(ctx, own, ck, row)
     if countable and b'"mention"' in record.payload:
         _on_mention(ctx, ck, seq, record.payload)
 
@@ -442,7 +448,10 @@ def _conversations(store: Store, q: dict[str, Any]) -> list[dict[str, Any]]:
             continue  # deleted and nothing newer since (or no message at all)
         last = store.get_message(ctype, cid, top)
         last_ms = last.timestamp_ms if last is not None else 0
-        row_version = max(last_ms, row.updated_ms)
+        # The commit time from the id too: an imported last message carries its original (older)
+        # timestamp, yet the row changed when it was imported.
+        committed = committed_ms(last.message_id) if last is not None else 0
+        row_version = max(last_ms, committed, row.updated_ms)
         if version and row_version <= version:
             continue
         client_seq = known.get(f"{ctype}:{cid}")

@@ -223,7 +223,7 @@ def test_data_temp_and_live_channels_have_no_conversations(n: Node) -> None:
         ctx = ApplyContext(GROUP_ID, n.store, n.store.batch(), T0)
         record = MessageRecord(1 << 30, 1, T0, "x", ctype, "a", "", b"{}", flags=RED)
         ctx.wb.append_message(record)
-        on_message(ctx, record, pb.SendItem())
+        on_message(ctx, record)
         n.store.write(ctx.wb)
     assert n.row("b", "x", 3) is not None  # customer service is group-like
     assert [c["channel_type"] for c in n.convs("b")] == [3]
