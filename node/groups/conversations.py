@@ -9,18 +9,24 @@ Key layout of ``convs``:
 * ``u`` + uid + NUL + channel key -> the row (JSON, ``Row``);
 * ``N`` + channel key + seq (8 bytes) -> how many *countable* messages the channel holds up to
   and including seq (8 bytes): unread is a difference of two of these, O(1) whatever the gap;
-* ``A`` + channel key -> the seq of the channel's latest ``mention.all`` message.
+* ``A`` + channel key -> the seq of the channel's latest ``mention.all`` message;
+* ``M`` + channel key + uid + NUL + seq (8 bytes) -> b"": message seq named uid in
+  ``mention.uids`` (uid "" for ``mention.all``), written with the message and deleted when the
+  message is erased, so that "@me" can fall back to an older mention when a newer one is gone.
 
 Countable = header flag RED_DOT set and SYNC_ONCE not set. Unread = countable messages above
 max(read floor, deleted-to, cleared-to) and at most the head (or the cap of a removed member),
-plus an explicit ``setUnread`` override. See ``docs/messaging.md``.
+plus an explicit ``setUnread`` override. "@me" = a message that still exists (not deleted for
+everyone, not expired, not revoked) above that same base and at most the top names the user or
+everyone. See ``docs/messaging.md``.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
@@ -30,6 +36,7 @@ from proto.wkproto import ChannelType, ReasonCode
 
 from ..channels import person_parties
 from ..command_channels import RED_DOT, SYNC_ONCE, is_cmd
+from ..ids import committed_ms
 from ..storage import MessageRecord, Store
 from ..storage.keys import SEP, channel_key
 from . import message_ops, msgindex, msgx
@@ -38,6 +45,10 @@ from .context import ApplyContext
 _ROW = b"u"
 _COUNT = b"N"
 _MENTION_ALL = b"A"
+_MENTIONS = b"M"
+_EVERYONE = ""
+"""The uid under which ``mention.all`` messages are indexed (no uid is empty)."""
+_MENTION_PAGE = 64
 _U64 = struct.Struct(">Q")
 
 GROUP_LIKE = frozenset(
@@ -76,7 +87,8 @@ class Row:
     """``setUnread``: this many unread as of ``override_at``, plus countable messages after."""
     override_at: int = 0
     mention: int = 0
-    """The last seq whose ``mention.uids`` named this user."""
+    """The last seq whose ``mention.uids`` named this user (when it still exists it answers
+    "@me" with one read; the ``M`` index has the older ones)."""
     cap: int | None = None
     """Set when the user left a group-like channel: the head then; later messages are not theirs."""
     updated_ms: int = 0
@@ -148,9 +160,54 @@ def mention_all_seq(store: Store, ck: bytes) -> int:
     return 0 if raw is None else int(_U64.unpack(raw)[0])
 
 
-def mentioned(row: Row, top: int, all_seq: int) -> bool:
-    seq = max(row.mention, all_seq if all_seq <= top else 0)
-    return seq > row.base()
+def _mention_prefix(ck: bytes, uid: str) -> bytes:
+    return _MENTIONS + ck + uid.encode() + SEP
+
+
+def _indexed_mentions(store: Store, ck: bytes, uid: str, after: int) -> Iterator[int]:
+    """Seqs above ``after`` whose message named ``uid`` ("" = everyone), oldest first, read a
+    page at a time."""
+    prefix = _mention_prefix(ck, uid)
+    start = prefix + _U64.pack(after + 1)
+    while True:
+        page = store.prefix_items("convs", prefix, limit=_MENTION_PAGE, start=start)
+        for key, _ in page:
+            yield int(_U64.unpack_from(key, len(prefix))[0])
+        if len(page) < _MENTION_PAGE:
+            return
+        start = page[-1][0] + b"\x00"
+
+
+def _still_there(store: Store, row: Row, ck: bytes, seq: int, now_ms: int) -> bool:
+    """The message at ``seq`` exists for everyone: not erased, not expired, not revoked."""
+    r = store.get_message(row.channel_type, row.channel_id, seq)
+    if r is None or message_ops.is_expired(r, now_ms):
+        return False
+    return store.get_raw(msgx.CF, msgx.seq_key(msgx.REVOKE, ck, seq)) is None
+
+
+def mentioned(store: Store, uid: str, row: Row, ck: bytes, top: int, now_ms: int) -> bool:
+    """Whether ``uid`` has an "@me": a message in (base, top] that still exists and named
+    ``uid`` in ``mention.uids`` or had ``mention.all`` (base includes the deletion floor).
+
+    Cost: no read beyond the floor and the ``A`` seq when no mention was ever recorded above
+    the base (most rows); one message read when the newest mention is still there; otherwise
+    a scan of this user's (and everyone's) mention index from the base up, which stops at the
+    first mention still there: the price of a row whose newest mentions were deleted."""
+    lo = max(row.base(), msgx.floor(store, ck))
+    all_seq = mention_all_seq(store, ck)
+    if max(row.mention, all_seq) <= lo:
+        return False
+    for seq in sorted({row.mention, all_seq}, reverse=True):
+        if lo < seq <= top and _still_there(store, row, ck, seq, now_ms):
+            return True
+    for who in (uid, _EVERYONE):
+        for seq in _indexed_mentions(store, ck, who, lo):
+            if seq > top:
+                break
+            if _still_there(store, row, ck, seq, now_ms):
+                return True
+    return False
 
 
 def load_row(store: Store, uid: str, channel_type: int, channel_id: str) -> Row | None:
@@ -186,14 +243,18 @@ def is_countable(flags: int) -> bool:
     return bool(flags & RED_DOT) and not flags & SYNC_ONCE
 
 
-def on_message(ctx: ApplyContext, record: MessageRecord, item: pb.SendItem) -> None:
-    """Runs in apply for every stored message, in the same write batch."""
+def on_message(ctx: ApplyContext, record: MessageRecord, *, imported: bool = False) -> None:
+    """Runs in apply for every stored message, in the same write batch. An ``imported`` message
+    (history, ``groups/imports.py``) counts as unread for no one and mentions no one: it adds 0
+    to the running count, so every row's unread stays what it was whatever its read floor, and
+    it moves no read floor (that would drop a ``setUnread`` override). Person rows are created
+    as for any message, so the conversation shows up with its history."""
     msgindex.index_message(ctx, record)
     ctype, cid, seq = record.channel_type, record.channel_id, record.message_seq
     if ctype in NO_CONVERSATION or is_cmd(cid):
         return  # command twins are synced apart (groups/command_sync.py)
     ck = channel_key(ctype, cid)
-    countable = is_countable(record.flags)
+    countable = is_countable(record.flags) and not imported
     # Seqs of a channel are contiguous, so the running count continues from seq - 1 (from the
     # cache when that message is in this same batch).
     previous = ctx.cache.get(("count", ck))
@@ -203,46 +264,70 @@ def on_message(ctx: ApplyContext, record: MessageRecord, item: pb.SendItem) -> N
     ctx.cache[("count", ck)] = total
     ctx.wb.put_raw("convs", _count_key(ck, seq), _U64.pack(total))
 
+    own = "" if imported else record.from_uid  # no uid is empty
     if ctype == ChannelType.PERSON:
         for uid in dict.fromkeys(person_parties(cid)):
             row = _get(ctx, uid, ck)
-            if row is None or uid == record.from_uid:
+            if row is None or uid == own:
                 row = row or Row(cid, ctype)
-                if uid == record.from_uid:
+                if uid == own:
                     row.mark_read(seq)  # one's own messages are never unread
                 _put(ctx, uid, ck, row)
-    else:
-        own = _get(ctx, record.from_uid, ck)
-        if own is not None and own.cap is None:
-            own.mark_read(seq)
-            _put(ctx, record.from_uid, ck, own)
+    elif own:
+        row = _get(ctx, own, ck)
+        if row is not None and row.cap is None:
+            row.mark_read(seq)
+            _put(ctx, own, ck, row)
     if countable and b'"mention"' in record.payload:
         _on_mention(ctx, ck, seq, record.payload)
 
 
-def _on_mention(ctx: ApplyContext, ck: bytes, seq: int, payload: bytes) -> None:
-    """``{"mention": {"uids": [...], "all": 0|1}}`` in a JSON payload; anything else is not a
-    mention (payloads are the app's business, so a malformed one is simply ignored)."""
+def _mentions_of(payload: bytes) -> tuple[bool, list[str]]:
+    """(mention.all, the uids of mention.uids) of ``{"mention": {"uids": [...], "all": 0|1}}``
+    in a JSON payload; anything else is not a mention (payloads are the app's business, so a
+    malformed one is simply ignored)."""
     try:
         doc = json.loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError):
         # This runs while applying the Raft log: a payload nested deeper than the parser
         # recurses must be ignored like any other malformed one, never fail the apply.
-        return
+        return False, []
     mention = doc.get("mention") if isinstance(doc, dict) else None
     if not isinstance(mention, dict):
-        return
-    if mention.get("all") in (1, True):
-        ctx.wb.put_raw("convs", _MENTION_ALL + ck, _U64.pack(seq))
+        return False, []
     uids = mention.get("uids")
-    if isinstance(uids, list):
-        for uid in uids[:MAX_MENTION_UIDS]:
-            if not isinstance(uid, str) or SEP.decode() in uid:
-                continue
-            row = _get(ctx, uid, ck)
-            if row is not None and row.cap is None:
-                row.mention = seq
-                _put(ctx, uid, ck, row)
+    named = [
+        uid
+        for uid in (uids[:MAX_MENTION_UIDS] if isinstance(uids, list) else [])
+        if isinstance(uid, str) and uid and SEP.decode() not in uid
+    ]
+    return mention.get("all") in (1, True), named
+
+
+def _on_mention(ctx: ApplyContext, ck: bytes, seq: int, payload: bytes) -> None:
+    everyone, uids = _mentions_of(payload)
+    if everyone:
+        ctx.wb.put_raw("convs", _MENTION_ALL + ck, _U64.pack(seq))
+        ctx.wb.put_raw("convs", _mention_prefix(ck, _EVERYONE) + _U64.pack(seq), b"")
+    for uid in uids:
+        row = _get(ctx, uid, ck)
+        if row is not None and row.cap is None:
+            row.mention = seq
+            _put(ctx, uid, ck, row)
+            ctx.wb.put_raw("convs", _mention_prefix(ck, uid) + _U64.pack(seq), b"")
+
+
+def forget_mentions(ctx: ApplyContext, record: MessageRecord) -> None:
+    """A message is being erased (range deletion, retention, expiry): drop the mention index
+    entries it wrote. Cost: the entries of this one message (its payload is parsed only when it
+    contains "mention"), never a walk over the channel's members."""
+    if not is_countable(record.flags) or b'"mention"' not in record.payload:
+        return
+    everyone, uids = _mentions_of(record.payload)
+    ck = channel_key(record.channel_type, record.channel_id)
+    seq = _U64.pack(record.message_seq)
+    for uid in ([_EVERYONE] if everyone else []) + uids:
+        ctx.wb.delete_raw("convs", _mention_prefix(ck, uid) + seq)
 
 
 def on_channel_update(ctx: ApplyContext, c: pb.ChannelUpdate) -> None:
@@ -317,6 +402,12 @@ META: dict[str, Callable[[ApplyContext, Any], pb.MetaResult]] = {"conversation":
 # --- queries --------------------------------------------------------------------------------
 
 
+def _now_ms(q: dict[str, Any]) -> int:
+    """The reading leader's clock (expired messages mention no one); a query may pin it
+    (tests)."""
+    return int(q["now_ms"]) if "now_ms" in q else int(time.time() * 1000)
+
+
 def _row_query(store: Store, q: dict[str, Any]) -> dict[str, Any] | None:
     """One user's row in one channel, with its unread (for ``peerRead`` and tests)."""
     ctype, cid = int(q["channel_type"]), str(q["channel_id"])
@@ -325,10 +416,11 @@ def _row_query(store: Store, q: dict[str, Any]) -> dict[str, Any] | None:
         return None
     ck = channel_key(ctype, cid)
     top = row.top(store.head_seq(ctype, cid))
+    uid = str(q["uid"])
     return {
         **asdict(row),
         "unread": stored_unread(store, row, top, ck),
-        "mention": 1 if mentioned(row, top, mention_all_seq(store, ck)) else 0,
+        "mention": 1 if mentioned(store, uid, row, ck, top, _now_ms(q)) else 0,
         "top": top,
     }
 
@@ -345,6 +437,7 @@ def _conversations(store: Store, q: dict[str, Any]) -> list[dict[str, Any]]:
     exclude = {int(t) for t in q.get("exclude_channel_types", [])}
     known: dict[str, int] = {str(k): int(v) for k, v in dict(q.get("known", {})).items()}
     prefix = _ROW + uid.encode() + SEP
+    now_ms = _now_ms(q)
     out = []
     for key, raw in store.prefix_items("convs", prefix):
         row = Row.decode(raw)
@@ -357,7 +450,10 @@ def _conversations(store: Store, q: dict[str, Any]) -> list[dict[str, Any]]:
             continue  # deleted and nothing newer since (or no message at all)
         last = store.get_message(ctype, cid, top)
         last_ms = last.timestamp_ms if last is not None else 0
-        row_version = max(last_ms, row.updated_ms)
+        # The commit time from the id too: an imported last message carries its original (older)
+        # timestamp, yet the row changed when it was imported.
+        committed = committed_ms(last.message_id) if last is not None else 0
+        row_version = max(last_ms, committed, row.updated_ms)
         if version and row_version <= version:
             continue
         client_seq = known.get(f"{ctype}:{cid}")
@@ -383,7 +479,7 @@ def _conversations(store: Store, q: dict[str, Any]) -> list[dict[str, Any]]:
                 "channel_id": cid,
                 "channel_type": ctype,
                 "unread": unread,
-                "mention": 1 if mentioned(row, top, mention_all_seq(store, ck)) else 0,
+                "mention": 1 if mentioned(store, uid, row, ck, top, now_ms) else 0,
                 "timestamp": last_ms // 1000,
                 "timestamp_ms": last_ms,
                 "last_msg_seq": top,

@@ -20,30 +20,23 @@ from ..command_channels import (
     online_only,
     source_of,
 )
-from ..ids import EPOCH_MS
+from ..ids import next_message_id
 from ..log import get_logger
 from ..pipeline_rules import person_channel_problem, request_problem
 from ..storage import ChannelInfo, DeviceRecord, MessageRecord, Store
 from ..storage.db import Batch
-from . import channel_state, command_sync, conversations, message_ops, permissions, streams
+from . import (
+    channel_state,
+    command_sync,
+    conversations,
+    imports,
+    message_ops,
+    permissions,
+    streams,
+)
 from .context import ApplyContext
 
-_ID_SEQ_BITS = 12
-_ID_GROUP_BITS = 10
 _PERSISTED_FLAGS = NO_PERSIST | RED_DOT | SYNC_ONCE
-
-
-def next_message_id(last_id: int, time_ms: int, group: int) -> int:
-    """Snowflake-shaped ids, unique per group and increasing: milliseconds, group id, counter.
-
-    Derived only from the previous id and the command's time, so every replica computes the
-    same one."""
-    shift = _ID_SEQ_BITS + _ID_GROUP_BITS
-    stamp = max(time_ms - EPOCH_MS, last_id >> shift)
-    counter = (last_id & ((1 << _ID_SEQ_BITS) - 1)) + 1 if stamp == last_id >> shift else 0
-    if counter >> _ID_SEQ_BITS:
-        stamp, counter = stamp + 1, 0  # 4096 ids in one millisecond: borrow the next one
-    return (stamp << shift) | (group << _ID_SEQ_BITS) | counter
 
 
 log = get_logger("groups")
@@ -176,7 +169,7 @@ class GroupMachine:
             if seq:
                 wb.append_message(record)
                 # Indexes every stored message; rows only where conversations exist.
-                conversations.on_message(ctx, record, item)
+                conversations.on_message(ctx, record)
                 message_ops.on_message(ctx, record)
                 if is_cmd(item.channel_id):
                     uids = command_sync.recipients_of(self.store, item, item.channel_id)
@@ -259,6 +252,7 @@ _META_HANDLERS = {
     **message_ops.META,
     **command_sync.META,
     **streams.META,
+    **imports.META,
 }
 
 

@@ -219,6 +219,7 @@ def _erase(ctx: ApplyContext, r: MessageRecord, ck: bytes) -> None:
     seq = r.message_seq
     ctx.wb.delete_raw("messages", keys.message_key(ck, seq))
     msgindex.forget_message(ctx, r)
+    conversations.forget_mentions(ctx, r)
     if r.client_msg_no:
         ctx.wb.delete_raw("dedupe", keys.dedupe_key(ck, r.from_uid, r.client_msg_no))
     for prefix in (msgx.REVOKE, msgx.EDIT):

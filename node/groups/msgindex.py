@@ -4,7 +4,7 @@ The message-id index lives in the ``msgx`` column family under the prefix ``I`` 
 prefixes of ``msgx`` belong to the message operations): ``I`` + message id (8 bytes, big-endian)
 -> channel type (1 byte), seq (8 bytes), channel id (UTF-8). It is written at apply in the same
 write batch as the message, so an id that a send answered is always found on the group's leader.
-A message id names its slot group (``machine.next_message_id``), so a lookup by id goes straight
+A message id names its slot group (``ids.next_message_id``), so a lookup by id goes straight
 to that group.
 """
 

@@ -19,11 +19,11 @@ from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import HeaderFlag, ReasonCode
 
 from ..command_channels import source_of
+from ..ids import next_message_id
 from ..log import get_logger
 from ..sabotage import AckCounter
 from .batching import gather
 from .local import LocalGroup, Proposal, ProposalError
-from .machine import next_message_id
 from .rate_limit import ChannelRateLimiter
 
 log = get_logger("pipeline")

@@ -70,6 +70,7 @@ RPCS: dict[str, dict[str, Rpc]] = {
     "Messages": {
         "Send": Rpc("POST", "/message/send"),
         "SendBatch": Rpc("POST", "/message/sendbatch"),
+        "Import": Rpc("POST", "/message/import"),
         "GetBySeq": Rpc("POST", "/channel/messagesync", body=_seq_window, answer=_the_message),
         "GetById": Rpc("POST", "/message"),
         "GetByIds": Rpc("POST", "/messages", answer=_wrap("messages")),

@@ -101,8 +101,8 @@ def message_resp(m: dict[str, Any], login_uid: str) -> dict[str, Any]:
     return resp
 
 
-async def meta(ctx: ApiContext, key: str, op: pb.MetaOp) -> pb.MetaResult:
-    """Commit a metadata change in the slot group owning ``key``; errors become HTTP errors."""
+def check_command_size(op: pb.MetaOp) -> None:
+    """413 for a change that would not fit one Raft command."""
     size = op.ByteSize()
     if size > MAX_COMMAND_BYTES:
         raise ApiError(
@@ -110,6 +110,11 @@ async def meta(ctx: ApiContext, key: str, op: pb.MetaOp) -> pb.MetaResult:
             f"the change is too large for one request ({size} bytes, at most "
             f"{MAX_COMMAND_BYTES}): split it into several",
         )
+
+
+async def meta(ctx: ApiContext, key: str, op: pb.MetaOp) -> pb.MetaResult:
+    """Commit a metadata change in the slot group owning ``key``; errors become HTTP errors."""
+    check_command_size(op)
     result = await ctx.router.meta(key, op)
     if result.reason == ReasonCode.CHANNEL_NOT_EXIST:
         raise ApiError(404, result.detail or "channel does not exist", reason=result.reason)

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
+from functools import partial
 from typing import Any
 
-from tests.conftest import Api, Cluster
+from tests.conftest import Api, Cluster, eventually
 
 
 def send(api: Api, from_uid: str, channel_id: str, channel_type: int) -> dict[str, Any]:
@@ -63,3 +64,65 @@ def test_conversations_across_three_nodes(cluster3: Cluster) -> None:
     assert ("p1", 1) not in by_key
     peer = apis[2].http.get("/conversations/peerRead", params={"uid": "p2", "channel_id": "bo"})
     assert peer.json()["readed_to_msg_seq"] == 0
+
+
+def test_mention_follows_its_message_across_nodes(cluster3: Cluster) -> None:
+    """ "@me" clears when the message that mentioned the user is deleted for everyone, expires,
+    or goes with retention; a later mention that is still there keeps it. Writes go through
+    one node, conversation syncs through the two others."""
+    writer, readers = cluster3.api(1), [cluster3.api(2), cluster3.api(3)]
+
+    def mention_send(cid: str, **extra: Any) -> int:
+        payload = {"type": 1, "content": "@bo", "mention": {"uids": ["bo"]}}
+        body = {
+            "from_uid": "ann",
+            "channel_id": cid,
+            "channel_type": 2,
+            "payload": base64.b64encode(json.dumps(payload).encode()).decode(),
+            **extra,
+        }
+        return int(writer.ok("/message/send", body)["message_seq"])
+
+    def marks_via(api: Api) -> dict[str, tuple[int, int]]:
+        rows = api.ok("/conversation/sync", {"uid": "bo", "msg_count": 0})
+        return {r["channel_id"]: (r["mention"], r["unread"]) for r in rows}
+
+    def marks() -> dict[str, tuple[int, int]]:
+        """(mention, unread) per channel, the same through both readers."""
+        first, second = (marks_via(api) for api in readers)
+        assert first == second
+        return first
+
+    for cid in ("m-del", "m-exp", "m-ret"):
+        writer.ok("/channel", {"channel_id": cid, "channel_type": 2, "subscribers": ["ann", "bo"]})
+    mention_send("m-del")
+    mention_send("m-del")
+    send(writer, "ann", "m-del", 2)
+    mention_send("m-exp", expire=1)
+    send(writer, "ann", "m-exp", 2)
+    mention_send("m-ret")
+    assert marks() == {"m-del": (1, 3), "m-exp": (1, 2), "m-ret": (1, 1)}
+
+    # Deleting the first mention leaves the second: still "@me". Deleting both clears it.
+    readers[0].ok(
+        "/channel/messages_delete", {"channel_id": "m-del", "channel_type": 2, "max_message_seq": 1}
+    )
+    assert marks()["m-del"] == (1, 2)
+    readers[1].ok(
+        "/channel/messages_delete", {"channel_id": "m-del", "channel_type": 2, "max_message_seq": 2}
+    )
+    assert marks()["m-del"] == (0, 1)
+
+    # Expiry (1 s) and retention (about 9 ms; the leader's reclaim pass runs every second)
+    # take the mentioning messages with them: there is no event to wait for but time.
+    writer.ok(
+        "/channel/retention", {"channel_id": "m-ret", "channel_type": 2, "retention_days": 1e-7}
+    )
+
+    def cleared(api: Api) -> bool:
+        now = marks_via(api)
+        return now["m-exp"][0] == 0 and now["m-ret"][0] == 0
+
+    for api in readers:
+        eventually(partial(cleared, api), what="expiry and retention clearing the mention")
+    assert marks()["m-exp"] == (0, 2)  # expired messages count until read past (unread rule)

@@ -178,6 +178,23 @@ def test_message_rpcs(rpc: Stubs) -> None:
     )
     assert (seen.channel_id, seen.payload) == ("news", b"extra")
 
+    # History: the given sender and time, after the head; importing it again stores nothing.
+    head = m.GetMaxSeq(group("team"), timeout=T).message_seq
+    then = int(time.time()) - 3600
+    old = v1.ImportMessage(from_uid="carol", client_msg_no="old-1", timestamp=then, payload=b"x")
+    request = v1.ImportRequest(channel_id="team", channel_type=2, messages=[old])
+    (imported,) = m.Import(request, timeout=T).messages
+    assert (imported.message_seq, imported.duplicate) == (head + 1, False)
+    assert imported.message_idstr == str(imported.message_id)
+    assert m.Import(request, timeout=T).messages[0].duplicate
+    got = m.GetBySeq(
+        v1.GetBySeqRequest(
+            login_uid="bob", channel_id="team", channel_type=2, message_seq=head + 1
+        ),
+        timeout=T,
+    )
+    assert (got.from_uid, got.timestamp, got.payload) == ("carol", then, b"x")
+
 
 def test_channel_rpcs(rpc: Stubs) -> None:
     c = rpc.channels

@@ -43,6 +43,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -689,6 +690,29 @@ def test_range_deletion_and_retention_are_seen_through_the_third_node(suite: Sui
     assert suite.everywhere(lambda n: sync(n, bob, gid)) == []
 
 
+@covers("POST /message/import")
+def test_imported_history_is_read_through_the_third_node(suite: Suite) -> None:
+    alice, bob = new_users(suite, 2)
+    gid, writer, reader = new_group(suite, [alice, bob])
+    send(writer, alice, gid, "live")
+    at = int(time.time()) - 86_400
+    messages = [
+        {"from_uid": bob, "client_msg_no": "old-1", "timestamp": at, "payload": b64("old one")},
+        {"from_uid": alice, "client_msg_no": "old-2", "timestamp": at + 1, "payload": b64("two")},
+    ]
+    answer = writer.ok(
+        "/message/import", {"channel_id": gid, "channel_type": 2, "messages": messages}
+    )
+    assert [(m["client_msg_no"], m["message_seq"]) for m in answer["messages"]] == [
+        ("old-1", 2),
+        ("old-2", 3),
+    ]
+    page = suite.everywhere(lambda n: sync(n, bob, gid), reader)
+    assert seqs_and_texts(page) == [(1, "live"), (2, "old one"), (3, "two")]
+    assert [(m["from_uid"], m["timestamp"]) for m in page[1:]] == [(bob, at), (alice, at + 1)]
+    assert conversations(reader, bob)[(gid, 2)]["unread"] == 1  # the history is not unread
+
+
 # --- valid cases: conversations -------------------------------------------------------------
 
 
@@ -908,6 +932,12 @@ BAD: list[Bad] = [
     Bad("POST /message/send", {"channel_id": "g", "payload": "aGk="}, "channel_type"),
     Bad("POST /message/send", {**G, "payload": "aGk=", "from_uid": 7}, "from_uid"),
     Bad("POST /message/send", {**G, "payload": "aGk=", "header": {"red_dot": 2}}, "red_dot"),
+    Bad("POST /message/import", G, "messages"),
+    Bad(
+        "POST /message/import",
+        {**G, "messages": [{"from_uid": "a", "client_msg_no": "c", "payload": "aGk="}]},
+        "timestamp",
+    ),
     Bad("POST /channel/messagesync", G, "login_uid"),
     Bad("POST /channel/messagesync", {**G, "login_uid": "a", "limit": 0}, "limit"),
     Bad("POST /channel/messagesync", {**G, "login_uid": "a", "pull_mode": 3}, "pull_mode"),

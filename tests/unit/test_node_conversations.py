@@ -17,6 +17,7 @@ from node.groups.conversations import Row, cleared_to, on_message
 from node.groups.machine import GroupMachine
 from node.groups.msgindex import group_of_message_id
 from node.groups.reads import run_query
+from node.groups.retention import plan
 from node.ids import EPOCH_MS
 from node.storage import MessageRecord, Store
 from proto.raftchat.peer.v1 import peer_pb2 as pb
@@ -222,7 +223,7 @@ def test_data_temp_and_live_channels_have_no_conversations(n: Node) -> None:
         ctx = ApplyContext(GROUP_ID, n.store, n.store.batch(), T0)
         record = MessageRecord(1 << 30, 1, T0, "x", ctype, "a", "", b"{}", flags=RED)
         ctx.wb.append_message(record)
-        on_message(ctx, record, pb.SendItem())
+        on_message(ctx, record)
         n.store.write(ctx.wb)
     assert n.row("b", "x", 3) is not None  # customer service is group-like
     assert [c["channel_type"] for c in n.convs("b")] == [3]
@@ -246,6 +247,131 @@ def test_mentions_of_a_user_and_of_everyone(n: Node) -> None:
     n.send("g", "a", payload=b'{"mention":{"all":1},"a":' + b"[" * 6000 + b"]" * 6000 + b"}")
     n.members("g", ["d"])
     assert n.row("d", "g")["mention"] == 0  # joined after the mention
+
+
+def _mention_row(n: Node, uid: str, cid: str = "g", now_ms: int | None = None) -> int:
+    q = {"q": "conversation_row", "uid": uid, "channel_id": cid, "channel_type": GROUP}
+    if now_ms is not None:
+        q["now_ms"] = now_ms
+    return int(run_query(n.store, q)["mention"])
+
+
+def _message_op(n: Node, kind: int, seqs: list[int], **kw: Any) -> None:
+    op = pb.MessageOp(kind=kind, channel_id="g", channel_type=GROUP, message_seqs=seqs, **kw)
+    result = pb.MetaResult.FromString(n.apply(pb.Command(meta=pb.MetaOp(message=op))))
+    assert result.reason == ReasonCode.SUCCESS
+
+
+def _send_expiring(n: Node, payload: Any, expire_s: int) -> pb.SendOutcome:
+    item = pb.SendItem(
+        from_uid="a",
+        channel_id="g",
+        channel_type=GROUP,
+        payload=json.dumps(payload).encode(),
+        flags=RED,
+        expire=expire_s,
+        trusted=True,
+    )
+    result = pb.SendBatchResult.FromString(n.apply(pb.Command(send=pb.SendBatch(items=[item]))))
+    return result.outcomes[0]
+
+
+MENTION_B = {"type": 1, "content": "@b", "mention": {"uids": ["b"]}}
+MENTION_ALL = {"type": 1, "content": "@all", "mention": {"all": 1}}
+
+
+@pytest.mark.parametrize("payload", [MENTION_B, MENTION_ALL], ids=["uid", "all"])
+def test_mention_clears_when_its_message_is_deleted_for_everyone(n: Node, payload: Any) -> None:
+    n.members("g", ["a", "b"])
+    n.send("g", "a", payload=payload)
+    n.send("g", "a")
+    assert _mention_row(n, "b") == 1
+    _message_op(n, pb.MessageOp.DELETE_RANGE, [1])
+    assert (_mention_row(n, "b"), n.unread("b", "g")) == (0, 1)
+
+
+def test_mention_stays_while_a_later_mentioning_message_is_left(n: Node) -> None:
+    n.members("g", ["a", "b"])
+    n.send("g", "a", payload=MENTION_B)
+    n.send("g", "a", payload=MENTION_ALL)
+    _message_op(n, pb.MessageOp.DELETE_RANGE, [1])
+    assert _mention_row(n, "b") == 1  # the @all of seq 2 is still there
+    _message_op(n, pb.MessageOp.DELETE_RANGE, [2])
+    assert _mention_row(n, "b") == 0
+
+
+@pytest.mark.parametrize("payload", [MENTION_B, MENTION_ALL], ids=["uid", "all"])
+def test_mention_clears_when_its_message_expires(n: Node, payload: Any) -> None:
+    n.members("g", ["a", "b"])
+    assert _send_expiring(n, payload, 10).message_seq == 1
+    sent_ms = n.time_ms
+    n.send("g", "a")
+    assert _mention_row(n, "b", now_ms=sent_ms + 9_999) == 1
+    # Expired but not yet reclaimed: reads hide the message, and the mark with it.
+    assert _mention_row(n, "b", now_ms=sent_ms + 10_000) == 0
+    (expired,) = plan(n.store, sent_ms + 10_000, 0.0)
+    n.time_ms = sent_ms + 10_000  # the command's time decides, as on every replica
+    n.apply(pb.Command(meta=pb.MetaOp(message=expired)))
+    assert n.store.get_message(GROUP, "g", 1) is None
+    assert _mention_row(n, "b", now_ms=sent_ms) == 0  # reclaimed: gone at any time
+
+
+def test_an_earlier_mention_survives_a_later_one_expiring(n: Node) -> None:
+    n.members("g", ["a", "b"])
+    n.send("g", "a", payload=MENTION_B)
+    _send_expiring(n, MENTION_B, 10)
+    sent_ms = n.time_ms
+    (expired,) = plan(n.store, sent_ms + 10_000, 0.0)
+    n.time_ms = sent_ms + 10_000
+    n.apply(pb.Command(meta=pb.MetaOp(message=expired)))
+    assert n.store.get_message(GROUP, "g", 2) is None
+    assert _mention_row(n, "b", now_ms=sent_ms + 20_000) == 1  # seq 1 still names b
+    n.conv("b", "g", pb.ConversationOp.CLEAR_UNREAD, seq=1)
+    assert _mention_row(n, "b", now_ms=sent_ms + 20_000) == 0
+
+
+def test_mention_clears_on_retention(n: Node) -> None:
+    n.members("g", ["a", "b"])
+    n.send("g", "a", payload=MENTION_B)
+    sent_ms = n.time_ms
+    _message_op(n, pb.MessageOp.SET_RETENTION, [], retention_days=1.0)
+    (old,) = plan(n.store, sent_ms + 86_400_001, 0.0)
+    n.apply(pb.Command(meta=pb.MetaOp(message=old)))
+    assert n.store.get_message(GROUP, "g", 1) is None
+    assert _mention_row(n, "b") == 0
+    [conv] = n.convs("b")
+    assert (conv["mention"], conv["unread"]) == (0, 0)
+
+
+def test_mention_clears_when_its_message_is_revoked(n: Node) -> None:
+    n.members("g", ["a", "b"])
+    n.send("g", "a", payload=MENTION_B)
+    _message_op(n, pb.MessageOp.REVOKE, [1], actor_uid="a", admin=True)
+    assert _mention_row(n, "b") == 0
+
+
+def test_an_older_mention_is_found_past_a_page_of_gone_ones(
+    n: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import node.groups.conversations as conversations
+
+    monkeypatch.setattr(conversations, "_MENTION_PAGE", 2)
+    n.members("g", ["a", "b"])
+    n.send_many([("g", "a")] * 5, payload=MENTION_B)
+    for seq in (1, 2, 3, 5):
+        _message_op(n, pb.MessageOp.REVOKE, [seq], actor_uid="a", admin=True)
+    assert _mention_row(n, "b") == 1  # seq 4, on the second page of b's mentions
+    _message_op(n, pb.MessageOp.REVOKE, [4], actor_uid="a", admin=True)
+    assert _mention_row(n, "b") == 0
+
+
+def test_mention_index_goes_with_erased_messages(n: Node) -> None:
+    """Erasing a message drops what it recorded about mentions: nothing is left behind."""
+    n.members("g", ["a", "b", "c"])
+    n.send("g", "a", payload={"mention": {"uids": ["b", "c"], "all": 1}})
+    assert n.store.prefix_items("convs", b"M") != []
+    _message_op(n, pb.MessageOp.DELETE_RANGE, [1])
+    assert n.store.prefix_items("convs", b"M") == []
 
 
 # --- delete and clear --------------------------------------------------------------------------

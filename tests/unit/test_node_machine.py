@@ -455,6 +455,13 @@ def sample_commands() -> list[pb.Command]:
                 item("g1", no=f"a{i}"),  # duplicate within the batch
             )
         )
+        if i == 3:
+            history = [
+                pb.Message(from_uid="u1", client_msg_no="p2", timestamp_ms=T0 - 9, payload=b"h"),
+                pb.Message(from_uid="u2", client_msg_no="i1", timestamp_ms=T0 - 8, flags=2),
+            ]
+            op = pb.MessageImport(channel_id="u2@u1", channel_type=PERSON, messages=history)
+            cmds.append(pb.Command(time_ms=T0 + 1, meta=pb.MetaOp(message_import=op)))
         if i == 5:
             cmds.append(chan(channel_id="g2", channel_type=GROUP, ban=True))
         if i == 8:

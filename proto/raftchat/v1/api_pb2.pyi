@@ -431,6 +431,137 @@ class SendBatchReply(_message.Message):
 Global___SendBatchReply: _TypeAlias = SendBatchReply  # noqa: Y015
 
 @_typing.final
+class ImportRequest(_message.Message):
+    """POST /message/import: history with its original senders and times, after the channel's
+    head; pushed to no one, counted as unread by no one; a batch is stored whole or not at all.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOGIN_UID_FIELD_NUMBER: _builtins.int
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_TYPE_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    login_uid: _builtins.str
+    """person channel: the uid whose view channel_id is in"""
+    channel_id: _builtins.str
+    channel_type: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportMessage]:
+        """1-1000, stored in this order"""
+
+    def __init__(
+        self,
+        *,
+        login_uid: _builtins.str = ...,
+        channel_id: _builtins.str = ...,
+        channel_type: _builtins.int = ...,
+        messages: _abc.Iterable[Global___ImportMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_type", b"channel_type", "login_uid", b"login_uid", "messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportRequest: _TypeAlias = ImportRequest  # noqa: Y015
+
+@_typing.final
+class ImportMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_UID_FIELD_NUMBER: _builtins.int
+    CLIENT_MSG_NO_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    EXPIRE_FIELD_NUMBER: _builtins.int
+    from_uid: _builtins.str
+    """empty: the system (not for a person channel)"""
+    client_msg_no: _builtins.str
+    """required: the dedupe key, as for sends"""
+    timestamp: _builtins.int
+    """seconds, the original time"""
+    payload: _builtins.bytes
+    expire: _builtins.int
+    """seconds from timestamp, 0 = never"""
+    @_builtins.property
+    def header(self) -> Global___Header:
+        """red_dot only; absent means 1"""
+
+    def __init__(
+        self,
+        *,
+        from_uid: _builtins.str = ...,
+        client_msg_no: _builtins.str = ...,
+        timestamp: _builtins.int = ...,
+        payload: _builtins.bytes = ...,
+        header: Global___Header | None = ...,
+        expire: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_msg_no", b"client_msg_no", "expire", b"expire", "from_uid", b"from_uid", "header", b"header", "payload", b"payload", "timestamp", b"timestamp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportMessage: _TypeAlias = ImportMessage  # noqa: Y015
+
+@_typing.final
+class ImportReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportedMessage]:
+        """in the order given"""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___ImportedMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportReply: _TypeAlias = ImportReply  # noqa: Y015
+
+@_typing.final
+class ImportedMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_MSG_NO_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_IDSTR_FIELD_NUMBER: _builtins.int
+    MESSAGE_SEQ_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    client_msg_no: _builtins.str
+    message_id: _builtins.int
+    message_idstr: _builtins.str
+    message_seq: _builtins.int
+    duplicate: _builtins.bool
+    """already stored (an earlier import or send): its ids"""
+    def __init__(
+        self,
+        *,
+        client_msg_no: _builtins.str = ...,
+        message_id: _builtins.int = ...,
+        message_idstr: _builtins.str = ...,
+        message_seq: _builtins.int = ...,
+        duplicate: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_msg_no", b"client_msg_no", "duplicate", b"duplicate", "message_id", b"message_id", "message_idstr", b"message_idstr", "message_seq", b"message_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportedMessage: _TypeAlias = ImportedMessage  # noqa: Y015
+
+@_typing.final
 class GetBySeqRequest(_message.Message):
     """The message at one seq, as `/channel/messagesync` from that seq returns it."""
 

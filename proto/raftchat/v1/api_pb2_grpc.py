@@ -44,6 +44,11 @@ class MessagesStub:
                 request_serializer=proto_dot_raftchat_dot_v1_dot_api__pb2.SendBatchRequest.SerializeToString,
                 response_deserializer=proto_dot_raftchat_dot_v1_dot_api__pb2.SendBatchReply.FromString,
                 _registered_method=True)
+        self.Import = channel.unary_unary(
+                '/raftchat.v1.Messages/Import',
+                request_serializer=proto_dot_raftchat_dot_v1_dot_api__pb2.ImportRequest.SerializeToString,
+                response_deserializer=proto_dot_raftchat_dot_v1_dot_api__pb2.ImportReply.FromString,
+                _registered_method=True)
         self.GetBySeq = channel.unary_unary(
                 '/raftchat.v1.Messages/GetBySeq',
                 request_serializer=proto_dot_raftchat_dot_v1_dot_api__pb2.GetBySeqRequest.SerializeToString,
@@ -106,6 +111,12 @@ class MessagesServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SendBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Import(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -187,6 +198,11 @@ def add_MessagesServicer_to_server(servicer, server):
                     servicer.SendBatch,
                     request_deserializer=proto_dot_raftchat_dot_v1_dot_api__pb2.SendBatchRequest.FromString,
                     response_serializer=proto_dot_raftchat_dot_v1_dot_api__pb2.SendBatchReply.SerializeToString,
+            ),
+            'Import': grpc.unary_unary_rpc_method_handler(
+                    servicer.Import,
+                    request_deserializer=proto_dot_raftchat_dot_v1_dot_api__pb2.ImportRequest.FromString,
+                    response_serializer=proto_dot_raftchat_dot_v1_dot_api__pb2.ImportReply.SerializeToString,
             ),
             'GetBySeq': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBySeq,
@@ -293,6 +309,33 @@ class Messages:
             '/raftchat.v1.Messages/SendBatch',
             proto_dot_raftchat_dot_v1_dot_api__pb2.SendBatchRequest.SerializeToString,
             proto_dot_raftchat_dot_v1_dot_api__pb2.SendBatchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Import(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftchat.v1.Messages/Import',
+            proto_dot_raftchat_dot_v1_dot_api__pb2.ImportRequest.SerializeToString,
+            proto_dot_raftchat_dot_v1_dot_api__pb2.ImportReply.FromString,
             options,
             channel_credentials,
             insecure,

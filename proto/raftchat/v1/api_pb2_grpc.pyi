@@ -52,6 +52,7 @@ class MessagesStub:
     def __new__(cls, channel: _aio.Channel) -> MessagesAsyncStub: ...
     Send: _grpc.UnaryUnaryMultiCallable[_api_pb2.SendRequest, _api_pb2.SendReply]
     SendBatch: _grpc.UnaryUnaryMultiCallable[_api_pb2.SendBatchRequest, _api_pb2.SendBatchReply]
+    Import: _grpc.UnaryUnaryMultiCallable[_api_pb2.ImportRequest, _api_pb2.ImportReply]
     GetBySeq: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetBySeqRequest, _api_pb2.Message]
     GetById: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetByIdRequest, _api_pb2.Message]
     GetByIds: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetByIdsRequest, _api_pb2.MessageList]
@@ -73,6 +74,7 @@ class MessagesAsyncStub(MessagesStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Send: _aio.UnaryUnaryMultiCallable[_api_pb2.SendRequest, _api_pb2.SendReply]  # type: ignore[assignment]
     SendBatch: _aio.UnaryUnaryMultiCallable[_api_pb2.SendBatchRequest, _api_pb2.SendBatchReply]  # type: ignore[assignment]
+    Import: _aio.UnaryUnaryMultiCallable[_api_pb2.ImportRequest, _api_pb2.ImportReply]  # type: ignore[assignment]
     GetBySeq: _aio.UnaryUnaryMultiCallable[_api_pb2.GetBySeqRequest, _api_pb2.Message]  # type: ignore[assignment]
     GetById: _aio.UnaryUnaryMultiCallable[_api_pb2.GetByIdRequest, _api_pb2.Message]  # type: ignore[assignment]
     GetByIds: _aio.UnaryUnaryMultiCallable[_api_pb2.GetByIdsRequest, _api_pb2.MessageList]  # type: ignore[assignment]
@@ -103,6 +105,13 @@ class MessagesServicer(metaclass=_abc_1.ABCMeta):
         request: _api_pb2.SendBatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.SendBatchReply, _abc.Awaitable[_api_pb2.SendBatchReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Import(
+        self,
+        request: _api_pb2.ImportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.ImportReply, _abc.Awaitable[_api_pb2.ImportReply]]: ...
 
     @_abc_1.abstractmethod
     def GetBySeq(

@@ -690,6 +690,7 @@ class MetaOp(_message.Message):
     CONVERSATION_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     STREAM_EVENT_FIELD_NUMBER: _builtins.int
+    MESSAGE_IMPORT_FIELD_NUMBER: _builtins.int
     COMMAND_ACK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def set_device(self) -> Global___DeviceToken: ...
@@ -708,6 +709,8 @@ class MetaOp(_message.Message):
     @_builtins.property
     def stream_event(self) -> Global___StreamEvent: ...
     @_builtins.property
+    def message_import(self) -> Global___MessageImport: ...
+    @_builtins.property
     def command_ack(self) -> Global___CommandAck: ...
     def __init__(
         self,
@@ -720,17 +723,50 @@ class MetaOp(_message.Message):
         conversation: Global___ConversationOp | None = ...,
         message: Global___MessageOp | None = ...,
         stream_event: Global___StreamEvent | None = ...,
+        message_import: Global___MessageImport | None = ...,
         command_ack: Global___CommandAck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "channel_delete", b"channel_delete", "command_ack", b"command_ack", "conversation", b"conversation", "lists", b"lists", "message", b"message", "op", b"op", "set_device", b"set_device", "stream_event", b"stream_event", "user", b"user"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "channel_delete", b"channel_delete", "command_ack", b"command_ack", "conversation", b"conversation", "lists", b"lists", "message", b"message", "message_import", b"message_import", "op", b"op", "set_device", b"set_device", "stream_event", b"stream_event", "user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "channel_delete", b"channel_delete", "command_ack", b"command_ack", "conversation", b"conversation", "lists", b"lists", "message", b"message", "op", b"op", "set_device", b"set_device", "stream_event", b"stream_event", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "channel_delete", b"channel_delete", "command_ack", b"command_ack", "conversation", b"conversation", "lists", b"lists", "message", b"message", "message_import", b"message_import", "op", b"op", "set_device", b"set_device", "stream_event", b"stream_event", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["set_device", "channel", "lists", "user", "channel_delete", "conversation", "message", "stream_event", "command_ack"]  # noqa: Y015
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["set_device", "channel", "lists", "user", "channel_delete", "conversation", "message", "stream_event", "message_import", "command_ack"]  # noqa: Y015
     _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
 
 Global___MetaOp: _TypeAlias = MetaOp  # noqa: Y015
+
+@_typing.final
+class MessageImport(_message.Message):
+    """History imported into one channel (node/groups/imports.py): each message keeps the sender and
+    time given (`from_uid`, `client_msg_no`, `timestamp_ms`, `payload`, `flags` (red_dot only),
+    `expire`; ids and seqs are assigned at apply). Applied whole or not at all; pushed to no one
+    and counted as unread by no one.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_TYPE_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    channel_id: _builtins.str
+    channel_type: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]: ...
+    def __init__(
+        self,
+        *,
+        channel_id: _builtins.str = ...,
+        channel_type: _builtins.int = ...,
+        messages: _abc.Iterable[Global___Message] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "channel_type", b"channel_type", "messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageImport: _TypeAlias = MessageImport  # noqa: Y015
 
 @_typing.final
 class StreamEvent(_message.Message):
