@@ -28,8 +28,10 @@ from typing import Any
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, ReasonCode
 
+from .. import safejson
 from ..channels import person_parties
 from ..command_channels import RED_DOT, SYNC_ONCE, is_cmd
+from ..payload_conventions import MAX_DEPTH as PAYLOAD_MAX_DEPTH
 from ..storage import MessageRecord, Store
 from ..storage.keys import SEP, channel_key
 from . import message_ops, msgindex, msgx
@@ -222,10 +224,12 @@ def on_message(ctx: ApplyContext, record: MessageRecord, item: pb.SendItem) -> N
 
 def _on_mention(ctx: ApplyContext, ck: bytes, seq: int, payload: bytes) -> None:
     """``{"mention": {"uids": [...], "all": 0|1}}`` in a JSON payload; anything else is not a
-    mention (payloads are the app's business, so a malformed one is simply ignored)."""
+    mention (payloads are the app's business, so a malformed one is simply ignored). The depth
+    limit is the front door's: a payload too deep to parse safely is no mention on any replica,
+    whatever stack depth the apply runs at."""
     try:
-        doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+        doc = safejson.loads(payload, PAYLOAD_MAX_DEPTH)
+    except safejson.JsonRefused:
         return
     mention = doc.get("mention") if isinstance(doc, dict) else None
     if not isinstance(mention, dict):
