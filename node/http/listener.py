@@ -50,6 +50,11 @@ class HttpServer:
         self._cfg = settings
         self.admission = Admission(settings.max_connections, settings.max_connections_per_address)
         self._refusing = 0
+        self._timeouts = {
+            "idle": settings.keep_alive_timeout_s,
+            "head": settings.head_timeout_s,
+            "body": settings.body_timeout_s,
+        }
         self._refusals = RateLimitedLog(log, LOG_INTERVAL_S, level="warning")
         self._troubles = RateLimitedLog(log, LOG_INTERVAL_S, level="info")
         self._failures = RateLimitedLog(log, LOG_INTERVAL_S, level="exception")
@@ -135,34 +140,40 @@ class HttpServer:
         A keep-alive connection may idle for ``keep_alive_timeout_s``; the head must then arrive
         within ``head_timeout_s`` of its first byte (of the opening, for a connection's first
         request), and the body within ``body_timeout_s`` after the head. One cancel scope
-        covers the phases, and its deadline moves only when the server is about to wait: most
-        requests arrive whole in one read, and every move of a deadline costs CPU.
+        covers the phases, and a phase's deadline is set only when the server has to wait in
+        it: most requests arrive whole in one read, and every deadline costs CPU per request.
         """
         cfg = self._cfg
         limit = cfg.max_body_bytes
-        phase = "head" if first or conn.trailing_data[0] else "idle"
-        wait = cfg.head_timeout_s if phase == "head" else cfg.keep_alive_timeout_s
-        deadline = trio.current_time() + wait
+        timeouts = self._timeouts
+        phase = "head" if first else "idle"
         head: h11.Request | None = None
         body = bytearray()
-        with trio.CancelScope(deadline=deadline) as reading:
+        with trio.CancelScope(deadline=trio.current_time() + timeouts[phase]) as reading:
+            waiting_in = phase
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    if reading.deadline != deadline:
-                        reading.deadline = deadline
+                    if phase == "idle" and conn.trailing_data[0]:
+                        phase = "head"  # part of a pipelined request came with the last one
+                    if waiting_in != phase:
+                        if phase == "body":
+                            assert head is not None
+                            _check_declared_length(head, limit)
+                        reading.deadline = trio.current_time() + timeouts[phase]
+                        waiting_in = phase
                     data = await stream.receive_some(_RECEIVE_BYTES)
-                    if phase == "idle":
-                        phase = "head"
-                        deadline = trio.current_time() + cfg.head_timeout_s
                     conn.receive_data(bytes(data))
+                    if phase == "idle":
+                        # The head's deadline runs from this first byte: set at the next wait,
+                        # which comes with no other wait in between.
+                        phase = "head"
                 elif isinstance(event, h11.Request):
-                    head = event
-                    _check_declared_length(head, limit)
-                    phase = "body"
-                    deadline = trio.current_time() + cfg.body_timeout_s
+                    head, phase = event, "body"
                     if conn.they_are_waiting_for_100_continue:
-                        reading.deadline = deadline
+                        _check_declared_length(head, limit)
+                        reading.deadline = trio.current_time() + timeouts[phase]
+                        waiting_in = phase
                         go_on = h11.InformationalResponse(status_code=100, headers=[])
                         await stream.send_all(conn.send(go_on) or b"")
                 elif isinstance(event, h11.Data):
@@ -178,8 +189,7 @@ class HttpServer:
                     raise trio.BrokenResourceError("client closed mid-request")
         if phase == "idle":
             return None  # closed without an answer: there is no request to answer
-        timeout = cfg.head_timeout_s if phase == "head" else cfg.body_timeout_s
-        raise _Refusal(408, f"request {phase} not complete within {timeout} s")
+        raise _Refusal(408, f"request {phase} not complete within {timeouts[phase]} s")
 
     def _request(self, head: h11.Request, body: bytes) -> Request:
         parts = urlsplit(head.target.decode("latin-1"))
