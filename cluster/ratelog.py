@@ -16,14 +16,20 @@ loop calls ``flush`` now and then (cheap when nothing is held back).
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 OVERFLOW_KEY = "*"
 """The key that events of new keys count under while the table is full."""
+
+
+_ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | None
+_Line = tuple[int, str, dict[str, Any], _ExcInfo]
 
 
 @dataclass
@@ -51,27 +57,41 @@ class RateLimitedLog:
         self._lock = threading.Lock()
         # Insertion order is opening order (windows open at the clock's time, which never goes
         # back), so the windows to close are always at the front.
-        self._windows: dict[str, _Window] = {}
+        self._windows: dict[Hashable, _Window] = {}
 
-    def warning(self, key: str, msg: str, **fields: Any) -> None:
-        self.log(logging.WARNING, key, msg, **fields)
+    def info(self, key: Hashable, msg: str, **fields: Any) -> bool:
+        return self.log(logging.INFO, key, msg, **fields)
 
-    def log(self, level: int, key: str, msg: str, **fields: Any) -> None:
-        """Write ``msg`` now if ``key`` has no open interval, else count it for later.
-        ``fields`` go to the record as ``fields`` (structured logs, ``node/log.py``)."""
+    def warning(self, key: Hashable, msg: str, **fields: Any) -> bool:
+        return self.log(logging.WARNING, key, msg, **fields)
+
+    def exception(self, key: Hashable, msg: str, **fields: Any) -> bool:
+        """An ERROR line with the traceback of the exception being handled (call it from an
+        ``except`` block); the count lines after it carry no traceback."""
+        exc = sys.exc_info()
+        return self.log(logging.ERROR, key, msg, _exc_info=exc if exc[0] else None, **fields)
+
+    def log(
+        self, level: int, key: Hashable, msg: str, _exc_info: _ExcInfo = None, **fields: Any
+    ) -> bool:
+        """Write ``msg`` now if ``key`` has no open interval, else count it for later; True
+        when it was written. ``fields`` go to the record as ``fields`` (structured logs,
+        ``node/log.py``)."""
         with self._lock:
             now = self._clock()
             due = self._close_windows(now)
             if key not in self._windows and len(self._windows) >= self._max_keys:
                 key = OVERFLOW_KEY
             window = self._windows.get(key)
+            written = window is None
             if window is None:
                 self._windows[key] = _Window(now)
-                due.append((level, msg, fields))
+                due.append((level, msg, fields, _exc_info))
             else:
                 window.held += 1
                 window.last = (level, msg, fields)
         self._write(due)
+        return written
 
     def flush(self) -> None:
         """Write the counts of intervals that have ended."""
@@ -81,8 +101,8 @@ class RateLimitedLog:
             due = self._close_windows(self._clock())
         self._write(due)
 
-    def _close_windows(self, now: float) -> list[tuple[int, str, dict[str, Any]]]:
-        due: list[tuple[int, str, dict[str, Any]]] = []
+    def _close_windows(self, now: float) -> list[_Line]:
+        due: list[_Line] = []
         while self._windows:
             key = next(iter(self._windows))
             window = self._windows[key]
@@ -98,12 +118,13 @@ class RateLimitedLog:
                         f"{window.held} more from {source} in the last {self.interval_s:g} s, "
                         f"the last: {msg}",
                         {**fields, "held_back": window.held},
+                        None,
                     )
                 )
                 # The count line was this key's line for a new interval.
                 self._windows[key] = _Window(now)
         return due
 
-    def _write(self, lines: list[tuple[int, str, dict[str, Any]]]) -> None:
-        for level, msg, fields in lines:
-            self._logger.log(level, msg, extra={"fields": fields})
+    def _write(self, lines: list[_Line]) -> None:
+        for level, msg, fields, exc_info in lines:
+            self._logger.log(level, msg, exc_info=exc_info, extra={"fields": fields})

@@ -40,7 +40,7 @@ from .grpcapi.servicer import PublicApi
 from .grpcapi.subscribe import LiveFeed
 from .http.api import build_router
 from .http.common import ApiContext
-from .http.server import HttpServer
+from .http.listener import HttpServer
 from .log import get_logger
 from .presence import ClusterSessions
 from .rate_limit import TokenBuckets
@@ -393,7 +393,7 @@ class Node:
         )
         http_router = build_router(api)
         self.public_api.attach(http_router, api)
-        http = HttpServer(http_router, cfg.http.max_body_bytes)
+        http = HttpServer(http_router, cfg.http)
         await nursery.start(partial(http.serve, host, cfg.http.port))
         if cfg.http.also_host and cfg.http.also_host != host:
             await nursery.start(partial(http.serve, cfg.http.also_host, cfg.http.port))

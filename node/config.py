@@ -20,6 +20,7 @@ from cluster.placement import NodeAddress, parse_nodes
 
 from .sabotage import ALLOW_ENV as ALLOW_SABOTAGE_ENV
 from .sabotage import MODES as SABOTAGE_MODES
+from .safejson import ABSOLUTE_MAX_DEPTH
 
 ENV_PREFIX = "RAFTCHAT_"
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -71,8 +72,29 @@ class DevicesSection:
 
 @dataclass
 class HttpSection:
+    """The HTTP API and its limits: every client is treated as possibly hostile, so each
+    connection has deadlines and each client address a share (``docs/security.md``)."""
+
     port: int = 5001
     max_body_bytes: int = 2 * 1024 * 1024
+    """Larger bodies get 413."""
+    max_head_bytes: int = 64 * 1024
+    """The request line and headers together; more gets 431."""
+    max_json_depth: int = 64
+    """Arrays and objects nested deeper than this in a body get 400 (at most 256)."""
+    max_connections: int = 1024
+    """Connections served at once; one more is answered 503 and closed."""
+    max_connections_per_address: int = 128
+    """Connections served at once per client address (per /64 for IPv6); one more gets 503."""
+    head_timeout_s: float = 5.0
+    """The request line and headers must arrive within this, counted from the connection's
+    opening (first request) or from the request's first byte (later ones); else 408, closed."""
+    body_timeout_s: float = 10.0
+    """The whole body must arrive within this after the headers; else 408 and closed."""
+    send_timeout_s: float = 10.0
+    """A client that has not taken the whole response by then is disconnected."""
+    keep_alive_timeout_s: float = 30.0
+    """An open connection with no request in progress is closed after this."""
     also_host: str = ""
     """A second address the HTTP API listens on (``raftchat dev`` puts node 1 on 127.0.0.1
     too, so that ``curl http://127.0.0.1:5001/health`` answers)."""
@@ -248,8 +270,7 @@ class Config:
             raise ConfigError("messages.max_batch must be at least 1")
         if self.messages.max_in_flight_batches < 1:
             raise ConfigError("messages.max_in_flight_batches must be at least 1")
-        if self.http.max_body_bytes < 1024:
-            raise ConfigError("http.max_body_bytes must be at least 1024")
+        self._validate_http()
         self._validate_cluster()
         sabotage = self.testing.sabotage
         if sabotage and sabotage not in SABOTAGE_MODES:
@@ -257,6 +278,22 @@ class Config:
                 f"testing.sabotage must be empty or one of {', '.join(SABOTAGE_MODES)}, "
                 f"got {sabotage!r}"
             )
+
+    def _validate_http(self) -> None:
+        h = self.http
+        if h.max_body_bytes < 1024:
+            raise ConfigError("http.max_body_bytes must be at least 1024")
+        if h.max_head_bytes < 1024:
+            raise ConfigError("http.max_head_bytes must be at least 1024")
+        if not 1 <= h.max_json_depth <= ABSOLUTE_MAX_DEPTH:
+            raise ConfigError(f"http.max_json_depth must be in 1..{ABSOLUTE_MAX_DEPTH}")
+        for key in ("max_connections", "max_connections_per_address"):
+            if getattr(h, key) < 1:
+                raise ConfigError(f"http.{key} must be at least 1")
+        for key in ("head_timeout_s", "body_timeout_s", "send_timeout_s", "keep_alive_timeout_s"):
+            value = getattr(h, key)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"http.{key} must be a positive number of seconds, got {value}")
 
     def cluster_nodes(self) -> list[NodeAddress]:
         """The initial members; this node alone when ``cluster.nodes`` is empty."""

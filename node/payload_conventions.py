@@ -9,6 +9,8 @@ What the server does with them (``messages.payload_conventions``, on by default)
   ``cmd``; ``mention`` and ``reply`` of any type have their documented shapes. Anything else
   (types 5-7, app types, non-JSON or encrypted payloads) passes untouched: the server must not
   read more into a payload than the documents define.
+* A JSON object nested deeper than ``MAX_DEPTH`` or with a number of more than 4300 digits is
+  refused (``read``): the server could not check it, and clients could still read it.
 * System types (above 1000) render as notices from the server, so only the API (the system uid,
   an HTTP send, a system account) may send them; a client connection may not.
 * An HTTP send of a system type or a command that gives no ``header`` gets the recommended
@@ -17,16 +19,20 @@ What the server does with them (``messages.payload_conventions``, on by default)
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from proto.wkproto import HeaderFlag
+
+from . import safejson
 
 TEXT, IMAGE, GIF, VOICE, FILE, COMMAND = 1, 2, 3, 4, 8, 99
 SYSTEM_ABOVE = 1000
 KICKED_NOTICE = 1010
 """The one documented system type that raises the red dot and is not sync_once."""
 MAX_MENTION_UIDS = 1000
+MAX_DEPTH = 64
+"""Arrays and objects nested deeper than this make a JSON payload unreadable here. A constant,
+not a setting: replicas applying a message (mentions) must read it alike."""
 
 _NAMES = {TEXT: "text", IMAGE: "image", GIF: "GIF", VOICE: "voice", FILE: "file", 99: "command"}
 _REQUIRED: dict[int, tuple[tuple[str, type], ...]] = {
@@ -44,22 +50,33 @@ _OPTIONAL: dict[int, tuple[tuple[str, type], ...]] = {
 }
 
 
-def parse(payload: bytes) -> dict[str, Any] | None:
-    """The payload as a typed JSON object, or ``None`` if it is not one (opaque: passes)."""
+def read(payload: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """(the payload as a typed JSON object, or ``None`` if it is not one (opaque: passes);
+    why it is refused, or ``None``).
+
+    A payload that is JSON but nested deeper than ``MAX_DEPTH`` or holding a number too long
+    for Python to convert is refused rather than passed as opaque: the clients that display it
+    can parse it, and so it could carry a system type or a malformed mention past the checks.
+    """
     if payload.lstrip()[:1] != b"{":
-        return None  # cheap exit for binary and encrypted payloads
+        return None, None  # cheap exit for binary and encrypted payloads
     try:
-        obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        # RecursionError: nested deeper than the parser recurses (a 12 KiB payload holds
-        # thousands of levels); such a payload is no document of ours either.
-        return None
+        obj = safejson.loads(payload, MAX_DEPTH)
+    except safejson.JsonBeyondLimits as e:
+        return None, f"payload: {e}"
+    except safejson.JsonInvalid:
+        return None, None
     if not isinstance(obj, dict):
-        return None
+        return None, None
     kind = obj.get("type")
     if isinstance(kind, bool) or not isinstance(kind, int):
-        return None
-    return obj
+        return None, None
+    return obj, problem(obj)
+
+
+def parse(payload: bytes) -> dict[str, Any] | None:
+    """The payload as a typed JSON object, or ``None`` if it is not one (or is refused)."""
+    return read(payload)[0]
 
 
 def _is(value: Any, kind: type) -> bool:

@@ -402,10 +402,11 @@ class Session:
             log.info("SEND payload too large", **self._fields(), size=len(payload))
             answer(ReasonCode.PAYLOAD_DECODE_ERROR)
             return
-        typed = (
-            conventions.parse(payload) if self._ctx.config.messages.payload_conventions else None
+        typed, problem = (
+            conventions.read(payload)
+            if self._ctx.config.messages.payload_conventions
+            else (None, None)
         )
-        problem = None if typed is None else conventions.problem(typed)
         if problem is not None:
             log.info("SEND payload breaks its type's convention", **self._fields(), problem=problem)
             answer(ReasonCode.PAYLOAD_DECODE_ERROR)

@@ -34,9 +34,11 @@ from typing import Any
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, ReasonCode
 
+from .. import safejson
 from ..channels import person_parties
 from ..command_channels import RED_DOT, SYNC_ONCE, is_cmd
 from ..ids import committed_ms
+from ..payload_conventions import MAX_DEPTH as PAYLOAD_MAX_DEPTH
 from ..storage import MessageRecord, Store
 from ..storage.keys import SEP, channel_key
 from . import message_ops, msgindex, msgx
@@ -285,12 +287,11 @@ def on_message(ctx: ApplyContext, record: MessageRecord, *, imported: bool = Fal
 def _mentions_of(payload: bytes) -> tuple[bool, list[str]]:
     """(mention.all, the uids of mention.uids) of ``{"mention": {"uids": [...], "all": 0|1}}``
     in a JSON payload; anything else is not a mention (payloads are the app's business, so a
-    malformed one is simply ignored)."""
+    malformed one is simply ignored). The depth limit is the front door's: a payload too deep
+    to parse safely is no mention on any replica, whatever stack depth the apply runs at."""
     try:
-        doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        # This runs while applying the Raft log: a payload nested deeper than the parser
-        # recurses must be ignored like any other malformed one, never fail the apply.
+        doc = safejson.loads(payload, PAYLOAD_MAX_DEPTH)
+    except safejson.JsonRefused:
         return False, []
     mention = doc.get("mention") if isinstance(doc, dict) else None
     if not isinstance(mention, dict):

@@ -47,8 +47,7 @@ def parse_payload(ctx: ApiContext, body: dict[str, Any]) -> bytes:
     if len(payload) > limit:
         raise bad_request(f"payload is larger than {limit} bytes")
     if ctx.config.messages.payload_conventions:
-        typed = conventions.parse(payload)
-        problem = None if typed is None else conventions.problem(typed)
+        _, problem = conventions.read(payload)
         if problem is not None:
             raise bad_request(problem)
     return payload

@@ -347,6 +347,24 @@ def test_errors_carry_the_reason_code_and_name_the_field(rpc: Stubs) -> None:
     assert e.code() == grpc.StatusCode.FAILED_PRECONDITION and "cluster.replicas" in e.details()
 
 
+def test_payloads_too_deep_or_with_too_long_numbers_are_invalid_argument(rpc: Stubs) -> None:
+    """The HTTP handlers' JSON limits hold on the gRPC path too: the one JSON a gRPC request
+    carries unparsed is a message payload."""
+    rpc.channels.Create(v1.ChannelRequest(channel_id="open", channel_type=2), timeout=T)
+    for payload, words in (
+        (b'{"type":1,"content":"x","a":' + b"[" * 5000 + b"]" * 5000 + b"}", "nested deeper"),
+        (b'{"type":1001,"content":"fake notice","n":' + b"9" * 5000 + b"}", "4300 digits"),
+    ):
+        e = error_of(
+            lambda payload=payload: rpc.messages.Send(
+                v1.SendRequest(from_uid="a", channel_id="open", channel_type=2, payload=payload),
+                timeout=T,
+            )
+        )
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and words in e.details(), e
+        assert error_info(e).http_status == 400
+
+
 def test_a_subscribe_deadline_ends_the_stream_with_deadline_exceeded(rpc: Stubs) -> None:
     rpc.channels.Create(v1.ChannelRequest(channel_id="quiet", channel_type=2), timeout=T)
     stream = rpc.messages.Subscribe(

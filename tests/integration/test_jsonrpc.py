@@ -395,17 +395,18 @@ def test_bad_send_params_are_answered_and_the_session_goes_on(node: NodeProcess)
 
 
 def test_a_deeply_nested_base64_payload_is_answered(node: NodeProcess) -> None:
-    """The payload conventions parse a payload that looks like JSON; one nested deeper than the
-    interpreter recurses must be answered, not end the session with RecursionError."""
+    """The payload conventions parse a payload that looks like JSON; one nested deeper than
+    their limit is refused with its reason code (PayloadDecodeError), not a RecursionError that
+    ends the session, and the session goes on."""
     a, b = users(node, "ja", "wb")
     deep = b'{"type":1,"content":"x","a":' + b"[" * 6000 + b"]" * 6000 + b"}"
 
     async def main() -> None:
         async with login(node, a) as ja, wkproto(node, b, device_flag=1) as wb:
             sent = await ja.send(b, 1, b64(deep))
-            assert sent["reasonCode"] == ReasonCode.SUCCESS
-            assert (await wb.recv()).payload == deep
+            assert sent["reasonCode"] == ReasonCode.PAYLOAD_DECODE_ERROR
             assert (await ja.send(b, 1, {"type": 1, "content": "next"}))["reasonCode"] == 1
+            assert json.loads((await wb.recv()).payload) == {"type": 1, "content": "next"}
 
     trio.run(main)
 

@@ -380,16 +380,25 @@ def test_wkproto_sends_keep_the_conventions_and_leave_system_types_to_the_api(
     async def main() -> None:
         async with open_client(host, int(port), uid=sender, token=f"tok-{sender}") as c:
             for payload in (
-                {"type": 1, "content": "fine"},
-                {"type": 1, "text": "no content"},
-                {"type": 1001, "content": "forged notice"},
+                b'{"type": 1, "content": "fine"}',
+                b'{"type": 1, "text": "no content"}',
+                b'{"type": 1001, "content": "forged notice"}',
+                # Too deep, or a number too long, for the server to read: refused, not passed
+                # as opaque (a client would still read the forged system type).
+                b'{"type": 1, "content": "x", "a": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+                b'{"type": 1001, "content": "forged", "n": ' + b"9" * 5000 + b"}",
             ):
-                result = await c.send(gid, 2, json.dumps(payload).encode())
+                result = await c.send(gid, 2, payload)
                 codes.append(result.reason_code)
+            # The session survived all of it.
+            assert (await c.send(gid, 2, b"still here")).reason_code == ReasonCode.SUCCESS
 
     trio.run(main)
     assert codes == [
         ReasonCode.SUCCESS,
         ReasonCode.PAYLOAD_DECODE_ERROR,
         ReasonCode.NOT_ALLOW_SEND,
+        ReasonCode.PAYLOAD_DECODE_ERROR,
+        ReasonCode.PAYLOAD_DECODE_ERROR,
     ]
+    assert "Traceback" not in node.log_path.read_text()

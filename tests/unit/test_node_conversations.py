@@ -245,6 +245,11 @@ def test_mentions_of_a_user_and_of_everyone(n: Node) -> None:
     n.send("g", "a", payload=b'{"mention": not json')  # ignored, not a crash
     # Nested deeper than the parser recurses: ignored too, never an error in the apply path.
     n.send("g", "a", payload=b'{"mention":{"all":1},"a":' + b"[" * 6000 + b"]" * 6000 + b"}")
+    # Too deep to read safely (a node with payload_conventions off lets it through): no
+    # mention on any replica, and the apply goes on.
+    deep = b'{"mention": {"uids": ["c"]}, "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    n.send("g", "a", payload=deep)
+    assert n.row("c", "g")["mention"] == 1  # still the @all one, not this
     n.members("g", ["d"])
     assert n.row("d", "g")["mention"] == 0  # joined after the mention
 

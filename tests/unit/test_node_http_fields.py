@@ -212,6 +212,27 @@ def test_unexpected_exception_is_500_without_leaking(
     assert any(r.exc_info and "secret-db-path" in str(r.exc_info[1]) for r in caplog.records)
 
 
+def test_a_handler_bug_hit_again_and_again_is_logged_once_per_interval(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logging.getLogger("raftchat"), "propagate", True)
+    router = make_router()
+    with caplog.at_level(logging.ERROR, logger="raftchat.http"):
+        for _ in range(50):
+            assert dispatch(router, request("POST", "/boom")).status == 500
+    assert len([r for r in caplog.records if r.exc_info]) == 1
+
+
+def test_hostile_json_is_a_400_not_a_500() -> None:
+    router = make_router()
+    for body, words in (
+        (b"[" * 100_000 + b"]" * 100_000, "nested deeper than 64 levels"),
+        (b'{"channel_type": ' + b"1" * 1_000_000 + b"}", "more than 4300 digits"),
+    ):
+        resp = dispatch(router, request("POST", "/fields", body))
+        assert resp.status == 400 and words in resp.body["msg"], resp.body
+
+
 def test_response_encoding_keeps_unicode() -> None:
     body = Response(200, {"msg": "频道"}).encode()
     assert "频道".encode() in body
