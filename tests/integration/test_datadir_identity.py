@@ -54,12 +54,12 @@ def test_a_stopped_clusters_directory_refuses_other_nodes_and_clusters(tmp_path:
     finally:
         cluster.stop()
     node1 = tmp_path / "node1"
-    cluster_id = identity(node1)["cluster_id"]
-    assert identity(tmp_path / "node2")["cluster_id"] == cluster_id  # computed alike, apart
 
     # The collision: no cluster configuration, node 1's directory.
     lone = node_env(1, fresh_host(), node1, {"RAFTCHAT_LOG_FORMAT": "text"})
     assert_refused(run_to_exit(lone), node1, "refusing to start it as a lone node")
+    cluster_id = identity(node1)["cluster_id"]
+    assert identity(tmp_path / "node2")["cluster_id"] == cluster_id  # computed alike, apart
     # Another node id on it.
     as_node2 = member_env(cluster, 2, node1)
     assert_refused(run_to_exit(as_node2), node1, "refusing to start it as node 2")
