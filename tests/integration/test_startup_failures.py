@@ -210,7 +210,7 @@ class Starting:
             self.proc.wait()
 
 
-SHUTDOWN_TIMEOUT_S = 3.0
+SHUTDOWN_TIMEOUT_S = 5.0
 
 
 @pytest.mark.parametrize("phase", ["waiting for elections", "joining"])
