@@ -42,6 +42,7 @@ import outcome
 import trio
 from google.protobuf.message import DecodeError
 
+from cluster.listen import ListenError, bind_problem
 from cluster.ratelog import RateLimitedLog
 
 log = logging.getLogger("raftchat.bridge")
@@ -311,6 +312,7 @@ class GrpcServer:
         grace_s: float = 2.0,
         extra_services: Sequence[GrpcService] = (),
         notices: Mapping[str, Notice] | None = None,
+        what: str = "gRPC",
     ) -> None:
         main = GrpcService(
             add_to_server, servicer_base, handlers, notices=notices or {}, auth_token=auth_token
@@ -319,6 +321,8 @@ class GrpcServer:
         for service in self._services:
             service.check()
         self.bind = bind
+        self.what = what
+        """What the listener is, for a bind failure's message."""
         self.port = 0  # the bound port once serving() has started (resolves ":0")
         self._grace_s = grace_s
         self._trio_token: trio.lowlevel.TrioToken | None = None
@@ -335,7 +339,8 @@ class GrpcServer:
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[GrpcServer]:
-        """Serve until the block is left. Raises OSError if the address cannot be bound."""
+        """Serve until the block is left. Raises ListenError (an OSError) if the address cannot
+        be bound."""
         self._trio_token = trio.lowlevel.current_trio_token()
         ready: concurrent.futures.Future[tuple[asyncio.AbstractEventLoop, asyncio.Event, int]]
         ready = concurrent.futures.Future()
@@ -397,10 +402,15 @@ class GrpcServer:
         server = grpc.aio.server(options=_SERVER_OPTIONS)
         for service in self._services:
             _add_decoding_safely(server, service.add_to_server, self._make_servicer(service))
+        # Asked first, because grpcio's own failure says only "Failed to bind" and prints the
+        # reason from its C core straight to stderr.
+        problem = bind_problem(self.bind)
+        if problem is not None:
+            raise ListenError(self.what, self.bind, problem)
         try:
             port = server.add_insecure_port(self.bind)
-        except RuntimeError as e:
-            raise OSError(f"cannot bind gRPC server to {self.bind}: {e}") from e
+        except RuntimeError as e:  # taken in between
+            raise ListenError(self.what, self.bind, str(e)) from None
         await server.start()
         stop = asyncio.Event()
         ready.set_result((asyncio.get_running_loop(), stop, port))

@@ -119,7 +119,11 @@ class Admin:
         placement = await controller.join(int(r["node_id"]), str(r["host"]))
         from cluster.placement import to_json
 
-        return {"placement": to_json(placement)}
+        # The joining node records the cluster's id with its data (node/identity.py).
+        return {
+            "placement": to_json(placement),
+            "cluster_id": self.node.datadir.identity.cluster_id,
+        }
 
     async def _op_leave(self, r: dict[str, Any]) -> dict[str, Any]:
         forwarded = await self._forward(r)

@@ -8,10 +8,12 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import signal
 import sys
+import threading
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import trio
 
 from cluster.bridge import GrpcCallError, GrpcClients, GrpcServer, peer_token
+from cluster.listen import ListenError, start_listener
 from cluster.placement import Placement, from_json, initial_placement
 from cluster.raft.conf import RaftTiming, make_conf
 from cluster.raft.driver import RaftDriver
@@ -41,6 +44,7 @@ from .grpcapi.subscribe import LiveFeed
 from .http.api import build_router
 from .http.common import ApiContext
 from .http.listener import HttpServer
+from .identity import DataDir, check
 from .log import get_logger
 from .presence import ClusterSessions
 from .rate_limit import TokenBuckets
@@ -49,6 +53,7 @@ from .router import Router, RouterSettings
 from .sabotage import ACK_WITHOUT_COMMIT, SKIP_DEDUPE, AckCounter
 from .send_checks import SendRules
 from .sessions import DeviceLimits, SessionLike, SessionRegistry
+from .startup import EXIT_FAILED, StartupError, startup_error_in, unavailable
 from .storage import MessageRecord, Store
 from .userfacts import UserFacts
 from .webhooks import Webhooks
@@ -59,8 +64,10 @@ READY_POLL_S = 0.05
 
 
 class Node:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, datadir: DataDir) -> None:
         self.config = config
+        self.datadir = datadir
+        self.stop_deadline = StopDeadline(config.node.shutdown_timeout_s)
         limits = DeviceLimits(
             app=config.devices.app_limit, web=config.devices.web_limit, pc=config.devices.pc_limit
         )
@@ -152,7 +159,7 @@ class Node:
 
     def _group_dir(self, group: int) -> Path:
         name = "controller" if group == 0 else f"groups/g{group}"
-        return Path(self.config.node.data_dir) / name
+        return self.datadir.path / name
 
     def _raft(
         self, group: int, members: list[int], machine: Any, snapshots: CheckpointSnapshots
@@ -173,6 +180,14 @@ class Node:
             f"g{group}", lambda: ReplicatedGroup(address, partners, conf, machine, snapshots)
         )
 
+    async def _start_raft(
+        self, group: int, members: list[int], machine: Any, snapshots: CheckpointSnapshots
+    ) -> ReplicatedGroup:
+        """Build the group on the driver thread. A stop does not wait for the build: the driver
+        destroys whatever it has built when it stops."""
+        future = self._raft(group, members, machine, snapshots)
+        return await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+
     async def open_group(self, group: int, members: list[int]) -> None:
         """Start this node's replica of a slot group (empty if new: it catches up from the
         leader's log or a snapshot)."""
@@ -182,7 +197,7 @@ class Node:
         self.stores[group] = store
         machine = GroupMachine(group, store, skip_dedupe=self.skip_dedupe)
         snapshots = CheckpointSnapshots(machine, gdir / "snapshots")
-        raft = await trio.to_thread.run_sync(self._raft(group, members, machine, snapshots).result)
+        raft = await self._start_raft(group, members, machine, snapshots)
         local = LocalGroup(group, store, machine, raft, self.node_of_address, self.flusher)
         pipeline = GroupPipeline(
             local,
@@ -206,7 +221,8 @@ class Node:
             with trio.move_on_after(self.config.cluster.proposal_timeout_s + 1):
                 await pipeline.close()  # queued sends fail over; batches in Raft finish first
         self.router.detach(group)
-        await trio.to_thread.run_sync(self.driver.remove_group(f"g{group}").result)
+        removed = self.driver.remove_group(f"g{group}")
+        await trio.to_thread.run_sync(removed.result, abandon_on_cancel=True)
         store = self.stores.pop(group, None)
         if store is not None:
             store.close()
@@ -231,6 +247,10 @@ class Node:
                 )
                 reply = json.loads(raw.reply)
                 if "placement" in reply:
+                    # Recorded before the map is used: a restart then knows whose data this is.
+                    # (A member too old to send its cluster's id leaves this node one of its own.)
+                    cluster_id = reply.get("cluster_id") or secrets.token_hex(8)
+                    self.datadir.joined(cluster_id, cfg.cluster.password)
                     return from_json(reply["placement"])
                 error = reply.get("error")
             except GrpcCallError as e:
@@ -250,17 +270,23 @@ class Node:
         genesis = Placement(0, [], {}, {}) if stored else await self._genesis()
         machine = ControllerMachine(store, genesis)
         self.router.placement = machine.current()
+        if len(self.router.placement.nodes) > 1:
+            # A stored map of several members (say, of a directory adopted from before identity
+            # files, or a lone node that others joined): the directory is a multi-node one, and
+            # a lone node's configuration is refused before any Raft group runs.
+            self.datadir.grew()
+            check(self.datadir.identity, cfg, self.datadir.path)
         token = trio.lowlevel.current_trio_token()
 
         def changed(placement: Placement) -> None:  # on the Raft driver thread
             with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(self.router.set_placement, placement)
+                token.run_sync_soon(self._placement_changed, placement)
 
         # Before the group starts ticking: no applied change may slip past the router.
         machine.on_change = changed
         snapshots = CheckpointSnapshots(machine, gdir / "snapshots")
         members = sorted(self.router.placement.nodes)
-        raft = await trio.to_thread.run_sync(self._raft(0, members, machine, snapshots).result)
+        raft = await self._start_raft(0, members, machine, snapshots)
         local = LocalGroup(0, store, machine, raft, self.node_of_address)  # type: ignore[arg-type]
         self.router.attach(local, None)
         self.router.set_placement(machine.current())  # anything applied while starting
@@ -273,6 +299,20 @@ class Node:
             self.admin.call,
             cfg.cluster.proposal_timeout_s,
         )
+
+    def _placement_changed(self, placement: Placement) -> None:
+        self.router.set_placement(placement)
+        if len(placement.nodes) > 1 and not self.datadir.identity.multi_node:
+            try:
+                self.datadir.grew()
+            except StartupError as e:  # tried again at the next change and the next start
+                log.error("cannot record that the cluster has several members", error=str(e))
+            else:
+                log.info(
+                    "the cluster has several members: this data directory will not start "
+                    "as a lone node again",
+                    cluster_id=self.datadir.identity.cluster_id,
+                )
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
@@ -317,9 +357,12 @@ class Node:
                 )
                 self.router.commit_hooks.append(self.webhooks.on_committed)
                 self.registry.listeners.append(self.webhooks.on_session)
-            await self._open_controller()
-            for gid in self.router.placement.groups_of_node(cfg.node.id):
-                await self.open_group(gid, self.router.placement.replicas(gid))
+            try:
+                await self._open_controller()
+                for gid in self.router.placement.groups_of_node(cfg.node.id):
+                    await self.open_group(gid, self.router.placement.replicas(gid))
+            except ListenError as e:  # a Raft port
+                raise unavailable(str(e)) from None
             assert self.admin is not None and self.controller is not None
             self.router.extra_handlers["Admin"] = self.admin.rpc
             self.facts = UserFacts(self.router)
@@ -341,8 +384,13 @@ class Node:
                 notices=self.router.notices(),
                 # Same port, no peer token: the public API is for the app's backend.
                 extra_services=self.public_api.services(),
+                what="peer gRPC",
             )
-            async with trio.open_nursery() as nursery, grpc_server.serving():
+            async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as serving:
+                try:
+                    await serving.enter_async_context(grpc_server.serving())
+                except ListenError as e:
+                    raise unavailable(str(e)) from None
                 await nursery.start(self.router.run)
                 if self.webhooks is not None:
                     await nursery.start(self.webhooks.run)
@@ -350,6 +398,7 @@ class Node:
                 nursery.start_soon(run_reclaim, self.router, cfg.messages.retention_days)
                 nursery.start_soon(self.client_routes.run)
                 await self._serve_clients(nursery, self.router)
+                log.info("listening; waiting for every local group to have a leader")
                 while not self.router.groups_ready():
                     await trio.sleep(READY_POLL_S)  # waiting on elections, which signal nothing
                 log.info("node ready", **self.endpoints)
@@ -358,12 +407,20 @@ class Node:
                 task_status.started(self)
                 await trio.sleep_forever()
         finally:
+            self.stop_deadline.arm()
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.driver.stop)
                 await trio.to_thread.run_sync(self.flusher.stop)  # after the driver's last pass
             self.clients.close_all()
-            for store in self.stores.values():
-                store.close()
+            if self.driver.thread.is_alive():
+                # Still inside a group's code after its stop timeout: it may yet touch the
+                # stores, so they stay open (the process is about to exit; RocksDB recovers).
+                log.warning("raft driver did not stop in time; leaving the stores open")
+            else:
+                # Without a garbage collection per store (~0.1 s each, most of a stop): the
+                # process ends next, and with it the hold on their LOCK files.
+                for store in self.stores.values():
+                    store.close(collect=False)
 
     async def _serve_clients(self, nursery: trio.Nursery, router: Router) -> None:
         cfg = self.config
@@ -394,10 +451,14 @@ class Node:
         http_router = build_router(api)
         self.public_api.attach(http_router, api)
         http = HttpServer(http_router, cfg.http)
-        await nursery.start(partial(http.serve, host, cfg.http.port))
-        if cfg.http.also_host and cfg.http.also_host != host:
-            await nursery.start(partial(http.serve, cfg.http.also_host, cfg.http.port))
-        await gateway.serve(nursery, host)
+        hosts = [host] + ([cfg.http.also_host] if cfg.http.also_host not in ("", host) else [])
+        try:
+            for http_host in hosts:
+                serve = partial(http.serve, http_host, cfg.http.port)
+                await start_listener(nursery, "HTTP", http_host, cfg.http.port, serve)
+            await gateway.serve(nursery, host)
+        except ListenError as e:
+            raise unavailable(str(e)) from None
         tcp_port = cfg.gateway.tcp_port
         self.endpoints = {
             "node_id": str(cfg.node.id),
@@ -408,16 +469,52 @@ class Node:
         }
 
 
-async def _serve_until_signal(config: Config) -> None:
+class StopDeadline:
+    """Once a node starts to stop (a signal, or a failed start), it exits within
+    ``node.shutdown_timeout_s`` whatever it is waiting for: a thread outside trio's control
+    (a Raft group's code, grpcio) cannot keep it running."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._timer: threading.Timer | None = None
+
+    def arm(self) -> None:
+        if self._timer is None:
+            self._timer = threading.Timer(self.timeout_s, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self) -> None:
+        print(
+            f"raftchat: node did not stop within node.shutdown_timeout_s = {self.timeout_s:g} s; "
+            "exiting",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(EXIT_FAILED)
+
+
+async def _serve_until_signal(node: Node) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(Node(config).run)
+            nursery.start_soon(node.run)  # if it fails, the nursery stops waiting for signals
             async for signum in signals:
                 log.info("stopping on signal", signal=signal.Signals(signum).name)
+                node.stop_deadline.arm()
                 nursery.cancel_scope.cancel()
                 break
 
 
-def run_node(config: Config) -> None:
-    trio.run(_serve_until_signal, config)
+def run_node(config: Config, datadir: DataDir) -> int:
+    """Run a node on its opened data directory until a signal; the exit code
+    (``node/startup.py``). A node that cannot start says why in one line on stderr."""
+    try:
+        trio.run(_serve_until_signal, Node(config, datadir))
+    except (StartupError, BaseExceptionGroup) as e:
+        error = startup_error_in(e)
+        if error is None:
+            raise
+        print(f"raftchat: {error}", file=sys.stderr, flush=True)
+        return error.code
     print("raftchat: node stopped", file=sys.stderr)
+    return 0

@@ -17,10 +17,19 @@ def _cmd_node(args: argparse.Namespace) -> int:
         print(f"raftchat: configuration error: {e}", file=sys.stderr)
         return 2
     setup_logging(cfg.node.id, cfg.log.level, cfg.log.format)
+    from .identity import DataDir
+    from .startup import StartupError, check_addresses
+
+    # Before the node's heavy imports: a refusal or a port taken is reported within a second.
+    try:
+        check_addresses(cfg)
+        datadir = DataDir.open(cfg)
+    except StartupError as e:
+        print(f"raftchat: {e}", file=sys.stderr)
+        return e.code
     from .app import run_node
 
-    run_node(cfg)
-    return 0
+    return run_node(cfg, datadir)
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:

@@ -35,9 +35,19 @@ class NodeSection:
     id: int = 1
     """Unique per cluster, 1..1023."""
     name: str = ""
-    data_dir: str = "./data/node1"
+    data_dir: str = ""
+    """Empty: ``./raftchat-data/node<id>`` (never a directory ``raftchat dev`` uses)."""
     host: str = "127.0.0.1"
     """Address every listener binds unless the listener names its own."""
+    shutdown_timeout_s: float = 10.0
+    """From SIGTERM (or a failed start) to exit at most; a stop that takes longer is cut short
+    and exits with code 1."""
+
+    def data_path(self) -> Path:
+        """``data_dir``, or by default ``./raftchat-data/node<id>``: not under ``./data``,
+        where ``make run`` keeps its nodes, so that a node started in the checkout without a
+        config never opens one of theirs."""
+        return Path(self.data_dir or f"./raftchat-data/node{self.id}")
 
 
 @dataclass
@@ -247,6 +257,7 @@ class Config:
             raise ConfigError(f"log.level must be one of {', '.join(_LOG_LEVELS)}")
         # "not x > 0" rather than "x <= 0": NaN fails every comparison and must be refused too.
         for key in (
+            "node.shutdown_timeout_s",
             "gateway.auth_timeout_s",
             "gateway.idle_timeout_s",
             "gateway.kick_close_delay_s",

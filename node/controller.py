@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -27,6 +28,21 @@ log = get_logger("controller")
 
 CONTROLLER_GROUP = 0
 PLACEMENT_KEY = b"placement"
+
+
+def stored_members(data_dir: Path) -> dict[int, str] | None:
+    """The members (id -> host) of the cluster map stored in a node's data directory; None
+    when it stores none (a map that never changed is recomputed from the config instead)."""
+    db = data_dir / "controller" / "db"
+    if not db.exists():
+        return None
+    store = Store(db)
+    try:
+        raw = store.get_state(PLACEMENT_KEY)
+    finally:
+        store.close()
+    return None if raw is None else from_json(json.loads(raw)).nodes
+
 
 AdminCall = Callable[[int, dict[str, Any]], Awaitable[dict[str, Any]]]
 """(node id, admin request) -> reply; raises on failure."""

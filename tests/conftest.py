@@ -23,6 +23,11 @@ from node.devcluster import NodeProcess, cluster_env, node_env, start_all, wait_
 _addresses = (f"127.0.{(os.getpid() % 200) + 20}.{n}" for n in itertools.count(10))
 
 
+def fresh_host() -> str:
+    """A loopback address no other test of this run uses."""
+    return next(_addresses)
+
+
 def start_node(tmp_path: Path, node_id: int = 1, **settings: Any) -> NodeProcess:
     """Start a real node. ``settings`` are config keys as ``section__key=value``."""
     host = next(_addresses)

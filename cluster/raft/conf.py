@@ -59,6 +59,9 @@ def make_conf(
         connectionRetryTime=timing.connection_retry_s,
         leaderFallbackTimeout=timing.leader_fallback_s,
         bindAddress=bind_address,
+        # One attempt: pysyncobj's default (retry forever) spins in the constructor on a port
+        # that is taken or an address that is not local, and the node hangs with it.
+        maxBindRetries=1,
         password=password,
         journalFile=journal_file,
         fullDumpFile=dump_file,

@@ -7,16 +7,29 @@ journal replay after a restart skips what is already applied.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import random
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj import SyncObj, SyncObjConf, SyncObjException, replicated
 from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.syncobj import _RAFT_STATE
 from pysyncobj.tcp_connection import CONNECTION_STATE
 
+from cluster.listen import ListenError, bind_problem, os_error_behind
+
 from .snapshot import CheckpointSnapshots, install_checkpoint_transmitter
+
+
+def _not_a_bind_failure(record: logging.LogRecord) -> bool:
+    # pysyncobj logs a failed bind with its traceback before raising; ReplicatedGroup raises a
+    # ListenError naming the address instead, and the node reports that in one line.
+    return record.getMessage() != "failed to perform initialization"
+
+
+logging.getLogger("pysyncobj.syncobj").addFilter(_not_a_bind_failure)
 
 
 class StateMachine(Protocol):
@@ -56,7 +69,18 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
         self._known_leader: Any = None
         self._vote_term = -1
         self._voters: set[str] = set()
-        super().__init__(self_addr, partners, conf)
+        try:
+            super().__init__(self_addr, partners, conf)
+        except SyncObjException as e:
+            if e.errorCode != "BindError":
+                raise
+            # make_conf allows one bind attempt, so this is a port taken or an address not on
+            # this machine; pysyncobj keeps the reason only as the exception's context.
+            address = conf.bindAddress or self_addr
+            cause = os_error_behind(e) or bind_problem(address) or "the port could not be bound"
+            with contextlib.suppress(Exception):
+                self._doDestroy()  # its journal and sockets; the object is never used
+            raise ListenError("Raft", address, cause) from None
         if snapshots is not None:
             install_checkpoint_transmitter(self, snapshots)
 

@@ -23,6 +23,7 @@ from functools import partial
 
 import trio
 
+from cluster.listen import start_listener
 from cluster.ratelog import RateLimitedLog
 from proto.wkproto import MAX_REMAINING_LENGTH
 
@@ -79,12 +80,15 @@ class Gateway:
         self.refused = 0
 
     async def serve(self, nursery: trio.Nursery, host: str) -> None:
-        """Start both listeners (returns once they listen)."""
+        """Start both listeners (returns once they listen; raises ListenError, naming the
+        listener and its address, if one cannot bind)."""
         gw = self._ctx.config.gateway
         tcp = partial(self._contained, "tcp", self._on_tcp)
         ws = partial(self._contained, "ws", self._on_ws)
-        await nursery.start(partial(trio.serve_tcp, tcp, gw.tcp_port, host=host))
-        await nursery.start(partial(trio.serve_tcp, ws, gw.ws_port, host=host))
+        tcp_serve = partial(trio.serve_tcp, tcp, gw.tcp_port, host=host)
+        await start_listener(nursery, "WKProto TCP", host, gw.tcp_port, tcp_serve)
+        ws_serve = partial(trio.serve_tcp, ws, gw.ws_port, host=host)
+        await start_listener(nursery, "WKProto WebSocket", host, gw.ws_port, ws_serve)
         nursery.start_soon(self._flush_log)
 
     @staticmethod

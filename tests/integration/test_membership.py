@@ -12,6 +12,7 @@ import pytest
 from node.devcluster import NodeProcess, node_env
 from tests.conftest import Cluster, eventually
 from tests.integration.test_cluster import Sender, check_log, pick_channel
+from tests.integration.test_datadir_identity import identity
 
 
 def data_groups(status: dict[str, Any]) -> list[dict[str, Any]]:
@@ -51,6 +52,9 @@ def test_join_then_leave_under_load(tmp_path: Path, departure: str) -> None:
         joiner.start(timeout_s=60)
         cluster.hosts[4] = host4
         cluster.nodes[4] = joiner
+        # It learnt the cluster's id from the member that admitted it (node/identity.py).
+        ids = [identity(tmp_path / f"node{n}") for n in (1, 4)]
+        assert ids[0]["cluster_id"] == ids[1]["cluster_id"] and ids[1]["multi_node"] is True
 
         def balanced_with_four() -> bool:
             groups = data_groups(cluster.status(2))

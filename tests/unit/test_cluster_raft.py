@@ -556,3 +556,38 @@ def test_forged_pickles_never_run_when_the_cluster_has_a_password(tmp_path: Path
     finally:
         cluster.close()
     assert not marker.exists()
+
+
+def test_a_group_whose_port_is_taken_fails_at_once_naming_its_address(tmp_path: Path) -> None:
+    """pysyncobj retries a failed bind forever by default, inside the constructor, so the
+    driver thread spun and the node hung (ignoring SIGTERM) on a taken Raft port."""
+    address = f"127.0.89.9:{next(_ports)}"
+    host, port = address.rsplit(":", 1)
+    with socket.socket() as holder:
+        holder.bind((host, int(port)))
+        holder.listen()
+        driver = RaftDriver(FAST.tick_interval_s, name="taken")
+        driver.start()
+        store = Store(tmp_path / "db")
+        try:
+            machine = GroupMachine(1, store)
+            snapshots = CheckpointSnapshots(machine, tmp_path / "snapshots")
+            conf = make_conf(
+                password="secret",
+                bind_address=address,
+                journal_file=str(tmp_path / "raft.journal"),
+                dump_file=str(tmp_path / "raft.dump"),
+                snapshots=snapshots,
+                timing=FAST,
+            )
+            built = driver.add_group(
+                "g1", lambda: ReplicatedGroup(address, [], conf, machine, snapshots)
+            )
+            with pytest.raises(OSError) as caught:
+                built.result(5)
+            assert str(caught.value) == f"cannot listen on {address} (Raft): Address already in use"
+            # The driver goes on serving calls: the failed group left nothing behind in it.
+            assert driver.call(driver.group_names).result(5) == []
+        finally:
+            driver.stop()
+            store.close()
