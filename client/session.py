@@ -168,7 +168,12 @@ class Session:
                         **options,
                     )
                 except ClientClosed:
-                    continue  # the run loop is already reconnecting
+                    # The run loop is reconnecting, but may not have let go of this connection
+                    # yet: asking for a connection again right away would find the same one,
+                    # and the retry would spin without ever letting the run loop go on.
+                    while self._client is client:
+                        await self._changed.wait()
+                    continue
                 if result.ok:
                     self.delivered.sent(
                         (channel_id, channel_type), result.message_id, result.message_seq
