@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
@@ -23,11 +27,28 @@ class Lines:
 
     def __init__(self, pipe: IO[str]) -> None:
         self._q: queue.Queue[str] = queue.Queue()
+        self._ended = threading.Event()
         threading.Thread(target=self._read, args=(pipe,), daemon=True).start()
 
     def _read(self, pipe: IO[str]) -> None:
         for line in pipe:
             self._q.put(line.rstrip("\n"))
+        self._ended.set()
+
+    def rest(self, timeout_s: float = 20.0) -> list[str]:
+        """Every line up to the pipe's end."""
+        self._ended.wait(timeout_s)
+        lines = []
+        while not self._q.empty():
+            lines.append(self._q.get_nowait())
+        return lines
+
+    def until(self, prefix: str) -> list[str]:
+        """The lines up to the first that starts with ``prefix``, that one included."""
+        lines = [self.next()]
+        while not lines[-1].startswith(prefix):
+            lines.append(self.next())
+        return lines
 
     def next(self, timeout_s: float = 20.0) -> str:
         try:
@@ -65,7 +86,9 @@ def test_chat_sends_stdin_lines_and_prints_incoming_messages(node: NodeProcess) 
         out,
         err,
     ):
-        assert err.next().startswith("# alice connected")
+        assert err.next() == f"# connecting to {tcp}"
+        assert err.next() == f"# connected to node 1 ({tcp})"
+        assert err.next().startswith("# alice chatting with bob")
 
         async def bob_side() -> None:
             async with open_client(host, int(port), uid="bob", token="tb") as bob:
@@ -73,23 +96,50 @@ def test_chat_sends_stdin_lines_and_prints_incoming_messages(node: NodeProcess) 
                 proc.stdin.write("hello bob\n\nsecond line\n")
                 proc.stdin.flush()
                 got = [await bob.recv(timeout_s=20) for _ in range(2)]
+                # Lines travel as WuKongIM text messages.
                 assert [(m.from_uid, m.payload) for m in got] == [
-                    ("alice", b"hello bob"),
-                    ("alice", b"second line"),
+                    ("alice", b'{"type":1,"content":"hello bob"}'),
+                    ("alice", b'{"type":1,"content":"second line"}'),
                 ]
-                reply = await bob.send("alice", ChannelType.PERSON, b"hi alice")
+                reply = await bob.send(
+                    "alice", ChannelType.PERSON, b'{"type":1,"content":"hi alice"}'
+                )
                 assert reply.ok and reply.message_seq == 3
+                image = b'{"type":2,"url":"https://x/cat.png","width":640,"height":480}'
+                assert (await bob.send("alice", ChannelType.PERSON, image)).ok
 
         trio.run(bob_side)
         assert out.next() == "[3] bob: hi alice"
-        # A message from another channel says where it comes from.
-        api.send("carol", "alice", ChannelType.PERSON, b"psst")
-        assert out.next() == "(carol/1) [1] carol: psst"
+        assert out.next() == "[4] bob: [image 640x480] https://x/cat.png"
+        # A message from another channel says where it comes from; a payload outside the
+        # conventions is shown as text, with its control characters escaped.
+        api.send("carol", "alice", ChannelType.PERSON, b"psst \x1b[2J")
+        assert out.next() == "(carol/1) [1] carol: psst \\x1b[2J"
 
         assert proc.stdin is not None
         proc.stdin.close()
         assert proc.wait(timeout=20) == 0
+        assert err.next() == "# bye"
     api.close()
+
+
+def test_ctrl_c_and_sigterm_end_chat_with_one_line(node: NodeProcess) -> None:
+    http, tcp = node.endpoints["http"], node.endpoints["tcp"]
+    for sig, code, bye in (
+        (signal.SIGINT, 130, "# bye (interrupted)"),
+        (signal.SIGTERM, 0, "# bye (terminated)"),
+    ):
+        with raftchat("chat", "--uid", "alice", "--to", "bob", "--node", tcp, "--http", http) as (
+            proc,
+            _out,
+            err,
+        ):
+            err.until("# alice chatting with bob")
+            proc.send_signal(sig)
+            assert proc.wait(timeout=20) == code
+            assert proc.stderr is not None
+            assert err.next() == bye
+            assert err.rest() == []
 
 
 def test_tail_prints_the_log_then_new_messages(node: NodeProcess) -> None:
@@ -138,3 +188,137 @@ def test_cluster_command_prints_status_and_reports_refusals(node: NodeProcess) -
     refused = cluster("leave", "--node", "9", "--api", http)
     assert refused.returncode == 1
     assert refused.stderr.startswith("raftchat cluster: 404 ")
+
+
+class AnswerLosingProxy:
+    """A TCP relay to a node's WKProto port that can lose an answer, as a network cut would.
+
+    ``lose_next_answer()`` arms it: the client's next bytes still reach the server, but the
+    server's answer is dropped, the connection is closed, and new connections are closed at
+    once until ``heal()``."""
+
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
+        self.target = target
+        self.cut = threading.Event()
+        self._armed = False
+        self._down = False
+        self._lock = threading.Lock()
+        self._server = socket.create_server(listen)
+        self.address = f"{listen[0]}:{listen[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def lose_next_answer(self) -> None:
+        with self._lock:
+            self._armed = True
+
+    def heal(self) -> None:
+        with self._lock:
+            self._down = False
+
+    def close(self) -> None:
+        self._server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                down = self._down
+            if down:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            losing = threading.Event()  # the server's next bytes are to be lost
+            threading.Thread(
+                target=self._upward, args=(client, upstream, losing), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._downward, args=(upstream, client, losing), daemon=True
+            ).start()
+
+    def _upward(
+        self, client: socket.socket, upstream: socket.socket, losing: threading.Event
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                with self._lock:
+                    if self._armed:
+                        self._armed = False
+                        losing.set()  # before the bytes go: their answer cannot slip through
+                upstream.sendall(data)
+        _close(client, upstream)
+
+    def _downward(
+        self, upstream: socket.socket, client: socket.socket, losing: threading.Event
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(65536):
+                if losing.is_set():
+                    with self._lock:
+                        self._down = True
+                    _close(client, upstream)
+                    self.cut.set()
+                    return
+                client.sendall(data)
+        _close(client, upstream)
+
+
+def _close(*socks: socket.socket) -> None:
+    for s in socks:
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+        s.close()
+
+
+OUTAGE_S = 11.0
+"""Longer than the 10 s a line used to be given before it was dropped as "not sent"."""
+
+
+def test_chat_keeps_lines_through_an_outage_and_a_lost_answer_stores_them_once(
+    node: NodeProcess,
+) -> None:
+    http, tcp = node.endpoints["http"], node.endpoints["tcp"]
+    host, port = tcp.rsplit(":", 1)
+    proxy = AnswerLosingProxy((host, 5150), (host, int(port)))
+    api = SyncHttpClient(http)
+
+    def stored() -> list[str]:
+        page = api.messagesync("bob", "alice", ChannelType.PERSON, 1)
+        return [m.text for m in page.messages]
+
+    args = ("chat", "--uid", "alice", "--to", "bob", "--node", proxy.address, "--http", http)
+    with raftchat(*args) as (proc, _out, err):
+        err.until("# alice chatting with bob")
+        assert proc.stdin is not None
+        # The SEND reaches the node, which stores the line; its SENDACK is lost with the
+        # connection, and the node stays out of reach for a while.
+        proxy.lose_next_answer()
+        proc.stdin.write("first\n")
+        proc.stdin.flush()
+        assert proxy.cut.wait(20)
+        assert stored() == ['{"type":1,"content":"first"}']
+        line = err.next()
+        assert line.startswith("# disconnected from node 1 (connection closed by the server)")
+        assert line.endswith("; 1 line queued")
+        proc.stdin.write("second\n")
+        proc.stdin.flush()
+        said = err.until("# queued until connected")
+        assert said[-1] == "# queued until connected (2 lines waiting)"
+        time.sleep(OUTAGE_S)
+
+        # Back: "first" is sent again with its client_msg_no, and the node answers with the
+        # message it already has; then "second" goes.
+        proxy.heal()
+        said += err.until("# connected")
+        assert said[-1] == f"# connected to node 1 ({proxy.address}); sending 2 queued lines"
+        assert any(line.startswith(f"# cannot connect to {proxy.address} (") for line in said)
+        # The end of input waits for the queue: everything is stored when it quits.
+        proc.stdin.close()
+        assert proc.wait(timeout=20) == 0
+        assert err.rest()[-1:] == ["# bye"]
+    texts = stored()
+    assert texts == ['{"type":1,"content":"first"}', '{"type":1,"content":"second"}']
+    api.close()
+    proxy.close()
