@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import queue
 import signal
 import socket
@@ -20,6 +21,7 @@ from client.http import SyncHttpClient
 from client.wkproto import open_client
 from node.devcluster import NodeProcess
 from proto.wkproto import ChannelType
+from tests.conftest import eventually
 
 
 class Lines:
@@ -190,18 +192,19 @@ def test_cluster_command_prints_status_and_reports_refusals(node: NodeProcess) -
     assert refused.stderr.startswith("raftchat cluster: 404 ")
 
 
-class AnswerLosingProxy:
-    """A TCP relay to a node's WKProto port that can lose an answer, as a network cut would.
+class CuttingProxy:
+    """A TCP relay to a node's WKProto port that cuts connections, as a network failure would.
 
-    ``lose_next_answer()`` arms it: the client's next bytes still reach the server, but the
-    server's answer is dropped, the connection is closed, and new connections are closed at
-    once until ``heal()``."""
+    ``cut_now()`` closes every connection and closes new ones at once until ``heal()``.
+    ``lose_next_answer()`` cuts the same way but later: the client's next bytes still reach
+    the server, and the cut happens when the server answers, so the answer is lost."""
 
     def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
         self.target = target
         self.cut = threading.Event()
         self._armed = False
         self._down = False
+        self._live: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._server = socket.create_server(listen)
         self.address = f"{listen[0]}:{listen[1]}"
@@ -210,6 +213,12 @@ class AnswerLosingProxy:
     def lose_next_answer(self) -> None:
         with self._lock:
             self._armed = True
+
+    def cut_now(self) -> None:
+        with self._lock:
+            self._down = True
+            live, self._live = self._live, set()
+        _close(*live)
 
     def heal(self) -> None:
         with self._lock:
@@ -230,6 +239,8 @@ class AnswerLosingProxy:
                 client.close()
                 continue
             upstream = socket.create_connection(self.target)
+            with self._lock:
+                self._live |= {client, upstream}
             losing = threading.Event()  # the server's next bytes are to be lost
             threading.Thread(
                 target=self._upward, args=(client, upstream, losing), daemon=True
@@ -281,44 +292,53 @@ def test_chat_keeps_lines_through_an_outage_and_a_lost_answer_stores_them_once(
 ) -> None:
     http, tcp = node.endpoints["http"], node.endpoints["tcp"]
     host, port = tcp.rsplit(":", 1)
-    proxy = AnswerLosingProxy((host, 5150), (host, int(port)))
+    proxy = CuttingProxy((host, 5150), (host, int(port)))
     api = SyncHttpClient(http)
 
     def stored() -> list[str]:
         page = api.messagesync("bob", "alice", ChannelType.PERSON, 1)
-        return [m.text for m in page.messages]
+        return [json.loads(m.payload)["content"] for m in page.messages]
 
     args = ("chat", "--uid", "alice", "--to", "bob", "--node", proxy.address, "--http", http)
     with raftchat(*args) as (proc, _out, err):
         err.until("# alice chatting with bob")
         assert proc.stdin is not None
+
+        # The node is out of reach for a while; a line typed meanwhile waits for it.
+        proxy.cut_now()
+        said = err.until("# disconnected from node 1")
+        assert said[-1].startswith("# disconnected from node 1 (connection closed by the server)")
+        proc.stdin.write("typed during the outage\n")
+        proc.stdin.flush()
+        said = err.until("# queued until connected")
+        assert said[-1] == "# queued until connected (1 line waiting)"
+        time.sleep(OUTAGE_S)
+        proxy.heal()
+        said = err.until("# connected")
+        assert any(line.startswith(f"# cannot connect to {proxy.address} (") for line in said)
+        assert said[-1] == f"# connected to node 1 ({proxy.address}); sending 1 queued line"
+        eventually(lambda: stored() == ["typed during the outage"], what="the queued line")
+
         # The SEND reaches the node, which stores the line; its SENDACK is lost with the
-        # connection, and the node stays out of reach for a while.
+        # connection. The line is sent again with its client_msg_no, and the node answers
+        # with the message it already has; then the next line goes.
         proxy.lose_next_answer()
         proc.stdin.write("first\n")
         proc.stdin.flush()
         assert proxy.cut.wait(20)
-        assert stored() == ['{"type":1,"content":"first"}']
-        line = err.next()
-        assert line.startswith("# disconnected from node 1 (connection closed by the server)")
-        assert line.endswith("; 1 line queued")
+        assert stored() == ["typed during the outage", "first"]
         proc.stdin.write("second\n")
         proc.stdin.flush()
-        said = err.until("# queued until connected")
-        assert said[-1] == "# queued until connected (2 lines waiting)"
-        time.sleep(OUTAGE_S)
-
-        # Back: "first" is sent again with its client_msg_no, and the node answers with the
-        # message it already has; then "second" goes.
+        said = err.until("# disconnected from node 1")
+        assert said[-1].endswith("; 1 line queued")
         proxy.heal()
-        said += err.until("# connected")
+        said = err.until("# connected")
         assert said[-1] == f"# connected to node 1 ({proxy.address}); sending 2 queued lines"
-        assert any(line.startswith(f"# cannot connect to {proxy.address} (") for line in said)
+
         # The end of input waits for the queue: everything is stored when it quits.
         proc.stdin.close()
         assert proc.wait(timeout=20) == 0
         assert err.rest()[-1:] == ["# bye"]
-    texts = stored()
-    assert texts == ['{"type":1,"content":"first"}', '{"type":1,"content":"second"}']
+    assert stored() == ["typed during the outage", "first", "second"]
     api.close()
     proxy.close()
