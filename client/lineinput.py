@@ -46,7 +46,7 @@ class PipeInput:
             line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
             if not line:
                 return "eof"
-            on_line(line.rstrip("\n"))
+            on_line(line.rstrip("\r\n"))
 
 
 class PromptInput:

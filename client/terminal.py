@@ -83,7 +83,9 @@ class ConnectionNotes:
     again after the next successful login."""
 
     def __init__(self) -> None:
-        self.node_id = 0
+        self.node = ""
+        """The node of the last login, as said: ``node 2`` (``host:port`` from a server that
+        sends no node id)."""
         self.state: ConnectionState | None = None
         self._said: set[tuple[object, ...]] = set()
         self._logins = 0
@@ -93,12 +95,13 @@ class ConnectionNotes:
         where = f"{state.address[0]}:{state.address[1]}"
         waiting = f"; {_plural(queued, 'line')} queued" if queued else ""
         if state.phase == "connected":
-            self.node_id = state.node_id
+            self.node = f"node {state.node_id}" if state.node_id else where
             self._said.clear()
             self._logins += 1
             first = self._logins == 1
             sending = f"; sending {_plural(queued, 'queued line')}" if queued and not first else ""
-            return [f"# connected to node {state.node_id} ({where}){sending}"]
+            at = f"node {state.node_id} ({where})" if state.node_id else where
+            return [f"# connected to {at}{sending}"]
         if state.phase == "connecting":
             key: tuple[object, ...] = ("connecting", state.address)
             line = f"# connecting to {where}"
@@ -106,7 +109,7 @@ class ConnectionNotes:
             why = reason(state.error)
             key = ("retrying", state.address, why, state.was_connected)
             if state.was_connected:
-                line = f"# disconnected from node {self.node_id} ({why})"
+                line = f"# disconnected from {self.node} ({why})"
             else:
                 line = f"# cannot connect to {where} ({why})"
             line += f", retrying in {state.retry_in_s:.1f} s{waiting}"

@@ -92,3 +92,10 @@ def test_status_lines_of_an_outage_say_each_thing_once() -> None:
         "# connecting to 127.0.0.12:5100",
         "# connected to node 2 (127.0.0.12:5100)",
     ]
+
+
+def test_a_server_without_node_ids_is_named_by_its_address() -> None:
+    notes = ConnectionNotes()
+    gone = ConnectionState("retrying", A, error=ClientClosed("x"), was_connected=True)
+    assert notes.lines(ConnectionState("connected", A), 0) == ["# connected to 127.0.0.11:5100"]
+    assert notes.lines(gone, 0) == ["# disconnected from 127.0.0.11:5100 (x), retrying in 0.0 s"]
