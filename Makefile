@@ -8,7 +8,7 @@ JSSDK_STAMP := $(JSSDK)/node_modules/.installed
 GRPCJS := tests/e2e/grpcjs
 GRPCJS_STAMP := $(GRPCJS)/node_modules/.installed
 
-.PHONY: run test lint typecheck proto proto-check bench chaos chaos-deps clean
+.PHONY: run test lint typecheck proto proto-check bench chaos chaos-deps tui-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,11 +49,17 @@ chaos-deps:
 		&& apt-get update -qq && apt-get install -y -qq iptables; } || \
 		echo "note: no iptables (and not root): the chaos tests will be skipped"
 
+# The terminal client's test (tests/integration/test_client_tui.py) drives it in tmux.
+tui-deps:
+	@command -v tmux >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && apt-get install -y -qq tmux; } || \
+		echo "note: no tmux (and not root): the terminal client test will be skipped"
+
 # `make chaos ARGS="--nodes 5 --time 600 --nemesis all"`: one run; results in ./results.
 chaos: $(STAMP) chaos-deps
 	$(BIN)/raftchat chaos run $(ARGS)
 
-test: $(STAMP) $(JSSDK_STAMP) $(GRPCJS_STAMP) chaos-deps lint typecheck proto-check
+test: $(STAMP) $(JSSDK_STAMP) $(GRPCJS_STAMP) chaos-deps tui-deps lint typecheck proto-check
 	$(BIN)/pytest
 
 # Durable sends/s, SEND->SENDACK and delivery latency, commit latency, idle CPU and failover of a

@@ -4,7 +4,9 @@
 * ``client.wkproto``: ``open_client``, one WKProto connection (TCP or WebSocket);
 * ``client.session``: ``open_session``, a WKProto session that reconnects and catches up;
 * ``client.sync``: ``connect_sync``, the same session for blocking code;
-* ``client.models`` (typed results) and ``client.errors`` (exceptions with reason codes).
+* ``client.models`` (typed results) and ``client.errors`` (exceptions with reason codes);
+* ``client.payloads``: WuKongIM's payload conventions (build a text payload, render any
+  payload as one line).
 * ``client.grpc``: ``GrpcClient`` (trio) and ``SyncGrpcClient`` (blocking), the public gRPC
   API (``GrpcError`` is there too: importing it loads grpc).
 
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
     from .grpc import GrpcClient, GrpcError, SyncGrpcClient
     from .http import HttpClient, SyncHttpClient
     from .models import Conversation, Message
-    from .session import Session, open_session
+    from .session import ConnectionState, Session, open_session
     from .sync import SyncSession, connect_sync
     from .wkproto import ReceivedMessage, SendResult, WKClient, open_client, open_client_over
 
@@ -52,6 +54,7 @@ _LAZY = {
     "SyncHttpClient": "http",
     "Conversation": "models",
     "Message": "models",
+    "ConnectionState": "session",
     "Session": "session",
     "open_session": "session",
     "SyncSession": "sync",
@@ -71,6 +74,7 @@ __all__ = [
     "ClosedBeforeConnack",
     "Conflict",
     "ConnectRefused",
+    "ConnectionState",
     "Conversation",
     "Disconnected",
     "GrpcClient",

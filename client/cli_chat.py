@@ -1,14 +1,17 @@
 """``raftchat chat`` and ``raftchat tail``: terminal clients for trying a cluster by hand.
 
-``chat`` logs in as a user through a reconnecting session, sends every line of its standard
-input to one person or group, and prints the messages it receives. ``tail`` prints a channel's
-messages from its log, then new ones as they are stored, by polling ``/channel/messagesync``
-(so it needs no login and works for any channel). Both print one message per line::
+``chat`` logs in as a user through a reconnecting session, sends every line typed (or piped)
+to one person or group as a text message, and prints the messages it receives, with a line
+editor on a terminal that keeps the half-typed line intact, connection status lines, and lines
+queued through outages. ``tail`` prints a channel's messages from its log, then new ones as they
+are stored, by polling ``/channel/messagesync`` (so it needs no login and works for any
+channel). Both print one message per line::
 
     [seq] from_uid: text
 
 (``(channel_id/type)`` first for a message of another channel than the one chatted in; the
-system sender shows as ``system``, a revoked message as ``(revoked)``).
+system sender shows as ``system``, a revoked message as ``(revoked)``; the payload rendered by
+``client.payloads.describe``). What they do: ``client.terminal``; ``docs/client.md``.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from .defaults import DEFAULT_TCP_ADDR as DEFAULT_NODE
 def add_parsers(sub: Any) -> None:
     chat = sub.add_parser(
         "chat",
-        help="chat as a user: send stdin lines, print received messages",
-        description="Log in as --uid, send each line of stdin to --to, print what arrives. "
-        "Without --token, a fresh token is registered for --uid over --http first.",
+        help="chat as a user: send typed lines, print received messages",
+        description="Log in as --uid, send each line typed (or piped) to --to as a text "
+        "message, print what arrives. Lines typed while disconnected are queued. Without "
+        "--token, a fresh token is registered for --uid over --http first. Exit code: 0 at "
+        "the end of input (Ctrl-D) or on SIGTERM, 130 on Ctrl-C, 1 on an error.",
     )
     chat.add_argument("--uid", required=True, help="the user to log in as")
     chat.add_argument("--to", required=True, help="peer uid, or group id with --group")

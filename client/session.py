@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Literal, Unpack
 
 import trio
@@ -54,6 +55,27 @@ FINAL_REFUSALS = frozenset(
 """CONNACK refusals that another try would only repeat: the session fails with them."""
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionState:
+    """Where the session's connection stands. ``open_session(on_state=...)`` is called with
+    every new state, and ``Session.state`` holds the current one."""
+
+    phase: Literal["connecting", "connected", "retrying", "failed"]
+    """``connecting``: an attempt has started (connect, login, catch-up); ``connected``:
+    logged in and caught up; ``retrying``: the connection ended or the attempt failed, the next
+    one starts after ``retry_in_s``; ``failed``: the session gave up (``Session.failed``)."""
+    address: tuple[str, int]
+    """The node tried, logged in at, lost, or last tried."""
+    node_id: int = 0
+    """When connected: the node's id from its CONNACK (0 from a server that sends none)."""
+    error: BaseException | None = None
+    """When retrying or failed: why the connection ended or the attempt failed."""
+    was_connected: bool = False
+    """When retrying: the connection had logged in (it was lost, rather than never up)."""
+    retry_in_s: float = 0.0
+    """When retrying: the wait before the next attempt (backoff with jitter)."""
+
+
 def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
     """``"host:port"`` (or a (host, port) pair) as a pair."""
     if isinstance(address, tuple):
@@ -81,6 +103,7 @@ class Session:
         backoff: Backoff,
         connect_timeout_s: float,
         delivered: Delivered,
+        on_state: Callable[[ConnectionState], None] | None = None,
     ) -> None:
         self.uid = uid
         self.nodes = list(nodes)
@@ -93,6 +116,9 @@ class Session:
         self.failed: ClientError | None = None
         """Set when the session gave up (a final refusal, a kick); it then does nothing more."""
         self.delivered = delivered
+        self.state = ConnectionState("connecting", self.nodes[0])
+        """The connection's current state (see ``ConnectionState``)."""
+        self._on_state = on_state
         self._token = token
         self._transport = transport
         self._encrypt = encrypt
@@ -168,7 +194,12 @@ class Session:
                         **options,
                     )
                 except ClientClosed:
-                    continue  # the run loop is already reconnecting
+                    # The run loop is reconnecting, but may not have let go of this connection
+                    # yet: asking for a connection again right away would find the same one,
+                    # and the retry would spin without ever letting the run loop go on.
+                    while self._client is client:
+                        await self._changed.wait()
+                    continue
                 if result.ok:
                     self.delivered.sent(
                         (channel_id, channel_type), result.message_id, result.message_seq
@@ -224,22 +255,34 @@ class Session:
         node = 0
         try:
             while True:
-                host, port = self.nodes[node % len(self.nodes)]
+                address = self.nodes[node % len(self.nodes)]
+                self._report(ConnectionState("connecting", address))
+                logins = self.connections
                 try:
-                    await self._connection(host, port)
+                    await self._connection(*address)
                     attempt = 0  # it was up; the next failure starts the backoff again
                 except ConnectRefused as e:
                     if e.reason_code in FINAL_REFUSALS:
-                        self.failed = e
+                        self._give_up(e, address)
                         return
                     self.last_error = e
                 except Disconnected as e:
-                    self.failed = e
+                    self._give_up(e, address)
                     return
                 except self._connection_errors() as e:
                     self.last_error = e
                 node += 1
-                await trio.sleep(self._backoff.delay(attempt))
+                delay = self._backoff.delay(attempt)
+                self._report(
+                    ConnectionState(
+                        "retrying",
+                        address,
+                        error=self.last_error,
+                        was_connected=self.connections > logins,
+                        retry_in_s=delay,
+                    )
+                )
+                await trio.sleep(delay)
                 attempt += 1
         finally:
             self._set_client(None)
@@ -274,6 +317,7 @@ class Session:
                         await self._fetch(self.http, key, last + 1)
             self.connections += 1
             self._set_client(client)
+            self._report(ConnectionState("connected", (host, port), node_id=client.node_id))
             try:
                 while True:
                     try:
@@ -307,6 +351,15 @@ class Session:
         if self.delivered.accept(m):
             self._inbox_in.send_nowait(m)
 
+    def _give_up(self, error: ClientError, address: tuple[str, int]) -> None:
+        self.failed = error
+        self._report(ConnectionState("failed", address, error=error))
+
+    def _report(self, state: ConnectionState) -> None:
+        self.state = state
+        if self._on_state is not None:
+            self._on_state(state)
+
     def _set_client(self, client: WKClient | None) -> None:
         self._client = client
         self._changed.set()
@@ -334,6 +387,7 @@ async def open_session(
     wait_connected_s: float | None = 10.0,
     max_tracked_ids: int = 10_000,
     max_tracked_channels: int = 10_000,
+    on_state: Callable[[ConnectionState], None] | None = None,
 ) -> AsyncIterator[Session]:
     """A reconnecting session of ``uid`` over the WKProto addresses ``nodes`` (``"host:port"``,
     the TCP port, or the WebSocket port with ``transport="ws"``).
@@ -342,6 +396,9 @@ async def open_session(
     it, messages sent while disconnected are not fetched). Entering waits up to
     ``wait_connected_s`` for the first login (None: not at all) and raises the refusal
     (``ConnectRefused``), or ``Unreachable`` if no node accepted in time.
+
+    ``on_state`` is called with each new ``ConnectionState`` (connecting, connected, retrying
+    in so many seconds, failed), from the session's task: it must return quickly and not raise.
     """
     addresses = [parse_address(a) for a in ([nodes] if isinstance(nodes, str) else nodes)]
     if not addresses:
@@ -361,6 +418,7 @@ async def open_session(
         backoff=backoff,
         connect_timeout_s=connect_timeout_s,
         delivered=Delivered(max_tracked_ids, max_tracked_channels),
+        on_state=on_state,
     )
     try:
         with sole_exception():

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import queue
+import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
@@ -16,6 +21,7 @@ from client.http import SyncHttpClient
 from client.wkproto import open_client
 from node.devcluster import NodeProcess
 from proto.wkproto import ChannelType
+from tests.conftest import eventually
 
 
 class Lines:
@@ -23,11 +29,28 @@ class Lines:
 
     def __init__(self, pipe: IO[str]) -> None:
         self._q: queue.Queue[str] = queue.Queue()
+        self._ended = threading.Event()
         threading.Thread(target=self._read, args=(pipe,), daemon=True).start()
 
     def _read(self, pipe: IO[str]) -> None:
         for line in pipe:
             self._q.put(line.rstrip("\n"))
+        self._ended.set()
+
+    def rest(self, timeout_s: float = 20.0) -> list[str]:
+        """Every line up to the pipe's end."""
+        self._ended.wait(timeout_s)
+        lines = []
+        while not self._q.empty():
+            lines.append(self._q.get_nowait())
+        return lines
+
+    def until(self, prefix: str) -> list[str]:
+        """The lines up to the first that starts with ``prefix``, that one included."""
+        lines = [self.next()]
+        while not lines[-1].startswith(prefix):
+            lines.append(self.next())
+        return lines
 
     def next(self, timeout_s: float = 20.0) -> str:
         try:
@@ -65,7 +88,9 @@ def test_chat_sends_stdin_lines_and_prints_incoming_messages(node: NodeProcess) 
         out,
         err,
     ):
-        assert err.next().startswith("# alice connected")
+        assert err.next() == f"# connecting to {tcp}"
+        assert err.next() == f"# connected to node 1 ({tcp})"
+        assert err.next().startswith("# alice chatting with bob")
 
         async def bob_side() -> None:
             async with open_client(host, int(port), uid="bob", token="tb") as bob:
@@ -73,23 +98,50 @@ def test_chat_sends_stdin_lines_and_prints_incoming_messages(node: NodeProcess) 
                 proc.stdin.write("hello bob\n\nsecond line\n")
                 proc.stdin.flush()
                 got = [await bob.recv(timeout_s=20) for _ in range(2)]
+                # Lines travel as WuKongIM text messages.
                 assert [(m.from_uid, m.payload) for m in got] == [
-                    ("alice", b"hello bob"),
-                    ("alice", b"second line"),
+                    ("alice", b'{"type":1,"content":"hello bob"}'),
+                    ("alice", b'{"type":1,"content":"second line"}'),
                 ]
-                reply = await bob.send("alice", ChannelType.PERSON, b"hi alice")
+                reply = await bob.send(
+                    "alice", ChannelType.PERSON, b'{"type":1,"content":"hi alice"}'
+                )
                 assert reply.ok and reply.message_seq == 3
+                image = b'{"type":2,"url":"https://x/cat.png","width":640,"height":480}'
+                assert (await bob.send("alice", ChannelType.PERSON, image)).ok
 
         trio.run(bob_side)
         assert out.next() == "[3] bob: hi alice"
-        # A message from another channel says where it comes from.
-        api.send("carol", "alice", ChannelType.PERSON, b"psst")
-        assert out.next() == "(carol/1) [1] carol: psst"
+        assert out.next() == "[4] bob: [image 640x480] https://x/cat.png"
+        # A message from another channel says where it comes from; a payload outside the
+        # conventions is shown as text, with its control characters escaped.
+        api.send("carol", "alice", ChannelType.PERSON, b"psst \x1b[2J")
+        assert out.next() == "(carol/1) [1] carol: psst \\x1b[2J"
 
         assert proc.stdin is not None
         proc.stdin.close()
         assert proc.wait(timeout=20) == 0
+        assert err.next() == "# bye"
     api.close()
+
+
+def test_ctrl_c_and_sigterm_end_chat_with_one_line(node: NodeProcess) -> None:
+    http, tcp = node.endpoints["http"], node.endpoints["tcp"]
+    for sig, code, bye in (
+        (signal.SIGINT, 130, "# bye (interrupted)"),
+        (signal.SIGTERM, 0, "# bye (terminated)"),
+    ):
+        with raftchat("chat", "--uid", "alice", "--to", "bob", "--node", tcp, "--http", http) as (
+            proc,
+            _out,
+            err,
+        ):
+            err.until("# alice chatting with bob")
+            proc.send_signal(sig)
+            assert proc.wait(timeout=20) == code
+            assert proc.stderr is not None
+            assert err.next() == bye
+            assert err.rest() == []
 
 
 def test_tail_prints_the_log_then_new_messages(node: NodeProcess) -> None:
@@ -138,3 +190,155 @@ def test_cluster_command_prints_status_and_reports_refusals(node: NodeProcess) -
     refused = cluster("leave", "--node", "9", "--api", http)
     assert refused.returncode == 1
     assert refused.stderr.startswith("raftchat cluster: 404 ")
+
+
+class CuttingProxy:
+    """A TCP relay to a node's WKProto port that cuts connections, as a network failure would.
+
+    ``cut_now()`` closes every connection and closes new ones at once until ``heal()``.
+    ``lose_next_answer()`` cuts the same way but later: the client's next bytes still reach
+    the server, and the cut happens when the server answers, so the answer is lost."""
+
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
+        self.target = target
+        self.cut = threading.Event()
+        self._armed = False
+        self._down = False
+        self._live: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._server = socket.create_server(listen)
+        self.address = f"{listen[0]}:{listen[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def lose_next_answer(self) -> None:
+        with self._lock:
+            self._armed = True
+
+    def cut_now(self) -> None:
+        with self._lock:
+            self._down = True
+            live, self._live = self._live, set()
+        _close(*live)
+
+    def heal(self) -> None:
+        with self._lock:
+            self._down = False
+
+    def close(self) -> None:
+        self._server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                down = self._down
+            if down:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                self._live |= {client, upstream}
+            losing = threading.Event()  # the server's next bytes are to be lost
+            threading.Thread(
+                target=self._upward, args=(client, upstream, losing), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._downward, args=(upstream, client, losing), daemon=True
+            ).start()
+
+    def _upward(
+        self, client: socket.socket, upstream: socket.socket, losing: threading.Event
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                with self._lock:
+                    if self._armed:
+                        self._armed = False
+                        losing.set()  # before the bytes go: their answer cannot slip through
+                upstream.sendall(data)
+        _close(client, upstream)
+
+    def _downward(
+        self, upstream: socket.socket, client: socket.socket, losing: threading.Event
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(65536):
+                if losing.is_set():
+                    with self._lock:
+                        self._down = True
+                    _close(client, upstream)
+                    self.cut.set()
+                    return
+                client.sendall(data)
+        _close(client, upstream)
+
+
+def _close(*socks: socket.socket) -> None:
+    for s in socks:
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+        s.close()
+
+
+OUTAGE_S = 11.0
+"""Longer than the 10 s a line used to be given before it was dropped as "not sent"."""
+
+
+def test_chat_keeps_lines_through_an_outage_and_a_lost_answer_stores_them_once(
+    node: NodeProcess,
+) -> None:
+    http, tcp = node.endpoints["http"], node.endpoints["tcp"]
+    host, port = tcp.rsplit(":", 1)
+    proxy = CuttingProxy((host, 5150), (host, int(port)))
+    api = SyncHttpClient(http)
+
+    def stored() -> list[str]:
+        page = api.messagesync("bob", "alice", ChannelType.PERSON, 1)
+        return [json.loads(m.payload)["content"] for m in page.messages]
+
+    args = ("chat", "--uid", "alice", "--to", "bob", "--node", proxy.address, "--http", http)
+    with raftchat(*args) as (proc, _out, err):
+        err.until("# alice chatting with bob")
+        assert proc.stdin is not None
+
+        # The node is out of reach for a while; a line typed meanwhile waits for it.
+        proxy.cut_now()
+        said = err.until("# disconnected from node 1")
+        assert said[-1].startswith("# disconnected from node 1 (connection closed by the server)")
+        proc.stdin.write("typed during the outage\n")
+        proc.stdin.flush()
+        said = err.until("# queued until connected")
+        assert said[-1] == "# queued until connected (1 line waiting)"
+        time.sleep(OUTAGE_S)
+        proxy.heal()
+        said = err.until("# connected")
+        assert any(line.startswith(f"# cannot connect to {proxy.address} (") for line in said)
+        assert said[-1] == f"# connected to node 1 ({proxy.address}); sending 1 queued line"
+        eventually(lambda: stored() == ["typed during the outage"], what="the queued line")
+
+        # The SEND reaches the node, which stores the line; its SENDACK is lost with the
+        # connection. The line is sent again with its client_msg_no, and the node answers
+        # with the message it already has; then the next line goes.
+        proxy.lose_next_answer()
+        proc.stdin.write("first\n")
+        proc.stdin.flush()
+        assert proxy.cut.wait(20)
+        assert stored() == ["typed during the outage", "first"]
+        proc.stdin.write("second\n")
+        proc.stdin.flush()
+        said = err.until("# disconnected from node 1")
+        assert said[-1].endswith("; 1 line queued")
+        proxy.heal()
+        said = err.until("# connected")
+        assert said[-1] == f"# connected to node 1 ({proxy.address}); sending 2 queued lines"
+
+        # The end of input waits for the queue: everything is stored when it quits.
+        proc.stdin.close()
+        assert proc.wait(timeout=20) == 0
+        assert err.rest()[-1:] == ["# bye"]
+    assert stored() == ["typed during the outage", "first", "second"]
+    api.close()
+    proxy.close()
