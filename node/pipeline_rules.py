@@ -39,8 +39,9 @@ def request_problem(
 
 def person_channel_problem(channel_id: str, channel_type: int, from_uid: str) -> str | None:
     """Why a send cannot be stored in this person channel: the id must name two valid uids,
-    the sender one of them. Entry nodes only propose canonical such ids; apply checks the shape
-    again, so that nothing downstream (conversations, delivery) meets another."""
+    the sender one of them or the API's own system sender (a revoke notice, say). Entry nodes
+    only propose canonical such ids; apply checks the shape again, so that nothing downstream
+    (conversations, delivery) meets another."""
     if channel_type != ChannelType.PERSON:
         return None
     a, sep, b = channel_id.partition("@")
@@ -50,6 +51,6 @@ def person_channel_problem(channel_id: str, channel_type: int, from_uid: str) ->
         problem = id_problem(party, "person channel party")
         if problem is not None:
             return problem
-    if from_uid not in (a, b):
+    if from_uid not in (a, b, SYSTEM_UID):
         return "the sender is not a party of this person channel"
     return None

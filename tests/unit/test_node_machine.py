@@ -812,3 +812,9 @@ def test_a_person_send_whose_channel_id_is_no_person_channel_is_refused_in_apply
     )
     assert [o.reason for o in res.outcomes] == [ReasonCode.CHANNEL_ID_ERROR, ReasonCode.SUCCESS]
     assert [m.channel_id for m in res.committed] == ["u1@u2"]
+
+
+def test_the_api_system_sender_may_write_into_a_person_channel(f: Feeder) -> None:
+    # A revoke notice is stored in the person channel by the API's own sender.
+    res = f.send(item("u1@u2", ctype=PERSON, from_uid=SYSTEM_UID, no="notice"))
+    assert [o.reason for o in res.outcomes] == [ReasonCode.SUCCESS]
