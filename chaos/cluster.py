@@ -1,5 +1,6 @@
 """The cluster under test: real ``raftchat node`` processes, one loopback address each, driven
-from outside (signals for kills and pauses, the HTTP admin routes for membership).
+from outside (signals for kills and pauses, the HTTP admin route for leaves; a node joins by
+itself, started with ``cluster.join``).
 
 Node n listens on ``<host_base>.<10 + n>`` with the standard ports and runs with the group id
 :func:`chaos.net.node_gid` so that :class:`chaos.net.Firewall` can cut its links. A restarted or
@@ -30,6 +31,8 @@ from .http import HttpError, NodeHttp
 from .net import Firewall, node_gid
 
 READY_TIMEOUT_S = 120.0
+JOIN_TIMEOUT_S = 60.0
+"""As long as a joining node itself keeps asking to be admitted (``node/app.py``)."""
 
 
 class ClusterError(Exception):
@@ -65,6 +68,8 @@ class ChaosCluster:
         bookkeeping over the cluster's."""
         self.removed: set[int] = set()
         """Nodes that left the cluster: their processes are stopped and stay stopped."""
+        self.joining: set[int] = set()
+        """Nodes launched to join that no map lists yet: not stopped for that."""
         self.paused: set[int] = set()
         self.firewall: Firewall | None = None
         """Told about every node the run starts later, so partitions cover joiners too."""
@@ -169,29 +174,37 @@ class ChaosCluster:
             return None
         self.known = {int(k) for k in best["nodes"]}
         self.removed -= self.known  # a map that lists a node again outranks an older one
+        self.joining -= self.known
         via = next(iter(self.serving()), None)
         for n in sorted(self.known - set(self.nodes)):
             if via is not None:
                 # Admitted by a join whose answer was lost: it must run for its groups' sake.
                 self.launch_joiner(n, via)
         for n, proc in self.nodes.items():
-            if n not in self.known and n not in self.removed:
+            if n not in self.known and n not in self.removed and n not in self.joining:
                 self.removed.add(n)
                 await trio.to_thread.run_sync(proc.stop)
         return set(self.known)
 
     async def join(self, node_id: int, via: int) -> None:
-        """Admit node ``node_id`` through member ``via`` and launch it (it joins by itself)."""
-        self.hosts[node_id] = self.host(node_id)
-        body = {"node_id": node_id, "host": self.hosts[node_id]}
-        code, answer = await self.call(via, "POST", "/cluster/join", body)
-        if code != 200:
-            raise ClusterError(f"join of node {node_id} via {via}: {code} {answer}")
+        """Launch node ``node_id`` with ``cluster.join`` = member ``via`` and wait until a map
+        lists it: its own signed call admits it (nothing else can)."""
+        self.joining.add(node_id)
         self.launch_joiner(node_id, via)
+        proc = self.nodes[node_id]
+        with trio.move_on_after(JOIN_TIMEOUT_S):
+            while proc.running:
+                best = await self.newest_status()
+                if best is not None and str(node_id) in best["nodes"]:
+                    self.joining.discard(node_id)
+                    return
+                await trio.sleep(0.5)  # admission is seen in the map only
+            raise ClusterError(f"node {node_id} exited before it was admitted")
+        raise ClusterError(f"node {node_id} not admitted within {JOIN_TIMEOUT_S:g} s")
 
     def launch_joiner(self, node_id: int, via: int) -> None:
-        """Start an admitted node that joins through ``via`` (also one whose admission the
-        runner learnt of only later, from the cluster map)."""
+        """Start a node that joins through ``via`` (also one whose admission the runner learnt
+        of only later, from the cluster map)."""
         self.hosts[node_id] = self.host(node_id)
         self.known.add(node_id)
         if self.firewall is not None:

@@ -192,7 +192,6 @@ class _Base(Generic[H]):
     route = endpoint(routes.route)
     route_batch = endpoint(routes.route_batch)
     cluster_status = endpoint(routes.cluster_status)
-    cluster_join = endpoint(routes.cluster_join)
     cluster_leave = endpoint(routes.cluster_leave)
     user_token = endpoint(routes.user_token)
     device_quit = endpoint(routes.device_quit)

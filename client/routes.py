@@ -118,11 +118,6 @@ def cluster_status() -> Call[ClusterStatus]:
     return Call("GET", "/cluster/status", ClusterStatus.from_json)
 
 
-def cluster_join(node_id: int, host: str) -> Call[None]:
-    """Admit a node (it can then start with ``cluster.join``)."""
-    return _post("/cluster/join", {"node_id": node_id, "host": host})
-
-
 def cluster_leave(node_id: int, force: bool = False) -> Call[None]:
     """Start moving a node's replicas away; it is removed once it holds none."""
     return _post("/cluster/leave", {"node_id": node_id, **({"force": 1} if force else {})})

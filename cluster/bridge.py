@@ -14,13 +14,17 @@ grpcio has no trio support, so this module bridges the two (measured in stack-fi
   less CPU per call in a loop of calls, and about a third of the trio thread's time at
   300 sends/s in the bench was starting those threads.
 
-One server hosts several services on one port, each with its own authentication: peers
-present a shared token in the call metadata (see ``peer.proto``), the public API
-(``raftchat.v1``) needs none. A call without the right token ends alone, UNAUTHENTICATED (the
-connection and other calls carry on), and is logged at most once per peer address and
-``AUTH_LOG_INTERVAL_S`` (``cluster/ratelog.py``). Server-streaming RPCs are bridged too: the
-trio handler ``emit``s items, which the asyncio side yields, with a small window of credits so
-that a slow client holds back its producer instead of piling items up in memory.
+One server hosts several services on one port, each with its own authentication: a peer signs
+each call with the cluster password (``cluster/peerauth.py``: a MAC over method, time, nonce
+and the request's bytes, which cannot be replayed), the public API (``raftchat.v1``) needs
+none. A call that fails the check ends alone, UNAUTHENTICATED (the connection and other calls
+carry on), and is logged at most once per peer address and ``AUTH_LOG_INTERVAL_S``
+(``cluster/ratelog.py``). The client serializes a request once and signs and sends those very
+bytes; the server hashes the bytes it received before decoding them.
+
+Server-streaming RPCs are bridged too: the trio handler ``emit``s items, which the asyncio side
+yields, with a small window of credits so that a slow client holds back its producer instead of
+piling items up in memory.
 """
 
 from __future__ import annotations
@@ -28,8 +32,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import hashlib
-import hmac
+import contextvars
 import logging
 import threading
 import urllib.parse
@@ -43,11 +46,12 @@ import trio
 from google.protobuf.message import DecodeError
 
 from cluster.listen import ListenError, bind_problem
+from cluster.peerauth import METADATA_KEY, PeerKeys, PeerVerifier, body_digest, sign
 from cluster.ratelog import RateLimitedLog
 
 log = logging.getLogger("raftchat.bridge")
 
-AUTH_METADATA_KEY = "x-raftchat-peer"
+AUTH_METADATA_KEY = METADATA_KEY
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 Handler = Callable[[Any], Awaitable[Any]]
@@ -101,7 +105,16 @@ _CLIENT_OPTIONS = [
 
 
 AUTH_LOG_INTERVAL_S = 10.0
-"""Calls refused for their peer token are logged at most once per peer address this often."""
+"""Calls refused for their peer credential are logged at most once per peer address this
+often."""
+
+_caller: contextvars.ContextVar[str] = contextvars.ContextVar("grpc_caller", default="")
+
+
+def caller_host() -> str:
+    """In a trio handler: the address the call being served came from (``peer_host``), as the
+    server's socket saw it; "" outside a call."""
+    return _caller.get()
 
 
 def peer_host(peer: str) -> str:
@@ -111,11 +124,6 @@ def peer_host(peer: str) -> str:
         host = urllib.parse.unquote(rest).rpartition(":")[0]  # ipv6:%5B::1%5D:5432 too
         return host.strip("[]") or rest
     return peer
-
-
-def peer_token(password: str) -> str:
-    """The value of ``AUTH_METADATA_KEY``: the password itself never goes on the wire."""
-    return hmac.new(password.encode(), b"raftchat-peer-v1", hashlib.sha256).hexdigest()
 
 
 class GrpcAbort(Exception):
@@ -160,8 +168,9 @@ class GrpcService:
     handlers: Mapping[str, Handler]
     streams: Mapping[str, StreamHandler] = field(default_factory=dict)
     notices: Mapping[str, Notice] = field(default_factory=dict)
-    auth_token: str | None = None
-    """The token callers must present under ``AUTH_METADATA_KEY``; None: anyone may call."""
+    peer_auth: PeerKeys | None = None
+    """Callers must sign their calls with one of these keys (``cluster/peerauth.py``); None:
+    anyone may call."""
 
     def check(self) -> None:
         base = self.servicer_base
@@ -179,12 +188,26 @@ class Undecodable:
     error: str
 
 
-def _decoding_safely(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+@dataclass(frozen=True)
+class Received:
+    """A request of a signed service as deserialized: the message (or Undecodable) with the
+    method's path and the digest of the bytes that came, which the peer credential covers.
+    Protobuf's encoding is not canonical, so the bytes are hashed, not the message again."""
+
+    path: str
+    digest: bytes
+    message: Any
+
+
+def _decoding_safely(
+    deserialize: Callable[[bytes], Any], path: str, signed: bool
+) -> Callable[[bytes], Any]:
     def safe(raw: bytes) -> Any:
         try:
-            return deserialize(raw)
+            message = deserialize(raw)
         except DecodeError as e:
-            return Undecodable(str(e))
+            message = Undecodable(str(e))
+        return Received(path, body_digest(raw), message) if signed else message
 
     return safe
 
@@ -204,14 +227,14 @@ class _HandlerCapture:
 
 
 def _add_decoding_safely(
-    server: Any, add_to_server: Callable[[Any, Any], None], servicer: Any
+    server: Any, add_to_server: Callable[[Any, Any], None], servicer: Any, signed: bool
 ) -> None:
     capture = _HandlerCapture()
     add_to_server(servicer, capture)
     for name, handlers in capture.services.items():
         safe: dict[str, Any] = {}
         for method, h in handlers.items():
-            deserialize = _decoding_safely(h.request_deserializer)
+            deserialize = _decoding_safely(h.request_deserializer, f"/{name}/{method}", signed)
             if h.request_streaming:
                 raise ValueError(f"{name}/{method}: client streaming is not bridged")
             if h.response_streaming:
@@ -255,8 +278,11 @@ async def _unimplemented(_servicer: Any, _request: Any, context: Any) -> None:
 class _Call:
     """One RPC on its way from the asyncio thread to a trio task and back."""
 
-    def __init__(self, name: str, handler: Any, request: Any, remaining: float | None) -> None:
+    def __init__(
+        self, name: str, handler: Any, request: Any, remaining: float | None, peer: str = ""
+    ) -> None:
         self.name, self.handler, self.request, self.remaining = name, handler, request, remaining
+        self.peer = peer_host(peer)
         self.loop = asyncio.get_running_loop()
         # (reply, None) or (None, the error to answer).
         self.answer: asyncio.Future[tuple[Any, GrpcAbort | None]] = self.loop.create_future()
@@ -277,8 +303,10 @@ class _Call:
 class _StreamCall(_Call):
     """A server-streaming RPC: items go through an asyncio queue, credits are trio's."""
 
-    def __init__(self, name: str, handler: Any, request: Any, remaining: float | None) -> None:
-        super().__init__(name, handler, request, remaining)
+    def __init__(
+        self, name: str, handler: Any, request: Any, remaining: float | None, peer: str = ""
+    ) -> None:
+        super().__init__(name, handler, request, remaining, peer)
         # ("item", item), then one ("end", None) or ("error", GrpcAbort).
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.credits: trio.Semaphore | None = None  # made on the trio thread
@@ -304,7 +332,7 @@ class GrpcServer:
     def __init__(
         self,
         bind: str,
-        auth_token: str | None,
+        peer_auth: PeerKeys | None,
         add_to_server: Callable[[Any, Any], None],
         servicer_base: type,
         handlers: Mapping[str, Handler],
@@ -315,11 +343,15 @@ class GrpcServer:
         what: str = "gRPC",
     ) -> None:
         main = GrpcService(
-            add_to_server, servicer_base, handlers, notices=notices or {}, auth_token=auth_token
+            add_to_server, servicer_base, handlers, notices=notices or {}, peer_auth=peer_auth
         )
         self._services = [main, *extra_services]
         for service in self._services:
             service.check()
+            if service.peer_auth not in (None, peer_auth):
+                raise ValueError("every signed service of a server has the server's peer keys")
+        self.peer_verifier = PeerVerifier(peer_auth) if peer_auth is not None else None
+        """One nonce memory for the whole port (replaceable before ``serving``, for tests)."""
         self.bind = bind
         self.what = what
         """What the listener is, for a bind failure's message."""
@@ -329,7 +361,7 @@ class GrpcServer:
         self._notices_sent = 0
         self._notices_done = 0
         self._nursery: trio.Nursery | None = None
-        # Calls refused for their token: a line per peer address per interval, since every
+        # Calls refused for their credential: a line per peer address per interval, since every
         # refused call costs the caller one request (asyncio thread only).
         self.auth_refusals = RateLimitedLog(log, AUTH_LOG_INTERVAL_S)
 
@@ -401,7 +433,9 @@ class GrpcServer:
     async def _serve(self, ready: concurrent.futures.Future[Any]) -> None:
         server = grpc.aio.server(options=_SERVER_OPTIONS)
         for service in self._services:
-            _add_decoding_safely(server, service.add_to_server, self._make_servicer(service))
+            signed = service.peer_auth is not None
+            servicer = self._make_servicer(service)
+            _add_decoding_safely(server, service.add_to_server, servicer, signed)
         # Asked first, because grpcio's own failure says only "Failed to bind" and prints the
         # reason from its C core straight to stderr.
         problem = bind_problem(self.bind)
@@ -419,7 +453,7 @@ class GrpcServer:
         await server.stop(self._grace_s + 2.0)
 
     def _make_servicer(self, service: GrpcService) -> Any:
-        auth = service.auth_token.encode() if service.auth_token else None
+        auth = service.peer_auth is not None
         methods: dict[str, Callable[..., Any]] = {}
         for name, handler in service.handlers.items():
             methods[name] = self._unary_method(name, handler, auth)
@@ -437,24 +471,26 @@ class GrpcServer:
         return type(f"Trio{base.__name__}", (base,), methods)()
 
     def _unary_method(
-        self, name: str, handler: Handler, auth: bytes | None
+        self, name: str, handler: Handler, auth: bool
     ) -> Callable[..., Awaitable[Any]]:
         async def method(_servicer: Any, request: Any, context: Any) -> Any:
-            await self._check_auth(context, auth, name)
+            request = await self._check_auth(context, auth, name, request)
             await _refuse_undecodable(context, request, name)
-            call = _Call(name, handler, request, context.time_remaining())
+            call = _Call(name, handler, request, context.time_remaining(), context.peer() or "")
             return await self._handle(call, context)
 
         method.__name__ = method.__qualname__ = name
         return method
 
     def _stream_method(
-        self, name: str, handler: StreamHandler, auth: bytes | None
+        self, name: str, handler: StreamHandler, auth: bool
     ) -> Callable[..., AsyncIterator[Any]]:
         async def method(_servicer: Any, request: Any, context: Any) -> AsyncIterator[Any]:
-            await self._check_auth(context, auth, name)
+            request = await self._check_auth(context, auth, name, request)
             await _refuse_undecodable(context, request, name)
-            call = _StreamCall(name, handler, request, context.time_remaining())
+            call = _StreamCall(
+                name, handler, request, context.time_remaining(), context.peer() or ""
+            )
             async for item in self._handle_stream(call, context):
                 yield item
 
@@ -462,10 +498,10 @@ class GrpcServer:
         return method
 
     def _notice_method(
-        self, name: str, notice: Notice, auth: bytes | None
+        self, name: str, notice: Notice, auth: bool
     ) -> Callable[..., Awaitable[Any]]:
         async def method(_servicer: Any, request: Any, context: Any) -> Any:
-            await self._check_auth(context, auth, name)
+            request = await self._check_auth(context, auth, name, request)
             await _refuse_undecodable(context, request, name)
             assert self._trio_token is not None
             # Answered at once while trio keeps up; once NOTICE_WINDOW notices wait for it,
@@ -507,24 +543,24 @@ class GrpcServer:
                 with contextlib.suppress(RuntimeError):  # the aio loop is gone
                     handled.get_loop().call_soon_threadsafe(_resolve, handled)
 
-    async def _check_auth(self, context: Any, auth: bytes | None, name: str) -> None:
-        """Refuse the call (only it: the connection stays) without the peer token."""
-        if auth is None:
-            return
-        problem = "no peer token"
-        for key, value in context.invocation_metadata() or ():
-            if key == AUTH_METADATA_KEY:
-                given = value.encode() if isinstance(value, str) else bytes(value)
-                if hmac.compare_digest(given, auth):
-                    self.auth_refusals.flush()  # counts of refusals whose interval is over
-                    return
-                problem = "wrong peer token"
-                break
+    async def _check_auth(self, context: Any, auth: bool, name: str, request: Any) -> Any:
+        """The request, once its call has passed the peer credential check of a signed
+        service; refuses the call (only it: the connection stays) otherwise."""
+        if not auth:
+            return request
+        assert isinstance(request, Received) and self.peer_verifier is not None
+        value = next(
+            (v for k, v in context.invocation_metadata() or () if k == AUTH_METADATA_KEY), None
+        )
+        problem = self.peer_verifier.verify(request.path, value, request.digest)
+        if problem is None:
+            self.auth_refusals.flush()  # counts of refusals whose interval is over
+            return request.message
         host = peer_host(context.peer() or "")
         self.auth_refusals.warning(
             host, f"peer gRPC: refused {name} from {host}: {problem}", peer=host
         )
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong peer token")
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid peer credential")
 
     def _start(self, call: _Call, run: Callable[[_Call], Awaitable[None]]) -> bool:
         """Asyncio thread: start ``run(call)`` in trio; False when trio is gone."""
@@ -608,6 +644,7 @@ class GrpcServer:
         """Trio thread: run a handler under the call's deadline and answer how it ended."""
         value: Any = None
         error: GrpcAbort | None = _SHUTTING_DOWN  # if cancelled from outside (server stopping)
+        _caller.set(call.peer)  # this task's own context: seen by the handler (caller_host)
         try:
             with call.scope, _deadline(call.remaining):
                 value, error = await body(), None
@@ -652,22 +689,55 @@ class _Waiter:
             trio.lowlevel.reschedule(self.task, result)
 
 
+class _SignedMethod:
+    """A unary-unary method that serializes the request once, signs those bytes and sends
+    them as they are (re-serializing could give other bytes: protobuf is not canonical)."""
+
+    def __init__(
+        self, path: str, serialize: Callable[[Any], bytes], raw: Any, keys: PeerKeys
+    ) -> None:
+        self._path, self._serialize, self._raw, self._keys = path, serialize, raw, keys
+
+    def future(self, request: Any, timeout: float, metadata: Sequence[Any] = ()) -> Any:
+        body = self._serialize(request)
+        signed = ((AUTH_METADATA_KEY, sign(self._keys, self._path, body)), *metadata)
+        return self._raw.future(body, timeout=timeout, metadata=signed)
+
+
+class _SigningChannel:
+    """Stands in for the channel while a generated stub is built, so that each of its unary
+    methods signs its calls (``_SignedMethod``); the peer service has no other kind."""
+
+    def __init__(self, channel: grpc.Channel, keys: PeerKeys) -> None:
+        self._channel, self._keys = channel, keys
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Callable[[Any], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Any] | None = None,
+        **kwargs: Any,
+    ) -> _SignedMethod:
+        raw = self._channel.unary_unary(
+            method, response_deserializer=response_deserializer, **kwargs
+        )  # no request serializer: the request goes as the bytes that were signed
+        return _SignedMethod(method, request_serializer or bytes, raw, self._keys)
+
+
 class GrpcClient:
     def __init__(
-        self, target: str, stub_class: Callable[[Any], Any], auth_token: str | None = None
+        self, target: str, stub_class: Callable[[Any], Any], peer_auth: PeerKeys | None = None
     ) -> None:
         self.target = target
         self._channel = grpc.insecure_channel(target, options=_CLIENT_OPTIONS)
         self._pinned = _keep_spin_thread(self._channel)
-        self._stub = stub_class(self._channel)
-        self._metadata = ((AUTH_METADATA_KEY, auth_token),) if auth_token else ()
+        signing = _SigningChannel(self._channel, peer_auth) if peer_auth else None
+        self._stub = stub_class(signing or self._channel)
 
     async def call(self, method: str, request: Any, timeout_s: float) -> Any:
         """Call ``method``; raises GrpcCallError on any non-OK status. Always has a deadline."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        fut = getattr(self._stub, method).future(
-            request, timeout=timeout_s, metadata=self._metadata
-        )
+        fut = getattr(self._stub, method).future(request, timeout=timeout_s)
         waiter = _Waiter()
 
         def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
@@ -731,15 +801,15 @@ _NO_SUCH_METHOD = "/raftchat.internal.Nothing/Nothing"
 class GrpcClients:
     """One client (one channel, so one HTTP/2 connection) per peer address."""
 
-    def __init__(self, stub_class: Callable[[Any], Any], auth_token: str | None = None) -> None:
+    def __init__(self, stub_class: Callable[[Any], Any], peer_auth: PeerKeys | None = None) -> None:
         self._stub_class = stub_class
-        self._auth_token = auth_token
+        self._peer_auth = peer_auth
         self._clients: dict[str, GrpcClient] = {}
 
     def get(self, target: str) -> GrpcClient:
         client = self._clients.get(target)
         if client is None:
-            client = self._clients[target] = GrpcClient(target, self._stub_class, self._auth_token)
+            client = self._clients[target] = GrpcClient(target, self._stub_class, self._peer_auth)
         return client
 
     def close_all(self) -> None:

@@ -2,13 +2,18 @@
 
 Operations (``op``):
 
-* ``join`` {node_id, host} / ``leave`` {node_id, force}: membership; served by the controller leader
-  (any node forwards them there);
+* ``join`` {node_id, host}: a node asks to be admitted, with its own signed call (its
+  ``cluster.join``); served by the controller leader, to which the member it asked forwards it.
+  Only that call can admit a node: it proves the cluster password (the peer credential), and it
+  must come from ``host`` (``cluster/hosts.py``);
+* ``leave`` {node_id, force}: membership; served by the controller leader (any node forwards it);
 * ``status``: this node's view (``Router.status``);
-* ``group_status`` {group}: members, leader, commit and applied indexes of a local replica;
+* ``group_status`` {group}: members, leader, commit and applied indexes of a local replica, and
+  the addresses of voters the map does not list (``strangers``);
 * ``host_group`` {group, members}: start a (possibly empty) replica of a slot group here;
 * ``drop_group`` {group}: stop this node's replica of a group and delete its data;
-* ``change_members`` {group, add | remove}: on the group's leader, one Raft membership change;
+* ``change_members`` {group, add [host] | remove | remove_address}: on the group's leader, one
+  Raft membership change (``host``: of a node the map does not list yet);
 * ``transfer_leader`` {group, to}: on the group's leader, hand leadership to a caught-up member.
 """
 
@@ -22,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 from pysyncobj import FAIL_REASON
 
-from cluster.bridge import GrpcCallError
+from cluster.bridge import GrpcCallError, caller_host
+from cluster.hosts import IPAddress, host_problem, parse_ip, source_matches
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 
 from .groups.local import Proposal, ProposalError
@@ -38,6 +44,11 @@ RAFT_CALL_TIMEOUT_S = 20.0
 
 class AdminError(Exception):
     pass
+
+
+class AdminRefused(AdminError):
+    """The operation was refused as asked (a leave below ``cluster.replicas``, a join at
+    another member's address): the state is unchanged, and asking again will not help."""
 
 
 class Admin:
@@ -60,7 +71,8 @@ class Admin:
                 raise AdminError(f"node {node_id} unreachable: {e}") from None
             reply = json.loads(raw.reply)
         if "error" in reply:
-            raise AdminError(f"node {node_id}: {reply['error']}")
+            error = AdminRefused if reply.get("refused") else AdminError
+            raise error(f"node {node_id}: {reply['error']}")
         return reply
 
     async def on_controller_leader(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -83,19 +95,29 @@ class Admin:
     # --- serving --------------------------------------------------------------------------------
 
     async def rpc(self, req: pb.AdminRequest) -> pb.AdminReply:
-        reply = await self.handle(json.loads(req.request))
+        reply = await self.handle(json.loads(req.request), caller=caller_host())
         return pb.AdminReply(reply=json.dumps(reply).encode())
 
-    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def handle(self, request: dict[str, Any], caller: str | None = None) -> dict[str, Any]:
+        """``caller``: the address of the peer whose signed call this is; None for this node's
+        own requests."""
         op = request.get("op")
+        if op == "join":
+            return await self._answer(self._join(request, caller))
         handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = getattr(
             self, f"_op_{op}", None
         )
         if handler is None:
             return {"error": f"unknown admin op {op!r}"}
+        return await self._answer(handler(request))
+
+    @staticmethod
+    async def _answer(work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
         try:
-            return await handler(request)
-        except (AdminError, ValueError, KeyError) as e:
+            return await work
+        except (AdminRefused, ValueError) as e:  # ValueError: the controller's refusals
+            return {"error": str(e), "refused": True}
+        except (AdminError, KeyError, ProposalError) as e:  # worth asking again
             return {"error": str(e)}
 
     async def _op_status(self, r: dict[str, Any]) -> dict[str, Any]:
@@ -111,12 +133,34 @@ class Admin:
             raise AdminError("not the controller leader")
         return await self.on_controller_leader({**r, "forwarded": True})
 
-    async def _op_join(self, r: dict[str, Any]) -> dict[str, Any]:
+    async def _join(self, r: dict[str, Any], caller: str | None) -> dict[str, Any]:
+        """Admit the node whose signed call this is. The member it called checks that the call
+        came from the host it names; a forwarded request must come from a member."""
+        node_id, host = int(r["node_id"]), str(r["host"])
+        problem = host_problem(host)
+        if problem is not None:
+            raise ValueError(f"node {node_id} cannot join at {host}: {problem}")
+        if caller is not None:
+            if r.get("forwarded"):
+                if not await self._from_member(caller):
+                    raise ValueError(f"a forwarded join must come from a member, not {caller}")
+            elif not source_matches(await _addresses(host), caller):
+                log.warning(
+                    "join refused: the call did not come from the address it names",
+                    node_id=node_id,
+                    host=host,
+                    caller=caller,
+                )
+                raise ValueError(
+                    f"node {node_id} asks to join at {host}, but its call came from {caller}: "
+                    "a node joins at the address its own connections come from (behind NAT, "
+                    "or with several addresses, set node.host to the one the members see)"
+                )
         forwarded = await self._forward(r)
         if forwarded is not None:
             return forwarded
         controller = self._controller_leader()
-        placement = await controller.join(int(r["node_id"]), str(r["host"]))
+        placement = await controller.join(node_id, host)
         from cluster.placement import to_json
 
         # The joining node records the cluster's id with its data (node/identity.py).
@@ -131,6 +175,12 @@ class Admin:
             return forwarded
         await self._controller_leader().leave(int(r["node_id"]), force=bool(r.get("force")))
         return {"ok": True}
+
+    async def _from_member(self, caller: str) -> bool:
+        for host in self.node.router.placement.nodes.values():
+            if source_matches(await _addresses(host), caller):
+                return True
+        return False
 
     def _controller_leader(self) -> Any:
         controller = self.node.controller
@@ -147,11 +197,13 @@ class Admin:
     async def _op_group_status(self, r: dict[str, Any]) -> dict[str, Any]:
         local = self._local(int(r["group"]))
         raft = local.raft
-        members = [self.node.node_of_address(str(n.address)) for n in raft.otherNodes]
+        addresses = [str(n.address) for n in raft.otherNodes]
+        members = [self.node.node_of_address(a) for a in addresses]
         members.append(self.node.config.node.id)
         return {
             "group": local.group_id,
             "members": sorted(m for m in members if m is not None),
+            "strangers": sorted(a for a, m in zip(addresses, members, strict=False) if m is None),
             "is_leader": local.is_leader(),
             "leader": local.leader_id(),
             "commit_index": int(raft.raftCommitIndex),
@@ -173,19 +225,30 @@ class Admin:
         local = self._local(group)
         if not local.is_leader():
             raise AdminError(f"not the leader of group {group}")
-        current = {self.node.node_of_address(str(n.address)) for n in local.raft.otherNodes}
+        current = {str(n.address) for n in local.raft.otherNodes}
         if "add" in r:
             node_id, method = int(r["add"]), local.raft.addNodeToCluster
+            # A node the map does not list yet (a join) comes with its host.
+            host = r.get("host")
+            address = (
+                self.node.raft_address(node_id, group)
+                if host is None
+                else f"{host}:{self.node.config.cluster.raft_port + group}"
+            )
             # The leader itself is no "other node", but it is a member all the same (a join of
             # the controller leader's own id at its own address is as idempotent as any other).
-            if node_id in current or node_id == self.node.config.node.id:
+            if address in current or node_id == self.node.config.node.id:
                 return {"ok": True, "already": True}
         else:
-            node_id, method = int(r["remove"]), local.raft.removeNodeFromCluster
-            if node_id not in current:
+            method = local.raft.removeNodeFromCluster
+            if "remove_address" in r:
+                address = str(r["remove_address"])
+            else:
+                address = self.node.raft_address(int(r["remove"]), group)
+            if address not in current:
                 return {"ok": True, "already": True}
         proposal = Proposal()  # membership changes are Raft entries: same callback, same wait
-        method(self.node.raft_address(node_id, group), callback=proposal.callback)
+        method(address, callback=proposal.callback)
         try:
             await proposal.result(RAFT_CALL_TIMEOUT_S)
         except ProposalError as e:
@@ -215,3 +278,17 @@ class Admin:
         except ProposalError as e:
             raise AdminError(f"leadership transfer of group {group} refused ({e})") from None
         return {"ok": True}
+
+
+async def _addresses(host: str) -> list[IPAddress]:
+    """The IP addresses of a host: itself if it is one, else what the resolver says (none
+    when it cannot be resolved)."""
+    ip = parse_ip(host)
+    if ip is not None:
+        return [ip]
+    try:
+        infos = await trio.socket.getaddrinfo(host, None, type=trio.socket.SOCK_STREAM)
+    except OSError:
+        return []
+    found = [parse_ip(str(info[4][0])) for info in infos]
+    return [a for a in found if a is not None]

@@ -20,8 +20,9 @@ from typing import Any
 
 import trio
 
-from cluster.bridge import GrpcCallError, GrpcClients, GrpcServer, peer_token
+from cluster.bridge import GrpcCallError, GrpcClients, GrpcServer
 from cluster.listen import ListenError, start_listener
+from cluster.peerauth import PeerKeys
 from cluster.placement import Placement, from_json, initial_placement
 from cluster.raft.conf import RaftTiming, make_conf
 from cluster.raft.driver import RaftDriver
@@ -53,7 +54,7 @@ from .router import Router, RouterSettings
 from .sabotage import ACK_WITHOUT_COMMIT, SKIP_DEDUPE, AckCounter
 from .send_checks import SendRules
 from .sessions import DeviceLimits, SessionLike, SessionRegistry
-from .startup import EXIT_FAILED, StartupError, startup_error_in, unavailable
+from .startup import EXIT_FAILED, StartupError, refused, startup_error_in, unavailable
 from .storage import MessageRecord, Store
 from .userfacts import UserFacts
 from .webhooks import Webhooks
@@ -90,6 +91,13 @@ class Node:
         # Never a Raft port without a password: pysyncobj unpickles whatever reaches an open
         # one. A lone node has no peer to share a secret with, so it makes one up.
         self.raft_password = config.cluster.password or secrets.token_hex(16)
+        accepted = config.cluster.password_accepted
+        # The peer calls' keys: signed with the password, also accepted under the other one.
+        self.peer_keys = PeerKeys.of(self.raft_password, [accepted] if accepted else [])
+        # What pysyncobj gets as its password (cluster/raft/wire.py: a pair while it changes).
+        self.raft_passwords: str | tuple[str, ...] = (
+            (self.raft_password, accepted) if accepted else self.raft_password
+        )
         # Tests only (``testing.sabotage``; the config refuses it without the guard variable).
         sabotage = config.testing.sabotage
         self.fake_acks = AckCounter() if sabotage == ACK_WITHOUT_COMMIT else None
@@ -168,7 +176,7 @@ class Node:
         gdir = self._group_dir(group)
         address = self.raft_address(me, group)
         conf = make_conf(
-            password=self.raft_password,
+            password=self.raft_passwords,
             bind_address=address,
             journal_file=str(gdir / "raft.journal"),
             dump_file=str(gdir / "raft.dump"),
@@ -233,7 +241,8 @@ class Node:
 
     async def _genesis(self) -> Placement:
         """The first cluster map: computed from ``cluster.nodes`` by every initial member, or
-        received from the cluster when this node joins through ``cluster.join``."""
+        received from the cluster when this node joins through ``cluster.join``: its signed
+        call is what admits it (``node/admin.py``)."""
         cfg = self.config
         if not cfg.cluster.join:
             return initial_placement(cfg.cluster_nodes(), cfg.cluster.groups, cfg.cluster.replicas)
@@ -253,6 +262,8 @@ class Node:
                     self.datadir.joined(cluster_id, cfg.cluster.password)
                     return from_json(reply["placement"])
                 error = reply.get("error")
+                if reply.get("refused"):  # asking again would get the same answer
+                    raise refused(f"the cluster refused to admit this node via {seed}: {error}")
             except GrpcCallError as e:
                 error = str(e)
             if trio.current_time() > deadline:
@@ -325,8 +336,7 @@ class Node:
         host = cfg.node.host
         # A lone node without a password gets the random one (never None): its peer service must
         # not be open to anyone who reaches the port.
-        token = peer_token(self.raft_password)
-        self.clients = GrpcClients(peer_pb2_grpc.PeerStub, token)
+        self.clients = GrpcClients(peer_pb2_grpc.PeerStub, self.peer_keys)
         self.driver = RaftDriver(self.timing.tick_interval_s, name=f"node{cfg.node.id}")
         self.driver.start()
         self.flusher = CommitFlusher(self.driver)
@@ -377,12 +387,12 @@ class Node:
             self.router.extra_handlers["Endpoints"] = self.client_routes.rpc_endpoints
             grpc_server = GrpcServer(
                 bind=f"{host}:{cfg.cluster.grpc_port}",
-                auth_token=token,
+                peer_auth=self.peer_keys,
                 add_to_server=peer_pb2_grpc.add_PeerServicer_to_server,
                 servicer_base=peer_pb2_grpc.PeerServicer,
                 handlers=self.router.handlers(),
                 notices=self.router.notices(),
-                # Same port, no peer token: the public API is for the app's backend.
+                # Same port, no peer credential: the public API is for the app's backend.
                 extra_services=self.public_api.services(),
                 what="peer gRPC",
             )

@@ -1,4 +1,7 @@
-"""``raftchat cluster status | join | leave``: membership through any node's HTTP API."""
+"""``raftchat cluster status | leave``: membership through any node's HTTP API.
+
+There is no ``join``: a node joins by itself, started with ``cluster.join`` and the cluster
+password (nothing without the password may admit a node; ``docs/operations.md``)."""
 
 from __future__ import annotations
 
@@ -25,20 +28,20 @@ def _api(args: argparse.Namespace) -> SyncHttpClient:
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("cluster", help="cluster membership: status, join, leave")
-    p.add_argument("action", choices=["status", "join", "leave"])
+    p = sub.add_parser("cluster", help="cluster membership: status, leave")
+    p.add_argument("action", choices=["status", "leave"])
     p.add_argument(
         "--api",
         action="append",
         help=f"HTTP API of any member, repeatable: tried in turn (default {DEFAULT_HTTP_URL})",
     )
-    p.add_argument("--node", type=int, help="node id to join or leave")
-    p.add_argument("--host", help="address of the joining node")
+    p.add_argument("--node", type=int, help="node id to leave")
     p.add_argument("--json", action="store_true", help="print raw JSON")
     p.add_argument(
         "--force",
         action="store_true",
-        help="leave even if fewer members than cluster.replicas would stay",
+        help="leave even if fewer members than cluster.replicas would stay (logged as a "
+        "warning by the cluster; every slot group then runs short of replicas)",
     )
     p.set_defaults(func=run)
 
@@ -73,13 +76,12 @@ def _run(api: SyncHttpClient, args: argparse.Namespace) -> int:
     if args.node is None:
         print("raftchat cluster: --node is required", file=sys.stderr)
         return 2
-    if args.action == "join":
-        if not args.host:
-            print("raftchat cluster join: --host is required", file=sys.stderr)
-            return 2
-        api.cluster_join(args.node, args.host)
-        print(f"node {args.node} admitted; start it with cluster.join set to a member's address")
-        return 0
+    if args.force:
+        print(
+            f"raftchat cluster leave: forcing node {args.node} out even if fewer members than "
+            "cluster.replicas stay",
+            file=sys.stderr,
+        )
     api.cluster_leave(args.node, force=args.force)
     print(f"node {args.node} is leaving: its replicas move to the other nodes")
     return 0

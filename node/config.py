@@ -192,6 +192,10 @@ class ClusterSection:
     password: str = ""
     """Shared secret of the Raft ports and the peer gRPC service (both HMAC). Required when
     the cluster has more than one node."""
+    password_accepted: str = ""
+    """A second password whose peer calls and Raft frames this node accepts, though it signs
+    with ``password`` only: for changing the password on a running cluster (three rolling
+    restarts, ``docs/operations.md``). Empty outside such a change."""
     groups: int = 8
     """Slot groups the 256 hash slots are spread over."""
     replicas: int = 3
@@ -331,6 +335,8 @@ class Config:
                 "cluster.password is required for a multi-node cluster: without it anyone who "
                 "reaches a Raft port can make the node unpickle arbitrary data"
             )
+        if c.password_accepted and not c.password:
+            raise ConfigError("cluster.password_accepted needs cluster.password")
         if not 1 <= c.groups <= 256:
             raise ConfigError("cluster.groups must be in 1..256 (there are 256 hash slots)")
         if c.replicas < 1:

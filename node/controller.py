@@ -4,7 +4,10 @@ controller's leader, moves slot-group replicas until the map matches what member
 
 The placement in the controller always records actual Raft membership: the reconciler changes a
 slot group's membership first (one node at a time, adding before removing, so a group never has
-fewer than its replicas while data moves) and records each change afterwards.
+fewer than its replicas while data moves) and records each change afterwards. A join does the
+same with the controller group itself: the new node becomes a voter first and a member of the
+map after, so a join that fails leaves the map as it was (a voter whose addition timed out but
+went through later is removed again by the reconciler, ``_remove_strangers``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import trio
 
+from cluster.hosts import host_problem
 from cluster.placement import Placement, desired_replicas, from_json, to_json
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 
@@ -119,62 +123,98 @@ class Controller:
 
     async def update(self, mutate: Callable[[Placement], None]) -> Placement:
         """Apply ``mutate`` to a copy of the current placement and commit it (controller leader
-        only); retried on a concurrent change."""
+        only); retried on a concurrent change. ``mutate`` may raise ValueError to refuse the
+        change as the newest map stands: it sees that map, so checks made there hold."""
         async with self._lock:
-            for _ in range(5):
-                base = self.placement()
-                new = from_json(to_json(base))
-                mutate(new)
-                doc = {"base_version": base.version, "placement": to_json(new)}
-                update = pb.PlacementUpdate(document=json.dumps(doc).encode())
-                raw = await self.group.propose(
-                    pb.Command(time_ms=int(time.time() * 1000), placement=update),
-                    self._timeout_s,
-                )
-                if json.loads(raw)["ok"]:
-                    return self.placement()
-            raise ProposalError("unknown", "placement kept changing")
+            return await self._update(mutate)
+
+    async def _update(self, mutate: Callable[[Placement], None]) -> Placement:
+        """``update`` for a caller that holds the lock."""
+        for _ in range(5):
+            base = self.placement()
+            new = from_json(to_json(base))
+            mutate(new)
+            doc = {"base_version": base.version, "placement": to_json(new)}
+            update = pb.PlacementUpdate(document=json.dumps(doc).encode())
+            raw = await self.group.propose(
+                pb.Command(time_ms=int(time.time() * 1000), placement=update),
+                self._timeout_s,
+            )
+            if json.loads(raw)["ok"]:
+                return self.placement()
+        raise ProposalError("unknown", "placement kept changing")
 
     # --- membership requests (on the controller leader) ---------------------------------------
 
     async def join(self, node_id: int, host: str) -> Placement:
-        placement = self.placement()
-        known = placement.nodes.get(node_id)
-        if known is not None and known != host:
-            raise ValueError(f"node {node_id} is already a member at {known}")
-        if known is None:
+        """Admit ``node_id`` at ``host``: a voter of the controller group first, then a member
+        of the map. The caller has checked that the request is the node's own (its signed call
+        came from ``host``); a refusal here (ValueError) changes nothing."""
+        problem = host_problem(host)
+        if problem is not None:
+            raise ValueError(f"node {node_id} cannot join at {host}: {problem}")
+        async with self._lock:
+            _check_join(self.placement(), node_id, host)
+            # The new node starts its replica with the others as partners once it has the
+            # map; the leader (this node) adds it, and only then records it. Both steps are
+            # idempotent: a node admitted before whose answer was lost gets the same answer.
+            await self._admin(
+                self.node_id, {"op": "change_members", "group": 0, "add": node_id, "host": host}
+            )
 
             def add(p: Placement) -> None:
+                _check_join(p, node_id, host)
                 p.nodes[node_id] = host
 
-            placement = await self.update(add)
-        # Into the controller group too: the new node starts its replica with the others as
-        # partners, and the leader (this node) adds it.
-        await self._admin(self.node_id, {"op": "change_members", "group": 0, "add": node_id})
+            placement = self.placement()
+            if placement.nodes.get(node_id) != host:
+                placement = await self._update(add)
         log.info("node joined", node_id=node_id, host=host)
         return placement
 
     async def leave(self, node_id: int, *, force: bool = False) -> None:
-        placement = self.placement()
-        if node_id not in placement.nodes:
-            raise ValueError(f"node {node_id} is not a member")
-        active = [n for n in placement.nodes if n not in placement.leaving]
-        staying = [n for n in active if n != node_id]
-        # Shrinking below the replica count silently leaves every slot group one failure
-        # from unavailability (the chaos suite found repeated leaves taking a 5-node cluster
-        # down to 2 members); an operator replacing a node joins the new one first.
-        if not force and len(staying) < min(self.replicas, len(active)):
-            raise ValueError(
-                f"node {node_id} cannot leave: {len(staying)} member(s) would stay, fewer than "
-                f"cluster.replicas = {self.replicas}; join a replacement first, or force it"
-            )
+        """Mark ``node_id`` as leaving: the reconciler moves its replicas away, then removes it.
+
+        Refused when fewer than ``cluster.replicas`` members would stay (or fewer than there
+        are, in a cluster that is already smaller): shrinking below the replica count silently
+        leaves every slot group one failure from unavailability (the chaos suite found repeated
+        leaves taking a 5-node cluster down to 2 members); an operator replacing a node joins
+        the new one first. ``force`` overrides that, for a cluster that must lose a dead node
+        without a replacement, and is logged as a warning; it never removes the last member.
+        The check runs on the newest map inside the update, so leaves asked for at the same
+        time cannot pass it together."""
+        forced: list[int] = []
 
         def mark(p: Placement) -> None:
-            if node_id not in p.leaving:
-                p.leaving.append(node_id)
+            forced.clear()
+            if node_id not in p.nodes:
+                raise ValueError(f"node {node_id} is not a member")
+            if node_id in p.leaving:
+                return
+            active = [n for n in p.nodes if n not in p.leaving]
+            staying = [n for n in active if n != node_id]
+            if len(staying) < min(self.replicas, len(active)):
+                if not force:
+                    raise ValueError(
+                        f"node {node_id} cannot leave: {len(staying)} member(s) would stay, "
+                        f"fewer than cluster.replicas = {self.replicas}; join a replacement "
+                        "first, or force it"
+                    )
+                if not staying:
+                    raise ValueError(f"node {node_id} is the last member: it cannot leave")
+                forced.append(len(staying))
+            p.leaving.append(node_id)
 
         await self.update(mark)
-        log.info("node leaving", node_id=node_id)
+        if forced:
+            log.warning(
+                "node leaving by force: fewer members than cluster.replicas will stay",
+                node_id=node_id,
+                staying=forced[0],
+                replicas=self.replicas,
+            )
+        else:
+            log.info("node leaving", node_id=node_id)
 
     # --- the reconciler -----------------------------------------------------------------------
 
@@ -204,6 +244,7 @@ class Controller:
                     nursery.start_soon(self._step, group, target)
             return False
         await self._retire_drained(placement)
+        await self._remove_strangers()
         await self._sweep_orphans(placement)
         await self._balance_leaders(placement)
         return True
@@ -314,6 +355,18 @@ class Controller:
                     log.info("dropping an orphan replica", node=node, group=group)
                     await self._drop(node, group)
 
+    async def _remove_strangers(self) -> None:
+        """Controller voters that the map does not list: a join whose voter change timed out
+        (so it was not recorded) and committed later. Under the lock, so never a join's own
+        voter between its change and its record."""
+        async with self._lock:
+            st = await self._admin(self.node_id, {"op": "group_status", "group": 0})
+            for address in st.get("strangers", []):
+                log.warning("removing a controller voter that is not a member", address=address)
+                await self._admin(
+                    self.node_id, {"op": "change_members", "group": 0, "remove_address": address}
+                )
+
     async def _retire_drained(self, placement: Placement) -> None:
         for node in sorted(placement.leaving):
             if any(node in m for m in placement.groups.values()):
@@ -353,3 +406,15 @@ class Controller:
             if idlest in placement.groups[group]:
                 await self._admin(busiest, {"op": "transfer_leader", "group": group, "to": idlest})
                 return
+
+
+def _check_join(placement: Placement, node_id: int, host: str) -> None:
+    """Refuse (ValueError) a join that would change or duplicate a member's address."""
+    known = placement.nodes.get(node_id)
+    if known is not None and known != host:
+        raise ValueError(f"node {node_id} is already a member at {known}")
+    if node_id in placement.leaving:
+        raise ValueError(f"node {node_id} is leaving the cluster; it may join again once gone")
+    holder = next((n for n, h in placement.nodes.items() if h == host and n != node_id), None)
+    if holder is not None:
+        raise ValueError(f"{host} is the address of member {holder}")

@@ -17,6 +17,11 @@ configuration and refuses, in one line and with exit code 2, to start
 Cluster ids: the initial members of a multi-node cluster derive one from ``cluster.nodes`` and
 the password, so they agree without talking; a node that joins learns it from the member that
 admits it; a lone node draws a random one, which the nodes that later join it then share.
+
+The cluster password may change on a running cluster (``cluster.password_accepted`` holds the
+other one meanwhile, ``docs/operations.md``): a directory is accepted under either password,
+and records the fingerprint of ``cluster.password`` (and an initial member its members, since
+its cluster id, derived from the first password, can no longer be recomputed).
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ class Identity:
     """The cluster has, or had, more than one member."""
     password_check: str | None
     """``password_check(cluster.password, cluster_id)``; None without a configured password."""
+    members: str | None = None
+    """An initial member's ``cluster.nodes``, canonical (``members_text``); else None."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,6 +80,7 @@ class Identity:
             "cluster_id": self.cluster_id,
             "multi_node": self.multi_node,
             "password_check": self.password_check,
+            "members": self.members,
         }
 
     @classmethod
@@ -83,15 +91,17 @@ class Identity:
             raise ValueError(f"format {data['format']} is newer than this raftchat's ({FORMAT})")
         node_id, cluster_id = data.get("node_id"), data.get("cluster_id")
         multi, check = data.get("multi_node"), data.get("password_check")
+        members = data.get("members")
         if not (
             isinstance(node_id, int)
             and not isinstance(node_id, bool)
             and isinstance(cluster_id, str | None)
             and isinstance(multi, bool)
             and isinstance(check, str | None)
+            and isinstance(members, str | None)
         ):
             raise ValueError("a field is missing or of the wrong type")
-        return cls(node_id, cluster_id, multi, check)
+        return cls(node_id, cluster_id, multi, check, members)
 
     def describe(self) -> str:
         if self.cluster_id is None:
@@ -100,12 +110,24 @@ class Identity:
         return f"node {self.node_id} of {size} cluster (id {self.cluster_id})"
 
 
-def genesis_cluster_id(config: Config) -> str:
-    """The id every initial member computes alike: its members and (keyed) its password."""
-    members = ",".join(str(n) for n in sorted(config.cluster_nodes(), key=lambda n: n.node_id))
-    key = hmac.new(config.cluster.password.encode(), b"raftchat cluster id", "sha256")
-    text = f"raftchat cluster v1\n{members}\n{key.hexdigest()}"
+def members_text(config: Config) -> str:
+    return ",".join(str(n) for n in sorted(config.cluster_nodes(), key=lambda n: n.node_id))
+
+
+def genesis_cluster_id(config: Config, password: str | None = None) -> str:
+    """The id every initial member computes alike: its members and (keyed) its password
+    (``cluster.password`` unless another is given)."""
+    secret = config.cluster.password if password is None else password
+    key = hmac.new(secret.encode(), b"raftchat cluster id", "sha256")
+    text = f"raftchat cluster v1\n{members_text(config)}\n{key.hexdigest()}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _passwords(config: Config) -> list[str]:
+    """The passwords a directory may have been recorded under: the cluster's, and the other
+    one accepted while it changes."""
+    c = config.cluster
+    return [p for p in (c.password, c.password_accepted) if p]
 
 
 def password_check(password: str, cluster_id: str) -> str | None:
@@ -122,7 +144,8 @@ def fresh_identity(config: Config) -> Identity:
         return Identity(me, None, False, None)  # the admitting member tells the cluster id
     if mode is Mode.INITIAL:
         cluster_id = genesis_cluster_id(config)
-        return Identity(me, cluster_id, True, password_check(config.cluster.password, cluster_id))
+        check = password_check(config.cluster.password, cluster_id)
+        return Identity(me, cluster_id, True, check, members_text(config))
     cluster_id = secrets.token_hex(8)
     return Identity(me, cluster_id, False, password_check(config.cluster.password, cluster_id))
 
@@ -170,22 +193,37 @@ def check(found: Identity, config: Config, where: Path) -> Identity:
         return replace(
             found, cluster_id=cluster_id, password_check=password_check(password, cluster_id)
         )
+    candidates = _passwords(config)
     if mode is Mode.INITIAL:
-        expected = genesis_cluster_id(config)
-        if found.cluster_id != expected:
+        members = members_text(config)
+        initial_id = found.cluster_id
+        created = any(initial_id == genesis_cluster_id(config, p) for p in candidates)
+        # After a password change the id is the old password's: the members recorded then,
+        # and the fingerprint of a password in use, identify the cluster instead.
+        changed = (
+            initial_id is not None
+            and found.members == members
+            and found.password_check in {password_check(p, initial_id) for p in candidates}
+        )
+        if initial_id is None or not (created or changed):
+            expected = genesis_cluster_id(config)
             raise refused(
                 f"{whose}, but cluster.nodes and cluster.password describe another cluster "
-                f"(id {expected}); refusing to start"
+                f"(id {expected}; changing the password? cluster.password_accepted must "
+                "hold the old one meanwhile); refusing to start"
             )
-        return found
+        checked = password_check(password, initial_id)
+        return replace(found, members=members, password_check=checked)
     if found.cluster_id is None:
         return found  # admission still pending: the node asks again
     if not found.multi_node:
         raise refused(f"{whose}; cluster.join applies to a new data directory only; refusing")
     stored_check = found.password_check
-    if stored_check is not None and stored_check != password_check(password, found.cluster_id):
+    if stored_check is None:
+        return found
+    if stored_check not in {password_check(p, found.cluster_id) for p in candidates}:
         raise refused(f"{whose}, whose password is not cluster.password; refusing to start")
-    return found
+    return replace(found, password_check=password_check(password, found.cluster_id))
 
 
 StoredMembers = Callable[[Path], dict[int, str] | None]

@@ -38,7 +38,7 @@ class RaftTiming:
 
 def make_conf(
     *,
-    password: str | None,
+    password: str | tuple[str, ...] | None,
     bind_address: str,
     journal_file: str,
     dump_file: str,

@@ -9,6 +9,9 @@ authentication: nobody outside the cluster may make a node unpickle a frame. So 
     version (1 byte) | timestamp (8 bytes, big-endian) | pickle | HMAC-SHA256 (32 bytes)
 
 with the MAC over everything before it, checked in constant time before pysyncobj unpickles.
+While the cluster password changes, a node also accepts frames signed with its second, accepted
+password (``cluster.password_accepted``), but signs with ``cluster.password`` only: pysyncobj
+then gets ``(password, accepted)`` where it would get the password.
 The timestamp keeps pysyncobj's check that timestamps never go back on a connection, and its
 per-connection random keys still reject frames replayed from another connection. Raft traffic
 is no longer confidential; neither was the peer gRPC traffic, which carries the same messages
@@ -47,8 +50,9 @@ class FrameAuthError(Exception):
 class FrameAuthenticator:
     """Signs and checks Raft frames with a key derived from the cluster password."""
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, accepted: tuple[bytes, ...] = ()) -> None:
         self._key = key
+        self._keys = (key, *accepted)
         # pysyncobj checks a frame twice (extract_timestamp, then decrypt) with the same object.
         self._checked: bytes | None = None
 
@@ -69,8 +73,12 @@ class FrameAuthenticator:
             return
         if len(token) < _HEAD.size + _MAC_LEN or token[0] != _VERSION:
             raise FrameAuthError("not a raftchat Raft frame")
-        mac = hmac.digest(self._key, token[:-_MAC_LEN], "sha256")
-        if not hmac.compare_digest(mac, token[-_MAC_LEN:]):
+        signed, given = token[:-_MAC_LEN], token[-_MAC_LEN:]
+        # Every key is tried, so the time taken does not say which one matched.
+        ok = False
+        for key in self._keys:
+            ok |= hmac.compare_digest(hmac.digest(key, signed, "sha256"), given)
+        if not ok:
             raise FrameAuthError("bad frame MAC")
         self._checked = token
 
@@ -82,7 +90,11 @@ def frame_key(password: str | bytes) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", raw, _SALT, _KDF_ROUNDS)
 
 
-def authenticator_for(password: str | bytes) -> FrameAuthenticator:
+def authenticator_for(password: str | bytes | tuple[str, ...]) -> FrameAuthenticator:
+    """For pysyncobj's ``password``: one password, or (signing password, accepted ones)."""
+    if isinstance(password, tuple):
+        first, *accepted = password
+        return FrameAuthenticator(frame_key(first), tuple(frame_key(p) for p in accepted))
     return FrameAuthenticator(frame_key(password))
 
 

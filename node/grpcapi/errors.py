@@ -25,6 +25,7 @@ _CODES = {
     404: grpc.StatusCode.NOT_FOUND,
     405: grpc.StatusCode.UNIMPLEMENTED,
     409: grpc.StatusCode.FAILED_PRECONDITION,
+    410: grpc.StatusCode.UNIMPLEMENTED,
     413: grpc.StatusCode.INVALID_ARGUMENT,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     500: grpc.StatusCode.INTERNAL,

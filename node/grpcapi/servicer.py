@@ -55,7 +55,7 @@ class PublicApi:
                     servicer_base=getattr(api_pb2_grpc, f"{name}Servicer"),
                     handlers=handlers,
                     streams=streams,
-                    auth_token=None,  # like the HTTP API: the app backend, private network
+                    peer_auth=None,  # like the HTTP API: the app backend, private network
                 )
             )
         return out

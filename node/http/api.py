@@ -17,7 +17,7 @@ import trio
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, DeviceFlag, DeviceLevel, ReasonCode, Setting
 
-from ..admin import AdminError
+from ..admin import AdminError, AdminRefused
 from ..client_routes import ClientRoutes
 from ..groups.digest import channel_digests
 from ..pipeline_rules import SYSTEM_UID, request_problem
@@ -103,16 +103,25 @@ def build_router(ctx: ApiContext) -> HttpRouter:
     async def membership(request: dict[str, Any]) -> Response:
         try:
             reply = await ctx.admin.on_controller_leader(request)
+        except AdminRefused as e:
+            raise ApiError(409, str(e)) from None
         except AdminError as e:
-            raise ApiError(409 if "member" in str(e) else 503, str(e)) from None
+            raise ApiError(503, str(e)) from None
         return Response(200, {"status": 200, **reply})
 
     @route("POST", "/cluster/join")
     async def cluster_join(req: Request) -> Response:
+        # Nothing here can prove the cluster password, so nothing here admits a node: a node
+        # joins with its own signed call (node/admin.py). The route stays to say so (after
+        # the usual answers to a malformed body).
         body = req.json_object()
         node_id = get_int(body, "node_id", required=True, minimum=1, maximum=1023)
-        host = get_str(body, "host", required=True)
-        return await membership({"op": "join", "node_id": node_id, "host": host})
+        get_str(body, "host", required=True)
+        raise ApiError(
+            410,
+            f"nothing was changed: node {node_id} joins by itself, started with cluster.join "
+            "set to a member's address and the cluster password (docs/operations.md)",
+        )
 
     @route("POST", "/cluster/leave")
     async def cluster_leave(req: Request) -> Response:

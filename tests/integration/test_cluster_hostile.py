@@ -21,8 +21,10 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+import trio
 
-from cluster.bridge import AUTH_METADATA_KEY, peer_token
+from cluster.bridge import AUTH_METADATA_KEY, GrpcCallError, GrpcClient
+from cluster.peerauth import PeerKeys, sign
 from cluster.raft.guard import AUTH_DEADLINE_S, UNAUTHENTICATED_PER_SOURCE
 from cluster.raft.wire import authenticator_for
 from proto.raftchat.peer.v1 import peer_pb2 as pb
@@ -257,24 +259,112 @@ def test_a_source_gets_a_few_unauthenticated_connections_for_a_short_while(
     assert log_lines(cluster, 3, "raft.guard", source, "waiting to authenticate")
 
 
-def test_peer_grpc_refuses_a_wrong_token_and_logs_it_once(cluster: Cluster) -> None:
+ONLINE = "/raftchat.peer.v1.Peer/Online"
+
+
+def signed(keys: PeerKeys, path: str, body: bytes, **kw: Any) -> tuple[tuple[str, str], ...]:
+    return ((AUTH_METADATA_KEY, sign(keys, path, body, **kw)),)
+
+
+def raw_call(address: str, path: str, body: bytes, metadata: Any) -> grpc.StatusCode:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            channel.unary_unary(path)(body, metadata=metadata, timeout=5)
+        except grpc.RpcError as e:
+            return e.code()  # type: ignore[attr-defined,no-any-return]
+    return grpc.StatusCode.OK
+
+
+def test_peer_grpc_refuses_a_wrong_credential_and_logs_it_once(cluster: Cluster) -> None:
     host = cluster.hosts[1]
+    body = pb.OnlineRequest(uids=["u"]).SerializeToString()
+    wrong = PeerKeys.of("wrong")
     with grpc.insecure_channel(f"{host}:11110") as channel:
-        stub = pb_grpc.PeerStub(channel)
-        for token in ["wrong"] * 20 + [None]:
-            metadata = () if token is None else ((AUTH_METADATA_KEY, token),)
+        online = channel.unary_unary(ONLINE)
+        # Another password; the static token of earlier versions; nothing.
+        for metadata in [signed(wrong, ONLINE, body)] * 20 + [((AUTH_METADATA_KEY, "5" * 64),), ()]:
             with pytest.raises(grpc.RpcError) as info:
-                stub.Online(pb.OnlineRequest(uids=["u"]), metadata=metadata, timeout=5)
-            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        # only those calls ended: the same connection serves a call with the right token
-        stub.Online(
-            pb.OnlineRequest(uids=["u"]),
-            metadata=((AUTH_METADATA_KEY, peer_token(PASSWORD)),),
-            timeout=5,
-        )
+                online(body, metadata=metadata, timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        # only those calls ended: the same connection serves a call signed with the password
+        online(body, metadata=signed(PeerKeys.of(PASSWORD), ONLINE, body), timeout=5)
     lines = log_lines(cluster, 1, "peer gRPC: refused Online from")
     assert len(lines) == 1, lines
-    assert "wrong peer token" in lines[0]
+    assert "wrong peer credential" in lines[0]
+
+
+class Tap:
+    """A man in the middle between a member and a node: records each call's path, bytes and
+    peer credential and passes it on unchanged."""
+
+    def __init__(self, target: str) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.captured: list[tuple[str, bytes, Any]] = []
+        self._upstream = grpc.insecure_channel(target)
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        self.server.add_generic_rpc_handlers((self,))
+        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+    def service(self, details: Any) -> grpc.RpcMethodHandler:
+        def relay(body: bytes, context: grpc.ServicerContext) -> bytes:
+            md = tuple((k, v) for k, v in details.invocation_metadata if k == AUTH_METADATA_KEY)
+            self.captured.append((details.method, body, md))
+            try:
+                return self._upstream.unary_unary(details.method)(body, metadata=md, timeout=5)  # type: ignore[no-any-return]
+            except grpc.RpcError as e:
+                context.abort(e.code(), e.details())  # type: ignore[attr-defined]
+                raise
+
+        return grpc.unary_unary_rpc_method_handler(relay)
+
+    def close(self) -> None:
+        self.server.stop(0)
+        self._upstream.close()
+
+
+def test_a_captured_peer_call_replayed_is_refused(cluster: Cluster) -> None:
+    """A member's call recorded on the wire (here the test signs as a member would, through a
+    tap) and sent again: refused as a replay while fresh, refused with its body changed, and
+    refused once its time has left the window."""
+    target = f"{cluster.hosts[2]}:11110"
+    keys = PeerKeys.of(PASSWORD)
+    tap = Tap(target)
+
+    async def genuine() -> None:
+        client = GrpcClient(tap.address, pb_grpc.PeerStub, keys)
+        try:
+            await client.call("Online", pb.OnlineRequest(uids=["alice"]), 5.0)
+        finally:
+            client.close()
+
+    try:
+        trio.run(genuine)
+    finally:
+        tap.close()
+    [(path, body, metadata)] = [c for c in tap.captured if c[0] == ONLINE]
+    assert raw_call(target, path, body, metadata) == grpc.StatusCode.UNAUTHENTICATED
+    altered = pb.OnlineRequest(uids=["mallory"]).SerializeToString()
+    assert raw_call(target, path, altered, metadata) == grpc.StatusCode.UNAUTHENTICATED
+    # The same call as captured after the window: its time is 31 s old (signed so here rather
+    # than waiting half a minute).
+    stale = signed(keys, path, body, now=time.time() - 31)
+    assert raw_call(target, path, body, stale) == grpc.StatusCode.UNAUTHENTICATED
+    # A fresh call of a member passes, and the node logged the replay.
+    assert raw_call(target, path, body, signed(keys, path, body)) == grpc.StatusCode.OK
+    lines = log_lines(cluster, 2, "peer gRPC: refused Online from")
+    assert lines and "replayed call (nonce already seen)" in lines[0], lines
+    with pytest.raises(GrpcCallError):  # nothing reaches a node unsigned through the bridge
+        trio.run(_unsigned_call, target)
+
+
+async def _unsigned_call(target: str) -> None:
+    client = GrpcClient(target, pb_grpc.PeerStub, None)
+    try:
+        await client.call("Online", pb.OnlineRequest(uids=["alice"]), 5.0)
+    finally:
+        client.close()
 
 
 def test_members_elect_and_commit_while_a_stranger_holds_its_places(cluster: Cluster) -> None:
@@ -369,13 +459,12 @@ def test_a_lone_node_without_a_password_serves_its_peer_service_to_nobody(
         item = pb.SendItem(from_uid="x", channel_id="", channel_type=1, client_msg_no="m")
         with grpc.insecure_channel(host) as channel:
             stub = pb_grpc.PeerStub(channel)
-            for metadata in (None, [(AUTH_METADATA_KEY, peer_token("guess"))]):
+            request = pb.ForwardSendsRequest(group=1, items=[item])
+            path = "/raftchat.peer.v1.Peer/ForwardSends"
+            guess = signed(PeerKeys.of("guess"), path, request.SerializeToString())
+            for metadata in (None, guess):
                 with pytest.raises(grpc.RpcError) as info:
-                    stub.ForwardSends(
-                        pb.ForwardSendsRequest(group=1, items=[item]),
-                        timeout=5,
-                        metadata=metadata,
-                    )
+                    stub.ForwardSends(request, timeout=5, metadata=metadata)
                 assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
         assert node.running
     finally:

@@ -28,8 +28,9 @@ route table (``node.http.api.build_router``) and requires that the routes with a
 the routes with a bad-input case are both exactly the registered routes: a new route without
 cases here fails the suite.
 
-**Cluster administration on a shared cluster.** ``/cluster/join`` is tested with a valid join of
-each member at its own address, which is idempotent (placement unchanged). A valid
+**Cluster administration on a shared cluster.** ``/cluster/join`` admits nobody (a node joins
+with its own signed call): a well-formed join, of a member or of a new node, is 410 and leaves
+the placement unchanged on every node. A valid
 ``/cluster/leave`` would shrink the shared cluster (or strand it below ``cluster.replicas``), so
 its valid case is a well-formed leave of a member, refused with 409 because the cluster would
 fall below ``cluster.replicas`` = 3, with the placement left unchanged on every node; a real
@@ -319,24 +320,20 @@ def test_digest_shows_the_same_replica_on_every_node(suite: Suite) -> None:
     eventually(converged, what="every replica holding both messages, with equal digests")
 
 
-@covers("POST /cluster/join")
-def test_join_of_a_member_at_its_own_address_changes_nothing(suite: Suite) -> None:
+@covers("POST /cluster/join", status=410)
+def test_a_join_over_http_admits_nobody_and_changes_nothing(suite: Suite) -> None:
     before = suite.nodes[1].ok_get("/cluster/status")
     hosts = {str(i): host for i, host in suite.cluster.hosts.items()}
-    # Each member (one of them leads the controller group) through another node.
-    for member, host in suite.cluster.hosts.items():
-        via = suite.nodes[member % 3 + 1]
-        answer = via.ok("/cluster/join", {"node_id": member, "host": host})
-        placement = answer["placement"]
-        assert placement["nodes"] == hosts and placement["leaving"] == []
-        assert placement["version"] == before["placement_version"]
+    # Each member at its own address, a member at another one, and a new node.
+    joins = [*suite.cluster.hosts.items(), (1, "127.0.0.254"), (9, "127.0.0.254")]
+    for i, (node_id, host) in enumerate(joins):
+        via = suite.nodes[i % 3 + 1]
+        gone = via.refused("/cluster/join", {"node_id": node_id, "host": host}, 410)
+        assert "joins by itself" in gone["msg"] and "nothing was changed" in gone["msg"]
     for node in suite.nodes.values():
         after = node.ok_get("/cluster/status")
         assert after["nodes"] == hosts
         assert after["placement_version"] == before["placement_version"]
-    # The same id at another address is a conflict, not a second member.
-    clash = suite.nodes[2].refused("/cluster/join", {"node_id": 1, "host": "127.0.0.254"}, 409)
-    assert "already a member" in clash["msg"]
 
 
 @covers("POST /cluster/leave", status=409)

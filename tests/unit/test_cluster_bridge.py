@@ -23,27 +23,36 @@ from cluster.bridge import (
     GrpcClients,
     GrpcServer,
     Notice,
+    caller_host,
     peer_host,
-    peer_token,
 )
+from cluster.peerauth import PeerKeys, sign
 from cluster.ratelog import RateLimitedLog
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.raftchat.peer.v1 import peer_pb2_grpc as pb_grpc
 
-TOKEN = peer_token("cluster-secret")
+KEYS = PeerKeys.of("cluster-secret")
+KICK = "/raftchat.peer.v1.Peer/Kick"
+
+
+def signed(path: str, body: bytes, keys: PeerKeys = KEYS) -> tuple[tuple[str, str], ...]:
+    """The metadata of a call of ``path`` with exactly ``body``, as a peer would send it."""
+    return ((AUTH_METADATA_KEY, sign(keys, path, body)),)
+
+
 Handlers = Mapping[str, Callable[[Any], Awaitable[Any]]]
 
 
 def make_server(
     handlers: Handlers,
-    auth_token: str | None = TOKEN,
+    peer_auth: PeerKeys | None = KEYS,
     bind: str = "127.0.0.1:0",
     grace_s: float = 2.0,
     notices: Mapping[str, Notice] | None = None,
 ) -> GrpcServer:
     return GrpcServer(
         bind=bind,
-        auth_token=auth_token,
+        peer_auth=peer_auth,
         add_to_server=pb_grpc.add_PeerServicer_to_server,
         servicer_base=pb_grpc.PeerServicer,
         handlers=handlers,
@@ -54,11 +63,11 @@ def make_server(
 
 @asynccontextmanager
 async def peer(
-    handlers: Handlers, auth_token: str | None = TOKEN, client_token: str | None = TOKEN
+    handlers: Handlers, peer_auth: PeerKeys | None = KEYS, client_keys: PeerKeys | None = KEYS
 ) -> AsyncIterator[GrpcClient]:
-    server = make_server(handlers, auth_token)
+    server = make_server(handlers, peer_auth)
     async with server.serving():
-        client = GrpcClient(server.address, pb_grpc.PeerStub, client_token)
+        client = GrpcClient(server.address, pb_grpc.PeerStub, client_keys)
         try:
             yield client
         finally:
@@ -69,12 +78,6 @@ async def expect_error(call: Awaitable[Any]) -> GrpcCallError:
     with pytest.raises(GrpcCallError) as info:
         await call
     return info.value
-
-
-def test_peer_token() -> None:
-    token = peer_token("pw")
-    assert len(token) == 64 and int(token, 16) >= 0
-    assert token == peer_token("pw") != peer_token("pw2")
 
 
 def test_unknown_rpc_name_is_refused() -> None:
@@ -167,8 +170,8 @@ def test_concurrent_calls_all_in_flight_at_once() -> None:
     trio.run(main)
 
 
-@pytest.mark.parametrize("client_token", [None, peer_token("wrong"), TOKEN[:-1]])
-def test_wrong_or_missing_token_is_unauthenticated(client_token: str | None) -> None:
+@pytest.mark.parametrize("client_keys", [None, PeerKeys.of("wrong")])
+def test_wrong_or_missing_credential_is_unauthenticated(client_keys: PeerKeys | None) -> None:
     ran = 0
 
     async def kick(req: pb.KickRequest) -> pb.KickReply:
@@ -178,7 +181,7 @@ def test_wrong_or_missing_token_is_unauthenticated(client_token: str | None) -> 
 
     async def main() -> None:
         with trio.fail_after(10):
-            async with peer({"Kick": kick}, client_token=client_token) as client:
+            async with peer({"Kick": kick}, client_keys=client_keys) as client:
                 err = await expect_error(client.call("Kick", pb.KickRequest(uid="u"), 5.0))
         assert err.code == grpc.StatusCode.UNAUTHENTICATED
         assert ran == 0
@@ -192,7 +195,7 @@ def test_no_auth_configured_accepts_any_caller() -> None:
 
     async def main() -> None:
         with trio.fail_after(10):
-            async with peer({"Kick": kick}, auth_token=None, client_token=None) as client:
+            async with peer({"Kick": kick}, peer_auth=None, client_keys=None) as client:
                 assert (await client.call("Kick", pb.KickRequest(), 5.0)).kicked == 1
 
     trio.run(main)
@@ -306,7 +309,7 @@ def test_leaving_serving_lets_in_flight_handlers_answer() -> None:
         # Bounded well below the grace: the stop ends as soon as the in-flight RPC is answered.
         with trio.fail_after(5):
             async with trio.open_nursery() as nursery, server.serving():
-                client = GrpcClient(server.address, pb_grpc.PeerStub, TOKEN)
+                client = GrpcClient(server.address, pb_grpc.PeerStub, KEYS)
                 nursery.start_soon(caller, client)
                 await entered.wait()
                 # The handler can only answer after the stop has begun (it runs at the
@@ -344,7 +347,7 @@ def test_leaving_serving_with_stuck_calls_does_not_hang() -> None:
 
         with trio.fail_after(5):
             async with trio.open_nursery() as nursery, server.serving():
-                client = GrpcClient(server.address, pb_grpc.PeerStub, TOKEN)
+                client = GrpcClient(server.address, pb_grpc.PeerStub, KEYS)
                 for _ in range(n):
                     nursery.start_soon(caller, client)
                 await all_started.wait()
@@ -399,7 +402,7 @@ def test_nothing_listening_is_unavailable() -> None:
         target = f"127.0.0.1:{sock.getsockname()[1]}"
 
         async def main() -> None:
-            clients = GrpcClients(pb_grpc.PeerStub, TOKEN)
+            clients = GrpcClients(pb_grpc.PeerStub, KEYS)
             assert clients.get(target) is clients.get(target)
             start = time.monotonic()
             with trio.fail_after(5):
@@ -413,7 +416,7 @@ def test_nothing_listening_is_unavailable() -> None:
 
 def test_notices_run_in_trio_in_arrival_order_and_answer_at_once() -> None:
     """One-way RPCs: the handler sees every request in order, a failing one does not stop the
-    node (nor later notices), and a wrong token is still refused."""
+    node (nor later notices), and a wrong credential is still refused."""
     seen: list[int] = []
     all_seen = trio.Event()
 
@@ -428,7 +431,7 @@ def test_notices_run_in_trio_in_arrival_order_and_answer_at_once() -> None:
     async def main() -> None:
         server = make_server({}, notices={"Deliver": Notice(deliver, pb.DeliverReply)})
         async with server.serving():
-            client = GrpcClient(server.address, pb_grpc.PeerStub, TOKEN)
+            client = GrpcClient(server.address, pb_grpc.PeerStub, KEYS)
             try:
                 for seq in range(1, 11):
                     request = pb.DeliverRequest(messages=[pb.Message(message_seq=seq)])
@@ -438,7 +441,7 @@ def test_notices_run_in_trio_in_arrival_order_and_answer_at_once() -> None:
                     await all_seen.wait()
             finally:
                 client.close()
-            stranger = GrpcClient(server.address, pb_grpc.PeerStub, "wrong")
+            stranger = GrpcClient(server.address, pb_grpc.PeerStub, PeerKeys.of("wrong"))
             try:
                 error = await expect_error(stranger.call("Deliver", pb.DeliverRequest(), 5))
                 assert error.code == grpc.StatusCode.UNAUTHENTICATED
@@ -463,13 +466,14 @@ def test_notices_wait_for_trio_once_a_window_of_them_is_pending(
         handled.append(req.messages[0].message_seq)
 
     def sender(address: str) -> None:
+        path = "/raftchat.peer.v1.Peer/Deliver"
         with grpc.insecure_channel(address) as channel:
-            stub = pb_grpc.PeerStub(channel)
+            deliver = channel.unary_unary(path)
             for seq in range(1, 5):
                 if seq == 4:
                     fourth_sent.set()
-                request = pb.DeliverRequest(messages=[pb.Message(message_seq=seq)])
-                stub.Deliver(request, timeout=10, metadata=((AUTH_METADATA_KEY, TOKEN),))
+                body = pb.DeliverRequest(messages=[pb.Message(message_seq=seq)]).SerializeToString()
+                deliver(body, timeout=10, metadata=signed(path, body))
                 answered.append(seq)
 
     async def main() -> None:
@@ -522,19 +526,20 @@ def test_refused_calls_are_logged_once_per_address_and_end_only_themselves() -> 
         return pb.KickReply(kicked=1)
 
     def calls(address: str) -> list[Any]:
-        """Over one channel (one connection): refused calls, then calls with the token."""
-        wrong, right = ((AUTH_METADATA_KEY, "wrong"),), ((AUTH_METADATA_KEY, TOKEN),)
+        """Over one channel (one connection): refused calls, then signed calls."""
+        body = pb.KickRequest(uid="u").SerializeToString()
+        wrong = signed(KICK, body, PeerKeys.of("wrong"))
         out: list[Any] = []
         with grpc.insecure_channel(address) as channel:
-            stub = pb_grpc.PeerStub(channel)
+            kick = channel.unary_unary(KICK, response_deserializer=pb.KickReply.FromString)
             for metadata in [wrong] * 5 + [()]:
                 try:
-                    stub.Kick(pb.KickRequest(uid="u"), metadata=metadata, timeout=5)
+                    kick(body, metadata=metadata, timeout=5)
                 except grpc.RpcError as e:
                     out.append(e.code())
-            out.append(stub.Kick(pb.KickRequest(uid="u"), metadata=right, timeout=5).kicked)
+            out.append(kick(body, metadata=signed(KICK, body), timeout=5).kicked)
             now[0] += 10  # the log's interval is over: the next call writes the count
-            out.append(stub.Kick(pb.KickRequest(uid="u"), metadata=right, timeout=5).kicked)
+            out.append(kick(body, metadata=signed(KICK, body), timeout=5).kicked)
         return out
 
     async def main() -> None:
@@ -550,8 +555,9 @@ def test_refused_calls_are_logged_once_per_address_and_end_only_themselves() -> 
     finally:
         logger.removeHandler(handler)
     assert ran == 2
-    first = "peer gRPC: refused Kick from 127.0.0.1: wrong peer token"
-    last = "peer gRPC: refused Kick from 127.0.0.1: no peer token"
+    wrong = "wrong peer credential (another password, or method or body altered)"
+    first = f"peer gRPC: refused Kick from 127.0.0.1: {wrong}"
+    last = "peer gRPC: refused Kick from 127.0.0.1: no peer credential"
     assert lines == [first, f"5 more from 127.0.0.1 in the last 10 s, the last: {last}"]
 
 
@@ -562,10 +568,10 @@ def test_a_request_that_does_not_decode_is_invalid_argument_and_reaches_no_handl
         calls.append(req)
         return pb.KickReply(kicked=1)
 
-    def raw_call(address: str, body: bytes, token: str | None) -> grpc.RpcError:
+    def raw_call(address: str, body: bytes, keys: PeerKeys | None) -> grpc.RpcError:
         with grpc.insecure_channel(address) as channel:
-            call = channel.unary_unary("/raftchat.peer.v1.Peer/Kick")
-            metadata = [(bridge.AUTH_METADATA_KEY, token)] if token else None
+            call = channel.unary_unary(KICK)
+            metadata = signed(KICK, body, keys) if keys else None
             with pytest.raises(grpc.RpcError) as info:
                 call(body, timeout=5, metadata=metadata)
             return info.value
@@ -574,13 +580,13 @@ def test_a_request_that_does_not_decode_is_invalid_argument_and_reaches_no_handl
         server = make_server({"Kick": kick})
         async with server.serving():
             # Wire type 7 does not exist: protobuf cannot decode this.
-            error = await trio.to_thread.run_sync(raw_call, server.address, b"\xff\xff", TOKEN)
+            error = await trio.to_thread.run_sync(raw_call, server.address, b"\xff\xff", KEYS)
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
             assert "does not decode" in error.details()  # type: ignore[attr-defined]
             # Authentication still comes first.
             error = await trio.to_thread.run_sync(raw_call, server.address, b"\xff\xff", None)
             assert error.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
-            client = GrpcClient(server.address, pb_grpc.PeerStub, TOKEN)
+            client = GrpcClient(server.address, pb_grpc.PeerStub, KEYS)
             try:
                 assert (await client.call("Kick", pb.KickRequest(uid="u"), 5.0)).kicked == 1
             finally:
@@ -588,3 +594,138 @@ def test_a_request_that_does_not_decode_is_invalid_argument_and_reaches_no_handl
         assert [r.uid for r in calls] == ["u"]
 
     trio.run(main)
+
+
+# ---- replays -----------------------------------------------------------------------------
+
+
+class Tap:
+    """A man in the middle: a gRPC server that records every call's path, bytes and peer
+    credential and passes the call on to ``target`` unchanged."""
+
+    def __init__(self, target: str) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.captured: list[tuple[str, bytes, tuple[tuple[str, str], ...]]] = []
+        self._upstream = grpc.insecure_channel(target)
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        self.server.add_generic_rpc_handlers((self,))
+        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+
+    def service(self, details: Any) -> grpc.RpcMethodHandler:
+        def relay(body: bytes, context: grpc.ServicerContext) -> bytes:
+            md = tuple((k, v) for k, v in details.invocation_metadata if k == AUTH_METADATA_KEY)
+            self.captured.append((details.method, body, md))
+            try:
+                return self._upstream.unary_unary(details.method)(body, metadata=md, timeout=5)  # type: ignore[no-any-return]
+            except grpc.RpcError as e:
+                context.abort(e.code(), e.details())  # type: ignore[attr-defined]
+                raise
+
+        return grpc.unary_unary_rpc_method_handler(relay)
+
+    def close(self) -> None:
+        self.server.stop(0)
+        self._upstream.close()
+
+
+def replay(address: str, path: str, body: bytes, metadata: Any) -> grpc.StatusCode:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            channel.unary_unary(path)(body, metadata=metadata, timeout=5)
+        except grpc.RpcError as e:
+            return e.code()  # type: ignore[attr-defined,no-any-return]
+    return grpc.StatusCode.OK
+
+
+def test_a_captured_call_replayed_is_refused_within_the_window_and_after_it() -> None:
+    """A call (and a notice) recorded on the wire, then sent again as it was: refused while
+    fresh (its nonce was seen) and once stale (its time has left the window); with its body
+    altered it fails the MAC. Only the original reached the handlers, and the refusals were
+    logged once, then counted."""
+    from cluster.peerauth import PeerVerifier
+
+    clock = [time.time()]  # the server's; the client signs with the real one
+    log_clock = [0.0]
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("test.bridge.replays")
+    handler = Collect()
+    logger.addHandler(handler)
+    kicked: list[str] = []
+    delivered: list[int] = []
+
+    async def kick(req: pb.KickRequest) -> pb.KickReply:
+        kicked.append(req.uid)
+        return pb.KickReply(kicked=1)
+
+    def deliver(req: pb.DeliverRequest) -> None:
+        delivered.append(req.messages[0].message_seq)
+
+    def attack(address: str) -> list[grpc.StatusCode]:
+        out = []
+        for path, body, md in list(tap.captured):
+            out.append(replay(address, path, body, md))  # within the window
+            if path.endswith("/Kick"):
+                altered = pb.KickRequest(uid="mallory").SerializeToString()
+                out.append(replay(address, path, altered, md))
+        clock[0] += 31  # the window has passed
+        for path, body, md in list(tap.captured):
+            out.append(replay(address, path, body, md))
+        return out
+
+    async def main() -> None:
+        nonlocal tap
+        server = make_server({"Kick": kick}, notices={"Deliver": Notice(deliver, pb.DeliverReply)})
+        server.peer_verifier = PeerVerifier(KEYS, clock=lambda: clock[0])
+        server.auth_refusals = RateLimitedLog(logger, 10.0, clock=lambda: log_clock[0])
+        async with server.serving():
+            tap = Tap(server.address)
+            tap.server.start()
+            client = GrpcClient(tap.address, pb_grpc.PeerStub, KEYS)
+            try:
+                assert (await client.call("Kick", pb.KickRequest(uid="u"), 5.0)).kicked == 1
+                request = pb.DeliverRequest(messages=[pb.Message(message_seq=7)])
+                assert isinstance(await client.call("Deliver", request, 5.0), pb.DeliverReply)
+                assert [p for p, _, _ in tap.captured] == [KICK, "/raftchat.peer.v1.Peer/Deliver"]
+                out = await trio.to_thread.run_sync(attack, server.address)
+                assert out == [grpc.StatusCode.UNAUTHENTICATED] * 5
+                clock[0] = time.time()  # back in step with the client's clock
+                log_clock[0] += 10
+                # The next accepted call writes the count of the refusals held back.
+                assert (await client.call("Kick", pb.KickRequest(uid="v"), 5.0)).kicked == 1
+            finally:
+                client.close()
+                tap.close()
+
+    tap: Tap
+    try:
+        trio.run(main)
+    finally:
+        logger.removeHandler(handler)
+    assert kicked == ["u", "v"] and delivered == [7]
+    assert lines[0] == "peer gRPC: refused Kick from 127.0.0.1: replayed call (nonce already seen)"
+    assert lines[1].startswith("4 more from 127.0.0.1 in the last 10 s, the last: ")
+    assert "behind this node's clock, outside the 30 s window" in lines[1]
+    assert len(lines) == 2
+
+
+def test_a_handler_sees_the_address_its_call_came_from() -> None:
+    seen: list[str] = []
+
+    async def kick(req: pb.KickRequest) -> pb.KickReply:
+        seen.append(caller_host())
+        return pb.KickReply()
+
+    async def main() -> None:
+        with trio.fail_after(10):
+            async with peer({"Kick": kick}) as client:
+                await client.call("Kick", pb.KickRequest(), 5.0)
+        assert caller_host() == ""
+
+    trio.run(main)
+    assert seen == ["127.0.0.1"]

@@ -13,7 +13,8 @@ import grpc
 import pytest
 import trio
 
-from cluster.bridge import GrpcServer, GrpcService, peer_token
+from cluster.bridge import GrpcServer, GrpcService
+from cluster.peerauth import PeerKeys, sign
 from node.grpcapi.convert import from_json, to_json
 from node.grpcapi.errors import DETAILS_KEY, REASON_KEY
 from node.grpcapi.rpcs import RPCS
@@ -25,7 +26,7 @@ from node.http.server import ApiError, Request, Response, Router
 from proto.raftchat.peer.v1 import peer_pb2, peer_pb2_grpc
 from proto.raftchat.v1 import api_pb2, api_pb2_grpc
 
-TOKEN = peer_token("cluster-secret")
+KEYS = PeerKeys.of("cluster-secret")
 
 # ---- conversion --------------------------------------------------------------------------------
 
@@ -119,7 +120,7 @@ def fake_http(routes: dict[tuple[str, str], Callable[[Request], Any]]) -> Router
 
 @asynccontextmanager
 async def serving(http: Router) -> AsyncIterator[str]:
-    """The public API (over ``http``) next to a Peer service that requires TOKEN."""
+    """The public API (over ``http``) next to a Peer service that requires KEYS."""
     api = PublicApi(LiveFeed())
     api.attach(http, cast(ApiContext, None))
 
@@ -128,7 +129,7 @@ async def serving(http: Router) -> AsyncIterator[str]:
 
     server = GrpcServer(
         bind="127.0.0.1:0",
-        auth_token=TOKEN,
+        peer_auth=KEYS,
         add_to_server=peer_pb2_grpc.add_PeerServicer_to_server,
         servicer_base=peer_pb2_grpc.PeerServicer,
         handlers={"Online": online},
@@ -229,7 +230,7 @@ def test_deadline_cancels_the_handler_and_answers_deadline_exceeded() -> None:
     trio.run(main)
 
 
-def test_public_services_need_no_token_and_the_peer_service_still_does() -> None:
+def test_public_services_need_no_credential_and_the_peer_service_still_does() -> None:
     async def status(req: Request) -> Response:
         return Response(200, {"node_id": 7})
 
@@ -243,8 +244,10 @@ def test_public_services_need_no_token_and_the_peer_service_still_does() -> None
                     peer = peer_pb2_grpc.PeerStub(channel)
                     e: Any = rpc_error(lambda: peer.Online(peer_pb2.OnlineRequest(), timeout=5))
                     assert e.code() == grpc.StatusCode.UNAUTHENTICATED
-                    meta = (("x-raftchat-peer", TOKEN),)
-                    peer.Online(peer_pb2.OnlineRequest(), timeout=5, metadata=meta)
+                    path = "/raftchat.peer.v1.Peer/Online"
+                    body = peer_pb2.OnlineRequest().SerializeToString()
+                    online = channel.unary_unary(path)
+                    online(body, timeout=5, metadata=(("x-raftchat-peer", sign(KEYS, path, body)),))
 
             await call_in_thread(calls)
 
@@ -268,7 +271,7 @@ def stream_server(
     )
     return GrpcServer(
         bind="127.0.0.1:0",
-        auth_token=TOKEN,
+        peer_auth=KEYS,
         add_to_server=peer_pb2_grpc.add_PeerServicer_to_server,
         servicer_base=peer_pb2_grpc.PeerServicer,
         handlers={},

@@ -200,6 +200,7 @@ def test_wrong_type_in_environment(name: str, value: str, key: str) -> None:
         ({"RAFTCHAT_HTTP_PORT": "70000"}, "http.port"),
         ({"RAFTCHAT_GATEWAY_AUTH_TIMEOUT_S": "0"}, "timeout"),
         ({"RAFTCHAT_GATEWAY_IDLE_TIMEOUT_S": "-1"}, "timeout"),
+        ({"RAFTCHAT_CLUSTER_PASSWORD_ACCEPTED": "old"}, "cluster.password_accepted"),
     ],
 )
 def test_validation(env: dict[str, str], key: str) -> None:

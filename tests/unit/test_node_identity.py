@@ -219,3 +219,42 @@ def test_the_default_data_directory_is_not_where_make_run_keeps_its_nodes() -> N
         path = load_config(None, env={"RAFTCHAT_NODE_ID": str(node_id)}).node.data_path()
         assert path == Path(f"raftchat-data/node{node_id}")
         assert path.parts[0] != "data"
+
+
+def changing(cfg: Config, accepted: str) -> Config:
+    cfg.cluster.password_accepted = accepted
+    return cfg
+
+
+def test_an_initial_member_keeps_its_directory_through_a_password_change(tmp_path: Path) -> None:
+    """The three rolling restarts of docs/operations.md: (old, accepting new), (new, accepting
+    old), (new alone). The cluster id stays the one the first password gave."""
+    first = reopen(member(tmp_path, password="old")).identity
+    one = reopen(changing(member(tmp_path, password="old"), "new")).identity
+    two = reopen(changing(member(tmp_path, password="new"), "old")).identity
+    three = reopen(member(tmp_path, password="new")).identity
+    assert first.cluster_id == one.cluster_id == two.cluster_id == three.cluster_id
+    assert three.password_check == two.password_check != first.password_check
+    assert three.members == MEMBERS
+    # A third password does not open it, nor do other members. (The old one still would, as
+    # the one its id came from; such a node is refused by its peers, so it runs alone.)
+    assert "describe another cluster" in refusal(member(tmp_path, password="third"))
+    other_members = "1@127.0.0.11,2@127.0.0.22,3@127.0.0.23"
+    refused_members = refusal(member(tmp_path, password="new", nodes=other_members))
+    assert "describe another cluster" in refused_members
+
+
+def test_a_new_password_alone_is_refused_with_a_hint(tmp_path: Path) -> None:
+    reopen(member(tmp_path, password="old"))
+    assert "cluster.password_accepted must hold the old one" in refusal(
+        member(tmp_path, password="new")
+    )
+
+
+def test_a_joined_node_keeps_its_directory_through_a_password_change(tmp_path: Path) -> None:
+    opened = open_dir(joiner(tmp_path, password="old"))
+    opened.joined("c0ffee0123456789", "old")
+    opened._lock.close()
+    reopen(changing(joiner(tmp_path, password="new"), "old"))
+    assert reopen(joiner(tmp_path, password="new")).identity.cluster_id == "c0ffee0123456789"
+    assert "whose password is not cluster.password" in refusal(joiner(tmp_path, password="old"))

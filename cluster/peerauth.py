@@ -1,0 +1,220 @@
+"""The peer credential: a MAC per call over method, time, nonce and body, that cannot be replayed.
+
+Every call of the peer service carries one metadata value under ``METADATA_KEY``::
+
+    v1.<unix time in ms>.<nonce: 16 random bytes, hex>.<HMAC-SHA256, hex>
+
+with the MAC, under a key derived from the cluster password, over the method's full path
+(``/raftchat.peer.v1.Peer/Deliver``), the time, the nonce and the SHA-256 of the request's bytes
+as they travelled. The receiver accepts a call when
+
+1. the MAC is right under one of its keys (constant-time comparison), so the call comes from a
+   holder of the password and neither method nor body was changed on the way;
+2. the time is within ``WINDOW_S`` of its own clock, so a captured call is worthless once the
+   window has passed (the nodes' clocks must agree to well within the window: NTP);
+3. the nonce is not among those it has accepted within the window, so a captured call cannot
+   be played again while it is fresh either.
+
+Only calls that passed 1 and 2 enter the nonce memory, so nobody without the password can
+grow it. It is bounded all the same (``MAX_NONCES``): beyond that, the oldest entries go, and
+the node from then on refuses calls stamped no later than the newest time it has forgotten,
+since it could no longer tell their replays. Under a flood of genuine calls the window that is
+honoured shrinks instead of the memory growing; at the limit's default a node would need more
+than ~8,700 calls per second, sustained, before a call less than half a minute old is refused.
+
+The key: the password is stretched once (PBKDF2, as for the Raft frames, so that testing a
+guessed password against a captured call costs as much as against a captured frame), then
+HKDF gives a key for this purpose only. A second, *accepted* password (``cluster.
+password_accepted``) is checked too but never signs: that is how the password changes on a
+running cluster (``docs/operations.md``).
+
+Pure functions plus one stateful class (``PeerVerifier``, the nonce memory), with the clock
+passed in for tests. The verifier is not thread-safe: the gRPC server uses it from its asyncio
+thread only.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+METADATA_KEY = "x-raftchat-peer"
+VERSION = "v1"
+WINDOW_S = 30.0
+"""How far a call's time may be from the receiver's clock, either way."""
+MAX_NONCES = 1 << 18
+"""Nonces remembered at most (~40 MB at worst; measured in ``tests/unit/test_peerauth.py``)."""
+NONCE_BYTES = 16
+_STRETCH_SALT = b"raftchat peer calls v1"
+_STRETCH_ROUNDS = 100_000
+_HKDF_INFO = b"raftchat peer call MAC v1"
+
+
+@functools.lru_cache(maxsize=8)
+def peer_key(password: str) -> bytes:
+    """The MAC key of ``password`` (the slow part runs once per process and password)."""
+    stretched = hashlib.pbkdf2_hmac("sha256", password.encode(), _STRETCH_SALT, _STRETCH_ROUNDS)
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO)
+    return hkdf.derive(stretched)
+
+
+@dataclass(frozen=True)
+class PeerKeys:
+    """The keys of one node: it signs with ``signing`` and accepts calls under any of ``keys``."""
+
+    signing: bytes
+    keys: tuple[bytes, ...]
+
+    @classmethod
+    def of(cls, password: str, accepted: Sequence[str] = ()) -> PeerKeys:
+        if not password:
+            raise ValueError("the peer credential needs a password")
+        key = peer_key(password)
+        others = tuple(peer_key(p) for p in accepted if p and p != password)
+        return cls(key, (key, *others))
+
+
+def body_digest(body: bytes) -> bytes:
+    return hashlib.sha256(body).digest()
+
+
+def mac(key: bytes, method: str, time_ms: int, nonce_hex: str, digest: bytes) -> str:
+    """The MAC of one call. Every field but the digest is ASCII without the separator."""
+    signed = f"{VERSION}\n{method}\n{time_ms}\n{nonce_hex}\n".encode() + digest
+    return hmac.digest(key, signed, "sha256").hex()
+
+
+def sign(
+    keys: PeerKeys,
+    method: str,
+    body: bytes,
+    now: float | None = None,
+    nonce: bytes | None = None,
+) -> str:
+    """The metadata value for a call of ``method`` whose request is exactly ``body``."""
+    time_ms = int((time.time() if now is None else now) * 1000)
+    nonce_hex = (secrets.token_bytes(NONCE_BYTES) if nonce is None else nonce).hex()
+    tag = mac(keys.signing, method, time_ms, nonce_hex, body_digest(body))
+    return f"{VERSION}.{time_ms}.{nonce_hex}.{tag}"
+
+
+@dataclass(frozen=True)
+class Credential:
+    time_ms: int
+    nonce: bytes
+    nonce_hex: str
+    tag: str
+
+
+def parse(value: str) -> Credential | None:
+    """The fields of a metadata value; None when it is not one."""
+    parts = value.split(".")
+    if len(parts) != 4 or parts[0] != VERSION:
+        return None
+    _, time_text, nonce_hex, tag = parts
+    if not (time_text.isascii() and time_text.isdigit() and len(time_text) <= 15):
+        return None
+    if len(nonce_hex) != 2 * NONCE_BYTES or len(tag) != 64:
+        return None
+    try:
+        nonce = bytes.fromhex(nonce_hex)
+        bytes.fromhex(tag)
+    except ValueError:
+        return None
+    return Credential(int(time_text), nonce, nonce_hex.lower(), tag.lower())
+
+
+def mac_matches(keys: PeerKeys, method: str, cred: Credential, digest: bytes) -> bool:
+    """Whether the MAC is right under any of the keys (each compared in constant time)."""
+    ok = False
+    for key in keys.keys:
+        expected = mac(key, method, cred.time_ms, cred.nonce_hex, digest)
+        ok |= hmac.compare_digest(expected, cred.tag)
+    return ok
+
+
+class NonceMemory:
+    """The nonces of accepted calls until their time has left the window, at most ``limit``.
+
+    Entries are kept in the order they were accepted; each expires at its call's time plus the
+    window. Clocks of nodes agree closely, so that order is nearly the order of expiry, and the
+    front is swept on every insertion. When the memory is full, the front entry goes early and
+    ``horizon`` (the newest call time forgotten this way) rises: a call stamped no later than
+    that can no longer be told from a replay and is refused."""
+
+    def __init__(self, window_ms: int, limit: int = MAX_NONCES) -> None:
+        self.window_ms = window_ms
+        self.limit = limit
+        self._entries: dict[bytes, int] = {}  # nonce -> the call's time (ms)
+        self.horizon_ms = -1
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def remember(self, nonce: bytes, time_ms: int, now_ms: int) -> str | None:
+        """Record an authenticated, fresh call's nonce; the problem if it must be refused."""
+        if time_ms <= self.horizon_ms:
+            return "too old for this node's nonce memory (a flood of calls)"
+        if nonce in self._entries:
+            return "replayed call (nonce already seen)"
+        entries = self._entries
+        while entries:
+            oldest = next(iter(entries))
+            expired = entries[oldest] + self.window_ms < now_ms
+            if not expired and len(entries) < self.limit:
+                break
+            if not expired:
+                self.horizon_ms = max(self.horizon_ms, entries[oldest])
+            del entries[oldest]
+        entries[nonce] = time_ms
+        return None
+
+
+class PeerVerifier:
+    """Checks the peer credential of incoming calls, with its own nonce memory."""
+
+    def __init__(
+        self,
+        keys: PeerKeys,
+        *,
+        window_s: float = WINDOW_S,
+        max_nonces: int = MAX_NONCES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.keys = keys
+        self.window_ms = int(window_s * 1000)
+        self.nonces = NonceMemory(self.window_ms, max_nonces)
+        self._clock = clock
+
+    def verify(self, method: str, value: str | bytes | None, digest: bytes) -> str | None:
+        """None when the call may pass, else why not (for the log; the caller learns only
+        UNAUTHENTICATED)."""
+        if value is None:
+            return "no peer credential"
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("ascii")
+            except UnicodeDecodeError:
+                return "malformed peer credential"
+        cred = parse(value)
+        if cred is None:
+            return "malformed peer credential"
+        if not mac_matches(self.keys, method, cred, digest):
+            return "wrong peer credential (another password, or method or body altered)"
+        now_ms = int(self._clock() * 1000)
+        skew_ms = cred.time_ms - now_ms
+        if abs(skew_ms) > self.window_ms:
+            direction = "ahead of" if skew_ms > 0 else "behind"
+            return (
+                f"call time {abs(skew_ms) / 1000:.1f} s {direction} this node's clock, outside "
+                f"the {self.window_ms / 1000:g} s window (a replay, or clocks not in sync)"
+            )
+        return self.nonces.remember(cred.nonce, cred.time_ms, now_ms)

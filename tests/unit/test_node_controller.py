@@ -1,0 +1,205 @@
+"""Membership decisions of the controller (``node/controller.py``) on a real controller state
+machine and store, with the Raft group and the admin calls to other nodes faked: a refused or
+failed join changes nothing, leaves cannot take the cluster below its replicas together, a
+forced leave is logged, and a controller voter the map does not list is removed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from cluster.placement import NodeAddress, Placement, initial_placement
+from node.admin import AdminError
+from node.controller import Controller, ControllerMachine
+from node.storage import Store
+from proto.raftchat.peer.v1 import peer_pb2 as pb
+
+HOSTS = {1: "10.0.0.1", 2: "10.0.0.2", 3: "10.0.0.3", 4: "10.0.0.4"}
+
+
+class FakeGroup:
+    """The controller group as the leader sees it: a proposal is applied at once, after a
+    checkpoint (as a real proposal waits for Raft), in proposal order."""
+
+    def __init__(self, machine: ControllerMachine) -> None:
+        self.machine = machine
+        self.index = 0
+
+    async def propose(self, command: pb.Command, _timeout_s: float) -> bytes:
+        await trio.sleep(0)
+        self.index += 1
+        return self.machine.apply(self.index, command.SerializeToString())
+
+    def is_leader(self) -> bool:
+        return True
+
+
+class FakeAdmin:
+    """Admin calls to nodes: recorded; a Raft change can be made to fail."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, dict[str, Any]]] = []
+        self.fail_changes = False
+        self.strangers: list[str] = []
+
+    async def __call__(self, node_id: int, request: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append((node_id, request))
+        await trio.sleep(0)
+        if request["op"] == "change_members":
+            if self.fail_changes:
+                raise AdminError(f"node {node_id}: membership change of group 0 failed (timeout)")
+            if request.get("remove_address") in self.strangers:
+                self.strangers.remove(request["remove_address"])
+        if request["op"] == "group_status":
+            return {"members": [], "strangers": list(self.strangers)}
+        return {"ok": True}
+
+    def changes(self) -> list[dict[str, Any]]:
+        return [r for _, r in self.calls if r["op"] == "change_members"]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "db")
+    yield s
+    s.close()
+
+
+def controller(store: Store, members: int, admin: FakeAdmin) -> Controller:
+    nodes = [NodeAddress(n, HOSTS[n]) for n in range(1, members + 1)]
+    machine = ControllerMachine(store, initial_placement(nodes, 8, 3))
+    return Controller(1, FakeGroup(machine), machine, 3, admin, 3.0)  # type: ignore[arg-type]
+
+
+def snapshot(c: Controller) -> tuple[int, dict[int, str], list[int]]:
+    p: Placement = c.placement()
+    return p.version, dict(p.nodes), list(p.leaving)
+
+
+def test_a_join_whose_raft_change_fails_leaves_the_map_as_it_was(store: Store) -> None:
+    """The member was recorded before its voter was added: when that failed (the HTTP route
+    answered 409), the map kept the node anyway."""
+    admin = FakeAdmin()
+    c = controller(store, 3, admin)
+    before = snapshot(c)
+    admin.fail_changes = True
+
+    async def main() -> None:
+        with pytest.raises(AdminError):
+            await c.join(9, "10.0.0.9")
+
+    trio.run(main)
+    assert snapshot(c) == before
+
+
+@pytest.mark.parametrize(
+    ("node_id", "host", "why"),
+    [
+        (1, "10.0.0.99", "already a member at 10.0.0.1"),  # a member's id, another address
+        (9, "10.0.0.2", "10.0.0.2 is the address of member 2"),  # another member's address
+        (9, "0.0.0.0", "wildcard"),
+        (9, "::", "wildcard"),
+        (9, "224.0.0.1", "multicast"),
+        (9, "255.255.255.255", "broadcast"),
+        (9, "not a host", "neither an IP address nor a DNS name"),
+        (9, "", "IP address or a DNS name"),
+    ],
+)
+def test_a_refused_join_changes_nothing(store: Store, node_id: int, host: str, why: str) -> None:
+    admin = FakeAdmin()
+    c = controller(store, 3, admin)
+    before = snapshot(c)
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match=why):
+            await c.join(node_id, host)
+
+    trio.run(main)
+    assert snapshot(c) == before
+    assert admin.changes() == []  # no voter was added either
+
+
+def test_a_join_adds_the_voter_first_then_records_and_answers_again_alike(store: Store) -> None:
+    admin = FakeAdmin()
+    c = controller(store, 3, admin)
+
+    async def main() -> None:
+        first = await c.join(4, "10.0.0.4")
+        again = await c.join(4, "10.0.0.4")  # its answer was lost: it asks again
+        assert first.nodes == again.nodes == {**{n: HOSTS[n] for n in (1, 2, 3)}, 4: "10.0.0.4"}
+        assert first.version == again.version
+
+    trio.run(main)
+    add = {"op": "change_members", "group": 0, "add": 4, "host": "10.0.0.4"}
+    assert admin.changes() == [add, add]
+
+
+def test_leaves_at_the_same_time_cannot_take_the_cluster_below_its_replicas(
+    store: Store,
+) -> None:
+    """Four members, replicas 3: one of two simultaneous leaves may pass, not both (each read
+    the map before the other had changed it)."""
+    admin = FakeAdmin()
+    c = controller(store, 4, admin)
+    outcomes: dict[int, str] = {}
+
+    async def leave(node: int) -> None:
+        try:
+            await c.leave(node)
+            outcomes[node] = "ok"
+        except ValueError as e:
+            outcomes[node] = str(e)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(leave, 3)
+            nursery.start_soon(leave, 4)
+
+    trio.run(main)
+    refusals = [v for v in outcomes.values() if v != "ok"]
+    assert len(outcomes) == 2 and len(refusals) == 1
+    assert "cluster.replicas = 3" in refusals[0]
+    assert len(c.placement().leaving) == 1
+
+
+def test_a_forced_leave_goes_below_the_replicas_is_logged_and_never_takes_the_last_member(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = FakeAdmin()
+    c = controller(store, 3, admin)
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match=r"cluster\.replicas"):
+            await c.leave(3)
+        with caplog.at_level(logging.WARNING, logger="raftchat.controller"):
+            await c.leave(3, force=True)
+        await c.leave(2, force=True)
+        with pytest.raises(ValueError, match="last member"):
+            await c.leave(1, force=True)
+        with pytest.raises(ValueError, match="node 9 is not a member"):
+            await c.leave(9, force=True)
+
+    trio.run(main)
+    assert sorted(c.placement().leaving) == [2, 3]
+    forced = [r for r in caplog.records if "by force" in r.getMessage()]
+    assert forced and forced[0].levelno == logging.WARNING
+
+
+def test_a_controller_voter_the_map_does_not_list_is_removed(store: Store) -> None:
+    admin = FakeAdmin()
+    admin.strangers = ["10.0.0.9:12000"]
+    c = controller(store, 3, admin)
+
+    async def main() -> None:
+        await c._remove_strangers()
+
+    trio.run(main)
+    assert admin.strangers == []
+    assert {"op": "change_members", "group": 0, "remove_address": "10.0.0.9:12000"} in (
+        admin.changes()
+    )
