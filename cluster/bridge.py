@@ -15,12 +15,13 @@ grpcio has no trio support, so this module bridges the two (measured in stack-fi
   300 sends/s in the bench was starting those threads.
 
 One server hosts several services on one port, each with its own authentication: a peer signs
-each call with the cluster password (``cluster/peerauth.py``: a MAC over method, time, nonce
-and the request's bytes, which cannot be replayed), the public API (``raftchat.v1``) needs
-none. A call that fails the check ends alone, UNAUTHENTICATED (the connection and other calls
-carry on), and is logged at most once per peer address and ``AUTH_LOG_INTERVAL_S``
-(``cluster/ratelog.py``). The client serializes a request once and signs and sends those very
-bytes; the server hashes the bytes it received before decoding them.
+each call with the cluster password (``cluster/peerauth.py``: a MAC over method, recipient,
+time, nonce and the request's bytes, which cannot be replayed), the public API
+(``raftchat.v1``) needs none. A call that fails the check ends alone, UNAUTHENTICATED (the
+connection and other calls carry on), and is logged at most once per peer address and
+``AUTH_LOG_INTERVAL_S`` (``cluster/ratelog.py``). The client serializes a request once and
+signs and sends those very bytes; the server hashes the bytes it received before decoding
+them.
 
 Server-streaming RPCs are bridged too: the trio handler ``emit``s items, which the asyncio side
 yields, with a small window of credits so that a slow client holds back its producer instead of
@@ -46,7 +47,14 @@ import trio
 from google.protobuf.message import DecodeError
 
 from cluster.listen import ListenError, bind_problem
-from cluster.peerauth import METADATA_KEY, PeerKeys, PeerVerifier, body_digest, sign
+from cluster.peerauth import (
+    METADATA_KEY,
+    PeerKeys,
+    PeerVerifier,
+    body_digest,
+    recipient_of,
+    sign,
+)
 from cluster.ratelog import RateLimitedLog
 
 log = logging.getLogger("raftchat.bridge")
@@ -103,6 +111,8 @@ _CLIENT_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
 ]
 
+
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 
 AUTH_LOG_INTERVAL_S = 10.0
 """Calls refused for their peer credential are logged at most once per peer address this
@@ -350,7 +360,11 @@ class GrpcServer:
             service.check()
             if service.peer_auth not in (None, peer_auth):
                 raise ValueError("every signed service of a server has the server's peer keys")
-        self.peer_verifier = PeerVerifier(peer_auth) if peer_auth is not None else None
+        # A call must name this server's host as its recipient (cluster/peerauth.py), unless
+        # it listens on the wildcard address and cannot tell which of its hosts was dialled.
+        host = recipient_of(bind)
+        names = () if host in _WILDCARDS else (host,)
+        self.peer_verifier = PeerVerifier(peer_auth, names=names) if peer_auth is not None else None
         """One nonce memory for the whole port (replaceable before ``serving``, for tests)."""
         self.bind = bind
         self.what = what
@@ -694,13 +708,15 @@ class _SignedMethod:
     them as they are (re-serializing could give other bytes: protobuf is not canonical)."""
 
     def __init__(
-        self, path: str, serialize: Callable[[Any], bytes], raw: Any, keys: PeerKeys
+        self, path: str, serialize: Callable[[Any], bytes], raw: Any, keys: PeerKeys, to: str
     ) -> None:
         self._path, self._serialize, self._raw, self._keys = path, serialize, raw, keys
+        self._to = to
 
     def future(self, request: Any, timeout: float, metadata: Sequence[Any] = ()) -> Any:
         body = self._serialize(request)
-        signed = ((AUTH_METADATA_KEY, sign(self._keys, self._path, body)), *metadata)
+        value = sign(self._keys, self._path, body, to=self._to)
+        signed = ((AUTH_METADATA_KEY, value), *metadata)
         return self._raw.future(body, timeout=timeout, metadata=signed)
 
 
@@ -708,8 +724,8 @@ class _SigningChannel:
     """Stands in for the channel while a generated stub is built, so that each of its unary
     methods signs its calls (``_SignedMethod``); the peer service has no other kind."""
 
-    def __init__(self, channel: grpc.Channel, keys: PeerKeys) -> None:
-        self._channel, self._keys = channel, keys
+    def __init__(self, channel: grpc.Channel, keys: PeerKeys, to: str) -> None:
+        self._channel, self._keys, self._to = channel, keys, to
 
     def unary_unary(
         self,
@@ -721,7 +737,7 @@ class _SigningChannel:
         raw = self._channel.unary_unary(
             method, response_deserializer=response_deserializer, **kwargs
         )  # no request serializer: the request goes as the bytes that were signed
-        return _SignedMethod(method, request_serializer or bytes, raw, self._keys)
+        return _SignedMethod(method, request_serializer or bytes, raw, self._keys, self._to)
 
 
 class GrpcClient:
@@ -731,7 +747,8 @@ class GrpcClient:
         self.target = target
         self._channel = grpc.insecure_channel(target, options=_CLIENT_OPTIONS)
         self._pinned = _keep_spin_thread(self._channel)
-        signing = _SigningChannel(self._channel, peer_auth) if peer_auth else None
+        to = recipient_of(target)
+        signing = _SigningChannel(self._channel, peer_auth, to) if peer_auth else None
         self._stub = stub_class(signing or self._channel)
 
     async def call(self, method: str, request: Any, timeout_s: float) -> Any:

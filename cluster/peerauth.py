@@ -2,20 +2,27 @@
 
 Every call of the peer service carries one metadata value under ``METADATA_KEY``::
 
-    v1.<unix time in ms>.<nonce: 16 random bytes, hex>.<HMAC-SHA256, hex>
+    v1.<unix time in ms>.<nonce: 16 random bytes, hex>.<HMAC-SHA256, hex>.<recipient>
 
 with the MAC, under a key derived from the cluster password, over the method's full path
-(``/raftchat.peer.v1.Peer/Deliver``), the time, the nonce and the SHA-256 of the request's bytes
-as they travelled. The receiver accepts a call when
+(``/raftchat.peer.v1.Peer/Deliver``), the recipient (the host the caller dialled, as in the
+cluster map), the time, the nonce and the SHA-256 of the request's bytes as they travelled.
+The receiver accepts a call when
 
 1. the MAC is right under one of its keys (constant-time comparison), so the call comes from a
-   holder of the password and neither method nor body was changed on the way;
-2. the time is within ``WINDOW_S`` of its own clock, so a captured call is worthless once the
+   holder of the password and neither method, recipient nor body was changed on the way;
+2. the recipient is this node (one of the names it was given: its ``node.host``), so a call
+   captured on its way to one node cannot be played to another, whose nonce memory has never
+   seen it;
+3. the time is within ``WINDOW_S`` of its own clock, so a captured call is worthless once the
    window has passed (the nodes' clocks must agree to well within the window: NTP);
-3. the nonce is not among those it has accepted within the window, so a captured call cannot
+4. the nonce is not among those it has accepted within the window, so a captured call cannot
    be played again while it is fresh either.
 
-Only calls that passed 1 and 2 enter the nonce memory, so nobody without the password can
+One exception to 2: a loopback recipient matches a node on loopback, as in ``cluster/hosts.py``
+(nodes of one machine, ``raftchat dev`` and the tests; traffic there never crosses a network).
+
+Only calls that passed 1 to 3 enter the nonce memory, so nobody without the password can
 grow it. It is bounded all the same (``MAX_NONCES``): beyond that, the oldest entries go, and
 the node from then on refuses calls stamped no later than the newest time it has forgotten,
 since it could no longer tell their replays. Under a flood of genuine calls the window that is
@@ -38,9 +45,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
@@ -53,6 +61,7 @@ WINDOW_S = 30.0
 MAX_NONCES = 1 << 18
 """Nonces remembered at most (~40 MB at worst; measured in ``tests/unit/test_peerauth.py``)."""
 NONCE_BYTES = 16
+MAX_RECIPIENT = 255
 _STRETCH_SALT = b"raftchat peer calls v1"
 _STRETCH_ROUNDS = 100_000
 _HKDF_INFO = b"raftchat peer call MAC v1"
@@ -86,9 +95,28 @@ def body_digest(body: bytes) -> bytes:
     return hashlib.sha256(body).digest()
 
 
-def mac(key: bytes, method: str, time_ms: int, nonce_hex: str, digest: bytes) -> str:
-    """The MAC of one call. Every field but the digest is ASCII without the separator."""
-    signed = f"{VERSION}\n{method}\n{time_ms}\n{nonce_hex}\n".encode() + digest
+def recipient_of(target: str) -> str:
+    """The recipient a call to ``target`` ("host:port", IPv6 in brackets) names: its host,
+    lower case, without brackets."""
+    host = target.rsplit(":", 1)[0] if ":" in target else target
+    return host.strip("[]").lower()
+
+
+def _same_recipient(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        ip_a, ip_b = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    except ValueError:
+        return False
+    return ip_a == ip_b or (ip_a.is_loopback and ip_b.is_loopback)
+
+
+def mac(
+    key: bytes, method: str, recipient: str, time_ms: int, nonce_hex: str, digest: bytes
+) -> str:
+    """The MAC of one call. Every field but the digest is ASCII without a line break."""
+    signed = f"{VERSION}\n{method}\n{recipient}\n{time_ms}\n{nonce_hex}\n".encode() + digest
     return hmac.digest(key, signed, "sha256").hex()
 
 
@@ -96,14 +124,19 @@ def sign(
     keys: PeerKeys,
     method: str,
     body: bytes,
+    *,
+    to: str,
     now: float | None = None,
     nonce: bytes | None = None,
 ) -> str:
-    """The metadata value for a call of ``method`` whose request is exactly ``body``."""
+    """The metadata value for a call of ``method`` to ``to`` (``recipient_of`` the target)
+    whose request is exactly ``body``."""
+    if not to or len(to) > MAX_RECIPIENT or not to.isascii() or not to.isprintable():
+        raise ValueError(f"not a recipient: {to!r}")
     time_ms = int((time.time() if now is None else now) * 1000)
     nonce_hex = (secrets.token_bytes(NONCE_BYTES) if nonce is None else nonce).hex()
-    tag = mac(keys.signing, method, time_ms, nonce_hex, body_digest(body))
-    return f"{VERSION}.{time_ms}.{nonce_hex}.{tag}"
+    tag = mac(keys.signing, method, to, time_ms, nonce_hex, body_digest(body))
+    return f"{VERSION}.{time_ms}.{nonce_hex}.{tag}.{to}"
 
 
 @dataclass(frozen=True)
@@ -112,15 +145,20 @@ class Credential:
     nonce: bytes
     nonce_hex: str
     tag: str
+    recipient: str
 
 
 def parse(value: str) -> Credential | None:
     """The fields of a metadata value; None when it is not one."""
-    parts = value.split(".")
-    if len(parts) != 4 or parts[0] != VERSION:
+    parts = value.split(".", 4)  # the recipient, last, may hold dots
+    if len(parts) != 5 or parts[0] != VERSION:
         return None
-    _, time_text, nonce_hex, tag = parts
+    _, time_text, nonce_hex, tag, recipient = parts
     if not (time_text.isascii() and time_text.isdigit() and len(time_text) <= 15):
+        return None
+    if not (0 < len(recipient) <= MAX_RECIPIENT and recipient.isascii()):
+        return None
+    if not recipient.isprintable():
         return None
     if len(nonce_hex) != 2 * NONCE_BYTES or len(tag) != 64:
         return None
@@ -129,14 +167,14 @@ def parse(value: str) -> Credential | None:
         bytes.fromhex(tag)
     except ValueError:
         return None
-    return Credential(int(time_text), nonce, nonce_hex.lower(), tag.lower())
+    return Credential(int(time_text), nonce, nonce_hex.lower(), tag.lower(), recipient)
 
 
 def mac_matches(keys: PeerKeys, method: str, cred: Credential, digest: bytes) -> bool:
     """Whether the MAC is right under any of the keys (each compared in constant time)."""
     ok = False
     for key in keys.keys:
-        expected = mac(key, method, cred.time_ms, cred.nonce_hex, digest)
+        expected = mac(key, method, cred.recipient, cred.time_ms, cred.nonce_hex, digest)
         ok |= hmac.compare_digest(expected, cred.tag)
     return ok
 
@@ -179,17 +217,22 @@ class NonceMemory:
 
 
 class PeerVerifier:
-    """Checks the peer credential of incoming calls, with its own nonce memory."""
+    """Checks the peer credential of incoming calls, with its own nonce memory.
+
+    ``names``: the recipients this node answers to (its host); empty only for a server bound to
+    the wildcard address, which cannot tell, and then accepts any recipient."""
 
     def __init__(
         self,
         keys: PeerKeys,
         *,
+        names: Collection[str] = (),
         window_s: float = WINDOW_S,
         max_nonces: int = MAX_NONCES,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.keys = keys
+        self.names = tuple(recipient_of(f"{n}:0") for n in names)
         self.window_ms = int(window_s * 1000)
         self.nonces = NonceMemory(self.window_ms, max_nonces)
         self._clock = clock
@@ -209,6 +252,8 @@ class PeerVerifier:
             return "malformed peer credential"
         if not mac_matches(self.keys, method, cred, digest):
             return "wrong peer credential (another password, or method or body altered)"
+        if self.names and not any(_same_recipient(cred.recipient, n) for n in self.names):
+            return f"call addressed to {cred.recipient}, not this node ({', '.join(self.names)})"
         now_ms = int(self._clock() * 1000)
         skew_ms = cred.time_ms - now_ms
         if abs(skew_ms) > self.window_ms:

@@ -262,8 +262,11 @@ def test_a_source_gets_a_few_unauthenticated_connections_for_a_short_while(
 ONLINE = "/raftchat.peer.v1.Peer/Online"
 
 
-def signed(keys: PeerKeys, path: str, body: bytes, **kw: Any) -> tuple[tuple[str, str], ...]:
-    return ((AUTH_METADATA_KEY, sign(keys, path, body, **kw)),)
+def signed(
+    keys: PeerKeys, path: str, body: bytes, to: str, **kw: Any
+) -> tuple[tuple[str, str], ...]:
+    """The metadata of a call of ``path`` with ``body`` to host ``to``, as a peer signs it."""
+    return ((AUTH_METADATA_KEY, sign(keys, path, body, to=to, **kw)),)
 
 
 def raw_call(address: str, path: str, body: bytes, metadata: Any) -> grpc.StatusCode:
@@ -282,12 +285,15 @@ def test_peer_grpc_refuses_a_wrong_credential_and_logs_it_once(cluster: Cluster)
     with grpc.insecure_channel(f"{host}:11110") as channel:
         online = channel.unary_unary(ONLINE)
         # Another password; the static token of earlier versions; nothing.
-        for metadata in [signed(wrong, ONLINE, body)] * 20 + [((AUTH_METADATA_KEY, "5" * 64),), ()]:
+        for metadata in [signed(wrong, ONLINE, body, host)] * 20 + [
+            ((AUTH_METADATA_KEY, "5" * 64),),
+            (),
+        ]:
             with pytest.raises(grpc.RpcError) as info:
                 online(body, metadata=metadata, timeout=5)
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
         # only those calls ended: the same connection serves a call signed with the password
-        online(body, metadata=signed(PeerKeys.of(PASSWORD), ONLINE, body), timeout=5)
+        online(body, metadata=signed(PeerKeys.of(PASSWORD), ONLINE, body, host), timeout=5)
     lines = log_lines(cluster, 1, "peer gRPC: refused Online from")
     assert len(lines) == 1, lines
     assert "wrong peer credential" in lines[0]
@@ -297,14 +303,14 @@ class Tap:
     """A man in the middle between a member and a node: records each call's path, bytes and
     peer credential and passes it on unchanged."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, host: str = "127.0.0.1", port: int = 0) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self.captured: list[tuple[str, bytes, Any]] = []
         self._upstream = grpc.insecure_channel(target)
         self.server = grpc.server(ThreadPoolExecutor(max_workers=4))
         self.server.add_generic_rpc_handlers((self,))
-        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.address = f"{host}:{self.server.add_insecure_port(f'{host}:{port}')}"
         self.server.start()
 
     def service(self, details: Any) -> grpc.RpcMethodHandler:
@@ -312,7 +318,9 @@ class Tap:
             md = tuple((k, v) for k, v in details.invocation_metadata if k == AUTH_METADATA_KEY)
             self.captured.append((details.method, body, md))
             try:
-                return self._upstream.unary_unary(details.method)(body, metadata=md, timeout=5)  # type: ignore[no-any-return]
+                call = self._upstream.unary_unary(details.method)
+                timeout = context.time_remaining() or 5.0  # the caller's deadline
+                return call(body, metadata=md, timeout=timeout)  # type: ignore[no-any-return]
             except grpc.RpcError as e:
                 context.abort(e.code(), e.details())  # type: ignore[attr-defined]
                 raise
@@ -349,10 +357,13 @@ def test_a_captured_peer_call_replayed_is_refused(cluster: Cluster) -> None:
     assert raw_call(target, path, altered, metadata) == grpc.StatusCode.UNAUTHENTICATED
     # The same call as captured after the window: its time is 31 s old (signed so here rather
     # than waiting half a minute).
-    stale = signed(keys, path, body, now=time.time() - 31)
+    stale = signed(keys, path, body, cluster.hosts[2], now=time.time() - 31)
     assert raw_call(target, path, body, stale) == grpc.StatusCode.UNAUTHENTICATED
     # A fresh call of a member passes, and the node logged the replay.
-    assert raw_call(target, path, body, signed(keys, path, body)) == grpc.StatusCode.OK
+    assert (
+        raw_call(target, path, body, signed(keys, path, body, cluster.hosts[2]))
+        == grpc.StatusCode.OK
+    )
     lines = log_lines(cluster, 2, "peer gRPC: refused Online from")
     assert lines and "replayed call (nonce already seen)" in lines[0], lines
     with pytest.raises(GrpcCallError):  # nothing reaches a node unsigned through the bridge
@@ -461,7 +472,9 @@ def test_a_lone_node_without_a_password_serves_its_peer_service_to_nobody(
             stub = pb_grpc.PeerStub(channel)
             request = pb.ForwardSendsRequest(group=1, items=[item])
             path = "/raftchat.peer.v1.Peer/ForwardSends"
-            guess = signed(PeerKeys.of("guess"), path, request.SerializeToString())
+            guess = signed(
+                PeerKeys.of("guess"), path, request.SerializeToString(), host.rsplit(":", 1)[0]
+            )
             for metadata in (None, guess):
                 with pytest.raises(grpc.RpcError) as info:
                     stub.ForwardSends(request, timeout=5, metadata=metadata)

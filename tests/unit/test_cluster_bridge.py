@@ -37,7 +37,7 @@ KICK = "/raftchat.peer.v1.Peer/Kick"
 
 def signed(path: str, body: bytes, keys: PeerKeys = KEYS) -> tuple[tuple[str, str], ...]:
     """The metadata of a call of ``path`` with exactly ``body``, as a peer would send it."""
-    return ((AUTH_METADATA_KEY, sign(keys, path, body)),)
+    return ((AUTH_METADATA_KEY, sign(keys, path, body, to="127.0.0.1")),)
 
 
 Handlers = Mapping[str, Callable[[Any], Awaitable[Any]]]
@@ -712,6 +712,38 @@ def test_a_captured_call_replayed_is_refused_within_the_window_and_after_it() ->
     assert lines[1].startswith("4 more from 127.0.0.1 in the last 10 s, the last: ")
     assert "behind this node's clock, outside the 30 s window" in lines[1]
     assert len(lines) == 2
+
+
+def test_a_call_signed_for_another_node_is_refused() -> None:
+    """The server names its bound host as the only recipient it answers to: a call that was
+    signed for another node (captured on its way there) is refused, though its credential
+    is otherwise fresh and right; one signed for this host passes."""
+    kicked: list[str] = []
+
+    async def kick(req: pb.KickRequest) -> pb.KickReply:
+        kicked.append(req.uid)
+        return pb.KickReply(kicked=1)
+
+    body = pb.KickRequest(uid="u").SerializeToString()
+
+    async def main() -> None:
+        server = make_server({"Kick": kick})
+        async with server.serving():
+            assert server.peer_verifier is not None
+            assert server.peer_verifier.names == ("127.0.0.1",)
+
+            def calls() -> list[grpc.StatusCode]:
+                other = ((AUTH_METADATA_KEY, sign(KEYS, KICK, body, to="10.0.0.2")),)
+                return [
+                    replay(server.address, KICK, body, other),
+                    replay(server.address, KICK, body, signed(KICK, body)),
+                ]
+
+            codes = await trio.to_thread.run_sync(calls)
+        assert codes == [grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.OK]
+
+    trio.run(main)
+    assert kicked == ["u"]
 
 
 def test_a_handler_sees_the_address_its_call_came_from() -> None:

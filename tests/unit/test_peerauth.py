@@ -12,12 +12,15 @@ from cluster.peerauth import (
     body_digest,
     parse,
     peer_key,
+    recipient_of,
     sign,
 )
 
 KEYS = PeerKeys.of("cluster-secret")
 DELIVER = "/raftchat.peer.v1.Peer/Deliver"
 BODY = b"\x0a\x03abc"
+ME = "10.0.0.1"
+"""The node under test: calls to it name this recipient."""
 
 
 class Clock:
@@ -29,19 +32,19 @@ class Clock:
 
 
 def verifier(clock: Clock, keys: PeerKeys = KEYS, **kw: int) -> PeerVerifier:
-    return PeerVerifier(keys, clock=clock, **kw)  # type: ignore[arg-type]
+    return PeerVerifier(keys, names=[ME], clock=clock, **kw)  # type: ignore[arg-type]
 
 
 def test_a_signed_call_passes_once() -> None:
     clock = Clock()
     v = verifier(clock)
-    value = sign(KEYS, DELIVER, BODY, now=clock.now)
+    value = sign(KEYS, DELIVER, BODY, to=ME, now=clock.now)
     assert v.verify(DELIVER, value, body_digest(BODY)) is None
     # The same metadata again, a second later: a replay within the window.
     clock.now += 1
     assert v.verify(DELIVER, value, body_digest(BODY)) == "replayed call (nonce already seen)"
     # Bytes as gRPC hands them over pass too.
-    fresh = sign(KEYS, DELIVER, BODY, now=clock.now)
+    fresh = sign(KEYS, DELIVER, BODY, to=ME, now=clock.now)
     assert v.verify(DELIVER, fresh.encode(), body_digest(BODY)) is None
 
 
@@ -49,7 +52,7 @@ def test_a_signed_call_passes_once() -> None:
 def test_a_call_outside_the_window_is_refused_and_remembers_nothing(skew: float) -> None:
     clock = Clock()
     v = verifier(clock)
-    value = sign(KEYS, DELIVER, BODY, now=clock.now + skew)
+    value = sign(KEYS, DELIVER, BODY, to=ME, now=clock.now + skew)
     problem = v.verify(DELIVER, value, body_digest(BODY))
     assert problem is not None and "window" in problem
     assert ("ahead of" in problem) == (skew > 0)
@@ -61,7 +64,7 @@ def test_a_call_within_the_window_passes(skew: float) -> None:
     clock = Clock()
     assert (
         verifier(clock).verify(
-            DELIVER, sign(KEYS, DELIVER, BODY, now=clock.now + skew), body_digest(BODY)
+            DELIVER, sign(KEYS, DELIVER, BODY, to=ME, now=clock.now + skew), body_digest(BODY)
         )
         is None
     )
@@ -72,11 +75,14 @@ def test_a_replay_after_the_window_is_refused_as_stale() -> None:
     refuses the replay."""
     clock = Clock()
     v = verifier(clock)
-    value = sign(KEYS, DELIVER, BODY, now=clock.now)
+    value = sign(KEYS, DELIVER, BODY, to=ME, now=clock.now)
     assert v.verify(DELIVER, value, body_digest(BODY)) is None
     clock.now += 31
     # Another call sweeps the memory: the first nonce is gone from it.
-    assert v.verify(DELIVER, sign(KEYS, DELIVER, BODY, now=clock.now), body_digest(BODY)) is None
+    assert (
+        v.verify(DELIVER, sign(KEYS, DELIVER, BODY, to=ME, now=clock.now), body_digest(BODY))
+        is None
+    )
     assert len(v.nonces) == 1
     problem = v.verify(DELIVER, value, body_digest(BODY))
     assert problem is not None and "31.0 s behind" in problem
@@ -94,7 +100,7 @@ def test_a_replay_after_the_window_is_refused_as_stale() -> None:
 def test_another_method_or_body_fails_the_mac(method: str, body: bytes) -> None:
     clock = Clock()
     v = verifier(clock)
-    value = sign(KEYS, DELIVER, BODY, now=clock.now)
+    value = sign(KEYS, DELIVER, BODY, to=ME, now=clock.now)
     problem = v.verify(method, value, body_digest(body))
     assert problem is not None and problem.startswith("wrong peer credential")
     assert len(v.nonces) == 0  # nothing unauthenticated is remembered
@@ -104,9 +110,13 @@ def test_another_method_or_body_fails_the_mac(method: str, body: bytes) -> None:
 def test_altered_time_or_nonce_fails_the_mac() -> None:
     clock = Clock()
     v = verifier(clock)
-    version, t, nonce, tag = sign(KEYS, DELIVER, BODY, now=clock.now).split(".")
+    version, t, nonce, tag, to = sign(KEYS, DELIVER, BODY, to=ME, now=clock.now).split(".", 4)
     other_nonce = ("0" if nonce[0] != "0" else "1") + nonce[1:]
-    for forged in (f"{version}.{int(t) + 1}.{nonce}.{tag}", f"{version}.{t}.{other_nonce}.{tag}"):
+    for forged in (
+        f"{version}.{int(t) + 1}.{nonce}.{tag}.{to}",
+        f"{version}.{t}.{other_nonce}.{tag}.{to}",
+        f"{version}.{t}.{nonce}.{tag}.10.0.0.2",  # the recipient changed
+    ):
         problem = v.verify(DELIVER, forged, body_digest(BODY))
         assert problem is not None and problem.startswith("wrong peer credential")
 
@@ -117,14 +127,20 @@ def test_altered_time_or_nonce_fails_the_mac() -> None:
         None,
         "",
         "v1",
-        "v2.1.00112233445566778899aabbccddeeff." + "0" * 64,
-        "v1.-1.00112233445566778899aabbccddeeff." + "0" * 64,
-        "v1.1.0011." + "0" * 64,
-        "v1.1.zz112233445566778899aabbccddeeff." + "0" * 64,
-        "v1.1.00112233445566778899aabbccddeeff." + "0" * 63,
-        "v1.1.00112233445566778899aabbccddeeff." + "g" * 64,
-        "v1.１.00112233445566778899aabbccddeeff." + "0" * 64,  # a non-ASCII digit
-        "v1." + "9" * 400 + ".00112233445566778899aabbccddeeff." + "0" * 64,
+        "v2.1.00112233445566778899aabbccddeeff." + "0" * 64 + ".10.0.0.1",
+        "v1.-1.00112233445566778899aabbccddeeff." + "0" * 64 + ".10.0.0.1",
+        "v1.1.0011." + "0" * 64 + ".10.0.0.1",
+        "v1.1.zz112233445566778899aabbccddeeff." + "0" * 64 + ".10.0.0.1",
+        "v1.1.00112233445566778899aabbccddeeff." + "0" * 63 + ".10.0.0.1",
+        "v1.1.00112233445566778899aabbccddeeff." + "g" * 64 + ".10.0.0.1",
+        "v1.１.00112233445566778899aabbccddeeff." + "0" * 64 + ".10.0.0.1",  # a non-ASCII digit
+        "v1." + "9" * 400 + ".00112233445566778899aabbccddeeff." + "0" * 64 + ".10.0.0.1",
+        # No recipient; an empty one; one not ASCII, not printable, too long.
+        "v1.1.00112233445566778899aabbccddeeff." + "0" * 64,
+        "v1.1.00112233445566778899aabbccddeeff." + "0" * 64 + ".",
+        "v1.1.00112233445566778899aabbccddeeff." + "0" * 64 + ".nöde",
+        "v1.1.00112233445566778899aabbccddeeff." + "0" * 64 + ".a\nb",
+        "v1.1.00112233445566778899aabbccddeeff." + "0" * 64 + "." + "a" * 256,
         b"\xff\xfe",
         # The static token of earlier versions (an HMAC of the password, 64 hex digits).
         "5" * 64,
@@ -143,16 +159,73 @@ def test_the_accepted_password_passes_but_never_signs() -> None:
     v = verifier(clock, changing)
     for keys in (old, new, changing):
         assert (
-            v.verify(DELIVER, sign(keys, DELIVER, BODY, now=clock.now), body_digest(BODY)) is None
+            v.verify(DELIVER, sign(keys, DELIVER, BODY, to=ME, now=clock.now), body_digest(BODY))
+            is None
         )
     # It signs with the new one: a node that has only the old one refuses it.
-    value = sign(changing, DELIVER, BODY, now=clock.now)
+    value = sign(changing, DELIVER, BODY, to=ME, now=clock.now)
     assert verifier(clock, old).verify(DELIVER, value, body_digest(BODY)) is not None
     assert verifier(clock, new).verify(DELIVER, value, body_digest(BODY)) is None
     other = PeerKeys.of("another-secret")
     assert (
-        v.verify(DELIVER, sign(other, DELIVER, BODY, now=clock.now), body_digest(BODY)) is not None
+        v.verify(DELIVER, sign(other, DELIVER, BODY, to=ME, now=clock.now), body_digest(BODY))
+        is not None
     )
+
+
+def test_a_call_addressed_to_another_node_is_refused_and_remembers_nothing() -> None:
+    """A call captured on its way to node 10.0.0.2 and played to this node, which has never
+    seen its nonce: the recipient is not this node. The MAC covers the recipient, so it
+    cannot be rewritten either (``test_altered_time_or_nonce_fails_the_mac``)."""
+    clock = Clock()
+    v = verifier(clock)
+    value = sign(KEYS, DELIVER, BODY, to="10.0.0.2", now=clock.now)
+    assert v.verify(DELIVER, value, body_digest(BODY)) == (
+        "call addressed to 10.0.0.2, not this node (10.0.0.1)"
+    )
+    assert len(v.nonces) == 0
+    # A node may answer to several names; a wildcard-bound one (no names) to any.
+    both = PeerVerifier(KEYS, names=["10.0.0.2", "Node1.Example"], clock=clock)
+    assert both.verify(DELIVER, value, body_digest(BODY)) is None
+    named = sign(KEYS, DELIVER, BODY, to="node1.example", now=clock.now)
+    assert both.verify(DELIVER, named, body_digest(BODY)) is None
+    anyone = PeerVerifier(KEYS, clock=clock)
+    assert (
+        anyone.verify(DELIVER, sign(KEYS, DELIVER, BODY, to="x", now=clock.now), body_digest(BODY))
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("to", "passes"),
+    [("127.0.0.1", True), ("127.0.3.104", True), ("::1", True), ("10.0.0.1", False)],
+)
+def test_on_loopback_any_loopback_recipient_matches(to: str, passes: bool) -> None:
+    """Nodes on one machine (``raftchat dev``, the tests) reach each other over loopback,
+    which no network attacker sees; there, a loopback recipient matches any loopback name."""
+    clock = Clock()
+    v = PeerVerifier(KEYS, names=["127.0.3.101"], clock=clock)
+    problem = v.verify(DELIVER, sign(KEYS, DELIVER, BODY, to=to, now=clock.now), body_digest(BODY))
+    assert (problem is None) == passes, problem
+
+
+@pytest.mark.parametrize(
+    ("target", "recipient"),
+    [
+        ("10.0.0.1:11110", "10.0.0.1"),
+        ("Node1.Example:11110", "node1.example"),
+        ("[fd00::1]:11110", "fd00::1"),
+        ("127.0.0.1:0", "127.0.0.1"),
+    ],
+)
+def test_the_recipient_of_a_target_is_its_host(target: str, recipient: str) -> None:
+    assert recipient_of(target) == recipient
+
+
+@pytest.mark.parametrize("to", ["", "a b\n", "nöde", "a" * 256])
+def test_sign_refuses_what_is_not_a_recipient(to: str) -> None:
+    with pytest.raises(ValueError):
+        sign(KEYS, DELIVER, BODY, to=to)
 
 
 def test_keys_are_distinct_per_password_and_not_the_password() -> None:
@@ -163,8 +236,8 @@ def test_keys_are_distinct_per_password_and_not_the_password() -> None:
 
 
 def test_sign_carries_time_and_a_fresh_nonce() -> None:
-    a = parse(sign(KEYS, DELIVER, BODY, now=12.3456))
-    b = parse(sign(KEYS, DELIVER, BODY, now=12.3456))
+    a = parse(sign(KEYS, DELIVER, BODY, to=ME, now=12.3456))
+    b = parse(sign(KEYS, DELIVER, BODY, to=ME, now=12.3456))
     assert a is not None and b is not None
     assert a.time_ms == 12345 and a.nonce != b.nonce and len(a.nonce) == 16
 
