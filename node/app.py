@@ -266,6 +266,11 @@ class Node:
                     raise refused(f"the cluster refused to admit this node via {seed}: {error}")
             except GrpcCallError as e:
                 error = str(e)
+                if e.code.name == "UNAUTHENTICATED":
+                    error += (
+                        " (another cluster.password, cluster.join not a member's node.host, "
+                        "or clocks more than 30 s apart)"
+                    )
             if trio.current_time() > deadline:
                 raise RuntimeError(f"could not join through {seed}: {error}")
             log.info("join not accepted yet, retrying", seed=seed, error=error)

@@ -120,7 +120,7 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         raise ApiError(
             410,
             f"nothing was changed: node {node_id} joins by itself, started with cluster.join "
-            "set to a member's address and the cluster password (docs/operations.md)",
+            "set to a member's node.host and the cluster password (docs/operations.md)",
         )
 
     @route("POST", "/cluster/leave")

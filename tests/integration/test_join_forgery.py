@@ -21,12 +21,13 @@ import grpc
 import pytest
 import trio
 
-from cluster.bridge import AUTH_METADATA_KEY, GrpcClient
+from cluster.bridge import AUTH_METADATA_KEY, GrpcCallError, GrpcClient
 from cluster.peerauth import PeerKeys
-from node.devcluster import GRPC_PORT
+from node.devcluster import GRPC_PORT, NodeProcess, node_env
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.raftchat.peer.v1 import peer_pb2_grpc as pb_grpc
 from tests.conftest import Cluster, eventually
+from tests.integration.test_cluster_hostile import Tap, log_lines, raw_call
 
 PASSWORD = "test-cluster-secret"  # what tests/conftest.py gives its clusters
 
@@ -80,6 +81,9 @@ def test_http_join_of_a_made_up_node_admits_nothing(
     before = cluster.status(1)
     answer = cluster.api(2).post("/cluster/join", {"node_id": 9, "host": host9})
     assert answer.status_code != 200, answer.text
+    # Nor a host that no node can have (the wildcard address).
+    wildcard = cluster.api(1).post("/cluster/join", {"node_id": 8, "host": "0.0.0.0"})
+    assert wildcard.status_code != 200, wildcard.text
     # The map is unchanged on every member, and nobody calls the made-up host: the
     # reconciler runs every second, so three seconds of silence cover its rounds.
     for n in cluster.hosts:
@@ -105,13 +109,13 @@ def test_leaves_cannot_take_the_cluster_below_its_replicas(
     assert sorted(members(cluster)) == ["1", "2", "3"]
 
 
-def signed_join(seed: str, node_id: int, host: str) -> dict[str, Any]:
-    """The join a node started with ``cluster.join`` sends, signed with the cluster password
-    (from this process: its calls leave from 127.0.0.1)."""
+def signed_join(seed: str, node_id: int, host: str, password: str = PASSWORD) -> dict[str, Any]:
+    """The join a node started with ``cluster.join`` sends, signed with ``password`` (from
+    this process: its calls leave from 127.0.0.1)."""
     request = json.dumps({"op": "join", "node_id": node_id, "host": host}).encode()
 
     async def call() -> dict[str, Any]:
-        client = GrpcClient(f"{seed}:{GRPC_PORT}", pb_grpc.PeerStub, PeerKeys.of(PASSWORD))
+        client = GrpcClient(f"{seed}:{GRPC_PORT}", pb_grpc.PeerStub, PeerKeys.of(password))
         try:
             raw = await client.call("Admin", pb.AdminRequest(request=request), 30.0)
         finally:
@@ -145,3 +149,56 @@ def test_a_join_with_the_password_is_still_refused_at_an_address_not_its_own(
         assert after["nodes"] == before["nodes"]
         assert after["placement_version"] == before["placement_version"]
     assert not listener.called.wait(2.0), listener.calls
+
+
+def test_a_node_is_admitted_only_with_the_password_and_its_join_cannot_be_replayed(
+    cluster3_with_listener: tuple[Cluster, Listener, str], tmp_path: Path
+) -> None:
+    """A join of node 4 signed with a guessed password is refused (UNAUTHENTICATED) and changes
+    nothing. Then the real node 4, which has the password, joins through a tap that records
+    its call on the way to node 1 and is admitted. That call, played to node 1 again as it
+    was (metadata and body), is refused as a replay; with its body altered to admit another
+    node at the tap's address, it fails the MAC."""
+    cluster, _listener, _host9 = cluster3_with_listener
+    base = cluster.hosts[1].rsplit(".", 1)[0]
+    host4, tap_host = f"{base}.104", f"{base}.108"
+    before = cluster.status(1)
+    with pytest.raises(GrpcCallError) as info:
+        signed_join(cluster.hosts[2], 4, host4, password="a-guessed-password")
+    assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert log_lines(cluster, 2, "peer gRPC: refused Admin from", "wrong peer credential")
+    for n in cluster.hosts:
+        assert cluster.status(n)["placement_version"] == before["placement_version"]
+        assert "4" not in cluster.status(n)["nodes"]
+
+    seed = f"{cluster.hosts[1]}:{GRPC_PORT}"
+    tap = Tap(seed, host=tap_host, port=GRPC_PORT)
+    env = node_env(
+        4,
+        host4,
+        tmp_path / "node4",
+        {
+            "RAFTCHAT_CLUSTER_JOIN": tap_host,
+            "RAFTCHAT_CLUSTER_PASSWORD": PASSWORD,
+            "RAFTCHAT_LOG_FORMAT": "text",
+        },
+    )
+    joiner = NodeProcess(4, tmp_path / "node4", env, tmp_path / "node4.log")
+    try:
+        joiner.start(timeout_s=90)
+    finally:
+        tap.close()
+    cluster.nodes[4], cluster.hosts[4] = joiner, host4  # stopped with the cluster
+    assert members(cluster)["4"] == host4
+
+    joins = [(path, body, md) for path, body, md in tap.captured if path.endswith("/Admin")]
+    assert joins and all(md for _, _, md in joins), tap.captured
+    path, body, metadata = joins[-1]  # the call that was admitted
+    assert json.loads(pb.AdminRequest.FromString(body).request)["op"] == "join"
+    assert raw_call(seed, path, body, metadata) == grpc.StatusCode.UNAUTHENTICATED
+    altered = json.dumps({"op": "join", "node_id": 5, "host": tap_host}).encode()
+    forged = pb.AdminRequest(request=altered).SerializeToString()
+    assert raw_call(seed, path, forged, metadata) == grpc.StatusCode.UNAUTHENTICATED
+    refusals = log_lines(cluster, 1, "peer gRPC: refused Admin from")
+    assert any("replayed call (nonce already seen)" in line for line in refusals), refusals
+    assert sorted(members(cluster)) == ["1", "2", "3", "4"]
