@@ -22,6 +22,9 @@ The receiver accepts a call when
 One exception to 2: a loopback recipient matches a node on loopback, as in ``cluster/hosts.py``
 (nodes of one machine, ``raftchat dev`` and the tests; traffic there never crosses a network).
 
+A node also refuses calls stamped before it started (``PeerVerifier``): its nonce memory
+begins empty then.
+
 Only calls that passed 1 to 3 enter the nonce memory, so nobody without the password can
 grow it. It is bounded all the same (``MAX_NONCES``): beyond that, the oldest entries go, and
 the node from then on refuses calls stamped no later than the newest time it has forgotten,
@@ -220,7 +223,13 @@ class PeerVerifier:
     """Checks the peer credential of incoming calls, with its own nonce memory.
 
     ``names``: the recipients this node answers to (its host); empty only for a server bound to
-    the wildcard address, which cannot tell, and then accepts any recipient."""
+    the wildcard address, which cannot tell, and then accepts any recipient.
+
+    The nonce memory lives in the process, so a restarted node would not know the nonces it
+    accepted before: calls stamped before ``not_before`` (by default, when the verifier was
+    made, at the node's start) are refused, so that a call captured in the 30 s before a
+    restart cannot be played to the restarted node. A peer whose clock is behind this node's
+    has its calls refused for that long after the start, and retries."""
 
     def __init__(
         self,
@@ -230,8 +239,10 @@ class PeerVerifier:
         window_s: float = WINDOW_S,
         max_nonces: int = MAX_NONCES,
         clock: Callable[[], float] = time.time,
+        not_before: float | None = None,
     ) -> None:
         self.keys = keys
+        self.not_before_ms = int((clock() if not_before is None else not_before) * 1000)
         self.names = tuple(recipient_of(f"{n}:0") for n in names)
         self.window_ms = int(window_s * 1000)
         self.nonces = NonceMemory(self.window_ms, max_nonces)
@@ -261,5 +272,10 @@ class PeerVerifier:
             return (
                 f"call time {abs(skew_ms) / 1000:.1f} s {direction} this node's clock, outside "
                 f"the {self.window_ms / 1000:g} s window (a replay, or clocks not in sync)"
+            )
+        if cred.time_ms < self.not_before_ms:
+            return (
+                "call stamped before this node started (a replay from before a restart, or "
+                "the caller's clock behind this node's)"
             )
         return self.nonces.remember(cred.nonce, cred.time_ms, now_ms)

@@ -32,7 +32,9 @@ class Clock:
 
 
 def verifier(clock: Clock, keys: PeerKeys = KEYS, **kw: int) -> PeerVerifier:
-    return PeerVerifier(keys, names=[ME], clock=clock, **kw)  # type: ignore[arg-type]
+    """A verifier of node ``ME`` that started an hour before ``clock``'s time."""
+    started = clock.now - 3600
+    return PeerVerifier(keys, names=[ME], clock=clock, not_before=started, **kw)  # type: ignore[arg-type]
 
 
 def test_a_signed_call_passes_once() -> None:
@@ -226,6 +228,20 @@ def test_the_recipient_of_a_target_is_its_host(target: str, recipient: str) -> N
 def test_sign_refuses_what_is_not_a_recipient(to: str) -> None:
     with pytest.raises(ValueError):
         sign(KEYS, DELIVER, BODY, to=to)
+
+
+def test_a_call_stamped_before_the_node_started_is_refused() -> None:
+    """A call accepted just before a restart, played to the restarted node (whose nonce
+    memory is empty) within the window: refused for its time, not its nonce."""
+    clock = Clock()
+    before_restart = sign(KEYS, DELIVER, BODY, to=ME, now=clock.now)
+    clock.now += 5
+    restarted = PeerVerifier(KEYS, names=[ME], clock=clock)  # made at the start, as the node's
+    problem = restarted.verify(DELIVER, before_restart, body_digest(BODY))
+    assert problem is not None and "stamped before this node started" in problem
+    assert len(restarted.nonces) == 0
+    fresh = sign(KEYS, DELIVER, BODY, to=ME, now=clock.now)
+    assert restarted.verify(DELIVER, fresh, body_digest(BODY)) is None
 
 
 def test_keys_are_distinct_per_password_and_not_the_password() -> None:
