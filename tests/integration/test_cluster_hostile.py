@@ -223,7 +223,7 @@ def test_bad_frames_end_their_connection_with_one_line_per_source(cluster: Clust
         sock.sendall(struct.pack("i", len(forged)) + forged)
         assert closed_within(sock, 1.0)
     lines = log_lines(cluster, 2, "raft.guard", stranger(cluster, 1))
-    assert len(lines) == 1 and "frame failed authentication (bad frame MAC)" in lines[0], lines
+    assert len(lines) == 1 and "frame failed authentication (bad frame tag)" in lines[0], lines
     # many junk connections from one address: each closed, one line between them
     source = stranger(cluster, 2)
     for i in range(60):
