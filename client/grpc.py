@@ -6,6 +6,9 @@
         msg = rpc.get_by_seq("bob", "alice", ChannelType.PERSON, sent.message_seq)
         info = rpc.call("Channels", "GetInfo", v1.Channel(channel_id="team", channel_type=2))
 
+Over TLS: ``SyncGrpcClient(targets, ca_file="ca.pem")`` (``tls=True`` trusts the system's CAs;
+``cert_file`` and ``key_file`` present a client certificate where the port asks for one).
+
 Both share everything but the waiting: the request builders, the failover between targets and
 the error parsing live here once; the trio client waits for the same gRPC futures in trio's
 worker threads (``grpc.aio`` is asyncio-only), cancelling the call when its task is cancelled.
@@ -242,12 +245,32 @@ def call_request(
 # --- the clients ---------------------------------------------------------------------------
 
 
+def tls_credentials(
+    ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None
+) -> grpc.ChannelCredentials:
+    """TLS trusting ``ca_file`` (None: the system's CAs), presenting ``cert_file`` and
+    ``key_file`` (PEM) when the server asks for a client certificate."""
+
+    def read(path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("cert_file and key_file go together")
+    return grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))
+
+
 class Stubs:
     """One target's channel and the five service stubs on it."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials | None = None) -> None:
         self.target = target
-        self.channel = grpc.insecure_channel(target)
+        if credentials is None:
+            self.channel = grpc.insecure_channel(target)
+        else:
+            self.channel = grpc.secure_channel(target, credentials)
         self.messages = v1_grpc.MessagesStub(self.channel)
         self.channels = v1_grpc.ChannelsStub(self.channel)
         self.users = v1_grpc.UsersStub(self.channel)
@@ -364,6 +387,10 @@ class _Base:
         targets: str | Sequence[str] = DEFAULT_GRPC_TARGET,
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        tls: bool = False,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
     ) -> None:
         listed = [targets] if isinstance(targets, str) else list(targets)
         if not listed:
@@ -371,7 +398,9 @@ class _Base:
         self.targets = listed
         self.timeout_s = timeout_s
         """The deadline of every unary call (from its start, across its failover)."""
-        self._stubs = [Stubs(t) for t in listed]
+        secure = tls or ca_file is not None or cert_file is not None
+        credentials = tls_credentials(ca_file, cert_file, key_file) if secure else None
+        self._stubs = [Stubs(t, credentials) for t in listed]
         self._current = 0
 
     @property

@@ -8,6 +8,9 @@ nodes, deciding on retries and parsing answers happen in ``_Attempt``. Usage::
         api.user_token("alice", "secret")
         sent = api.send("alice", "bob", ChannelType.PERSON, b"hi")
 
+Over HTTPS, ``base_urls`` start with ``https://``; ``ca_file`` names the CA to trust (PEM) when
+it is not one of the system's.
+
 Any node answers any call, so the list is only for availability: a node that cannot be reached
 is left for the next one, also for later calls. A 503 with reason code 17, 18 or 10 (the
 cluster is between leaders) is retried with backoff, a bounded number of times.
@@ -16,6 +19,7 @@ cluster is between leaders) is retried with backoff, a bounded number of times.
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
@@ -159,6 +163,7 @@ class _Base(Generic[H]):
         retries: int = 4,
         backoff: Backoff = HTTP_BACKOFF,
         http: H | None = None,
+        ca_file: str | None = None,
     ) -> None:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
@@ -167,12 +172,15 @@ class _Base(Generic[H]):
         self.retries = retries
         """Tries after the first, for unreachable nodes and retryable 503s."""
         self.backoff = backoff
-        self.http: H = http if http is not None else self._new_http(timeout_s)
+        verify: ssl.SSLContext | bool = (
+            True if ca_file is None else ssl.create_default_context(cafile=ca_file)
+        )
+        self.http: H = http if http is not None else self._new_http(timeout_s, verify)
         """The httpx client underneath; pass your own (``http=``) to configure it."""
         self._current = 0
 
     @staticmethod
-    def _new_http(timeout_s: float) -> H:
+    def _new_http(timeout_s: float, verify: ssl.SSLContext | bool) -> H:
         raise NotImplementedError
 
     @property
@@ -235,8 +243,8 @@ class SyncHttpClient(Blocking, _Base[httpx.Client]):
     run an event loop."""
 
     @staticmethod
-    def _new_http(timeout_s: float) -> httpx.Client:
-        return httpx.Client(timeout=timeout_s)
+    def _new_http(timeout_s: float, verify: ssl.SSLContext | bool) -> httpx.Client:
+        return httpx.Client(timeout=timeout_s, verify=verify)
 
     def run(self, call: Call[T]) -> T:
         """Send a built call (what every route method does)."""
@@ -273,8 +281,8 @@ class HttpClient(Async, _Base[httpx.AsyncClient]):
     ``async with HttpClient(urls) as api:`` (or call ``aclose``)."""
 
     @staticmethod
-    def _new_http(timeout_s: float) -> httpx.AsyncClient:
-        return httpx.AsyncClient(timeout=timeout_s)
+    def _new_http(timeout_s: float, verify: ssl.SSLContext | bool) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=timeout_s, verify=verify)
 
     async def run(self, call: Call[T]) -> T:
         """Send a built call (what every route method does)."""

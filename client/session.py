@@ -17,6 +17,7 @@ twice. A live message that skips seqs has the hole filled from the log first. Us
 from __future__ import annotations
 
 import math
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -104,6 +105,7 @@ class Session:
         connect_timeout_s: float,
         delivered: Delivered,
         on_state: Callable[[ConnectionState], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.uid = uid
         self.nodes = list(nodes)
@@ -127,6 +129,7 @@ class Session:
         self._device_id = device_id
         self._backoff = backoff
         self._connect_timeout_s = connect_timeout_s
+        self._ssl_context = ssl_context
         self._client: WKClient | None = None
         self._connected = trio.Event()
         self._changed = trio.Event()
@@ -308,6 +311,7 @@ class Session:
             encrypt=self._encrypt,
             transport=self._transport,
             connect_timeout_s=self._connect_timeout_s,
+            ssl_context=self._ssl_context,
         ) as client:
             # Live messages wait in the connection's inbox while the log is read: logged in
             # first, so nothing committed from now on can fall between the two.
@@ -388,6 +392,7 @@ async def open_session(
     max_tracked_ids: int = 10_000,
     max_tracked_channels: int = 10_000,
     on_state: Callable[[ConnectionState], None] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Session]:
     """A reconnecting session of ``uid`` over the WKProto addresses ``nodes`` (``"host:port"``,
     the TCP port, or the WebSocket port with ``transport="ws"``).
@@ -396,6 +401,8 @@ async def open_session(
     it, messages sent while disconnected are not fetched). Entering waits up to
     ``wait_connected_s`` for the first login (None: not at all) and raises the refusal
     (``ConnectRefused``), or ``Unreachable`` if no node accepted in time.
+
+    ``ssl_context`` (with ``transport="ws"`` and the nodes' WSS ports) connects over ``wss://``.
 
     ``on_state`` is called with each new ``ConnectionState`` (connecting, connected, retrying
     in so many seconds, failed), from the session's task: it must return quickly and not raise.
@@ -419,6 +426,7 @@ async def open_session(
         connect_timeout_s=connect_timeout_s,
         delivered=Delivered(max_tracked_ids, max_tracked_channels),
         on_state=on_state,
+        ssl_context=ssl_context,
     )
     try:
         with sole_exception():

@@ -313,6 +313,7 @@ class GrpcServer:
         extra_services: Sequence[GrpcService] = (),
         notices: Mapping[str, Notice] | None = None,
         what: str = "gRPC",
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         main = GrpcService(
             add_to_server, servicer_base, handlers, notices=notices or {}, auth_token=auth_token
@@ -323,6 +324,8 @@ class GrpcServer:
         self.bind = bind
         self.what = what
         """What the listener is, for a bind failure's message."""
+        self._credentials = credentials
+        """TLS (``cluster/grpc_tls.py``); None: plain TCP."""
         self.port = 0  # the bound port once serving() has started (resolves ":0")
         self._grace_s = grace_s
         self._trio_token: trio.lowlevel.TrioToken | None = None
@@ -408,7 +411,10 @@ class GrpcServer:
         if problem is not None:
             raise ListenError(self.what, self.bind, problem)
         try:
-            port = server.add_insecure_port(self.bind)
+            if self._credentials is None:
+                port = server.add_insecure_port(self.bind)
+            else:
+                port = server.add_secure_port(self.bind, self._credentials)
         except RuntimeError as e:  # taken in between
             raise ListenError(self.what, self.bind, str(e)) from None
         await server.start()
@@ -654,10 +660,17 @@ class _Waiter:
 
 class GrpcClient:
     def __init__(
-        self, target: str, stub_class: Callable[[Any], Any], auth_token: str | None = None
+        self,
+        target: str,
+        stub_class: Callable[[Any], Any],
+        auth_token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.target = target
-        self._channel = grpc.insecure_channel(target, options=_CLIENT_OPTIONS)
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target, options=_CLIENT_OPTIONS)
+        else:  # TLS (``cluster/grpc_tls.py``)
+            self._channel = grpc.secure_channel(target, credentials, options=_CLIENT_OPTIONS)
         self._pinned = _keep_spin_thread(self._channel)
         self._stub = stub_class(self._channel)
         self._metadata = ((AUTH_METADATA_KEY, auth_token),) if auth_token else ()
@@ -731,15 +744,23 @@ _NO_SUCH_METHOD = "/raftchat.internal.Nothing/Nothing"
 class GrpcClients:
     """One client (one channel, so one HTTP/2 connection) per peer address."""
 
-    def __init__(self, stub_class: Callable[[Any], Any], auth_token: str | None = None) -> None:
+    def __init__(
+        self,
+        stub_class: Callable[[Any], Any],
+        auth_token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self._stub_class = stub_class
         self._auth_token = auth_token
+        self._credentials = credentials
         self._clients: dict[str, GrpcClient] = {}
 
     def get(self, target: str) -> GrpcClient:
         client = self._clients.get(target)
         if client is None:
-            client = self._clients[target] = GrpcClient(target, self._stub_class, self._auth_token)
+            client = self._clients[target] = GrpcClient(
+                target, self._stub_class, self._auth_token, self._credentials
+            )
         return client
 
     def close_all(self) -> None:

@@ -55,6 +55,7 @@ from .send_checks import SendRules
 from .sessions import DeviceLimits, SessionLike, SessionRegistry
 from .startup import EXIT_FAILED, StartupError, startup_error_in, unavailable
 from .storage import MessageRecord, Store
+from .tls import NodeTls
 from .userfacts import UserFacts
 from .webhooks import Webhooks
 
@@ -64,9 +65,11 @@ READY_POLL_S = 0.05
 
 
 class Node:
-    def __init__(self, config: Config, datadir: DataDir) -> None:
+    def __init__(self, config: Config, datadir: DataDir, tls: NodeTls | None = None) -> None:
         self.config = config
         self.datadir = datadir
+        self.tls = tls
+        """The checked ``[tls]`` files; None: no TLS anywhere."""
         self.stop_deadline = StopDeadline(config.node.shutdown_timeout_s)
         limits = DeviceLimits(
             app=config.devices.app_limit, web=config.devices.web_limit, pc=config.devices.pc_limit
@@ -326,7 +329,12 @@ class Node:
         # A lone node without a password gets the random one (never None): its peer service must
         # not be open to anyone who reaches the port.
         token = peer_token(self.raft_password)
-        self.clients = GrpcClients(peer_pb2_grpc.PeerStub, token)
+        tls = self.tls
+        for warning in tls.warnings if tls is not None else ():
+            log.warning(warning)
+        # Mutual TLS between peers when tls.ca_file is set; plain otherwise.
+        peer_channel = tls.peer_channel_credentials() if tls is not None else None
+        self.clients = GrpcClients(peer_pb2_grpc.PeerStub, token, peer_channel)
         self.driver = RaftDriver(self.timing.tick_interval_s, name=f"node{cfg.node.id}")
         self.driver.start()
         self.flusher = CommitFlusher(self.driver)
@@ -382,9 +390,11 @@ class Node:
                 servicer_base=peer_pb2_grpc.PeerServicer,
                 handlers=self.router.handlers(),
                 notices=self.router.notices(),
-                # Same port, no peer token: the public API is for the app's backend.
+                # Same port, no peer token: the public API is for the app's backend. It shares
+                # the port's TLS too: mutual TLS with tls.ca_file, plain without.
                 extra_services=self.public_api.services(),
                 what="peer gRPC",
+                credentials=tls.peer_server_credentials() if tls is not None else None,
             )
             async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as serving:
                 try:
@@ -434,8 +444,11 @@ class Node:
         def on_login(session: SessionLike) -> None:
             nursery.start_soon(sessions.enforce, session)
 
+        # WSS and HTTPS share one context: the node's certificate, no client certificates.
+        ssl_context = self.tls.server_context() if self.tls is not None else None
         gateway = Gateway(
-            GatewayContext(cfg, self.registry, router, nursery, self.facts, rules, on_login)
+            GatewayContext(cfg, self.registry, router, nursery, self.facts, rules, on_login),
+            ssl_context,
         )
         assert self.admin is not None
         api = ApiContext(
@@ -450,7 +463,7 @@ class Node:
         )
         http_router = build_router(api)
         self.public_api.attach(http_router, api)
-        http = HttpServer(http_router, cfg.http)
+        http = HttpServer(http_router, cfg.http, ssl_context if cfg.http.tls else None)
         hosts = [host] + ([cfg.http.also_host] if cfg.http.also_host not in ("", host) else [])
         try:
             for http_host in hosts:
@@ -462,11 +475,13 @@ class Node:
         tcp_port = cfg.gateway.tcp_port
         self.endpoints = {
             "node_id": str(cfg.node.id),
-            "http": f"http://{host}:{cfg.http.port}",
+            "http": f"{'https' if cfg.http.tls else 'http'}://{host}:{cfg.http.port}",
             "tcp": f"{host}:{tcp_port}",
             "ws": f"ws://{host}:{cfg.gateway.ws_port}",
             "grpc": f"{host}:{cfg.cluster.grpc_port}",
         }
+        if ssl_context is not None:
+            self.endpoints["wss"] = f"wss://{host}:{cfg.gateway.wss_port}"
 
 
 class StopDeadline:
@@ -505,11 +520,11 @@ async def _serve_until_signal(node: Node) -> None:
                 break
 
 
-def run_node(config: Config, datadir: DataDir) -> int:
+def run_node(config: Config, datadir: DataDir, tls: NodeTls | None = None) -> int:
     """Run a node on its opened data directory until a signal; the exit code
     (``node/startup.py``). A node that cannot start says why in one line on stderr."""
     try:
-        trio.run(_serve_until_signal, Node(config, datadir))
+        trio.run(_serve_until_signal, Node(config, datadir, tls))
     except (StartupError, BaseExceptionGroup) as e:
         error = startup_error_in(e)
         if error is None:

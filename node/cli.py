@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -19,9 +20,11 @@ def _cmd_node(args: argparse.Namespace) -> int:
     setup_logging(cfg.node.id, cfg.log.level, cfg.log.format)
     from .identity import DataDir
     from .startup import StartupError, check_addresses
+    from .tls import load_tls
 
     # Before the node's heavy imports: a refusal or a port taken is reported within a second.
     try:
+        tls = load_tls(cfg)
         check_addresses(cfg)
         datadir = DataDir.open(cfg)
     except StartupError as e:
@@ -29,7 +32,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         return e.code
     from .app import run_node
 
-    return run_node(cfg, datadir)
+    return run_node(cfg, datadir, tls)
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
@@ -79,6 +82,10 @@ def _add_fuzz(sub: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything imports grpc, which reads it once: at its default verbosity grpc's C
+    # core writes a line per failed TLS handshake, which any stranger can cause by the
+    # thousand. Errors only, unless the environment asks for more.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = argparse.ArgumentParser(prog="raftchat", description="raftchat IM server")
     sub = parser.add_subparsers(dest="command", required=True)
     p_node = sub.add_parser("node", help="run one node")

@@ -69,6 +69,12 @@ class GatewaySection:
     external_tcp_addr: str = ""
     external_ws_addr: str = ""
     """What ``/route`` tells clients; empty means the bound address."""
+    wss_port: int = 5210
+    """WKProto or JSON-RPC over WebSocket over TLS (WuKongIM's port); served when
+    ``tls.cert_file`` is set."""
+    external_wss_addr: str = ""
+    """What ``/route`` tells clients as ``wss_addr``; empty: ``wss://<node.host>:<wss_port>``
+    when WSS is served, else nothing."""
 
 
 @dataclass
@@ -108,6 +114,8 @@ class HttpSection:
     also_host: str = ""
     """A second address the HTTP API listens on (``raftchat dev`` puts node 1 on 127.0.0.1
     too, so that ``curl http://127.0.0.1:5001/health`` answers)."""
+    tls: bool = False
+    """HTTPS instead of HTTP, with ``tls.cert_file`` (which must then be set)."""
 
 
 @dataclass
@@ -215,6 +223,20 @@ class LogSection:
 
 
 @dataclass
+class TlsSection:
+    """This node's certificate for its TLS listeners (docs/security.md). Without ``cert_file``
+    nothing is TLS; the files are read and checked at start-up (``node/tls.py``)."""
+
+    cert_file: str = ""
+    """PEM: the node's certificate, then any intermediates. Set: WSS on ``gateway.wss_port``."""
+    key_file: str = ""
+    """PEM: the certificate's private key, unencrypted."""
+    ca_file: str = ""
+    """PEM: the CA that issues the cluster's node certificates. Set: peer gRPC is mutual TLS,
+    each node presenting its certificate and requiring one from this CA."""
+
+
+@dataclass
 class TestingSection:
     """Switches for the test suites only; never set them in production."""
 
@@ -234,12 +256,13 @@ class Config:
     webhook: WebhookSection = field(default_factory=WebhookSection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
     log: LogSection = field(default_factory=LogSection)
+    tls: TlsSection = field(default_factory=TlsSection)
     testing: TestingSection = field(default_factory=TestingSection)
 
     def validate(self) -> None:
         if not 1 <= self.node.id <= 1023:
             raise ConfigError(f"node.id must be in 1..1023, got {self.node.id}")
-        for key in ("gateway.tcp_port", "gateway.ws_port", "http.port"):
+        for key in ("gateway.tcp_port", "gateway.ws_port", "gateway.wss_port", "http.port"):
             sect, name = key.split(".")
             port = getattr(getattr(self, sect), name)
             if not 0 <= port < 65536:
@@ -282,6 +305,7 @@ class Config:
         if self.messages.max_in_flight_batches < 1:
             raise ConfigError("messages.max_in_flight_batches must be at least 1")
         self._validate_http()
+        self._validate_tls()
         self._validate_cluster()
         sabotage = self.testing.sabotage
         if sabotage and sabotage not in SABOTAGE_MODES:
@@ -305,6 +329,18 @@ class Config:
             value = getattr(h, key)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"http.{key} must be a positive number of seconds, got {value}")
+
+    def _validate_tls(self) -> None:
+        t = self.tls
+        if bool(t.cert_file) != bool(t.key_file):
+            raise ConfigError("tls.cert_file and tls.key_file go together: set both or neither")
+        if t.ca_file and not t.cert_file:
+            raise ConfigError(
+                "tls.ca_file makes peer gRPC mutual TLS, which needs this node's own "
+                "certificate: set tls.cert_file and tls.key_file too"
+            )
+        if self.http.tls and not t.cert_file:
+            raise ConfigError("http.tls = true needs tls.cert_file and tls.key_file")
 
     def cluster_nodes(self) -> list[NodeAddress]:
         """The initial members; this node alone when ``cluster.nodes`` is empty."""

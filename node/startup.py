@@ -61,6 +61,8 @@ def listen_addresses(config: Config) -> list[tuple[str, str]]:
         out.append(("HTTP", f"{config.http.also_host}:{config.http.port}"))
     out.append(("WKProto TCP", f"{host}:{config.gateway.tcp_port}"))
     out.append(("WKProto WebSocket", f"{host}:{config.gateway.ws_port}"))
+    if config.tls.cert_file:
+        out.append(("WKProto WebSocket over TLS", f"{host}:{config.gateway.wss_port}"))
     return out
 
 

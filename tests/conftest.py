@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import ssl
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -28,9 +29,12 @@ def fresh_host() -> str:
     return next(_addresses)
 
 
-def start_node(tmp_path: Path, node_id: int = 1, **settings: Any) -> NodeProcess:
-    """Start a real node. ``settings`` are config keys as ``section__key=value``."""
-    host = next(_addresses)
+def start_node(
+    tmp_path: Path, node_id: int = 1, host: str | None = None, **settings: Any
+) -> NodeProcess:
+    """Start a real node (on ``host``, by default a fresh address). ``settings`` are config
+    keys as ``section__key=value``."""
+    host = host or next(_addresses)
     data = tmp_path / f"node{node_id}-{host}"
     extra = _settings_env(settings)
     extra.setdefault("RAFTCHAT_LOG_FORMAT", "text")
@@ -58,8 +62,9 @@ class Api:
     typed methods; ``post`` gives the raw answer (for tests of error answers); ``ok`` the
     decoded JSON of a 200. No retries: a test sees every answer as the server gave it."""
 
-    def __init__(self, base_url: str) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=10.0)
+    def __init__(self, base_url: str, ca_file: str | Path | None = None) -> None:
+        verify = True if ca_file is None else ssl.create_default_context(cafile=str(ca_file))
+        self.http = httpx.Client(base_url=base_url, timeout=10.0, verify=verify)
         self.client = SyncHttpClient(base_url, http=self.http, retries=0)
 
     def post(self, path: str, body: Any) -> httpx.Response:

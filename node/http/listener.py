@@ -12,6 +12,7 @@ logged at most once per client and interval.
 from __future__ import annotations
 
 import logging
+import ssl
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
@@ -47,9 +48,13 @@ class HttpServer:
     """Serves one ``Router`` on any number of listeners, with the limits of ``settings``
     (connection caps are shared by the listeners)."""
 
-    def __init__(self, router: Router, settings: HttpSection) -> None:
+    def __init__(
+        self, router: Router, settings: HttpSection, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self._router = router
         self._cfg = settings
+        self._ssl = ssl_context
+        """With it, every connection is HTTPS."""
         self.admission = Admission(settings.max_connections, settings.max_connections_per_address)
         self._refusing = 0
         self._timeouts = {
@@ -62,6 +67,7 @@ class HttpServer:
         self._refusals = RateLimitedLog(logging.getLogger(LOGGER), LOG_INTERVAL_S)
         self._troubles = RateLimitedLog(logging.getLogger(LOGGER), LOG_INTERVAL_S)
         self._failures = RateLimitedLog(logging.getLogger(LOGGER), LOG_INTERVAL_S)
+        self._tls_failures = RateLimitedLog(logging.getLogger(LOGGER), LOG_INTERVAL_S)
 
     async def serve(
         self,
@@ -77,12 +83,16 @@ class HttpServer:
             address = str(stream.socket.getpeername()[0])
         except OSError:
             address = "?"  # gone before it was served
-        await self.handle_connection(stream, address)
+        if self._ssl is None:
+            await self.handle_connection(stream, address)
+            return
+        # The handshake runs on the first read or write: after the caps have counted the
+        # connection, and under the first request's head deadline (ADR 001).
+        tls = trio.SSLStream(stream, self._ssl, server_side=True, https_compatible=True)
+        await self.handle_connection(tls, address)
 
     async def handle_connection(self, stream: trio.abc.Stream, address: str) -> None:
-        """Serve one connection from ``address`` and close it. TLS fits here: wrap the
-        accepted stream in ``trio.SSLStream`` and hand that in (the handshake then counts
-        against the head deadline, as the first read)."""
+        """Serve one connection from ``address`` (a TCP or a TLS stream) and close it."""
         key = client_key(address)
         refusal = self.admission.admit(key)
         try:
@@ -96,8 +106,16 @@ class HttpServer:
                 await self._serve(stream, key, address)
             finally:
                 self.admission.release(key)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away: nothing to answer, nothing to report
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            # The client went away: nothing to answer. A TLS failure (a failed handshake:
+            # plain HTTP, a client that does not trust the certificate) is worth a line.
+            if isinstance(e.__cause__, ssl.SSLError):
+                self._tls_failures.info(
+                    ("tls", key),
+                    "HTTPS connection failed: TLS error",
+                    client=address,
+                    why=str(e.__cause__)[:_LOGGED_CHARS],
+                )
         except Exception:
             # A server bug met on this connection: it ends here, the others go on.
             self._failures.exception(("failed", key), "HTTP connection failed", client=address)
