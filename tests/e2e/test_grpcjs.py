@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Cluster
+from tests.conftest import Cluster, fresh_host, start_node
+from tests.tlsutil import TestCA, tls_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +22,9 @@ HARNESS = Path(__file__).parent / "grpcjs"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_scenario(spec: dict[str, Any], timeout_s: float = 60) -> dict[str, Any]:
+def run_scenario(
+    spec: dict[str, Any], timeout_s: float = 60, expect_ok: bool = True
+) -> dict[str, Any]:
     node_bin = shutil.which("node")
     assert node_bin, "Node.js is required for this test (make test installs everything)"
     assert (HARNESS / "node_modules" / "@grpc" / "grpc-js").is_dir(), (
@@ -37,7 +40,10 @@ def run_scenario(spec: dict[str, Any], timeout_s: float = 60) -> dict[str, Any]:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, f"no result from the grpc-js harness:\n{proc.stderr[-3000:]}"
     result: dict[str, Any] = json.loads(lines[-1])
-    assert proc.returncode == 0 and result.get("ok"), (result, proc.stderr[-3000:])
+    if expect_ok:
+        assert proc.returncode == 0 and result.get("ok"), (result, proc.stderr[-3000:])
+    else:
+        assert proc.returncode != 0 and not result.get("ok"), result
     return result
 
 
@@ -50,6 +56,46 @@ def test_grpc_js_sends_reads_by_seq_and_subscribes_on_three_nodes(cluster3: Clus
             "timeout_ms": 40000,
         }
     )
+    check_scenario(result)
+
+
+def test_grpc_js_over_tls_with_a_test_ca(tmp_path: Path) -> None:
+    """The same scenario on one node over TLS: grpc-js checks the node's certificate against
+    the CA the test made (``grpc.credentials.createSsl``) and its address against the IP SAN.
+    The port is mutual TLS here (``tls.ca_file``), so the client presents a certificate too."""
+    host = fresh_host()
+    ca = TestCA(tmp_path / "ca")
+    node = start_node(tmp_path, host=host, **tls_settings(ca.issue("node", ips=[host]), ca))
+    client = ca.issue("grpc-js")
+    try:
+        result = run_scenario(
+            {
+                "nodes": [node.endpoints["grpc"]] * 3,
+                "proto_root": str(REPO),
+                "channel_id": "js-room",
+                "timeout_ms": 40000,
+                "ca_file": str(ca.ca_file),
+                "cert_file": str(client.cert),
+                "key_file": str(client.key),
+            }
+        )
+        check_scenario(result)
+        # without the CA, grpc-js refuses the node (and the node is not reached)
+        refused = run_scenario(
+            {
+                "nodes": [node.endpoints["grpc"]] * 3,
+                "proto_root": str(REPO),
+                "timeout_ms": 20000,
+                "ca_file": str(TestCA(tmp_path / "other").ca_file),
+            },
+            expect_ok=False,
+        )
+        assert refused["error"].startswith("14 "), refused  # UNAVAILABLE
+    finally:
+        node.stop()
+
+
+def check_scenario(result: dict[str, Any]) -> None:
     sent = result["sent"]
     assert sent["message_seq"] == 1 and int(sent["message_id"]) > 0
     # int64 ids survive as decimal strings (longs: String), equal on every path.

@@ -27,6 +27,7 @@ from client.wkproto import open_client
 from node.devcluster import NodeProcess
 from proto.wkproto import ChannelType
 from tests.conftest import Api, fresh_host, start_node
+from tests.integration.test_startup_failures import REFUSED, lone_env, run_to_exit
 from tests.jsonrpc_client import b64, open_jsonrpc
 from tests.tlsutil import Issued, TestCA, tls_settings
 
@@ -289,3 +290,21 @@ def test_without_certificates_there_is_no_tls(tmp_path: Path) -> None:
             socket.create_connection((host, WSS_PORT), timeout=2).close()
     finally:
         proc.stop()
+
+
+def test_a_node_whose_key_is_not_its_certificates_refuses_to_start(tmp_path: Path) -> None:
+    ca = TestCA(tmp_path / "ca")
+    one, two = ca.issue("one"), ca.issue("two")
+    env = lone_env(
+        fresh_host(),
+        tmp_path / "data",
+        RAFTCHAT_TLS_CERT_FILE=str(one.cert),
+        RAFTCHAT_TLS_KEY_FILE=str(two.key),
+    )
+    done = run_to_exit(env)
+    assert done.code == REFUSED
+    assert done.stderr == [
+        f"raftchat: tls.key_file {two.key} is not the key of the certificate in "
+        f"tls.cert_file {one.cert}"
+    ]
+    assert not (tmp_path / "data" / "identity.json").exists()  # refused before anything opened

@@ -7,6 +7,10 @@
 // Against a cluster of three: creates a group on node 1, subscribes to it on node 2, sends on
 // node 3, reads the message back by seq on node 1 and waits for it on the stream; then checks
 // the error model (a send to a missing channel). Prints one JSON line; exit 0 = ok.
+//
+// Over TLS: "ca_file" (PEM) is the CA to trust, passed to grpc.credentials.createSsl; with
+// "cert_file" and "key_file" a client certificate is presented where the port asks for one.
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
@@ -33,7 +37,10 @@ const definition = protoLoader.loadSync("proto/raftchat/v1/api.proto", {
   oneofs: true,
 });
 const v1 = grpc.loadPackageDefinition(definition).raftchat.v1;
-const creds = grpc.credentials.createInsecure();
+const read = (file) => (file ? readFileSync(file) : null);
+const creds = spec.ca_file
+  ? grpc.credentials.createSsl(read(spec.ca_file), read(spec.key_file), read(spec.cert_file))
+  : grpc.credentials.createInsecure();
 const at = (i, Service) => new Service(spec.nodes[i], creds);
 
 function unary(client, method, request) {
