@@ -70,8 +70,9 @@ def run_dev(nodes: int, data_dir: str, config_path: str | None) -> int:
     print(f"raftchat dev: {nodes} node(s) ready (data and logs in {root})")
     for p in procs:
         ep = p.endpoints
+        wss = f"  WSS {ep['wss']}" if "wss" in ep else ""  # with tls.cert_file (--config)
         print(
-            f"  node {ep['node_id']}: HTTP {ep['http']}  TCP {ep['tcp']}  WS {ep['ws']}"
+            f"  node {ep['node_id']}: HTTP {ep['http']}  TCP {ep['tcp']}  WS {ep['ws']}{wss}"
             f"  gRPC {ep['grpc']}"
         )
     print("Ctrl-C stops the cluster.", flush=True)

@@ -2,7 +2,9 @@
 
 The examples read the node's addresses from RAFTCHAT_HTTP, RAFTCHAT_TCP and RAFTCHAT_GRPC and
 assert their own results; an example that raises (or asserts wrongly) fails its test. They share
-one node, in document order, so each uses its own uids and channels.
+one node, in document order, so each uses its own uids and channels. The TLS examples (those
+that read RAFTCHAT_CA_FILE) run against a node with certificates, in
+``tests/integration/test_tls.py``.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ DOC = ROOT / "docs" / "client.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```$", re.S | re.M)
 
 
-def examples() -> list[str]:
-    return BLOCK.findall(DOC.read_text())
+def examples(tls: bool = False) -> list[str]:
+    return [b for b in BLOCK.findall(DOC.read_text()) if ("RAFTCHAT_CA_FILE" in b) is tls]
 
 
 def test_the_document_has_examples_of_every_part() -> None:

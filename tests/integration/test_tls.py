@@ -9,8 +9,11 @@ gRPC port that the public API shares with the peer services.
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +30,8 @@ from client.wkproto import open_client
 from node.devcluster import NodeProcess
 from proto.wkproto import ChannelType
 from tests.conftest import Api, fresh_host, start_node
+from tests.integration.test_client_docs import ROOT
+from tests.integration.test_client_docs import examples as doc_examples
 from tests.integration.test_startup_failures import REFUSED, lone_env, run_to_exit
 from tests.jsonrpc_client import b64, open_jsonrpc
 from tests.tlsutil import Issued, TestCA, tls_settings
@@ -308,3 +313,21 @@ def test_a_node_whose_key_is_not_its_certificates_refuses_to_start(tmp_path: Pat
         f"tls.cert_file {one.cert}"
     ]
     assert not (tmp_path / "data" / "identity.json").exists()  # refused before anything opened
+
+
+@pytest.mark.parametrize("index", range(len(doc_examples(tls=True))))
+def test_the_tls_examples_of_the_client_docs_run(tls_node: TlsNode, index: int) -> None:
+    code = doc_examples(tls=True)[index]
+    env = {
+        **os.environ,
+        "RAFTCHAT_HTTP": tls_node.proc.endpoints["http"],
+        "RAFTCHAT_WSS": tls_node.proc.endpoints["wss"],
+        "RAFTCHAT_GRPC": tls_node.proc.endpoints["grpc"],
+        "RAFTCHAT_CA_FILE": str(tls_node.ca.ca_file),
+        "RAFTCHAT_CERT_FILE": str(tls_node.client.cert),
+        "RAFTCHAT_KEY_FILE": str(tls_node.client.key),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
