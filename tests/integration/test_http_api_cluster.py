@@ -294,6 +294,29 @@ def test_every_node_reports_itself_and_the_same_cluster(suite: Suite) -> None:
     assert views.count(views[0]) == 3, "nodes disagree on the placement"
 
 
+@covers("POST /route/batch")
+def test_route_batch_gives_every_uid_one_node_and_every_node_agrees(suite: Suite) -> None:
+    uids = [f"rb{i}" for i in range(40)]
+    addresses = {f"{host}:5100" for host in suite.cluster.hosts.values()}
+
+    def answers() -> list[dict[str, str]]:
+        out = []
+        for node in suite.nodes.values():
+            entries = node.ok("/route/batch", uids)
+            placed = {u: entry["tcp_addr"] for entry in entries for u in entry["uids"]}
+            assert sorted(placed) == sorted(uids) and set(placed.values()) <= addresses
+            out.append(placed)
+        return out
+
+    # Nodes learn each other's addresses once a second from their start: wait until each
+    # hands out all three, then they agree on every uid.
+    eventually(
+        lambda: all(set(a.values()) == addresses for a in answers()), what="every node known"
+    )
+    first, second, third = answers()
+    assert first == second == third
+
+
 @covers("GET /cluster/digest")
 def test_digest_shows_the_same_replica_on_every_node(suite: Suite) -> None:
     alice, bob = new_users(suite, 2)
@@ -884,6 +907,8 @@ BAD: list[Bad] = [
             "/webhook/status",
         )
     ),
+    Bad("POST /route/batch", {"uids": ["a"]}, "array"),
+    Bad("POST /route/batch", ["a b"], "uid"),
     Bad("POST /cluster/join", {"node_id": 2}, "host"),
     Bad("POST /cluster/join", {"node_id": "2", "host": "h"}, "node_id"),
     Bad("POST /cluster/join", {"node_id": 0, "host": "h"}, "node_id"),
