@@ -1,7 +1,9 @@
 """Shared fixtures: real node processes on loopback, each test on its own address.
 
-Every node gets a fresh 127.0.x.y address with the standard ports, so a test never collides
-with another test's node, a developer's ``make run``, or a port in the ephemeral range.
+Every node gets a fresh 127.p.x.y address with the standard ports, where p (20..219) comes from
+the pytest process and x.y counts up through the run: a test never collides with another
+test's node (not even one still stopping, or a module's node still running), a developer's
+``make run`` or the bench and chaos runs (all on 127.0.x.y), or a port in the ephemeral range.
 """
 
 from __future__ import annotations
@@ -20,12 +22,18 @@ import pytest
 from client.http import SyncHttpClient
 from node.devcluster import NodeProcess, cluster_env, node_env, start_all, wait_all_stopped
 
-_addresses = (f"127.0.{(os.getpid() % 200) + 20}.{n}" for n in itertools.count(10))
+_PROCESS_OCTET = (os.getpid() % 200) + 20
+_addresses = (f"127.{_PROCESS_OCTET}.{n // 240 + 1}.{n % 240 + 10}" for n in itertools.count())
 
 
 def fresh_host() -> str:
     """A loopback address no other test of this run uses."""
     return next(_addresses)
+
+
+def fresh_hosts(count: int) -> list[str]:
+    """``count`` loopback addresses no other test of this run uses."""
+    return [next(_addresses) for _ in range(count)]
 
 
 def start_node(tmp_path: Path, node_id: int = 1, **settings: Any) -> NodeProcess:
@@ -94,8 +102,7 @@ class Cluster:
     """Real node processes forming one cluster, each on its own loopback address."""
 
     def __init__(self, tmp_path: Path, size: int, **settings: Any) -> None:
-        base = next(_addresses).rsplit(".", 1)[0]
-        self.hosts = {i: f"{base}.{100 + i}" for i in range(1, size + 1)}
+        self.hosts = dict(zip(range(1, size + 1), fresh_hosts(size), strict=True))
         envs = cluster_env(self.hosts, "test-cluster-secret")
         self.nodes: dict[int, NodeProcess] = {}
         for i, host in self.hosts.items():

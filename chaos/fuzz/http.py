@@ -86,6 +86,8 @@ POST_ROUTES: dict[str, tuple[str, ...]] = {
     "/conversations/setUnread": ("uid", "channel_id", "channel_type", "unread"),
     "/conversations/delete": ("uid", "channel_id", "channel_type"),
     "/conversations/clearMessages": ("uid", "channel_id", "channel_type", "message_seq"),
+    "/message/import": ("channel_id", "channel_type", "login_uid", "messages"),
+    "/route/batch": (),
     "/cluster/join": ("node_id", "host"),
     "/cluster/leave": ("node_id", "force"),
 }  # fmt: skip

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from node.devcluster import cluster_env, node_env
-from tests.conftest import fresh_host
+from tests.conftest import fresh_host, fresh_hosts
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = [sys.executable, "-m", "node.cli", "node"]
@@ -219,8 +219,7 @@ def test_sigterm_during_start_up_stops_within_the_shutdown_timeout(
 ) -> None:
     """Node 1 of a three-node cluster whose peers never start waits for its groups' leaders;
     a joining node whose seed is down waits to be admitted. SIGTERM ends either cleanly."""
-    base = fresh_host().rsplit(".", 1)[0]
-    hosts = {i: f"{base}.{200 + i}" for i in (1, 2, 3)}
+    hosts = dict(zip((1, 2, 3), fresh_hosts(3), strict=True))
     settings = {
         "RAFTCHAT_LOG_FORMAT": "text",
         "RAFTCHAT_NODE_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
