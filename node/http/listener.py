@@ -111,7 +111,7 @@ class HttpServer:
         first = True
         try:
             while True:
-                request = await self._read_request(conn, stream, first)
+                request = await self._read_request(conn, stream, first, address)
                 if request is None:
                     return
                 first = False
@@ -137,7 +137,7 @@ class HttpServer:
             await self._answer_and_close(conn, stream, key, address, r)
 
     async def _read_request(
-        self, conn: h11.Connection, stream: trio.abc.Stream, first: bool
+        self, conn: h11.Connection, stream: trio.abc.Stream, first: bool, address: str
     ) -> Request | None:
         """The next request, or None when the client closed or idled out between requests.
 
@@ -186,7 +186,7 @@ class HttpServer:
                         raise _Refusal(413, f"body exceeds {limit} bytes")
                 elif isinstance(event, h11.EndOfMessage):
                     assert head is not None
-                    return self._request(head, bytes(body))
+                    return self._request(head, bytes(body), address)
                 elif head is None:
                     return None  # ConnectionClosed between requests
                 else:
@@ -195,7 +195,7 @@ class HttpServer:
             return None  # closed without an answer: there is no request to answer
         raise _Refusal(408, f"request {phase} not complete within {timeouts[phase]} s")
 
-    def _request(self, head: h11.Request, body: bytes) -> Request:
+    def _request(self, head: h11.Request, body: bytes, address: str) -> Request:
         parts = urlsplit(head.target.decode("latin-1"))
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers}
@@ -206,6 +206,7 @@ class HttpServer:
             headers,
             body,
             max_json_depth=self._cfg.max_json_depth,
+            client=address,
         )
 
     async def _answer_and_close(
@@ -256,6 +257,7 @@ class HttpServer:
             ("content-type", "application/json; charset=utf-8"),
             ("content-length", str(len(body))),
         ]
+        headers.extend(resp.headers)
         if close:
             headers.append(("connection", "close"))
         reason = _PHRASES.get(resp.status, b"")
