@@ -85,8 +85,10 @@ class Api:
         assert resp.status_code == 200, (path, resp.status_code, resp.text)
         return resp.json()
 
-    def token(self, uid: str, token: str, device_flag: int = 0, device_level: int = 0) -> None:
-        self.client.user_token(uid, token, device_flag, device_level)
+    def token(
+        self, uid: str, token: str, device_flag: int = 0, device_level: int = 0, expire: int = 0
+    ) -> None:
+        self.client.user_token(uid, token, device_flag, device_level, expire)
 
 
 @pytest.fixture
