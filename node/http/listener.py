@@ -12,6 +12,7 @@ logged at most once per client and interval.
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
@@ -222,7 +223,7 @@ class HttpServer:
             (refusal.status, key),
             "HTTP request refused",
             client=address,
-            why=refusal.msg[:_LOGGED_CHARS],  # h11 quotes the client's bytes
+            why=_unquoted(refusal.msg)[:_LOGGED_CHARS],
         )
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return  # mid-response: there is no way left to say anything
@@ -265,6 +266,16 @@ class HttpServer:
         out = (conn.send(head) or b"") + (conn.send(h11.Data(data=body)) or b"")
         out += conn.send(h11.EndOfMessage()) or b""
         await stream.send_all(out)
+
+
+_QUOTED_BYTES = re.compile(r"""(?:bytearray\()?b(['"])(?:\\.|(?!\1).)*\1\)?""")
+
+
+def _unquoted(reason: str) -> str:
+    """A refusal's reason without the request bytes h11 quotes in it (``illegal header line:
+    bytearray(b'token: ...')``): a header line can carry a credential, which must not reach
+    the log. The client's own answer keeps them."""
+    return _QUOTED_BYTES.sub("<bytes>", reason)
 
 
 async def _linger(stream: trio.abc.Stream) -> None:
