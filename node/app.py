@@ -56,6 +56,7 @@ from .sessions import DeviceLimits, SessionLike, SessionRegistry
 from .startup import EXIT_FAILED, StartupError, startup_error_in, unavailable
 from .storage import MessageRecord, Store
 from .userfacts import UserFacts
+from .usertokens import TokenKeys
 from .webhooks import Webhooks
 
 log = get_logger("node")
@@ -88,8 +89,15 @@ class Node:
         self.cluster_sessions: ClusterSessions
         self.client_routes: ClientRoutes
         # Never a Raft port without a password: pysyncobj unpickles whatever reaches an open
-        # one. A lone node has no peer to share a secret with, so it makes one up.
-        self.raft_password = config.cluster.password or secrets.token_hex(16)
+        # one. A lone node has no peer to share a secret with: it keeps one of its own in its
+        # data directory, which also keys its user tokens (they must outlive a restart).
+        local = datadir.local_secret(create=not config.cluster.password)
+        self.raft_password = config.cluster.password or local or ""
+        # Tokens sealed under a password being replaced, or by this node while it was alone
+        # without a password, still log in (and are sealed again under the current key).
+        self.token_keys = TokenKeys(
+            [config.cluster.password, config.cluster.password_previous, local or ""]
+        )
         # Tests only (``testing.sabotage``; the config refuses it without the guard variable).
         sabotage = config.testing.sabotage
         self.fake_acks = AckCounter() if sabotage == ACK_WITHOUT_COMMIT else None
@@ -316,6 +324,12 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
+        if cfg.auth.api_open:
+            log.warning(
+                "auth.api_open: the HTTP API and the public gRPC API take no credential; "
+                "anyone who reaches them can act as any user",
+                hosts=",".join(cfg.api_hosts()),
+            )
         if cfg.testing.sabotage:
             log.warning(
                 "SABOTAGE ACTIVE: this node has a deliberate bug that loses or duplicates "
@@ -382,9 +396,12 @@ class Node:
                 servicer_base=peer_pb2_grpc.PeerServicer,
                 handlers=self.router.handlers(),
                 notices=self.router.notices(),
-                # Same port, no peer token: the public API is for the app's backend.
-                extra_services=self.public_api.services(),
                 what="peer gRPC",
+            )
+            # The public API on a port of its own, so that the peer port can be closed to all
+            # but the cluster's nodes (it checks the API token, not the peer token).
+            public_grpc = GrpcServer.of_services(
+                f"{host}:{cfg.grpc.port}", self.public_api.services(), what="public gRPC"
             )
             async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as serving:
                 try:
@@ -398,6 +415,10 @@ class Node:
                 nursery.start_soon(run_reclaim, self.router, cfg.messages.retention_days)
                 nursery.start_soon(self.client_routes.run)
                 await self._serve_clients(nursery, self.router)
+                try:
+                    await serving.enter_async_context(public_grpc.serving())
+                except ListenError as e:
+                    raise unavailable(str(e)) from None
                 log.info("listening; waiting for every local group to have a leader")
                 while not self.router.groups_ready():
                     await trio.sleep(READY_POLL_S)  # waiting on elections, which signal nothing
@@ -435,7 +456,16 @@ class Node:
             nursery.start_soon(sessions.enforce, session)
 
         gateway = Gateway(
-            GatewayContext(cfg, self.registry, router, nursery, self.facts, rules, on_login)
+            GatewayContext(
+                cfg,
+                self.registry,
+                router,
+                nursery,
+                self.facts,
+                rules,
+                on_login,
+                token_keys=self.token_keys,
+            )
         )
         assert self.admin is not None
         api = ApiContext(
@@ -447,6 +477,7 @@ class Node:
             rules,
             self.webhooks,
             self.client_routes,
+            token_keys=self.token_keys,
         )
         http_router = build_router(api)
         self.public_api.attach(http_router, api)
@@ -465,7 +496,8 @@ class Node:
             "http": f"http://{host}:{cfg.http.port}",
             "tcp": f"{host}:{tcp_port}",
             "ws": f"ws://{host}:{cfg.gateway.ws_port}",
-            "grpc": f"{host}:{cfg.cluster.grpc_port}",
+            "grpc": f"{host}:{cfg.grpc.port}",
+            "peer": f"{host}:{cfg.cluster.grpc_port}",
         }
 
 

@@ -1,13 +1,15 @@
 """The public gRPC API from another language, from the .proto files alone: Node with the npm
 packages @grpc/grpc-js and @grpc/proto-loader against a real three-node cluster. A group is
 created on node 1, subscribed to on node 2, a message sent on node 3 is read back by seq on
-node 1 and arrives on the stream; a send to a missing channel shows the error model."""
+node 1 and arrives on the stream; a send to a missing channel shows the error model. Calls
+carry the API token as ``authorization: Bearer`` metadata; one without it is refused."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 from tests.conftest import Cluster
 
 pytestmark = pytest.mark.e2e
+API_TOKEN = "grpcjs-api-token"
 
 HARNESS = Path(__file__).parent / "grpcjs"
 REPO = Path(__file__).resolve().parents[2]
@@ -41,10 +44,21 @@ def run_scenario(spec: dict[str, Any], timeout_s: float = 60) -> dict[str, Any]:
     return result
 
 
+@pytest.fixture
+def cluster3(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, 3, auth__api_token=API_TOKEN)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
 def test_grpc_js_sends_reads_by_seq_and_subscribes_on_three_nodes(cluster3: Cluster) -> None:
     result = run_scenario(
         {
-            "nodes": [f"{cluster3.hosts[i]}:11110" for i in (1, 2, 3)],
+            "nodes": [f"{cluster3.hosts[i]}:5002" for i in (1, 2, 3)],
+            "api_token": API_TOKEN,
             "proto_root": str(REPO),
             "channel_id": "js-room",
             "timeout_ms": 40000,
@@ -73,4 +87,5 @@ def test_grpc_js_sends_reads_by_seq_and_subscribes_on_three_nodes(cluster3: Clus
         "reason_code": "5",  # ChannelNotExist
         "has_status_details": True,
     }
+    assert result["without_token"] == {"code": 16}  # UNAUTHENTICATED
     assert "stream_error" not in result, result["stream_error"]

@@ -368,7 +368,7 @@ def test_a_lone_node_without_a_password_serves_its_peer_service_to_nobody(
     # service must be just as closed (it accepted any caller, who could commit anything).
     node = start_node(tmp_path_factory.mktemp("lone"))
     try:
-        host = node.endpoints["grpc"]
+        host = node.endpoints["peer"]
         item = pb.SendItem(from_uid="x", channel_id="", channel_type=1, client_msg_no="m")
         with grpc.insecure_channel(host) as channel:
             stub = pb_grpc.PeerStub(channel)

@@ -56,6 +56,7 @@ import trio
 
 from client.wkproto import ConnectRefused, open_client
 from node.channels import person_channel_id
+from node.config import Config
 from node.http.api import build_router
 from node.http.common import ApiContext
 from proto.wkproto import Event, ReasonCode
@@ -160,7 +161,14 @@ class Suite:
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     receiver = Receiver()
-    cluster = Cluster(Path(tmp_path_factory.mktemp("http3")), 3, webhook__url=receiver.url)
+    # With both tokens, as a deployment runs: every route below is also a route that works
+    # with the API token (and /cluster/* with the admin token).
+    cluster = Cluster(
+        Path(tmp_path_factory.mktemp("http3")),
+        3,
+        webhook__url=receiver.url,
+        auth__api_token="http3-api-token",
+    )
     cluster.start()
     calls: list[Call] = []
     apis = {i: cluster.api(i) for i in cluster.nodes}
@@ -257,8 +265,9 @@ def list_of(node: Node, route: str, channel_id: str, channel_type: int = 2) -> l
 
 
 def registered_routes() -> set[str]:
-    # Registration only closes over the context; handlers use it when they serve a request.
-    router = build_router(cast(ApiContext, MagicMock()))
+    # Registration only closes over the context (and reads its auth settings); handlers use
+    # it when they serve a request.
+    router = build_router(cast(ApiContext, MagicMock(config=Config())))
     return {f"{method} {path}" for method, path in router.paths()}
 
 
