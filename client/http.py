@@ -14,6 +14,9 @@ it is not one of the system's.
 Any node answers any call, so the list is only for availability: a node that cannot be reached
 is left for the next one, also for later calls. A 503 with reason code 17, 18 or 10 (the
 cluster is between leaders) is retried with backoff, a bounded number of times.
+
+A node with ``auth.api_token`` wants it with every call (``api_token=``); the ``cluster_*``
+calls want ``auth.admin_token`` instead (``admin_token=``). Both go in the ``token:`` header.
 """
 
 from __future__ import annotations
@@ -56,6 +59,23 @@ HTTP_BACKOFF = Backoff(0.1, 2.0)
 DEFAULT_URL = DEFAULT_HTTP_URL
 
 
+class TokenAuth(httpx.Auth):
+    """Puts the right token on each request: the admin token on ``/cluster/*`` routes, the API
+    token on the others (either may be None: that request then goes without). Usable on any
+    ``httpx`` client: ``httpx.Client(auth=TokenAuth(api_token, admin_token))``."""
+
+    def __init__(self, api_token: str | None = None, admin_token: str | None = None) -> None:
+        self.api_token = api_token
+        self.admin_token = admin_token
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        admin = "/cluster/" in request.url.path  # also behind a proxy's path prefix
+        token = self.admin_token if admin else self.api_token
+        if token:
+            request.headers["token"] = token
+        yield request
+
+
 class _Again(Exception):
     """Retry the call after ``delay`` seconds (a retryable 503)."""
 
@@ -80,6 +100,7 @@ class _Attempt(Generic[T]):
             kwargs["json"] = call.body
         if call.query:
             kwargs["params"] = dict(call.query)
+        kwargs["auth"] = self.client.auth
         return call.method, self.client.url + call.path, kwargs
 
     def transport_failed(self, error: httpx.TransportError) -> float:
@@ -164,6 +185,8 @@ class _Base(Generic[H]):
         backoff: Backoff = HTTP_BACKOFF,
         http: H | None = None,
         ca_file: str | None = None,
+        api_token: str | None = None,
+        admin_token: str | None = None,
     ) -> None:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
@@ -177,6 +200,8 @@ class _Base(Generic[H]):
         )
         self.http: H = http if http is not None else self._new_http(timeout_s, verify)
         """The httpx client underneath; pass your own (``http=``) to configure it."""
+        self.auth = TokenAuth(api_token, admin_token)
+        """The node's ``auth.api_token`` and ``auth.admin_token``, sent with each request."""
         self._current = 0
 
     @staticmethod
@@ -262,7 +287,7 @@ class SyncHttpClient(Blocking, _Base[httpx.Client]):
 
     def request(self, method: str, path: str, body: Any = None) -> httpx.Response:
         """One raw request to the current node: no retry, no failover, no status check."""
-        return self.http.request(method, self.url + path, json=body)
+        return self.http.request(method, self.url + path, json=body, auth=self.auth)
 
     def close(self) -> None:
         self.http.close()
@@ -300,7 +325,7 @@ class HttpClient(Async, _Base[httpx.AsyncClient]):
 
     async def request(self, method: str, path: str, body: Any = None) -> httpx.Response:
         """One raw request to the current node: no retry, no failover, no status check."""
-        return await self.http.request(method, self.url + path, json=body)
+        return await self.http.request(method, self.url + path, json=body, auth=self.auth)
 
     async def iter_messages(
         self,

@@ -382,6 +382,7 @@ async def open_session(
     uid: str,
     token: str,
     http: HttpClient | str | Sequence[str] | None = None,
+    api_token: str | None = None,
     transport: Literal["tcp", "ws"] = "tcp",
     encrypt: bool = True,
     device_flag: int = 0,
@@ -398,7 +399,8 @@ async def open_session(
     the TCP port, or the WebSocket port with ``transport="ws"``).
 
     ``http``: an ``HttpClient`` or its base URL(s), to catch up after reconnections (without
-    it, messages sent while disconnected are not fetched). Entering waits up to
+    it, messages sent while disconnected are not fetched); ``api_token`` is the nodes'
+    ``auth.api_token`` for a client built from URLs. Entering waits up to
     ``wait_connected_s`` for the first login (None: not at all) and raises the refusal
     (``ConnectRefused``), or ``Unreachable`` if no node accepted in time.
 
@@ -412,7 +414,11 @@ async def open_session(
         raise ValueError("at least one node address is needed")
     # An HttpClient passed in is the caller's to close; one built from URLs is the session's.
     own_http = http is not None and not isinstance(http, HttpClient)
-    api = http if http is None or isinstance(http, HttpClient) else HttpClient(http)
+    api = (
+        http
+        if http is None or isinstance(http, HttpClient)
+        else HttpClient(http, api_token=api_token)
+    )
     session = Session(
         addresses,
         uid=uid,

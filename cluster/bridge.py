@@ -15,8 +15,9 @@ grpcio has no trio support, so this module bridges the two (measured in stack-fi
   300 sends/s in the bench was starting those threads.
 
 One server hosts several services on one port, each with its own authentication: peers
-present a shared token in the call metadata (see ``peer.proto``), the public API
-(``raftchat.v1``) needs none. A call without the right token ends alone, UNAUTHENTICATED (the
+present a shared token in the call metadata (see ``peer.proto``); a service may instead bring
+its own check of the metadata (``GrpcService.authorize``: the public API's bearer token, on a
+server of its own). A call without the right token ends alone, UNAUTHENTICATED (the
 connection and other calls carry on), and is logged at most once per peer address and
 ``AUTH_LOG_INTERVAL_S`` (``cluster/ratelog.py``). Server-streaming RPCs are bridged too: the
 trio handler ``emit``s items, which the asyncio side yields, with a small window of credits so
@@ -51,6 +52,9 @@ AUTH_METADATA_KEY = "x-raftchat-peer"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 Handler = Callable[[Any], Awaitable[Any]]
+Metadata = Sequence[tuple[str, str | bytes]]
+Authorize = Callable[[str, Metadata, str], "GrpcAbort | None"]
+"""``authorize(method name, invocation metadata, peer address)``: None or the refusal."""
 Emit = Callable[[Any], Awaitable[None]]
 StreamHandler = Callable[[Any, Emit], Awaitable[None]]
 """A server-streaming RPC: ``await handler(request, emit)``, calling ``await emit(item)`` per
@@ -162,6 +166,9 @@ class GrpcService:
     notices: Mapping[str, Notice] = field(default_factory=dict)
     auth_token: str | None = None
     """The token callers must present under ``AUTH_METADATA_KEY``; None: anyone may call."""
+    authorize: Authorize | None = None
+    """A check of each call's metadata, before anything else of the call is looked at: None
+    lets it through, a ``GrpcAbort`` is the answer (the public API's bearer token)."""
 
     def check(self) -> None:
         base = self.servicer_base
@@ -248,6 +255,33 @@ def _deadline(remaining: float | None) -> Iterator[None]:
             yield
 
 
+async def _refuse_unauthorized(context: Any, authorize: Authorize, name: str) -> None:
+    refusal = authorize(name, context.invocation_metadata() or (), peer_host(context.peer() or ""))
+    if refusal is not None:
+        await _abort(context, refusal)
+
+
+def _authorized(method: Any, name: str, authorize: Authorize) -> Callable[..., Awaitable[Any]]:
+    async def checked(servicer: Any, request: Any, context: Any) -> Any:
+        await _refuse_unauthorized(context, authorize, name)
+        return await method(servicer, request, context)
+
+    checked.__name__ = checked.__qualname__ = name
+    return checked
+
+
+def _authorized_stream(
+    method: Any, name: str, authorize: Authorize
+) -> Callable[..., AsyncIterator[Any]]:
+    async def checked(servicer: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+        await _refuse_unauthorized(context, authorize, name)
+        async for item in method(servicer, request, context):
+            yield item
+
+    checked.__name__ = checked.__qualname__ = name
+    return checked
+
+
 async def _unimplemented(_servicer: Any, _request: Any, context: Any) -> None:
     await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not served by this node")
 
@@ -305,7 +339,7 @@ class GrpcServer:
         self,
         bind: str,
         auth_token: str | None,
-        add_to_server: Callable[[Any, Any], None],
+        add_to_server: Callable[[Any, Any], None] | None,
         servicer_base: type,
         handlers: Mapping[str, Handler],
         *,
@@ -315,10 +349,20 @@ class GrpcServer:
         what: str = "gRPC",
         credentials: grpc.ServerCredentials | None = None,
     ) -> None:
-        main = GrpcService(
-            add_to_server, servicer_base, handlers, notices=notices or {}, auth_token=auth_token
+        main = (
+            []
+            if add_to_server is None  # of_services: only the services given
+            else [
+                GrpcService(
+                    add_to_server,
+                    servicer_base,
+                    handlers,
+                    notices=notices or {},
+                    auth_token=auth_token,
+                )
+            ]
         )
-        self._services = [main, *extra_services]
+        self._services = [*main, *extra_services]
         for service in self._services:
             service.check()
         self.bind = bind
@@ -335,6 +379,30 @@ class GrpcServer:
         # Calls refused for their token: a line per peer address per interval, since every
         # refused call costs the caller one request (asyncio thread only).
         self.auth_refusals = RateLimitedLog(log, AUTH_LOG_INTERVAL_S)
+
+    @classmethod
+    def of_services(
+        cls,
+        bind: str,
+        services: Sequence[GrpcService],
+        *,
+        what: str,
+        grace_s: float = 2.0,
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> GrpcServer:
+        """A server of ``services`` only, each with its own authentication (TLS with
+        ``credentials``)."""
+        return cls(
+            bind,
+            None,
+            None,
+            object,
+            {},
+            extra_services=services,
+            grace_s=grace_s,
+            what=what,
+            credentials=credentials,
+        )
 
     @property
     def address(self) -> str:
@@ -433,6 +501,11 @@ class GrpcServer:
             methods[name] = self._stream_method(name, stream, auth)
         for name, notice in service.notices.items():
             methods[name] = self._notice_method(name, notice, auth)
+        if service.authorize is not None:
+            for name in [*service.handlers, *service.notices]:
+                methods[name] = _authorized(methods[name], name, service.authorize)
+            for name in service.streams:
+                methods[name] = _authorized_stream(methods[name], name, service.authorize)
         # RPCs without a handler answer UNIMPLEMENTED, as the generated base methods do, but
         # quietly: those are sync, so grpc.aio runs them in a thread pool and logs a traceback
         # per call (and a peer on a newer version could send such calls all day).

@@ -57,6 +57,7 @@ from .startup import EXIT_FAILED, StartupError, startup_error_in, unavailable
 from .storage import MessageRecord, Store
 from .tls import NodeTls
 from .userfacts import UserFacts
+from .usertokens import TokenKeys
 from .webhooks import Webhooks
 
 log = get_logger("node")
@@ -91,8 +92,15 @@ class Node:
         self.cluster_sessions: ClusterSessions
         self.client_routes: ClientRoutes
         # Never a Raft port without a password: pysyncobj unpickles whatever reaches an open
-        # one. A lone node has no peer to share a secret with, so it makes one up.
-        self.raft_password = config.cluster.password or secrets.token_hex(16)
+        # one. A lone node has no peer to share a secret with: it keeps one of its own in its
+        # data directory, which also keys its user tokens (they must outlive a restart).
+        local = datadir.local_secret(create=not config.cluster.password)
+        self.raft_password = config.cluster.password or local or ""
+        # Tokens sealed under a password being replaced, or by this node while it was alone
+        # without a password, still log in (and are sealed again under the current key).
+        self.token_keys = TokenKeys(
+            [config.cluster.password, config.cluster.password_previous, local or ""]
+        )
         # Tests only (``testing.sabotage``; the config refuses it without the guard variable).
         sabotage = config.testing.sabotage
         self.fake_acks = AckCounter() if sabotage == ACK_WITHOUT_COMMIT else None
@@ -319,6 +327,12 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
+        if cfg.auth.api_open:
+            log.warning(
+                "auth.api_open: the HTTP API and the public gRPC API take no credential; "
+                "anyone who reaches them can act as any user",
+                hosts=",".join(cfg.api_hosts()),
+            )
         if cfg.testing.sabotage:
             log.warning(
                 "SABOTAGE ACTIVE: this node has a deliberate bug that loses or duplicates "
@@ -390,11 +404,17 @@ class Node:
                 servicer_base=peer_pb2_grpc.PeerServicer,
                 handlers=self.router.handlers(),
                 notices=self.router.notices(),
-                # Same port, no peer token: the public API is for the app's backend. It shares
-                # the port's TLS too: mutual TLS with tls.ca_file, plain without.
-                extra_services=self.public_api.services(),
                 what="peer gRPC",
                 credentials=tls.peer_server_credentials() if tls is not None else None,
+            )
+            # The public API on a port of its own, so that the peer port can be closed to all
+            # but the cluster's nodes (it checks the API token, not the peer token).
+            public_grpc = GrpcServer.of_services(
+                f"{host}:{cfg.grpc.port}",
+                self.public_api.services(),
+                what="public gRPC",
+                # TLS for clients with a certificate; no client certificate asked for.
+                credentials=tls.public_grpc_credentials() if tls is not None else None,
             )
             async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as serving:
                 try:
@@ -408,6 +428,10 @@ class Node:
                 nursery.start_soon(run_reclaim, self.router, cfg.messages.retention_days)
                 nursery.start_soon(self.client_routes.run)
                 await self._serve_clients(nursery, self.router)
+                try:
+                    await serving.enter_async_context(public_grpc.serving())
+                except ListenError as e:
+                    raise unavailable(str(e)) from None
                 log.info("listening; waiting for every local group to have a leader")
                 while not self.router.groups_ready():
                     await trio.sleep(READY_POLL_S)  # waiting on elections, which signal nothing
@@ -447,7 +471,16 @@ class Node:
         # WSS and HTTPS share one context: the node's certificate, no client certificates.
         ssl_context = self.tls.server_context() if self.tls is not None else None
         gateway = Gateway(
-            GatewayContext(cfg, self.registry, router, nursery, self.facts, rules, on_login),
+            GatewayContext(
+                cfg,
+                self.registry,
+                router,
+                nursery,
+                self.facts,
+                rules,
+                on_login,
+                token_keys=self.token_keys,
+            ),
             ssl_context,
         )
         assert self.admin is not None
@@ -460,6 +493,7 @@ class Node:
             rules,
             self.webhooks,
             self.client_routes,
+            token_keys=self.token_keys,
         )
         http_router = build_router(api)
         self.public_api.attach(http_router, api)
@@ -478,7 +512,8 @@ class Node:
             "http": f"{'https' if cfg.http.tls else 'http'}://{host}:{cfg.http.port}",
             "tcp": f"{host}:{tcp_port}",
             "ws": f"ws://{host}:{cfg.gateway.ws_port}",
-            "grpc": f"{host}:{cfg.cluster.grpc_port}",
+            "grpc": f"{host}:{cfg.grpc.port}",
+            "peer": f"{host}:{cfg.cluster.grpc_port}",
         }
         if ssl_context is not None:
             self.endpoints["wss"] = f"wss://{host}:{cfg.gateway.wss_port}"

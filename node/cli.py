@@ -8,10 +8,16 @@ import sys
 from typing import Any
 
 from .config import ConfigError, load_config
+from .dev import DEFAULT_DATA
 from .log import setup_logging
+
+PRIVATE_UMASK = 0o077
+"""Every file and directory the node makes (RocksDB, Raft journals, snapshots, its secret) is
+its own alone: 0600 and 0700, whatever the caller's umask."""
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
+    os.umask(PRIVATE_UMASK)
     try:
         cfg = load_config(args.config)
     except ConfigError as e:
@@ -93,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p_node.set_defaults(func=_cmd_node)
     p_dev = sub.add_parser("dev", help="run a local development cluster and print its endpoints")
     p_dev.add_argument("--nodes", type=int, default=1)
-    p_dev.add_argument("--data", default="./data", help="data directory of the local cluster")
+    p_dev.add_argument("--data", default=DEFAULT_DATA, help="data directory of the local cluster")
     p_dev.add_argument("--config", help="base TOML config for every node")
     p_dev.set_defaults(func=_cmd_dev)
     p_bench = sub.add_parser(

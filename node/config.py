@@ -8,8 +8,10 @@ silently fall back to a default.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,11 +25,23 @@ from .sabotage import MODES as SABOTAGE_MODES
 from .safejson import ABSOLUTE_MAX_DEPTH
 
 ENV_PREFIX = "RAFTCHAT_"
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the offending key."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host`` (127.0.0.0/8, ::1, ``localhost``). Any
+    other name counts as reachable from outside: it could resolve to anything."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -122,6 +136,52 @@ class HttpSection:
 class AuthSection:
     token_auth: bool = True
     """Check CONNECT tokens against ``/user/token``. Off: any token is accepted (development)."""
+    api_token: str = ""
+    """When set, every HTTP route but the exempt ones (``node/http/auth.py``) and every public
+    gRPC call needs it (header ``token:`` or ``Authorization: Bearer``)."""
+    api_token_previous: str = ""
+    """Accepted as well as ``api_token`` while clients move to a new one (rotation)."""
+    admin_token: str = ""
+    """What the ``/cluster/*`` routes need (a different secret from ``api_token``). Unset: no
+    route changes the cluster, and a multi-node cluster answers no ``/cluster/*`` route."""
+    admin_token_previous: str = ""
+    """Accepted as well as ``admin_token`` during a rotation."""
+    api_open: bool = False
+    """Serve the API without ``api_token`` on an address that is not loopback (WuKongIM's
+    open mode); refused otherwise. Logged as a warning at start."""
+
+    def problems(self, hosts: list[str]) -> list[str]:
+        out = []
+        for key in ("api_token", "api_token_previous", "admin_token", "admin_token_previous"):
+            value = getattr(self, key)
+            if value and not _TOKEN_CHARS.fullmatch(value):
+                out.append(
+                    f"auth.{key} must be printable ASCII without spaces (it travels in a header)"
+                )
+        for key in ("api_token", "admin_token"):
+            if getattr(self, f"{key}_previous") and not getattr(self, key):
+                out.append(f"auth.{key}_previous is set but auth.{key} is not")
+        api = {self.api_token, self.api_token_previous} - {""}
+        admin = {self.admin_token, self.admin_token_previous} - {""}
+        if api & admin:
+            out.append("auth.admin_token must differ from auth.api_token")
+        if self.api_open and self.api_token:
+            out.append("auth.api_open = true contradicts auth.api_token: set one of them")
+        exposed = [h for h in hosts if not is_loopback(h)]
+        if exposed and not self.api_token and not self.api_open:
+            out.append(
+                f"the HTTP and gRPC APIs would listen on {exposed[0]} without a credential: "
+                "set auth.api_token (or auth.api_open = true to serve them open, knowingly)"
+            )
+        return out
+
+
+@dataclass
+class GrpcSection:
+    """The public gRPC API (``raftchat.v1``, ``docs/grpc.md``), on a port of its own: the peer
+    port (``cluster.grpc_port``) serves only the cluster's nodes."""
+
+    port: int = 5002
 
 
 @dataclass
@@ -199,7 +259,11 @@ class ClusterSection:
     is then not needed. Its placement comes from the cluster."""
     password: str = ""
     """Shared secret of the Raft ports and the peer gRPC service (both HMAC). Required when
-    the cluster has more than one node."""
+    the cluster has more than one node. User tokens are stored as hashes under a key derived
+    from it (``node/usertokens.py``)."""
+    password_previous: str = ""
+    """The password before a change: user tokens sealed under it still log in (and are
+    sealed again under ``password`` at that login) while it is set."""
     groups: int = 8
     """Slot groups the 256 hash slots are spread over."""
     replicas: int = 3
@@ -252,6 +316,7 @@ class Config:
     devices: DevicesSection = field(default_factory=DevicesSection)
     http: HttpSection = field(default_factory=HttpSection)
     auth: AuthSection = field(default_factory=AuthSection)
+    grpc: GrpcSection = field(default_factory=GrpcSection)
     messages: MessagesSection = field(default_factory=MessagesSection)
     webhook: WebhookSection = field(default_factory=WebhookSection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
@@ -262,7 +327,14 @@ class Config:
     def validate(self) -> None:
         if not 1 <= self.node.id <= 1023:
             raise ConfigError(f"node.id must be in 1..1023, got {self.node.id}")
-        for key in ("gateway.tcp_port", "gateway.ws_port", "gateway.wss_port", "http.port"):
+        ports = (
+            "gateway.tcp_port",
+            "gateway.ws_port",
+            "gateway.wss_port",
+            "http.port",
+            "grpc.port",
+        )
+        for key in ports:
             sect, name = key.split(".")
             port = getattr(getattr(self, sect), name)
             if not 0 <= port < 65536:
@@ -307,6 +379,8 @@ class Config:
         self._validate_http()
         self._validate_tls()
         self._validate_cluster()
+        for problem in self.auth.problems(self.api_hosts()):
+            raise ConfigError(problem)
         sabotage = self.testing.sabotage
         if sabotage and sabotage not in SABOTAGE_MODES:
             raise ConfigError(
@@ -342,6 +416,11 @@ class Config:
         if self.http.tls and not t.cert_file:
             raise ConfigError("http.tls = true needs tls.cert_file and tls.key_file")
 
+    def api_hosts(self) -> list[str]:
+        """The addresses the HTTP API and the public gRPC API listen on."""
+        also = self.http.also_host
+        return [self.node.host] + ([also] if also and also != self.node.host else [])
+
     def cluster_nodes(self) -> list[NodeAddress]:
         """The initial members; this node alone when ``cluster.nodes`` is empty."""
         if not self.cluster.nodes.strip() or self.cluster.join:
@@ -367,6 +446,8 @@ class Config:
                 "cluster.password is required for a multi-node cluster: without it anyone who "
                 "reaches a Raft port can make the node unpickle arbitrary data"
             )
+        if c.password_previous and not c.password:
+            raise ConfigError("cluster.password_previous is set but cluster.password is not")
         if not 1 <= c.groups <= 256:
             raise ConfigError("cluster.groups must be in 1..256 (there are 256 hash slots)")
         if c.replicas < 1:

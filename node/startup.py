@@ -56,6 +56,7 @@ def listen_addresses(config: Config) -> list[tuple[str, str]]:
     host, c = config.node.host, config.cluster
     out = [("Raft", f"{host}:{c.raft_port + g}") for g in range(c.groups + 1)]
     out.append(("peer gRPC", f"{host}:{c.grpc_port}"))
+    out.append(("public gRPC", f"{host}:{config.grpc.port}"))
     out.append(("HTTP", f"{host}:{config.http.port}"))
     if config.http.also_host and config.http.also_host != host:
         out.append(("HTTP", f"{config.http.also_host}:{config.http.port}"))

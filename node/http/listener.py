@@ -12,6 +12,7 @@ logged at most once per client and interval.
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
@@ -129,7 +130,7 @@ class HttpServer:
         first = True
         try:
             while True:
-                request = await self._read_request(conn, stream, first)
+                request = await self._read_request(conn, stream, first, address)
                 if request is None:
                     return
                 first = False
@@ -155,7 +156,7 @@ class HttpServer:
             await self._answer_and_close(conn, stream, key, address, r)
 
     async def _read_request(
-        self, conn: h11.Connection, stream: trio.abc.Stream, first: bool
+        self, conn: h11.Connection, stream: trio.abc.Stream, first: bool, address: str
     ) -> Request | None:
         """The next request, or None when the client closed or idled out between requests.
 
@@ -204,7 +205,7 @@ class HttpServer:
                         raise _Refusal(413, f"body exceeds {limit} bytes")
                 elif isinstance(event, h11.EndOfMessage):
                     assert head is not None
-                    return self._request(head, bytes(body))
+                    return self._request(head, bytes(body), address)
                 elif head is None:
                     return None  # ConnectionClosed between requests
                 else:
@@ -213,7 +214,7 @@ class HttpServer:
             return None  # closed without an answer: there is no request to answer
         raise _Refusal(408, f"request {phase} not complete within {timeouts[phase]} s")
 
-    def _request(self, head: h11.Request, body: bytes) -> Request:
+    def _request(self, head: h11.Request, body: bytes, address: str) -> Request:
         parts = urlsplit(head.target.decode("latin-1"))
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers}
@@ -224,6 +225,7 @@ class HttpServer:
             headers,
             body,
             max_json_depth=self._cfg.max_json_depth,
+            client=address,
         )
 
     async def _answer_and_close(
@@ -239,7 +241,7 @@ class HttpServer:
             (refusal.status, key),
             "HTTP request refused",
             client=address,
-            why=refusal.msg[:_LOGGED_CHARS],  # h11 quotes the client's bytes
+            why=_unquoted(refusal.msg)[:_LOGGED_CHARS],
         )
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return  # mid-response: there is no way left to say anything
@@ -274,6 +276,7 @@ class HttpServer:
             ("content-type", "application/json; charset=utf-8"),
             ("content-length", str(len(body))),
         ]
+        headers.extend(resp.headers)
         if close:
             headers.append(("connection", "close"))
         reason = _PHRASES.get(resp.status, b"")
@@ -281,6 +284,16 @@ class HttpServer:
         out = (conn.send(head) or b"") + (conn.send(h11.Data(data=body)) or b"")
         out += conn.send(h11.EndOfMessage()) or b""
         await stream.send_all(out)
+
+
+_QUOTED_BYTES = re.compile(r"""(?:bytearray\()?b(['"])(?:\\.|(?!\1).)*\1\)?""")
+
+
+def _unquoted(reason: str) -> str:
+    """A refusal's reason without the request bytes h11 quotes in it (``illegal header line:
+    bytearray(b'token: ...')``): a header line can carry a credential, which must not reach
+    the log. The client's own answer keeps them."""
+    return _QUOTED_BYTES.sub("<bytes>", reason)
 
 
 async def _linger(stream: trio.abc.Stream) -> None:

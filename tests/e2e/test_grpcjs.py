@@ -1,13 +1,15 @@
 """The public gRPC API from another language, from the .proto files alone: Node with the npm
 packages @grpc/grpc-js and @grpc/proto-loader against a real three-node cluster. A group is
 created on node 1, subscribed to on node 2, a message sent on node 3 is read back by seq on
-node 1 and arrives on the stream; a send to a missing channel shows the error model."""
+node 1 and arrives on the stream; a send to a missing channel shows the error model. Calls
+carry the API token as ``authorization: Bearer`` metadata; one without it is refused."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from tests.conftest import Cluster, fresh_host, start_node
 from tests.tlsutil import TestCA, tls_settings
 
 pytestmark = pytest.mark.e2e
+API_TOKEN = "grpcjs-api-token"
 
 HARNESS = Path(__file__).parent / "grpcjs"
 REPO = Path(__file__).resolve().parents[2]
@@ -47,10 +50,21 @@ def run_scenario(
     return result
 
 
+@pytest.fixture
+def cluster3(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, 3, auth__api_token=API_TOKEN)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
 def test_grpc_js_sends_reads_by_seq_and_subscribes_on_three_nodes(cluster3: Cluster) -> None:
     result = run_scenario(
         {
-            "nodes": [f"{cluster3.hosts[i]}:11110" for i in (1, 2, 3)],
+            "nodes": [f"{cluster3.hosts[i]}:5002" for i in (1, 2, 3)],
+            "api_token": API_TOKEN,
             "proto_root": str(REPO),
             "channel_id": "js-room",
             "timeout_ms": 40000,
@@ -62,11 +76,12 @@ def test_grpc_js_sends_reads_by_seq_and_subscribes_on_three_nodes(cluster3: Clus
 def test_grpc_js_over_tls_with_a_test_ca(tmp_path: Path) -> None:
     """The same scenario on one node over TLS: grpc-js checks the node's certificate against
     the CA the test made (``grpc.credentials.createSsl``) and its address against the IP SAN.
-    The port is mutual TLS here (``tls.ca_file``), so the client presents a certificate too."""
+    The public port asks for no client certificate, even with ``tls.ca_file`` set (which makes
+    only the peer port mutual TLS)."""
     host = fresh_host()
     ca = TestCA(tmp_path / "ca")
-    node = start_node(tmp_path, host=host, **tls_settings(ca.issue("node", ips=[host]), ca))
-    client = ca.issue("grpc-js")
+    settings = tls_settings(ca.issue("node", ips=[host]), ca)
+    node = start_node(tmp_path, host=host, auth__api_token=API_TOKEN, **settings)
     try:
         result = run_scenario(
             {
@@ -74,9 +89,8 @@ def test_grpc_js_over_tls_with_a_test_ca(tmp_path: Path) -> None:
                 "proto_root": str(REPO),
                 "channel_id": "js-room",
                 "timeout_ms": 40000,
+                "api_token": API_TOKEN,
                 "ca_file": str(ca.ca_file),
-                "cert_file": str(client.cert),
-                "key_file": str(client.key),
             }
         )
         check_scenario(result)
@@ -119,4 +133,5 @@ def check_scenario(result: dict[str, Any]) -> None:
         "reason_code": "5",  # ChannelNotExist
         "has_status_details": True,
     }
+    assert result["without_token"] == {"code": 16}  # UNAUTHENTICATED
     assert "stream_error" not in result, result["stream_error"]

@@ -45,7 +45,7 @@ class TlsNode:
         self.proc = proc
         self.ca = ca
         self.client = client
-        """A client certificate from the node's CA (the gRPC port asks for one)."""
+        """A client certificate from the node's CA (the peer gRPC port asks for one)."""
         self.host = proc.endpoints["tcp"].rsplit(":", 1)[0]
         self.api = Api(proc.endpoints["http"], ca_file=ca.ca_file)
 
@@ -143,26 +143,40 @@ def test_the_http_api_over_https(tls_node: TlsNode) -> None:
 
 
 def test_the_grpc_api_over_tls(tls_node: TlsNode) -> None:
+    """The public port is TLS without a client certificate; the peer port is mutual TLS."""
     target = tls_node.proc.endpoints["grpc"]
-    client = tls_node.client
     tls_node.api.token("grpc-alice", "t")
     tls_node.api.token("grpc-bob", "t")
-    with SyncGrpcClient(
-        target,
-        ca_file=str(tls_node.ca.ca_file),
-        cert_file=str(client.cert),
-        key_file=str(client.key),
-        timeout_s=5,
-    ) as rpc:
+    with SyncGrpcClient(target, ca_file=str(tls_node.ca.ca_file), timeout_s=5) as rpc:
         sent = rpc.send("grpc-alice", "grpc-bob", ChannelType.PERSON, b"over grpc tls")
         msg = rpc.get_by_seq("grpc-bob", "grpc-alice", ChannelType.PERSON, sent.message_seq)
         assert msg.payload == b"over grpc tls"
-    # Without a certificate from the CA, or without TLS at all, the port does not serve.
+    # Without TLS the public port does not serve.
+    with SyncGrpcClient(target, timeout_s=3) as rpc, pytest.raises(GrpcError) as e:
+        rpc.send("grpc-alice", "grpc-bob", ChannelType.PERSON, b"refused")
+    assert e.value.code == grpc.StatusCode.UNAVAILABLE
+    # The peer port wants a certificate from the CA: a TLS client without one gets no call
+    # through (the handshake fails before any RPC, public or peer, is looked at).
+    peer = tls_node.proc.endpoints["peer"]
+    client = tls_node.client
     for kwargs in ({"ca_file": str(tls_node.ca.ca_file)}, {}):
-        with SyncGrpcClient(target, timeout_s=3, **kwargs) as rpc:  # type: ignore[arg-type]
+        with SyncGrpcClient(peer, timeout_s=3, **kwargs) as rpc:  # type: ignore[arg-type]
             with pytest.raises(GrpcError) as e:
                 rpc.send("grpc-alice", "grpc-bob", ChannelType.PERSON, b"refused")
             assert e.value.code == grpc.StatusCode.UNAVAILABLE
+    # With one, the handshake passes and the port answers: it serves no public API.
+    with (
+        SyncGrpcClient(
+            peer,
+            ca_file=str(tls_node.ca.ca_file),
+            cert_file=str(client.cert),
+            key_file=str(client.key),
+            timeout_s=3,
+        ) as rpc,
+        pytest.raises(GrpcError) as e,
+    ):
+        rpc.send("grpc-alice", "grpc-bob", ChannelType.PERSON, b"refused")
+    assert e.value.code == grpc.StatusCode.UNIMPLEMENTED
 
 
 def _plain_bytes_are_refused(host: str, port: int) -> None:
@@ -200,7 +214,7 @@ def test_a_failed_handshake_ends_only_its_connection(tls_node: TlsNode, tmp_path
             ) as a,
             open_client(host, 5100, uid=bob, token=f"tok-{bob}") as b,
         ):
-            for port in (WSS_PORT, 5001, 11110):
+            for port in (WSS_PORT, 5001, 5002, 11110):
                 for _ in range(5):
                     await trio.to_thread.run_sync(_plain_bytes_are_refused, host, port)
                 await trio.to_thread.run_sync(_wrong_ca_is_refused, host, port, other)
@@ -324,8 +338,6 @@ def test_the_tls_examples_of_the_client_docs_run(tls_node: TlsNode, index: int) 
         "RAFTCHAT_WSS": tls_node.proc.endpoints["wss"],
         "RAFTCHAT_GRPC": tls_node.proc.endpoints["grpc"],
         "RAFTCHAT_CA_FILE": str(tls_node.ca.ca_file),
-        "RAFTCHAT_CERT_FILE": str(tls_node.client.cert),
-        "RAFTCHAT_KEY_FILE": str(tls_node.client.key),
     }
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
