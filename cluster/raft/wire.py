@@ -10,7 +10,7 @@ each side of every hop (zlib alone ~40 us), measured in ADR 009. raftchat's fram
 sealed with AES-256-GCM, the version, timestamp and key id as associated data. The tag
 authenticates the whole frame and is checked before pysyncobj unpickles anything, so nobody
 without the cluster password can make a node unpickle a frame, nor read one (ADR 009 kept the
-frames in clear text; the encrypted-frames ADR measures the change: no more CPU than the HMAC).
+frames in clear text; ADR 016 measures the change: no more CPU than the HMAC).
 
 Keys. The password goes through a slow KDF once per process (``frame_key``: PBKDF2, since a
 captured frame lets anyone test password guesses offline). Each sender (one ``FrameCipher``

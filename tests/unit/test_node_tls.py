@@ -24,7 +24,7 @@ def ca(tmp_path: Path) -> TestCA:
 
 
 def config(**tls: str) -> Config:
-    env = {"RAFTCHAT_NODE_HOST": HOST}
+    env = {"RAFTCHAT_NODE_HOST": HOST, "RAFTCHAT_AUTH_API_TOKEN": "unit-test-api-token"}
     env.update({f"RAFTCHAT_TLS_{k.upper()}": v for k, v in tls.items()})
     return load_config(None, env=env)
 
