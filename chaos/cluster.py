@@ -55,13 +55,21 @@ class ChaosCluster:
         """Run each node with its own group id (for partitions; needs root). The fuzzer, which
         cuts no links, runs the nodes as its own user."""
         self.password = secrets.token_urlsafe(24)
-        self.settings = dict(settings or {})
+        # The API and admin tokens, as a deployment runs: every request of the workload, the
+        # runner and the fuzzer passes (or, for the fuzzer's, fails) their check.
+        self.api_token = secrets.token_urlsafe(24)
+        self.admin_token = secrets.token_urlsafe(24)
+        self.settings = {
+            "RAFTCHAT_AUTH_API_TOKEN": self.api_token,
+            "RAFTCHAT_AUTH_ADMIN_TOKEN": self.admin_token,
+            **(settings or {}),
+        }
         self.hosts: dict[int, str] = {n: self.host(n) for n in node_ids}
         self.nodes: dict[int, NodeProcess] = {}
         envs = cluster_env(self.hosts, self.password, self.settings)
         for n in self.hosts:
             self.nodes[n] = self._process(n, envs[n])
-        self.http = NodeHttp()
+        self.http = NodeHttp(self.api_token, self.admin_token)
         self.known: set[int] = set(self.hosts)
         """The members as the newest cluster map says (:meth:`refresh_members`): a membership
         request that timed out may still have taken effect, so the runner never trusts its own

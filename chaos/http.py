@@ -24,8 +24,9 @@ class HttpError(Exception):
 class NodeHttp:
     """HTTP clients of the nodes, made on first use (a joining node gets one when asked)."""
 
-    def __init__(self) -> None:
+    def __init__(self, api_token: str | None = None, admin_token: str | None = None) -> None:
         self._clients: dict[str, HttpClient] = {}
+        self._api_token, self._admin_token = api_token, admin_token
 
     async def request(
         self,
@@ -42,7 +43,13 @@ class NodeHttp:
         api = self._clients.get(url)
         if api is None:
             transport = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0))
-            api = self._clients[url] = HttpClient(url, retries=0, http=transport)
+            api = self._clients[url] = HttpClient(
+                url,
+                retries=0,
+                http=transport,
+                api_token=self._api_token,
+                admin_token=self._admin_token,
+            )
         try:
             with trio.fail_after(timeout_s):
                 return 200, await api.call(method, path, body)

@@ -34,6 +34,7 @@ from .errors import (
     Refused,
     SendRefused,
     ServerError,
+    Unauthorized,
     Unavailable,
     Unreachable,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "SyncGrpcClient",
     "SyncHttpClient",
     "SyncSession",
+    "Unauthorized",
     "Unavailable",
     "Unreachable",
     "WKClient",

@@ -21,6 +21,7 @@ from typing import Any
 
 from proto.wkproto import ChannelType
 
+from .defaults import API_TOKEN_ENV, DEV_DATA_DIR
 from .defaults import DEFAULT_HTTP_URL as DEFAULT_URL
 from .defaults import DEFAULT_TCP_ADDR as DEFAULT_NODE
 
@@ -72,6 +73,11 @@ def _add_http(p: argparse.ArgumentParser) -> None:
         "--http",
         action="append",
         help=f"HTTP API base URL, repeatable: calls fail over (default {DEFAULT_URL})",
+    )
+    p.add_argument(
+        "--api-token",
+        help=f"the nodes' auth.api_token (default: ${API_TOKEN_ENV}; without --http, "
+        f"also {DEV_DATA_DIR}/api.token of `raftchat dev`)",
     )
 
 

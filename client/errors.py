@@ -96,8 +96,14 @@ class BadRequest(ApiError):
     """400: the request is malformed; ``message`` names the field."""
 
 
+class Unauthorized(ApiError):
+    """401: no token, or not the right one: the API token (``api_token=``) for the product
+    routes, the admin token (``admin_token=``) for ``/cluster/*``."""
+
+
 class Refused(ApiError):
-    """403: a send or message operation was refused; ``reason_code`` says why."""
+    """403: a send or message operation was refused; ``reason_code`` says why (or, without a
+    reason, cluster administration that the nodes have not enabled)."""
 
 
 class NotFound(ApiError):
@@ -127,6 +133,7 @@ class Unavailable(ApiError):
 
 _BY_STATUS: dict[int, type[ApiError]] = {
     400: BadRequest,
+    401: Unauthorized,
     403: Refused,
     404: NotFound,
     409: Conflict,

@@ -1,16 +1,21 @@
 """Clients of the public gRPC API (``proto/raftchat/v1/api.proto``, ``docs/grpc.md``):
 ``SyncGrpcClient`` (blocking) and ``GrpcClient`` (trio). Usage::
 
-    with SyncGrpcClient(["127.0.0.11:11110", "127.0.0.12:11110"]) as rpc:
+    with SyncGrpcClient(["127.0.0.11:5002", "127.0.0.12:5002"], api_token=token) as rpc:
         sent = rpc.send("alice", "bob", ChannelType.PERSON, b"hi")
         msg = rpc.get_by_seq("bob", "alice", ChannelType.PERSON, sent.message_seq)
         info = rpc.call("Channels", "GetInfo", v1.Channel(channel_id="team", channel_type=2))
+
+Over TLS: ``SyncGrpcClient(targets, ca_file="ca.pem")`` (``tls=True`` trusts the system's CAs;
+``cert_file`` and ``key_file`` present a client certificate where the port asks for one).
 
 Both share everything but the waiting: the request builders, the failover between targets and
 the error parsing live here once; the trio client waits for the same gRPC futures in trio's
 worker threads (``grpc.aio`` is asyncio-only), cancelling the call when its task is cancelled.
 Every call has a deadline (``timeout_s``); a failed one raises ``GrpcError``. Replies are the
-proto messages (``proto.raftchat.v1.api_pb2``).
+proto messages (``proto.raftchat.v1.api_pb2``). Calls carry ``authorization: Bearer <token>``
+metadata: the node's ``auth.api_token`` (``api_token=``), or for the ``Cluster`` service its
+``auth.admin_token`` (``admin_token=``); the raw stubs too.
 """
 
 from __future__ import annotations
@@ -242,17 +247,86 @@ def call_request(
 # --- the clients ---------------------------------------------------------------------------
 
 
+def tls_credentials(
+    ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None
+) -> grpc.ChannelCredentials:
+    """TLS trusting ``ca_file`` (None: the system's CAs), presenting ``cert_file`` and
+    ``key_file`` (PEM) when the server asks for a client certificate."""
+
+    def read(path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("cert_file and key_file go together")
+    return grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))
+
+
+CLUSTER_SERVICE = "/raftchat.v1.Cluster/"
+
+
+class _CallDetails(grpc.ClientCallDetails):  # type: ignore[misc]
+    def __init__(self, details: Any, metadata: list[tuple[str, str]]) -> None:
+        self.method = details.method
+        self.timeout = details.timeout
+        self.metadata = metadata
+        self.credentials = details.credentials
+        self.wait_for_ready = getattr(details, "wait_for_ready", None)
+        self.compression = getattr(details, "compression", None)
+
+
+class TokenInterceptor(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds ``authorization: Bearer`` metadata to every call on a channel: the admin token on
+    the ``Cluster`` service, the API token on the others (None: none)."""
+
+    def __init__(self, api_token: str | None, admin_token: str | None) -> None:
+        self.api_token = api_token
+        self.admin_token = admin_token
+
+    def _details(self, details: Any) -> Any:
+        admin = str(details.method).startswith(CLUSTER_SERVICE)
+        token = self.admin_token if admin else self.api_token
+        if not token:
+            return details
+        metadata = [*(details.metadata or ()), ("authorization", f"Bearer {token}")]
+        return _CallDetails(details, metadata)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+
 class Stubs:
     """One target's channel and the five service stubs on it."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(
+        self,
+        target: str,
+        credentials: grpc.ChannelCredentials | None = None,
+        api_token: str | None = None,
+        admin_token: str | None = None,
+    ) -> None:
         self.target = target
-        self.channel = grpc.insecure_channel(target)
+        if credentials is None:
+            self._raw = grpc.insecure_channel(target)
+        else:
+            self._raw = grpc.secure_channel(target, credentials)
+        self.channel = grpc.intercept_channel(self._raw, TokenInterceptor(api_token, admin_token))
         self.messages = v1_grpc.MessagesStub(self.channel)
         self.channels = v1_grpc.ChannelsStub(self.channel)
         self.users = v1_grpc.UsersStub(self.channel)
         self.conversations = v1_grpc.ConversationsStub(self.channel)
         self.cluster = v1_grpc.ClusterStub(self.channel)
+
+    def close(self) -> None:
+        self._raw.close()
 
     def callable(self, rpc: Rpc[Any]) -> Any:
         return getattr(getattr(self, rpc.service.lower()), rpc.method)
@@ -364,6 +438,12 @@ class _Base:
         targets: str | Sequence[str] = DEFAULT_GRPC_TARGET,
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        tls: bool = False,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        api_token: str | None = None,
+        admin_token: str | None = None,
     ) -> None:
         listed = [targets] if isinstance(targets, str) else list(targets)
         if not listed:
@@ -371,7 +451,9 @@ class _Base:
         self.targets = listed
         self.timeout_s = timeout_s
         """The deadline of every unary call (from its start, across its failover)."""
-        self._stubs = [Stubs(t) for t in listed]
+        secure = tls or ca_file is not None or cert_file is not None
+        credentials = tls_credentials(ca_file, cert_file, key_file) if secure else None
+        self._stubs = [Stubs(t, credentials, api_token, admin_token) for t in listed]
         self._current = 0
 
     @property
@@ -419,7 +501,7 @@ class _Base:
 
     def close(self) -> None:
         for s in self._stubs:
-            s.channel.close()
+            s.close()
 
 
 class SyncGrpcClient(Blocking, _Base):

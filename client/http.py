@@ -8,14 +8,21 @@ nodes, deciding on retries and parsing answers happen in ``_Attempt``. Usage::
         api.user_token("alice", "secret")
         sent = api.send("alice", "bob", ChannelType.PERSON, b"hi")
 
+Over HTTPS, ``base_urls`` start with ``https://``; ``ca_file`` names the CA to trust (PEM) when
+it is not one of the system's.
+
 Any node answers any call, so the list is only for availability: a node that cannot be reached
 is left for the next one, also for later calls. A 503 with reason code 17, 18 or 10 (the
 cluster is between leaders) is retried with backoff, a bounded number of times.
+
+A node with ``auth.api_token`` wants it with every call (``api_token=``); the ``cluster_*``
+calls want ``auth.admin_token`` instead (``admin_token=``). Both go in the ``token:`` header.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
@@ -52,6 +59,23 @@ HTTP_BACKOFF = Backoff(0.1, 2.0)
 DEFAULT_URL = DEFAULT_HTTP_URL
 
 
+class TokenAuth(httpx.Auth):
+    """Puts the right token on each request: the admin token on ``/cluster/*`` routes, the API
+    token on the others (either may be None: that request then goes without). Usable on any
+    ``httpx`` client: ``httpx.Client(auth=TokenAuth(api_token, admin_token))``."""
+
+    def __init__(self, api_token: str | None = None, admin_token: str | None = None) -> None:
+        self.api_token = api_token
+        self.admin_token = admin_token
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        admin = "/cluster/" in request.url.path  # also behind a proxy's path prefix
+        token = self.admin_token if admin else self.api_token
+        if token:
+            request.headers["token"] = token
+        yield request
+
+
 class _Again(Exception):
     """Retry the call after ``delay`` seconds (a retryable 503)."""
 
@@ -76,6 +100,7 @@ class _Attempt(Generic[T]):
             kwargs["json"] = call.body
         if call.query:
             kwargs["params"] = dict(call.query)
+        kwargs["auth"] = self.client.auth
         return call.method, self.client.url + call.path, kwargs
 
     def transport_failed(self, error: httpx.TransportError) -> float:
@@ -159,6 +184,9 @@ class _Base(Generic[H]):
         retries: int = 4,
         backoff: Backoff = HTTP_BACKOFF,
         http: H | None = None,
+        ca_file: str | None = None,
+        api_token: str | None = None,
+        admin_token: str | None = None,
     ) -> None:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
@@ -167,12 +195,17 @@ class _Base(Generic[H]):
         self.retries = retries
         """Tries after the first, for unreachable nodes and retryable 503s."""
         self.backoff = backoff
-        self.http: H = http if http is not None else self._new_http(timeout_s)
+        verify: ssl.SSLContext | bool = (
+            True if ca_file is None else ssl.create_default_context(cafile=ca_file)
+        )
+        self.http: H = http if http is not None else self._new_http(timeout_s, verify)
         """The httpx client underneath; pass your own (``http=``) to configure it."""
+        self.auth = TokenAuth(api_token, admin_token)
+        """The node's ``auth.api_token`` and ``auth.admin_token``, sent with each request."""
         self._current = 0
 
     @staticmethod
-    def _new_http(timeout_s: float) -> H:
+    def _new_http(timeout_s: float, verify: ssl.SSLContext | bool) -> H:
         raise NotImplementedError
 
     @property
@@ -234,8 +267,8 @@ class SyncHttpClient(Blocking, _Base[httpx.Client]):
     run an event loop."""
 
     @staticmethod
-    def _new_http(timeout_s: float) -> httpx.Client:
-        return httpx.Client(timeout=timeout_s)
+    def _new_http(timeout_s: float, verify: ssl.SSLContext | bool) -> httpx.Client:
+        return httpx.Client(timeout=timeout_s, verify=verify)
 
     def run(self, call: Call[T]) -> T:
         """Send a built call (what every route method does)."""
@@ -253,7 +286,7 @@ class SyncHttpClient(Blocking, _Base[httpx.Client]):
 
     def request(self, method: str, path: str, body: Any = None) -> httpx.Response:
         """One raw request to the current node: no retry, no failover, no status check."""
-        return self.http.request(method, self.url + path, json=body)
+        return self.http.request(method, self.url + path, json=body, auth=self.auth)
 
     def close(self) -> None:
         self.http.close()
@@ -272,8 +305,8 @@ class HttpClient(Async, _Base[httpx.AsyncClient]):
     ``async with HttpClient(urls) as api:`` (or call ``aclose``)."""
 
     @staticmethod
-    def _new_http(timeout_s: float) -> httpx.AsyncClient:
-        return httpx.AsyncClient(timeout=timeout_s)
+    def _new_http(timeout_s: float, verify: ssl.SSLContext | bool) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=timeout_s, verify=verify)
 
     async def run(self, call: Call[T]) -> T:
         """Send a built call (what every route method does)."""
@@ -291,7 +324,7 @@ class HttpClient(Async, _Base[httpx.AsyncClient]):
 
     async def request(self, method: str, path: str, body: Any = None) -> httpx.Response:
         """One raw request to the current node: no retry, no failover, no status check."""
-        return await self.http.request(method, self.url + path, json=body)
+        return await self.http.request(method, self.url + path, json=body, auth=self.auth)
 
     async def iter_messages(
         self,

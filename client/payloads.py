@@ -66,17 +66,20 @@ def describe(payload: bytes) -> str:
     return safe(_cut(plain))
 
 
+_ESCAPED = frozenset(("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"))
+
+
 def safe(s: str) -> str:
     """``s`` on one line with nothing a terminal would act on: a line break shows as ``⏎``,
-    other control and format characters (ESC, BEL, bidi overrides, ...) as ``\\x1b``-style
-    escapes."""
+    other control and format characters (ESC, BEL, bidi overrides, ...), private-use and
+    unassigned code points (whose width a terminal cannot know) as ``\\x1b``-style escapes."""
     out = []
     for ch in s:
         if ch == "\n":
             out.append(" ⏎ ")
         elif ch == "\t":
             out.append(" ")
-        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+        elif unicodedata.category(ch) in _ESCAPED:
             code = ord(ch)
             out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
         else:

@@ -126,10 +126,15 @@ def cluster_leave(node_id: int, force: bool = False) -> Call[None]:
 # --- users ----------------------------------------------------------------------------------
 
 
-def user_token(uid: str, token: str, device_flag: int = 0, device_level: int = 0) -> Call[None]:
+def user_token(
+    uid: str, token: str, device_flag: int = 0, device_level: int = 0, expire: int = 0
+) -> Call[None]:
     """Register the token ``uid`` must present in CONNECT from that platform (0 APP, 1 WEB,
-    2 PC); ``device_level`` 1 (master) kicks the platform's live sessions."""
+    2 PC); ``device_level`` 1 (master) kicks the platform's live sessions. With ``expire``,
+    the token logs in for that many seconds from now (then CONNACK reason 2, AuthFail)."""
     body = {"uid": uid, "token": token, "device_flag": device_flag, "device_level": device_level}
+    if expire:
+        body["expire"] = expire
     return _post("/user/token", body)
 
 

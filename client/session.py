@@ -17,6 +17,7 @@ twice. A live message that skips seqs has the hole filled from the log first. Us
 from __future__ import annotations
 
 import math
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -104,6 +105,7 @@ class Session:
         connect_timeout_s: float,
         delivered: Delivered,
         on_state: Callable[[ConnectionState], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.uid = uid
         self.nodes = list(nodes)
@@ -127,6 +129,7 @@ class Session:
         self._device_id = device_id
         self._backoff = backoff
         self._connect_timeout_s = connect_timeout_s
+        self._ssl_context = ssl_context
         self._client: WKClient | None = None
         self._connected = trio.Event()
         self._changed = trio.Event()
@@ -308,6 +311,7 @@ class Session:
             encrypt=self._encrypt,
             transport=self._transport,
             connect_timeout_s=self._connect_timeout_s,
+            ssl_context=self._ssl_context,
         ) as client:
             # Live messages wait in the connection's inbox while the log is read: logged in
             # first, so nothing committed from now on can fall between the two.
@@ -378,6 +382,7 @@ async def open_session(
     uid: str,
     token: str,
     http: HttpClient | str | Sequence[str] | None = None,
+    api_token: str | None = None,
     transport: Literal["tcp", "ws"] = "tcp",
     encrypt: bool = True,
     device_flag: int = 0,
@@ -388,14 +393,18 @@ async def open_session(
     max_tracked_ids: int = 10_000,
     max_tracked_channels: int = 10_000,
     on_state: Callable[[ConnectionState], None] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Session]:
     """A reconnecting session of ``uid`` over the WKProto addresses ``nodes`` (``"host:port"``,
     the TCP port, or the WebSocket port with ``transport="ws"``).
 
     ``http``: an ``HttpClient`` or its base URL(s), to catch up after reconnections (without
-    it, messages sent while disconnected are not fetched). Entering waits up to
+    it, messages sent while disconnected are not fetched); ``api_token`` is the nodes'
+    ``auth.api_token`` for a client built from URLs. Entering waits up to
     ``wait_connected_s`` for the first login (None: not at all) and raises the refusal
     (``ConnectRefused``), or ``Unreachable`` if no node accepted in time.
+
+    ``ssl_context`` (with ``transport="ws"`` and the nodes' WSS ports) connects over ``wss://``.
 
     ``on_state`` is called with each new ``ConnectionState`` (connecting, connected, retrying
     in so many seconds, failed), from the session's task: it must return quickly and not raise.
@@ -405,7 +414,11 @@ async def open_session(
         raise ValueError("at least one node address is needed")
     # An HttpClient passed in is the caller's to close; one built from URLs is the session's.
     own_http = http is not None and not isinstance(http, HttpClient)
-    api = http if http is None or isinstance(http, HttpClient) else HttpClient(http)
+    api = (
+        http
+        if http is None or isinstance(http, HttpClient)
+        else HttpClient(http, api_token=api_token)
+    )
     session = Session(
         addresses,
         uid=uid,
@@ -419,6 +432,7 @@ async def open_session(
         connect_timeout_s=connect_timeout_s,
         delivered=Delivered(max_tracked_ids, max_tracked_channels),
         on_state=on_state,
+        ssl_context=ssl_context,
     )
     try:
         with sole_exception():

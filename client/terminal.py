@@ -28,6 +28,7 @@ import trio
 
 from proto.wkproto import ChannelType
 
+from .credentials import api_token
 from .defaults import DEFAULT_HTTP_URL, DEFAULT_TCP_ADDR
 from .errors import ClientError, SendRefused
 from .http import HttpClient
@@ -209,8 +210,15 @@ def run_chat(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if ending == "interrupt" else EXIT_OK
 
 
+def _http(args: argparse.Namespace) -> HttpClient:
+    """The HTTP API of ``--http`` (or the dev cluster's), with the API token
+    (``client/credentials.py``)."""
+    token = api_token(args.api_token, default_target=not args.http)
+    return HttpClient(args.http or [DEFAULT_HTTP_URL], api_token=token)
+
+
 async def _chat(args: argparse.Namespace, chat: Chat) -> Ending:
-    async with HttpClient(args.http or [DEFAULT_HTTP_URL]) as http:
+    async with _http(args) as http:
         token = args.token
         if token is None:
             token = secrets.token_urlsafe(16)
@@ -291,7 +299,7 @@ def run_tail(args: argparse.Namespace) -> int:
 
 async def _tail(args: argparse.Namespace) -> None:
     cursor = args.from_seq
-    async with HttpClient(args.http or [DEFAULT_HTTP_URL]) as http:
+    async with _http(args) as http:
         while True:
             async for m in http.iter_messages(args.login_uid, args.channel, args.type, cursor):
                 _say(format_message(m))

@@ -8,6 +8,7 @@ receiving side because the frames a server writes may span or share WebSocket me
 
 from __future__ import annotations
 
+import ssl
 from abc import abstractmethod
 from typing import TYPE_CHECKING
 
@@ -97,17 +98,45 @@ async def connect_tcp(host: str, port: int) -> StreamTransport:
     return StreamTransport(await trio.open_tcp_stream(host, port))
 
 
-async def connect_ws(nursery: trio.Nursery, host: str, port: int, path: str) -> WebSocketTransport:
-    """Open ``ws://host:port{path}``; the library's reader task runs in ``nursery``."""
+async def connect_ws(
+    nursery: trio.Nursery,
+    host: str,
+    port: int,
+    path: str,
+    ssl_context: ssl.SSLContext | None = None,
+) -> WebSocketTransport:
+    """Open ``ws://host:port{path}``, or ``wss://`` with ``ssl_context``; the library's reader
+    task runs in ``nursery``. A failed TLS handshake raises an ``OSError`` (``ssl.SSLError``
+    when TLS itself failed, such as a certificate the context does not trust)."""
     # Imported here so that TCP-only users never load the WebSocket stack.
     import trio_websocket
 
-    connection = await trio_websocket.connect_websocket(
-        nursery,
-        host,
-        port,
-        path,
-        use_ssl=False,
-        max_message_size=WS_MAX_MESSAGE,
+    if ssl_context is None:
+        connection = await trio_websocket.connect_websocket(
+            nursery,
+            host,
+            port,
+            path,
+            use_ssl=False,
+            max_message_size=WS_MAX_MESSAGE,
+        )
+        return WebSocketTransport(connection)
+    # The handshake first, here: trio_websocket (0.12.2) would wait for its upgrade answer
+    # forever when the TLS handshake fails in its reader task (say, an unknown CA).
+    stream = await trio.open_ssl_over_tcp_stream(
+        host, port, ssl_context=ssl_context, https_compatible=True
+    )
+    try:
+        await stream.do_handshake()
+    except trio.BrokenResourceError as e:
+        await trio.aclose_forcefully(stream)
+        if isinstance(e.__cause__, ssl.SSLError):
+            raise e.__cause__ from None
+        raise ConnectionResetError("the server closed the connection in the TLS handshake") from e
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    connection = await trio_websocket.wrap_client_stream(
+        nursery, stream, f"{host}:{port}", path, max_message_size=WS_MAX_MESSAGE
     )
     return WebSocketTransport(connection)

@@ -12,6 +12,7 @@ server's side of each rule. Usage::
 from __future__ import annotations
 
 import math
+import ssl
 import time
 import uuid
 from collections import OrderedDict
@@ -597,8 +598,13 @@ async def open_client(
     ws_path: str = "/",
     connect_timeout_s: float = 5.0,
     auto_recvack: bool = True,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[WKClient]:
     """Connect, log in and yield the session; it is closed when the block ends.
+
+    ``ssl_context`` with ``transport="ws"`` connects over ``wss://`` (the node's
+    ``gateway.wss_port``), e.g. ``ssl.create_default_context(cafile="ca.pem")``; the TCP port
+    has no TLS.
 
     Raises ``ConnectRefused`` for a CONNACK other than SUCCESS (``ClosedBeforeConnack``, both a
     ``ConnectRefused`` with reason 0 and a ``ClientClosed``, when the socket closes first),
@@ -607,10 +613,12 @@ async def open_client(
     """
     if transport not in ("tcp", "ws"):
         raise ValueError(f"unknown transport {transport!r}")
+    if ssl_context is not None and transport != "ws":
+        raise ValueError("TLS is served over WebSocket only (wss): use transport='ws'")
 
     async def connect(nursery: trio.Nursery) -> Transport:
         if transport == "ws":
-            return await connect_ws(nursery, host, port, ws_path)
+            return await connect_ws(nursery, host, port, ws_path, ssl_context)
         return await connect_tcp(host, port)
 
     login = _login(

@@ -16,8 +16,9 @@ grpcio has no trio support, so this module bridges the two (measured in stack-fi
 
 One server hosts several services on one port, each with its own authentication: a peer signs
 each call with the cluster password (``cluster/peerauth.py``: a MAC over method, recipient,
-time, nonce and the request's bytes, which cannot be replayed), the public API
-(``raftchat.v1``) needs none. A call that fails the check ends alone, UNAUTHENTICATED (the
+time, nonce and the request's bytes, which cannot be replayed); a service may instead bring its
+own check of the metadata (``GrpcService.authorize``: the public API's bearer token, on a server
+of its own). A call that fails the check ends alone, UNAUTHENTICATED (the
 connection and other calls carry on), and is logged at most once per peer address and
 ``AUTH_LOG_INTERVAL_S`` (``cluster/ratelog.py``). The client serializes a request once and
 signs and sends those very bytes; the server hashes the bytes it received before decoding
@@ -63,6 +64,9 @@ AUTH_METADATA_KEY = METADATA_KEY
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 Handler = Callable[[Any], Awaitable[Any]]
+Metadata = Sequence[tuple[str, str | bytes]]
+Authorize = Callable[[str, Metadata, str], "GrpcAbort | None"]
+"""``authorize(method name, invocation metadata, peer address)``: None or the refusal."""
 Emit = Callable[[Any], Awaitable[None]]
 StreamHandler = Callable[[Any, Emit], Awaitable[None]]
 """A server-streaming RPC: ``await handler(request, emit)``, calling ``await emit(item)`` per
@@ -180,7 +184,10 @@ class GrpcService:
     notices: Mapping[str, Notice] = field(default_factory=dict)
     peer_auth: PeerKeys | None = None
     """Callers must sign their calls with one of these keys (``cluster/peerauth.py``); None:
-    anyone may call."""
+    anyone may call (or ``authorize`` decides)."""
+    authorize: Authorize | None = None
+    """A check of each call's metadata, before anything else of the call is looked at: None
+    lets it through, a ``GrpcAbort`` is the answer (the public API's bearer token)."""
 
     def check(self) -> None:
         base = self.servicer_base
@@ -281,6 +288,33 @@ def _deadline(remaining: float | None) -> Iterator[None]:
             yield
 
 
+async def _refuse_unauthorized(context: Any, authorize: Authorize, name: str) -> None:
+    refusal = authorize(name, context.invocation_metadata() or (), peer_host(context.peer() or ""))
+    if refusal is not None:
+        await _abort(context, refusal)
+
+
+def _authorized(method: Any, name: str, authorize: Authorize) -> Callable[..., Awaitable[Any]]:
+    async def checked(servicer: Any, request: Any, context: Any) -> Any:
+        await _refuse_unauthorized(context, authorize, name)
+        return await method(servicer, request, context)
+
+    checked.__name__ = checked.__qualname__ = name
+    return checked
+
+
+def _authorized_stream(
+    method: Any, name: str, authorize: Authorize
+) -> Callable[..., AsyncIterator[Any]]:
+    async def checked(servicer: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+        await _refuse_unauthorized(context, authorize, name)
+        async for item in method(servicer, request, context):
+            yield item
+
+    checked.__name__ = checked.__qualname__ = name
+    return checked
+
+
 async def _unimplemented(_servicer: Any, _request: Any, context: Any) -> None:
     await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not served by this node")
 
@@ -343,7 +377,7 @@ class GrpcServer:
         self,
         bind: str,
         peer_auth: PeerKeys | None,
-        add_to_server: Callable[[Any, Any], None],
+        add_to_server: Callable[[Any, Any], None] | None,
         servicer_base: type,
         handlers: Mapping[str, Handler],
         *,
@@ -351,11 +385,22 @@ class GrpcServer:
         extra_services: Sequence[GrpcService] = (),
         notices: Mapping[str, Notice] | None = None,
         what: str = "gRPC",
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
-        main = GrpcService(
-            add_to_server, servicer_base, handlers, notices=notices or {}, peer_auth=peer_auth
+        main = (
+            []
+            if add_to_server is None  # of_services: only the services given
+            else [
+                GrpcService(
+                    add_to_server,
+                    servicer_base,
+                    handlers,
+                    notices=notices or {},
+                    peer_auth=peer_auth,
+                )
+            ]
         )
-        self._services = [main, *extra_services]
+        self._services = [*main, *extra_services]
         for service in self._services:
             service.check()
             if service.peer_auth not in (None, peer_auth):
@@ -369,6 +414,8 @@ class GrpcServer:
         self.bind = bind
         self.what = what
         """What the listener is, for a bind failure's message."""
+        self._credentials = credentials
+        """TLS (``cluster/grpc_tls.py``); None: plain TCP."""
         self.port = 0  # the bound port once serving() has started (resolves ":0")
         self._grace_s = grace_s
         self._trio_token: trio.lowlevel.TrioToken | None = None
@@ -378,6 +425,30 @@ class GrpcServer:
         # Calls refused for their credential: a line per peer address per interval, since every
         # refused call costs the caller one request (asyncio thread only).
         self.auth_refusals = RateLimitedLog(log, AUTH_LOG_INTERVAL_S)
+
+    @classmethod
+    def of_services(
+        cls,
+        bind: str,
+        services: Sequence[GrpcService],
+        *,
+        what: str,
+        grace_s: float = 2.0,
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> GrpcServer:
+        """A server of ``services`` only, each with its own authentication (TLS with
+        ``credentials``)."""
+        return cls(
+            bind,
+            None,
+            None,
+            object,
+            {},
+            extra_services=services,
+            grace_s=grace_s,
+            what=what,
+            credentials=credentials,
+        )
 
     @property
     def address(self) -> str:
@@ -456,7 +527,10 @@ class GrpcServer:
         if problem is not None:
             raise ListenError(self.what, self.bind, problem)
         try:
-            port = server.add_insecure_port(self.bind)
+            if self._credentials is None:
+                port = server.add_insecure_port(self.bind)
+            else:
+                port = server.add_secure_port(self.bind, self._credentials)
         except RuntimeError as e:  # taken in between
             raise ListenError(self.what, self.bind, str(e)) from None
         await server.start()
@@ -475,6 +549,11 @@ class GrpcServer:
             methods[name] = self._stream_method(name, stream, auth)
         for name, notice in service.notices.items():
             methods[name] = self._notice_method(name, notice, auth)
+        if service.authorize is not None:
+            for name in [*service.handlers, *service.notices]:
+                methods[name] = _authorized(methods[name], name, service.authorize)
+            for name in service.streams:
+                methods[name] = _authorized_stream(methods[name], name, service.authorize)
         # RPCs without a handler answer UNIMPLEMENTED, as the generated base methods do, but
         # quietly: those are sync, so grpc.aio runs them in a thread pool and logs a traceback
         # per call (and a peer on a newer version could send such calls all day).
@@ -742,10 +821,17 @@ class _SigningChannel:
 
 class GrpcClient:
     def __init__(
-        self, target: str, stub_class: Callable[[Any], Any], peer_auth: PeerKeys | None = None
+        self,
+        target: str,
+        stub_class: Callable[[Any], Any],
+        peer_auth: PeerKeys | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.target = target
-        self._channel = grpc.insecure_channel(target, options=_CLIENT_OPTIONS)
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target, options=_CLIENT_OPTIONS)
+        else:  # TLS (``cluster/grpc_tls.py``)
+            self._channel = grpc.secure_channel(target, credentials, options=_CLIENT_OPTIONS)
         self._pinned = _keep_spin_thread(self._channel)
         to = recipient_of(target)
         signing = _SigningChannel(self._channel, peer_auth, to) if peer_auth else None
@@ -818,15 +904,23 @@ _NO_SUCH_METHOD = "/raftchat.internal.Nothing/Nothing"
 class GrpcClients:
     """One client (one channel, so one HTTP/2 connection) per peer address."""
 
-    def __init__(self, stub_class: Callable[[Any], Any], peer_auth: PeerKeys | None = None) -> None:
+    def __init__(
+        self,
+        stub_class: Callable[[Any], Any],
+        peer_auth: PeerKeys | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self._stub_class = stub_class
         self._peer_auth = peer_auth
+        self._credentials = credentials
         self._clients: dict[str, GrpcClient] = {}
 
     def get(self, target: str) -> GrpcClient:
         client = self._clients.get(target)
         if client is None:
-            client = self._clients[target] = GrpcClient(target, self._stub_class, self._peer_auth)
+            client = self._clients[target] = GrpcClient(
+                target, self._stub_class, self._peer_auth, self._credentials
+            )
         return client
 
     def close_all(self) -> None:

@@ -56,7 +56,9 @@ from .send_checks import SendRules
 from .sessions import DeviceLimits, SessionLike, SessionRegistry
 from .startup import EXIT_FAILED, StartupError, refused, startup_error_in, unavailable
 from .storage import MessageRecord, Store
+from .tls import NodeTls
 from .userfacts import UserFacts
+from .usertokens import TokenKeys
 from .webhooks import Webhooks
 
 log = get_logger("node")
@@ -65,9 +67,11 @@ READY_POLL_S = 0.05
 
 
 class Node:
-    def __init__(self, config: Config, datadir: DataDir) -> None:
+    def __init__(self, config: Config, datadir: DataDir, tls: NodeTls | None = None) -> None:
         self.config = config
         self.datadir = datadir
+        self.tls = tls
+        """The checked ``[tls]`` files; None: no TLS anywhere."""
         self.stop_deadline = StopDeadline(config.node.shutdown_timeout_s)
         limits = DeviceLimits(
             app=config.devices.app_limit, web=config.devices.web_limit, pc=config.devices.pc_limit
@@ -89,8 +93,10 @@ class Node:
         self.cluster_sessions: ClusterSessions
         self.client_routes: ClientRoutes
         # Never a Raft port without a password: pysyncobj unpickles whatever reaches an open
-        # one. A lone node has no peer to share a secret with, so it makes one up.
-        self.raft_password = config.cluster.password or secrets.token_hex(16)
+        # one. A lone node has no peer to share a secret with: it keeps one of its own in its
+        # data directory, which also keys its user tokens (they must outlive a restart).
+        local = datadir.local_secret(create=not config.cluster.password)
+        self.raft_password = config.cluster.password or local or ""
         accepted = config.cluster.password_accepted
         # The peer calls' keys: signed with the password, also accepted under the other one.
         self.peer_keys = PeerKeys.of(self.raft_password, [accepted] if accepted else [])
@@ -98,6 +104,9 @@ class Node:
         self.raft_passwords: str | tuple[str, ...] = (
             (self.raft_password, accepted) if accepted else self.raft_password
         )
+        # Tokens sealed under a password being replaced, or by this node while it was alone
+        # without a password, still log in (and are sealed again under the current key).
+        self.token_keys = TokenKeys([config.cluster.password, accepted, local or ""])
         # Tests only (``testing.sabotage``; the config refuses it without the guard variable).
         sabotage = config.testing.sabotage
         self.fake_acks = AckCounter() if sabotage == ACK_WITHOUT_COMMIT else None
@@ -332,6 +341,12 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
+        if cfg.auth.api_open:
+            log.warning(
+                "auth.api_open: the HTTP API and the public gRPC API take no credential; "
+                "anyone who reaches them can act as any user",
+                hosts=",".join(cfg.api_hosts()),
+            )
         if cfg.testing.sabotage:
             log.warning(
                 "SABOTAGE ACTIVE: this node has a deliberate bug that loses or duplicates "
@@ -341,7 +356,12 @@ class Node:
         host = cfg.node.host
         # A lone node without a password gets the random one (never None): its peer service must
         # not be open to anyone who reaches the port.
-        self.clients = GrpcClients(peer_pb2_grpc.PeerStub, self.peer_keys)
+        tls = self.tls
+        for warning in tls.warnings if tls is not None else ():
+            log.warning(warning)
+        # Mutual TLS between peers when tls.ca_file is set; plain otherwise.
+        peer_channel = tls.peer_channel_credentials() if tls is not None else None
+        self.clients = GrpcClients(peer_pb2_grpc.PeerStub, self.peer_keys, peer_channel)
         self.driver = RaftDriver(self.timing.tick_interval_s, name=f"node{cfg.node.id}")
         self.driver.start()
         self.flusher = CommitFlusher(self.driver)
@@ -397,9 +417,17 @@ class Node:
                 servicer_base=peer_pb2_grpc.PeerServicer,
                 handlers=self.router.handlers(),
                 notices=self.router.notices(),
-                # Same port, no peer credential: the public API is for the app's backend.
-                extra_services=self.public_api.services(),
                 what="peer gRPC",
+                credentials=tls.peer_server_credentials() if tls is not None else None,
+            )
+            # The public API on a port of its own, so that the peer port can be closed to all
+            # but the cluster's nodes (it checks the API token, not the peer token).
+            public_grpc = GrpcServer.of_services(
+                f"{host}:{cfg.grpc.port}",
+                self.public_api.services(),
+                what="public gRPC",
+                # TLS for clients with a certificate; no client certificate asked for.
+                credentials=tls.public_grpc_credentials() if tls is not None else None,
             )
             async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as serving:
                 try:
@@ -413,6 +441,10 @@ class Node:
                 nursery.start_soon(run_reclaim, self.router, cfg.messages.retention_days)
                 nursery.start_soon(self.client_routes.run)
                 await self._serve_clients(nursery, self.router)
+                try:
+                    await serving.enter_async_context(public_grpc.serving())
+                except ListenError as e:
+                    raise unavailable(str(e)) from None
                 log.info("listening; waiting for every local group to have a leader")
                 while not self.router.groups_ready():
                     await trio.sleep(READY_POLL_S)  # waiting on elections, which signal nothing
@@ -449,8 +481,20 @@ class Node:
         def on_login(session: SessionLike) -> None:
             nursery.start_soon(sessions.enforce, session)
 
+        # WSS and HTTPS share one context: the node's certificate, no client certificates.
+        ssl_context = self.tls.server_context() if self.tls is not None else None
         gateway = Gateway(
-            GatewayContext(cfg, self.registry, router, nursery, self.facts, rules, on_login)
+            GatewayContext(
+                cfg,
+                self.registry,
+                router,
+                nursery,
+                self.facts,
+                rules,
+                on_login,
+                token_keys=self.token_keys,
+            ),
+            ssl_context,
         )
         assert self.admin is not None
         api = ApiContext(
@@ -462,10 +506,11 @@ class Node:
             rules,
             self.webhooks,
             self.client_routes,
+            token_keys=self.token_keys,
         )
         http_router = build_router(api)
         self.public_api.attach(http_router, api)
-        http = HttpServer(http_router, cfg.http)
+        http = HttpServer(http_router, cfg.http, ssl_context if cfg.http.tls else None)
         hosts = [host] + ([cfg.http.also_host] if cfg.http.also_host not in ("", host) else [])
         try:
             for http_host in hosts:
@@ -477,11 +522,14 @@ class Node:
         tcp_port = cfg.gateway.tcp_port
         self.endpoints = {
             "node_id": str(cfg.node.id),
-            "http": f"http://{host}:{cfg.http.port}",
+            "http": f"{'https' if cfg.http.tls else 'http'}://{host}:{cfg.http.port}",
             "tcp": f"{host}:{tcp_port}",
             "ws": f"ws://{host}:{cfg.gateway.ws_port}",
-            "grpc": f"{host}:{cfg.cluster.grpc_port}",
+            "grpc": f"{host}:{cfg.grpc.port}",
+            "peer": f"{host}:{cfg.cluster.grpc_port}",
         }
+        if ssl_context is not None:
+            self.endpoints["wss"] = f"wss://{host}:{cfg.gateway.wss_port}"
 
 
 class StopDeadline:
@@ -520,11 +568,11 @@ async def _serve_until_signal(node: Node) -> None:
                 break
 
 
-def run_node(config: Config, datadir: DataDir) -> int:
+def run_node(config: Config, datadir: DataDir, tls: NodeTls | None = None) -> int:
     """Run a node on its opened data directory until a signal; the exit code
     (``node/startup.py``). A node that cannot start says why in one line on stderr."""
     try:
-        trio.run(_serve_until_signal, Node(config, datadir))
+        trio.run(_serve_until_signal, Node(config, datadir, tls))
     except (StartupError, BaseExceptionGroup) as e:
         error = startup_error_in(e)
         if error is None:

@@ -574,6 +574,11 @@ class BenchCluster:
         extra = {"RAFTCHAT_LOG_FORMAT": "text", "RAFTCHAT_MESSAGES_GROUP_RATE_LIMIT": "0"}
         if not cfg.encrypt:
             extra["RAFTCHAT_GATEWAY_ENCRYPTION"] = "false"
+        # With credentials, as a deployment runs: their check is part of every request.
+        api_token, admin_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        extra.update(
+            {"RAFTCHAT_AUTH_API_TOKEN": api_token, "RAFTCHAT_AUTH_ADMIN_TOKEN": admin_token}
+        )
         extra.update(cfg.node_settings())
         envs = cluster_env(self.hosts, secrets.token_urlsafe(24), extra)
         self.root = root
@@ -589,7 +594,12 @@ class BenchCluster:
         from client.http import SyncHttpClient
 
         self.api: dict[int, SyncHttpClient] = {
-            i: SyncHttpClient(f"http://{host}:{HTTP_PORT}", timeout_s=15.0)
+            i: SyncHttpClient(
+                f"http://{host}:{HTTP_PORT}",
+                timeout_s=15.0,
+                api_token=api_token,
+                admin_token=admin_token,
+            )
             for i, host in self.hosts.items()
         }
 

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
 from .config import ConfigError, load_config
+from .dev import DEFAULT_DATA
 from .log import setup_logging
+
+PRIVATE_UMASK = 0o077
+"""Every file and directory the node makes (RocksDB, Raft journals, snapshots, its secret) is
+its own alone: 0600 and 0700, whatever the caller's umask."""
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
+    os.umask(PRIVATE_UMASK)
     try:
         cfg = load_config(args.config)
     except ConfigError as e:
@@ -19,9 +26,11 @@ def _cmd_node(args: argparse.Namespace) -> int:
     setup_logging(cfg.node.id, cfg.log.level, cfg.log.format)
     from .identity import DataDir
     from .startup import StartupError, check_addresses
+    from .tls import load_tls
 
     # Before the node's heavy imports: a refusal or a port taken is reported within a second.
     try:
+        tls = load_tls(cfg)
         check_addresses(cfg)
         datadir = DataDir.open(cfg)
     except StartupError as e:
@@ -29,7 +38,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         return e.code
     from .app import run_node
 
-    return run_node(cfg, datadir)
+    return run_node(cfg, datadir, tls)
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
@@ -79,6 +88,10 @@ def _add_fuzz(sub: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything imports grpc, which reads it once: at its default verbosity grpc's C
+    # core writes a line per failed TLS handshake, which any stranger can cause by the
+    # thousand. Errors only, unless the environment asks for more.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = argparse.ArgumentParser(prog="raftchat", description="raftchat IM server")
     sub = parser.add_subparsers(dest="command", required=True)
     p_node = sub.add_parser("node", help="run one node")
@@ -86,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p_node.set_defaults(func=_cmd_node)
     p_dev = sub.add_parser("dev", help="run a local development cluster and print its endpoints")
     p_dev.add_argument("--nodes", type=int, default=1)
-    p_dev.add_argument("--data", default="./data", help="data directory of the local cluster")
+    p_dev.add_argument("--data", default=DEFAULT_DATA, help="data directory of the local cluster")
     p_dev.add_argument("--config", help="base TOML config for every node")
     p_dev.set_defaults(func=_cmd_dev)
     p_bench = sub.add_parser(

@@ -34,13 +34,16 @@ def own_endpoints(cfg: Config) -> pb.EndpointsReply:
     gw, host = cfg.gateway, cfg.node.host
     tcp = f"{host}:{gw.tcp_port}"
     ws = f"ws://{host}:{gw.ws_port}"
+    # WSS is served when the node has a certificate. Without one, an external address may
+    # still be advertised: a proxy in front of the node that terminates TLS.
+    wss = f"wss://{host}:{gw.wss_port}" if cfg.tls.cert_file else ""
     return pb.EndpointsReply(
         tcp_addr=gw.external_tcp_addr or tcp,
         ws_addr=gw.external_ws_addr or ws,
-        wss_addr="",
+        wss_addr=gw.external_wss_addr or wss,
         intranet_tcp_addr=tcp,
         intranet_ws_addr=ws,
-        intranet_wss_addr="",
+        intranet_wss_addr=wss,
     )
 
 

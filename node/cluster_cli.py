@@ -10,7 +10,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from client.defaults import DEFAULT_HTTP_URL
+from client.defaults import ADMIN_TOKEN_ENV, DEFAULT_HTTP_URL, DEV_DATA_DIR
 
 if TYPE_CHECKING:
     from client.http import SyncHttpClient
@@ -22,9 +22,13 @@ MEMBERSHIP_TIMEOUT_S = 60.0
 def _api(args: argparse.Namespace) -> SyncHttpClient:
     # Imported here: `raftchat node` builds this command's parser too, and a node process has
     # no use for an HTTP client.
+    from client.credentials import admin_token
     from client.http import SyncHttpClient
 
-    return SyncHttpClient(args.api or [DEFAULT_HTTP_URL], timeout_s=MEMBERSHIP_TIMEOUT_S)
+    token = admin_token(args.admin_token, default_target=not args.api)
+    return SyncHttpClient(
+        args.api or [DEFAULT_HTTP_URL], timeout_s=MEMBERSHIP_TIMEOUT_S, admin_token=token
+    )
 
 
 def add_parser(sub: Any) -> None:
@@ -34,6 +38,11 @@ def add_parser(sub: Any) -> None:
         "--api",
         action="append",
         help=f"HTTP API of any member, repeatable: tried in turn (default {DEFAULT_HTTP_URL})",
+    )
+    p.add_argument(
+        "--admin-token",
+        help=f"the nodes' auth.admin_token (default: ${ADMIN_TOKEN_ENV}; without --api, "
+        f"also {DEV_DATA_DIR}/admin.token of `raftchat dev`)",
     )
     p.add_argument("--node", type=int, help="node id to leave")
     p.add_argument("--json", action="store_true", help="print raw JSON")

@@ -8,8 +8,10 @@ silently fall back to a default.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,11 +25,23 @@ from .sabotage import MODES as SABOTAGE_MODES
 from .safejson import ABSOLUTE_MAX_DEPTH
 
 ENV_PREFIX = "RAFTCHAT_"
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the offending key."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host`` (127.0.0.0/8, ::1, ``localhost``). Any
+    other name counts as reachable from outside: it could resolve to anything."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -69,6 +83,12 @@ class GatewaySection:
     external_tcp_addr: str = ""
     external_ws_addr: str = ""
     """What ``/route`` tells clients; empty means the bound address."""
+    wss_port: int = 5210
+    """WKProto or JSON-RPC over WebSocket over TLS (WuKongIM's port); served when
+    ``tls.cert_file`` is set."""
+    external_wss_addr: str = ""
+    """What ``/route`` tells clients as ``wss_addr``; empty: ``wss://<node.host>:<wss_port>``
+    when WSS is served, else nothing."""
 
 
 @dataclass
@@ -108,12 +128,60 @@ class HttpSection:
     also_host: str = ""
     """A second address the HTTP API listens on (``raftchat dev`` puts node 1 on 127.0.0.1
     too, so that ``curl http://127.0.0.1:5001/health`` answers)."""
+    tls: bool = False
+    """HTTPS instead of HTTP, with ``tls.cert_file`` (which must then be set)."""
 
 
 @dataclass
 class AuthSection:
     token_auth: bool = True
     """Check CONNECT tokens against ``/user/token``. Off: any token is accepted (development)."""
+    api_token: str = ""
+    """When set, every HTTP route but the exempt ones (``node/http/auth.py``) and every public
+    gRPC call needs it (header ``token:`` or ``Authorization: Bearer``)."""
+    api_token_previous: str = ""
+    """Accepted as well as ``api_token`` while clients move to a new one (rotation)."""
+    admin_token: str = ""
+    """What the ``/cluster/*`` routes need (a different secret from ``api_token``). Unset: no
+    route changes the cluster, and a multi-node cluster answers no ``/cluster/*`` route."""
+    admin_token_previous: str = ""
+    """Accepted as well as ``admin_token`` during a rotation."""
+    api_open: bool = False
+    """Serve the API without ``api_token`` on an address that is not loopback (WuKongIM's
+    open mode); refused otherwise. Logged as a warning at start."""
+
+    def problems(self, hosts: list[str]) -> list[str]:
+        out = []
+        for key in ("api_token", "api_token_previous", "admin_token", "admin_token_previous"):
+            value = getattr(self, key)
+            if value and not _TOKEN_CHARS.fullmatch(value):
+                out.append(
+                    f"auth.{key} must be printable ASCII without spaces (it travels in a header)"
+                )
+        for key in ("api_token", "admin_token"):
+            if getattr(self, f"{key}_previous") and not getattr(self, key):
+                out.append(f"auth.{key}_previous is set but auth.{key} is not")
+        api = {self.api_token, self.api_token_previous} - {""}
+        admin = {self.admin_token, self.admin_token_previous} - {""}
+        if api & admin:
+            out.append("auth.admin_token must differ from auth.api_token")
+        if self.api_open and self.api_token:
+            out.append("auth.api_open = true contradicts auth.api_token: set one of them")
+        exposed = [h for h in hosts if not is_loopback(h)]
+        if exposed and not self.api_token and not self.api_open:
+            out.append(
+                f"the HTTP and gRPC APIs would listen on {exposed[0]} without a credential: "
+                "set auth.api_token (or auth.api_open = true to serve them open, knowingly)"
+            )
+        return out
+
+
+@dataclass
+class GrpcSection:
+    """The public gRPC API (``raftchat.v1``, ``docs/grpc.md``), on a port of its own: the peer
+    port (``cluster.grpc_port``) serves only the cluster's nodes."""
+
+    port: int = 5002
 
 
 @dataclass
@@ -190,12 +258,15 @@ class ClusterSection:
     """Address of a member to join through (a new node of a running cluster); ``cluster.nodes``
     is then not needed. Its placement comes from the cluster."""
     password: str = ""
-    """Shared secret of the Raft ports and the peer gRPC service (both HMAC). Required when
-    the cluster has more than one node."""
+    """Shared secret of the Raft ports (the key of their AES-256-GCM frames) and the peer gRPC
+    service (a MAC per call). Required when the cluster has more than one node. User tokens
+    are stored as hashes under a key derived from it (``node/usertokens.py``)."""
     password_accepted: str = ""
-    """A second password whose peer calls and Raft frames this node accepts, though it signs
-    with ``password`` only: for changing the password on a running cluster (three rolling
-    restarts, ``docs/operations.md``). Empty outside such a change."""
+    """A second password this node accepts (peer calls, Raft frames, user-token hashes, its data
+    directory's identity) though it signs, seals and hashes with ``password`` only: for
+    changing the password on a running cluster (three rolling restarts, ``docs/security.md``).
+    A user token hashed under it is hashed again under ``password`` at its next login. Empty
+    outside such a change."""
     groups: int = 8
     """Slot groups the 256 hash slots are spread over."""
     replicas: int = 3
@@ -219,6 +290,20 @@ class LogSection:
 
 
 @dataclass
+class TlsSection:
+    """This node's certificate for its TLS listeners (docs/security.md). Without ``cert_file``
+    nothing is TLS; the files are read and checked at start-up (``node/tls.py``)."""
+
+    cert_file: str = ""
+    """PEM: the node's certificate, then any intermediates. Set: WSS on ``gateway.wss_port``."""
+    key_file: str = ""
+    """PEM: the certificate's private key, unencrypted."""
+    ca_file: str = ""
+    """PEM: the CA that issues the cluster's node certificates. Set: peer gRPC is mutual TLS,
+    each node presenting its certificate and requiring one from this CA."""
+
+
+@dataclass
 class TestingSection:
     """Switches for the test suites only; never set them in production."""
 
@@ -234,16 +319,25 @@ class Config:
     devices: DevicesSection = field(default_factory=DevicesSection)
     http: HttpSection = field(default_factory=HttpSection)
     auth: AuthSection = field(default_factory=AuthSection)
+    grpc: GrpcSection = field(default_factory=GrpcSection)
     messages: MessagesSection = field(default_factory=MessagesSection)
     webhook: WebhookSection = field(default_factory=WebhookSection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
     log: LogSection = field(default_factory=LogSection)
+    tls: TlsSection = field(default_factory=TlsSection)
     testing: TestingSection = field(default_factory=TestingSection)
 
     def validate(self) -> None:
         if not 1 <= self.node.id <= 1023:
             raise ConfigError(f"node.id must be in 1..1023, got {self.node.id}")
-        for key in ("gateway.tcp_port", "gateway.ws_port", "http.port"):
+        ports = (
+            "gateway.tcp_port",
+            "gateway.ws_port",
+            "gateway.wss_port",
+            "http.port",
+            "grpc.port",
+        )
+        for key in ports:
             sect, name = key.split(".")
             port = getattr(getattr(self, sect), name)
             if not 0 <= port < 65536:
@@ -286,7 +380,10 @@ class Config:
         if self.messages.max_in_flight_batches < 1:
             raise ConfigError("messages.max_in_flight_batches must be at least 1")
         self._validate_http()
+        self._validate_tls()
         self._validate_cluster()
+        for problem in self.auth.problems(self.api_hosts()):
+            raise ConfigError(problem)
         sabotage = self.testing.sabotage
         if sabotage and sabotage not in SABOTAGE_MODES:
             raise ConfigError(
@@ -309,6 +406,23 @@ class Config:
             value = getattr(h, key)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"http.{key} must be a positive number of seconds, got {value}")
+
+    def _validate_tls(self) -> None:
+        t = self.tls
+        if bool(t.cert_file) != bool(t.key_file):
+            raise ConfigError("tls.cert_file and tls.key_file go together: set both or neither")
+        if t.ca_file and not t.cert_file:
+            raise ConfigError(
+                "tls.ca_file makes peer gRPC mutual TLS, which needs this node's own "
+                "certificate: set tls.cert_file and tls.key_file too"
+            )
+        if self.http.tls and not t.cert_file:
+            raise ConfigError("http.tls = true needs tls.cert_file and tls.key_file")
+
+    def api_hosts(self) -> list[str]:
+        """The addresses the HTTP API and the public gRPC API listen on."""
+        also = self.http.also_host
+        return [self.node.host] + ([also] if also and also != self.node.host else [])
 
     def cluster_nodes(self) -> list[NodeAddress]:
         """The initial members; this node alone when ``cluster.nodes`` is empty."""

@@ -1,12 +1,15 @@
 """``raftchat dev``: a local cluster for trying raftchat by hand.
 
 Node i listens on 127.0.0.1{i} (127.0.0.11, .12, ...) with the standard ports, so every node
-looks like a machine of its own. A single node uses 127.0.0.1. The cluster password is made once
-and kept in the data directory, so a restarted dev cluster keeps its data.
+looks like a machine of its own. A single node uses 127.0.0.1. The cluster password and the two
+API credentials (``auth.api_token``, ``auth.admin_token``) are made once and kept in the data
+directory (``cluster.secret``, ``api.token``, ``admin.token``, each 0600), so a restarted dev
+cluster keeps its data and its credentials; they are printed with commands that use them.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import signal
 import sys
@@ -23,6 +26,9 @@ from .devcluster import (
 )
 
 MAX_DEV_NODES = 9
+DEFAULT_DATA = "./data"
+"""``raftchat dev``'s and ``make run``'s data directory, where the client commands look for
+the token files when no node address is given (``client/credentials.py``)."""
 
 
 def dev_hosts(nodes: int) -> dict[int, str]:
@@ -31,23 +37,67 @@ def dev_hosts(nodes: int) -> dict[int, str]:
     return {i: f"127.0.0.{10 + i}" for i in range(1, nodes + 1)}
 
 
-def dev_password(root: Path) -> str:
-    path = root / "cluster.secret"
+PASSWORD_FILE = "cluster.secret"
+API_TOKEN_FILE = "api.token"
+ADMIN_TOKEN_FILE = "admin.token"
+
+
+def dev_secret(root: Path, name: str) -> str:
+    """The secret kept in ``root/name``, made (0600, never another mode even for a moment)
+    if it is not there yet."""
+    path = root / name
     if not path.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24))
     return path.read_text().strip()
+
+
+def dev_password(root: Path) -> str:
+    return dev_secret(root, PASSWORD_FILE)
+
+
+def dev_tokens(root: Path) -> dict[str, str]:
+    """The nodes' settings for the API and admin tokens of the dev cluster in ``root``."""
+    return {
+        "RAFTCHAT_AUTH_API_TOKEN": dev_secret(root, API_TOKEN_FILE),
+        "RAFTCHAT_AUTH_ADMIN_TOKEN": dev_secret(root, ADMIN_TOKEN_FILE),
+    }
+
+
+def usage(data_dir: str, tokens: dict[str, str]) -> str:
+    """The credentials and commands that use them, with the data directory as given."""
+    where = data_dir.rstrip("/") or "."
+    api, admin = f"{where}/{API_TOKEN_FILE}", f"{where}/{ADMIN_TOKEN_FILE}"
+    return "\n".join(
+        [
+            f"API token (auth.api_token, in {api}): {tokens['RAFTCHAT_AUTH_API_TOKEN']}",
+            f"admin token (auth.admin_token, in {admin}): {tokens['RAFTCHAT_AUTH_ADMIN_TOKEN']}",
+            "Try:",
+            f'  curl -H "token: $(cat {api})" -X POST http://127.0.0.1:5001/user/token '
+            """-d '{"uid":"alice","token":"secret","device_flag":1}'""",
+            f'  curl -H "token: $(cat {admin})" http://127.0.0.1:5001/cluster/status',
+            # The client commands read ./data's token files by themselves (docs/client.md).
+            ("" if where == DEFAULT_DATA else f"  RAFTCHAT_AUTH_ADMIN_TOKEN=$(cat {admin})")
+            + "  .venv/bin/raftchat cluster status",
+            ("" if where == DEFAULT_DATA else f"  RAFTCHAT_AUTH_API_TOKEN=$(cat {api})")
+            + "  .venv/bin/raftchat chat --uid alice --to bob",
+        ]
+    )
 
 
 def run_dev(nodes: int, data_dir: str, config_path: str | None) -> int:
     if not 1 <= nodes <= MAX_DEV_NODES:
         print(f"raftchat dev: --nodes must be 1..{MAX_DEV_NODES}", file=sys.stderr)
         return 2
+    os.umask(0o077)  # the data directory and everything in it: this user's alone
     root = Path(data_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
     hosts = dev_hosts(nodes)
+    tokens = dev_tokens(root)
     envs: dict[int, dict[str, str]] = (
-        cluster_env(hosts, dev_password(root)) if nodes > 1 else {1: {}}
+        cluster_env(hosts, dev_password(root), tokens) if nodes > 1 else {1: dict(tokens)}
     )
     envs[1]["RAFTCHAT_HTTP_ALSO_HOST"] = "127.0.0.1"
     procs = [
@@ -70,10 +120,12 @@ def run_dev(nodes: int, data_dir: str, config_path: str | None) -> int:
     print(f"raftchat dev: {nodes} node(s) ready (data and logs in {root})")
     for p in procs:
         ep = p.endpoints
+        wss = f"  WSS {ep['wss']}" if "wss" in ep else ""  # with tls.cert_file (--config)
         print(
-            f"  node {ep['node_id']}: HTTP {ep['http']}  TCP {ep['tcp']}  WS {ep['ws']}"
+            f"  node {ep['node_id']}: HTTP {ep['http']}  TCP {ep['tcp']}  WS {ep['ws']}{wss}"
             f"  gRPC {ep['grpc']}"
         )
+    print(usage(data_dir, tokens))
     print("Ctrl-C stops the cluster.", flush=True)
     try:
         while not stop.wait(0.5):

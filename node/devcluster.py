@@ -27,6 +27,9 @@ HTTP_PORT = 5001
 TCP_PORT = 5100
 WS_PORT = 5200
 GRPC_PORT = 11110
+"""The peer gRPC port (``cluster.grpc_port``)."""
+PUBLIC_GRPC_PORT = 5002
+"""The public gRPC API (``grpc.port``)."""
 RAFT_PORT = 12000
 
 
@@ -189,7 +192,8 @@ def wait_all_stopped(nodes: list[NodeProcess], timeout_s: float = 10.0) -> None:
 def ensure_ports_free(hosts: dict[int, str], groups: int) -> None:
     """Refuse to start when another local cluster holds the ports of these addresses."""
     # Raft: the controller group (0) and every slot group g on RAFT_PORT + g.
-    ports = [HTTP_PORT, TCP_PORT, WS_PORT, GRPC_PORT] + [RAFT_PORT + g for g in range(groups + 1)]
+    listeners = [HTTP_PORT, TCP_PORT, WS_PORT, PUBLIC_GRPC_PORT, GRPC_PORT]
+    ports = listeners + [RAFT_PORT + g for g in range(groups + 1)]
     taken = []
     for host in hosts.values():
         for port in ports:

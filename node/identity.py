@@ -33,6 +33,7 @@ import hmac
 import json
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,6 +47,9 @@ log = get_logger("datadir")
 
 IDENTITY_FILE = "identity.json"
 LOCK_FILE = "raftchat.lock"
+SECRET_FILE = "node.secret"
+"""A lone node's own secret (0600): its Raft password and the key of its user tokens, when
+``cluster.password`` is not set. Kept, so that tokens stay valid across restarts."""
 FORMAT = 1
 
 
@@ -243,7 +247,8 @@ class DataDir:
         cluster's directory) or unavailable (cannot be created, written, or is in use)."""
         where = config.node.data_path()
         try:
-            where.mkdir(parents=True, exist_ok=True)
+            where.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _private(where)
             lock = open(where / LOCK_FILE, "ab")  # noqa: SIM115 - held for the process's life
         except OSError as e:
             reason = "not a directory" if isinstance(e, FileExistsError) else _reason(e)
@@ -278,6 +283,29 @@ class DataDir:
             lock.close()
             raise
         return opened
+
+    def local_secret(self, *, create: bool) -> str | None:
+        """The directory's own secret (``SECRET_FILE``), made now if ``create`` and missing;
+        None when missing and not made. Never logged."""
+        path = self.path / SECRET_FILE
+        try:
+            return path.read_text().strip() or None
+        except FileNotFoundError:
+            if not create:
+                return None
+        except OSError as e:
+            raise unavailable(f"secret file {path} cannot be read: {_reason(e)}") from None
+        secret = secrets.token_urlsafe(32)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, secret.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise unavailable(f"data directory {self.path} is not writable: {_reason(e)}") from None
+        return secret
 
     def joined(self, cluster_id: str, password: str) -> None:
         """Admitted to a cluster through ``cluster.join``."""
@@ -339,6 +367,26 @@ def _stored_members(where: Path) -> dict[int, str] | None:
     from .controller import stored_members  # RocksDB: imported only to adopt a directory
 
     return stored_members(where)
+
+
+def _private(where: Path) -> None:
+    """Make the directory 0700: it holds the node's secret, its Raft journals and its stores,
+    none of which is anyone else's business. Files inside are made 0600 by the process's
+    umask (``node/cli.py``); a directory from an older raftchat is closed here at once, and
+    then nothing inside it is reachable for others whatever the files' own modes."""
+    mode = stat.S_IMODE(os.stat(where).st_mode)
+    if mode & 0o077:
+        try:
+            os.chmod(where, mode & 0o700)
+        except OSError as e:
+            log.warning(
+                "cannot make the data directory private",
+                data_dir=str(where),
+                mode=oct(mode),
+                error=_reason(e),
+            )
+        else:
+            log.info("data directory made private", data_dir=str(where), was=oct(mode))
 
 
 def _has_data(where: Path) -> bool:

@@ -56,11 +56,14 @@ def listen_addresses(config: Config) -> list[tuple[str, str]]:
     host, c = config.node.host, config.cluster
     out = [("Raft", f"{host}:{c.raft_port + g}") for g in range(c.groups + 1)]
     out.append(("peer gRPC", f"{host}:{c.grpc_port}"))
+    out.append(("public gRPC", f"{host}:{config.grpc.port}"))
     out.append(("HTTP", f"{host}:{config.http.port}"))
     if config.http.also_host and config.http.also_host != host:
         out.append(("HTTP", f"{config.http.also_host}:{config.http.port}"))
     out.append(("WKProto TCP", f"{host}:{config.gateway.tcp_port}"))
     out.append(("WKProto WebSocket", f"{host}:{config.gateway.ws_port}"))
+    if config.tls.cert_file:
+        out.append(("WKProto WebSocket over TLS", f"{host}:{config.gateway.wss_port}"))
     return out
 
 

@@ -1,13 +1,16 @@
 """Shared fixtures: real node processes on loopback, each test on its own address.
 
-Every node gets a fresh 127.0.x.y address with the standard ports, so a test never collides
-with another test's node, a developer's ``make run``, or a port in the ephemeral range.
+Every node gets a fresh 127.p.x.y address with the standard ports, where p (20..219) comes from
+the pytest process and x.y counts up through the run: a test never collides with another
+test's node (not even one still stopping, or a module's node still running), a developer's
+``make run`` or the bench and chaos runs (all on 127.0.x.y), or a port in the ephemeral range.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import ssl
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -17,10 +20,15 @@ from typing import Any
 import httpx
 import pytest
 
-from client.http import SyncHttpClient
+from client.http import SyncHttpClient, TokenAuth
 from node.devcluster import NodeProcess, cluster_env, node_env, start_all, wait_all_stopped
 
-_addresses = (f"127.0.{(os.getpid() % 200) + 20}.{n}" for n in itertools.count(10))
+_PROCESS_OCTET = (os.getpid() % 200) + 20
+_addresses = (f"127.{_PROCESS_OCTET}.{n // 240 + 1}.{n % 240 + 10}" for n in itertools.count())
+
+ADMIN_TOKEN = "test-admin-token"
+"""The admin token every test ``Cluster`` runs with (``/cluster/*`` of a multi-node cluster
+answer nothing without one); a lone node runs without tokens unless a test asks."""
 
 
 def fresh_host() -> str:
@@ -28,9 +36,17 @@ def fresh_host() -> str:
     return next(_addresses)
 
 
-def start_node(tmp_path: Path, node_id: int = 1, **settings: Any) -> NodeProcess:
-    """Start a real node. ``settings`` are config keys as ``section__key=value``."""
-    host = next(_addresses)
+def fresh_hosts(count: int) -> list[str]:
+    """``count`` loopback addresses no other test of this run uses."""
+    return [next(_addresses) for _ in range(count)]
+
+
+def start_node(
+    tmp_path: Path, node_id: int = 1, host: str | None = None, **settings: Any
+) -> NodeProcess:
+    """Start a real node (on ``host``, by default a fresh address). ``settings`` are config
+    keys as ``section__key=value``."""
+    host = host or next(_addresses)
     data = tmp_path / f"node{node_id}-{host}"
     extra = _settings_env(settings)
     extra.setdefault("RAFTCHAT_LOG_FORMAT", "text")
@@ -56,11 +72,31 @@ def eventually(check: Callable[[], bool], timeout_s: float = 10.0, what: str = "
 class Api:
     """The HTTP API for tests, on the client library: ``client`` is a ``SyncHttpClient`` with
     typed methods; ``post`` gives the raw answer (for tests of error answers); ``ok`` the
-    decoded JSON of a 200. No retries: a test sees every answer as the server gave it."""
+    decoded JSON of a 200. No retries: a test sees every answer as the server gave it.
+    Requests carry the tokens given (``http`` too: the admin one on ``/cluster/*``)."""
 
-    def __init__(self, base_url: str) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=10.0)
-        self.client = SyncHttpClient(base_url, http=self.http, retries=0)
+    def __init__(
+        self,
+        base_url: str,
+        api_token: str | None = None,
+        admin_token: str | None = None,
+        ca_file: str | Path | None = None,
+    ) -> None:
+        auth = TokenAuth(api_token, admin_token)
+        verify = True if ca_file is None else ssl.create_default_context(cafile=str(ca_file))
+        self.http = httpx.Client(base_url=base_url, timeout=10.0, auth=auth, verify=verify)
+        self.client = SyncHttpClient(
+            base_url,
+            http=self.http,
+            retries=0,
+            api_token=api_token,
+            admin_token=admin_token,
+        )
+
+    @classmethod
+    def of(cls, node: NodeProcess, url: str | None = None) -> Api:
+        """The API of a node started here, with the tokens it was started with."""
+        return cls(url or node.endpoints["http"], *tokens_of(node))
 
     def post(self, path: str, body: Any) -> httpx.Response:
         return self.client.request("POST", path, body)
@@ -70,8 +106,10 @@ class Api:
         assert resp.status_code == 200, (path, resp.status_code, resp.text)
         return resp.json()
 
-    def token(self, uid: str, token: str, device_flag: int = 0, device_level: int = 0) -> None:
-        self.client.user_token(uid, token, device_flag, device_level)
+    def token(
+        self, uid: str, token: str, device_flag: int = 0, device_level: int = 0, expire: int = 0
+    ) -> None:
+        self.client.user_token(uid, token, device_flag, device_level, expire)
 
 
 @pytest.fixture
@@ -83,9 +121,15 @@ def node(tmp_path: Path) -> Iterator[NodeProcess]:
         proc.stop()
 
 
+def tokens_of(node: NodeProcess) -> tuple[str | None, str | None]:
+    """(API token, admin token) a node was started with."""
+    env = node.env
+    return env.get("RAFTCHAT_AUTH_API_TOKEN"), env.get("RAFTCHAT_AUTH_ADMIN_TOKEN")
+
+
 @pytest.fixture
 def api(node: NodeProcess) -> Iterator[Api]:
-    client = Api(node.endpoints["http"])
+    client = Api.of(node)
     yield client
     client.http.close()
 
@@ -94,8 +138,8 @@ class Cluster:
     """Real node processes forming one cluster, each on its own loopback address."""
 
     def __init__(self, tmp_path: Path, size: int, **settings: Any) -> None:
-        base = next(_addresses).rsplit(".", 1)[0]
-        self.hosts = {i: f"{base}.{100 + i}" for i in range(1, size + 1)}
+        self.hosts = dict(zip(range(1, size + 1), fresh_hosts(size), strict=True))
+        settings.setdefault("auth__admin_token", ADMIN_TOKEN)
         envs = cluster_env(self.hosts, "test-cluster-secret")
         self.nodes: dict[int, NodeProcess] = {}
         for i, host in self.hosts.items():
@@ -114,7 +158,7 @@ class Cluster:
         start_all(list(self.nodes.values()))
 
     def api(self, node_id: int) -> Api:
-        return Api(f"http://{self.hosts[node_id]}:5001")
+        return Api.of(self.nodes[node_id], f"http://{self.hosts[node_id]}:5001")
 
     def tcp(self, node_id: int) -> tuple[str, int]:
         return self.hosts[node_id], 5100

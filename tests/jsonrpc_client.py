@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -139,12 +140,13 @@ async def open_jsonrpc(
     token: str = "",
     device_flag: int = 1,
     device_id: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[JsonRpcClient]:
-    """A WebSocket to the gateway; with ``uid``, logged in with ``connect`` (which must
-    succeed) before the block runs."""
+    """A WebSocket to the gateway (``wss://`` with ``ssl_context``); with ``uid``, logged in
+    with ``connect`` (which must succeed) before the block runs."""
     async with trio.open_nursery() as nursery:
         ws = await trio_websocket.connect_websocket(
-            nursery, host, port, "/", use_ssl=False, max_message_size=4 << 20
+            nursery, host, port, "/", use_ssl=ssl_context or False, max_message_size=4 << 20
         )
         client = JsonRpcClient(ws, uid or "")
         nursery.start_soon(client.run_reader)

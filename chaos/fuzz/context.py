@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from node.devcluster import GRPC_PORT, HTTP_PORT, RAFT_PORT, TCP_PORT, WS_PORT
+from node.devcluster import GRPC_PORT, HTTP_PORT, PUBLIC_GRPC_PORT, RAFT_PORT, TCP_PORT, WS_PORT
 
 from .safety import Protected
 
@@ -35,14 +35,21 @@ class FuzzContext:
     tcp_port: int = TCP_PORT
     ws_port: int = WS_PORT
     http_port: int = HTTP_PORT
-    grpc_port: int = GRPC_PORT
+    grpc_port: int = PUBLIC_GRPC_PORT
+    """The public gRPC API; ``peer_port`` the peer services (both get every method: each
+    refuses the other's)."""
+    peer_port: int = GRPC_PORT
     raft_port: int = RAFT_PORT
+    api_token: str = ""
+    admin_token: str = ""
+    """The cluster's ``auth.api_token`` and ``auth.admin_token``: most fuzzed requests carry
+    the right one (so that they reach the handlers), some a wrong, damaged or no token."""
     protected: Protected = field(init=False, compare=False, repr=False)
     """The workload's ids: nothing the fuzzer sends may name them."""
     api_protected: Protected = field(init=False, compare=False, repr=False)
-    """Also the fuzz users' uids, for the HTTP and gRPC generators: the APIs have no
-    authentication, and a fuzzed token change, ban or kick of a fuzz user would end the logins
-    the WKProto targets depend on."""
+    """Also the fuzz users' uids, for the HTTP and gRPC generators: they hold the API token,
+    and a fuzzed token change, ban or kick of a fuzz user would end the logins the WKProto
+    targets depend on."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "protected", Protected(self.protected_ids))

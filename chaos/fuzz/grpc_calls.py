@@ -14,7 +14,7 @@ import grpc
 
 from .context import FuzzContext
 from .executor import TargetStats
-from .rpc import Method, methods, request_body
+from .rpc import Method, bearer, methods, request_body
 from .scenario import scenario_rng
 
 CALL_TIMEOUT_S = 3.0
@@ -29,6 +29,7 @@ class Call:
     body: bytes
     node: int
     metadata: tuple[tuple[str, str], ...]
+    port: int
 
 
 class GrpcCaller:
@@ -38,8 +39,9 @@ class GrpcCaller:
         self.ctx = ctx
         options = [("grpc.max_send_message_length", 32 << 20)]
         self.channels = {
-            n: grpc.insecure_channel(f"{h}:{ctx.grpc_port}", options=options)
+            (n, port): grpc.insecure_channel(f"{h}:{port}", options=options)
             for n, h in ctx.hosts.items()
+            for port in (ctx.grpc_port, ctx.peer_port)
         }
 
     def plan(self, seed: int, conn_no: int) -> Call:
@@ -51,12 +53,19 @@ class GrpcCaller:
         metadata: list[tuple[str, str]] = []
         if rng.random() < 0.5:
             metadata.append(("x-raftchat-peer", rng.randbytes(32).hex()))
-        return Call(method, body, node, tuple(metadata))
+        authorization = bearer(self.ctx, method.path, rng)
+        if authorization is not None:
+            metadata.append(("authorization", authorization))
+        # Mostly where the method is served; now and then on the other port (UNIMPLEMENTED).
+        home = self.ctx.peer_port if method.peer else self.ctx.grpc_port
+        away = self.ctx.grpc_port if method.peer else self.ctx.peer_port
+        port = home if rng.random() < 0.9 else away
+        return Call(method, body, node, tuple(metadata), port)
 
     def call(self, c: Call) -> tuple[str, str, dict[str, Any] | None]:
         """Make a call (blocking); (method, status name, finding or None)."""
         method, body, node, metadata = c.method, c.body, c.node, list(c.metadata)
-        channel = self.channels[node]
+        channel = self.channels[(node, c.port)]
         try:
             if method.streaming:
                 stream = channel.unary_stream(method.path)(body, timeout=0.5, metadata=metadata)

@@ -86,6 +86,8 @@ POST_ROUTES: dict[str, tuple[str, ...]] = {
     "/conversations/setUnread": ("uid", "channel_id", "channel_type", "unread"),
     "/conversations/delete": ("uid", "channel_id", "channel_type"),
     "/conversations/clearMessages": ("uid", "channel_id", "channel_type", "message_seq"),
+    "/message/import": ("channel_id", "channel_type", "login_uid", "messages"),
+    "/route/batch": (),
     "/cluster/join": ("node_id", "host"),
     "/cluster/leave": ("node_id", "force"),
 }  # fmt: skip
@@ -237,11 +239,43 @@ def query(path: str, rng: random.Random, ctx: FuzzContext) -> str:
 # --- requests --------------------------------------------------------------------------------
 
 
+def credential(rng: random.Random, ctx: FuzzContext, target: str) -> list[tuple[bytes, bytes]]:
+    """The token header of a request: mostly the right one (the admin token on
+    ``/cluster/*``), so that requests reach the handlers; now and then none, a wrong or
+    damaged one, or the other token, so that the check itself is fuzzed."""
+    admin = target.startswith("/cluster/")
+    right = (ctx.admin_token if admin else ctx.api_token).encode()
+    other = (ctx.api_token if admin else ctx.admin_token).encode()
+    if not right:
+        return []
+    roll = rng.randrange(40)
+    if roll < 30:
+        return [(b"token", right)]
+    if roll < 34:
+        return [(b"Authorization", rng.choice((b"Bearer ", b"bearer ")) + right)]
+    if roll < 36:
+        return []
+    if roll < 38:
+        wrong = (b"", b"wrong", right + b"x", right[:-1], other, b"\xff" * 10, b"t" * 8000)
+        return [(b"token", rng.choice(wrong))]
+    auth = (b"Bearer", b"Bearer  ", b"Basic " + right, b"Bearer " + other, right)
+    return [(b"Authorization", rng.choice(auth))]
+
+
 def request(
-    method: str, target: str, body: bytes, rng: random.Random, *, close: bool = False
+    method: str,
+    target: str,
+    body: bytes,
+    rng: random.Random,
+    *,
+    close: bool = False,
+    ctx: FuzzContext | None = None,
 ) -> bytes:
-    """One request, with header-level abuse now and then."""
+    """One request (with a credential when ``ctx`` is given), with header-level abuse now
+    and then."""
     headers = [(b"Host", b"fz"), (b"Content-Type", b"application/json")]
+    if ctx is not None:
+        headers += credential(rng, ctx, target)
     kind = rng.randrange(30)
     if close:
         headers.append((b"Connection", b"close"))
@@ -271,7 +305,8 @@ def request(
     elif kind == 6:
         headers += [(b"Content-Length", str(len(body)).encode()), (b"X-Big", b"h" * 70_000)]
     elif kind == 7:
-        headers = [(b"Content-Length", str(len(body)).encode())]  # no Host
+        headers = [h for h in headers if h[0] != b"Host"]  # no Host
+        headers.append((b"Content-Length", str(len(body)).encode()))
     else:
         headers.append((b"Content-Length", str(len(body)).encode()))
     return _head(method, target, headers) + body
@@ -287,7 +322,7 @@ def one_request(rng: random.Random, ctx: FuzzContext, *, close: bool) -> bytes:
     roll = rng.random()
     if roll < 0.001:
         path = "/cluster/digest"
-        return request("GET", path, b"", rng, close=close)
+        return request("GET", path, b"", rng, close=close, ctx=ctx)
     if roll < 0.3:
         path = rng.choice(list(GET_ROUTES))
         q = query(path, rng, ctx)
@@ -295,10 +330,10 @@ def one_request(rng: random.Random, ctx: FuzzContext, *, close: bool) -> bytes:
         if not text_is_safe(unquote(target), ctx.api_protected):
             target = path
         method = "GET" if rng.random() < 0.95 else rng.choice(("POST", "DELETE", "PUT", "HEAD"))
-        return request(method, target, b"", rng, close=close)
+        return request(method, target, b"", rng, close=close, ctx=ctx)
     if roll < 0.33:
         path = rng.choice(("/", "/x", "/message/send/", "//message/send", "/%2e%2e/", "/" * 3000))
-        return request(rng.choice(("GET", "POST")), path, b"{}", rng, close=close)
+        return request(rng.choice(("GET", "POST")), path, b"{}", rng, close=close, ctx=ctx)
     path = rng.choice(list(POST_ROUTES))
     body = json_body(path, rng, ctx)
     if rng.random() < 0.1:
@@ -308,7 +343,7 @@ def one_request(rng: random.Random, ctx: FuzzContext, *, close: bool) -> bytes:
     elif not json_is_safe(body, ctx.api_protected):
         body = b"{}"
     method = "POST" if rng.random() < 0.97 else "GET"
-    return request(method, path, body, rng, close=close)
+    return request(method, path, body, rng, close=close, ctx=ctx)
 
 
 def raw_request(rng: random.Random, ctx: FuzzContext) -> bytes:
@@ -401,15 +436,13 @@ def _big_body(rng: random.Random, ctx: FuzzContext, sent: list[bytes]) -> Steps:
     limit = 2 * 1024 * 1024
     if rng.random() < 0.5:
         # Declares a body far above the limit and sends only the start of it.
-        head = _head(
-            "POST",
-            "/message/send",
-            [(b"Host", b"fz"), (b"Content-Length", str(rng.choice((limit + 1, 2**40))).encode())],
-        )
+        declared = str(rng.choice((limit + 1, 2**40))).encode()
+        headers = [(b"Host", b"fz"), *credential(rng, ctx, "/message/send")]
+        head = _head("POST", "/message/send", [*headers, (b"Content-Length", declared)])
         req = head + b'{"channel_id":' + b" " * 65536
     else:
         body = b'{"payload":"' + b"A" * (limit + rng.choice((-100, 1, 4096))) + b'"}'
-        req = request("POST", "/message/send", body, rng, close=True)
+        req = request("POST", "/message/send", body, rng, close=True, ctx=ctx)
     sent.append(req)
     yield Write(req)
     yield from drain()

@@ -2,11 +2,12 @@
 slot group). One frame = one length-prefixed message (or one chunk of unframed bytes).
 
 pysyncobj frames a message as a 4-byte native-endian *signed* length and the bytes; raftchat's
-frame inside is ``version | timestamp | pickle | HMAC-SHA256`` (cluster/raft/wire.py). The
-fuzzer does not use the cluster password: every MAC it writes is wrong, so nothing it sends may
-ever reach ``pickle.loads``. What is exercised is everything before that: lengths of every size
-(0, shorter than a MAC, 1 MiB, 2 GiB - 1, negative), a large declaration followed by a stream of
-bytes, unframed garbage, half-open and reset connections, trickles, and floods of connections.
+frame inside is ``version | timestamp | key id | nonce | AES-GCM ciphertext | tag``
+(cluster/raft/wire.py). The fuzzer does not use the cluster password: every tag it writes is
+wrong, so nothing it sends may ever reach ``pickle.loads``. What is exercised is everything
+before that: lengths of every size (0, shorter than a tag, 1 MiB, 2 GiB - 1, negative), a
+large declaration followed by a stream of bytes, unframed garbage, half-open and reset
+connections, trickles, and floods of connections.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from .scenario import Action, Flood, HalfClose, Read, Received, Reset, Scenario,
 from .wk import trickle
 
 _LEN = struct.Struct("<i")
-HEAD_LEN = 9
-MAC_LEN = 32
+HEAD_LEN = 1 + 8 + 16 + 12  # version, timestamp, key id, nonce
+MAC_LEN = 16  # the AES-GCM tag
 STREAM_CHUNK = 64 * 1024
 
-DECLARED = (0, 1, 8, 40, 41, 42, 1024, 65536, 1 << 20, 1 << 24, 1 << 30, (1 << 31) - 1)
-"""Declared lengths: empty, shorter than a frame's head and MAC, around it, up to 2 GiB - 1."""
+DECLARED = (0, 1, 8, 52, 53, 54, 1024, 65536, 1 << 20, 1 << 24, 1 << 30, (1 << 31) - 1)
+"""Declared lengths: empty, shorter than a frame's head and tag, around it, up to 2 GiB - 1."""
 
 KINDS = (
     (50, "frames"),
@@ -48,16 +49,18 @@ def length_prefix(n: int) -> bytes:
 
 
 def wrong_mac_frame(rng: random.Random) -> bytes:
-    """A well-formed raftchat Raft frame with a MAC no key made (or a wrong version)."""
-    version = 1 if rng.random() < 0.8 else rng.choice((0, 2, 255))
+    """A well-formed raftchat Raft frame with a tag no key made (or another version: 1 is the
+    older HMAC framing)."""
+    version = 2 if rng.random() < 0.8 else rng.choice((0, 1, 3, 255))
     stamp = int(time.monotonic()) if rng.random() < 0.7 else rng.getrandbits(64)
     body = rng.choice((b"", b"\x80\x04N.", b"\x80\x04\x95" + rng.randbytes(16), garbage(rng, 512)))
-    data = bytes([version]) + stamp.to_bytes(8, "big") + body + rng.randbytes(MAC_LEN)
+    head = bytes([version]) + stamp.to_bytes(8, "big") + rng.randbytes(HEAD_LEN - 9)
+    data = head + body + rng.randbytes(MAC_LEN)
     return length_prefix(len(data)) + data
 
 
 def odd_frame(rng: random.Random) -> bytes:
-    """A prefix whose length disagrees with what follows, or a frame too short for a MAC."""
+    """A prefix whose length disagrees with what follows, or a frame too short for a tag."""
     kind = rng.randrange(3)
     if kind == 0:
         n = rng.randint(0, HEAD_LEN + MAC_LEN)

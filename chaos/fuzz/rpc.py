@@ -1,6 +1,7 @@
-"""Target ``grpc``: the cluster gRPC port (11110), serving the public API (``raftchat.v1``) and
-the node-to-node ``raftchat.peer.v1.Peer`` service. One frame = one HTTP/2 frame written, or one
-call made through grpcio.
+"""Target ``grpc``: the public gRPC port (5002, ``raftchat.v1``) and the peer port (11110, the
+node-to-node ``raftchat.peer.v1.Peer`` service); each connection goes to one of them and calls
+methods of both (a port answers the other's UNIMPLEMENTED). One frame = one HTTP/2 frame
+written, or one call made through grpcio.
 
 HTTP/2 is written by hand (RFC 9113 frames, RFC 7541 HPACK literals without Huffman coding) so
 that anything can be sent: gRPC calls to every method with request messages generated from the
@@ -10,9 +11,11 @@ HPACK indexes, CONTINUATION without HEADERS, floods of PING or HEADERS+RST_STREA
 counted by HTTP/2 frame type (GOAWAY and RST_STREAM by error code): the fuzzer does not decode
 HPACK, so :mod:`chaos.fuzz.grpc_calls` makes some calls through grpcio to see gRPC statuses.
 
-Never sent: a ``Peer`` call with the real token (calls carry none or a wrong one), a public
-method of ``DESTRUCTIVE_RPCS`` with a body its request type can decode, or any body that decodes
-to a message naming a workload id or a fuzz login user (:mod:`chaos.fuzz.safety`).
+Public calls mostly carry the right bearer token (the admin token for ``Cluster``), sometimes
+a wrong, damaged or no one (:func:`bearer`). Never sent: a ``Peer`` call with the real peer
+token (calls carry none or a wrong one), a public method of ``DESTRUCTIVE_RPCS`` with a body its
+request type can decode, or any body that decodes to a message naming a workload id or a fuzz
+login user (:mod:`chaos.fuzz.safety`).
 """
 
 from __future__ import annotations
@@ -203,6 +206,22 @@ def hpack_literal(name: bytes, value: bytes) -> bytes:
     return b"\x00" + hpack_int(len(name), 7) + name + hpack_int(len(value), 7) + value
 
 
+def bearer(ctx: FuzzContext, path: str, rng: random.Random) -> str | None:
+    """The ``authorization`` metadata of a call (None: without): mostly the right token,
+    sometimes not (the check is fuzzed too)."""
+    admin = path.startswith("/raftchat.v1.Cluster/")
+    right = ctx.admin_token if admin else ctx.api_token
+    other = ctx.api_token if admin else ctx.admin_token
+    if not right:
+        return None
+    roll = rng.randrange(20)
+    if roll < 15:
+        return f"Bearer {right}"
+    if roll == 15:
+        return None
+    return rng.choice(("Bearer ", f"Bearer {right}x", f"Bearer {other}", right, "Basic x"))
+
+
 def grpc_headers(ctx: FuzzContext, node: int, path: str, rng: random.Random) -> bytes:
     fields = [
         (b":method", b"POST"),
@@ -212,6 +231,9 @@ def grpc_headers(ctx: FuzzContext, node: int, path: str, rng: random.Random) -> 
         (b"content-type", b"application/grpc"),
         (b"te", b"trailers"),
     ]
+    authorization = bearer(ctx, path, rng)
+    if authorization is not None:
+        fields.append((b"authorization", authorization.encode()))
     token = rng.randrange(4)
     if token == 1:
         fields.append((b"x-raftchat-peer", rng.randbytes(32).hex().encode()))
@@ -317,7 +339,8 @@ Steps = Generator[Action, Received | None, None]
 def make(ctx: FuzzContext, rng: random.Random) -> Scenario:
     node = rng.choice(ctx.nodes)
     kind = pick(rng, KINDS)
-    return Scenario("grpc", kind, node, ctx.grpc_port, _KINDS[kind](rng, ctx, node), max_s=8.0)
+    port = ctx.grpc_port if rng.random() < 0.75 else ctx.peer_port
+    return Scenario("grpc", kind, node, port, _KINDS[kind](rng, ctx, node), max_s=8.0)
 
 
 def _opening(rng: random.Random) -> list[bytes]:

@@ -215,6 +215,8 @@ async def _fuzz_setup(
         groups=FUZZ_GROUPS,
         protected_ids=tuple(protected),
         raft_groups=GROUPS,
+        api_token=cluster.api_token,
+        admin_token=cluster.admin_token,
     )
 
 

@@ -1,9 +1,10 @@
 """What the fuzzer must never send, so that the checkers judge the server and not the fuzzer.
 
-The HTTP and gRPC APIs have no authentication (docs/api.md), so a well-formed request could
-legitimately change what the workload relies on: give its users new tokens, kick them, delete
-their messages, add its users to a fuzz channel (whose messages would then reach their sessions
-as RECVs no workload send explains), or take a node out of the cluster. Two rules keep that out:
+The fuzzer holds the API and admin tokens (as the app's backend and an operator would), so a
+well-formed request could legitimately change what the workload relies on: give its users new
+tokens, kick them, delete their messages, add its users to a fuzz channel (whose messages would
+then reach their sessions as RECVs no workload send explains), or take a node out of the
+cluster. Two rules keep that out:
 
 * **protected ids**: no request that the server can parse names a workload user or channel,
   not even as one party of a person channel, an agent channel or a command twin. Generators

@@ -150,7 +150,7 @@ class Worker:
         call = caller.plan(self.cfg.seed, number)
         await limiter.take(1)
         if self._log is not None:
-            port = self.cfg.context.grpc_port
+            port = call.port
             self._log.write(
                 f"{time.monotonic():.3f}\tgrpc-call\t{number}\t{call.node}\t{port}\tgrpcio\n"
             )

@@ -1,5 +1,5 @@
-"""The gateway's listeners: WKProto over TCP, and WKProto or JSON-RPC over WebSocket, each
-connection contained.
+"""The gateway's listeners: WKProto over TCP, and WKProto or JSON-RPC over WebSocket (plain,
+and over TLS when the node has a certificate), each connection contained.
 
 Three rules hold for every accepted connection:
 
@@ -8,16 +8,20 @@ Three rules hold for every accepted connection:
   inside a boundary that logs the failure, rate-limited, and closes the socket. Known bad
   input never gets that far (the session answers it with a reason code); the boundary is for
   what nobody foresaw, and its log line says so.
-* **Counted.** At most ``gateway.max_connections`` at once, over both transports. Beyond, a
-  new connection is closed right after the accept, before it costs a task or a read buffer.
-* **Bounded.** The WebSocket upgrade must finish within ``gateway.auth_timeout_s``, as the
-  CONNECT must after it.
+* **Counted.** At most ``gateway.max_connections`` at once, over every transport. Beyond, a
+  new connection is closed right after the accept, before it costs a task, a read buffer or a
+  TLS handshake.
+* **Bounded.** The TLS handshake and the WebSocket upgrade together must finish within
+  ``gateway.auth_timeout_s``, as the CONNECT must after them. A failed handshake (plain bytes,
+  a client that does not trust the certificate) ends that connection, with a log line at most
+  once per client address and interval.
 """
 
 from __future__ import annotations
 
 import logging
 import resource
+import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -66,8 +70,10 @@ def connection_capacity(configured: int, open_files: int) -> int:
 class Gateway:
     """Serves WKProto on TCP and WebSocket for one node."""
 
-    def __init__(self, ctx: GatewayContext) -> None:
+    def __init__(self, ctx: GatewayContext, ssl_context: ssl.SSLContext | None = None) -> None:
         self._ctx = ctx
+        self._ssl = ssl_context
+        """With it, WSS on ``gateway.wss_port`` too."""
         gw = ctx.config.gateway
         self.capacity = connection_capacity(gw.max_connections, raise_open_file_limit())
         if gw.max_connections > self.capacity:
@@ -89,6 +95,12 @@ class Gateway:
         await start_listener(nursery, "WKProto TCP", host, gw.tcp_port, tcp_serve)
         ws_serve = partial(trio.serve_tcp, ws, gw.ws_port, host=host)
         await start_listener(nursery, "WKProto WebSocket", host, gw.ws_port, ws_serve)
+        if self._ssl is not None:
+            wss = partial(self._contained, "wss", self._on_wss)
+            wss_serve = partial(trio.serve_tcp, wss, gw.wss_port, host=host)
+            await start_listener(
+                nursery, "WKProto WebSocket over TLS", host, gw.wss_port, wss_serve
+            )
         nursery.start_soon(self._flush_log)
 
     @staticmethod
@@ -137,14 +149,37 @@ class Gateway:
         await Session(self._ctx, TcpTransport(stream)).run()
 
     async def _on_ws(self, stream: trio.SocketStream) -> None:
+        await self._websocket(stream, stream, "ws")
+
+    async def _on_wss(self, stream: trio.SocketStream) -> None:
+        assert self._ssl is not None
+        tls = trio.SSLStream(stream, self._ssl, server_side=True, https_compatible=True)
+        await self._websocket(stream, tls, "wss")
+
+    async def _websocket(self, tcp: trio.SocketStream, stream: trio.abc.Stream, kind: str) -> None:
+        """The TLS handshake (over ``wss``) and the upgrade, within the auth timeout; then the
+        session."""
+        peer = peer_of(tcp)
         ws = WsConnection(stream, WS_MAX_MESSAGE)
         with trio.move_on_after(self._ctx.config.gateway.auth_timeout_s) as upgrade:
+            if isinstance(stream, trio.SSLStream):
+                try:
+                    await stream.do_handshake()
+                except trio.BrokenResourceError as e:
+                    _ratelog.info(
+                        ("tls", peer.rpartition(":")[0]),
+                        "TLS handshake failed; connection closed",
+                        transport=kind,
+                        peer=peer,
+                        error=str(e.__cause__ or e)[:200],
+                    )
+                    return
             try:
                 await ws.accept()
             except HandshakeFailed as e:
-                log.debug("WebSocket upgrade failed", peer=peer_of(stream), error=str(e))
+                log.debug("WebSocket upgrade failed", peer=peer, error=str(e))
                 return
         if upgrade.cancelled_caught:
-            log.debug("WebSocket upgrade timed out", peer=peer_of(stream))
+            log.debug("TLS handshake or WebSocket upgrade timed out", transport=kind, peer=peer)
             return
-        await Session(self._ctx, WsTransport(ws, peer_of(stream))).run()
+        await Session(self._ctx, WsTransport(ws, peer, kind)).run()

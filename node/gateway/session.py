@@ -57,6 +57,7 @@ from ..send_checks import SendRules, precheck
 from ..sessions import SessionRegistry
 from ..storage import MessageRecord
 from ..userfacts import UserFacts
+from ..usertokens import TokenKeys, Verdict
 from .codec import SessionCodec, WkprotoCodec, choose_codec
 from .transport import Transport
 
@@ -89,6 +90,9 @@ class GatewayContext:
     rules: SendRules = field(default_factory=SendRules)
     on_login: Callable[[Session], None] | None = None
     """Called once a session is registered (the cluster-wide multi-device policy)."""
+    token_keys: TokenKeys | None = None
+    """Checks CONNECT tokens against their stored hashes; ``None`` only in unit tests (the
+    stored token is then compared as it is)."""
 
 
 class Session:
@@ -103,6 +107,7 @@ class Session:
         self.connected_at = 0.0
         self.version = LATEST_VERSION
         self._cipher: SessionCipher | None = None
+        self._refused_why = ""
         # Chosen by the first message on a WebSocket (JSON-RPC or WKProto); TCP is WKProto.
         self._codec: SessionCodec | None = None if transport.json_rpc else WkprotoCodec()
         self._out_send, self._out_recv = trio.open_memory_channel[bytes | str](OUTBOUND_QUEUE)
@@ -286,7 +291,8 @@ class Session:
             server_version=self.version,
         )
         if reason != ReasonCode.SUCCESS:
-            log.info("CONNECT refused", **self._fields(), reason=reason.name)
+            why = {"why": self._refused_why} if self._refused_why else {}
+            log.info("CONNECT refused", **self._fields(), reason=reason.name, **why)
             self._enqueue(ack)
             return False
         self.device_flag = c.device_flag
@@ -335,13 +341,35 @@ class Session:
         if auth["ban"]:
             return ReasonCode.BAN, 0
         device = auth["device"]
-        if cfg.auth.token_auth and (
-            device is None
-            or not device["token"]
-            or not hmac.compare_digest(device["token"].encode(), c.token.encode())
-        ):
+        level = int(device["device_level"]) if device is not None else 0
+        if not cfg.auth.token_auth:
+            return ReasonCode.SUCCESS, level
+        keys = self._ctx.token_keys
+        if keys is None:
+            stored = (device or {}).get("token") or ""
+            if not stored or not hmac.compare_digest(stored.encode(), c.token.encode()):
+                return ReasonCode.AUTH_FAIL, 0
+            return ReasonCode.SUCCESS, level
+        checked = keys.check(device, c.token, int(time.time() * 1000))
+        if checked.verdict is not Verdict.OK:
+            self._refused_why = checked.verdict.value
+            if checked.unknown_key:
+                self._refused_why = "token sealed under a key this node lacks (old password?)"
             return ReasonCode.AUTH_FAIL, 0
-        return ReasonCode.SUCCESS, (int(device["device_level"]) if device is not None else 0)
+        if checked.rehash:
+            self._ctx.nursery.start_soon(self._rehash, keys, c, device)
+        return ReasonCode.SUCCESS, level
+
+    async def _rehash(self, keys: TokenKeys, c: Connect, device: dict[str, object]) -> None:
+        """Seal a token that logged in under an old key (or from before hashes) under the
+        current one. Best effort: the next login tries again."""
+        op = pb.MetaOp(set_device=keys.rehash(c.uid, c.device_flag, device, c.token))
+        try:
+            await self._ctx.router.meta(c.uid, op)
+        except Exception as e:
+            log.info("could not re-seal a token under the current key", uid=c.uid, error=str(e))
+        else:
+            log.info("token re-sealed under the current key", uid=c.uid)
 
     # --- frames after CONNECT -------------------------------------------------------------
 

@@ -71,9 +71,10 @@ class WsTransport:
     kind = "ws"
     json_rpc = True
 
-    def __init__(self, ws: WsConnection, peer: str) -> None:
+    def __init__(self, ws: WsConnection, peer: str, kind: str = "ws") -> None:
         self._ws = ws
         self.peer = peer
+        self.kind = kind  # "wss" over TLS
 
     async def receive(self) -> bytes | str:
         while True:

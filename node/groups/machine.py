@@ -23,8 +23,9 @@ from ..command_channels import (
 from ..ids import next_message_id
 from ..log import get_logger
 from ..pipeline_rules import person_channel_problem, request_problem
-from ..storage import ChannelInfo, DeviceRecord, MessageRecord, Store
+from ..storage import ChannelInfo, MessageRecord, Store
 from ..storage.db import Batch
+from ..usertokens import record_of, still_the_same
 from . import (
     channel_state,
     command_sync,
@@ -211,7 +212,12 @@ class GroupMachine:
         which = op.WhichOneof("op")
         if which == "set_device":
             d = op.set_device
-            ctx.wb.put_device(d.uid, d.device_flag, DeviceRecord(d.token, d.device_level))
+            # A re-hash at login replaces only the record it was checked against: the app
+            # may have set another token since (usertokens.py).
+            if not d.replaces or still_the_same(
+                self.store.get_device(d.uid, d.device_flag), d.replaces
+            ):
+                ctx.wb.put_device(d.uid, d.device_flag, record_of(d))
             return pb.MetaResult(reason=ReasonCode.SUCCESS)
         if which == "channel":
             result = self._apply_channel(op.channel, ctx.wb)

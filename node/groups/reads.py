@@ -46,15 +46,15 @@ def run_query(store: Store, q: dict[str, Any]) -> Any:
             uid = q["uid"]
             dev = store.get_device(uid, int(q["device_flag"]))
             own = store.get_channel(1, uid)
+            # The stored record goes to the gateway node as it is (a hash, usertokens.py):
+            # that node checks the presented token, which never leaves it.
             return {
-                "device": None
-                if dev is None
-                else {"token": dev.token, "device_level": dev.device_level},
+                "device": None if dev is None else dev.to_json(),
                 "ban": bool(own is not None and own.ban),
             }
         if kind == "device":
             dev = store.get_device(q["uid"], int(q["device_flag"]))
-            return None if dev is None else {"token": dev.token, "device_level": dev.device_level}
+            return None if dev is None else {"device_level": dev.device_level}
         if kind == "channel":
             info = store.get_channel(int(q["channel_type"]), q["channel_id"])
             return None if info is None else asdict(info)

@@ -10,9 +10,10 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from cluster.bridge import GrpcAbort, GrpcService, Handler, StreamHandler
+from cluster.bridge import Authorize, GrpcAbort, GrpcService, Handler, Metadata, StreamHandler
 from proto.raftchat.v1 import api_pb2, api_pb2_grpc
 
+from ..http.auth import presented_tokens
 from ..http.common import ApiContext
 from ..http.server import ApiError, Request
 from ..http.server import Router as HttpRouter
@@ -27,8 +28,10 @@ def as_grpc(e: ApiError) -> GrpcAbort:
 
 
 class PublicApi:
-    """Serves the public API on the node's gRPC server. The server starts before the HTTP
-    router exists (peers need it first), so calls answer UNAVAILABLE until ``attach``."""
+    """Serves the public API on its own gRPC server (``grpc.port``). Calls answer UNAVAILABLE
+    until ``attach`` hands over the HTTP router, whose credentials (``http/auth.py``) decide
+    who may call what: the API token as ``authorization: Bearer`` metadata, the admin token
+    for the ``Cluster`` service."""
 
     def __init__(self, feed: LiveFeed) -> None:
         self.feed = feed
@@ -55,10 +58,30 @@ class PublicApi:
                     servicer_base=getattr(api_pb2_grpc, f"{name}Servicer"),
                     handlers=handlers,
                     streams=streams,
-                    peer_auth=None,  # like the HTTP API: the app backend, private network
+                    authorize=self._authorizer(name),
                 )
             )
         return out
+
+    def _authorizer(self, service: str) -> Authorize:
+        """The HTTP API's rules for the route each RPC runs (``Subscribe``, which has none,
+        counts as a product route)."""
+
+        def authorize(method: str, metadata: Metadata, peer: str) -> GrpcAbort | None:
+            http = self._http
+            if http is None or http.credentials is None:
+                return None  # starting: the call itself answers UNAVAILABLE
+            rpc = RPCS[service].get(method)
+            verb, path = (rpc.method, rpc.path) if rpc else ("POST", f"/{service}/{method}")
+            headers = {}
+            for key, value in metadata:
+                if key == "authorization" and isinstance(value, str):
+                    headers["authorization"] = value
+            tokens = presented_tokens(headers)
+            refusal = http.credentials.refusal(verb, path, {}, tokens, peer)
+            return None if refusal is None else errors.error(refusal.status, refusal.msg)
+
+        return authorize
 
     async def call_route(self, method: str, path: str, data: Any) -> Any:
         """The HTTP API's answer to one request; raises ApiError for an error answer."""
@@ -69,7 +92,7 @@ class PublicApi:
             request = Request(method, path, query, {}, b"")
         else:
             request = Request(method, path, {}, {}, json.dumps(data).encode())
-        response = await self._http.dispatch(request)
+        response = await self._http.handle(request)  # authorized by the service's check
         if response.status != 200:
             body = response.body if isinstance(response.body, dict) else {}
             extra = {k: v for k, v in body.items() if k not in ("msg", "status")}

@@ -8,6 +8,7 @@ is 503 with the reason code (17, 18 or 10); see ``docs/api.md``.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,7 @@ from . import (
     routes_streams,
     routes_webhooks,
 )
+from .auth import Credentials
 from .common import (
     CHANNEL_TYPES,
     OK,
@@ -52,10 +54,12 @@ _CLIENT_FLAGS = {int(DeviceFlag.APP), int(DeviceFlag.WEB), int(DeviceFlag.PC)}
 _LEVELS = {int(DeviceLevel.SLAVE), int(DeviceLevel.MASTER)}
 _SUPPORTED_SEND_TYPES = CHANNEL_TYPES
 MAX_ROUTE_BATCH = 10_000
+MAX_TOKEN_EXPIRE_S = 0xFFFFFFFF
+"""The largest ``expire`` of ``/user/token`` (a uint32, as the gRPC field)."""
 
 
 def build_router(ctx: ApiContext) -> HttpRouter:
-    r = HttpRouter()
+    r = HttpRouter(Credentials(ctx.config.auth, lambda: len(ctx.router.placement.nodes) > 1))
 
     def route(method: str, path: str) -> Callable[[Handler], Handler]:
         def deco(fn: Handler) -> Handler:
@@ -167,10 +171,21 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         token = get_str(body, "token", required=True)
         flag = get_int(body, "device_flag", default=DeviceFlag.APP, choices=_CLIENT_FLAGS)
         level = get_int(body, "device_level", default=DeviceLevel.SLAVE, choices=_LEVELS)
-        op = pb.MetaOp(
-            set_device=pb.DeviceToken(uid=uid, device_flag=flag, token=token, device_level=level)
-        )
-        await meta(ctx, uid, op)
+        # Seconds from now, as WuKongIM's message `expire` and Tencent's UserSig; stored as a
+        # time of this node's clock, so that every replica applies the same record.
+        expire = get_int(body, "expire", minimum=0, maximum=MAX_TOKEN_EXPIRE_S)
+        expires_at_ms = int(time.time() * 1000) + expire * 1000 if expire else 0
+        if ctx.token_keys is not None:
+            device = ctx.token_keys.seal(uid, flag, token, level, expires_at_ms)
+        else:  # unit tests without a node
+            device = pb.DeviceToken(
+                uid=uid,
+                device_flag=flag,
+                token=token,
+                device_level=level,
+                expires_at_ms=expires_at_ms,
+            )
+        await meta(ctx, uid, pb.MetaOp(set_device=device))
         if level == DeviceLevel.MASTER:
             # A new master token retires the sessions that logged in with the old one.
             await ctx.router.kick_everywhere(uid, flag, "token changed")

@@ -20,6 +20,7 @@ from ..router import ClusterUnavailable, Router
 from ..send_checks import SendRules
 from ..sessions import SessionRegistry
 from ..userfacts import UserFacts
+from ..usertokens import TokenKeys
 from .fields import get_int, get_str
 from .server import ApiError, Handler, Request, Response, bad_request
 
@@ -46,6 +47,8 @@ class ApiContext:
     rules: SendRules
     webhooks: Webhooks | None = None
     client_routes: ClientRoutes | None = None
+    token_keys: TokenKeys | None = None
+    """Seals user tokens before they are proposed (``node/usertokens.py``)."""
 
 
 def check_id(value: str, what: str) -> str:

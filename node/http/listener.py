@@ -12,6 +12,8 @@ logged at most once per client and interval.
 from __future__ import annotations
 
 import logging
+import re
+import ssl
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
@@ -47,9 +49,13 @@ class HttpServer:
     """Serves one ``Router`` on any number of listeners, with the limits of ``settings``
     (connection caps are shared by the listeners)."""
 
-    def __init__(self, router: Router, settings: HttpSection) -> None:
+    def __init__(
+        self, router: Router, settings: HttpSection, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self._router = router
         self._cfg = settings
+        self._ssl = ssl_context
+        """With it, every connection is HTTPS."""
         self.admission = Admission(settings.max_connections, settings.max_connections_per_address)
         self._refusing = 0
         self._timeouts = {
@@ -62,6 +68,7 @@ class HttpServer:
         self._refusals = RateLimitedLog(logging.getLogger(LOGGER), LOG_INTERVAL_S)
         self._troubles = RateLimitedLog(logging.getLogger(LOGGER), LOG_INTERVAL_S)
         self._failures = RateLimitedLog(logging.getLogger(LOGGER), LOG_INTERVAL_S)
+        self._tls_failures = RateLimitedLog(logging.getLogger(LOGGER), LOG_INTERVAL_S)
 
     async def serve(
         self,
@@ -77,12 +84,16 @@ class HttpServer:
             address = str(stream.socket.getpeername()[0])
         except OSError:
             address = "?"  # gone before it was served
-        await self.handle_connection(stream, address)
+        if self._ssl is None:
+            await self.handle_connection(stream, address)
+            return
+        # The handshake runs on the first read or write: after the caps have counted the
+        # connection, and under the first request's head deadline (ADR 001).
+        tls = trio.SSLStream(stream, self._ssl, server_side=True, https_compatible=True)
+        await self.handle_connection(tls, address)
 
     async def handle_connection(self, stream: trio.abc.Stream, address: str) -> None:
-        """Serve one connection from ``address`` and close it. TLS fits here: wrap the
-        accepted stream in ``trio.SSLStream`` and hand that in (the handshake then counts
-        against the head deadline, as the first read)."""
+        """Serve one connection from ``address`` (a TCP or a TLS stream) and close it."""
         key = client_key(address)
         refusal = self.admission.admit(key)
         try:
@@ -96,8 +107,16 @@ class HttpServer:
                 await self._serve(stream, key, address)
             finally:
                 self.admission.release(key)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away: nothing to answer, nothing to report
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            # The client went away: nothing to answer. A TLS failure (a failed handshake:
+            # plain HTTP, a client that does not trust the certificate) is worth a line.
+            if isinstance(e.__cause__, ssl.SSLError):
+                self._tls_failures.info(
+                    ("tls", key),
+                    "HTTPS connection failed: TLS error",
+                    client=address,
+                    why=str(e.__cause__)[:_LOGGED_CHARS],
+                )
         except Exception:
             # A server bug met on this connection: it ends here, the others go on.
             self._failures.exception(("failed", key), "HTTP connection failed", client=address)
@@ -111,7 +130,7 @@ class HttpServer:
         first = True
         try:
             while True:
-                request = await self._read_request(conn, stream, first)
+                request = await self._read_request(conn, stream, first, address)
                 if request is None:
                     return
                 first = False
@@ -137,7 +156,7 @@ class HttpServer:
             await self._answer_and_close(conn, stream, key, address, r)
 
     async def _read_request(
-        self, conn: h11.Connection, stream: trio.abc.Stream, first: bool
+        self, conn: h11.Connection, stream: trio.abc.Stream, first: bool, address: str
     ) -> Request | None:
         """The next request, or None when the client closed or idled out between requests.
 
@@ -186,7 +205,7 @@ class HttpServer:
                         raise _Refusal(413, f"body exceeds {limit} bytes")
                 elif isinstance(event, h11.EndOfMessage):
                     assert head is not None
-                    return self._request(head, bytes(body))
+                    return self._request(head, bytes(body), address)
                 elif head is None:
                     return None  # ConnectionClosed between requests
                 else:
@@ -195,7 +214,7 @@ class HttpServer:
             return None  # closed without an answer: there is no request to answer
         raise _Refusal(408, f"request {phase} not complete within {timeouts[phase]} s")
 
-    def _request(self, head: h11.Request, body: bytes) -> Request:
+    def _request(self, head: h11.Request, body: bytes, address: str) -> Request:
         parts = urlsplit(head.target.decode("latin-1"))
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers}
@@ -206,6 +225,7 @@ class HttpServer:
             headers,
             body,
             max_json_depth=self._cfg.max_json_depth,
+            client=address,
         )
 
     async def _answer_and_close(
@@ -221,7 +241,7 @@ class HttpServer:
             (refusal.status, key),
             "HTTP request refused",
             client=address,
-            why=refusal.msg[:_LOGGED_CHARS],  # h11 quotes the client's bytes
+            why=_unquoted(refusal.msg)[:_LOGGED_CHARS],
         )
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return  # mid-response: there is no way left to say anything
@@ -256,6 +276,7 @@ class HttpServer:
             ("content-type", "application/json; charset=utf-8"),
             ("content-length", str(len(body))),
         ]
+        headers.extend(resp.headers)
         if close:
             headers.append(("connection", "close"))
         reason = _PHRASES.get(resp.status, b"")
@@ -263,6 +284,16 @@ class HttpServer:
         out = (conn.send(head) or b"") + (conn.send(h11.Data(data=body)) or b"")
         out += conn.send(h11.EndOfMessage()) or b""
         await stream.send_all(out)
+
+
+_QUOTED_BYTES = re.compile(r"""(?:bytearray\()?b(['"])(?:\\.|(?!\1).)*\1\)?""")
+
+
+def _unquoted(reason: str) -> str:
+    """A refusal's reason without the request bytes h11 quotes in it (``illegal header line:
+    bytearray(b'token: ...')``): a header line can carry a credential, which must not reach
+    the log. The client's own answer keeps them."""
+    return _QUOTED_BYTES.sub("<bytes>", reason)
 
 
 async def _linger(stream: trio.abc.Stream) -> None:

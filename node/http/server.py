@@ -19,6 +19,7 @@ from ..config import HttpSection
 from ..log import get_logger
 from ..safejson import JsonRefused
 from ..safejson import loads as safe_loads
+from .auth import Credentials, presented_tokens
 
 log = get_logger("http")
 
@@ -50,6 +51,8 @@ class Request:
     headers: dict[str, str]
     body: bytes
     max_json_depth: int = field(default=DEFAULT_MAX_JSON_DEPTH, repr=False)
+    client: str = ""
+    """The client's address, for log lines."""
 
     def json(self) -> Any:
         if not self.body.strip():
@@ -70,6 +73,8 @@ class Request:
 class Response:
     status: int = 200
     body: Any = field(default_factory=lambda: {"status": 200})
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    """Headers beyond content-type and content-length."""
 
     def encode(self) -> bytes:
         return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode()
@@ -79,7 +84,9 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 class Router:
-    def __init__(self) -> None:
+    def __init__(self, credentials: Credentials | None = None) -> None:
+        self.credentials = credentials
+        """Who may call which route (``auth.py``); None: anyone (unit tests)."""
         self._routes: dict[tuple[str, str], Handler] = {}
         # A handler bug is not bad input, but a client can repeat the request that hits it:
         # one traceback per route and interval is enough to find it.
@@ -99,6 +106,21 @@ class Router:
         return sorted(self._routes)
 
     async def dispatch(self, req: Request) -> Response:
+        """Answer a request from the network: its credential first (before the route is
+        looked up, so that a client without one learns nothing, not even which routes
+        exist), then the route."""
+        if self.credentials is not None:
+            tokens = presented_tokens(req.headers)
+            refusal = self.credentials.refusal(req.method, req.path, req.query, tokens, req.client)
+            if refusal is not None:
+                body = {"msg": refusal.msg, "status": refusal.status}
+                challenge = [("www-authenticate", 'Bearer realm="raftchat"')]
+                return Response(refusal.status, body, challenge if refusal.status == 401 else [])
+        return await self.handle(req)
+
+    async def handle(self, req: Request) -> Response:
+        """Answer a request whose caller is already authorized (the gRPC API checks the
+        same rules on its own metadata before it calls here)."""
         handler = self._routes.get((req.method, req.path))
         if handler is None:
             if any(p == req.path for _, p in self._routes):

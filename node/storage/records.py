@@ -103,15 +103,48 @@ class ChannelInfo:
 
 @dataclass(frozen=True, slots=True)
 class DeviceRecord:
-    """The token a uid registered for one platform (device flag), and its level."""
+    """The token a uid registered for one platform (device flag), and its level.
+
+    The token is kept as a keyed hash (``mac`` under the key ``key_id``, with its ``salt``,
+    hex; ``node/usertokens.py``). A record without a ``mac`` holds ``token`` itself: an empty
+    one after a device quit, or a token stored before hashes (checked as it is, and hashed at
+    its next successful login)."""
 
     token: str
     device_level: int
+    mac: str = ""
+    salt: str = ""
+    key_id: str = ""
+    expires_at_ms: int = 0
+    """Wall-clock milliseconds after which the token no longer logs in; 0: never."""
 
     def encode(self) -> bytes:
-        return json.dumps({"token": self.token, "device_level": self.device_level}).encode()
+        d: dict[str, str | int] = {"token": self.token, "device_level": self.device_level}
+        if self.mac:
+            d.update(mac=self.mac, salt=self.salt, key_id=self.key_id)
+        if self.expires_at_ms:
+            d["expires_at_ms"] = self.expires_at_ms
+        return json.dumps(d).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> DeviceRecord:
         d = json.loads(data)
-        return cls(token=d["token"], device_level=d["device_level"])
+        return cls(
+            token=d["token"],
+            device_level=d["device_level"],
+            mac=d.get("mac", ""),
+            salt=d.get("salt", ""),
+            key_id=d.get("key_id", ""),
+            expires_at_ms=d.get("expires_at_ms", 0),
+        )
+
+    def to_json(self) -> dict[str, str | int]:
+        """As reads answer it (cluster-internal: the gateway node checks CONNECT with it)."""
+        return {
+            "token": self.token,
+            "device_level": self.device_level,
+            "mac": self.mac,
+            "salt": self.salt,
+            "key_id": self.key_id,
+            "expires_at_ms": self.expires_at_ms,
+        }

@@ -8,6 +8,7 @@ A must see successful SENDACKs with ``message_seq > 0``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,14 +17,17 @@ from typing import Any
 import pytest
 
 from node.devcluster import NodeProcess
-from tests.conftest import Api
+from tests.conftest import Api, fresh_host, start_node
+from tests.tlsutil import TestCA, tls_settings
 
 pytestmark = pytest.mark.e2e
 
 HARNESS = Path(__file__).parent / "jssdk"
 
 
-def run_scenario(spec: dict[str, Any], timeout_s: float = 90) -> dict[str, Any]:
+def run_scenario(
+    spec: dict[str, Any], timeout_s: float = 90, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     node_bin = shutil.which("node")
     assert node_bin, "Node.js is required for the SDK test (make test installs everything)"
     assert (HARNESS / "node_modules" / "wukongimjssdk").is_dir(), (
@@ -35,6 +39,7 @@ def run_scenario(spec: dict[str, Any], timeout_s: float = 90) -> dict[str, Any]:
         capture_output=True,
         text=True,
         timeout=timeout_s,
+        env=None if env is None else {**os.environ, **env},
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, f"no result from the SDK harness:\n{proc.stderr[-3000:]}"
@@ -151,3 +156,61 @@ def test_sdk_conversation_sync_and_revoke(node: NodeProcess, api: Api) -> None:
     notices = [r for r in result["b_received"] if r["content_type"] == 1006]
     assert notices and notices[0]["content"]["message_id"] == p3_id, notices
     assert not result["errors"], result["errors"]
+
+
+def test_sdk_over_wss_with_a_ca_made_by_the_test(tmp_path: Path) -> None:
+    """The unmodified SDK over ``wss://`` (the address ``/route`` gives as ``wss_addr``): Node
+    trusts the test's CA through ``NODE_EXTRA_CA_CERTS`` and checks the node's IP SAN; the
+    conversation sync's ``fetch`` goes to the HTTPS API the same way."""
+    host = fresh_host()
+    ca = TestCA(tmp_path / "ca")
+    node = start_node(
+        tmp_path, host=host, **tls_settings(ca.issue("node", ips=[host]), http__tls=True)
+    )
+    try:
+        api = Api(node.endpoints["http"], ca_file=ca.ca_file)
+        api.token("alice", "alice-token", device_flag=1)
+        api.token("bob", "bob-token", device_flag=1)
+        api.ok(
+            "/channel", {"channel_id": "room1", "channel_type": 2, "subscribers": ["alice", "bob"]}
+        )
+        wss = api.http.get("/route", params={"uid": "alice"}).json()["wss_addr"]
+        assert wss == f"wss://{host}:5210"
+        extra_ca = {"NODE_EXTRA_CA_CERTS": str(ca.ca_file)}
+        result = run_scenario(
+            {
+                "ws_url": wss,
+                "http_url": node.endpoints["http"],
+                "a": {"uid": "alice", "token": "alice-token"},
+                "b": {"uid": "bob", "token": "bob-token"},
+                "timeout_ms": 30000,
+                "sdk_log": False,
+                "steps": [
+                    {
+                        "op": "send",
+                        "from": "a",
+                        "channel_id": "bob",
+                        "channel_type": 1,
+                        "text": "p",
+                    },
+                    {
+                        "op": "send",
+                        "from": "a",
+                        "channel_id": "room1",
+                        "channel_type": 2,
+                        "text": "g",
+                    },
+                    {"op": "wait_recv", "who": "b", "steps": [0, 1]},
+                    {"op": "sync_conversations", "who": "b", "msg_count": 20},
+                ],
+            },
+            env=extra_ca,
+        )
+        received = {(m["channel_id"], m["content"]) for m in result["received"]["b"]}
+        assert received == {("alice", "p"), ("room1", "g")}
+        convs = {(c["channel_id"], c["channel_type"]) for c in result["conversations"]["b"]}
+        assert convs == {("alice", 1), ("room1", 2)}
+        assert not result["errors"], result["errors"]
+        api.http.close()
+    finally:
+        node.stop()

@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _host_base() -> str:
-    # Not 127.0.x.y, where tests/conftest.py puts its nodes, nor the default 127.0.0.1x.
-    return f"127.93.{os.getpid() % 200 + 20}"
+    # Not 127.p.x.y (p >= 20), where tests/conftest.py puts its nodes, nor the bench's default
+    # 127.0.0.1x or the fuzzer's 127.0.240.x.
+    return f"127.0.{os.getpid() % 200 + 20}"
 
 
 def _bench(*args: str, timeout_s: float = 240.0) -> subprocess.CompletedProcess[str]:

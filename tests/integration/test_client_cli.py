@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
 import signal
 import socket
@@ -13,15 +14,17 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO
 
+import pytest
 import trio
 
 from client.http import SyncHttpClient
 from client.wkproto import open_client
 from node.devcluster import NodeProcess
 from proto.wkproto import ChannelType
-from tests.conftest import eventually
+from tests.conftest import eventually, start_node
 
 
 class Lines:
@@ -172,24 +175,72 @@ def test_tail_prints_the_log_then_new_messages(node: NodeProcess) -> None:
     api.close()
 
 
-def test_cluster_command_prints_status_and_reports_refusals(node: NodeProcess) -> None:
-    http = node.endpoints["http"]
+API_TOKEN, ADMIN_TOKEN = "cli-api-token", "cli-admin-token"
 
-    def cluster(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "node.cli", "cluster", *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[NodeProcess]:
+    """A node with both tokens, as a deployment runs."""
+    proc = start_node(tmp_path, auth__api_token=API_TOKEN, auth__admin_token=ADMIN_TOKEN)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``raftchat <args>`` to its end; ``env``: variables on top of a clean environment."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAFTCHAT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean, **(env or {})},
+    )
+
+
+def test_cluster_command_prints_status_and_reports_refusals(secured: NodeProcess) -> None:
+    http = secured.endpoints["http"]
+    admin = {"RAFTCHAT_AUTH_ADMIN_TOKEN": ADMIN_TOKEN}  # the node's own variable
     # The first --api does not answer: the command goes on to the next one.
-    status = cluster("status", "--api", "http://127.0.0.2:5001", "--api", http)
+    status = run_cli(
+        "cluster", "status", "--api", "http://127.0.0.2:5001", "--api", http, env=admin
+    )
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
     assert lines[0].startswith("cluster map version ") and lines[0].endswith("seen from node 1")
     assert f"  node 1: {http.split('//')[1].split(':')[0]}" in lines
     assert any(line.split()[:3] == ["ctrl", "1", "1"] for line in lines)
 
-    refused = cluster("leave", "--node", "9", "--api", http)
+    refused = run_cli("cluster", "leave", "--node", "9", "--api", http, env=admin)
     assert refused.returncode == 1
     assert refused.stderr.startswith("raftchat cluster: 404 ")
+    # Without the admin token, or with the API token, nothing reaches the cluster.
+    for extra in ([], ["--admin-token", API_TOKEN]):
+        refused = run_cli("cluster", "leave", "--node", "1", "--api", http, *extra)
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("raftchat cluster: 401 "), refused.stderr
+    done = run_cli("cluster", "status", "--api", http, "--admin-token", ADMIN_TOKEN, "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["node_id"] == 1
+
+
+def test_tail_sends_the_api_token(secured: NodeProcess) -> None:
+    http = secured.endpoints["http"]
+    api = SyncHttpClient(http, api_token=API_TOKEN)
+    api.channel_create("team", ChannelType.GROUP, ["alice"])
+    api.send("alice", "team", ChannelType.GROUP, b"one")
+    api.close()
+    base = ["tail", "--channel", "team", "--http", http, "--once"]
+    for args, env in (
+        (["--api-token", API_TOKEN], {}),
+        ([], {"RAFTCHAT_AUTH_API_TOKEN": API_TOKEN}),
+    ):
+        done = run_cli(*base, *args, env=env)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == ["[1] alice: one"]
+    refused = run_cli(*base)
+    assert refused.returncode == 1 and "401" in refused.stderr
 
 
 class CuttingProxy:

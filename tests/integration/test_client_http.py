@@ -91,7 +91,7 @@ def test_person_channels_and_message_operations(node: NodeProcess) -> None:
 
 
 def test_unreachable_nodes_are_skipped_and_reported(node: NodeProcess) -> None:
-    # 127.0.0.2 has nothing listening on 5001 (the fixtures use 127.0.x.y with x >= 20).
+    # 127.0.0.2 has nothing listening on 5001 (the fixtures use 127.p.x.y with p >= 20).
     dead = "http://127.0.0.2:5001"
     with SyncHttpClient([dead, node.endpoints["http"]]) as api:
         assert api.health()

@@ -1,8 +1,8 @@
 """Strangers on the Raft ports and the peer gRPC port of a real three-node cluster.
 
-The attackers connect from loopback addresses of their own (the nodes are 127.0.x.101-103;
-the attackers 127.0.x.200 and up), so what the nodes log about them can be told apart, and so
-that their per-address limits never touch the nodes' own connections.
+The attackers connect from loopback addresses of their own (fresh ones, which no node has), so
+what the nodes log about them can be told apart, and so that their per-address limits never
+touch the nodes' own connections.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from cluster.raft.guard import AUTH_DEADLINE_S, UNAUTHENTICATED_PER_SOURCE
 from cluster.raft.wire import authenticator_for
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.raftchat.peer.v1 import peer_pb2_grpc as pb_grpc
-from tests.conftest import Cluster, eventually, start_node
+from tests.conftest import Cluster, eventually, fresh_hosts, start_node
 
 RAFT_PORTS = range(12000, 12009)  # the controller group and the 8 slot groups
 PASSWORD = "test-cluster-secret"  # what tests/conftest.py gives its clusters
@@ -47,9 +47,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         c.stop()
 
 
+_STRANGERS = fresh_hosts(16)
+
+
 def stranger(cluster: Cluster, n: int) -> str:
-    """A loopback address of the nodes' /24 that no node has."""
-    return f"{cluster.hosts[1].rsplit('.', 1)[0]}.{200 + n}"
+    """The ``n``-th attacker's loopback address, which no node has."""
+    return _STRANGERS[n]
 
 
 def connect(host: str, port: int, source: str) -> socket.socket:
@@ -225,7 +228,7 @@ def test_bad_frames_end_their_connection_with_one_line_per_source(cluster: Clust
         sock.sendall(struct.pack("i", len(forged)) + forged)
         assert closed_within(sock, 1.0)
     lines = log_lines(cluster, 2, "raft.guard", stranger(cluster, 1))
-    assert len(lines) == 1 and "frame failed authentication (bad frame MAC)" in lines[0], lines
+    assert len(lines) == 1 and "frame failed authentication (bad frame tag)" in lines[0], lines
     # many junk connections from one address: each closed, one line between them
     source = stranger(cluster, 2)
     for i in range(60):
@@ -466,7 +469,7 @@ def test_a_lone_node_without_a_password_serves_its_peer_service_to_nobody(
     # service must be just as closed (it accepted any caller, who could commit anything).
     node = start_node(tmp_path_factory.mktemp("lone"))
     try:
-        host = node.endpoints["grpc"]
+        host = node.endpoints["peer"]
         item = pb.SendItem(from_uid="x", channel_id="", channel_type=1, client_msg_no="m")
         with grpc.insecure_channel(host) as channel:
             stub = pb_grpc.PeerStub(channel)

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from node.devcluster import node_env
-from tests.conftest import Cluster, fresh_host
+from tests.conftest import Cluster, fresh_host, fresh_hosts
 from tests.integration.test_startup_failures import REFUSED, Exit, run_to_exit
 
 PASSWORD = "test-cluster-secret"  # what tests.conftest.Cluster uses
@@ -66,8 +66,8 @@ def test_a_stopped_clusters_directory_refuses_other_nodes_and_clusters(tmp_path:
     # Node 1 of another cluster: another password, or other members.
     other_password = member_env(cluster, 1, node1, RAFTCHAT_CLUSTER_PASSWORD="other-secret")
     assert_refused(run_to_exit(other_password), node1, "describe another cluster")
-    base = fresh_host().rsplit(".", 1)[0]
-    other_members = f"1@{cluster.hosts[1]},2@{base}.2,3@{base}.3"
+    two, three = fresh_hosts(2)
+    other_members = f"1@{cluster.hosts[1]},2@{two},3@{three}"
     elsewhere = member_env(cluster, 1, node1, RAFTCHAT_CLUSTER_NODES=other_members)
     assert_refused(run_to_exit(elsewhere), node1, "describe another cluster")
     assert identity(node1)["cluster_id"] == cluster_id  # refusals change nothing

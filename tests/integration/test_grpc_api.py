@@ -16,12 +16,13 @@ import httpx
 import pytest
 import trio
 
+from client.grpc import TokenInterceptor
 from client.wkproto import open_client
 from node.devcluster import NodeProcess
 from node.grpcapi.errors import DETAILS_KEY, REASON_KEY
 from proto.raftchat.v1 import api_pb2 as v1
 from proto.raftchat.v1 import api_pb2_grpc as v1_grpc
-from tests.conftest import Cluster
+from tests.conftest import ADMIN_TOKEN, Cluster, start_node
 
 T = 10.0  # per-call deadline
 
@@ -36,8 +37,10 @@ class Stubs:
     cluster: v1_grpc.ClusterStub
 
 
-def connect(address: str) -> Stubs:
-    ch = grpc.insecure_channel(address)
+def connect(address: str, admin_token: str | None = None) -> Stubs:
+    """Stubs on ``address``; ``Cluster`` calls carry ``admin_token`` (the API token is not
+    needed: these nodes run without one)."""
+    ch = grpc.intercept_channel(grpc.insecure_channel(address), TokenInterceptor(None, admin_token))
     return Stubs(
         ch,
         v1_grpc.MessagesStub(ch),
@@ -49,8 +52,18 @@ def connect(address: str) -> Stubs:
 
 
 @pytest.fixture
+def node(tmp_path: Path) -> Iterator[NodeProcess]:
+    """A lone node with an admin token, so that the Cluster RPCs reach their handlers."""
+    proc = start_node(tmp_path, auth__admin_token=ADMIN_TOKEN)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
 def rpc(node: NodeProcess) -> Iterator[Stubs]:
-    stubs = connect(node.endpoints["grpc"])
+    stubs = connect(node.endpoints["grpc"], ADMIN_TOKEN)
     yield stubs
     stubs.channel.close()
 
@@ -417,11 +430,11 @@ def test_subscribe_starts_where_asked_and_goes_live(rpc: Stubs) -> None:
 
 
 def grpc_address(cluster: Cluster, node_id: int) -> str:
-    return f"{cluster.hosts[node_id]}:11110"
+    return f"{cluster.hosts[node_id]}:5002"
 
 
 def test_any_node_answers_and_forwards(cluster3: Cluster) -> None:
-    stubs = {i: connect(grpc_address(cluster3, i)) for i in cluster3.hosts}
+    stubs = {i: connect(grpc_address(cluster3, i), ADMIN_TOKEN) for i in cluster3.hosts}
     stubs[1].channels.Create(
         v1.ChannelRequest(channel_id="room", channel_type=2, subscribers=["a", "b"]), timeout=T
     )

@@ -12,7 +12,7 @@ import trio
 
 from client.wkproto import open_client
 from node.devcluster import NodeProcess
-from tests.conftest import Api, eventually, start_node
+from tests.conftest import ADMIN_TOKEN, Api, eventually, start_node
 
 
 def b64(data: bytes) -> str:
@@ -199,10 +199,18 @@ def test_onlinestatus_lists_only_online_users(node: NodeProcess, api: Api) -> No
     eventually(lambda: api.ok("/user/onlinestatus", ["erin"]) == [], what="erin offline")
 
 
-def test_leave_that_would_shrink_below_the_replica_count_is_refused(api: Api) -> None:
+def test_leave_that_would_shrink_below_the_replica_count_is_refused(tmp_path: Path) -> None:
     """Found by the chaos suite: repeated leaves took a 5-node cluster down to 2 members, each
     slot group one failure from unavailable. The last member cannot leave (0 < 1 would stay);
     the same rule keeps a 3-node cluster with replicas = 3 at 3 until a replacement joins."""
+    node = start_node(tmp_path, auth__admin_token=ADMIN_TOKEN)  # no change without one
+    try:
+        check_leave_refused(Api.of(node))
+    finally:
+        node.stop()
+
+
+def check_leave_refused(api: Api) -> None:
     resp = api.post("/cluster/leave", {"node_id": 1})
     assert resp.status_code == 409
     assert "cluster.replicas" in resp.json()["msg"]

@@ -57,6 +57,7 @@ import trio
 
 from client.wkproto import ConnectRefused, open_client
 from node.channels import person_channel_id
+from node.config import Config
 from node.http.api import build_router
 from node.http.common import ApiContext
 from proto.wkproto import Event, ReasonCode
@@ -161,7 +162,14 @@ class Suite:
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     receiver = Receiver()
-    cluster = Cluster(Path(tmp_path_factory.mktemp("http3")), 3, webhook__url=receiver.url)
+    # With both tokens, as a deployment runs: every route below is also a route that works
+    # with the API token (and /cluster/* with the admin token).
+    cluster = Cluster(
+        Path(tmp_path_factory.mktemp("http3")),
+        3,
+        webhook__url=receiver.url,
+        auth__api_token="http3-api-token",
+    )
     cluster.start()
     calls: list[Call] = []
     apis = {i: cluster.api(i) for i in cluster.nodes}
@@ -258,8 +266,9 @@ def list_of(node: Node, route: str, channel_id: str, channel_type: int = 2) -> l
 
 
 def registered_routes() -> set[str]:
-    # Registration only closes over the context; handlers use it when they serve a request.
-    router = build_router(cast(ApiContext, MagicMock()))
+    # Registration only closes over the context (and reads its auth settings); handlers use
+    # it when they serve a request.
+    router = build_router(cast(ApiContext, MagicMock(config=Config())))
     return {f"{method} {path}" for method, path in router.paths()}
 
 
@@ -293,6 +302,29 @@ def test_every_node_reports_itself_and_the_same_cluster(suite: Suite) -> None:
         assert {g["group"] for g in status["groups"]} == {0, *status["slot_table"]}
         views.append((status["placement_version"], status["slot_table"]))
     assert views.count(views[0]) == 3, "nodes disagree on the placement"
+
+
+@covers("POST /route/batch")
+def test_route_batch_gives_every_uid_one_node_and_every_node_agrees(suite: Suite) -> None:
+    uids = [f"rb{i}" for i in range(40)]
+    addresses = {f"{host}:5100" for host in suite.cluster.hosts.values()}
+
+    def answers() -> list[dict[str, str]]:
+        out = []
+        for node in suite.nodes.values():
+            entries = node.ok("/route/batch", uids)
+            placed = {u: entry["tcp_addr"] for entry in entries for u in entry["uids"]}
+            assert sorted(placed) == sorted(uids) and set(placed.values()) <= addresses
+            out.append(placed)
+        return out
+
+    # Nodes learn each other's addresses once a second from their start: wait until each
+    # hands out all three, then they agree on every uid.
+    eventually(
+        lambda: all(set(a.values()) == addresses for a in answers()), what="every node known"
+    )
+    first, second, third = answers()
+    assert first == second == third
 
 
 @covers("GET /cluster/digest")
@@ -881,6 +913,8 @@ BAD: list[Bad] = [
             "/webhook/status",
         )
     ),
+    Bad("POST /route/batch", {"uids": ["a"]}, "array"),
+    Bad("POST /route/batch", ["a b"], "uid"),
     Bad("POST /cluster/join", {"node_id": 2}, "host"),
     Bad("POST /cluster/join", {"node_id": "2", "host": "h"}, "node_id"),
     Bad("POST /cluster/join", {"node_id": 0, "host": "h"}, "node_id"),

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from node.devcluster import NodeProcess, node_env
-from tests.conftest import Cluster, eventually
+from tests.conftest import ADMIN_TOKEN, Cluster, eventually, fresh_host
 from tests.integration.test_cluster import Sender, check_log, pick_channel
 from tests.integration.test_datadir_identity import identity
 
@@ -36,7 +36,7 @@ def test_join_then_leave_under_load(tmp_path: Path, departure: str) -> None:
         sender.wait_for(20)
 
         # --- a fourth node joins through node 1 -------------------------------------------
-        host4 = cluster.hosts[1].rsplit(".", 1)[0] + ".104"
+        host4 = fresh_host()
         env = node_env(
             4,
             host4,
@@ -44,6 +44,7 @@ def test_join_then_leave_under_load(tmp_path: Path, departure: str) -> None:
             {
                 "RAFTCHAT_CLUSTER_JOIN": cluster.hosts[1],
                 "RAFTCHAT_CLUSTER_PASSWORD": "test-cluster-secret",
+                "RAFTCHAT_AUTH_ADMIN_TOKEN": ADMIN_TOKEN,  # as every member
                 "RAFTCHAT_LOG_FORMAT": "text",
                 "RAFTCHAT_MESSAGES_GROUP_RATE_LIMIT": "0",
             },

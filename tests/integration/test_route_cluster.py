@@ -37,7 +37,11 @@ def batch(cluster: Cluster, via: int, intranet: int = 0) -> dict[str, str]:
 def test_route_spreads_users_stably_over_the_live_nodes(cluster: Cluster) -> None:
     external = {f"node{i}.example.com:5100" for i in (1, 2, 3)}
     # Every node knows every other's addresses once it has heard from them.
-    eventually(lambda: set(batch(cluster, 1).values()) == external, what="all nodes handed out")
+    for via in (1, 2, 3):  # each node learns the others' addresses on its own
+        eventually(
+            lambda via=via: set(batch(cluster, via).values()) == external,  # type: ignore[misc]
+            what=f"all nodes handed out by node {via}",
+        )
     first = batch(cluster, 1)
     assert batch(cluster, 2) == first and batch(cluster, 3) == first
     counts = {a: sum(1 for v in first.values() if v == a) for a in external}

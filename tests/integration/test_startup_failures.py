@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from node.devcluster import cluster_env, node_env
-from tests.conftest import fresh_host
+from tests.conftest import fresh_host, fresh_hosts
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = [sys.executable, "-m", "node.cli", "node"]
@@ -91,6 +91,7 @@ def namespace_prefix(mount: bool = False) -> list[str]:
     [
         ("Raft", 12002),  # slot group 2: the node hung here after opening group 1
         ("peer gRPC", 11110),
+        ("public gRPC", 5002),
         ("HTTP", 5001),
         ("WKProto TCP", 5100),
         ("WKProto WebSocket", 5200),
@@ -122,6 +123,28 @@ def test_an_address_not_on_this_machine_is_named_in_one_line(tmp_path: Path) -> 
         f"raftchat: cannot listen on {host}:12000 (Raft): Cannot assign requested address"
     ]
     assert not (tmp_path / "node1").exists()  # nothing was touched before the check
+
+
+@pytest.mark.parametrize(
+    ("settings", "exposed"),
+    [
+        ({"RAFTCHAT_NODE_HOST": "10.255.255.1"}, "10.255.255.1"),
+        ({"RAFTCHAT_HTTP_ALSO_HOST": "0.0.0.0"}, "0.0.0.0"),
+    ],
+)
+def test_an_api_beyond_loopback_without_a_token_is_refused_in_one_line(
+    tmp_path: Path, settings: dict[str, str], exposed: str
+) -> None:
+    """Refused from the configuration alone: nothing is bound, nothing is created."""
+    env = lone_env(fresh_host(), tmp_path / "node1", **settings)
+    result = run_to_exit(env)
+    assert result.code == REFUSED, result.stderr
+    assert result.stderr == [
+        f"raftchat: configuration error: the HTTP and gRPC APIs would listen on {exposed} "
+        "without a credential: set auth.api_token (or auth.api_open = true to serve them "
+        "open, knowingly)"
+    ]
+    assert not (tmp_path / "node1").exists()
 
 
 # --- the data directory -----------------------------------------------------------------------
@@ -219,8 +242,7 @@ def test_sigterm_during_start_up_stops_within_the_shutdown_timeout(
 ) -> None:
     """Node 1 of a three-node cluster whose peers never start waits for its groups' leaders;
     a joining node whose seed is down waits to be admitted. SIGTERM ends either cleanly."""
-    base = fresh_host().rsplit(".", 1)[0]
-    hosts = {i: f"{base}.{200 + i}" for i in (1, 2, 3)}
+    hosts = dict(zip((1, 2, 3), fresh_hosts(3), strict=True))
     settings = {
         "RAFTCHAT_LOG_FORMAT": "text",
         "RAFTCHAT_NODE_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),

@@ -3,6 +3,8 @@ unpickling, how large a frame may be, and how a connection that sends bad input 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import socket
@@ -28,34 +30,115 @@ from cluster.raft.wire import FrameAuthError, authenticator_for
 from cluster.ratelog import RateLimitedLog
 
 
-def test_a_signed_frame_gives_back_its_data_and_timestamp() -> None:
+def test_a_sealed_frame_gives_back_its_data_and_timestamp() -> None:
     auth = authenticator_for("secret")
     token = auth.encrypt_at_time(b"pickled raft message", 1234)
     receiver = authenticator_for("secret")
     assert receiver.extract_timestamp(token) == 1234
     assert receiver.decrypt(token) == b"pickled raft message"
+    assert len(token) == len(b"pickled raft message") + wire.OVERHEAD
+
+
+def test_a_frame_on_the_wire_does_not_show_what_it_carries() -> None:
+    # An AppendEntries as pysyncobj sends it, carrying a command with a marker in clear text.
+    marker = b"MARKER-in-clear-text-0123456789"
+    body = raft_pickle.dumps(
+        (b"k" * 32, {"type": "append_entries", "entries": [(_entry(marker), 7, 1)]})
+    )
+    assert marker in body
+    token = authenticator_for("secret").encrypt_at_time(body, 99)
+    assert marker not in token
+    assert b"append_entries" not in token
+    # ... nor the same bytes twice: every frame has its own nonce
+    again = authenticator_for("secret")
+    first, second = again.encrypt_at_time(body, 99), again.encrypt_at_time(body, 99)
+    assert first[wire.OVERHEAD - 16 :] != second[wire.OVERHEAD - 16 :]
+
+
+def test_nonces_never_repeat_under_a_key_and_each_sender_has_its_own_key() -> None:
+    a, b = authenticator_for("secret"), authenticator_for("secret")
+    heads = [bytes(a.encrypt_at_time(b"x", 1)[:37]) for _ in range(1000)]
+    key_ids = {h[9:25] for h in heads}
+    nonces = [h[25:37] for h in heads]
+    assert len(key_ids) == 1 and len(set(nonces)) == len(nonces)
+    assert bytes(b.encrypt_at_time(b"x", 1)[9:25]) not in key_ids
+
+
+def _hmac_frame(data: bytes, stamp: int, password: str = "secret") -> bytes:
+    """A frame of version 1, as raftchat sent them before encryption: signed, in clear."""
+    key = hashlib.pbkdf2_hmac("sha256", password.encode(), b"raftchat raft frames v1", 100_000)
+    signed = struct.pack(">BQ", 1, stamp) + data
+    return signed + hmac.digest(key, signed, "sha256")
+
+
+def test_the_old_hmac_framing_is_refused_naming_its_version() -> None:
+    old = _hmac_frame(b"pickled raft message", 1234)
+    receiver = authenticator_for("secret")
+    with pytest.raises(FrameAuthError, match="version 1"):
+        receiver.extract_timestamp(old)
+    with pytest.raises(FrameAuthError, match="version 1"):
+        receiver.decrypt(old)
+
+
+def _flip(at: int) -> Callable[[bytes], bytes]:
+    return lambda t: t[:at] + bytes([t[at] ^ 1]) + t[at + 1 :]
 
 
 @pytest.mark.parametrize(
     "forge",
     [
         lambda t: authenticator_for("other").encrypt_at_time(b"pickled raft message", 1234),
-        lambda t: t[:-1] + bytes([t[-1] ^ 1]),  # MAC altered
-        lambda t: t[:12] + bytes([t[12] ^ 1]) + t[13:],  # data altered
+        _flip(-1),  # tag altered
+        _flip(40),  # ciphertext altered
+        _flip(30),  # nonce altered
+        _flip(12),  # key id altered
         lambda t: t[:1] + (4321).to_bytes(8, "big") + t[9:],  # timestamp altered
-        lambda t: bytes([2]) + t[1:],  # unknown version
-        lambda t: t[:40],  # too short for a MAC
+        lambda t: bytes([3]) + t[1:],  # unknown version
+        lambda t: t[:52],  # too short for a tag
         lambda t: b"",
     ],
+    ids=[
+        "other password",
+        "tag",
+        "ciphertext",
+        "nonce",
+        "key id",
+        "timestamp",
+        "version",
+        "short",
+        "empty",
+    ],
 )
-def test_frames_not_signed_with_the_cluster_password_are_refused(forge: object) -> None:
+def test_frames_not_sealed_with_the_cluster_password_are_refused(
+    forge: Callable[[bytes], bytes],
+) -> None:
     token = authenticator_for("secret").encrypt_at_time(b"pickled raft message", 1234)
-    forged = forge(token)  # type: ignore[operator]
+    forged = forge(token)
     receiver = authenticator_for("secret")
     with pytest.raises(FrameAuthError):
         receiver.extract_timestamp(forged)
     with pytest.raises(FrameAuthError):
         receiver.decrypt(forged)
+    # the receiver still opens the genuine frame afterwards
+    assert receiver.decrypt(token) == b"pickled raft message"
+
+
+def test_a_receiver_keeps_only_the_keys_of_frames_that_opened(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(wire, "MAX_KEYS", 4)
+    receiver = authenticator_for("secret")
+    for _ in range(10):  # junk under made-up key ids
+        junk = authenticator_for("other").encrypt_at_time(b"x", 1)
+        with pytest.raises(FrameAuthError):
+            receiver.decrypt(junk)
+    assert receiver._openers == {}
+    senders = [authenticator_for("secret") for _ in range(6)]
+    for s in senders:
+        assert receiver.decrypt(s.encrypt_at_time(b"y", 1)) == b"y"
+    assert len(receiver._openers) == 4
+    # the oldest was dropped and is derived again when its sender speaks
+    assert receiver.decrypt(senders[0].encrypt_at_time(b"z", 2)) == b"z"
 
 
 # --- frame limits -------------------------------------------------------------------------------
@@ -286,12 +369,16 @@ def test_a_huge_declared_length_ends_the_connection_at_once(port: Port, logged: 
 @pytest.mark.parametrize(
     ("frame", "reason"),
     [
-        (_signed("x", password="wrong"), "frame failed authentication (bad frame MAC)"),
-        (struct.pack("i", 50) + b"\x01" + bytes(49), "frame failed authentication (bad frame MAC)"),
+        (_signed("x", password="wrong"), "frame failed authentication (bad frame tag)"),
+        (struct.pack("i", 60) + b"\x02" + bytes(59), "frame failed authentication (bad frame tag)"),
+        (
+            struct.pack("i", 45) + _hmac_frame(b"\x80\x02N.", 1),
+            "frame failed authentication (a frame of version 1",
+        ),
         (struct.pack("i", 20) + bytes(20), "frame failed authentication (not a raftchat"),
         (struct.pack("i", -5) + b"junk", "a frame declares -5 bytes"),
     ],
-    ids=["wrong password", "junk", "too short", "negative length"],
+    ids=["wrong password", "junk", "old framing", "too short", "negative length"],
 )
 def test_a_frame_that_fails_its_checks_ends_the_connection_with_a_line(
     port: Port, logged: list[str], frame: bytes, reason: str

@@ -348,9 +348,10 @@ def test_the_route_table_is_the_servers() -> None:
     from typing import cast
     from unittest.mock import MagicMock
 
+    from node.config import Config
     from node.http.api import ApiContext, build_router
 
-    router = build_router(cast(ApiContext, MagicMock()))
+    router = build_router(cast(ApiContext, MagicMock(config=Config())))
     served = {f"{m} {p}" for m, p in router.paths()}
     fuzzed = {f"POST {p}" for p in http.POST_ROUTES}
     fuzzed |= {f"GET {p}" for p in (*http.GET_ROUTES, *http.RARE_GET)}

@@ -7,23 +7,27 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any, cast
 
 import grpc
 import pytest
 import trio
 
+from client.grpc import GrpcError, SyncGrpcClient
 from cluster.bridge import GrpcServer, GrpcService
-from cluster.peerauth import PeerKeys, sign
+from cluster.peerauth import PeerKeys
+from node.config import AuthSection, Config
 from node.grpcapi.convert import from_json, to_json
 from node.grpcapi.errors import DETAILS_KEY, REASON_KEY
 from node.grpcapi.rpcs import RPCS
 from node.grpcapi.servicer import PublicApi
 from node.grpcapi.subscribe import LiveFeed
 from node.http.api import build_router
+from node.http.auth import Credentials
 from node.http.common import ApiContext
 from node.http.server import ApiError, Request, Response, Router
-from proto.raftchat.peer.v1 import peer_pb2, peer_pb2_grpc
+from proto.raftchat.peer.v1 import peer_pb2_grpc
 from proto.raftchat.v1 import api_pb2, api_pb2_grpc
 
 KEYS = PeerKeys.of("cluster-secret")
@@ -100,7 +104,7 @@ def test_answer_json_fills_the_reply_skipping_unknown_members_and_nulls() -> Non
 
 
 def test_every_rpc_of_the_proto_maps_to_an_http_route() -> None:
-    routes = set(build_router(cast(ApiContext, None)).paths())
+    routes = set(build_router(cast(ApiContext, SimpleNamespace(config=Config()))).paths())
     for service in api_pb2.DESCRIPTOR.services_by_name.values():
         declared = {m.name for m in service.methods} - {"Subscribe"}
         assert declared == set(RPCS[service.name]), service.name
@@ -111,8 +115,18 @@ def test_every_rpc_of_the_proto_maps_to_an_http_route() -> None:
 # ---- served in process -----------------------------------------------------------------------
 
 
-def fake_http(routes: dict[tuple[str, str], Callable[[Request], Any]]) -> Router:
-    router = Router()
+API_TOKEN = "api-token-1"
+ADMIN_TOKEN = "admin-token-1"
+BEARER = (("authorization", f"Bearer {API_TOKEN}"),)
+
+
+def fake_http(
+    routes: dict[tuple[str, str], Callable[[Request], Any]], *, multi_node: bool = False
+) -> Router:
+    """A router with the HTTP API's credentials: API_TOKEN for the product, ADMIN_TOKEN for
+    ``/cluster/*``."""
+    auth = AuthSection(api_token=API_TOKEN, admin_token=ADMIN_TOKEN)
+    router = Router(Credentials(auth, lambda: multi_node))
     for (method, path), handler in routes.items():
         router.add(method, path, handler)
     return router
@@ -120,21 +134,10 @@ def fake_http(routes: dict[tuple[str, str], Callable[[Request], Any]]) -> Router
 
 @asynccontextmanager
 async def serving(http: Router) -> AsyncIterator[str]:
-    """The public API (over ``http``) next to a Peer service that requires KEYS."""
+    """The public API (over ``http``) on a server of its own, as a node runs it."""
     api = PublicApi(LiveFeed())
     api.attach(http, cast(ApiContext, None))
-
-    async def online(req: peer_pb2.OnlineRequest) -> peer_pb2.OnlineReply:
-        return peer_pb2.OnlineReply()
-
-    server = GrpcServer(
-        bind="127.0.0.1:0",
-        peer_auth=KEYS,
-        add_to_server=peer_pb2_grpc.add_PeerServicer_to_server,
-        servicer_base=peer_pb2_grpc.PeerServicer,
-        handlers={"Online": online},
-        extra_services=api.services(),
-    )
+    server = GrpcServer.of_services("127.0.0.1:0", api.services(), what="public gRPC")
     async with server.serving():
         yield server.address
 
@@ -175,7 +178,9 @@ def test_http_errors_become_status_codes_with_the_reason_in_the_details() -> Non
                 with grpc.insecure_channel(address) as channel:
                     messages = api_pb2_grpc.MessagesStub(channel)
                     channels = api_pb2_grpc.ChannelsStub(channel)
-                    e: Any = rpc_error(lambda: messages.Send(api_pb2.SendRequest(), timeout=5))
+                    e: Any = rpc_error(
+                        lambda: messages.Send(api_pb2.SendRequest(), timeout=5, metadata=BEARER)
+                    )
                     assert e.code() == grpc.StatusCode.PERMISSION_DENIED
                     assert e.details() == "send refused: Ban"
                     trailers = dict(e.trailing_metadata())
@@ -188,14 +193,18 @@ def test_http_errors_become_status_codes_with_the_reason_in_the_details() -> Non
                     assert info.message == "send refused: Ban"
 
                     e = rpc_error(
-                        lambda: channels.Create(api_pb2.ChannelRequest(channel_type=2), timeout=5)
+                        lambda: channels.Create(
+                            api_pb2.ChannelRequest(channel_type=2), timeout=5, metadata=BEARER
+                        )
                     )
                     assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
                     assert e.details() == "channel_id is required"
                     assert REASON_KEY not in dict(e.trailing_metadata())
 
                     e = rpc_error(
-                        lambda: messages.GetById(api_pb2.GetByIdRequest(message_id=1), timeout=5)
+                        lambda: messages.GetById(
+                            api_pb2.GetByIdRequest(message_id=1), timeout=5, metadata=BEARER
+                        )
                     )
                     assert e.code() == grpc.StatusCode.NOT_FOUND
 
@@ -220,7 +229,9 @@ def test_deadline_cancels_the_handler_and_answers_deadline_exceeded() -> None:
             def call() -> grpc.RpcError:
                 with grpc.insecure_channel(address) as channel:
                     stub = api_pb2_grpc.MessagesStub(channel)
-                    return rpc_error(lambda: stub.Send(api_pb2.SendRequest(), timeout=0.5))
+                    return rpc_error(
+                        lambda: stub.Send(api_pb2.SendRequest(), timeout=0.5, metadata=BEARER)
+                    )
 
             e: Any = await call_in_thread(call)
             assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -230,24 +241,75 @@ def test_deadline_cancels_the_handler_and_answers_deadline_exceeded() -> None:
     trio.run(main)
 
 
-def test_public_services_need_no_credential_and_the_peer_service_still_does() -> None:
+def test_public_services_need_the_api_token_and_the_cluster_service_the_admin_token() -> None:
     async def status(req: Request) -> Response:
         return Response(200, {"node_id": 7})
 
+    async def send(req: Request) -> Response:
+        return Response(200, {"message_id": 1, "message_seq": 1, "client_msg_no": "c"})
+
+    http = fake_http({("GET", "/cluster/status"): status, ("POST", "/message/send"): send})
+
     async def main() -> None:
-        async with serving(fake_http({("GET", "/cluster/status"): status})) as address:
+        async with serving(http) as address:
 
             def calls() -> None:
                 with grpc.insecure_channel(address) as channel:
+                    messages = api_pb2_grpc.MessagesStub(channel)
                     cluster = api_pb2_grpc.ClusterStub(channel)
-                    assert cluster.Status(api_pb2.Empty(), timeout=5).node_id == 7
-                    peer = peer_pb2_grpc.PeerStub(channel)
-                    e: Any = rpc_error(lambda: peer.Online(peer_pb2.OnlineRequest(), timeout=5))
+                    request = api_pb2.SendRequest()
+                    assert messages.Send(request, timeout=5, metadata=BEARER).message_seq == 1
+                    for metadata in (
+                        (),
+                        (("authorization", "Bearer wrong"),),
+                        (("authorization", API_TOKEN),),  # no scheme
+                        (("authorization", f"Bearer {ADMIN_TOKEN}"),),  # not for the product
+                        (("x-raftchat-peer", API_TOKEN),),
+                    ):
+                        e: Any = rpc_error(
+                            lambda m=metadata: messages.Send(request, timeout=5, metadata=m)
+                        )
+                        assert e.code() == grpc.StatusCode.UNAUTHENTICATED, metadata
+                        assert API_TOKEN not in e.details() and ADMIN_TOKEN not in e.details()
+                    # The Cluster service takes the admin token, and only it.
+                    e = rpc_error(
+                        lambda: cluster.Status(api_pb2.Empty(), timeout=5, metadata=BEARER)
+                    )
                     assert e.code() == grpc.StatusCode.UNAUTHENTICATED
-                    path = "/raftchat.peer.v1.Peer/Online"
-                    body = peer_pb2.OnlineRequest().SerializeToString()
-                    online = channel.unary_unary(path)
-                    online(body, timeout=5, metadata=(("x-raftchat-peer", sign(KEYS, path, body)),))
+                    admin = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+                    assert cluster.Status(api_pb2.Empty(), timeout=5, metadata=admin).node_id == 7
+                    # The stream checks before anything is started.
+                    stream = messages.Subscribe(api_pb2.SubscribeRequest(uid="u"), timeout=5)
+                    e = rpc_error(lambda: next(stream))
+                    assert e.code() == grpc.StatusCode.UNAUTHENTICATED
+
+            await call_in_thread(calls)
+
+    trio.run(main)
+
+
+def test_the_client_library_sends_the_api_and_admin_tokens_as_bearer_metadata() -> None:
+    async def status(req: Request) -> Response:
+        return Response(200, {"node_id": 7})
+
+    async def send(req: Request) -> Response:
+        return Response(200, {"message_id": 1, "message_seq": 5, "client_msg_no": "c"})
+
+    http = fake_http({("GET", "/cluster/status"): status, ("POST", "/message/send"): send})
+
+    async def main() -> None:
+        async with serving(http) as address:
+
+            def calls() -> None:
+                tokens = {"api_token": API_TOKEN, "admin_token": ADMIN_TOKEN}
+                with SyncGrpcClient(address, **tokens) as rpc:
+                    assert rpc.send("a", "b", 1, b"x").message_seq == 5
+                    assert rpc.call("Cluster", "Status", api_pb2.Empty()).node_id == 7
+                with SyncGrpcClient(address) as rpc:
+                    with pytest.raises(GrpcError) as info:
+                        rpc.send("a", "b", 1, b"x")
+                    assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+                    assert info.value.status == 401
 
             await call_in_thread(calls)
 

@@ -299,3 +299,61 @@ def test_batch_and_body_limits(env: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, env=env)
     assert key in str(info.value)
+
+
+# ---- API credentials ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        # An API on an address others can reach, without a credential.
+        ({"RAFTCHAT_NODE_HOST": "10.0.0.5"}, "auth.api_token"),
+        ({"RAFTCHAT_NODE_HOST": "0.0.0.0"}, "auth.api_token"),
+        ({"RAFTCHAT_NODE_HOST": "db.example"}, "auth.api_token"),
+        ({"RAFTCHAT_HTTP_ALSO_HOST": "192.168.1.2"}, "192.168.1.2"),
+        # Contradictions and tokens that cannot travel in a header.
+        ({"RAFTCHAT_AUTH_API_TOKEN": "same", "RAFTCHAT_AUTH_ADMIN_TOKEN": "same"}, "differ"),
+        (
+            {"RAFTCHAT_AUTH_API_TOKEN": "a", "RAFTCHAT_AUTH_ADMIN_TOKEN_PREVIOUS": "a"},
+            "auth.admin_token_previous",
+        ),
+        ({"RAFTCHAT_AUTH_API_TOKEN_PREVIOUS": "old"}, "auth.api_token_previous"),
+        ({"RAFTCHAT_AUTH_API_TOKEN": "two words"}, "auth.api_token"),
+        ({"RAFTCHAT_AUTH_ADMIN_TOKEN": "caf\u00e9"}, "auth.admin_token"),
+        ({"RAFTCHAT_AUTH_API_TOKEN": "t", "RAFTCHAT_AUTH_API_OPEN": "true"}, "api_open"),
+    ],
+)
+def test_api_credential_settings_that_are_refused(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env=env)
+    assert named in str(info.value)
+    assert "\n" not in str(info.value)  # one line
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},  # loopback (127.0.0.1): as easy as ever
+        {"RAFTCHAT_NODE_HOST": "127.0.0.12", "RAFTCHAT_HTTP_ALSO_HOST": "127.0.0.1"},
+        {"RAFTCHAT_NODE_HOST": "::1"},
+        {"RAFTCHAT_NODE_HOST": "localhost"},
+        {"RAFTCHAT_NODE_HOST": "10.0.0.5", "RAFTCHAT_AUTH_API_TOKEN": "s3cret"},
+        {"RAFTCHAT_NODE_HOST": "10.0.0.5", "RAFTCHAT_AUTH_API_OPEN": "true"},
+        {
+            "RAFTCHAT_AUTH_API_TOKEN": "new",
+            "RAFTCHAT_AUTH_API_TOKEN_PREVIOUS": "old",
+            "RAFTCHAT_AUTH_ADMIN_TOKEN": "admin-new",
+            "RAFTCHAT_AUTH_ADMIN_TOKEN_PREVIOUS": "admin-old",
+        },
+    ],
+)
+def test_api_credential_settings_that_start(env: dict[str, str]) -> None:
+    load_config(None, env=env)
+
+
+def test_the_public_grpc_port_is_its_own() -> None:
+    cfg = load_config(None, env={})
+    assert cfg.grpc.port == 5002 and cfg.cluster.grpc_port == 11110
+    with pytest.raises(ConfigError, match=r"grpc\.port"):
+        load_config(None, env={"RAFTCHAT_GRPC_PORT": "65536"})

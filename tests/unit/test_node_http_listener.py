@@ -312,3 +312,23 @@ def test_bad_requests_are_logged_once_per_address_and_interval(
         run(scenario)
     refused = [r for r in caplog.records if r.getMessage() == "HTTP request refused"]
     assert len(refused) == 1
+
+
+def test_a_malformed_header_line_is_not_logged_with_what_it_carries(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """h11 quotes the offending line in its error; a header line can hold a credential."""
+    monkeypatch.setattr(logging.getLogger("raftchat"), "propagate", True)
+    secret = "s3cret-api-token-42"
+
+    async def scenario(server: HttpServer, nursery: trio.Nursery) -> None:
+        c = connect(server, nursery)
+        await c.send_all(f"GET /health HTTP/1.1\r\nhost: t\r\ntoken {secret}\r\n\r\n".encode())
+        status, body = await answer(c)
+        assert status == 400 and "illegal header line" in body["msg"]
+
+    with caplog.at_level(logging.INFO, logger="raftchat.http"):
+        run(scenario)
+    (refused,) = [r for r in caplog.records if r.getMessage() == "HTTP request refused"]
+    why = refused.fields["why"]  # type: ignore[attr-defined]
+    assert "illegal header line" in why and secret not in why

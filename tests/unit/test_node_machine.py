@@ -22,6 +22,7 @@ from node.groups.reads import QueryError, run_query
 from node.ids import EPOCH_MS
 from node.pipeline_rules import MAX_CLIENT_MSG_NO_BYTES, SYSTEM_UID
 from node.storage import Store
+from node.usertokens import Checked, TokenKeys, Verdict
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
 
@@ -632,23 +633,25 @@ def test_checkpoint_installed_into_another_store_reproduces_the_state(tmp_path: 
 
 
 def test_set_device_is_read_back_by_the_device_and_auth_queries(f: Feeder) -> None:
-    op = pb.MetaOp(set_device=pb.DeviceToken(uid="u1", device_flag=1, token="t1", device_level=1))
-    assert f.meta(op).reason == ReasonCode.SUCCESS
-    assert run_query(f.store, {"q": "device", "uid": "u1", "device_flag": 1}) == {
-        "token": "t1",
-        "device_level": 1,
-    }
+    keys = TokenKeys(["cluster-secret"])
+    sealed = keys.seal("u1", 1, "t1", 1, expires_at_ms=T0 + 60_000)
+    assert f.meta(pb.MetaOp(set_device=sealed)).reason == ReasonCode.SUCCESS
+    assert run_query(f.store, {"q": "device", "uid": "u1", "device_flag": 1}) == {"device_level": 1}
     assert run_query(f.store, {"q": "device", "uid": "u1", "device_flag": 0}) is None
-    assert run_query(f.store, {"q": "auth", "uid": "u1", "device_flag": 1}) == {
-        "device": {"token": "t1", "device_level": 1},
-        "ban": False,
-    }
+    auth = run_query(f.store, {"q": "auth", "uid": "u1", "device_flag": 1})
+    assert auth["ban"] is False
+    device = auth["device"]
+    # Stored as given: the hash and when it expires, never the token.
+    assert device["token"] == "" and device["mac"] == sealed.token_mac.hex()
+    assert device["key_id"] == keys.current.key_id and device["expires_at_ms"] == T0 + 60_000
+    assert keys.check(device, "t1", T0).verdict is Verdict.OK
+    assert keys.check(device, "t2", T0).verdict is Verdict.WRONG
+    assert keys.check(device, "t1", T0 + 60_000).verdict is Verdict.EXPIRED
     # a new token for the same platform replaces the old one
-    f.meta(pb.MetaOp(set_device=pb.DeviceToken(uid="u1", device_flag=1, token="t2")))
-    assert run_query(f.store, {"q": "device", "uid": "u1", "device_flag": 1}) == {
-        "token": "t2",
-        "device_level": 0,
-    }
+    f.meta(pb.MetaOp(set_device=keys.seal("u1", 1, "t2", 0)))
+    device = run_query(f.store, {"q": "auth", "uid": "u1", "device_flag": 1})["device"]
+    assert keys.check(device, "t2", T0).verdict is Verdict.OK and device["device_level"] == 0
+    assert keys.check(device, "t1", T0).verdict is Verdict.WRONG
     # a banned user: its own person channel carries the ban
     f.channel("u1", ctype=PERSON, ban=True)
     assert run_query(f.store, {"q": "auth", "uid": "u1", "device_flag": 1})["ban"] is True
@@ -656,6 +659,41 @@ def test_set_device_is_read_back_by_the_device_and_auth_queries(f: Feeder) -> No
         "device": None,
         "ban": False,
     }
+
+
+def test_a_rehash_replaces_only_the_record_it_was_checked_against(f: Feeder) -> None:
+    """A login under the previous password's key (or of a plain token from before hashes)
+    seals the token again; an app that set another token in between keeps its own."""
+    old, new = TokenKeys(["old-password"]), TokenKeys(["new-password", "old-password"])
+
+    def device() -> dict[str, Any]:
+        found = run_query(f.store, {"q": "auth", "uid": "u1", "device_flag": 0})["device"]
+        assert found is not None
+        return dict(found)
+
+    f.meta(pb.MetaOp(set_device=old.seal("u1", 0, "t1", 1)))
+    checked = new.check(device(), "t1", T0)
+    assert checked.verdict is Verdict.OK and checked.rehash
+    before = device()
+    f.meta(pb.MetaOp(set_device=new.rehash("u1", 0, before, "t1")))
+    after = device()
+    assert after["key_id"] == new.current.key_id and after["device_level"] == 1
+    assert new.check(after, "t1", T0) == Checked(Verdict.OK)
+    assert old.check(after, "t1", T0).verdict is Verdict.WRONG  # old key alone: unknown now
+    # The app set t2 between the check and the re-hash of t1: t2 stays.
+    stale = new.rehash("u1", 0, after, "t1")
+    f.meta(pb.MetaOp(set_device=new.seal("u1", 0, "t2", 0)))
+    f.meta(pb.MetaOp(set_device=stale))
+    assert new.check(device(), "t2", T0).verdict is Verdict.OK
+    # A plain-text record from before hashes: checked as it is, then sealed.
+    f.meta(pb.MetaOp(set_device=pb.DeviceToken(uid="u1", device_flag=0, token="legacy")))
+    plain = device()
+    assert plain["token"] == "legacy" and not plain["mac"]
+    checked = new.check(plain, "legacy", T0)
+    assert checked.verdict is Verdict.OK and checked.rehash
+    assert new.check(plain, "legac", T0).verdict is Verdict.WRONG
+    f.meta(pb.MetaOp(set_device=new.rehash("u1", 0, plain, "legacy")))
+    assert device()["token"] == "" and new.check(device(), "legacy", T0) == Checked(Verdict.OK)
 
 
 def test_channel_update_flags_subscribers_and_must_exist(f: Feeder) -> None:

@@ -1289,12 +1289,15 @@ class TokenRequest(_message.Message):
     TOKEN_FIELD_NUMBER: _builtins.int
     DEVICE_FLAG_FIELD_NUMBER: _builtins.int
     DEVICE_LEVEL_FIELD_NUMBER: _builtins.int
+    EXPIRE_FIELD_NUMBER: _builtins.int
     uid: _builtins.str
     token: _builtins.str
     device_flag: _builtins.int
     """0 APP, 1 WEB, 2 PC"""
     device_level: _builtins.int
     """0 slave, 1 master"""
+    expire: _builtins.int
+    """seconds the token is valid from now; 0: no expiry"""
     def __init__(
         self,
         *,
@@ -1302,10 +1305,11 @@ class TokenRequest(_message.Message):
         token: _builtins.str = ...,
         device_flag: _builtins.int = ...,
         device_level: _builtins.int = ...,
+        expire: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_flag", b"device_flag", "device_level", b"device_level", "token", b"token", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_flag", b"device_flag", "device_level", b"device_level", "expire", b"expire", "token", b"token", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

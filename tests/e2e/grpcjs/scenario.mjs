@@ -1,12 +1,19 @@
 // Drives raftchat's public gRPC API from the .proto files alone (no generated code): loads
 // proto/raftchat/v1/api.proto with @grpc/proto-loader and calls it with @grpc/grpc-js.
 //
-//   node scenario.mjs '{"nodes": ["127.0.0.11:11110", "127.0.0.12:11110", "127.0.0.13:11110"],
-//                       "proto_root": "../../..", "channel_id": "js-room", "timeout_ms": 20000}'
+//   node scenario.mjs '{"nodes": ["127.0.0.11:5002", "127.0.0.12:5002", "127.0.0.13:5002"],
+//                       "api_token": "...", "proto_root": "../../..", "channel_id": "js-room",
+//                       "timeout_ms": 20000}'
 //
 // Against a cluster of three: creates a group on node 1, subscribes to it on node 2, sends on
 // node 3, reads the message back by seq on node 1 and waits for it on the stream; then checks
-// the error model (a send to a missing channel). Prints one JSON line; exit 0 = ok.
+// the error model (a send to a missing channel) and that a call without the API token is
+// refused. Every other call carries the token as `authorization: Bearer` metadata. Prints one
+// JSON line; exit 0 = ok.
+//
+// Over TLS: "ca_file" (PEM) is the CA to trust, passed to grpc.credentials.createSsl; with
+// "cert_file" and "key_file" a client certificate is presented where the port asks for one.
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
@@ -33,12 +40,23 @@ const definition = protoLoader.loadSync("proto/raftchat/v1/api.proto", {
   oneofs: true,
 });
 const v1 = grpc.loadPackageDefinition(definition).raftchat.v1;
-const creds = grpc.credentials.createInsecure();
+const read = (file) => (file ? readFileSync(file) : null);
+const creds = spec.ca_file
+  ? grpc.credentials.createSsl(read(spec.ca_file), read(spec.key_file), read(spec.cert_file))
+  : grpc.credentials.createInsecure();
 const at = (i, Service) => new Service(spec.nodes[i], creds);
 
-function unary(client, method, request) {
+// The API token travels as call metadata: grpc-js composes call credentials with secure
+// channels only.
+function authorized() {
+  const md = new grpc.Metadata();
+  if (spec.api_token) md.add("authorization", `Bearer ${spec.api_token}`);
+  return md;
+}
+
+function unary(client, method, request, metadata = authorized()) {
   return new Promise((resolve, reject) => {
-    client[method](request, { deadline: Date.now() + 10000 }, (err, reply) =>
+    client[method](request, metadata, { deadline: Date.now() + 10000 }, (err, reply) =>
       err ? reject(err) : resolve(reply),
     );
   });
@@ -74,9 +92,10 @@ async function main() {
     subscribers: ["js-alice", "js-bob"],
   });
 
-  const stream = at(1, v1.Messages).Subscribe({
-    channel: { channel_id: room, channel_type: 2, login_uid: "js-bob" },
-  });
+  const stream = at(1, v1.Messages).Subscribe(
+    { channel: { channel_id: room, channel_type: 2, login_uid: "js-bob" } },
+    authorized(),
+  );
   const waitFor = follow(stream);
   const start = await waitFor((e) => e.event === "start");
   result.start_positions = start.start.positions.map((p) => Number(p.message_seq));
@@ -128,6 +147,12 @@ async function main() {
       reason_code: err.metadata.get("raftchat-reason-code")[0] ?? null,
       has_status_details: err.metadata.get("grpc-status-details-bin").length === 1,
     };
+  }
+  try {
+    await unary(at(2, v1.Channels), "GetInfo", { channel_id: room, channel_type: 2 }, new grpc.Metadata());
+    result.without_token = "accepted";
+  } catch (err) {
+    result.without_token = { code: err.code };
   }
   result.ok = true;
 }

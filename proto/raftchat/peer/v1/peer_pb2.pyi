@@ -326,16 +326,35 @@ Global___SendBatchResult: _TypeAlias = SendBatchResult  # noqa: Y015
 
 @_typing.final
 class DeviceToken(_message.Message):
+    """A device's token as stored: a keyed hash (node/usertokens.py), computed by the node that
+    proposes it, so that neither the Raft log nor the stores hold the token. `token` is only
+    empty (the device quit) or, in entries written before hashes, the token itself.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     UID_FIELD_NUMBER: _builtins.int
     DEVICE_FLAG_FIELD_NUMBER: _builtins.int
     TOKEN_FIELD_NUMBER: _builtins.int
     DEVICE_LEVEL_FIELD_NUMBER: _builtins.int
+    TOKEN_MAC_FIELD_NUMBER: _builtins.int
+    TOKEN_SALT_FIELD_NUMBER: _builtins.int
+    TOKEN_KEY_ID_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_MS_FIELD_NUMBER: _builtins.int
+    REPLACES_FIELD_NUMBER: _builtins.int
     uid: _builtins.str
     device_flag: _builtins.int
     token: _builtins.str
     device_level: _builtins.int
+    token_mac: _builtins.bytes
+    """HMAC-SHA256(key, salt || token)"""
+    token_salt: _builtins.bytes
+    token_key_id: _builtins.str
+    """which key: derived from the cluster password in use"""
+    expires_at_ms: _builtins.int
+    """wall clock of the proposing node; 0: never"""
+    replaces: _builtins.bytes
+    """set: apply only over the record this fingerprint matches"""
     def __init__(
         self,
         *,
@@ -343,10 +362,15 @@ class DeviceToken(_message.Message):
         device_flag: _builtins.int = ...,
         token: _builtins.str = ...,
         device_level: _builtins.int = ...,
+        token_mac: _builtins.bytes = ...,
+        token_salt: _builtins.bytes = ...,
+        token_key_id: _builtins.str = ...,
+        expires_at_ms: _builtins.int = ...,
+        replaces: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_flag", b"device_flag", "device_level", b"device_level", "token", b"token", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_flag", b"device_flag", "device_level", b"device_level", "expires_at_ms", b"expires_at_ms", "replaces", b"replaces", "token", b"token", "token_key_id", b"token_key_id", "token_mac", b"token_mac", "token_salt", b"token_salt", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
