@@ -21,7 +21,7 @@ import trio
 
 from client.errors import ConnectRefused
 from client.wkproto import open_client
-from cluster.bridge import peer_token
+from cluster.peerauth import peer_key
 from node.devcluster import NodeProcess
 from proto.raftchat.v1 import api_pb2, api_pb2_grpc
 from proto.wkproto import ReasonCode
@@ -358,7 +358,7 @@ def test_no_secret_reaches_a_log(cluster: Cluster) -> None:
         API,
         ADMIN,
         password,
-        peer_token(password),
+        peer_key(password).hex(),  # the peer calls' MAC key
         *wrong.values(),
     ]
     logs = {i: p.log_path.read_text() for i, p in cluster.nodes.items()}

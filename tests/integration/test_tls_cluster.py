@@ -12,8 +12,9 @@ import pytest
 import trio
 
 from client.wkproto import open_client
-from cluster.bridge import GrpcCallError, GrpcClient, peer_token
+from cluster.bridge import GrpcCallError, GrpcClient
 from cluster.grpc_tls import channel_credentials
+from cluster.peerauth import PeerKeys
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.raftchat.peer.v1 import peer_pb2_grpc as pb_grpc
 from tests.conftest import Cluster
@@ -27,7 +28,7 @@ def _endpoints(
     address: str, creds: grpc.ChannelCredentials | None
 ) -> pb.EndpointsReply | GrpcCallError:
     async def call() -> pb.EndpointsReply:
-        client = GrpcClient(address, pb_grpc.PeerStub, peer_token(PASSWORD), creds)
+        client = GrpcClient(address, pb_grpc.PeerStub, PeerKeys.of(PASSWORD), creds)
         try:
             return await client.call("Endpoints", pb.EndpointsRequest(), 3.0)
         finally:

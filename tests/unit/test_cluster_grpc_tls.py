@@ -11,13 +11,14 @@ import grpc
 import pytest
 import trio
 
-from cluster.bridge import GrpcCallError, GrpcClient, GrpcServer, peer_token
+from cluster.bridge import GrpcCallError, GrpcClient, GrpcServer
 from cluster.grpc_tls import channel_credentials, server_credentials
+from cluster.peerauth import PeerKeys
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.raftchat.peer.v1 import peer_pb2_grpc as pb_grpc
 from tests.tlsutil import Issued, TestCA
 
-TOKEN = peer_token("cluster-secret")
+KEYS = PeerKeys.of("cluster-secret")
 
 
 class Pki:
@@ -53,7 +54,7 @@ def _server(pki: Pki, mutual: bool, ran: list[str]) -> GrpcServer:
     client_ca = pki.ca.ca_file.read_bytes() if mutual else None
     return GrpcServer(
         bind="127.0.0.1:0",
-        auth_token=TOKEN,
+        peer_auth=KEYS,
         add_to_server=pb_grpc.add_PeerServicer_to_server,
         servicer_base=pb_grpc.PeerServicer,
         handlers={"Kick": kick},
@@ -62,7 +63,7 @@ def _server(pki: Pki, mutual: bool, ran: list[str]) -> GrpcServer:
 
 
 async def _kick(address: str, creds: grpc.ChannelCredentials | None, uid: str) -> int:
-    client = GrpcClient(address, pb_grpc.PeerStub, TOKEN, creds)
+    client = GrpcClient(address, pb_grpc.PeerStub, KEYS, creds)
     try:
         reply = await client.call("Kick", pb.KickRequest(uid=uid), 3.0)
         return int(reply.kicked)

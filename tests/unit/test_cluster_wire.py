@@ -123,6 +123,21 @@ def test_frames_not_sealed_with_the_cluster_password_are_refused(
     assert receiver.decrypt(token) == b"pickled raft message"
 
 
+def test_while_the_password_changes_frames_under_either_one_open() -> None:
+    """``(password, accepted)``: sealed under the first only, opened under both."""
+    changing = authenticator_for(("new-password", "old-password"))
+    for sender in (authenticator_for("old-password"), authenticator_for("new-password")):
+        frame = bytes(sender.encrypt_at_time(b"payload", 7))
+        assert changing.decrypt(frame) == b"payload"
+        assert changing.decrypt(bytes(frame)) == b"payload"  # the key is kept: opens again
+    sealed = bytes(changing.encrypt_at_time(b"payload", 8))
+    assert authenticator_for("new-password").decrypt(sealed) == b"payload"
+    with pytest.raises(FrameAuthError):
+        authenticator_for("old-password").decrypt(sealed)
+    with pytest.raises(FrameAuthError):
+        changing.decrypt(bytes(authenticator_for("a-third-password").encrypt_at_time(b"x", 9)))
+
+
 def test_a_receiver_keeps_only_the_keys_of_frames_that_opened(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
