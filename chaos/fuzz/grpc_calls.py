@@ -14,7 +14,7 @@ import grpc
 
 from .context import FuzzContext
 from .executor import TargetStats
-from .rpc import Method, bearer, methods, request_body
+from .rpc import Method, bearer, methods, peer_credential, request_body
 from .scenario import scenario_rng
 
 CALL_TIMEOUT_S = 3.0
@@ -51,8 +51,11 @@ class GrpcCaller:
         body = request_body(method, rng, self.ctx)
         node = rng.choice(self.ctx.nodes)
         metadata: list[tuple[str, str]] = []
-        if rng.random() < 0.5:
+        if rng.random() < 0.25:
             metadata.append(("x-raftchat-peer", rng.randbytes(32).hex()))
+        elif rng.random() < 0.33:  # well-formed, for this node, under a stranger's key
+            value = peer_credential(rng, method.path, b"", self.ctx.hosts[node])
+            metadata.append(("x-raftchat-peer", value))
         authorization = bearer(self.ctx, method.path, rng)
         if authorization is not None:
             metadata.append(("authorization", authorization))

@@ -31,6 +31,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from cluster.peerauth import PeerKeys, sign
 from proto.raftchat.peer.v1 import peer_pb2
 from proto.raftchat.v1 import api_pb2
 
@@ -206,6 +207,15 @@ def hpack_literal(name: bytes, value: bytes) -> bytes:
     return b"\x00" + hpack_int(len(name), 7) + name + hpack_int(len(value), 7) + value
 
 
+def peer_credential(rng: random.Random, path: str, body: bytes, host: str) -> str:
+    """A peer credential of the right shape (time, nonce, MAC, recipient) under a key that is
+    not the cluster's: it gets past the format checks and must fail the MAC."""
+    stranger = rng.randbytes(32)
+    keys = PeerKeys(signing=stranger, keys=(stranger,))
+    nonce = rng.randbytes(16)
+    return sign(keys, path, body, to=host, now=rng.choice((None, 0.0, 4e12)), nonce=nonce)
+
+
 def bearer(ctx: FuzzContext, path: str, rng: random.Random) -> str | None:
     """The ``authorization`` metadata of a call (None: without): mostly the right token,
     sometimes not (the check is fuzzed too)."""
@@ -234,11 +244,14 @@ def grpc_headers(ctx: FuzzContext, node: int, path: str, rng: random.Random) -> 
     authorization = bearer(ctx, path, rng)
     if authorization is not None:
         fields.append((b"authorization", authorization.encode()))
-    token = rng.randrange(4)
+    token = rng.randrange(5)
     if token == 1:
         fields.append((b"x-raftchat-peer", rng.randbytes(32).hex().encode()))
     elif token == 2:
         fields.append((b"x-raftchat-peer", rng.choice((b"", b"x" * 5000, b"\x00"))))
+    elif token == 3:  # well-formed, for this node, under a stranger's key
+        value = peer_credential(rng, path, b"", ctx.hosts[node])
+        fields.append((b"x-raftchat-peer", value.encode()))
     if rng.random() < 0.2:
         fields.append((b"grpc-timeout", rng.choice((b"1S", b"0n", b"99999999H", b"x"))))
     if rng.random() < 0.05:
