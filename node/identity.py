@@ -27,6 +27,7 @@ its cluster id, derived from the first password, can no longer be recomputed).
 from __future__ import annotations
 
 import enum
+import errno
 import fcntl
 import hashlib
 import hmac
@@ -379,6 +380,8 @@ def _private(where: Path) -> None:
         try:
             os.chmod(where, mode & 0o700)
         except OSError as e:
+            if e.errno == errno.EROFS:
+                raise  # nothing can be written there: the caller names it in one line
             log.warning(
                 "cannot make the data directory private",
                 data_dir=str(where),
