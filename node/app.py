@@ -46,7 +46,7 @@ from .http.api import build_router
 from .http.common import ApiContext
 from .http.listener import HttpServer
 from .identity import DataDir, check
-from .log import get_logger
+from .log import close_stderr_capture, get_logger
 from .presence import ClusterSessions
 from .rate_limit import TokenBuckets
 from .reclaim import run_reclaim
@@ -554,6 +554,7 @@ class StopDeadline:
             file=sys.stderr,
             flush=True,
         )
+        close_stderr_capture()  # os._exit skips atexit: log the line above first
         os._exit(EXIT_FAILED)
 
 
