@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Any
 
 from .config import ConfigError, load_config
 from .dev import DEFAULT_DATA, DEFAULT_HOST_BASE
-from .log import setup_logging
+from .log import announce, setup_logging
 
 PRIVATE_UMASK = 0o077
 """Every file and directory the node makes (RocksDB, Raft journals, snapshots, its secret) is
@@ -37,7 +38,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         check_addresses(cfg)
         datadir = DataDir.open(cfg)
     except StartupError as e:
-        print(f"raftchat: {e}", file=sys.stderr)
+        announce(str(e), logging.ERROR)
         return e.code
     from .app import run_node
 

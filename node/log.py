@@ -124,6 +124,16 @@ def setup_logging(
         libraries.setLevel(logging.WARNING)
 
 
+def announce(text: str, level: int = logging.INFO) -> None:
+    """One of the node's own lines about its start or end (``raftchat: node stopped``, a
+    start-up refusal): a plain line on stderr, or, with stderr captured (JSON format), a record
+    at ``level``."""
+    if _capture is None:
+        print(f"raftchat: {text}", file=sys.stderr, flush=True)
+    else:
+        logging.getLogger("raftchat.node").log(level, text, extra={"fields": {}})
+
+
 def close_stderr_capture() -> None:
     """Hand fd 2 back and log what is still in the pipe (at exit, also a forced one)."""
     global _capture

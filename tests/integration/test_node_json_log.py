@@ -25,4 +25,4 @@ def test_grpc_core_lines_become_json_records(tmp_path: Path) -> None:
     grpc = [r for r in records if r["component"] == "grpc"]
     assert any("Log level INFO is not suitable" in r["msg"] for r in grpc), grpc
     assert all(re.fullmatch(r"[\w./-]+:\d+", r["source"]) for r in grpc if "source" in r), grpc
-    assert records[-1]["msg"] == "raftchat: node stopped"  # the last words, logged before exit
+    assert (records[-1]["component"], records[-1]["msg"]) == ("node", "node stopped")
