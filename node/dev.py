@@ -76,21 +76,27 @@ def dev_tokens(root: Path) -> dict[str, str]:
     }
 
 
-def usage(data_dir: str, tokens: dict[str, str]) -> str:
-    """The credentials and commands that use them, with the data directory as given."""
+DEV_HTTP_URL = "http://127.0.0.1:5001"
+"""Node 1's HTTP API with the default ``--host-base`` (``http.also_host``)."""
+
+
+def usage(data_dir: str, tokens: dict[str, str], http: str = DEV_HTTP_URL) -> str:
+    """The credentials and commands that use them, with the data directory as given and node
+    1's HTTP API at ``http``."""
     where = data_dir.rstrip("/") or "."
+    api_flag = "" if http == DEV_HTTP_URL else f" --api {http}"
     api, admin = f"{where}/{API_TOKEN_FILE}", f"{where}/{ADMIN_TOKEN_FILE}"
     return "\n".join(
         [
             f"API token (auth.api_token, in {api}): {tokens['RAFTCHAT_AUTH_API_TOKEN']}",
             f"admin token (auth.admin_token, in {admin}): {tokens['RAFTCHAT_AUTH_ADMIN_TOKEN']}",
             "Try:",
-            f'  curl -H "token: $(cat {api})" -X POST http://127.0.0.1:5001/user/token '
+            f'  curl -H "token: $(cat {api})" -X POST {http}/user/token '
             """-d '{"uid":"alice","token":"secret","device_flag":1}'""",
-            f'  curl -H "token: $(cat {admin})" http://127.0.0.1:5001/cluster/status',
+            f'  curl -H "token: $(cat {admin})" {http}/cluster/status',
             # The client commands read ./data's token files by themselves (docs/client.md).
             ("" if where == DEFAULT_DATA else f"  RAFTCHAT_AUTH_ADMIN_TOKEN=$(cat {admin})")
-            + "  .venv/bin/raftchat cluster status",
+            + f"  .venv/bin/raftchat cluster status{api_flag}",
             ("" if where == DEFAULT_DATA else f"  RAFTCHAT_AUTH_API_TOKEN=$(cat {api})")
             + "  .venv/bin/raftchat chat --uid alice --to bob",
         ]
@@ -141,7 +147,8 @@ def run_dev(
             f"  node {ep['node_id']} (pid {pid}): HTTP {ep['http']}  TCP {ep['tcp']}"
             f"  WS {ep['ws']}{wss}  gRPC {ep['grpc']}"
         )
-    print(usage(data_dir, tokens))
+    http = DEV_HTTP_URL if host_base == DEFAULT_HOST_BASE else procs[0].endpoints["http"]
+    print(usage(data_dir, tokens, http))
     print("A node that exits is started again. Ctrl-C stops the cluster.", flush=True)
     supervisor = Supervisor(procs, lambda text: print(f"raftchat dev: {text}", flush=True))
     try:
