@@ -8,11 +8,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import logging
 import os
 import secrets
 import shutil
 import signal
-import sys
 import threading
 from functools import partial
 from pathlib import Path
@@ -46,7 +46,7 @@ from .http.api import build_router
 from .http.common import ApiContext
 from .http.listener import HttpServer
 from .identity import DataDir, check
-from .log import get_logger
+from .log import announce, close_stderr_capture, get_logger
 from .presence import ClusterSessions
 from .rate_limit import TokenBuckets
 from .reclaim import run_reclaim
@@ -548,12 +548,11 @@ class StopDeadline:
             self._timer.start()
 
     def _expire(self) -> None:
-        print(
-            f"raftchat: node did not stop within node.shutdown_timeout_s = {self.timeout_s:g} s; "
-            "exiting",
-            file=sys.stderr,
-            flush=True,
+        announce(
+            f"node did not stop within node.shutdown_timeout_s = {self.timeout_s:g} s; exiting",
+            logging.ERROR,
         )
+        close_stderr_capture()  # os._exit skips atexit: log the line above first
         os._exit(EXIT_FAILED)
 
 
@@ -577,7 +576,7 @@ def run_node(config: Config, datadir: DataDir, tls: NodeTls | None = None) -> in
         error = startup_error_in(e)
         if error is None:
             raise
-        print(f"raftchat: {error}", file=sys.stderr, flush=True)
+        announce(str(error), logging.ERROR)
         return error.code
-    print("raftchat: node stopped", file=sys.stderr)
+    announce("node stopped")
     return 0

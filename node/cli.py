@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Any
 
 from .config import ConfigError, load_config
-from .dev import DEFAULT_DATA
-from .log import setup_logging
+from .dev import DEFAULT_DATA, DEFAULT_HOST_BASE
+from .log import announce, setup_logging
 
 PRIVATE_UMASK = 0o077
 """Every file and directory the node makes (RocksDB, Raft journals, snapshots, its secret) is
@@ -23,7 +24,10 @@ def _cmd_node(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"raftchat: configuration error: {e}", file=sys.stderr)
         return 2
-    setup_logging(cfg.node.id, cfg.log.level, cfg.log.format)
+    setup_logging(cfg.node.id, cfg.log.level, cfg.log.format, whole_process=True)
+    from .proctitle import set_node_title
+
+    set_node_title(cfg.node.id, cfg.node.host)
     from .identity import DataDir
     from .startup import StartupError, check_addresses
     from .tls import load_tls
@@ -34,7 +38,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         check_addresses(cfg)
         datadir = DataDir.open(cfg)
     except StartupError as e:
-        print(f"raftchat: {e}", file=sys.stderr)
+        announce(str(e), logging.ERROR)
         return e.code
     from .app import run_node
 
@@ -44,7 +48,9 @@ def _cmd_node(args: argparse.Namespace) -> int:
 def _cmd_dev(args: argparse.Namespace) -> int:
     from .dev import run_dev
 
-    return run_dev(nodes=args.nodes, data_dir=args.data, config_path=args.config)
+    return run_dev(
+        nodes=args.nodes, data_dir=args.data, config_path=args.config, host_base=args.host_base
+    )
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -101,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     p_dev.add_argument("--nodes", type=int, default=1)
     p_dev.add_argument("--data", default=DEFAULT_DATA, help="data directory of the local cluster")
     p_dev.add_argument("--config", help="base TOML config for every node")
+    p_dev.add_argument(
+        "--host-base",
+        default=DEFAULT_HOST_BASE,
+        help="loopback prefix A.B.C: node i listens on A.B.C.1i "
+        f"(default {DEFAULT_HOST_BASE}; a single node then uses 127.0.0.1)",
+    )
     p_dev.set_defaults(func=_cmd_dev)
     p_bench = sub.add_parser(
         "bench", help="benchmark a fresh local cluster: throughput, latency, idle CPU, failover"

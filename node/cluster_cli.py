@@ -19,20 +19,26 @@ MEMBERSHIP_TIMEOUT_S = 60.0
 """A join or leave answers once the controller committed it, which may wait for an election."""
 
 
-def _api(args: argparse.Namespace) -> SyncHttpClient:
+def _admin_token(args: argparse.Namespace) -> str | None:
+    from client.credentials import admin_token
+
+    return admin_token(args.admin_token, default_target=not args.api)
+
+
+def _api(args: argparse.Namespace, token: str | None) -> SyncHttpClient:
     # Imported here: `raftchat node` builds this command's parser too, and a node process has
     # no use for an HTTP client.
-    from client.credentials import admin_token
     from client.http import SyncHttpClient
 
-    token = admin_token(args.admin_token, default_target=not args.api)
     return SyncHttpClient(
         args.api or [DEFAULT_HTTP_URL], timeout_s=MEMBERSHIP_TIMEOUT_S, admin_token=token
     )
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("cluster", help="cluster membership: status, leave")
+    p = sub.add_parser(
+        "cluster", help="cluster membership: status (with each member's health and lag), leave"
+    )
     p.add_argument("action", choices=["status", "leave"])
     p.add_argument(
         "--api",
@@ -59,28 +65,27 @@ def run(args: argparse.Namespace) -> int:
     from client.errors import ApiError, ClientError
 
     try:
-        with _api(args) as api:
-            return _run(api, args)
+        token = _admin_token(args)
+        with _api(args, token) as api:
+            return _run(api, args, token)
     except ApiError as e:
         raise SystemExit(f"raftchat cluster: {e.status} {e.message}") from None
     except ClientError as e:
         raise SystemExit(f"raftchat cluster: {e}") from None
 
 
-def _run(api: SyncHttpClient, args: argparse.Namespace) -> int:
+def _run(api: SyncHttpClient, args: argparse.Namespace, token: str | None) -> int:
     if args.action == "status":
+        from .cluster_health import member_url, probe_all, render
+
         st = api.cluster_status()
+        members = {n: member_url(api.url, host) for n, host in st.nodes.items()}
+        health = probe_all(members, token)
         if args.json:
-            print(json.dumps(st.raw, indent=2))
+            out = {**st.raw, "health": {str(n): h.to_json() for n, h in health.items()}}
+            print(json.dumps(out, indent=2))
             return 0
-        print(f"cluster map version {st.placement_version}, seen from node {st.node_id}")
-        for node_id, host in st.nodes.items():
-            print(f"  node {node_id}: {host}")
-        print(f"  {'group':>5}  {'replicas':<16} leader")
-        for g in st.groups:
-            name = "ctrl" if g.group == 0 else str(g.group)
-            leader = g.leader if g.leader is not None else "?"
-            print(f"  {name:>5}  {','.join(map(str, g.replicas)):<16} {leader}")
+        print("\n".join(render(st.raw, health)))
         return 0
     if args.node is None:
         print("raftchat cluster: --node is required", file=sys.stderr)

@@ -1,10 +1,14 @@
 """``raftchat dev``: a local cluster for trying raftchat by hand.
 
 Node i listens on 127.0.0.1{i} (127.0.0.11, .12, ...) with the standard ports, so every node
-looks like a machine of its own. A single node uses 127.0.0.1. The cluster password and the two
-API credentials (``auth.api_token``, ``auth.admin_token``) are made once and kept in the data
-directory (``cluster.secret``, ``api.token``, ``admin.token``, each 0600), so a restarted dev
-cluster keeps its data and its credentials; they are printed with commands that use them.
+looks like a machine of its own. A single node uses 127.0.0.1. ``--host-base A.B.C`` puts node
+i on A.B.C.1{i} instead (the tests' dev cluster does, beside a developer's ``make run``).
+A node that exits is named with its exit status and started again (``node/devsupervisor.py``).
+
+The cluster password and the two API credentials (``auth.api_token``, ``auth.admin_token``) are
+made once and kept in the data directory (``cluster.secret``, ``api.token``, ``admin.token``,
+each 0600), so a restarted dev cluster keeps its data and its credentials; they are printed with
+commands that use them.
 """
 
 from __future__ import annotations
@@ -24,17 +28,23 @@ from .devcluster import (
     start_all,
     wait_all_stopped,
 )
+from .devsupervisor import Supervisor
 
 MAX_DEV_NODES = 9
+SUPERVISE_INTERVAL_S = 0.2
+"""How soon ``raftchat dev`` notices that a node exited."""
 DEFAULT_DATA = "./data"
 """``raftchat dev``'s and ``make run``'s data directory, where the client commands look for
 the token files when no node address is given (``client/credentials.py``)."""
 
 
-def dev_hosts(nodes: int) -> dict[int, str]:
-    if nodes == 1:
+DEFAULT_HOST_BASE = "127.0.0"
+
+
+def dev_hosts(nodes: int, host_base: str = DEFAULT_HOST_BASE) -> dict[int, str]:
+    if nodes == 1 and host_base == DEFAULT_HOST_BASE:
         return {1: "127.0.0.1"}
-    return {i: f"127.0.0.{10 + i}" for i in range(1, nodes + 1)}
+    return {i: f"{host_base}.{10 + i}" for i in range(1, nodes + 1)}
 
 
 PASSWORD_FILE = "cluster.secret"
@@ -66,40 +76,49 @@ def dev_tokens(root: Path) -> dict[str, str]:
     }
 
 
-def usage(data_dir: str, tokens: dict[str, str]) -> str:
-    """The credentials and commands that use them, with the data directory as given."""
+DEV_HTTP_URL = "http://127.0.0.1:5001"
+"""Node 1's HTTP API with the default ``--host-base`` (``http.also_host``)."""
+
+
+def usage(data_dir: str, tokens: dict[str, str], http: str = DEV_HTTP_URL) -> str:
+    """The credentials and commands that use them, with the data directory as given and node
+    1's HTTP API at ``http``."""
     where = data_dir.rstrip("/") or "."
+    api_flag = "" if http == DEV_HTTP_URL else f" --api {http}"
     api, admin = f"{where}/{API_TOKEN_FILE}", f"{where}/{ADMIN_TOKEN_FILE}"
     return "\n".join(
         [
             f"API token (auth.api_token, in {api}): {tokens['RAFTCHAT_AUTH_API_TOKEN']}",
             f"admin token (auth.admin_token, in {admin}): {tokens['RAFTCHAT_AUTH_ADMIN_TOKEN']}",
             "Try:",
-            f'  curl -H "token: $(cat {api})" -X POST http://127.0.0.1:5001/user/token '
+            f'  curl -H "token: $(cat {api})" -X POST {http}/user/token '
             """-d '{"uid":"alice","token":"secret","device_flag":1}'""",
-            f'  curl -H "token: $(cat {admin})" http://127.0.0.1:5001/cluster/status',
+            f'  curl -H "token: $(cat {admin})" {http}/cluster/status',
             # The client commands read ./data's token files by themselves (docs/client.md).
             ("" if where == DEFAULT_DATA else f"  RAFTCHAT_AUTH_ADMIN_TOKEN=$(cat {admin})")
-            + "  .venv/bin/raftchat cluster status",
+            + f"  .venv/bin/raftchat cluster status{api_flag}",
             ("" if where == DEFAULT_DATA else f"  RAFTCHAT_AUTH_API_TOKEN=$(cat {api})")
             + "  .venv/bin/raftchat chat --uid alice --to bob",
         ]
     )
 
 
-def run_dev(nodes: int, data_dir: str, config_path: str | None) -> int:
+def run_dev(
+    nodes: int, data_dir: str, config_path: str | None, host_base: str = DEFAULT_HOST_BASE
+) -> int:
     if not 1 <= nodes <= MAX_DEV_NODES:
         print(f"raftchat dev: --nodes must be 1..{MAX_DEV_NODES}", file=sys.stderr)
         return 2
     os.umask(0o077)  # the data directory and everything in it: this user's alone
     root = Path(data_dir).resolve()
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    hosts = dev_hosts(nodes)
+    hosts = dev_hosts(nodes, host_base)
     tokens = dev_tokens(root)
     envs: dict[int, dict[str, str]] = (
         cluster_env(hosts, dev_password(root), tokens) if nodes > 1 else {1: dict(tokens)}
     )
-    envs[1]["RAFTCHAT_HTTP_ALSO_HOST"] = "127.0.0.1"
+    if host_base == DEFAULT_HOST_BASE:
+        envs[1]["RAFTCHAT_HTTP_ALSO_HOST"] = "127.0.0.1"
     procs = [
         NodeProcess(
             node_id=i,
@@ -111,7 +130,9 @@ def run_dev(nodes: int, data_dir: str, config_path: str | None) -> int:
         for i in sorted(hosts)
     ]
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C reaches the nodes too (one process group): it must not look like nodes dying.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     try:
         start_all(procs)
     except NodeStartError as e:
@@ -121,20 +142,19 @@ def run_dev(nodes: int, data_dir: str, config_path: str | None) -> int:
     for p in procs:
         ep = p.endpoints
         wss = f"  WSS {ep['wss']}" if "wss" in ep else ""  # with tls.cert_file (--config)
+        pid = p.proc.pid if p.proc is not None else "?"
         print(
-            f"  node {ep['node_id']}: HTTP {ep['http']}  TCP {ep['tcp']}  WS {ep['ws']}{wss}"
-            f"  gRPC {ep['grpc']}"
+            f"  node {ep['node_id']} (pid {pid}): HTTP {ep['http']}  TCP {ep['tcp']}"
+            f"  WS {ep['ws']}{wss}  gRPC {ep['grpc']}"
         )
-    print(usage(data_dir, tokens))
-    print("Ctrl-C stops the cluster.", flush=True)
+    http = DEV_HTTP_URL if host_base == DEFAULT_HOST_BASE else procs[0].endpoints["http"]
+    print(usage(data_dir, tokens, http))
+    print("A node that exits is started again. Ctrl-C stops the cluster.", flush=True)
+    supervisor = Supervisor(procs, lambda text: print(f"raftchat dev: {text}", flush=True))
     try:
-        while not stop.wait(0.5):
-            if not all(p.running for p in procs):
-                print("raftchat dev: a node exited; see its log", file=sys.stderr)
-                break
-    except KeyboardInterrupt:
-        pass
+        while not stop.wait(SUPERVISE_INTERVAL_S):
+            supervisor.poll()
     finally:
         wait_all_stopped(procs)
-    print("raftchat dev: stopped")
+    print("raftchat dev: stopped", flush=True)
     return 0

@@ -6,11 +6,14 @@ JSON members (or ``key=value`` pairs in text format).
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
+
+from .native_stderr import Record, StderrCapture
 
 _node_id = 0
 
@@ -75,12 +78,65 @@ def get_logger(component: str) -> Logger:
     return Logger(logging.getLogger(f"raftchat.{component}"))
 
 
-def setup_logging(node_id: int, level: str = "info", fmt: str = "json") -> None:
-    global _node_id
+class _QuietHandler(logging.StreamHandler[TextIO]):
+    """A handler whose write errors go nowhere: with fd 2 captured, Python's report of a failed
+    write would itself go through the capture into this handler again, without end."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
+_capture: StderrCapture | None = None
+
+
+def _emit_native(record: Record) -> None:
+    logger = logging.getLogger(f"raftchat.{record.component}")
+    if logger.isEnabledFor(record.level):
+        logger.log(record.level, record.msg, extra={"fields": record.fields})
+
+
+def setup_logging(
+    node_id: int, level: str = "info", fmt: str = "json", whole_process: bool = False
+) -> None:
+    """Log raftchat's records to stderr in ``fmt``.
+
+    ``whole_process`` (a node process): libraries' records too, and in JSON format whatever is
+    written to fd 2 by other means, grpc's C core above all (``node/native_stderr.py``), so that
+    every line of the log is JSON."""
+    global _node_id, _capture
     _node_id = node_id
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.StreamHandler[TextIO] = logging.StreamHandler(sys.stderr)
+    if whole_process and fmt == "json" and _capture is None:
+        _capture = StderrCapture(_emit_native)
+        atexit.register(close_stderr_capture)
+        handler = _QuietHandler(_capture.original)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
     root = logging.getLogger("raftchat")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    if whole_process:
+        # Libraries' own loggers (grpc's Python side: "grpc._server", "grpc._channel";
+        # pysyncobj) would reach Python's last-resort handler, which writes bare text: the same
+        # handler, warnings and above, with the logger's name as the component.
+        libraries = logging.getLogger()
+        libraries.handlers[:] = [handler]
+        libraries.setLevel(logging.WARNING)
+
+
+def announce(text: str, level: int = logging.INFO) -> None:
+    """One of the node's own lines about its start or end (``raftchat: node stopped``, a
+    start-up refusal): a plain line on stderr, or, with stderr captured (JSON format), a record
+    at ``level``."""
+    if _capture is None:
+        print(f"raftchat: {text}", file=sys.stderr, flush=True)
+    else:
+        logging.getLogger("raftchat.node").log(level, text, extra={"fields": {}})
+
+
+def close_stderr_capture() -> None:
+    """Hand fd 2 back and log what is still in the pipe (at exit, also a forced one)."""
+    global _capture
+    if _capture is not None:
+        capture, _capture = _capture, None
+        capture.close()

@@ -8,6 +8,7 @@ fails on any crash.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -71,10 +72,28 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
+def _text_lines(lines: list[str]) -> list[str]:
+    """The log's lines as text: a JSON record (``log.format = "json"``, where a traceback written
+    to stderr is one record) gives the lines of its message and of its exception."""
+    out: list[str] = []
+    for line in lines:
+        try:
+            record = json.loads(line) if line.startswith("{") else None
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            out.append(line)
+            continue
+        for key in ("msg", "exc"):
+            if isinstance(record.get(key), str):
+                out.extend(record[key].splitlines())
+    return out
+
+
 def crash_signature(lines: list[str]) -> str:
     """The last exception line of a log, with byte and string literals and numbers blanked so
     that crashes of one cause group together."""
-    for line in reversed(lines):
+    for line in reversed(_text_lines(lines)):
         m = _EXCEPTION_LINE.match(line)
         if m:
             text = _LITERAL.sub("…", m.group(1).strip())

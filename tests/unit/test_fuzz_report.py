@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,13 @@ def test_crash_signatures_group_one_cause() -> None:
     )
     assert a == b == "wsproto.utilities.LocalProtocolError: Event Pong(payload=…) in N"
     assert crash_signature(["nothing here"]) == "(no exception in the log)"
+    # A node in JSON log format: the traceback is one record of its stderr.
+    record = {
+        "component": "stderr",
+        "msg": 'Traceback (most recent call last):\n  File "x.py", line 3\n'
+        "KeyError: 'channel-42'",
+    }
+    assert crash_signature([json.dumps(record), '{"msg": "node stopped"}']) == "KeyError: …"
 
 
 def test_stalls_count_late_and_unanswered_probes_of_running_nodes_only() -> None:
