@@ -212,8 +212,9 @@ class NonceMemory:
             expired = entries[oldest] + self.window_ms < now_ms
             if not expired and len(entries) < self.limit:
                 break
-            if not expired:
-                self.horizon_ms = max(self.horizon_ms, entries[oldest])
+            # Whatever goes, early or expired, nothing stamped at or before it is taken again:
+            # should this node's clock step back, a forgotten call must not become fresh.
+            self.horizon_ms = max(self.horizon_ms, entries[oldest])
             del entries[oldest]
         entries[nonce] = time_ms
         return None

@@ -273,7 +273,18 @@ def test_nonces_expire_with_their_calls_time() -> None:
     # 1 ms after its time has left the window, the next insertion sweeps it out.
     assert memory.remember(nonce(3), 31_001, now_ms=31_001) is None
     assert len(memory) == 2
-    assert memory.horizon_ms == -1  # nothing was forgotten early
+    assert memory.horizon_ms == 1_000  # what expired is not taken again
+
+
+def test_a_forgotten_call_stays_refused_when_the_clock_steps_back() -> None:
+    """Expired nonces are dropped; should the clock then step back (an NTP correction), the
+    dropped call is within the window again, but not new: it is refused."""
+    memory = NonceMemory(window_ms=30_000, limit=100)
+    assert memory.remember(nonce(1), 1_000, now_ms=1_000) is None
+    assert memory.remember(nonce(2), 40_000, now_ms=40_000) is None  # sweeps nonce 1 out
+    assert len(memory) == 1
+    problem = memory.remember(nonce(1), 1_000, now_ms=20_000)  # the clock went back 20 s
+    assert problem is not None
 
 
 def test_a_full_memory_forgets_its_oldest_and_refuses_calls_it_could_not_tell_apart() -> None:
