@@ -92,7 +92,6 @@ STREAM_WINDOW = 64
 
 _SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     # A second node on the same port must fail to start instead of silently sharing it.
     ("grpc.so_reuseport", 0),
     # Accept our clients' keepalive pings on idle connections instead of answering them with
@@ -386,6 +385,7 @@ class GrpcServer:
         notices: Mapping[str, Notice] | None = None,
         what: str = "gRPC",
         credentials: grpc.ServerCredentials | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         main = (
             []
@@ -416,6 +416,12 @@ class GrpcServer:
         """What the listener is, for a bind failure's message."""
         self._credentials = credentials
         """TLS (``cluster/grpc_tls.py``); None: plain TCP."""
+        # grpcio reads and decodes a whole request before any check of ours runs, so this caps
+        # what a caller without a credential can make the server buffer per call.
+        self._options = [
+            *_SERVER_OPTIONS,
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
         self.port = 0  # the bound port once serving() has started (resolves ":0")
         self._grace_s = grace_s
         self._trio_token: trio.lowlevel.TrioToken | None = None
@@ -435,9 +441,10 @@ class GrpcServer:
         what: str,
         grace_s: float = 2.0,
         credentials: grpc.ServerCredentials | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> GrpcServer:
         """A server of ``services`` only, each with its own authentication (TLS with
-        ``credentials``)."""
+        ``credentials``), taking requests of at most ``max_message_bytes``."""
         return cls(
             bind,
             None,
@@ -448,6 +455,7 @@ class GrpcServer:
             grace_s=grace_s,
             what=what,
             credentials=credentials,
+            max_message_bytes=max_message_bytes,
         )
 
     @property
@@ -516,7 +524,7 @@ class GrpcServer:
                 ready.set_exception(e)
 
     async def _serve(self, ready: concurrent.futures.Future[Any]) -> None:
-        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        server = grpc.aio.server(options=self._options)
         for service in self._services:
             signed = service.peer_auth is not None
             servicer = self._make_servicer(service)

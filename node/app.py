@@ -428,6 +428,9 @@ class Node:
                 what="public gRPC",
                 # TLS for clients with a certificate; no client certificate asked for.
                 credentials=tls.public_grpc_credentials() if tls is not None else None,
+                # The HTTP API's body limit: the same requests, and no more for a stranger to
+                # make the node buffer before its token is checked.
+                max_message_bytes=cfg.http.max_body_bytes,
             )
             async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as serving:
                 try:

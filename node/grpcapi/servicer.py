@@ -8,6 +8,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import grpc
 from google.protobuf.message import Message
 
 from cluster.bridge import Authorize, GrpcAbort, GrpcService, Handler, Metadata, StreamHandler
@@ -69,8 +70,8 @@ class PublicApi:
 
         def authorize(method: str, metadata: Metadata, peer: str) -> GrpcAbort | None:
             http = self._http
-            if http is None or http.credentials is None:
-                return None  # starting: the call itself answers UNAVAILABLE
+            if http is None or http.credentials is None:  # starting: fail closed
+                return GrpcAbort(grpc.StatusCode.UNAVAILABLE, "the node is starting")
             rpc = RPCS[service].get(method)
             verb, path = (rpc.method, rpc.path) if rpc else ("POST", f"/{service}/{method}")
             headers = {}

@@ -401,3 +401,37 @@ def test_a_client_that_goes_away_cancels_the_stream_handler() -> None:
                 await cancelled.wait()
 
     trio.run(main)
+
+
+def test_the_public_port_refuses_what_no_check_has_seen_yet() -> None:
+    """grpcio decodes a request before any check of ours: the public server takes no more
+    than the HTTP API's body limit, and a node not yet attached to its API fails closed."""
+    sends: list[Request] = []
+
+    async def send(req: Request) -> Response:
+        sends.append(req)
+        return Response(200, {"message_id": 1, "message_seq": 1, "client_msg_no": "c"})
+
+    async def main() -> None:
+        api = PublicApi(LiveFeed())
+        server = GrpcServer.of_services(
+            "127.0.0.1:0", api.services(), what="public gRPC", max_message_bytes=4096
+        )
+        async with server.serving():
+
+            def calls() -> None:
+                with grpc.insecure_channel(server.address) as channel:
+                    messages = api_pb2_grpc.MessagesStub(channel)
+                    small = api_pb2.SendRequest(payload=b"x" * 100)
+                    e: Any = rpc_error(lambda: messages.Send(small, timeout=5, metadata=BEARER))
+                    assert e.code() == grpc.StatusCode.UNAVAILABLE  # not attached: closed
+                    api.attach(fake_http({("POST", "/message/send"): send}), cast(ApiContext, None))
+                    assert messages.Send(small, timeout=5, metadata=BEARER).message_seq == 1
+                    big = api_pb2.SendRequest(payload=b"x" * 8192)
+                    e = rpc_error(lambda: messages.Send(big, timeout=5, metadata=BEARER))
+                    assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+            await call_in_thread(calls)
+
+    trio.run(main)
+    assert len(sends) == 1
