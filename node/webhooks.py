@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import trio
 
@@ -230,7 +231,7 @@ class Webhooks:
     # --- tasks ------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        log.info("webhooks on", url=self.s.url, events=sorted(self.kinds))
+        log.info("webhooks on", url=_shown(self.s.url), events=sorted(self.kinds))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._presence_loop)
             nursery.start_soon(self._send_loop)
@@ -375,3 +376,12 @@ class Webhooks:
             "backoff_remaining_s": round(max(0.0, self._resume_at - now), 3),
             "events": kinds,
         }
+
+
+def _shown(url: str) -> str:
+    """``url`` for a log line: a secret in its user info or query (the backend's only way to
+    tell our POSTs from others') must not reach the log."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

@@ -244,3 +244,11 @@ def test_registry_listeners_see_logins_logouts_and_evictions_once() -> None:
     registry.remove(old)  # its own close later finds it gone: no second logout
     registry.remove(new)
     assert seen == [(1, True), (1, False), (2, True), (2, False)]
+
+
+def test_the_logged_url_carries_no_user_info_or_query() -> None:
+    from node.webhooks import _shown
+
+    url = "https://hook:s3cret@backend.example:8443/im/hook?key=s3cret#x"
+    assert _shown(url) == "https://backend.example:8443/im/hook"
+    assert _shown("http://10.0.0.5/hook") == "http://10.0.0.5/hook"
