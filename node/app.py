@@ -33,7 +33,7 @@ from proto.raftchat.peer.v1 import peer_pb2_grpc
 
 from .admin import Admin
 from .client_routes import ClientRoutes, own_endpoints
-from .config import Config
+from .config import Config, is_loopback
 from .controller import PLACEMENT_KEY, Controller, ControllerMachine
 from .gateway.listeners import Gateway
 from .gateway.session import GatewayContext
@@ -333,10 +333,10 @@ class Node:
             except StartupError as e:  # tried again at the next change and the next start
                 log.error("cannot record that the cluster has several members", error=str(e))
             else:
+                # (No cluster id in the line: a genesis id is derived from the password.)
                 log.info(
                     "the cluster has several members: this data directory will not start "
-                    "as a lone node again",
-                    cluster_id=self.datadir.identity.cluster_id,
+                    "as a lone node again"
                 )
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
@@ -346,6 +346,18 @@ class Node:
                 "auth.api_open: the HTTP API and the public gRPC API take no credential; "
                 "anyone who reaches them can act as any user",
                 hosts=",".join(cfg.api_hosts()),
+            )
+        if not cfg.auth.token_auth:
+            log.warning(
+                "auth.token_auth = false: every CONNECT logs in, whatever its token; anyone "
+                "who reaches the gateway can act as any user"
+            )
+        if not is_loopback(cfg.node.host) and not (self.tls and self.tls.ca):
+            log.warning(
+                "peer gRPC without tls.ca_file: calls between nodes are signed but their "
+                "replies are not, and nothing is encrypted; keep the nodes' network private "
+                "(docs/security.md)",
+                host=cfg.node.host,
             )
         if cfg.testing.sabotage:
             log.warning(

@@ -365,3 +365,12 @@ def test_no_secret_reaches_a_log(cluster: Cluster) -> None:
     assert all("CONNECT refused" in text or i != 1 for i, text in logs.items())
     leaks = [(i, s) for i, text in logs.items() for s in secret_values if s in text]
     assert leaks == []
+
+
+def test_a_gateway_without_token_checks_says_so_at_every_start(tmp_path: Path) -> None:
+    node = start_node(tmp_path, auth__token_auth=False)
+    try:
+        assert connack(node, "anyone", "any-token") == ReasonCode.SUCCESS
+        assert "auth.token_auth = false" in node.log_path.read_text()
+    finally:
+        node.stop()
