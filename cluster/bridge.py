@@ -16,13 +16,14 @@ grpcio has no trio support, so this module bridges the two (measured in stack-fi
 
 One server hosts several services on one port, each with its own authentication: a peer signs
 each call with the cluster password (``cluster/peerauth.py``: a MAC over method, recipient,
-time, nonce and the request's bytes, which cannot be replayed); a service may instead bring its
-own check of the metadata (``GrpcService.authorize``: the public API's bearer token, on a server
-of its own). A call that fails the check ends alone, UNAUTHENTICATED (the
-connection and other calls carry on), and is logged at most once per peer address and
-``AUTH_LOG_INTERVAL_S`` (``cluster/ratelog.py``). The client serializes a request once and
-signs and sends those very bytes; the server hashes the bytes it received before decoding
-them.
+time, nonce and the request's bytes, which cannot be replayed), and the reply comes back with a
+MAC for that call; a service may instead bring its own check of the metadata
+(``GrpcService.authorize``: the public API's bearer token, on a server of its own). A call that
+fails the check ends alone, UNAUTHENTICATED (the connection and other calls carry on), and is
+logged at most once per peer address and ``AUTH_LOG_INTERVAL_S`` (``cluster/ratelog.py``).
+Signed bytes are the bytes that travel: the client serializes a request once, signs and sends
+those bytes, and the server hashes what it received (grpcio decodes it too, before the check);
+a reply likewise goes out as the bytes that were signed and is decoded only once checked.
 
 Server-streaming RPCs are bridged too: the trio handler ``emit``s items, which the asyncio side
 yields, with a small window of credits so that a slow client holds back its producer instead of
@@ -50,11 +51,15 @@ from google.protobuf.message import DecodeError
 from cluster.listen import ListenError, bind_problem
 from cluster.peerauth import (
     METADATA_KEY,
+    REPLY_METADATA_KEY,
     PeerKeys,
     PeerVerifier,
     body_digest,
+    parse,
     recipient_of,
+    reply_matches,
     sign,
+    sign_reply,
 )
 from cluster.ratelog import RateLimitedLog
 
@@ -258,11 +263,21 @@ def _add_decoding_safely(
                     h.unary_stream, deserialize, h.response_serializer
                 )
             else:
+                serialize = h.response_serializer
+                if signed:  # a signed reply is handed over as the bytes that were signed
+                    serialize = _passing_bytes(serialize)
                 safe[method] = grpc.unary_unary_rpc_method_handler(
-                    h.unary_unary, deserialize, h.response_serializer
+                    h.unary_unary, deserialize, serialize
                 )
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, safe),))
         server.add_registered_method_handlers(name, safe)
+
+
+def _passing_bytes(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    def either(reply: Any) -> bytes:
+        return reply if isinstance(reply, bytes) else serialize(reply)
+
+    return either
 
 
 async def _refuse_undecodable(context: Any, request: Any, name: str) -> None:
@@ -575,10 +590,12 @@ class GrpcServer:
         self, name: str, handler: Handler, auth: bool
     ) -> Callable[..., Awaitable[Any]]:
         async def method(_servicer: Any, request: Any, context: Any) -> Any:
+            path = request.path if auth else ""
             request = await self._check_auth(context, auth, name, request)
             await _refuse_undecodable(context, request, name)
             call = _Call(name, handler, request, context.time_remaining(), context.peer() or "")
-            return await self._handle(call, context)
+            reply = await self._handle(call, context)
+            return self._signed(context, path, reply) if auth else reply
 
         method.__name__ = method.__qualname__ = name
         return method
@@ -602,6 +619,7 @@ class GrpcServer:
         self, name: str, notice: Notice, auth: bool
     ) -> Callable[..., Awaitable[Any]]:
         async def method(_servicer: Any, request: Any, context: Any) -> Any:
+            path = request.path if auth else ""
             request = await self._check_auth(context, auth, name, request)
             await _refuse_undecodable(context, request, name)
             assert self._trio_token is not None
@@ -621,7 +639,8 @@ class GrpcServer:
             self._notices_sent += 1  # asyncio thread only; _notices_done is trio's
             if handled is not None:
                 await handled
-            return notice.reply()
+            reply = notice.reply()
+            return self._signed(context, path, reply) if auth else reply
 
         method.__name__ = method.__qualname__ = name
         return method
@@ -644,15 +663,26 @@ class GrpcServer:
                 with contextlib.suppress(RuntimeError):  # the aio loop is gone
                     handled.get_loop().call_soon_threadsafe(_resolve, handled)
 
+    def _signed(self, context: Any, path: str, reply: Any) -> bytes:
+        """Asyncio thread: ``reply``'s bytes, with their MAC for the call that asked (whose
+        credential passed ``_check_auth``) in the trailing metadata, so that nobody between
+        the nodes can answer in this node's name."""
+        assert self.peer_verifier is not None
+        value = _metadata_value(context, AUTH_METADATA_KEY)
+        cred = parse(value) if isinstance(value, str) else None
+        assert cred is not None  # checked before the handler ran
+        raw: bytes = reply.SerializeToString()
+        tag = sign_reply(self.peer_verifier.keys, path, cred.nonce_hex, raw)
+        context.set_trailing_metadata(((REPLY_METADATA_KEY, tag),))
+        return raw
+
     async def _check_auth(self, context: Any, auth: bool, name: str, request: Any) -> Any:
         """The request, once its call has passed the peer credential check of a signed
         service; refuses the call (only it: the connection stays) otherwise."""
         if not auth:
             return request
         assert isinstance(request, Received) and self.peer_verifier is not None
-        value = next(
-            (v for k, v in context.invocation_metadata() or () if k == AUTH_METADATA_KEY), None
-        )
+        value = _metadata_value(context, AUTH_METADATA_KEY)
         problem = self.peer_verifier.verify(request.path, value, request.digest)
         if problem is None:
             self.auth_refusals.flush()  # counts of refusals whose interval is over
@@ -768,6 +798,10 @@ def _resolve(future: asyncio.Future[None]) -> None:
 # ---- client ------------------------------------------------------------------------------
 
 
+def _metadata_value(context: Any, key: str) -> Any:
+    return next((v for k, v in context.invocation_metadata() or () if k == key), None)
+
+
 class _Waiter:
     """Wakes one trio task, at most once, from grpc's callback thread."""
 
@@ -795,16 +829,60 @@ class _SignedMethod:
     them as they are (re-serializing could give other bytes: protobuf is not canonical)."""
 
     def __init__(
-        self, path: str, serialize: Callable[[Any], bytes], raw: Any, keys: PeerKeys, to: str
+        self,
+        path: str,
+        serialize: Callable[[Any], bytes],
+        raw: Any,
+        keys: PeerKeys,
+        to: str,
+        deserialize: Callable[[bytes], Any] | None = None,
     ) -> None:
         self._path, self._serialize, self._raw, self._keys = path, serialize, raw, keys
         self._to = to
+        self._deserialize = deserialize
 
     def future(self, request: Any, timeout: float, metadata: Sequence[Any] = ()) -> Any:
         body = self._serialize(request)
         value = sign(self._keys, self._path, body, to=self._to)
         signed = ((AUTH_METADATA_KEY, value), *metadata)
-        return self._raw.future(body, timeout=timeout, metadata=signed)
+        fut = self._raw.future(body, timeout=timeout, metadata=signed)
+        cred = parse(value)
+        assert cred is not None
+        return _VerifiedReply(fut, self._keys, self._path, cred.nonce_hex, self._deserialize)
+
+
+class _VerifiedReply:
+    """A call's future whose result is the reply decoded only once its MAC (trailing metadata
+    ``x-raftchat-reply``, for this call's nonce) checked out under the cluster's keys."""
+
+    def __init__(
+        self,
+        fut: Any,
+        keys: PeerKeys,
+        path: str,
+        nonce_hex: str,
+        deserialize: Callable[[bytes], Any] | None,
+    ) -> None:
+        self._fut, self._keys, self._path, self._nonce = fut, keys, path, nonce_hex
+        self._deserialize = deserialize
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        self._fut.add_done_callback(lambda _fut: callback(self))
+
+    def cancel(self) -> bool:
+        return bool(self._fut.cancel())
+
+    def result(self, timeout: float | None = None) -> Any:
+        raw = self._fut.result(timeout)
+        tag = next(
+            (v for k, v in self._fut.trailing_metadata() or () if k == REPLY_METADATA_KEY), None
+        )
+        if not reply_matches(self._keys, self._path, self._nonce, raw, tag):
+            raise GrpcCallError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"{self._path}: the reply is not signed by a member of the cluster",
+            )
+        return raw if self._deserialize is None else self._deserialize(raw)
 
 
 class _SigningChannel:
@@ -821,10 +899,12 @@ class _SigningChannel:
         response_deserializer: Callable[[bytes], Any] | None = None,
         **kwargs: Any,
     ) -> _SignedMethod:
-        raw = self._channel.unary_unary(
-            method, response_deserializer=response_deserializer, **kwargs
-        )  # no request serializer: the request goes as the bytes that were signed
-        return _SignedMethod(method, request_serializer or bytes, raw, self._keys, self._to)
+        # Neither serializer: the request goes as the bytes that were signed, and the reply is
+        # decoded once its MAC has been checked.
+        raw = self._channel.unary_unary(method, **kwargs)
+        return _SignedMethod(
+            method, request_serializer or bytes, raw, self._keys, self._to, response_deserializer
+        )
 
 
 class GrpcClient:

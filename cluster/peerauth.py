@@ -182,6 +182,33 @@ def mac_matches(keys: PeerKeys, method: str, cred: Credential, digest: bytes) ->
     return ok
 
 
+REPLY_METADATA_KEY = "x-raftchat-reply"
+"""Trailing metadata of a signed call's reply: ``reply_mac`` of the answer's bytes."""
+
+
+def reply_mac(key: bytes, method: str, nonce_hex: str, digest: bytes) -> str:
+    """The MAC of a reply to the call of ``method`` that carried ``nonce_hex``: bound to that
+    call, so a reply cannot be moved to another. Its first line differs from every request's
+    (``v1-reply`` against ``v1``), so neither can stand for the other."""
+    signed = f"{VERSION}-reply\n{method}\n{nonce_hex}\n".encode() + digest
+    return hmac.digest(key, signed, "sha256").hex()
+
+
+def sign_reply(keys: PeerKeys, method: str, nonce_hex: str, body: bytes) -> str:
+    return reply_mac(keys.signing, method, nonce_hex, body_digest(body))
+
+
+def reply_matches(keys: PeerKeys, method: str, nonce_hex: str, body: bytes, tag: object) -> bool:
+    """Whether ``tag`` is the reply MAC of ``body`` under any of the keys (constant time)."""
+    if not isinstance(tag, str):
+        return False
+    digest = body_digest(body)
+    ok = False
+    for key in keys.keys:
+        ok |= hmac.compare_digest(reply_mac(key, method, nonce_hex, digest), tag)
+    return ok
+
+
 class NonceMemory:
     """The nonces of accepted calls until their time has left the window, at most ``limit``.
 

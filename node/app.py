@@ -354,9 +354,8 @@ class Node:
             )
         if not is_loopback(cfg.node.host) and not (self.tls and self.tls.ca):
             log.warning(
-                "peer gRPC without tls.ca_file: calls between nodes are signed but their "
-                "replies are not, and nothing is encrypted; keep the nodes' network private "
-                "(docs/security.md)",
+                "peer gRPC without tls.ca_file: calls between nodes and their replies are "
+                "signed but not encrypted; keep the nodes' network private (docs/security.md)",
                 host=cfg.node.host,
             )
         if cfg.testing.sabotage:

@@ -338,18 +338,19 @@ class Session:
         except ClusterUnavailable as e:
             log.warning("cannot check the token now", **self._fields(), error=str(e))
             return ReasonCode.SYSTEM_ERROR, 0
-        if auth["ban"]:
-            return ReasonCode.BAN, 0
+        # A ban is told only to whoever proved to be the user: checked after the token, so a
+        # stranger cannot learn who is banned.
+        banned = bool(auth["ban"])
         device = auth["device"]
         level = int(device["device_level"]) if device is not None else 0
         if not cfg.auth.token_auth:
-            return ReasonCode.SUCCESS, level
+            return _admitted(banned, level)
         keys = self._ctx.token_keys
         if keys is None:
             stored = (device or {}).get("token") or ""
             if not stored or not hmac.compare_digest(stored.encode(), c.token.encode()):
                 return ReasonCode.AUTH_FAIL, 0
-            return ReasonCode.SUCCESS, level
+            return _admitted(banned, level)
         checked = keys.check(device, c.token, int(time.time() * 1000))
         if checked.verdict is not Verdict.OK:
             self._refused_why = checked.verdict.value
@@ -358,7 +359,7 @@ class Session:
             return ReasonCode.AUTH_FAIL, 0
         if checked.rehash:
             self._ctx.nursery.start_soon(self._rehash, keys, c, device)
-        return ReasonCode.SUCCESS, level
+        return _admitted(banned, level)
 
     async def _rehash(self, keys: TokenKeys, c: Connect, device: dict[str, object]) -> None:
         """Seal a token that logged in under an old key (or from before hashes) under the
@@ -585,3 +586,8 @@ class Session:
                 flags=flags,
             )
         )
+
+
+def _admitted(banned: bool, level: int) -> tuple[ReasonCode, int]:
+    """The answer to a CONNECT whose token checked out."""
+    return (ReasonCode.BAN, 0) if banned else (ReasonCode.SUCCESS, level)

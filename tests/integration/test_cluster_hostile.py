@@ -304,7 +304,7 @@ def test_peer_grpc_refuses_a_wrong_credential_and_logs_it_once(cluster: Cluster)
 
 class Tap:
     """A man in the middle between a member and a node: records each call's path, bytes and
-    peer credential and passes it on unchanged."""
+    peer credential and passes it on unchanged, and the reply with its MAC back."""
 
     def __init__(self, target: str, host: str = "127.0.0.1", port: int = 0) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -323,7 +323,9 @@ class Tap:
             try:
                 call = self._upstream.unary_unary(details.method)
                 timeout = context.time_remaining() or 5.0  # the caller's deadline
-                return call(body, metadata=md, timeout=timeout)  # type: ignore[no-any-return]
+                reply, done = call.with_call(body, metadata=md, timeout=timeout)
+                context.set_trailing_metadata(done.trailing_metadata() or ())  # the reply's MAC
+                return reply  # type: ignore[no-any-return]
             except grpc.RpcError as e:
                 context.abort(e.code(), e.details())  # type: ignore[attr-defined]
                 raise

@@ -198,6 +198,11 @@ def test_banned_user_gets_ban(enc_node: NodeProcess) -> None:
             async with open_client(host, port, uid=a, token=f"tok-{a}"):
                 pass
         assert info.value.reason_code == ReasonCode.BAN
+        # Without the user's token nobody learns of the ban: a wrong token is a wrong token.
+        with pytest.raises(ConnectRefused) as info:
+            async with open_client(host, port, uid=a, token="not-the-token"):
+                pass
+        assert info.value.reason_code == ReasonCode.AUTH_FAIL
 
     trio.run(main)
 

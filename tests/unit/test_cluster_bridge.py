@@ -601,11 +601,14 @@ def test_a_request_that_does_not_decode_is_invalid_argument_and_reaches_no_handl
 
 class Tap:
     """A man in the middle: a gRPC server that records every call's path, bytes and peer
-    credential and passes the call on to ``target`` unchanged."""
+    credential and passes the call on to ``target`` unchanged (the reply too, unless told to
+    ``alter`` it), with the reply's MAC."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, alter: Callable[[bytes], bytes] | None = None) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
+        self.alter = alter
+        """Rewrites each reply on its way back (None: passed on as it came)."""
         self.captured: list[tuple[str, bytes, tuple[tuple[str, str], ...]]] = []
         self._upstream = grpc.insecure_channel(target)
         self.server = grpc.server(ThreadPoolExecutor(max_workers=4))
@@ -617,7 +620,10 @@ class Tap:
             md = tuple((k, v) for k, v in details.invocation_metadata if k == AUTH_METADATA_KEY)
             self.captured.append((details.method, body, md))
             try:
-                return self._upstream.unary_unary(details.method)(body, metadata=md, timeout=5)  # type: ignore[no-any-return]
+                call = self._upstream.unary_unary(details.method)
+                reply, done = call.with_call(body, metadata=md, timeout=5)
+                context.set_trailing_metadata(done.trailing_metadata() or ())  # the reply's MAC
+                return reply if self.alter is None else self.alter(reply)  # type: ignore[no-any-return]
             except grpc.RpcError as e:
                 context.abort(e.code(), e.details())  # type: ignore[attr-defined]
                 raise
@@ -761,3 +767,43 @@ def test_a_handler_sees_the_address_its_call_came_from() -> None:
 
     trio.run(main)
     assert seen == ["127.0.0.1"]
+
+
+def test_a_reply_altered_on_the_way_back_is_refused_by_the_caller() -> None:
+    """Requests and replies are signed: a man in the middle who rewrites an answer (here a
+    Kick's count) gets UNAUTHENTICATED to the caller, not his answer taken; a reply without
+    any MAC (a server that signs nothing) is refused the same way."""
+
+    async def kick(req: pb.KickRequest) -> pb.KickReply:
+        return pb.KickReply(kicked=1)
+
+    def forged(_reply: bytes) -> bytes:
+        return pb.KickReply(kicked=99).SerializeToString()
+
+    async def main() -> None:
+        with trio.fail_after(20):
+            server = make_server({"Kick": kick})
+            async with server.serving():
+                for alter, ok in ((None, True), (forged, False)):
+                    tap = Tap(server.address, alter)
+                    tap.server.start()
+                    client = GrpcClient(tap.address, pb_grpc.PeerStub, KEYS)
+                    try:
+                        if ok:
+                            assert (await client.call("Kick", pb.KickRequest(), 5.0)).kicked == 1
+                        else:
+                            e = await expect_error(client.call("Kick", pb.KickRequest(), 5.0))
+                            assert e.code == grpc.StatusCode.UNAUTHENTICATED
+                    finally:
+                        client.close()
+                        tap.close()
+            unsigned = make_server({"Kick": kick}, peer_auth=None)
+            async with unsigned.serving():
+                client = GrpcClient(unsigned.address, pb_grpc.PeerStub, KEYS)
+                try:
+                    e = await expect_error(client.call("Kick", pb.KickRequest(), 5.0))
+                    assert e.code == grpc.StatusCode.UNAUTHENTICATED
+                finally:
+                    client.close()
+
+    trio.run(main)

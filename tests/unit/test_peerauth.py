@@ -319,3 +319,23 @@ def test_memory_per_nonce_is_bounded() -> None:
     finally:
         tracemalloc.stop()
     assert per_entry < 200
+
+
+def test_a_reply_mac_is_bound_to_its_call_and_body() -> None:
+    from cluster.peerauth import reply_matches, sign_reply
+
+    nonce_hex = "ab" * 16
+    tag = sign_reply(KEYS, DELIVER, nonce_hex, BODY)
+    assert reply_matches(KEYS, DELIVER, nonce_hex, BODY, tag)
+    assert not reply_matches(KEYS, DELIVER, "cd" * 16, BODY, tag)  # another call's reply
+    assert not reply_matches(KEYS, "/raftchat.peer.v1.Peer/Kick", nonce_hex, BODY, tag)
+    assert not reply_matches(KEYS, DELIVER, nonce_hex, BODY + b"x", tag)
+    assert not reply_matches(KEYS, DELIVER, nonce_hex, BODY, None)
+    assert not reply_matches(PeerKeys.of("another"), DELIVER, nonce_hex, BODY, tag)
+    # During a password change the accepted key checks replies too.
+    changing = PeerKeys.of("another", ["cluster-secret"])
+    assert reply_matches(changing, DELIVER, nonce_hex, BODY, tag)
+    # A request's MAC never passes for a reply: their first lines differ.
+    request = parse(sign(KEYS, DELIVER, BODY, to=ME, nonce=bytes.fromhex(nonce_hex)))
+    assert request is not None
+    assert not reply_matches(KEYS, DELIVER, nonce_hex, BODY, request.tag)
