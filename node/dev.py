@@ -14,7 +14,11 @@ import secrets
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from client.defaults import DEFAULT_HTTP_URL, DEFAULT_TCP_ADDR
 
 from .devcluster import (
     NodeProcess,
@@ -66,23 +70,33 @@ def dev_tokens(root: Path) -> dict[str, str]:
     }
 
 
-def usage(data_dir: str, tokens: dict[str, str]) -> str:
-    """The credentials and commands that use them, with the data directory as given."""
+def usage(data_dir: str, tokens: dict[str, str], node1: Mapping[str, str] | None = None) -> str:
+    """The credentials and commands that use them, with the data directory as given, for the
+    cluster whose node 1 has the endpoints ``node1`` (its ``RAFTCHAT_READY`` line; the
+    standard ones by default): a base config may move the ports, one node is on 127.0.0.1."""
     where = data_dir.rstrip("/") or "."
     api, admin = f"{where}/{API_TOKEN_FILE}", f"{where}/{ADMIN_TOKEN_FILE}"
+    http = (node1 or {}).get("http", DEFAULT_HTTP_URL)
+    tcp = (node1 or {}).get("tcp", DEFAULT_TCP_ADDR)
+    local = f"http://127.0.0.1:{urlsplit(http).port}"  # node 1 answers there too (also_host)
+    # The client commands go to node 1 of the standard cluster by default, and then read
+    # ./data's token files by themselves (docs/client.md); named addresses need the tokens.
+    standard = http == DEFAULT_HTTP_URL and tcp == DEFAULT_TCP_ADDR
+    own_files = standard and where == DEFAULT_DATA
     return "\n".join(
         [
             f"API token (auth.api_token, in {api}): {tokens['RAFTCHAT_AUTH_API_TOKEN']}",
             f"admin token (auth.admin_token, in {admin}): {tokens['RAFTCHAT_AUTH_ADMIN_TOKEN']}",
             "Try:",
-            f'  curl -H "token: $(cat {api})" -X POST http://127.0.0.1:5001/user/token '
+            f'  curl -H "token: $(cat {api})" -X POST {local}/user/token '
             """-d '{"uid":"alice","token":"secret","device_flag":1}'""",
-            f'  curl -H "token: $(cat {admin})" http://127.0.0.1:5001/cluster/status',
-            # The client commands read ./data's token files by themselves (docs/client.md).
-            ("" if where == DEFAULT_DATA else f"  RAFTCHAT_AUTH_ADMIN_TOKEN=$(cat {admin})")
-            + "  .venv/bin/raftchat cluster status",
-            ("" if where == DEFAULT_DATA else f"  RAFTCHAT_AUTH_API_TOKEN=$(cat {api})")
-            + "  .venv/bin/raftchat chat --uid alice --to bob",
+            f'  curl -H "token: $(cat {admin})" {local}/cluster/status',
+            ("" if own_files else f"  RAFTCHAT_AUTH_ADMIN_TOKEN=$(cat {admin})")
+            + "  .venv/bin/raftchat cluster status"
+            + ("" if standard else f" --api {http}"),
+            ("" if own_files else f"  RAFTCHAT_AUTH_API_TOKEN=$(cat {api})")
+            + "  .venv/bin/raftchat chat --uid alice --to bob"
+            + ("" if standard else f" --node {tcp} --http {http}"),
         ]
     )
 
@@ -125,7 +139,7 @@ def run_dev(nodes: int, data_dir: str, config_path: str | None) -> int:
             f"  node {ep['node_id']}: HTTP {ep['http']}  TCP {ep['tcp']}  WS {ep['ws']}{wss}"
             f"  gRPC {ep['grpc']}"
         )
-    print(usage(data_dir, tokens))
+    print(usage(data_dir, tokens, procs[0].endpoints))
     print("Ctrl-C stops the cluster.", flush=True)
     try:
         while not stop.wait(0.5):
