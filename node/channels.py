@@ -20,7 +20,9 @@ def id_problem(value: str, what: str = "uid") -> str | None:
     """
     if not value:
         return f"{what} is empty"
-    if len(value.encode()) > MAX_ID_BYTES:
+    # "surrogatepass": a lone surrogate (a JSON "\ud800") has no UTF-8 form; it is measured
+    # here and refused below as a control character instead of raising.
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
         return f"{what} is longer than {MAX_ID_BYTES} bytes"
     bad = _FORBIDDEN.intersection(value)
     if bad:

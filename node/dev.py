@@ -18,7 +18,11 @@ import secrets
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from client.defaults import DEFAULT_HTTP_URL, DEFAULT_TCP_ADDR
 
 from .devcluster import (
     NodeProcess,
@@ -76,29 +80,40 @@ def dev_tokens(root: Path) -> dict[str, str]:
     }
 
 
-DEV_HTTP_URL = "http://127.0.0.1:5001"
-"""Node 1's HTTP API with the default ``--host-base`` (``http.also_host``)."""
-
-
-def usage(data_dir: str, tokens: dict[str, str], http: str = DEV_HTTP_URL) -> str:
-    """The credentials and commands that use them, with the data directory as given and node
-    1's HTTP API at ``http``."""
+def usage(
+    data_dir: str,
+    tokens: dict[str, str],
+    node1: Mapping[str, str] | None = None,
+    also_local: bool = True,
+) -> str:
+    """The credentials and commands that use them, with the data directory as given, for the
+    cluster whose node 1 has the endpoints ``node1`` (its ``RAFTCHAT_READY`` line; the
+    standard ones by default): a base config may move the ports, one node is on 127.0.0.1.
+    ``also_local``: node 1's API answers on 127.0.0.1 too (``http.also_host``)."""
     where = data_dir.rstrip("/") or "."
-    api_flag = "" if http == DEV_HTTP_URL else f" --api {http}"
     api, admin = f"{where}/{API_TOKEN_FILE}", f"{where}/{ADMIN_TOKEN_FILE}"
+    http = (node1 or {}).get("http", DEFAULT_HTTP_URL)
+    tcp = (node1 or {}).get("tcp", DEFAULT_TCP_ADDR)
+    # Node 1 answers on 127.0.0.1 too (also_host) where the default addresses are used.
+    local = f"http://127.0.0.1:{urlsplit(http).port}" if also_local else http
+    # The client commands go to node 1 of the standard cluster by default, and then read
+    # ./data's token files by themselves (docs/client.md); named addresses need the tokens.
+    standard = http == DEFAULT_HTTP_URL and tcp == DEFAULT_TCP_ADDR
+    own_files = standard and where == DEFAULT_DATA
     return "\n".join(
         [
             f"API token (auth.api_token, in {api}): {tokens['RAFTCHAT_AUTH_API_TOKEN']}",
             f"admin token (auth.admin_token, in {admin}): {tokens['RAFTCHAT_AUTH_ADMIN_TOKEN']}",
             "Try:",
-            f'  curl -H "token: $(cat {api})" -X POST {http}/user/token '
+            f'  curl -H "token: $(cat {api})" -X POST {local}/user/token '
             """-d '{"uid":"alice","token":"secret","device_flag":1}'""",
-            f'  curl -H "token: $(cat {admin})" {http}/cluster/status',
-            # The client commands read ./data's token files by themselves (docs/client.md).
-            ("" if where == DEFAULT_DATA else f"  RAFTCHAT_AUTH_ADMIN_TOKEN=$(cat {admin})")
-            + f"  .venv/bin/raftchat cluster status{api_flag}",
-            ("" if where == DEFAULT_DATA else f"  RAFTCHAT_AUTH_API_TOKEN=$(cat {api})")
-            + "  .venv/bin/raftchat chat --uid alice --to bob",
+            f'  curl -H "token: $(cat {admin})" {local}/cluster/status',
+            ("" if own_files else f"  RAFTCHAT_AUTH_ADMIN_TOKEN=$(cat {admin})")
+            + "  .venv/bin/raftchat cluster status"
+            + ("" if standard else f" --api {http}"),
+            ("" if own_files else f"  RAFTCHAT_AUTH_API_TOKEN=$(cat {api})")
+            + "  .venv/bin/raftchat chat --uid alice --to bob"
+            + ("" if standard else f" --node {tcp} --http {http}"),
         ]
     )
 
@@ -147,8 +162,8 @@ def run_dev(
             f"  node {ep['node_id']} (pid {pid}): HTTP {ep['http']}  TCP {ep['tcp']}"
             f"  WS {ep['ws']}{wss}  gRPC {ep['grpc']}"
         )
-    http = DEV_HTTP_URL if host_base == DEFAULT_HOST_BASE else procs[0].endpoints["http"]
-    print(usage(data_dir, tokens, http))
+    also_local = host_base == DEFAULT_HOST_BASE  # http.also_host, above
+    print(usage(data_dir, tokens, procs[0].endpoints, also_local))
     print("A node that exits is started again. Ctrl-C stops the cluster.", flush=True)
     supervisor = Supervisor(procs, lambda text: print(f"raftchat dev: {text}", flush=True))
     try:

@@ -16,6 +16,7 @@ message writes come from the session's writer task; one lock orders them on the 
 from __future__ import annotations
 
 import contextlib
+import re
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -36,6 +37,11 @@ from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 RECEIVE_BYTES = 65536
+MAX_UPGRADE_HEAD_BYTES = 16 * 1024
+"""The upgrade request's line and headers together: h11's limit on a head still incomplete
+(wsproto keeps its default), held also for a head that arrives whole in one read."""
+_HEAD_END = re.compile(rb"\n\r?\n")
+"""Where h11 ends a head: the first blank line, with or without its CR."""
 CLOSE_WAIT_S = 0.5
 """How long the server waits for the peer's answer to its CLOSE before closing TCP."""
 
@@ -71,14 +77,24 @@ class WsConnection:
     async def accept(self) -> str:
         """Read the upgrade request and accept it; the request's path. Raises
         ``HandshakeFailed`` (after answering 400 where HTTP still allows) on anything else."""
+        # What came so far: h11 refuses an incomplete head above the limit, so this holds at
+        # most the limit and one read.
+        received = bytearray()
         while True:
             data = await self._receive_some()
             if not data:
                 raise HandshakeFailed("closed during the upgrade")
+            received += data
             try:
                 self._ws.receive_data(data)
                 for event in self._ws.events():
                     if isinstance(event, Request):
+                        end = _HEAD_END.search(received)
+                        if end is not None and end.end() > MAX_UPGRADE_HEAD_BYTES:
+                            raise RemoteProtocolError(
+                                f"request line and headers exceed {MAX_UPGRADE_HEAD_BYTES} bytes",
+                                event_hint=RejectConnection(),
+                            )
                         await self._write(self._ws.send(AcceptConnection()))
                         return event.target
             except RemoteProtocolError as e:

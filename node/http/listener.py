@@ -149,9 +149,12 @@ class HttpServer:
                     return
                 conn.start_next_cycle()
         except h11.RemoteProtocolError as e:
-            await self._answer_and_close(
-                conn, stream, key, address, _Refusal(e.error_status_hint, f"bad HTTP request: {e}")
+            refusal = (
+                _head_too_large(cfg.max_head_bytes)
+                if e.error_status_hint == 431
+                else _Refusal(e.error_status_hint, f"bad HTTP request: {e}")
             )
+            await self._answer_and_close(conn, stream, key, address, refusal)
         except _Refusal as r:
             await self._answer_and_close(conn, stream, key, address, r)
 
@@ -192,6 +195,7 @@ class HttpServer:
                         # which comes with no other wait in between.
                         phase = "head"
                 elif isinstance(event, h11.Request):
+                    _check_head_size(event, cfg.max_head_bytes)
                     head, phase = event, "body"
                     if conn.they_are_waiting_for_100_continue:
                         _check_declared_length(head, limit)
@@ -309,6 +313,20 @@ async def _linger(stream: trio.abc.Stream) -> None:
             if not data:
                 return
             drained += len(data)
+
+
+def _head_too_large(limit: int) -> _Refusal:
+    return _Refusal(431, f"request line and headers exceed {limit} bytes")
+
+
+def _check_head_size(head: h11.Request, limit: int) -> None:
+    """h11 measures a head only while it is incomplete, so one that arrives whole in a read
+    may be up to a read's size past ``limit``: measure the parsed head too (as h11 gives it,
+    without the whitespace it strips, so never more than what was sent)."""
+    size = len(head.method) + len(head.target) + len(b"  HTTP/1.1\r\n\r\n")
+    size += sum(len(name) + len(value) + 4 for name, value in head.headers)
+    if size > limit:
+        raise _head_too_large(limit)
 
 
 def _check_declared_length(head: h11.Request, limit: int) -> None:

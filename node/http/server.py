@@ -43,6 +43,28 @@ def bad_request(msg: str) -> ApiError:
     return ApiError(400, msg)
 
 
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a string anywhere in parsed JSON holds a surrogate of no pair: such a string
+    has no UTF-8 form, so every id check, hash and store of it would raise. JSON lets an
+    escape carry one (``"\\ud800"``); a paired escape is one ordinary character after
+    parsing."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 @dataclass
 class Request:
     method: str
@@ -58,9 +80,16 @@ class Request:
         if not self.body.strip():
             raise bad_request("request body is empty; expected JSON")
         try:
-            return safe_loads(self.body, self.max_json_depth)
+            data = safe_loads(self.body, self.max_json_depth)
         except JsonRefused as e:
             raise bad_request(f"request body: {e}") from None
+        # Only an escape (\ud800) or non-ASCII bytes (an encoded surrogate, another encoding)
+        # can bring a surrogate: a body of plain ASCII without escapes skips the walk.
+        if (b"\\u" in self.body or not self.body.isascii()) and _has_lone_surrogate(data):
+            raise bad_request(
+                "request body: a string in the JSON is not valid Unicode (a lone surrogate)"
+            )
+        return data
 
     def json_object(self) -> dict[str, Any]:
         data = self.json()

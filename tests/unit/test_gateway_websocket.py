@@ -228,3 +228,46 @@ def test_a_request_that_is_not_an_upgrade_gets_400() -> None:
 
     run(serve, talk)
     assert failures
+
+
+@pytest.mark.parametrize("pad", [17_000, 40_000])
+def test_an_upgrade_head_over_16_kib_is_refused_even_when_it_arrives_in_one_piece(
+    pad: int,
+) -> None:
+    # h11 (under wsproto) measures only a head still incomplete: one that arrives whole in a
+    # read must be held to the same limit.
+    failures: list[str] = []
+
+    async def serve(ws: WsConnection) -> None:
+        try:
+            await ws.accept()
+        except HandshakeFailed as e:
+            failures.append(str(e))
+
+    async def talk(c: Client) -> None:
+        head = Client(c.stream).ws.send(
+            Request(host="test", target="/", extra_headers=[(b"x-pad", b"a" * pad)])
+        )
+        await c.send_raw(head)
+        answer = b""
+        while data := await c.stream.receive_some(4096):
+            answer += data
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:40]
+
+    run(serve, talk)
+    assert failures and "16384" in failures[0]
+
+
+def test_an_upgrade_head_just_under_16_kib_is_accepted() -> None:
+    paths: list[str] = []
+
+    async def serve(ws: WsConnection) -> None:
+        paths.append(await ws.accept())
+
+    async def talk(c: Client) -> None:
+        await c.send(Request(host="test", target="/", extra_headers=[(b"x-pad", b"a" * 16_000)]))
+        c.ws.receive_data(await c.stream.receive_some(65536))
+        assert isinstance(next(iter(c.ws.events())), AcceptConnection)
+
+    run(serve, talk)
+    assert paths == ["/"]

@@ -163,6 +163,9 @@ def test_accepts_normal_ids(good: str) -> None:
         ("a\x00b", "control"),
         ("a\x1bb", "control"),
         ("a\x1fb", "control"),
+        # A lone surrogate (a JSON body's "\\ud800") has no UTF-8 form: refused, not raised.
+        ("\ud800", "control"),
+        ("a\udfffb", "control"),
     ],
 )
 def test_rejects(bad: str, words: str) -> None:

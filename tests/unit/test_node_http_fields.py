@@ -116,6 +116,28 @@ def test_request_json() -> None:
         request(body=b"[1, 2]").json_object()
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"uid": "\\ud800"}',  # an escape of a lone high surrogate
+        b'{"uid": "a\\udfffb"}',  # a lone low surrogate inside a string
+        b'{"\\ud800": 1}',  # in a key
+        b'{"uids": ["ok", ["\\udc00"]]}',  # deep in a list
+        '{"uid": "\ud800"}'.encode("utf-8", "surrogatepass"),  # encoded as UTF-8 bytes
+    ],
+)
+def test_a_lone_surrogate_anywhere_in_a_body_is_a_400(raw: bytes) -> None:
+    # Such a string has no UTF-8 form: handlers that check, hash or store it raised (a 500).
+    with pytest.raises(ApiError) as info:
+        request(body=raw).json()
+    assert info.value.status == 400 and "lone surrogate" in info.value.msg
+
+
+def test_paired_surrogates_and_other_text_are_fine() -> None:
+    body = '{"uid": "\\ud83d\\ude00", "name": "李雷 é"}'.encode()
+    assert request(body=body).json() == {"uid": "\U0001f600", "name": "李雷 é"}
+
+
 # --- Router ---------------------------------------------------------------------------------
 
 
