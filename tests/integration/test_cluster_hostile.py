@@ -156,11 +156,15 @@ class Sends(threading.Thread):
 
 class Streamer(threading.Thread):
     """Declares a 2 GiB frame on a Raft port and streams junk into it (64 KiB per 10 ms) until
-    the node hangs up; then does it again on a new connection, for ``seconds``."""
+    the node hangs up; then does it again on a new connection, until ``stop`` is set or
+    ``seconds`` have passed."""
 
-    def __init__(self, host: str, port: int, source: str, seconds: float) -> None:
+    def __init__(
+        self, host: str, port: int, source: str, seconds: float, stop: threading.Event
+    ) -> None:
         super().__init__(daemon=True)
         self.host, self.port, self.source, self.seconds = host, port, source, seconds
+        self.stop = stop
         self.closed_after: list[float] = []  # seconds from connecting to the node's hang-up
         self.never_closed = 0
         self.streamed = 0
@@ -168,17 +172,22 @@ class Streamer(threading.Thread):
     def run(self) -> None:
         junk = os.urandom(64 * 1024)
         end = time.monotonic() + self.seconds
-        while time.monotonic() < end:
+
+        def attacking() -> bool:
+            return time.monotonic() < end and not self.stop.is_set()
+
+        while attacking():
             with connect(self.host, self.port, self.source) as sock:
                 opened = time.monotonic()
                 try:
                     sock.sendall(struct.pack("i", 2**31 - 1))
-                    while time.monotonic() < end:
+                    while attacking():
                         sock.sendall(junk)
                         self.streamed += len(junk)
                         if select.select([sock], [], [], 0.01)[0] and not sock.recv(1):
                             raise ConnectionResetError  # EOF: the node closed it
-                    self.never_closed += 1
+                    if time.monotonic() - opened > 1.0:  # held open when the attack ended
+                        self.never_closed += 1
                 except TimeoutError:  # the node stopped reading but kept the connection
                     self.never_closed += 1
                 except OSError:  # reset or broken pipe: the node closed it
@@ -194,13 +203,23 @@ def test_a_stranger_streaming_a_2_gib_frame_is_cut_off_and_the_cluster_carries_o
     channel = channel_led_by(cluster, victim)
     before = leaderships(cluster)
     sends = Sends(cluster, channel, nodes=[victim, 2])
+    # The attack lasts until 20 sends went through the node under attack and another (at
+    # least 3 s): on a busy machine each send takes longer, so a fixed time proves less.
+    enough = threading.Event()
     attackers = [
-        Streamer(cluster.hosts[victim], port, stranger(cluster, 0), seconds=3.0)
+        Streamer(cluster.hosts[victim], port, stranger(cluster, 0), seconds=30.0, stop=enough)
         for port in RAFT_PORTS
     ]
     sends.start()
+    started = time.monotonic()
     for a in attackers:
         a.start()
+    eventually(
+        lambda: len(sends.took) >= 20 and time.monotonic() - started >= 3.0,
+        timeout_s=30,
+        what="20 sends during the attack",
+    )
+    enough.set()
     for a in attackers:
         a.join(20)
     sends.stop.set()
