@@ -47,6 +47,7 @@ from .http.common import ApiContext
 from .http.listener import HttpServer
 from .identity import DataDir, check
 from .log import get_logger
+from .metrics import NodeCollector, NodeMetrics
 from .presence import ClusterSessions
 from .rate_limit import TokenBuckets
 from .reclaim import run_reclaim
@@ -77,6 +78,7 @@ class Node:
             app=config.devices.app_limit, web=config.devices.web_limit, pc=config.devices.pc_limit
         )
         self.registry = SessionRegistry(limits)
+        self.metrics = NodeMetrics()
         # The public gRPC API (raftchat.v1); its Subscribe streams follow local deliveries.
         self.live = LiveFeed()
         self.public_api = PublicApi(self.live)
@@ -131,6 +133,7 @@ class Node:
             for session in self.registry.of(uid):
                 if session.conn_id != origin_conn:
                     session.push(msg)
+                    self.metrics.deliveries += 1
 
     def kick_local(self, req: pb.KickRequest) -> int:
         from proto.wkproto import ReasonCode
@@ -225,6 +228,7 @@ class Node:
             proposal_timeout_s=cfg.cluster.proposal_timeout_s,
             fake_acks=self.fake_acks,
             group_rate_limit=cfg.messages.group_rate_limit,
+            observe_commit=self.metrics.commit_seconds.observe,
         )
         self.router.attach(local, pipeline)
         log.info("replica opened", group=group, members=members)
@@ -380,6 +384,9 @@ class Node:
                 self.online_local,
             )
             self.router.online_levels_local = self.online_levels_local
+            self.metrics.registry.register(
+                NodeCollector(self.metrics, self.router, lambda: self.webhooks)
+            )
             self.cluster_sessions = ClusterSessions(
                 self.registry,
                 self.registry.limits,
@@ -493,6 +500,7 @@ class Node:
                 rules,
                 on_login,
                 token_keys=self.token_keys,
+                metrics=self.metrics,
             ),
             ssl_context,
         )
@@ -507,6 +515,7 @@ class Node:
             self.webhooks,
             self.client_routes,
             token_keys=self.token_keys,
+            metrics=self.metrics,
         )
         http_router = build_router(api)
         self.public_api.attach(http_router, api)
