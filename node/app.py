@@ -50,6 +50,7 @@ from .log import get_logger
 from .metrics import NodeCollector, NodeMetrics
 from .presence import ClusterSessions
 from .rate_limit import TokenBuckets
+from .readiness import not_ready
 from .reclaim import run_reclaim
 from .router import Router, RouterSettings
 from .sabotage import ACK_WITHOUT_COMMIT, SKIP_DEDUPE, AckCounter
@@ -452,8 +453,12 @@ class Node:
                     await serving.enter_async_context(public_grpc.serving())
                 except ListenError as e:
                     raise unavailable(str(e)) from None
-                log.info("listening; waiting for every local group to have a leader")
-                while not self.router.groups_ready():
+                log.info("listening; waiting until ready (as GET /readyz says)")
+                said: list[str] = []
+                while reasons := not_ready(self.router.local):
+                    if reasons != said:  # what it waits for, once per change
+                        log.info("not ready yet", reasons="; ".join(reasons))
+                        said = reasons
                     await trio.sleep(READY_POLL_S)  # waiting on elections, which signal nothing
                 log.info("node ready", **self.endpoints)
                 # One machine-readable line on stdout: supervisors (dev, tests, chaos) wait for it.

@@ -6,7 +6,10 @@ three are gone and 200 again once they are back."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,11 +22,20 @@ from node.devcluster import start_all
 from tests.conftest import Cluster, eventually
 
 API_TOKEN = "metrics-api-token"
+DEAD_WEBHOOK = "http://127.0.0.1:9/hook"
+DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "raftchat.json"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("metrics"), 3, auth__api_token=API_TOKEN)
+    # Webhooks to a port where nothing listens: their queue and failures show.
+    c = Cluster(
+        tmp_path_factory.mktemp("metrics"),
+        3,
+        auth__api_token=API_TOKEN,
+        webhook__url=DEAD_WEBHOOK,
+        webhook__backoff_cap_s=1,
+    )
     c.start()
     try:
         yield c
@@ -129,6 +141,11 @@ def test_metrics_varz_and_connz_follow_a_client(cluster: Cluster) -> None:
         return "0" in groups and leaders == len(groups) and len(lags) == 2 * len(groups)
 
     eventually(groups_in_order, what="every group led, with its followers' lags")
+    # The logins' user.onlinestatus events cannot reach the dead receiver.
+    eventually(
+        lambda: total(scrape(cluster, 1), "raftchat_webhook_failed_attempts_total") > 0,
+        what="failed webhook attempts counted",
+    )
 
     connz = seen["connz"]
     assert connz.status_code == 200, connz.text
@@ -192,3 +209,11 @@ def test_readyz_fails_without_a_majority_and_recovers(cluster: Cluster) -> None:
             timeout_s=30,
             what="node 1 ready again",
         )
+
+
+def test_the_dashboard_asks_only_for_metrics_a_node_exports(cluster: Cluster) -> None:
+    exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]]
+    wanted = {n for e in exprs for n in re.findall(r"\b((?:raftchat|process)_[a-z_]+)\b", e)}
+    exported = {name for name, _ in scrape(cluster, 1)}
+    assert len(wanted) >= 15
+    assert wanted <= exported, sorted(wanted - exported)
