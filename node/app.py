@@ -47,8 +47,10 @@ from .http.common import ApiContext
 from .http.listener import HttpServer
 from .identity import DataDir, check
 from .log import announce, close_stderr_capture, get_logger
+from .metrics import NodeCollector, NodeMetrics
 from .presence import ClusterSessions
 from .rate_limit import TokenBuckets
+from .readiness import not_ready
 from .reclaim import run_reclaim
 from .router import Router, RouterSettings
 from .sabotage import ACK_WITHOUT_COMMIT, SKIP_DEDUPE, AckCounter
@@ -77,6 +79,7 @@ class Node:
             app=config.devices.app_limit, web=config.devices.web_limit, pc=config.devices.pc_limit
         )
         self.registry = SessionRegistry(limits)
+        self.metrics = NodeMetrics()
         # The public gRPC API (raftchat.v1); its Subscribe streams follow local deliveries.
         self.live = LiveFeed()
         self.public_api = PublicApi(self.live)
@@ -131,6 +134,7 @@ class Node:
             for session in self.registry.of(uid):
                 if session.conn_id != origin_conn:
                     session.push(msg)
+                    self.metrics.deliveries += 1
 
     def kick_local(self, req: pb.KickRequest) -> int:
         from proto.wkproto import ReasonCode
@@ -225,6 +229,7 @@ class Node:
             proposal_timeout_s=cfg.cluster.proposal_timeout_s,
             fake_acks=self.fake_acks,
             group_rate_limit=cfg.messages.group_rate_limit,
+            observe_commit=self.metrics.commit_seconds.observe,
         )
         self.router.attach(local, pipeline)
         log.info("replica opened", group=group, members=members)
@@ -391,6 +396,9 @@ class Node:
                 self.online_local,
             )
             self.router.online_levels_local = self.online_levels_local
+            self.metrics.registry.register(
+                NodeCollector(self.metrics, self.router, lambda: self.webhooks)
+            )
             self.cluster_sessions = ClusterSessions(
                 self.registry,
                 self.registry.limits,
@@ -459,8 +467,12 @@ class Node:
                     await serving.enter_async_context(public_grpc.serving())
                 except ListenError as e:
                     raise unavailable(str(e)) from None
-                log.info("listening; waiting for every local group to have a leader")
-                while not self.router.groups_ready():
+                log.info("listening; waiting until ready (as GET /readyz says)")
+                said: list[str] = []
+                while reasons := not_ready(self.router.local):
+                    if reasons != said:  # what it waits for, once per change
+                        log.info("not ready yet", reasons="; ".join(reasons))
+                        said = reasons
                     await trio.sleep(READY_POLL_S)  # waiting on elections, which signal nothing
                 log.info("node ready", **self.endpoints)
                 # One machine-readable line on stdout: supervisors (dev, tests, chaos) wait for it.
@@ -507,6 +519,7 @@ class Node:
                 rules,
                 on_login,
                 token_keys=self.token_keys,
+                metrics=self.metrics,
             ),
             ssl_context,
         )
@@ -521,6 +534,7 @@ class Node:
             self.webhooks,
             self.client_routes,
             token_keys=self.token_keys,
+            metrics=self.metrics,
         )
         http_router = build_router(api)
         self.public_api.attach(http_router, api)

@@ -1,8 +1,9 @@
 """Start and stop local node processes: used by ``raftchat dev``, the tests and the bench.
 
 Each node is a real ``raftchat node`` process with its settings in ``RAFTCHAT_*`` variables.
-Readiness is the ``RAFTCHAT_READY {json}`` line a node prints once every listener is bound, so
-callers wait for an event rather than polling or sleeping.
+Readiness is the ``RAFTCHAT_READY {json}`` line a node prints once every listener is bound and
+it is ready as ``GET /readyz`` says (``node/readiness.py``), so callers wait for an event rather
+than polling or sleeping.
 """
 
 from __future__ import annotations

@@ -135,6 +135,8 @@ class Router:
         self._nursery: trio.Nursery | None = None
         self.extra_handlers: dict[str, Callable[[Any], Any]] = {}
         self.delivery_failures = 0
+        self.retries = 0
+        """Attempts retried by ``_retrying`` (``raftchat_forward_retries_total``)."""
         self.commit_hooks: list[CommitHook] = []
         self.online_levels_local: OnlineLevelsLocal | None = None
 
@@ -322,6 +324,7 @@ class Router:
             if trio.current_time() + backoff > deadline:
                 log.info("giving up on group", group=group, failure=failure)
                 return give_up_failure(failure, maybe_committed)
+            self.retries += 1
             # Back off before retrying a moving leadership, but no longer than until a local
             # replica names another leader (after a failover that saves up to a whole backoff).
             local = self.local.get(group)

@@ -107,11 +107,16 @@ GET_ROUTES: dict[str, tuple[str, ...]] = {
     "/message/byclientmsgno": ("channel_id", "channel_type", "from_uid", "client_msg_no"),
     "/conversations/peerRead": ("uid", "channel_id", "channel_type"),
     "/message/receipt": ("channel_id", "channel_type", "message_seq", "login_uid"),
+    "/healthz": (),
+    "/readyz": (),
+    "/varz": ("show", "conn_limit", "node_id"),
+    "/connz": ("sort", "offset", "limit", "uid", "node_id"),
 }
 
-RARE_GET = {"/cluster/digest": ()}
-"""Scans every stored message under the group's store lock (docs/api.md): a few calls, not a
-flood, or the fuzzer measures its own load instead of the server's robustness."""
+RARE_GET = {"/cluster/digest": (), "/metrics": ()}
+"""Scans every stored message under the group's store lock (docs/api.md), or walks every
+group's RocksDB directory (``/metrics``): a few calls, not a flood, or the fuzzer measures its
+own load instead of the server's robustness."""
 
 EXTREME_INTS = (
     -1, 0, 1, 2, 255, 256, 10_000, 10_001, 2**31 - 1, 2**31, 2**32, 2**53 + 1, 2**63 - 1, 2**63,
@@ -321,7 +326,7 @@ def one_request(rng: random.Random, ctx: FuzzContext, *, close: bool) -> bytes:
     """A request to a real route (or a near miss), safe by :mod:`safety`'s rules."""
     roll = rng.random()
     if roll < 0.001:
-        path = "/cluster/digest"
+        path = rng.choice(sorted(RARE_GET))
         return request("GET", path, b"", rng, close=close, ctx=ctx)
     if roll < 0.3:
         path = rng.choice(list(GET_ROUTES))

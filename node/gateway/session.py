@@ -51,6 +51,7 @@ from ..channels import canonical_channel_id, channel_id_problem, id_problem, vie
 from ..config import Config
 from ..groups.streams import event_view
 from ..log import get_logger
+from ..metrics import NodeMetrics, Traffic
 from ..pipeline_rules import SYSTEM_UID, request_problem
 from ..router import ClusterUnavailable, Router
 from ..send_checks import SendRules, precheck
@@ -93,6 +94,9 @@ class GatewayContext:
     token_keys: TokenKeys | None = None
     """Checks CONNECT tokens against their stored hashes; ``None`` only in unit tests (the
     stored token is then compared as it is)."""
+    metrics: NodeMetrics | None = None
+    """Sends, SENDACK latency and slow clients counted, live connections listed (``/connz``);
+    ``None`` in unit tests."""
 
 
 class Session:
@@ -106,6 +110,11 @@ class Session:
         self.device_level = 0
         self.connected_at = 0.0
         self.version = LATEST_VERSION
+        self.transport_kind = transport.kind
+        self.peer = transport.peer
+        self.traffic = Traffic()
+        self.last_active = time.time()
+        self._pending_bytes = 0
         self._cipher: SessionCipher | None = None
         self._refused_why = ""
         # Chosen by the first message on a WebSocket (JSON-RPC or WKProto); TCP is WKProto.
@@ -121,6 +130,9 @@ class Session:
 
     async def run(self) -> None:
         gw = self._ctx.config.gateway
+        metrics = self._ctx.metrics
+        if metrics is not None:
+            metrics.connections[self.conn_id] = self
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
@@ -136,10 +148,17 @@ class Session:
                     nursery.cancel_scope.deadline = trio.current_time() + gw.kick_close_delay_s
         finally:
             self._ctx.registry.remove(self)
+            if metrics is not None:
+                metrics.connections.pop(self.conn_id, None)
+                metrics.closed.add(self.traffic)
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self._transport.aclose()
             if self.uid:
                 log.info("session closed", **self._fields())
+
+    def pending_bytes(self) -> int:
+        """Bytes queued for the client and not yet handed to the transport (``/connz``)."""
+        return self._pending_bytes
 
     def kick(self, reason_code: ReasonCode, reason: str) -> None:
         """Send DISCONNECT, then close after a short delay so that the client can read it."""
@@ -184,6 +203,10 @@ class Session:
                         frames.append(self._out_recv.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                size = sum(map(_size, frames))
+                self.traffic.out_packets += len(frames)
+                self.traffic.out_packet_bytes += size
+                self._pending_bytes -= size
                 await self._transport.send_frames(frames)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self._scope.cancel()
@@ -205,8 +228,11 @@ class Session:
     def _put(self, data: bytes | str) -> None:
         try:
             self._out_send.send_nowait(data)
+            self._pending_bytes += _size(data)
         except trio.WouldBlock:
             log.warning("slow client: outbound queue full, closing", **self._fields())
+            if self._ctx.metrics is not None:
+                self._ctx.metrics.slow_clients += 1
             self.close()
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
@@ -218,10 +244,13 @@ class Session:
                 self._answer(item)
                 continue
             if item is not None:
+                self.traffic.in_packets += 1
                 return item
             data = await self._transport.receive()
             if not data:
                 return None
+            self.traffic.in_packet_bytes += _size(data)
+            self.last_active = time.time()
             if self._codec is None:
                 self._codec = choose_codec(data, self._transport.json_rpc)
                 if self._codec is None:
@@ -402,7 +431,13 @@ class Session:
         return True
 
     async def _on_send(self, s: Send) -> None:
+        received = time.perf_counter()
+        self.traffic.in_msgs += 1
+        self.traffic.in_msg_bytes += len(s.payload)
+
         def answer(reason: int, message_id: int = 0, message_seq: int = 0) -> None:
+            if self._ctx.metrics is not None:
+                self._ctx.metrics.sendack("gateway", reason, time.perf_counter() - received)
             self._enqueue(
                 Sendack(
                     message_id=message_id,
@@ -568,6 +603,8 @@ class Session:
                     payload,
                 )
             )
+        self.traffic.out_msgs += 1
+        self.traffic.out_msg_bytes += len(msg.payload)
         self._enqueue(
             Recv(
                 setting=setting,
@@ -591,3 +628,7 @@ class Session:
 def _admitted(banned: bool, level: int) -> tuple[ReasonCode, int]:
     """The answer to a CONNECT whose token checked out."""
     return (ReasonCode.BAN, 0) if banned else (ReasonCode.SUCCESS, level)
+
+
+def _size(data: bytes | str) -> int:
+    return len(data) if isinstance(data, bytes) else len(data.encode())

@@ -98,6 +98,35 @@ class LocalGroup:
             return None
         return self._node_of_address(str(getattr(leader, "address", leader)))
 
+    def follower_matches(self) -> dict[int, int]:
+        """On a leader: each follower's node id -> the highest log index known to be replicated
+        there (empty on a follower). pysyncobj keeps this privately (its ``getStatus`` reads
+        the same dict); it is copied in one step, so the Raft driver thread changing it cannot
+        break the iteration."""
+        matches = dict(getattr(self.raft, "_SyncObj__raftMatchIndex", None) or {})
+        out: dict[int, int] = {}
+        for node, index in matches.items():
+            node_id = self._node_of_address(str(getattr(node, "address", node)))
+            if node_id is not None:
+                out[node_id] = int(index)
+        return out
+
+    def behind(self) -> int:
+        """Entries the leader has committed that this replica has not applied yet (on a
+        follower, as of the leader's last message; on the leader, its own apply backlog)."""
+        raft = self.raft
+        leader_commit = getattr(raft, "_SyncObj__leaderCommitIndex", None)
+        commit = int(raft.raftCommitIndex) if leader_commit is None else int(leader_commit)
+        return max(0, commit - int(raft.raftLastApplied))
+
+    def has_quorum(self) -> bool:
+        """Whether this replica is connected to a majority of its group (pysyncobj's view;
+        a set read racing a membership change on the driver thread counts as no)."""
+        try:
+            return bool(self.raft.hasQuorum)
+        except RuntimeError:
+            return False
+
     def propose_start(self, command: pb.Command) -> Proposal:
         """Queue ``command`` in Raft now (proposals keep the order of these calls)."""
         if not self.is_leader():

@@ -47,6 +47,7 @@ class GroupPipeline:
         queue_size: int = 50_000,
         fake_acks: AckCounter | None = None,
         group_rate_limit: float = 0.0,
+        observe_commit: Callable[[float], None] | None = None,
     ) -> None:
         self.group = group
         # Sends to one non-person channel per second; checked here, on the leader, before the
@@ -72,6 +73,8 @@ class GroupPipeline:
         # Recent commit latencies (propose -> committed, applied and fsynced), for the status
         # route and the bench; a ring, so it costs nothing to keep.
         self.commit_latency_s: collections.deque[float] = collections.deque(maxlen=2048)
+        self._observe_commit = observe_commit
+        """The same latencies into ``/metrics``' histogram (every one, not a ring)."""
 
     def submit_nowait(self, item: pb.SendItem, done: Done) -> None:
         if self._closed:
@@ -156,7 +159,10 @@ class GroupPipeline:
                 return
             # A failed fsync here raises and stops the node: no answer would be honest.
             await self.group.make_durable()
-            self.commit_latency_s.append(time.perf_counter() - started)
+            latency = time.perf_counter() - started
+            self.commit_latency_s.append(latency)
+            if self._observe_commit is not None:
+                self._observe_commit(latency)
             result = pb.SendBatchResult.FromString(raw)
             if len(result.outcomes) != len(batch):
                 # Only a command the state machine skipped as already applied answers short:

@@ -29,6 +29,7 @@ from . import (
     routes_history,
     routes_import,
     routes_messages,
+    routes_monitoring,
     routes_sends,
     routes_streams,
     routes_webhooks,
@@ -309,6 +310,8 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         else:
             outcome = await ctx.router.send(item)
         reason = ReasonCode(outcome.reason)
+        if ctx.metrics is not None:
+            ctx.metrics.sendack("http", reason)
         if reason == ReasonCode.CHANNEL_NOT_EXIST:
             raise ApiError(404, f"channel {body['channel_id']} does not exist", reason=reason)
         # A retryable answer carries the client_msg_no, so that a retry is recognised (dedupe)
@@ -377,6 +380,7 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         routes_channels,
         routes_conversations,
         routes_messages,
+        routes_monitoring,
         routes_history,
         routes_import,
         routes_sends,

@@ -15,6 +15,7 @@ from ..admin import Admin
 from ..channels import canonical_channel_id, channel_id_problem, id_problem, view_channel_id
 from ..client_routes import ClientRoutes
 from ..config import Config
+from ..metrics import NodeMetrics
 from ..pipeline_rules import SYSTEM_UID
 from ..router import ClusterUnavailable, Router
 from ..send_checks import SendRules
@@ -49,6 +50,8 @@ class ApiContext:
     client_routes: ClientRoutes | None = None
     token_keys: TokenKeys | None = None
     """Seals user tokens before they are proposed (``node/usertokens.py``)."""
+    metrics: NodeMetrics | None = None
+    """``/metrics``, ``/varz`` and ``/connz``; None in unit tests without a node."""
 
 
 def check_id(value: str, what: str) -> str:

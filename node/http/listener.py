@@ -277,7 +277,7 @@ class HttpServer:
     ) -> None:
         body = resp.encode()
         headers = [
-            ("content-type", "application/json; charset=utf-8"),
+            ("content-type", resp.content_type),
             ("content-length", str(len(body))),
         ]
         headers.extend(resp.headers)

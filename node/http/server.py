@@ -104,8 +104,12 @@ class Response:
     body: Any = field(default_factory=lambda: {"status": 200})
     headers: list[tuple[str, str]] = field(default_factory=list)
     """Headers beyond content-type and content-length."""
+    content_type: str = "application/json; charset=utf-8"
+    """Anything but JSON (``/metrics``' text) comes as ``bytes`` in ``body``."""
 
     def encode(self) -> bytes:
+        if isinstance(self.body, bytes):
+            return self.body
         return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -17,9 +17,9 @@ route it claims and got the expected status (200, unless ``covers`` says otherwi
 
 * a route with required or typed input: a missing or wrongly typed field answers HTTP 400 and
   ``msg`` contains the field's name (``uid``, ``channel_type``, ``message_seqs``, ...);
-* a route with no input at all (``GET /health``, ``/route``, ``/cluster/status``,
-  ``/cluster/digest``, ``/user/systemuids``, ``/webhook/status``): the wrong method answers 405
-  and ``msg`` names the method.
+* a route with no input at all (``GET /health``, ``/healthz``, ``/readyz``, ``/metrics``,
+  ``/route``, ``/cluster/status``, ``/cluster/digest``, ``/user/systemuids``,
+  ``/webhook/status``): the wrong method answers 405 and ``msg`` names the method.
 
 Besides, every POST route answers a body that is not JSON with a 400 naming the problem.
 
@@ -285,6 +285,24 @@ def test_every_route_has_a_valid_and_a_bad_input_case() -> None:
 
 
 # --- valid cases: health, routing, cluster administration -----------------------------------
+
+
+@covers("GET /healthz", "GET /readyz", "GET /metrics", "GET /varz", "GET /connz")
+def test_every_node_answers_for_its_own_monitoring(suite: Suite) -> None:
+    for i, node in suite.nodes.items():
+        assert node.ok_get("/healthz") == {"status": "ok"}
+        # Polled: while the controller moves a leadership, a group is leaderless for a moment.
+        deadline = time.monotonic() + 10
+        while (ready := node.get("/readyz")).status_code != 200:
+            assert time.monotonic() < deadline, ready.text
+            time.sleep(0.05)
+        assert ready.json() == {"status": "ready"}
+        metrics = node.get("/metrics")
+        assert metrics.status_code == 200 and 'raftchat_group_term{group="0"}' in metrics.text
+        varz = node.ok_get("/varz", show="conn")
+        assert varz["server_id"] == str(i) and varz["connections"] == len(varz["conns"])
+        connz = node.ok_get("/connz", sort="uptimeDesc", limit=5)
+        assert connz["limit"] == 5 and connz["total"] >= len(connz["connections"])
 
 
 @covers("GET /health", "GET /route", "GET /cluster/status")
@@ -911,8 +929,15 @@ BAD: list[Bad] = [
             "/cluster/digest",
             "/user/systemuids",
             "/webhook/status",
+            "/healthz",
+            "/readyz",
+            "/metrics",
         )
     ),
+    Bad("GET /connz", {"sort": "cpu"}, "sort"),
+    Bad("GET /connz", {"limit": "x"}, "limit"),
+    Bad("GET /connz", {"node_id": "9"}, "node 9"),
+    Bad("GET /varz", {"show": "conn", "conn_limit": "-1"}, "conn_limit"),
     Bad("POST /route/batch", {"uids": ["a"]}, "array"),
     Bad("POST /route/batch", ["a b"], "uid"),
     Bad("POST /cluster/join", {"node_id": 2}, "host"),

@@ -252,7 +252,7 @@ def test_sigterm_during_start_up_stops_within_the_shutdown_timeout(
         waiting = "join not accepted yet"
     else:
         settings.update(cluster_env(hosts, "secret")[1])
-        waiting = "waiting for every local group to have a leader"
+        waiting = "waiting until ready"
     node = Starting(node_env(1, hosts[1], tmp_path / "node1", settings))
     try:
         node.wait_for_line(waiting)
