@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import threading
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from .admin import Admin
 from .client_routes import ClientRoutes, own_endpoints
 from .config import Config
 from .controller import PLACEMENT_KEY, Controller, ControllerMachine
+from .drain import Drain
 from .gateway.listeners import Gateway
 from .gateway.session import GatewayContext
 from .groups.local import CommitFlusher, LocalGroup
@@ -92,6 +94,13 @@ class Node:
         self.controller: Controller | None = None
         self.cluster_sessions: ClusterSessions
         self.client_routes: ClientRoutes
+        self.gateway: Gateway | None = None
+        self.drain = Drain(self)
+        self.ready = False
+        """Serving: set once the node has printed RAFTCHAT_READY."""
+        self.exit_requested = trio.Event()
+        """Set when the node should stop (a drain finished); ``_serve_until_signal`` stops it."""
+        self._nursery: trio.Nursery | None = None
         # Never a Raft port without a password: pysyncobj unpickles whatever reaches an open
         # one. A lone node has no peer to share a secret with: it keeps one of its own in its
         # data directory, which also keys its user tokens (they must outlive a restart).
@@ -158,6 +167,27 @@ class Node:
                 key = (s.uid, s.device_flag)
                 levels[key] = max(levels.get(key, 0), s.device_level)
         return sorted((u, f, v) for (u, f), v in levels.items())
+
+    # --- leaving service -----------------------------------------------------------------------
+
+    async def admin_call(self, request: dict[str, Any]) -> dict[str, Any]:
+        """An admin operation on this node (``node/admin.py``)."""
+        assert self.admin is not None
+        return await self.admin.call(self.config.node.id, request)
+
+    async def drain_and_exit(self) -> None:
+        """Drain (``node/drain.py``), then stop; within ``node.shutdown_timeout_s``."""
+        self.stop_deadline.arm()
+        try:
+            await self.drain.run()
+        finally:
+            self.exit_requested.set()
+
+    def start_drain(self) -> None:
+        """Drain and exit, in the background (``raftchat cluster drain``)."""
+        assert self._nursery is not None
+        if not self.drain.started:
+            self._nursery.start_soon(self.drain_and_exit)
 
     # --- addresses --------------------------------------------------------------------------
 
@@ -323,6 +353,7 @@ class Node:
             cfg.cluster.replicas,
             self.admin.call,
             cfg.cluster.proposal_timeout_s,
+            draining=lambda: self.client_routes.draining_nodes(),
         )
 
     def _placement_changed(self, placement: Placement) -> None:
@@ -430,6 +461,7 @@ class Node:
                 credentials=tls.public_grpc_credentials() if tls is not None else None,
             )
             async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as serving:
+                self._nursery = nursery
                 try:
                     await serving.enter_async_context(grpc_server.serving())
                 except ListenError as e:
@@ -451,6 +483,7 @@ class Node:
                 log.info("node ready", **self.endpoints)
                 # One machine-readable line on stdout: supervisors (dev, tests, chaos) wait for it.
                 print("RAFTCHAT_READY " + json.dumps(self.endpoints), flush=True)
+                self.ready = True
                 task_status.started(self)
                 await trio.sleep_forever()
         finally:
@@ -483,7 +516,7 @@ class Node:
 
         # WSS and HTTPS share one context: the node's certificate, no client certificates.
         ssl_context = self.tls.server_context() if self.tls is not None else None
-        gateway = Gateway(
+        self.gateway = gateway = Gateway(
             GatewayContext(
                 cfg,
                 self.registry,
@@ -561,11 +594,24 @@ async def _serve_until_signal(node: Node) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(node.run)  # if it fails, the nursery stops waiting for signals
-            async for signum in signals:
-                log.info("stopping on signal", signal=signal.Signals(signum).name)
-                node.stop_deadline.arm()
-                nursery.cancel_scope.cancel()
-                break
+            nursery.start_soon(_on_signals, node, signals, nursery)
+            await node.exit_requested.wait()
+            nursery.cancel_scope.cancel()
+
+
+async def _on_signals(node: Node, signals: AsyncIterator[int], nursery: trio.Nursery) -> None:
+    """SIGTERM drains the node, then stops it; SIGINT, or a second signal, stops it now (a
+    node still starting has nothing to drain)."""
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        node.stop_deadline.arm()
+        if signum == signal.SIGTERM and node.ready and not node.drain.started:
+            log.info("draining on signal, then stopping", signal=name)
+            nursery.start_soon(node.drain_and_exit)
+            continue
+        log.info("stopping on signal", signal=name)
+        node.exit_requested.set()
+        return
 
 
 def run_node(config: Config, datadir: DataDir, tls: NodeTls | None = None) -> int:
