@@ -95,6 +95,7 @@ class Node:
         self.cluster_sessions: ClusterSessions
         self.client_routes: ClientRoutes
         self.gateway: Gateway | None = None
+        self.http: HttpServer | None = None
         self.drain = Drain(self)
         self.ready = False
         """Serving: set once the node has printed RAFTCHAT_READY."""
@@ -543,7 +544,7 @@ class Node:
         )
         http_router = build_router(api)
         self.public_api.attach(http_router, api)
-        http = HttpServer(http_router, cfg.http, ssl_context if cfg.http.tls else None)
+        self.http = http = HttpServer(http_router, cfg.http, ssl_context if cfg.http.tls else None)
         hosts = [host] + ([cfg.http.also_host] if cfg.http.also_host not in ("", host) else [])
         try:
             for http_host in hosts:

@@ -13,7 +13,8 @@ In order, each step bounded so that the whole fits in ``node.shutdown_timeout_s`
    gets DISCONNECT with reason ``NODE_NOT_MATCH`` (18, "connect elsewhere": a client asks
    ``/route`` again; not ``CONNECT_KICK``, which SDKs treat as a logout), and is closed.
 5. Wait until the sessions are gone (the client hangs up after the DISCONNECT, or the node
-   closes the socket ``gateway.kick_close_delay_s`` later).
+   closes the socket ``gateway.kick_close_delay_s`` later), and until the HTTP requests being
+   handled by then are answered (sends through the API among them).
 
 Then the node exits: after SIGTERM, and after ``raftchat cluster drain`` alike (a drained node
 serves nothing worth keeping it up for; starting it again undoes the drain).
@@ -77,6 +78,8 @@ class Drain:
                     node.gateway.stop_accepting()
                 moved = await self._move_leaderships()
                 await self._disconnect_sessions()
+                if node.http is not None:
+                    await node.http.answered()  # HTTP sends under way when the sessions went
             log.info(
                 "drained" if not budget.cancelled_caught else "drain cut short by its budget",
                 leaderships_moved=moved if not budget.cancelled_caught else None,
