@@ -5,16 +5,23 @@ through ``/route`` and send an unacknowledged message again with its ``client_ms
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import trio
 
+from client.errors import ClientClosed
 from client.session import ConnectionState, Session, open_session
-from tests.conftest import ADMIN_TOKEN, Cluster, eventually
+from client.wkproto import WKClient, open_client
+from node.devcluster import NodeProcess
+from proto.wkproto import ReasonCode
+from tests.conftest import ADMIN_TOKEN, Api, Cluster, eventually
 from tests.integration.test_cluster import check_log
+from tests.jsonrpc_client import open_jsonrpc
 
 CHANNEL = "drainroom"
 WRITERS = [f"w{i}" for i in range(6)]
@@ -32,10 +39,7 @@ def caught_up(cluster: Cluster, node_id: int) -> bool:
 
 
 def drain_log_line(cluster: Cluster, node_id: int) -> str:
-    lines = cluster.nodes[node_id].log_path.read_text().splitlines()
-    found = [line for line in lines if "drained" in line or "drain cut short" in line]
-    assert found, f"node {node_id} logged no end of drain"
-    return found[-1]
+    return drain_log_line_of(cluster.nodes[node_id])
 
 
 def test_rolling_restart_with_drain_under_load(tmp_path: Path) -> None:
@@ -166,3 +170,75 @@ async def _session(
     ) as session:
         task_status.started(session)
         await trio.sleep_forever()
+
+
+def test_sigterm_drains_a_lone_node_wkproto_and_jsonrpc_sessions(node: NodeProcess) -> None:
+    """SIGTERM: both sessions get DISCONNECT 18 (JSON-RPC: its ``disconnect`` notification),
+    the gateway refuses new connections while HTTP still answers that the node drains, every
+    SEND answered was a success, and each is stored; then the node exits with 0."""
+    api = Api.of(node)
+    for uid in ("ann", "bob"):
+        api.token(uid, f"t-{uid}", device_flag=0 if uid == "ann" else 1)
+    host = node.endpoints["tcp"].rsplit(":", 1)[0]
+    acked: dict[str, int] = {}
+    unanswered: list[str] = []
+
+    async def send_one(ann: WKClient, no: str) -> None:
+        try:
+            res = await ann.send("bob", 1, no.encode(), client_msg_no=no, timeout_s=30)
+        except ClientClosed:
+            unanswered.append(no)  # cut off by the drain: a client sends it again elsewhere
+            return
+        assert res.ok, res  # never a failure answer
+        acked[no] = res.message_seq
+
+    async def main() -> None:
+        async with (
+            open_client(host, 5100, uid="ann", token="t-ann") as ann,
+            open_jsonrpc(host, 5200, uid="bob", token="t-bob") as bob,
+            trio.open_nursery() as nursery,
+        ):
+            for i in range(200):
+                nursery.start_soon(send_one, ann, f"d{i}")
+            assert node.proc is not None
+            node.proc.send_signal(signal.SIGTERM)
+            note = await bob.notification("disconnect", timeout_s=10)
+            assert note["reasonCode"] == ReasonCode.NODE_NOT_MATCH, note
+            # bob has not hung up: the node holds its socket for gateway.kick_close_delay_s,
+            # and meanwhile refuses new clients and says over HTTP that it drains.
+            with pytest.raises(OSError):
+                await trio.open_tcp_stream(host, 5100)
+            health = await trio.to_thread.run_sync(api.http.get, "/health")
+            assert health.status_code == 503 and health.json()["status"] == "draining"
+            route = await trio.to_thread.run_sync(api.http.get, "/route?uid=carol")
+            assert route.status_code == 503, route.text
+        assert ann.disconnect is not None
+        assert ann.disconnect.reason_code == ReasonCode.NODE_NOT_MATCH
+
+    trio.run(main)
+    assert node.proc is not None
+    assert node.proc.wait(timeout=15) == 0
+    assert len(acked) + len(unanswered) == 200
+    node.start()
+    api = Api.of(node)
+    stored = api.ok(
+        "/channel/messagesync",
+        {
+            "login_uid": "ann",
+            "channel_id": "bob",
+            "channel_type": 1,
+            "start_message_seq": 1,
+            "limit": 1000,
+            "pull_mode": 1,
+        },
+    )["messages"]
+    by_no = {m["client_msg_no"]: m["message_seq"] for m in stored}
+    assert all(by_no.get(no) == seq for no, seq in acked.items()), "an acknowledged send is lost"
+    assert "drained" in drain_log_line_of(node)
+
+
+def drain_log_line_of(node: NodeProcess) -> str:
+    lines = node.log_path.read_text().splitlines()
+    found = [line for line in lines if "drained" in line or "drain cut short" in line]
+    assert found, "the node logged no end of drain"
+    return found[-1]
