@@ -19,7 +19,7 @@ from client.session import ConnectionState, Session, open_session
 from client.wkproto import WKClient, open_client
 from node.devcluster import NodeProcess
 from proto.wkproto import ReasonCode
-from tests.conftest import ADMIN_TOKEN, Api, Cluster, eventually
+from tests.conftest import ADMIN_TOKEN, Api, Cluster, eventually, start_node
 from tests.integration.test_cluster import check_log
 from tests.jsonrpc_client import open_jsonrpc
 
@@ -172,14 +172,26 @@ async def _session(
         await trio.sleep_forever()
 
 
-def test_sigterm_drains_a_lone_node_wkproto_and_jsonrpc_sessions(node: NodeProcess) -> None:
+def test_sigterm_drains_a_lone_node_wkproto_and_jsonrpc_sessions(tmp_path: Path) -> None:
     """SIGTERM: both sessions get DISCONNECT 18 (JSON-RPC: its ``disconnect`` notification),
     the gateway refuses new connections while HTTP still answers that the node drains, every
     SEND answered was a success, and each is stored; then the node exits with 0."""
+    node = start_node(tmp_path, auth__admin_token=ADMIN_TOKEN)
+    try:
+        _drain_lone_node(node)
+    finally:
+        node.stop()
+
+
+def _drain_lone_node(node: NodeProcess) -> None:
     api = Api.of(node)
     for uid in ("ann", "bob"):
         api.token(uid, f"t-{uid}", device_flag=0 if uid == "ann" else 1)
     host = node.endpoints["tcp"].rsplit(":", 1)[0]
+    # Bad requests change nothing (the node serves on below).
+    assert api.post("/cluster/drain", {"node_id": 9}).status_code == 404
+    assert api.post("/cluster/drain", {"node_id": "1"}).status_code == 400
+    assert api.post("/cluster/drain", {}).status_code == 400
     acked: dict[str, int] = {}
     unanswered: list[str] = []
 
