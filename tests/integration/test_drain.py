@@ -57,8 +57,9 @@ def test_rolling_restart_with_drain_under_load(tmp_path: Path) -> None:
         urls = [f"http://{h}:5001" for h in cluster.hosts.values()]
         acked: dict[str, tuple[int, int]] = {}
         connected_to: dict[str, list[str]] = {uid: [] for uid in WRITERS}
+        states: dict[str, list[str]] = {uid: [] for uid in WRITERS}
 
-        async def writer(session: Session, progress: trio.MemorySendChannel[None]) -> None:
+        async def writer(session: Session, progress: trio.MemorySendChannel[str]) -> None:
             i = 0
             while True:
                 no = f"{session.uid}-{i}"
@@ -67,20 +68,26 @@ def test_rolling_restart_with_drain_under_load(tmp_path: Path) -> None:
                     CHANNEL, 2, no.encode(), client_msg_no=no, timeout_s=SEND_TIMEOUT_S
                 )
                 acked[no] = (res.message_id, res.message_seq)
-                progress.send_nowait(None)
+                progress.send_nowait(session.uid)
                 i += 1
 
         def recorder(uid: str) -> Callable[[ConnectionState], None]:
             def on_state(state: ConnectionState) -> None:
+                where = f"{state.address[0]}:{state.address[1]}"
+                states[uid].append(f"{trio.current_time():.2f} {state.phase} {where}")
                 if state.phase == "connected":
-                    connected_to[uid].append(f"{state.address[0]}:{state.address[1]}")
+                    connected_to[uid].append(where)
 
             return on_state
 
-        async def acks(progress: trio.MemoryReceiveChannel[None], count: int) -> None:
+        counts = dict.fromkeys(WRITERS, 0)
+
+        async def acks(progress: trio.MemoryReceiveChannel[str], count: int) -> None:
+            """Until every writer has had ``count`` more sends acknowledged."""
+            target = {uid: n + count for uid, n in counts.items()}
             with trio.fail_after(SEND_TIMEOUT_S):
-                for _ in range(count):
-                    await progress.receive()
+                while any(counts[uid] < target[uid] for uid in WRITERS):
+                    counts[await progress.receive()] += 1
 
         def drain_by_cli(node_id: int) -> None:
             subprocess.run(
@@ -115,31 +122,35 @@ def test_rolling_restart_with_drain_under_load(tmp_path: Path) -> None:
                     assert gone not in {g["tcp_addr"] for g in resp.json()}, (via, resp.json())
 
         async def main() -> None:
-            progress_in, progress_out = trio.open_memory_channel[None](10_000)
+            progress_in, progress_out = trio.open_memory_channel[str](100_000)
             async with trio.open_nursery() as nursery:
                 for uid in WRITERS:
                     session = await nursery.start(
                         _session, uid, urls, recorder(uid), name=f"session {uid}"
                     )
                     nursery.start_soon(writer, session, progress_in)
-                await acks(progress_out, 60)
+                await acks(progress_out, 10)
                 for node_id in (1, 2, 3):
                     if node_id == 2:
                         await trio.to_thread.run_sync(drain_by_cli, node_id)
                     else:
                         await trio.to_thread.run_sync(cluster.nodes[node_id].stop)
                     await trio.to_thread.run_sync(not_handed_out, node_id)
-                    await acks(progress_out, 40)  # sends go on while it is down
+                    await acks(progress_out, 5)  # every writer goes on while it is down
                     await trio.to_thread.run_sync(cluster.nodes[node_id].start)
                     await trio.to_thread.run_sync(
                         lambda n=node_id: eventually(
                             lambda: caught_up(cluster, n), 30, f"node {n} caught up"
                         )
                     )
-                    await acks(progress_out, 40)
+                    await acks(progress_out, 5)
                 nursery.cancel_scope.cancel()
 
-        trio.run(main)
+        try:
+            trio.run(main)
+        finally:
+            for uid, seen in states.items():
+                print(uid, seen)
         for node_id in (1, 2, 3):
             line = drain_log_line(cluster, node_id)
             assert "drained" in line and "sessions_left=0" in line, line
