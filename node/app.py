@@ -601,14 +601,18 @@ async def _serve_until_signal(node: Node) -> None:
 
 
 async def _on_signals(node: Node, signals: AsyncIterator[int], nursery: trio.Nursery) -> None:
-    """SIGTERM drains the node, then stops it; SIGINT, or a second signal, stops it now (a
-    node still starting has nothing to drain)."""
+    """SIGTERM drains the node, then stops it; SIGINT stops it now, as SIGTERM does a node
+    still starting (it has nothing to drain). A SIGTERM during a drain changes nothing: the
+    drain ends in a stop, within ``node.shutdown_timeout_s`` of its start."""
     async for signum in signals:
         name = signal.Signals(signum).name
         node.stop_deadline.arm()
-        if signum == signal.SIGTERM and node.ready and not node.drain.started:
-            log.info("draining on signal, then stopping", signal=name)
-            nursery.start_soon(node.drain_and_exit)
+        if signum == signal.SIGTERM and node.ready:
+            if node.drain.started:
+                log.info("already draining; stopping once drained", signal=name)
+            else:
+                log.info("draining on signal, then stopping", signal=name)
+                nursery.start_soon(node.drain_and_exit)
             continue
         log.info("stopping on signal", signal=name)
         node.exit_requested.set()
