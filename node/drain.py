@@ -69,6 +69,7 @@ class Drain:
         self.started = True
         node = self.node
         start = trio.current_time()
+        moved = 0
         log.info("draining", sessions=len(node.registry), budget_s=round(self.budget_s, 2))
         try:
             with trio.move_on_after(self.budget_s) as budget:
@@ -82,7 +83,7 @@ class Drain:
                     await node.http.answered()  # HTTP sends under way when the sessions went
             log.info(
                 "drained" if not budget.cancelled_caught else "drain cut short by its budget",
-                leaderships_moved=moved if not budget.cancelled_caught else None,
+                leaderships_moved=moved,
                 sessions_left=len(node.registry),
                 took_s=round(trio.current_time() - start, 3),
             )
