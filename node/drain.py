@@ -56,6 +56,8 @@ class Drain:
         self.node = node
         self.started = False
         self.done = trio.Event()
+        self.moved = 0
+        """Leaderships handed over so far."""
 
     @property
     def budget_s(self) -> float:
@@ -69,7 +71,6 @@ class Drain:
         self.started = True
         node = self.node
         start = trio.current_time()
-        moved = 0
         log.info("draining", sessions=len(node.registry), budget_s=round(self.budget_s, 2))
         try:
             with trio.move_on_after(self.budget_s) as budget:
@@ -77,13 +78,13 @@ class Drain:
                 await self._announce()
                 if node.gateway is not None:
                     node.gateway.stop_accepting()
-                moved = await self._move_leaderships()
+                await self._move_leaderships()
                 await self._disconnect_sessions()
                 if node.http is not None:
                     await node.http.answered()  # HTTP sends under way when the sessions went
             log.info(
                 "drained" if not budget.cancelled_caught else "drain cut short by its budget",
-                leaderships_moved=moved,
+                leaderships_moved=self.moved,
                 sessions_left=len(node.registry),
                 took_s=round(trio.current_time() - start, 3),
             )
@@ -109,25 +110,21 @@ class Drain:
             members = node.router.placement.replicas(group)
         return [n for n in members if n != me and n in live]
 
-    async def _move_leaderships(self) -> int:
-        """Every leadership at once (a transfer is mostly waiting); how many moved."""
-        results: list[bool] = []
-
-        async def one(group: int) -> None:
-            results.append(await self._move_leadership(group))
-
+    async def _move_leaderships(self) -> None:
+        """Every leadership at once (a transfer is mostly waiting)."""
         async with trio.open_nursery() as nursery:
             for group, local in sorted(self.node.router.local.items()):
                 if local.is_leader():
-                    nursery.start_soon(one, group)
-        return sum(results)
+                    nursery.start_soon(self._move_leadership, group)
 
     async def _move_leadership(self, group: int) -> bool:
         """Hand the leadership of ``group`` to a successor; False if none could take it (the
         rest of the drain goes on: the group elects a leader once this node is gone)."""
         local = self.node.router.local.get(group)
+        if local is None:
+            return False  # dropped meanwhile: nothing to hand over
         attempt = 0
-        while local is not None and local.is_leader():
+        while local.is_leader():
             successors = self._successors(group)
             if not successors:
                 log.info("no member to hand a leadership to", group=group)
@@ -144,6 +141,7 @@ class Drain:
                 while local.is_leader():
                     await trio.sleep(RAFT_POLL_S)
         log.info("leadership handed over", group=group)
+        self.moved += 1
         return True
 
     async def _disconnect_sessions(self) -> None:
