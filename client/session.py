@@ -344,8 +344,15 @@ class Session:
                         received = await client.recv(timeout_s=math.inf)
                     except ClientClosed:
                         break
+                    m = Message.from_recv(received)
+                    if client.closed.is_set() and self.delivered.gap(m) is not None:
+                        # The connection is gone and this message is behind a hole: rather than
+                        # fill holes one request at a time before reconnecting (seconds, with
+                        # a busy channel's backlog), leave it to the catch-up after the next
+                        # login, which reads the log from the hole on.
+                        continue
                     async with self._deliver_lock:
-                        await self._deliver_live(Message.from_recv(received))
+                        await self._deliver_live(m)
             finally:
                 self._set_client(None)
             kick = client.disconnect

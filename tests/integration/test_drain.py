@@ -59,7 +59,7 @@ def test_rolling_restart_with_drain_under_load(tmp_path: Path) -> None:
         connected_to: dict[str, list[str]] = {uid: [] for uid in WRITERS}
         states: dict[str, list[str]] = {uid: [] for uid in WRITERS}
 
-        async def writer(session: Session, progress: trio.MemorySendChannel[str]) -> None:
+        async def writer(session: Session) -> None:
             i = 0
             while True:
                 no = f"{session.uid}-{i}"
@@ -68,7 +68,9 @@ def test_rolling_restart_with_drain_under_load(tmp_path: Path) -> None:
                     CHANNEL, 2, no.encode(), client_msg_no=no, timeout_s=SEND_TIMEOUT_S
                 )
                 acked[no] = (res.message_id, res.message_seq)
-                progress.send_nowait(session.uid)
+                counts[session.uid] += 1
+                changed[0].set()
+                changed[0] = trio.Event()
                 i += 1
 
         def recorder(uid: str) -> Callable[[ConnectionState], None]:
@@ -81,13 +83,14 @@ def test_rolling_restart_with_drain_under_load(tmp_path: Path) -> None:
             return on_state
 
         counts = dict.fromkeys(WRITERS, 0)
+        changed = [trio.Event()]
 
-        async def acks(progress: trio.MemoryReceiveChannel[str], count: int) -> None:
-            """Until every writer has had ``count`` more sends acknowledged."""
+        async def acks(count: int) -> None:
+            """Until every writer has had ``count`` more sends acknowledged from now."""
             target = {uid: n + count for uid, n in counts.items()}
             with trio.fail_after(SEND_TIMEOUT_S):
                 while any(counts[uid] < target[uid] for uid in WRITERS):
-                    counts[await progress.receive()] += 1
+                    await changed[0].wait()
 
         def drain_by_cli(node_id: int) -> None:
             subprocess.run(
@@ -122,28 +125,27 @@ def test_rolling_restart_with_drain_under_load(tmp_path: Path) -> None:
                     assert gone not in {g["tcp_addr"] for g in resp.json()}, (via, resp.json())
 
         async def main() -> None:
-            progress_in, progress_out = trio.open_memory_channel[str](100_000)
             async with trio.open_nursery() as nursery:
                 for uid in WRITERS:
                     session = await nursery.start(
                         _session, uid, urls, recorder(uid), name=f"session {uid}"
                     )
-                    nursery.start_soon(writer, session, progress_in)
-                await acks(progress_out, 10)
+                    nursery.start_soon(writer, session)
+                await acks(10)
                 for node_id in (1, 2, 3):
                     if node_id == 2:
                         await trio.to_thread.run_sync(drain_by_cli, node_id)
                     else:
                         await trio.to_thread.run_sync(cluster.nodes[node_id].stop)
                     await trio.to_thread.run_sync(not_handed_out, node_id)
-                    await acks(progress_out, 5)  # every writer goes on while it is down
+                    await acks(5)  # every writer goes on while it is down
                     await trio.to_thread.run_sync(cluster.nodes[node_id].start)
                     await trio.to_thread.run_sync(
                         lambda n=node_id: eventually(
                             lambda: caught_up(cluster, n), 30, f"node {n} caught up"
                         )
                     )
-                    await acks(progress_out, 5)
+                    await acks(5)
                 nursery.cancel_scope.cancel()
 
         try:
