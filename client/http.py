@@ -226,6 +226,7 @@ class _Base(Generic[H]):
     route_batch = endpoint(routes.route_batch)
     cluster_status = endpoint(routes.cluster_status)
     cluster_leave = endpoint(routes.cluster_leave)
+    cluster_drain = endpoint(routes.cluster_drain)
     user_token = endpoint(routes.user_token)
     device_quit = endpoint(routes.device_quit)
     online_status = endpoint(routes.online_status)

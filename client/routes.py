@@ -123,6 +123,11 @@ def cluster_leave(node_id: int, force: bool = False) -> Call[None]:
     return _post("/cluster/leave", {"node_id": node_id, **({"force": 1} if force else {})})
 
 
+def cluster_drain(node_id: int) -> Call[None]:
+    """Drain a node (no new clients, leaderships and sessions moved away), then stop it."""
+    return _post("/cluster/drain", {"node_id": node_id})
+
+
 # --- users ----------------------------------------------------------------------------------
 
 

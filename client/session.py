@@ -106,8 +106,10 @@ class Session:
         delivered: Delivered,
         on_state: Callable[[ConnectionState], None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        route: bool = False,
     ) -> None:
         self.uid = uid
+        self._route = route
         self.nodes = list(nodes)
         self.http = http
         """Used to catch up after a reconnection; without it, what was missed stays missed."""
@@ -258,7 +260,7 @@ class Session:
         node = 0
         try:
             while True:
-                address = self.nodes[node % len(self.nodes)]
+                address = await self._routed() or self.nodes[node % len(self.nodes)]
                 self._report(ConnectionState("connecting", address))
                 logins = self.connections
                 try:
@@ -290,6 +292,20 @@ class Session:
         finally:
             self._set_client(None)
             self._inbox_in.close()
+
+    async def _routed(self) -> tuple[str, int] | None:
+        """With ``route``: where the cluster's ``/route`` sends this uid now (a node that drains
+        is not handed out); None when it cannot say (the nodes are then tried in turn)."""
+        if not self._route or self.http is None:
+            return None
+        try:
+            with trio.move_on_after(self._connect_timeout_s):
+                r = await self.http.route(self.uid)
+                address = r.ws_addr.removeprefix("ws://") if self._transport == "ws" else r.tcp_addr
+                return parse_address(address)
+        except (ClientError, ValueError) as e:
+            self.last_error = e
+        return None
 
     def _connection_errors(self) -> tuple[type[BaseException], ...]:
         errors: tuple[type[BaseException], ...] = (ClientError, OSError, trio.TooSlowError)
@@ -328,8 +344,15 @@ class Session:
                         received = await client.recv(timeout_s=math.inf)
                     except ClientClosed:
                         break
+                    m = Message.from_recv(received)
+                    if client.closed.is_set() and self.delivered.gap(m) is not None:
+                        # The connection is gone and this message is behind a hole: rather than
+                        # fill holes one request at a time before reconnecting (seconds, with
+                        # a busy channel's backlog), leave it to the catch-up after the next
+                        # login, which reads the log from the hole on.
+                        continue
                     async with self._deliver_lock:
-                        await self._deliver_live(Message.from_recv(received))
+                        await self._deliver_live(m)
             finally:
                 self._set_client(None)
             kick = client.disconnect
@@ -394,6 +417,7 @@ async def open_session(
     max_tracked_channels: int = 10_000,
     on_state: Callable[[ConnectionState], None] | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    route: bool = False,
 ) -> AsyncIterator[Session]:
     """A reconnecting session of ``uid`` over the WKProto addresses ``nodes`` (``"host:port"``,
     the TCP port, or the WebSocket port with ``transport="ws"``).
@@ -405,6 +429,10 @@ async def open_session(
     (``ConnectRefused``), or ``Unreachable`` if no node accepted in time.
 
     ``ssl_context`` (with ``transport="ws"`` and the nodes' WSS ports) connects over ``wss://``.
+
+    ``route`` (needs ``http``): before every connection attempt, ask ``/route`` where this uid
+    should connect, so that a node that drains (DISCONNECT with reason 18) is left for the one
+    the cluster names; ``nodes`` are tried in turn when ``/route`` cannot answer.
 
     ``on_state`` is called with each new ``ConnectionState`` (connecting, connected, retrying
     in so many seconds, failed), from the session's task: it must return quickly and not raise.
@@ -433,6 +461,7 @@ async def open_session(
         delivered=Delivered(max_tracked_ids, max_tracked_channels),
         on_state=on_state,
         ssl_context=ssl_context,
+        route=route,
     )
     try:
         with sole_exception():

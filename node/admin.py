@@ -14,7 +14,9 @@ Operations (``op``):
 * ``drop_group`` {group}: stop this node's replica of a group and delete its data;
 * ``change_members`` {group, add [host] | remove | remove_address}: on the group's leader, one
   Raft membership change (``host``: of a node the map does not list yet);
-* ``transfer_leader`` {group, to}: on the group's leader, hand leadership to a caught-up member.
+* ``transfer_leader`` {group, to}: on the group's leader, hand leadership to a caught-up member;
+* ``drain``: drain this node, then stop it (``node/drain.py``); answers once the drain started;
+* ``peer_draining`` {node_id}: that node is draining: hand it out to no client.
 """
 
 from __future__ import annotations
@@ -209,6 +211,18 @@ class Admin:
             "commit_index": int(raft.raftCommitIndex),
             "raft_applied": int(raft.raftLastApplied),
         }
+
+    async def _op_drain(self, r: dict[str, Any]) -> dict[str, Any]:
+        self.node.start_drain()
+        return {"ok": True, "node_id": self.node.config.node.id}
+
+    async def _op_peer_draining(self, r: dict[str, Any]) -> dict[str, Any]:
+        node_id = int(r["node_id"])
+        if node_id not in self.node.router.placement.nodes:
+            raise AdminRefused(f"node {node_id} is not a member")
+        self.node.client_routes.peer_draining(node_id)
+        log.info("a node is draining: no longer handed out to clients", node_id=node_id)
+        return {"ok": True}
 
     async def _op_host_group(self, r: dict[str, Any]) -> dict[str, Any]:
         group = int(r["group"])

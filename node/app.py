@@ -14,6 +14,7 @@ import secrets
 import shutil
 import signal
 import threading
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from .admin import Admin
 from .client_routes import ClientRoutes, own_endpoints
 from .config import Config, is_loopback
 from .controller import PLACEMENT_KEY, Controller, ControllerMachine
+from .drain import Drain
 from .gateway.listeners import Gateway
 from .gateway.session import GatewayContext
 from .groups.local import CommitFlusher, LocalGroup
@@ -95,6 +97,14 @@ class Node:
         self.controller: Controller | None = None
         self.cluster_sessions: ClusterSessions
         self.client_routes: ClientRoutes
+        self.gateway: Gateway | None = None
+        self.http: HttpServer | None = None
+        self.drain = Drain(self)
+        self.ready = False
+        """Serving: set once the node has printed RAFTCHAT_READY."""
+        self.exit_requested = trio.Event()
+        """Set when the node should stop (a drain finished); ``_serve_until_signal`` stops it."""
+        self._nursery: trio.Nursery | None = None
         # Never a Raft port without a password: pysyncobj unpickles whatever reaches an open
         # one. A lone node has no peer to share a secret with: it keeps one of its own in its
         # data directory, which also keys its user tokens (they must outlive a restart).
@@ -162,6 +172,27 @@ class Node:
                 key = (s.uid, s.device_flag)
                 levels[key] = max(levels.get(key, 0), s.device_level)
         return sorted((u, f, v) for (u, f), v in levels.items())
+
+    # --- leaving service -----------------------------------------------------------------------
+
+    async def admin_call(self, request: dict[str, Any]) -> dict[str, Any]:
+        """An admin operation on this node (``node/admin.py``)."""
+        assert self.admin is not None
+        return await self.admin.call(self.config.node.id, request)
+
+    async def drain_and_exit(self) -> None:
+        """Drain (``node/drain.py``), then stop; within ``node.shutdown_timeout_s``."""
+        self.stop_deadline.arm()
+        try:
+            await self.drain.run()
+        finally:
+            self.exit_requested.set()
+
+    def start_drain(self) -> None:
+        """Drain and exit, in the background (``raftchat cluster drain``)."""
+        assert self._nursery is not None
+        if not self.drain.started:
+            self._nursery.start_soon(self.drain_and_exit)
 
     # --- addresses --------------------------------------------------------------------------
 
@@ -328,6 +359,7 @@ class Node:
             cfg.cluster.replicas,
             self.admin.call,
             cfg.cluster.proposal_timeout_s,
+            draining=lambda: self.client_routes.draining_nodes(),
         )
 
     def _placement_changed(self, placement: Placement) -> None:
@@ -452,6 +484,7 @@ class Node:
                 max_message_bytes=cfg.http.max_body_bytes,
             )
             async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as serving:
+                self._nursery = nursery
                 try:
                     await serving.enter_async_context(grpc_server.serving())
                 except ListenError as e:
@@ -477,6 +510,7 @@ class Node:
                 log.info("node ready", **self.endpoints)
                 # One machine-readable line on stdout: supervisors (dev, tests, chaos) wait for it.
                 print("RAFTCHAT_READY " + json.dumps(self.endpoints), flush=True)
+                self.ready = True
                 task_status.started(self)
                 await trio.sleep_forever()
         finally:
@@ -509,7 +543,7 @@ class Node:
 
         # WSS and HTTPS share one context: the node's certificate, no client certificates.
         ssl_context = self.tls.server_context() if self.tls is not None else None
-        gateway = Gateway(
+        self.gateway = gateway = Gateway(
             GatewayContext(
                 cfg,
                 self.registry,
@@ -538,7 +572,7 @@ class Node:
         )
         http_router = build_router(api)
         self.public_api.attach(http_router, api)
-        http = HttpServer(http_router, cfg.http, ssl_context if cfg.http.tls else None)
+        self.http = http = HttpServer(http_router, cfg.http, ssl_context if cfg.http.tls else None)
         hosts = [host] + ([cfg.http.also_host] if cfg.http.also_host not in ("", host) else [])
         try:
             for http_host in hosts:
@@ -588,11 +622,28 @@ async def _serve_until_signal(node: Node) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(node.run)  # if it fails, the nursery stops waiting for signals
-            async for signum in signals:
-                log.info("stopping on signal", signal=signal.Signals(signum).name)
-                node.stop_deadline.arm()
-                nursery.cancel_scope.cancel()
-                break
+            nursery.start_soon(_on_signals, node, signals, nursery)
+            await node.exit_requested.wait()
+            nursery.cancel_scope.cancel()
+
+
+async def _on_signals(node: Node, signals: AsyncIterator[int], nursery: trio.Nursery) -> None:
+    """SIGTERM drains the node, then stops it; SIGINT stops it now, as SIGTERM does a node
+    still starting (it has nothing to drain). A SIGTERM during a drain changes nothing: the
+    drain ends in a stop, within ``node.shutdown_timeout_s`` of its start."""
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        node.stop_deadline.arm()
+        if signum == signal.SIGTERM and node.ready:
+            if node.drain.started:
+                log.info("already draining; stopping once drained", signal=name)
+            else:
+                log.info("draining on signal, then stopping", signal=name)
+                nursery.start_soon(node.drain_and_exit)
+            continue
+        log.info("stopping on signal", signal=name)
+        node.exit_requested.set()
+        return
 
 
 def run_node(config: Config, datadir: DataDir, tls: NodeTls | None = None) -> int:

@@ -1,4 +1,5 @@
-"""``raftchat cluster status | leave``: membership through any node's HTTP API.
+"""``raftchat cluster status | leave | drain``: membership and drain through any node's HTTP
+API.
 
 There is no ``join``: a node joins by itself, started with ``cluster.join`` and the cluster
 password (nothing without the password may admit a node; ``docs/operations.md``)."""
@@ -37,9 +38,10 @@ def _api(args: argparse.Namespace, token: str | None) -> SyncHttpClient:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "cluster", help="cluster membership: status (with each member's health and lag), leave"
+        "cluster",
+        help="cluster membership: status (with each member's health and lag), leave, drain",
     )
-    p.add_argument("action", choices=["status", "leave"])
+    p.add_argument("action", choices=["status", "leave", "drain"])
     p.add_argument(
         "--api",
         action="append",
@@ -50,7 +52,7 @@ def add_parser(sub: Any) -> None:
         help=f"the nodes' auth.admin_token (default: ${ADMIN_TOKEN_ENV}; without --api, "
         f"also {DEV_DATA_DIR}/admin.token of `raftchat dev`)",
     )
-    p.add_argument("--node", type=int, help="node id to leave")
+    p.add_argument("--node", type=int, help="node id to leave or drain")
     p.add_argument("--json", action="store_true", help="print raw JSON")
     p.add_argument(
         "--force",
@@ -90,6 +92,13 @@ def _run(api: SyncHttpClient, args: argparse.Namespace, token: str | None) -> in
     if args.node is None:
         print("raftchat cluster: --node is required", file=sys.stderr)
         return 2
+    if args.action == "drain":
+        api.cluster_drain(args.node)
+        print(
+            f"node {args.node} is draining: it takes no new clients, hands its leaderships and "
+            "sessions to the other nodes, then stops (start it again to bring it back)"
+        )
+        return 0
     if args.force:
         print(
             f"raftchat cluster leave: forcing node {args.node} out even if fewer members than "

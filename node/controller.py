@@ -108,8 +108,11 @@ class Controller:
         replicas: int,
         admin: AdminCall,
         proposal_timeout_s: float,
+        draining: Callable[[], set[int]] = set,
     ) -> None:
         self.node_id = node_id
+        self._draining = draining
+        """Nodes leaving service (``node/drain.py``): the balancer gives them no leadership."""
         self.group = group
         self.machine = machine
         self.replicas = replicas
@@ -389,8 +392,9 @@ class Controller:
 
     async def _balance_leaders(self, placement: Placement) -> None:
         """Move one leadership from the busiest to the idlest node when they differ by > 1."""
+        draining = self._draining()
         leaders: dict[int, list[int]] = {
-            n: [] for n in placement.nodes if n not in placement.leaving
+            n: [] for n in placement.nodes if n not in placement.leaving and n not in draining
         }
         for group, members in placement.groups.items():
             leader = await self._group_leader(group, members)

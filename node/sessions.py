@@ -121,6 +121,9 @@ class SessionRegistry:
     def of(self, uid: str) -> list[SessionLike]:
         return list(self._by_uid.get(uid, {}).values())
 
+    def all(self) -> list[SessionLike]:
+        return [s for by_conn in self._by_uid.values() for s in by_conn.values()]
+
     def of_flag(self, uid: str, device_flag: int | None) -> list[SessionLike]:
         return [s for s in self.of(uid) if device_flag is None or s.device_flag == device_flag]
 

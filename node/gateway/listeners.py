@@ -84,6 +84,8 @@ class Gateway:
             )
         self.open = 0
         self.refused = 0
+        self.accepting = True
+        self._accepting: list[trio.CancelScope] = []
 
     async def serve(self, nursery: trio.Nursery, host: str) -> None:
         """Start both listeners (returns once they listen; raises ListenError, naming the
@@ -91,17 +93,42 @@ class Gateway:
         gw = self._ctx.config.gateway
         tcp = partial(self._contained, "tcp", self._on_tcp)
         ws = partial(self._contained, "ws", self._on_ws)
-        tcp_serve = partial(trio.serve_tcp, tcp, gw.tcp_port, host=host)
+        tcp_serve = partial(self._listen, nursery, tcp, gw.tcp_port, host)
         await start_listener(nursery, "WKProto TCP", host, gw.tcp_port, tcp_serve)
-        ws_serve = partial(trio.serve_tcp, ws, gw.ws_port, host=host)
+        ws_serve = partial(self._listen, nursery, ws, gw.ws_port, host)
         await start_listener(nursery, "WKProto WebSocket", host, gw.ws_port, ws_serve)
         if self._ssl is not None:
             wss = partial(self._contained, "wss", self._on_wss)
-            wss_serve = partial(trio.serve_tcp, wss, gw.wss_port, host=host)
+            wss_serve = partial(self._listen, nursery, wss, gw.wss_port, host)
             await start_listener(
                 nursery, "WKProto WebSocket over TLS", host, gw.wss_port, wss_serve
             )
         nursery.start_soon(self._flush_log)
+
+    async def _listen(
+        self,
+        handlers: trio.Nursery,
+        handler: Callable[[trio.SocketStream], Awaitable[None]],
+        port: int,
+        host: str,
+        *,
+        task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """``trio.serve_tcp``, except that the connections live in ``handlers`` (the node's
+        nursery): ``stop_accepting`` closes the listening socket and leaves them open."""
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        with trio.CancelScope() as accepting:
+            self._accepting.append(accepting)
+            await trio.serve_listeners(
+                handler, listeners, handler_nursery=handlers, task_status=task_status
+            )
+
+    def stop_accepting(self) -> None:
+        """Close every listener (a new connection is refused by the operating system);
+        the sessions already open go on."""
+        self.accepting = False
+        for scope in self._accepting:
+            scope.cancel()
 
     @staticmethod
     async def _flush_log() -> None:

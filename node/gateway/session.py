@@ -122,6 +122,7 @@ class Session:
         self._out_send, self._out_recv = trio.open_memory_channel[bytes | str](OUTBOUND_QUEUE)
         self._scope = trio.CancelScope()
         self._leaving = False
+        self._draining = False
         self._sends = trio.Semaphore(SENDS_IN_FLIGHT)
         self._last_seq: collections.OrderedDict[tuple[int, str], int] = collections.OrderedDict()
         self._nursery: trio.Nursery | None = None
@@ -172,6 +173,23 @@ class Session:
     def close(self) -> None:
         self._leaving = True
         self._scope.cancel()
+
+    def drain(self, reason_code: ReasonCode, reason: str, wait_s: float) -> None:
+        """The node is going away: take no further SEND, let those in flight be answered
+        (for at most ``wait_s``), then DISCONNECT with ``reason_code`` and close. A SEND read
+        after this gets no SENDACK: the client sends it again, with its ``client_msg_no``,
+        to the node it reconnects to."""
+        if self._leaving or self._draining:
+            return
+        self._draining = True
+        self._ctx.nursery.start_soon(self._drain, reason_code, reason, wait_s)
+
+    async def _drain(self, reason_code: ReasonCode, reason: str, wait_s: float) -> None:
+        with trio.move_on_after(wait_s):
+            # Holding every permit means no SEND is being committed any more.
+            for _ in range(SENDS_IN_FLIGHT):
+                await self._sends.acquire()
+        self.kick(reason_code, reason)
 
     async def _close_after(self, delay_s: float) -> None:
         await trio.sleep(delay_s)
@@ -407,7 +425,10 @@ class Session:
         """Handle one frame; False closes the session."""
         match frame:
             case Send():
-                await self._on_send(frame)
+                if self._draining:
+                    log.debug("SEND while draining: left unanswered", **self._fields())
+                else:
+                    await self._on_send(frame)
             case Recvack():
                 pass  # Delivery is best effort; clients close gaps by syncing by seq.
             case Ping():

@@ -19,7 +19,7 @@ from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, DeviceFlag, DeviceLevel, ReasonCode, Setting
 
 from ..admin import AdminError, AdminRefused
-from ..client_routes import ClientRoutes
+from ..client_routes import ClientRoutes, NoNodeAccepting
 from ..groups.digest import channel_digests
 from ..pipeline_rules import SYSTEM_UID, request_problem
 from ..send_checks import precheck
@@ -71,13 +71,18 @@ def build_router(ctx: ApiContext) -> HttpRouter:
 
     @route("GET", "/health")
     async def health(req: Request) -> Response:
+        if ctx.client_routes is not None and ctx.client_routes.draining:
+            return Response(503, {"status": "draining", "msg": "this node is leaving service"})
         if ctx.router.groups_ready():
             return Response(200, {"status": "ok"})
         return Response(503, {"status": "error", "msg": "a slot group has no leader yet"})
 
     @route("GET", "/cluster/status")
     async def cluster_status(req: Request) -> Response:
-        return Response(200, ctx.router.status())
+        status = ctx.router.status()
+        if ctx.client_routes is not None:
+            status["draining"] = sorted(ctx.client_routes.draining_nodes())
+        return Response(200, status)
 
     @route("GET", "/cluster/digest")
     async def cluster_digest(req: Request) -> Response:
@@ -137,6 +142,18 @@ def build_router(ctx: ApiContext) -> HttpRouter:
             raise ApiError(404, f"node {node_id} is not a member")
         return await membership({"op": "leave", "node_id": node_id, "force": bool(force)})
 
+    @route("POST", "/cluster/drain")
+    async def cluster_drain(req: Request) -> Response:
+        body = req.json_object()
+        node_id = get_int(body, "node_id", required=True, minimum=1, maximum=1023)
+        if node_id not in ctx.router.placement.nodes:
+            raise ApiError(404, f"node {node_id} is not a member")
+        try:
+            await ctx.admin.call(node_id, {"op": "drain"})
+        except AdminError as e:
+            raise ApiError(503, str(e)) from None
+        return Response(200, {"status": 200, "node_id": node_id, "draining": True})
+
     def routes() -> ClientRoutes:
         assert ctx.client_routes is not None
         return ctx.client_routes
@@ -152,7 +169,10 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         uid = req.query.get("uid") or None
         if uid is not None:
             check_id(uid, "uid")
-        return Response(200, routes().route(uid, intranet(req)))
+        try:
+            return Response(200, routes().route(uid, intranet(req)))
+        except NoNodeAccepting as e:
+            raise ApiError(503, str(e)) from None
 
     @route("POST", "/route/batch")
     async def route_batch(req: Request) -> Response:
@@ -163,7 +183,10 @@ def build_router(ctx: ApiContext) -> HttpRouter:
             raise bad_request(f"at most {MAX_ROUTE_BATCH} uids per request")
         for uid in uids:
             check_id(uid, "uid")
-        return Response(200, routes().route_batch(uids, intranet(req)))
+        try:
+            return Response(200, routes().route_batch(uids, intranet(req)))
+        except NoNodeAccepting as e:
+            raise ApiError(503, str(e)) from None
 
     @route("POST", "/user/token")
     async def user_token(req: Request) -> Response:

@@ -58,6 +58,8 @@ class HttpServer:
         """With it, every connection is HTTPS."""
         self.admission = Admission(settings.max_connections, settings.max_connections_per_address)
         self._refusing = 0
+        self._in_flight: set[trio.Event] = set()
+        """One event per request being handled, set once it is answered."""
         self._timeouts = {
             "idle": settings.keep_alive_timeout_s,
             "head": settings.head_timeout_s,
@@ -69,6 +71,12 @@ class HttpServer:
         self._troubles = RateLimitedLog(logging.getLogger(LOGGER), LOG_INTERVAL_S)
         self._failures = RateLimitedLog(logging.getLogger(LOGGER), LOG_INTERVAL_S)
         self._tls_failures = RateLimitedLog(logging.getLogger(LOGGER), LOG_INTERVAL_S)
+
+    async def answered(self) -> None:
+        """Wait until every request being handled now has been answered (not those that
+        arrive meanwhile: the API keeps serving)."""
+        for done in list(self._in_flight):
+            await done.wait()
 
     async def serve(
         self,
@@ -134,9 +142,15 @@ class HttpServer:
                 if request is None:
                     return
                 first = False
-                resp = await self._router.dispatch(request)
-                with trio.move_on_after(cfg.send_timeout_s) as sending:
-                    await self._write(conn, stream, resp)
+                done = trio.Event()
+                self._in_flight.add(done)
+                try:
+                    resp = await self._router.dispatch(request)
+                    with trio.move_on_after(cfg.send_timeout_s) as sending:
+                        await self._write(conn, stream, resp)
+                finally:
+                    self._in_flight.discard(done)
+                    done.set()
                 if sending.cancelled_caught:
                     self._troubles.info(
                         ("slow reader", key),

@@ -160,6 +160,8 @@ def register(route: RouteAdder, ctx: ApiContext) -> None:
     @route("GET", "/readyz")
     async def readyz(req: Request) -> Response:
         reasons = not_ready(ctx.router.local)
+        if ctx.client_routes is not None and ctx.client_routes.draining:
+            reasons.insert(0, "this node is draining (leaving service)")
         if reasons:
             return Response(503, {"status": "not ready", "reasons": reasons})
         return Response(200, {"status": "ready"})

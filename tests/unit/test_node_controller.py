@@ -203,3 +203,26 @@ def test_a_controller_voter_the_map_does_not_list_is_removed(store: Store) -> No
     assert {"op": "change_members", "group": 0, "remove_address": "10.0.0.9:12000"} in (
         admin.changes()
     )
+
+
+class LeadersAdmin(FakeAdmin):
+    """Every slot group led by node 1 (as after node 2 and 3 restarted), node 2 draining."""
+
+    async def __call__(self, node_id: int, request: dict[str, Any]) -> dict[str, Any]:
+        if request["op"] == "group_status":
+            self.calls.append((node_id, request))
+            return {"is_leader": node_id == 1}
+        return await super().__call__(node_id, request)
+
+
+def test_the_balancer_moves_no_leadership_to_a_draining_node(store: Store) -> None:
+    admin = LeadersAdmin()
+    c = controller(store, 3, admin)
+    c._draining = lambda: {2}
+
+    async def main() -> None:
+        await c._balance_leaders(c.placement())
+
+    trio.run(main)
+    transfers = [r for _, r in admin.calls if r["op"] == "transfer_leader"]
+    assert transfers and all(r["to"] == 3 for r in transfers), transfers
