@@ -147,7 +147,8 @@ class HttpServer:
                 try:
                     resp = await self._router.dispatch(request)
                     with trio.move_on_after(cfg.send_timeout_s) as sending:
-                        await self._write(conn, stream, resp)
+                        # A HEAD answer is the GET answer's head: h11 refuses a body after it.
+                        await self._write(conn, stream, resp, head_only=request.method == "HEAD")
                 finally:
                     self._in_flight.discard(done)
                     done.set()
@@ -287,7 +288,12 @@ class HttpServer:
 
     @staticmethod
     async def _write(
-        conn: h11.Connection, stream: trio.abc.Stream, resp: Response, *, close: bool = False
+        conn: h11.Connection,
+        stream: trio.abc.Stream,
+        resp: Response,
+        *,
+        close: bool = False,
+        head_only: bool = False,
     ) -> None:
         body = resp.encode()
         headers = [
@@ -299,7 +305,9 @@ class HttpServer:
             headers.append(("connection", "close"))
         reason = _PHRASES.get(resp.status, b"")
         head = h11.Response(status_code=resp.status, headers=headers, reason=reason)
-        out = (conn.send(head) or b"") + (conn.send(h11.Data(data=body)) or b"")
+        out = conn.send(head) or b""
+        if not head_only:
+            out += conn.send(h11.Data(data=body)) or b""
         out += conn.send(h11.EndOfMessage()) or b""
         await stream.send_all(out)
 

@@ -357,3 +357,35 @@ def test_a_malformed_header_line_is_not_logged_with_what_it_carries(
     (refused,) = [r for r in caplog.records if r.getMessage() == "HTTP request refused"]
     why = refused.fields["why"]  # type: ignore[attr-defined]
     assert "illegal header line" in why and secret not in why
+
+
+def test_a_head_request_gets_the_head_of_the_answer_and_the_connection_goes_on(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """h11 frames a HEAD answer without a body; writing one raised LocalProtocolError, which
+    ended the connection as a server bug (the fuzz campaign logged hundreds)."""
+    monkeypatch.setattr(logging.getLogger("raftchat"), "propagate", True)
+
+    async def scenario(server: HttpServer, nursery: trio.Nursery) -> None:
+        c = connect(server, nursery)
+        await c.send_all(request("HEAD", "/health") + request("GET", "/health"))
+        conn = h11.Connection(h11.CLIENT)
+        conn.send(h11.Request(method="HEAD", target="/health", headers=[("host", "t")]))
+        conn.send(h11.EndOfMessage())
+        raw = b""
+        while not raw.count(b"HTTP/1.1 "):
+            chunk = await c.receive_some(65536)
+            assert chunk, "the server closed the connection"
+            raw += chunk
+        conn.receive_data(raw)
+        head = conn.next_event()
+        # The routes are GET routes (405 for HEAD), but the answer is a head all the same.
+        assert isinstance(head, h11.Response) and head.status_code == 405
+        assert isinstance(conn.next_event(), h11.EndOfMessage)  # no body
+        conn.start_next_cycle()
+        status, _ = await answer(c, conn)  # the next request on the same connection
+        assert status == 200
+
+    with caplog.at_level(logging.INFO, logger="raftchat.http"):
+        run(scenario)
+    assert not [r for r in caplog.records if r.getMessage() == "HTTP connection failed"]
