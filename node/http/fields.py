@@ -22,6 +22,9 @@ def get_str(body: dict[str, Any], name: str, *, required: bool = False, default:
     return value
 
 
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
 def get_int(
     body: dict[str, Any],
     name: str,
@@ -39,6 +42,10 @@ def get_int(
         return default
     if isinstance(value, bool) or not isinstance(value, int):
         raise bad_request(f"{name} must be an integer")
+    # Every integer of the API is stored in (or compared with) 64 bits: beyond them a value is
+    # refused here, not by a struct.pack or a protobuf field deep in a handler (a 500).
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise bad_request(f"{name} must fit in 64 signed bits")
     if choices is not None and value not in choices:
         raise bad_request(f"{name} must be one of {sorted(choices)}, got {value}")
     if minimum is not None and value < minimum:

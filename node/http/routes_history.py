@@ -12,6 +12,7 @@ from proto.wkproto import ChannelType
 
 from ..channels import canonical_channel_id
 from ..groups.msgindex import MAX_IDS, group_of_message_id
+from ..router import ClusterUnavailable
 from .common import CHANNEL_TYPES, ApiContext, RouteAdder, check_id, message_resp
 from .fields import get_str, message_id_of
 from .server import Request, Response, bad_request
@@ -50,15 +51,21 @@ async def lookup_ids(ctx: ApiContext, ids: list[int], login_uid: str) -> list[di
         if group in ctx.router.placement.groups:
             by_group.setdefault(group, []).append(mid)
     found: dict[int, dict[str, Any]] = {}
+    failures: list[ClusterUnavailable] = []
 
     async def one(group: int, wanted: list[int]) -> None:
         query = {"q": "messages_by_id", "ids": wanted, "login_uid": login_uid}
-        for m in await ctx.router.read_group(group, query):
-            found[m["message_id"]] = m
+        try:
+            for m in await ctx.router.read_group(group, query):
+                found[m["message_id"]] = m
+        except ClusterUnavailable as e:
+            failures.append(e)  # raised below, unwrapped from the nursery's group
 
     async with trio.open_nursery() as nursery:
         for group, wanted in by_group.items():
             nursery.start_soon(one, group, wanted)
+    if failures:
+        raise failures[0]  # the API's 503 (a group without a leader), not a 500
     return [message_resp(found[mid], login_uid) for mid in dict.fromkeys(ids) if mid in found]
 
 

@@ -1032,6 +1032,7 @@ BAD: list[Bad] = [
     Bad("POST /message/readed", {**G, "uid": "a", "message_seqs": [0]}, "message_seqs"),
     Bad("GET /message/receipt", {**G, "message_seq": "x"}, "message_seq"),
     Bad("GET /message/receipt", G, "message_seq"),
+    Bad("GET /message/receipt", {**G, "message_seq": str(2**64)}, "message_seq"),
     Bad("GET /message/receipt", {**P, "message_seq": 1}, "login_uid"),
     Bad("POST /channel/retention", {**G, "retention_days": "7"}, "retention_days"),
     Bad("POST /channel/retention", {"channel_type": 2, "retention_days": 7}, "channel_id"),
@@ -1042,6 +1043,7 @@ BAD: list[Bad] = [
     Bad("POST /conversation/sync", {"uid": "u", "page_size": 0}, "page_size"),
     Bad("POST /conversations/clearUnread", G, "uid"),
     Bad("POST /conversations/clearUnread", {**G, "uid": "u", "message_seq": -1}, "message_seq"),
+    Bad("POST /conversations/clearUnread", {**G, "uid": "u", "message_seq": 10**30}, "message_seq"),
     Bad("POST /conversations/setUnread", {**G, "uid": "u"}, "unread"),
     Bad("POST /conversations/setUnread", {**G, "uid": "u", "unread": "5"}, "unread"),
     Bad(

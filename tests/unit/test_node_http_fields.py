@@ -259,3 +259,13 @@ def test_response_encoding_keeps_unicode() -> None:
     body = Response(200, {"msg": "频道"}).encode()
     assert "频道".encode() in body
     assert Response().encode() == b'{"status":200}'
+
+
+def test_get_int_refuses_what_64_bits_cannot_hold() -> None:
+    """Such values reached struct.pack and protobuf's uint64 fields and came back as 500s."""
+    assert get_int({"n": 2**63 - 1}, "n") == 2**63 - 1
+    assert get_int({"n": -(2**63)}, "n") == -(2**63)
+    for value in (2**63, 2**64, 10**30, -(2**63) - 1):
+        with pytest.raises(ApiError) as e:
+            get_int({"n": value}, "n")
+        assert e.value.status == 400 and "64" in e.value.msg
