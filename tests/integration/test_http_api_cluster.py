@@ -186,6 +186,8 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
 
 VALID: dict[str, str] = {}
 """Route -> the test that is its valid case."""
+VALID["POST /cluster/drain"] = "tests/integration/test_drain.py"
+"""A drain ends its node: the shared cluster of this suite cannot host one, test_drain does."""
 Test = TypeVar("Test", bound=Callable[..., None])
 
 
@@ -1041,6 +1043,8 @@ BAD: list[Bad] = [
     Bad("POST /conversation/sync", {}, "uid"),
     Bad("POST /conversation/sync", {"uid": "u", "last_msg_seqs": "x"}, "last_msg_seqs"),
     Bad("POST /conversation/sync", {"uid": "u", "page_size": 0}, "page_size"),
+    Bad("POST /cluster/drain", {"node_id": "1"}, "node_id"),
+    Bad("POST /cluster/drain", {}, "node_id"),
     Bad("POST /conversations/clearUnread", G, "uid"),
     Bad("POST /conversations/clearUnread", {**G, "uid": "u", "message_seq": -1}, "message_seq"),
     Bad("POST /conversations/clearUnread", {**G, "uid": "u", "message_seq": 10**30}, "message_seq"),
