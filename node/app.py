@@ -429,7 +429,9 @@ class Node:
             )
             self.router.online_levels_local = self.online_levels_local
             self.metrics.registry.register(
-                NodeCollector(self.metrics, self.router, lambda: self.webhooks)
+                NodeCollector(
+                    self.metrics, self.router, lambda: self.webhooks, lambda: self.gateway
+                )
             )
             self.cluster_sessions = ClusterSessions(
                 self.registry,

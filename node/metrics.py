@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 from proto.wkproto import ReasonCode
 
 if TYPE_CHECKING:
+    from .gateway.listeners import Gateway
     from .router import Router
     from .webhooks import Webhooks
 
@@ -166,13 +167,16 @@ class NodeCollector(Collector):
         metrics: NodeMetrics,
         router: Router,
         webhooks: Callable[[], Webhooks | None],
+        gateway: Callable[[], Gateway | None] = lambda: None,
     ) -> None:
         self._m = metrics
         self._router = router
         self._webhooks = webhooks
+        self._gateway = gateway
 
     def collect(self) -> Iterator[Metric]:
         yield self._connections()
+        yield from self._gateway_sockets()
         yield from self._groups()
         router = self._router
         yield CounterMetricFamily(
@@ -213,6 +217,24 @@ class NodeCollector(Collector):
         for (transport, version), n in sorted(counts.items()):
             family.add_metric([transport, version], n)
         return family
+
+    def _gateway_sockets(self) -> Iterator[Metric]:
+        # Sockets, not sessions: a connection holds a place from its accept, through the TLS
+        # handshake and the CONNECT, which is what gateway.max_connections bounds.
+        gateway = self._gateway()
+        if gateway is None:
+            return
+        yield GaugeMetricFamily(
+            "raftchat_gateway_sockets",
+            "Client sockets open on the gateway, logged in or not (bounded by "
+            "gateway.max_connections)",
+            value=gateway.open,
+        )
+        yield CounterMetricFamily(
+            "raftchat_gateway_refused",
+            "Client connections closed at accept because the node was at gateway.max_connections",
+            value=gateway.refused,
+        )
 
     def _groups(self) -> Iterator[Metric]:
         def gauge(name: str, doc: str, extra: list[str] | None = None) -> GaugeMetricFamily:

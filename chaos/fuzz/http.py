@@ -90,6 +90,7 @@ POST_ROUTES: dict[str, tuple[str, ...]] = {
     "/route/batch": (),
     "/cluster/join": ("node_id", "host"),
     "/cluster/leave": ("node_id", "force"),
+    "/cluster/drain": ("node_id",),
 }  # fmt: skip
 
 GET_ROUTES: dict[str, tuple[str, ...]] = {

@@ -28,6 +28,7 @@ DESTRUCTIVE_ROUTES: frozenset[str] = frozenset(
     {
         "/cluster/join",
         "/cluster/leave",
+        "/cluster/drain",
         "/channel/delete",
         "/channel/messages_delete",
         "/channel/retention",

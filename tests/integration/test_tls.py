@@ -22,6 +22,7 @@ import grpc
 import httpx
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from client.errors import ConnectRefused
 from client.grpc import GrpcError, SyncGrpcClient
@@ -29,7 +30,7 @@ from client.http import SyncHttpClient
 from client.wkproto import open_client
 from node.devcluster import NodeProcess
 from proto.wkproto import ChannelType
-from tests.conftest import Api, fresh_host, start_node
+from tests.conftest import Api, eventually, fresh_host, start_node
 from tests.integration.test_client_docs import ROOT
 from tests.integration.test_client_docs import examples as doc_examples
 from tests.integration.test_startup_failures import REFUSED, lone_env, run_to_exit
@@ -273,14 +274,27 @@ def test_the_tls_handshake_counts_and_is_bounded_by_the_auth_timeout(tmp_path: P
         ),
     )
     try:
-        Api(proc.endpoints["http"]).token("late", "tok")
+        api = Api(proc.endpoints["http"])
+        api.token("late", "tok")
+
+        def gauge(name: str) -> float:
+            text = api.http.get("/metrics").text
+            return next(
+                s.value
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+                if s.name == name
+            )
 
         async def main() -> None:
             silent = await trio.open_tcp_stream(host, WSS_PORT)
             opened = trio.current_time()
+            # The kernel finished the TCP handshake; the node's accept may come later.
+            eventually(lambda: gauge("raftchat_gateway_sockets") == 1, what="the silent socket")
             with pytest.raises(ConnectRefused):  # closed before its CONNACK
                 async with open_client(host, 5100, uid="late", token="tok"):
                     pass
+            assert gauge("raftchat_gateway_refused_total") == 1
             with trio.fail_after(5):
                 assert await silent.receive_some(1) == b""  # closed by the node
             waited = trio.current_time() - opened
