@@ -5,7 +5,9 @@ Stalls are measured, not judged: per node, the latency of ``GET /health`` probes
 workload, the latency and the unknown outcomes of its sends, each before, during and after the
 fuzzing. The verdict fails on a node crash, on any checker (lost, duplicated, reordered...
 acknowledged messages), on an HTTP 5xx other than 503 or a gRPC INTERNAL/UNKNOWN status, and on
-a cluster that is not healthy again after the fuzzing.
+a cluster that is not healthy again after the fuzzing, on replicas that never converge to one
+applied index with one digest, and on any CRITICAL line in a node's log (the level of a replica
+that found its state diverged).
 """
 
 from __future__ import annotations
@@ -94,20 +96,28 @@ def send_latency(history: History, window: Window) -> dict[str, Any]:
 
 
 def log_errors(logs: dict[int, Path]) -> dict[str, Any]:
-    """Error-level lines in each node's log, by message (most frequent first)."""
+    """Error-level lines in each node's log, by message (most frequent first), and how many
+    of them are CRITICAL."""
     out: dict[str, Any] = {}
     for node, path in sorted(logs.items()):
         counts: Counter[str] = Counter()
+        critical = 0
         try:
             with path.open(encoding="utf-8", errors="replace") as f:
                 for line in f:
-                    if '"level": "error"' in line or '"level": "critical"' in line:
+                    is_critical = '"level": "critical"' in line
+                    if is_critical or '"level": "error"' in line:
+                        critical += is_critical
                         m = _LOG_MSG.search(line)
                         counts[m.group(1) if m else line.strip()[:120]] += 1
         except OSError:
             continue
         if counts:
-            out[str(node)] = {"lines": sum(counts.values()), "top": counts.most_common(10)}
+            out[str(node)] = {
+                "lines": sum(counts.values()),
+                "critical": critical,
+                "top": counts.most_common(10),
+            }
     return out
 
 
@@ -181,6 +191,11 @@ def judge(result: dict[str, Any]) -> list[str]:
         why.append(f"server errors on bad input: {result['server_errors']}")
     if not result["healthy_after"]:
         why.append("the cluster was not healthy again after the fuzzing")
+    if not result.get("replicas_converged", True):
+        why.append("replicas never reached one applied index: their agreement was not checked")
+    critical = sum(row.get("critical", 0) for row in result.get("log_errors", {}).values())
+    if critical:
+        why.append(f"{critical} CRITICAL log line(s): a replica diverged, or worse")
     return why
 
 

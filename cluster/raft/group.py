@@ -20,7 +20,8 @@ from pysyncobj.tcp_connection import CONNECTION_STATE
 
 from cluster.listen import ListenError, bind_problem, os_error_behind
 
-from .snapshot import CheckpointSnapshots, install_checkpoint_transmitter
+from .follower import AppendGuard
+from .snapshot import CheckpointSnapshots, CheckpointTransmitter, install_checkpoint_transmitter
 
 
 def _not_a_bind_failure(record: logging.LogRecord) -> bool:
@@ -69,6 +70,7 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
         self._known_leader: Any = None
         self._vote_term = -1
         self._voters: set[str] = set()
+        self._append_guard = AppendGuard(self, self_addr)
         try:
             super().__init__(self_addr, partners, conf)
         except SyncObjException as e:
@@ -119,7 +121,31 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # pysyncobj's
         if message["type"] == "response_vote" and not self._first_vote_from(node, message):
             return
+        if (
+            message["type"] == "append_entries"
+            and message["term"] >= self._SyncObj__raftCurrentTerm
+        ):
+            self._append_guard.on_append_entries(node, message)
+            return
         SyncObj._SyncObj__onMessageReceived(self, node, message)
+
+    def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # pysyncobj's
+        SyncObj._SyncObj__loadDumpFile(self, clearJournal)
+        serializer = self._SyncObj__serializer
+        if isinstance(serializer, CheckpointTransmitter):
+            data = serializer.loaded
+            loaded = data is not None and self._SyncObj__raftLastApplied == data[1][1]
+            self._append_guard.on_load_dump(loaded)
+
+    def _SyncObj__sendNextNodeIdx(  # pysyncobj's
+        self, node: Any, reset: bool = False, nextNodeIdx: Any = None, success: bool = False
+    ) -> None:
+        self._append_guard.answer(node, reset, nextNodeIdx, success)
+
+    @property
+    def diverged_refusals(self) -> int:
+        """AppendEntries refused because they conflict with entries this replica applied."""
+        return self._append_guard.refused
 
     def _first_vote_from(self, node: Any, message: Any) -> bool:
         # pysyncobj counts every vote answer of the current term without asking who sent it.

@@ -143,6 +143,15 @@ class CheckpointTransmitter(Serializer):  # type: ignore[misc]
         self._snapshots = snapshots
         self._transfers: dict[Any, _Transfer] = {}
         self._counter = 0
+        self.loaded: Any = None
+        """What the last ``deserialize`` returned; None when it raised (pysyncobj logs the
+        exception and goes on as if the load had worked: ``cluster.raft.follower``)."""
+
+    def deserialize(self) -> Any:  # pysyncobj's Serializer method
+        self.loaded = None
+        data = super().deserialize()
+        self.loaded = data
+        return data
 
     def getTransmissionData(self, transmission_id: Any) -> Any:  # pysyncobj names it so
         xfer = self._transfers.get(transmission_id)

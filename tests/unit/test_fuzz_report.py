@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from chaos.fuzz.answers import H2Answers, HttpAnswers, WsAnswers
-from chaos.fuzz.report import STALL_S, Window, judge, probe_stalls, server_errors, suspects
+from chaos.fuzz.report import (
+    STALL_S,
+    Window,
+    judge,
+    log_errors,
+    probe_stalls,
+    server_errors,
+    suspects,
+)
 from chaos.fuzz.rpc import GOAWAY, h2_frame
 from chaos.fuzz.watch import Crash, Probe, crash_signature
 from proto.wkproto import Connack, Pong, Sendack, encode
@@ -99,6 +107,21 @@ def test_judge_fails_on_crashes_checkers_server_errors_and_an_unhealthy_end() ->
     assert judge(_result(checkers={"valid": False, "failed": ["lost_acked"]}))
     assert judge(_result(server_errors={"http:500": 2}))
     assert judge(_result(healthy_after=False))
+    assert judge(_result(replicas_converged=False))
+    assert judge(_result(log_errors={"2": {"lines": 3, "critical": 0}})) == []
+    why = judge(_result(log_errors={"2": {"lines": 3, "critical": 1}}))
+    assert why == ["1 CRITICAL log line(s): a replica diverged, or worse"]
+
+
+def test_log_errors_count_critical_lines_apart(tmp_path: Path) -> None:
+    log = tmp_path / "node1.log"
+    log.write_text(
+        '{"level": "error", "msg": "a"}\n'
+        '{"level": "critical", "msg": "raft replica diverged"}\n'
+        '{"level": "info", "msg": "b"}\n'
+    )
+    row = log_errors({1: log})["1"]
+    assert row["lines"] == 2 and row["critical"] == 1
 
 
 def test_server_errors_are_5xx_but_503_and_internal_statuses() -> None:

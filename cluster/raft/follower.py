@@ -1,0 +1,191 @@
+"""A follower's handling of AppendEntries, made to keep Raft's guarantees where pysyncobj
+0.3.17 does not.
+
+pysyncobj's follower departs from Raft (§5.3 of the paper) in three ways, each of which lets a
+replica's state machine differ from the others' for good, silently:
+
+* **Commit without a consistency check.** Every AppendEntries moves the follower's commit index
+  to ``min(leader's commit, end of its own log)``, including the messages of a snapshot
+  transfer, which carry no ``prevLogIdx`` and check nothing. A follower with a tail of entries
+  from an old term that the new leader never sent (a deposed leader's, or its followers') then
+  applies that tail as committed. Leaders send such messages for as long as a transfer's tar is
+  being built (``cluster.raft.snapshot``): seconds on a loaded node.
+* **Truncation without a conflict.** A message whose ``prevLogIdx`` matches makes the follower
+  delete everything after ``prevLogIdx`` before it appends, even entries that agree with the
+  message. A message that arrives late (the leader resends after a reset while its earlier
+  messages are still on the way) then shortens a log that the leader already counted in its
+  match index, applied entries included.
+* **Success after a failed snapshot.** A transfer whose load fails (a damaged tar) is answered
+  as a success, and the leader counts the follower's unchanged, unchecked log end as matched.
+
+``AppendGuard`` stands in front of pysyncobj's handler and keeps to the paper: the commit index
+moves only to entries the leader has vouched for (its ``prevLogIdx`` with a matching term, and
+the entries after it); entries held with the message's term are kept, and only a conflict
+truncates; a failed snapshot load is answered with a reset, so the leader sends it again. A
+conflict at an entry this replica has applied means the state machine has already diverged:
+the message is refused with a CRITICAL line, and the replica stays behind (visible as follower
+lag) instead of overwriting history it cannot undo.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pysyncobj import SyncObj
+
+from cluster.ratelog import RateLimitedLog
+
+log = logging.getLogger("raftchat.raft.follower")
+DIVERGED = RateLimitedLog(log, 10.0)
+
+Entry = tuple[bytes, int, int]
+"""pysyncobj's log entry: command, index, term."""
+
+
+class AppendGuard:
+    """Per group: the state a snapshot message's handling needs across pysyncobj's calls."""
+
+    def __init__(self, group: Any, label: str) -> None:
+        self._g = group
+        self._label = label
+        self.load_failed = False
+        self.refused = 0
+        """AppendEntries refused because they conflict with applied entries (a divergence)."""
+
+    # --- entry point ------------------------------------------------------------------------
+
+    def on_append_entries(self, node: Any, message: dict[str, Any]) -> None:
+        """Handle an AppendEntries of the current term or a newer one (older ones go to
+        pysyncobj, which ignores them)."""
+        if "prevLogIdx" not in message:
+            self._snapshot_message(node, message)
+        elif message.get("transmission") is not None:
+            # An entry too large for one message, in chunks; raftchat's commands never are
+            # (``cluster.raft.conf``), so pysyncobj's handling is kept as it is.
+            self._pysyncobj(node, message)
+        else:
+            self._regular(node, message)
+
+    # --- regular AppendEntries ----------------------------------------------------------------
+
+    def _regular(self, node: Any, message: dict[str, Any]) -> None:
+        g = self._g
+        prev_idx: int = message["prevLogIdx"]
+        entries: list[Entry] = list(message.get("entries", ()))
+        ours: list[Entry] = g._SyncObj__getEntries(prev_idx)
+        if not ours or ours[0][2] != message["prevLogTerm"]:
+            self._pysyncobj(node, message)  # no match at prevLogIdx: pysyncobj asks for a reset
+            return
+        # Entries this replica already holds with the leader's term are the leader's entries
+        # (Log Matching): skip them instead of deleting and appending them again.
+        held = 0
+        while held < len(entries) and held + 1 < len(ours) and _same(ours[held + 1], entries[held]):
+            held += 1
+        if held < len(entries):
+            conflict = held + 1 < len(ours)
+            if conflict and ours[held + 1][1] <= g._SyncObj__raftLastApplied:
+                self._refuse(node, message, ours[held + 1], entries[held])
+                return
+            if held:
+                last = entries[held - 1]
+                message = {
+                    **message,
+                    "prevLogIdx": last[1],
+                    "prevLogTerm": last[2],
+                    "entries": entries[held:],
+                }
+            # pysyncobj now truncates only at a conflict, and its log ends at the last new
+            # entry, so its commit rule (up to the log's end) commits only vouched entries.
+            self._pysyncobj(node, message)
+            return
+        verified = entries[-1] if entries else ours[0]
+        if len(ours) == held + 1:
+            # The log ends at the last vouched entry: pysyncobj's handling is right as it is
+            # (a heartbeat, or entries already held), given no entries to re-append.
+            self._pysyncobj(
+                node,
+                {**message, "prevLogIdx": verified[1], "prevLogTerm": verified[2], "entries": []},
+            )
+            return
+        # The log goes on past what this message vouches for: a late message, or a new leader
+        # that has not reached those indexes yet. Nothing to delete (a later entry that
+        # conflicts truncates then); the answer and the commit index stop at ``verified``.
+        self._header_only(node, message)
+        self._commit_up_to(min(int(message["commit_index"]), verified[1]))
+        g._SyncObj__sendNextNodeIdx(node, nextNodeIdx=verified[1] + 1, success=True)
+
+    def _refuse(self, node: Any, message: dict[str, Any], ours: Entry, theirs: Entry) -> None:
+        self.refused += 1
+        DIVERGED.log(
+            logging.CRITICAL,
+            ("diverged", self._label),
+            "raft replica diverged: the leader's entry conflicts with one this replica has "
+            "applied; refusing it (this replica stays behind: rebuild it from the others)",
+            group=self._label,
+            index=ours[1],
+            applied_term=ours[2],
+            leader_term=theirs[2],
+            applied=int(self._g._SyncObj__raftLastApplied),
+        )
+        self._header_only(node, message)
+
+    # --- snapshot transfer ----------------------------------------------------------------------
+
+    def _snapshot_message(self, node: Any, message: dict[str, Any]) -> None:
+        g = self._g
+        self.load_failed = False
+        applied_before = int(g._SyncObj__raftLastApplied)
+        leader_commit = message["commit_index"]
+        # A snapshot message vouches for no entry of this replica's log: it must not commit any.
+        self._pysyncobj(node, {**message, "commit_index": g._SyncObj__raftCommitIndex})
+        g._SyncObj__leaderCommitIndex = leader_commit
+        applied = int(g._SyncObj__raftLastApplied)
+        if applied > applied_before:
+            # A loaded snapshot holds committed entries only (leaders snapshot what they applied).
+            self._commit_up_to(applied)
+
+    def on_load_dump(self, loaded: bool) -> None:
+        """Told by the group after pysyncobj tried to load a received snapshot."""
+        self.load_failed = not loaded
+
+    def answer(self, node: Any, reset: bool, next_idx: Any, success: bool) -> None:
+        """pysyncobj's reply to the leader; after a failed snapshot load, a reset instead of its
+        success, so that the leader sends the snapshot again."""
+        if success and self.load_failed:
+            self.load_failed = False
+            log.warning("a received snapshot could not be loaded; asking the leader again")
+            success, reset, next_idx = False, True, None
+        SyncObj._SyncObj__sendNextNodeIdx(
+            self._g, node, reset=reset, nextNodeIdx=next_idx, success=success
+        )
+
+    # --- pysyncobj --------------------------------------------------------------------------
+
+    def _pysyncobj(self, node: Any, message: dict[str, Any]) -> None:
+        SyncObj._SyncObj__onMessageReceived(self._g, node, message)
+
+    def _header_only(self, node: Any, message: dict[str, Any]) -> None:
+        """What every AppendEntries of a current leader does (term, leader, election timer,
+        follower state), and nothing to the log or the commit index."""
+        g = self._g
+        leader_commit = message["commit_index"]
+        header = {
+            k: v
+            for k, v in message.items()
+            if k not in ("prevLogIdx", "prevLogTerm", "entries", "serialized", "transmission")
+        }
+        header["commit_index"] = g._SyncObj__raftCommitIndex
+        self._pysyncobj(node, header)
+        g._SyncObj__leaderCommitIndex = leader_commit
+
+    def _commit_up_to(self, index: int) -> None:
+        g = self._g
+        if index > g._SyncObj__raftCommitIndex:
+            g._SyncObj__raftCommitIndex = index
+            g._SyncObj__raftLog.setRaftCommitIndex(index)
+
+
+def _same(ours: Entry, theirs: Entry) -> bool:
+    """The same entry: Raft's Log Matching says index and term are enough."""
+    return ours[1] == theirs[1] and ours[2] == theirs[2]
