@@ -198,6 +198,14 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
                     }
                 )
 
+    def _SyncObj__onNodeDisconnected(self, node: Any) -> None:  # pysyncobj's
+        SyncObj._SyncObj__onNodeDisconnected(self, node)
+        # The chunks of a snapshot transfer in flight on the lost link are gone. pysyncobj
+        # cancels the transfer only if its next append round finds the member disconnected;
+        # a link that is back by then would get the rest of the chunks after a gap, and the
+        # follower a damaged tar. Starting over on the next link costs one transfer.
+        self._SyncObj__serializer.cancelTransmisstion(node)
+
     @replicated  # type: ignore[untyped-decorator]
     def apply(self, command: bytes) -> bytes:
         # pysyncobj advances raftLastApplied after the call, so this command's index is +1.

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from cluster.raft.snapshot import _Transfer
 from tests.unit.test_cluster_raft import Replica, _ports
 
 T = TypeVar("T")
@@ -175,3 +176,15 @@ def test_a_snapshot_that_cannot_be_loaded_is_asked_for_again(follower: Follower)
     assert answer["success"] is False and answer["reset"] is True
     assert follower.commit_index() == 1
     assert follower.applied() == 1
+
+
+def test_a_lost_link_ends_the_snapshot_transfer_on_it(follower: Follower) -> None:
+    """As a leader: the chunks already sent on a link that broke are lost, so the transfer to
+    that member starts over on the next link instead of going on after a gap (which gave the
+    follower a damaged tar when the link came back within one append round)."""
+    raft = follower.raft
+    member = follower.leaders[0]
+    transmitter = raft._SyncObj__serializer
+    transmitter._transfers[member] = _Transfer()
+    follower.on_driver(lambda: raft._SyncObj__onNodeDisconnected(member))
+    assert member not in transmitter._transfers
