@@ -72,6 +72,11 @@ class AppendGuard:
     def _regular(self, node: Any, message: dict[str, Any]) -> None:
         g = self._g
         prev_idx: int = message["prevLogIdx"]
+        if prev_idx >= g._SyncObj__getCurrentLogIndex():
+            # The steady state: new entries after this replica's last one (or a gap, which
+            # pysyncobj answers with a reset). Nothing to delete; pysyncobj's rules hold.
+            self._pysyncobj(node, message)
+            return
         entries: list[Entry] = list(message.get("entries", ()))
         ours: list[Entry] = g._SyncObj__getEntries(prev_idx)
         if not ours or ours[0][2] != message["prevLogTerm"]:
