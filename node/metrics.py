@@ -251,6 +251,12 @@ class NodeCollector(Collector):
             ["follower"],
         )
         size = gauge("raftchat_group_db_bytes", "Size of this replica's RocksDB on disk")
+        diverged = CounterMetricFamily(
+            "raftchat_group_diverged_refusals",
+            "AppendEntries this replica refused because they would replace entries it applied "
+            "(its state has diverged: rebuild the replica)",
+            labels=["group"],
+        )
         for gid, local in sorted(self._router.local.items()):
             raft = local.raft
             g = str(gid)
@@ -261,11 +267,12 @@ class NodeCollector(Collector):
             term.add_metric([g], int(raft.raftCurrentTerm))
             commit.add_metric([g], commit_index)
             applied.add_metric([g], int(raft.raftLastApplied))
+            diverged.add_metric([g], int(getattr(raft, "diverged_refusals", 0)))
             if is_leader:
                 for follower, match in local.follower_matches().items():
                     lag.add_metric([g, str(follower)], max(0, commit_index - match))
             size.add_metric([g], dir_size(local.store.path))
-        yield from (leader, known, term, commit, applied, lag, size)
+        yield from (leader, known, term, commit, applied, lag, size, diverged)
 
     def _webhook_metrics(self) -> Iterator[Metric]:
         hooks = self._webhooks()

@@ -122,6 +122,8 @@ def test_metrics_varz_and_connz_follow_a_client(cluster: Cluster) -> None:
     for n in (1, 2, 3):
         m = after[n]
         assert total(m, "raftchat_group_db_bytes") > 0
+        diverged = [k for k in m if k[0] == "raftchat_group_diverged_refusals_total"]
+        assert diverged and total(m, "raftchat_group_diverged_refusals_total") == 0
         assert value(m, "process_resident_memory_bytes") > 0
         assert value(m, "process_open_fds") > 0
         assert value(m, "process_cpu_seconds_total") > 0
