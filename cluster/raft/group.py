@@ -130,6 +130,8 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
         SyncObj._SyncObj__onMessageReceived(self, node, message)
 
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # pysyncobj's
+        if not clearJournal:
+            keep_journal_after_snapshot(self)
         SyncObj._SyncObj__loadDumpFile(self, clearJournal)
         serializer = self._SyncObj__serializer
         if isinstance(serializer, CheckpointTransmitter):
@@ -211,6 +213,38 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
         # pysyncobj advances raftLastApplied after the call, so this command's index is +1.
         index = int(self.raftLastApplied) + 1
         return self._machine.apply(index, command)
+
+
+def keep_journal_after_snapshot(group: Any) -> None:
+    """At start-up, before pysyncobj loads its snapshot: trim the journal to the snapshot if a
+    crash came between the two steps of a log compaction.
+
+    pysyncobj writes the snapshot (the dump file) on one tick and deletes the journal's entries
+    up to it on the next. A process that died in between finds a journal that still starts
+    before the snapshot; pysyncobj then clears the whole journal and keeps only the snapshot's
+    two entries, dropping the entries after it that this replica had acknowledged to its
+    leader. If the journal holds the snapshot's two entries, this does the second step instead
+    (as pysyncobj would have), and every entry after the snapshot stays."""
+    try:
+        data = group._SyncObj__serializer.deserialize()
+    except Exception:
+        return  # no snapshot, or one pysyncobj cannot load either: it says so itself
+    before, last = data[2], data[1]
+    journal = group._SyncObj__raftLog
+    if len(journal) < 2 or (_same_entry(journal[0], before) and _same_entry(journal[1], last)):
+        return
+    at = int(before[1]) - int(journal[0][1])
+    holds_both = 0 < at < len(journal) - 1 and _same_entry(journal[at], before)
+    if holds_both and _same_entry(journal[at + 1], last):
+        journal.deleteEntriesTo(at)
+        logging.getLogger("raftchat.raft").warning(
+            "finished a log compaction cut short by a crash; kept the journal after it",
+            extra={"fields": {"snapshot_index": int(last[1]), "kept": len(journal) - 2}},
+        )
+
+
+def _same_entry(a: Any, b: Any) -> bool:
+    return bool(a[1] == b[1] and a[2] == b[2] and bytes(a[0]) == bytes(b[0]))
 
 
 FIRST_ROUND = (0.2, 0.5)
