@@ -17,11 +17,17 @@ replica's state machine differ from the others' for good, silently:
   match index, applied entries included.
 * **Success after a failed snapshot.** A transfer whose load fails (a damaged tar) is answered
   as a success, and the leader counts the follower's unchanged, unchecked log end as matched.
+* **A snapshot replaces everything.** A received snapshot clears the whole journal and sets
+  the applied index to the snapshot's, even when the replica holds (and applied) entries past
+  it, as it does when a leader resets its next index from a late reply. Entries the leader
+  counted go, and the state machine then skips the indexes it believes it applied.
 
 ``AppendGuard`` stands in front of pysyncobj's handler and keeps to the paper: the commit index
 moves only to entries the leader has vouched for (its ``prevLogIdx`` with a matching term, and
 the entries after it); entries held with the message's term are kept, and only a conflict
-truncates; a failed snapshot load is answered with a reset, so the leader sends it again. A
+truncates; a received snapshot older than what the replica applied changes nothing, and one
+that is newer keeps the journal after it when the journal holds its last entries; a failed
+snapshot load is answered with a reset to the commit index, so the leader sends it again. A
 conflict at an entry this replica has applied means the state machine has already diverged:
 the message is refused with a CRITICAL line, and the replica stays behind (visible as follower
 lag) instead of overwriting history it cannot undo.
@@ -30,11 +36,15 @@ lag) instead of overwriting history it cannot undo.
 from __future__ import annotations
 
 import logging
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 from pysyncobj import SyncObj
 
 from cluster.ratelog import RateLimitedLog
+
+if TYPE_CHECKING:
+    from .snapshot import CheckpointTransmitter
 
 log = logging.getLogger("raftchat.raft.follower")
 DIVERGED = RateLimitedLog(log, 10.0)
@@ -50,6 +60,8 @@ class AppendGuard:
         self._g = group
         self._label = label
         self.load_failed = False
+        self.snapshot_next: int | None = None
+        """The index to answer after a received snapshot (pysyncobj answers its log's end)."""
         self.refused = 0
         """AppendEntries refused because they conflict with applied entries (a divergence)."""
 
@@ -60,6 +72,12 @@ class AppendGuard:
         pysyncobj, which ignores them)."""
         if "prevLogIdx" not in message:
             self._snapshot_message(node, message)
+        elif message["prevLogIdx"] is None:
+            # pysyncobj's leader sends this when its next index for us is past its own log
+            # (set from a reply that named our unchecked end). Start again from what we know
+            # it holds: our commit index.
+            self._header_only(node, message)
+            self._reset_to_commit(node)
         elif message.get("transmission") is not None:
             # An entry too large for one message, in chunks; raftchat's commands never are
             # (``cluster.raft.conf``), so pysyncobj's handling is kept as it is.
@@ -140,29 +158,67 @@ class AppendGuard:
     def _snapshot_message(self, node: Any, message: dict[str, Any]) -> None:
         g = self._g
         self.load_failed = False
-        applied_before = int(g._SyncObj__raftLastApplied)
         leader_commit = message["commit_index"]
         # A snapshot message vouches for no entry of this replica's log: it must not commit any.
+        # (A loaded snapshot holds committed entries only: ``load_received`` commits up to it.)
         self._pysyncobj(node, {**message, "commit_index": g._SyncObj__raftCommitIndex})
         g._SyncObj__leaderCommitIndex = leader_commit
-        applied = int(g._SyncObj__raftLastApplied)
-        if applied > applied_before:
-            # A loaded snapshot holds committed entries only (leaders snapshot what they applied).
-            self._commit_up_to(applied)
 
-    def on_load_dump(self, loaded: bool) -> None:
-        """Told by the group after pysyncobj tried to load a received snapshot."""
-        self.load_failed = not loaded
+    def load_received(self, transmitter: CheckpointTransmitter) -> None:
+        """Take the snapshot a leader sent (pysyncobj's ``__loadDumpFile`` for a transfer)."""
+        g = self._g
+        snapshots, incoming = transmitter.snapshots, transmitter.incoming_path
+        self.load_failed = True
+        try:
+            meta, checkpoint = snapshots.unpack(incoming)
+        except Exception:
+            log.warning("a received snapshot could not be unpacked", exc_info=True)
+            incoming.unlink(missing_ok=True)
+            return
+        index = int(meta["index"])
+        if index <= g._SyncObj__raftLastApplied:
+            # Older than what this replica applied (a leader that went back on a late reply):
+            # nothing to load, and nothing of the log may go. The leader learns where it is.
+            snapshots.discard(checkpoint, transmitter.dump_path)
+            incoming.unlink(missing_ok=True)
+            self.load_failed = False
+            self.snapshot_next = int(g._SyncObj__raftCommitIndex) + 1
+            return
+        try:
+            snapshots.install_received(meta, checkpoint)
+            os.replace(incoming, transmitter.dump_path)
+        except Exception:
+            log.exception("installing a received snapshot failed")
+            return
+        last, before = meta["raft"][0], meta["raft"][1]
+        kept = trim_journal_to(g, before, last)
+        SyncObj._SyncObj__loadDumpFile(g, not kept)
+        if g._SyncObj__raftLastApplied == index:
+            self.load_failed = False
+            self.snapshot_next = index + 1
+            self._commit_up_to(index)
 
     def answer(self, node: Any, reset: bool, next_idx: Any, success: bool) -> None:
-        """pysyncobj's reply to the leader; after a failed snapshot load, a reset instead of its
-        success, so that the leader sends the snapshot again."""
+        """pysyncobj's reply to the leader. After a received snapshot: the index after it (not
+        the log's end, which may hold unchecked entries), or, if it failed to load, a reset to
+        the commit index, so that the leader sends it again."""
+        snapshot_next, self.snapshot_next = self.snapshot_next, None
         if success and self.load_failed:
             self.load_failed = False
             log.warning("a received snapshot could not be loaded; asking the leader again")
-            success, reset, next_idx = False, True, None
+            self._reset_to_commit(node)
+            return
+        if success and next_idx is None and snapshot_next is not None:
+            next_idx = snapshot_next
         SyncObj._SyncObj__sendNextNodeIdx(
             self._g, node, reset=reset, nextNodeIdx=next_idx, success=success
+        )
+
+    def _reset_to_commit(self, node: Any) -> None:
+        # Committed entries are the leader's too (Leader Completeness): the safe place to go on.
+        commit = int(self._g._SyncObj__raftCommitIndex)
+        SyncObj._SyncObj__sendNextNodeIdx(
+            self._g, node, reset=True, nextNodeIdx=commit + 1, success=False
         )
 
     # --- pysyncobj --------------------------------------------------------------------------
@@ -194,3 +250,27 @@ class AppendGuard:
 def _same(ours: Entry, theirs: Entry) -> bool:
     """The same entry: Raft's Log Matching says index and term are enough."""
     return ours[1] == theirs[1] and ours[2] == theirs[2]
+
+
+def trim_journal_to(group: Any, before: Any, last: Any) -> bool:
+    """Make the journal start at a snapshot's two last entries, ``before`` and ``last``, if it
+    holds both, keeping every entry after them (what pysyncobj's compaction does one tick after
+    it writes a snapshot); True when the journal starts with them."""
+    journal = group._SyncObj__raftLog
+    if len(journal) < 2:
+        return False
+    if _same_full(journal[0], before) and _same_full(journal[1], last):
+        return True
+    at = int(before[1]) - int(journal[0][1])
+    holds_both = (
+        0 < at < len(journal) - 1
+        and _same_full(journal[at], before)
+        and _same_full(journal[at + 1], last)
+    )
+    if holds_both:
+        journal.deleteEntriesTo(at)
+    return holds_both
+
+
+def _same_full(a: Any, b: Any) -> bool:
+    return _same(a, b) and bytes(a[0]) == bytes(b[0])

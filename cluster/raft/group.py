@@ -20,7 +20,7 @@ from pysyncobj.tcp_connection import CONNECTION_STATE
 
 from cluster.listen import ListenError, bind_problem, os_error_behind
 
-from .follower import AppendGuard
+from .follower import AppendGuard, trim_journal_to
 from .snapshot import CheckpointSnapshots, CheckpointTransmitter, install_checkpoint_transmitter
 
 
@@ -71,6 +71,7 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
         self._vote_term = -1
         self._voters: set[str] = set()
         self._append_guard = AppendGuard(self, self_addr)
+        self._parked: dict[Any, int] = {}
         try:
             super().__init__(self_addr, partners, conf)
         except SyncObjException as e:
@@ -84,7 +85,7 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
                 self._doDestroy()  # its journal and sockets; the object is never used
             raise ListenError("Raft", address, cause) from None
         if snapshots is not None:
-            install_checkpoint_transmitter(self, snapshots)
+            install_checkpoint_transmitter(self, snapshots).not_ready = self._park
 
     def _SyncObj__applyLogEntries(self) -> bool:  # overrides pysyncobj 0.3.17 internals
         # With appendEntriesUseBatch off, pysyncobj follows every apply with an AppendEntries
@@ -130,14 +131,33 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
         SyncObj._SyncObj__onMessageReceived(self, node, message)
 
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # pysyncobj's
+        serializer = self._SyncObj__serializer
+        if clearJournal and isinstance(serializer, CheckpointTransmitter):
+            self._append_guard.load_received(serializer)  # a snapshot a leader sent
+            return
         if not clearJournal:
             keep_journal_after_snapshot(self)
         SyncObj._SyncObj__loadDumpFile(self, clearJournal)
-        serializer = self._SyncObj__serializer
-        if isinstance(serializer, CheckpointTransmitter):
-            data = serializer.loaded
-            loaded = data is not None and self._SyncObj__raftLastApplied == data[1][1]
-            self._append_guard.on_load_dump(loaded)
+
+    def _SyncObj__sendAppendEntries(self) -> None:  # pysyncobj's
+        try:
+            SyncObj._SyncObj__sendAppendEntries(self)
+        finally:
+            next_index = self._SyncObj__raftNextIndex
+            for node, index in self._parked.items():
+                if node in next_index:
+                    next_index[node] = index
+            self._parked.clear()
+
+    def _park(self, node: Any) -> None:
+        # A member waits for a snapshot transfer that is still being built. pysyncobj's append
+        # round would go on asking for it, sending an empty snapshot message each time, for the
+        # whole round (``appendEntriesPeriod``): the driver thread, which every group of the
+        # node shares, spent the build busy. Pretending for the rest of this round that the
+        # member is up to date sends it one message (its heartbeat) and ends the loop.
+        next_index = self._SyncObj__raftNextIndex
+        self._parked.setdefault(node, next_index[node])
+        next_index[node] = self._SyncObj__getCurrentLogIndex() + 1
 
     def _SyncObj__sendNextNodeIdx(  # pysyncobj's
         self, node: Any, reset: bool = False, nextNodeIdx: Any = None, success: bool = False
@@ -229,22 +249,12 @@ def keep_journal_after_snapshot(group: Any) -> None:
         data = group._SyncObj__serializer.deserialize()
     except Exception:
         return  # no snapshot, or one pysyncobj cannot load either: it says so itself
-    before, last = data[2], data[1]
-    journal = group._SyncObj__raftLog
-    if len(journal) < 2 or (_same_entry(journal[0], before) and _same_entry(journal[1], last)):
-        return
-    at = int(before[1]) - int(journal[0][1])
-    holds_both = 0 < at < len(journal) - 1 and _same_entry(journal[at], before)
-    if holds_both and _same_entry(journal[at + 1], last):
-        journal.deleteEntriesTo(at)
+    first = int(group._SyncObj__raftLog[0][1]) if len(group._SyncObj__raftLog) else None
+    if trim_journal_to(group, data[2], data[1]) and first != int(data[2][1]):
         logging.getLogger("raftchat.raft").warning(
             "finished a log compaction cut short by a crash; kept the journal after it",
-            extra={"fields": {"snapshot_index": int(last[1]), "kept": len(journal) - 2}},
+            extra={"fields": {"snapshot_index": int(data[1][1])}},
         )
-
-
-def _same_entry(a: Any, b: Any) -> bool:
-    return bool(a[1] == b[1] and a[2] == b[2] and bytes(a[0]) == bytes(b[0]))
 
 
 FIRST_ROUND = (0.2, 0.5)

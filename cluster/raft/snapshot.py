@@ -17,6 +17,7 @@ import pickle
 import shutil
 import tarfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,11 @@ class CheckpointSnapshots:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.installed = 0
         self.taken = 0
+        self._installed_from: str | None = None
+        """The checkpoint the state was last installed from: pysyncobj reads the snapshot
+        again once the group has installed a received one, and that read must not install it
+        a second time (a checkpoint's own applied index may be below the snapshot's index, when
+        Raft's last entries before it were no-ops)."""
 
     # --- pysyncobj serializer hooks (driver thread) ---------------------------------------
 
@@ -62,16 +68,16 @@ class CheckpointSnapshots:
             meta = _read_meta(Path(file_name))
             checkpoint = self.dir / meta["checkpoint"]
         elif head[TAR_MAGIC_OFFSET : TAR_MAGIC_OFFSET + 5] == b"ustar":
-            meta, checkpoint = self._unpack(Path(file_name))
+            meta, checkpoint = self.unpack(Path(file_name))
         else:
             raise ValueError(f"{file_name} is not a raftchat snapshot")
-        if self.machine.applied_index() < meta["index"]:
-            log.info("installing snapshot at index %d", meta["index"])
-            self.machine.install(str(checkpoint))
-            self.installed += 1
+        if self._installed_from != str(checkpoint):
+            self._install_if_newer(meta, checkpoint)
         return meta["raft"]
 
-    def _unpack(self, tar_path: Path) -> tuple[dict[str, Any], Path]:
+    def unpack(self, tar_path: Path) -> tuple[dict[str, Any], Path]:
+        """Unpack a transfer received from a leader: its checkpoint goes next to the local
+        ones, and ``tar_path`` becomes a plain metadata file naming it. Installs nothing."""
         incoming = self.dir / "incoming"
         shutil.rmtree(incoming, ignore_errors=True)
         incoming.mkdir()
@@ -82,11 +88,32 @@ class CheckpointSnapshots:
         shutil.rmtree(target, ignore_errors=True)
         os.replace(incoming / "checkpoint", target)
         shutil.rmtree(incoming, ignore_errors=True)
-        # Rewrite the dump file as a plain metadata file pointing at the local checkpoint, so a
-        # restart does not unpack the tar again.
+        # Rewrite the file as a plain metadata file pointing at the local checkpoint, so that,
+        # once it is the dump file, a restart does not unpack the tar again.
         with open(tar_path, "wb") as f:
             f.write(META_MAGIC + pickle.dumps(meta))
         return meta, target
+
+    def install_received(self, meta: dict[str, Any], checkpoint: Path) -> None:
+        """Install an unpacked transfer's checkpoint, if the state machine is older."""
+        self._install_if_newer(meta, checkpoint)
+
+    def _install_if_newer(self, meta: dict[str, Any], checkpoint: Path) -> None:
+        if self.machine.applied_index() < meta["index"]:
+            log.info("installing snapshot at index %d", meta["index"])
+            self.machine.install(str(checkpoint))
+            self.installed += 1
+            self._installed_from = str(checkpoint)
+
+    def discard(self, checkpoint: Path, dump_file: Path) -> None:
+        """Drop an unpacked transfer's checkpoint, unless the local snapshot names it (the
+        same index: ``unpack`` put the received copy in its place)."""
+        try:
+            kept = _read_meta(dump_file)["checkpoint"]
+        except (OSError, ValueError):
+            kept = None
+        if checkpoint.name != kept:
+            shutil.rmtree(checkpoint, ignore_errors=True)
 
     # --- shipping to a follower (leader side) ---------------------------------------------
 
@@ -141,17 +168,44 @@ class CheckpointTransmitter(Serializer):  # type: ignore[misc]
         self._file_name = file_name
         self._batch = batch_size
         self._snapshots = snapshots
+        self.snapshots = snapshots
         self._transfers: dict[Any, _Transfer] = {}
         self._counter = 0
-        self.loaded: Any = None
-        """What the last ``deserialize`` returned; None when it raised (pysyncobj logs the
-        exception and goes on as if the load had worked: ``cluster.raft.follower``)."""
+        self.dump_path = Path(file_name)
+        self.incoming_path = Path(file_name + ".incoming")
+        """Where a snapshot sent by a leader is collected: never over the dump file, which
+        keeps this replica's own snapshot until the group has checked and taken the new one
+        (``cluster.raft.follower``)."""
+        self._incoming: Any = None
+        self.not_ready: Callable[[Any], None] | None = None
+        """Told (on the driver thread) when a member waits for a transfer still being built."""
 
-    def deserialize(self) -> Any:  # pysyncobj's Serializer method
-        self.loaded = None
-        data = super().deserialize()
-        self.loaded = data
-        return data
+    def setTransmissionData(self, data: Any) -> bool:  # pysyncobj names it so (follower)
+        """Collect a leader's snapshot chunks in ``incoming_path``; True when the last one is
+        in (pysyncobj then asks the group to load it)."""
+        if data is None:
+            return False
+        chunk, first, last = data
+        if first:
+            self._close_incoming()
+            self._incoming = open(self.incoming_path, "wb")  # noqa: SIM115 - kept across chunks
+        elif self._incoming is None:
+            return False  # the middle of a transfer whose start this replica did not see
+        try:
+            self._incoming.write(chunk)
+        except OSError:
+            log.exception("writing a received snapshot failed")
+            self._close_incoming()
+            return False
+        if last:
+            self._close_incoming()
+            return True
+        return False
+
+    def _close_incoming(self) -> None:
+        if self._incoming is not None:
+            self._incoming.close()
+            self._incoming = None
 
     def getTransmissionData(self, transmission_id: Any) -> Any:  # pysyncobj names it so
         xfer = self._transfers.get(transmission_id)
@@ -173,6 +227,8 @@ class CheckpointTransmitter(Serializer):  # type: ignore[misc]
             ).start()
             return None
         if not xfer.ready.is_set():
+            if self.not_ready is not None:
+                self.not_ready(transmission_id)
             return None  # pysyncobj asks again on its next append round
         if xfer.failed:
             self._transfers.pop(transmission_id, None)
@@ -201,10 +257,12 @@ class CheckpointTransmitter(Serializer):  # type: ignore[misc]
             xfer.file.close()
 
 
-def install_checkpoint_transmitter(group: ReplicatedGroup, snapshots: CheckpointSnapshots) -> None:
+def install_checkpoint_transmitter(
+    group: ReplicatedGroup, snapshots: CheckpointSnapshots
+) -> CheckpointTransmitter:
     """Swap the group's pysyncobj Serializer for the checkpoint-shipping one."""
     conf = group._SyncObj__conf
-    group._SyncObj__serializer = CheckpointTransmitter(
+    transmitter = group._SyncObj__serializer = CheckpointTransmitter(
         conf.fullDumpFile,
         conf.logCompactionBatchSize,
         snapshots,
@@ -212,3 +270,4 @@ def install_checkpoint_transmitter(group: ReplicatedGroup, snapshots: Checkpoint
         deserializer=conf.deserializer,
         serializeChecker=conf.serializeChecker,
     )
+    return transmitter

@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from pysyncobj.syncobj import _RAFT_STATE
 
-from cluster.raft.snapshot import _Transfer
+from cluster.raft.snapshot import CheckpointSnapshots, _Transfer
+from node.groups.machine import GroupMachine
+from node.storage import Store
 from tests.unit.test_cluster_raft import Replica, _ports
 
 T = TypeVar("T")
@@ -145,6 +148,20 @@ def test_a_follower_commits_only_up_to_what_a_message_vouches_for(follower: Foll
     assert follower.commit_index() == 4
 
 
+def test_held_entries_are_skipped_and_the_rest_appended_or_replaced(follower: Follower) -> None:
+    """A message that overlaps the log: what is held with the same term is skipped, what
+    follows is appended, and a conflict (with an unapplied entry) replaces the tail from it."""
+    follower.append(0, 1, (1, 0), [(2, 1), (3, 1), (4, 1)], commit=1)
+    answer = follower.append(0, 1, (1, 0), [(i, 1) for i in range(2, 7)], commit=1)
+    assert answer is not None and answer["success"] and answer["next_node_idx"] == 7
+    assert follower.log() == [(1, 0)] + [(i, 1) for i in range(2, 7)]
+    # A new leader of term 2 that holds 2-3 but not 4-6: its 4 and 5 replace them.
+    answer = follower.append(1, 2, (1, 0), [(2, 1), (3, 1), (4, 2), (5, 2)], commit=5)
+    assert answer is not None and answer["success"] and answer["next_node_idx"] == 6
+    assert follower.log() == [(1, 0), (2, 1), (3, 1), (4, 2), (5, 2)]
+    assert follower.commit_index() == 5
+
+
 def test_an_entry_that_conflicts_with_an_applied_one_is_refused(
     follower: Follower, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -168,14 +185,105 @@ def test_an_entry_that_conflicts_with_an_applied_one_is_refused(
 
 def test_a_snapshot_that_cannot_be_loaded_is_asked_for_again(follower: Follower) -> None:
     """A transfer that arrives damaged: pysyncobj logged the failed load and answered success,
-    and the leader counted this replica's unchanged log end as matched. Now the answer is a
-    reset, which makes the leader send the snapshot again."""
+    and the leader counted this replica's unchanged, unchecked log end as matched; it had also
+    written the damaged bytes over the replica's own snapshot. Now the answer is a reset to the
+    commit index, which makes the leader send the snapshot again, and the local snapshot
+    stays."""
     follower.append(0, 1, (1, 0), [(2, 1), (3, 1)], commit=1)
+    dump = follower.raft._SyncObj__serializer.dump_path
+    dump.write_bytes(b"this replica's own snapshot")
     answer = follower.receive(0, 1, commit_index=50, serialized=(b"not a snapshot", True, True))
-    assert answer is not None
-    assert answer["success"] is False and answer["reset"] is True
+    assert answer == {"type": "next_node_idx", "next_node_idx": 2, "reset": True, "success": False}
     assert follower.commit_index() == 1
     assert follower.applied() == 1
+    assert dump.read_bytes() == b"this replica's own snapshot"
+
+
+def snapshot_transfer(follower: Follower, tmp_path: Path, index: int, term: int) -> bytes:
+    """What a leader streams for its snapshot at ``index``: a tar of its (empty) store's
+    checkpoint and the Raft metadata, built as a leader builds it."""
+    store = Store(tmp_path / "leader-db")
+    try:
+        snapshots = CheckpointSnapshots(GroupMachine(1, store), tmp_path / "leader-snapshots")
+        raft = follower.raft
+        members = follower.on_driver(lambda: {raft._SyncObj__selfNode, *raft._SyncObj__otherNodes})
+        dump = tmp_path / "leader.dump"
+        snapshots.serialize(str(dump), ((NO_OP, index, term), (NO_OP, index - 1, term), members))
+        meta, pinned = snapshots.pin(str(dump), "transfer.d")
+        snapshots.build_transfer(meta, pinned, tmp_path / "transfer.tar")
+    finally:
+        store.close()
+    return (tmp_path / "transfer.tar").read_bytes()
+
+
+def test_a_snapshot_older_than_what_was_applied_changes_nothing(
+    follower: Follower, tmp_path: Path
+) -> None:
+    """The leader sent entries 2-12, which this replica applied and answered; then a late reset
+    reply sent the leader back to a snapshot at 6. pysyncobj cleared the journal to 5-6 and set
+    its applied index back to 6: entries the leader had counted were gone, and the state
+    machine would skip 7-12 when they came again. Now nothing changes, and the answer is the
+    commit index."""
+    follower.append(0, 1, (1, 0), [(i, 1) for i in range(2, 13)], commit=12)
+    follower.apply()
+    tar = snapshot_transfer(follower, tmp_path, 6, 1)
+    answer = follower.receive(0, 1, commit_index=12, serialized=(tar, True, True))
+    assert answer == {"type": "next_node_idx", "next_node_idx": 13, "reset": False, "success": True}
+    assert follower.log() == [(1, 0)] + [(i, 1) for i in range(2, 13)]
+    assert follower.applied() == 12 and follower.commit_index() == 12
+    assert follower.replica.machine.installs == 0
+
+
+def test_a_newer_snapshot_keeps_the_entries_after_it(follower: Follower, tmp_path: Path) -> None:
+    """This replica holds 2-12 but applied only 3 when the snapshot at 6 arrives, with the same
+    entries at 5 and 6. It installs the snapshot and keeps 7-12 (Raft's rule for a snapshot
+    whose last entry the follower holds); pysyncobj cleared them. The answer is 7: what lies
+    past it was not vouched for by this message."""
+    follower.append(0, 1, (1, 0), [(i, 1) for i in range(2, 13)], commit=3)
+    follower.apply()
+    assert follower.applied() == 3
+    tar = snapshot_transfer(follower, tmp_path, 6, 1)
+    answer = follower.receive(0, 1, commit_index=12, serialized=(tar, True, True))
+    assert answer == {"type": "next_node_idx", "next_node_idx": 7, "reset": False, "success": True}
+    assert follower.log() == [(i, 1) for i in range(5, 13)]
+    assert follower.applied() == 6 and follower.commit_index() == 6
+    assert follower.replica.machine.installs == 1
+
+
+def test_a_message_without_a_previous_index_gets_a_reset_to_the_commit_index(
+    follower: Follower,
+) -> None:
+    """pysyncobj's leader sends ``prevLogIdx: None`` when its next index for a member is past
+    its own log; pysyncobj's follower then failed on it every round, without even resetting
+    its election timer, and stood for election against a healthy leader."""
+    follower.append(0, 1, (1, 0), [(2, 1), (3, 1)], commit=2)
+    answer = follower.append(1, 2, (None, None), [], commit=9)  # type: ignore[arg-type]
+    assert answer == {"type": "next_node_idx", "next_node_idx": 3, "reset": True, "success": False}
+    assert follower.on_driver(lambda: follower.raft._getLeader()) is follower.leaders[1]
+
+
+def test_a_leader_waiting_for_a_transfer_sends_one_message_per_round(follower: Follower) -> None:
+    """As a leader: while a member's snapshot transfer is being built, pysyncobj's append round
+    asked for it again and again, sending an empty snapshot message each time, for the whole
+    round: the driver thread, shared by every group of the node, was busy throughout."""
+    raft = follower.raft
+    member = follower.leaders[0]
+    transmitter = raft._SyncObj__serializer
+    transmitter._transfers[member] = _Transfer()  # being built
+
+    def round_() -> int:
+        raft._SyncObj__raftState = _RAFT_STATE.LEADER
+        raft._SyncObj__connectedNodes.add(member)
+        raft._SyncObj__raftNextIndex[member] = 1
+        raft._SyncObj__raftMatchIndex[member] = 0
+        before = len(follower.answers)
+        raft._SyncObj__sendAppendEntries()
+        assert raft._SyncObj__raftNextIndex[member] == 1  # still waiting for its snapshot
+        raft._SyncObj__raftState = _RAFT_STATE.FOLLOWER
+        return len(follower.answers) - before
+
+    sent = follower.on_driver(round_)
+    assert sent == 1, sent
 
 
 def test_a_lost_link_ends_the_snapshot_transfer_on_it(follower: Follower) -> None:
