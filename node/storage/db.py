@@ -115,6 +115,14 @@ class Store:
         with self._lock:
             Checkpoint(self._db).create_checkpoint(path)
 
+    def checkpoint_at(self, path: str) -> int:
+        """``checkpoint``, and the applied index of exactly the data it holds (every apply
+        writes under the same lock, so none lands between the two)."""
+        with self._lock:
+            applied = self.applied_index()
+            Checkpoint(self._db).create_checkpoint(path)
+        return applied
+
     def install(self, checkpoint: str) -> None:
         """Replace the whole database by a checkpoint (a snapshot from the group's leader)."""
         with self._flush_lock, self._lock:
