@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,29 +20,17 @@ from client.errors import ConnectRefused
 from client.wkproto import open_client
 from proto.wkproto import ReasonCode
 from tests.conftest import ADMIN_TOKEN, Api, Cluster
+from tests.integration.test_client_cli import run_cli
 
-ROOT = Path(__file__).resolve().parents[2]
 CHANNELS = [f"room{i}" for i in range(6)]
 PEOPLE = ["alice", "bob", "carol"]
 WARM_UP = 100
 """Sends acknowledged before the backup begins (and more go on while it runs)."""
 
 
-def raftchat(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAFTCHAT_")}
-    return subprocess.run(
-        [sys.executable, "-m", "node.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=env or {**clean, "RAFTCHAT_AUTH_ADMIN_TOKEN": ADMIN_TOKEN},
-    )
-
-
 def restore(cluster: Cluster, node_id: int, backup: Path) -> subprocess.CompletedProcess[str]:
     """``raftchat restore`` with exactly the environment the node will run with."""
-    return raftchat("restore", "--backup", str(backup), env=cluster.nodes[node_id].env)
+    return run_cli("restore", "--backup", str(backup), env=cluster.nodes[node_id].env)
 
 
 def send(api: Api, from_uid: str, channel_id: str, channel_type: int, no: str) -> int:
@@ -167,7 +153,11 @@ def test_backup_under_load_restores_into_a_new_cluster(tmp_path: Path) -> None:
         worker.start()
         assert load.warmed.wait(30), load.errors[:3]  # something to back up
         began = time.monotonic()
-        done = raftchat("backup", "--api", f"http://{src.hosts[1]}:5001", "--out", str(backup))
+        done = run_cli(
+            "backup",
+            *("--api", f"http://{src.hosts[1]}:5001", "--out", str(backup)),
+            env={"RAFTCHAT_AUTH_ADMIN_TOKEN": ADMIN_TOKEN},
+        )
         ended = time.monotonic()
         time.sleep(0.5)
         load.stop.set()
