@@ -98,13 +98,15 @@ def _make_out(out: Path) -> None:
 def take_backup(
     urls: list[str], token: str | None, out: Path, progress: Callable[[str], None]
 ) -> dict[str, Any]:
-    """Back the cluster up into the empty directory ``out``; returns a summary."""
+    """Back the cluster up into the empty directory ``out`` (made if missing); returns a
+    summary."""
     import httpx
 
     from client.http import TokenAuth
 
     from .cluster_health import member_url
 
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
     began = time.time()
     with httpx.Client(timeout=TIMEOUT_S, auth=TokenAuth(None, token)) as http:
         url, status = _status(http, urls)
