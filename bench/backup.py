@@ -1,11 +1,11 @@
 """``python -m bench.backup``: what an online backup costs (ADR "backup and restore").
 
 Starts a fresh three-node cluster, imports ``--messages`` messages of ``--payload-bytes``
-over ``--channels`` group channels, then sends one message at a time from a thread (a steady
-trickle with ``--interval-ms`` between sends) while ``raftchat backup`` runs in-process against
-it, and reports: the backup's time and size, the send latencies before and during it (the
-pause a backup causes), and the time ``raftchat restore`` takes for each node of a second
-cluster's configuration. Nothing of it runs in ``make test``.
+random bytes over ``--channels`` group channels, then sends one message at a time from a
+thread (a steady trickle with ``--interval-ms`` between sends) while ``raftchat backup`` runs
+in-process against it, and reports: the backup's time and size, the send latencies before and
+during it (the pause a backup causes), and the time ``raftchat restore`` takes for each node of
+a second cluster's configuration. Nothing of it runs in ``make test``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import random
 import statistics
 import tempfile
 import threading
@@ -101,7 +102,7 @@ def run(tmp: Path, hosts: dict[int, str], args: argparse.Namespace) -> dict[str,
 
 
 def fill(http: httpx.Client, args: argparse.Namespace) -> None:
-    payload = base64.b64encode(b"x" * args.payload_bytes).decode()
+    rng = random.Random(7)  # random payloads: what compression cannot shrink, as real ones
     now = int(time.time())
     channels = [f"bench{c}" for c in range(args.channels)]
     for channel in channels:
@@ -112,7 +113,12 @@ def fill(http: httpx.Client, args: argparse.Namespace) -> None:
         count = min(IMPORT_BATCH, args.messages - n)
         channel = channels[(n // IMPORT_BATCH) % len(channels)]
         messages = [
-            {"from_uid": "a", "client_msg_no": f"m{n + i}", "timestamp": now, "payload": payload}
+            {
+                "from_uid": "a",
+                "client_msg_no": f"m{n + i}",
+                "timestamp": now,
+                "payload": base64.b64encode(rng.randbytes(args.payload_bytes)).decode(),
+            }
             for i in range(count)
         ]
         body = {"channel_id": channel, "channel_type": 2, "messages": messages}
