@@ -122,9 +122,10 @@ class Store:
         """``checkpoint``, and the applied index of exactly the data it holds (every apply
         writes under the same lock, so none lands between the two).
 
-        The memtables are flushed first, without the lock: the checkpoint then flushes only
-        what was written meanwhile, and applies wait for it ~15 ms instead of ~200-370 ms
-        (20,000 messages in the memtable; ADR "backup and restore")."""
+        The memtables are flushed first, without the lock (rocksdict releases the GIL for a
+        flush but holds it through ``create_checkpoint``): the checkpoint then flushes only
+        what was written meanwhile, and stops the other threads for a fraction of the time
+        (ADR "backup and restore", ``bench/checkpoint_stall.py``)."""
         with self._swap_lock:
             with self._lock:
                 families = list(self._cf.values())
