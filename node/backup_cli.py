@@ -120,8 +120,7 @@ def take_backup(
         cluster_id = None
         total = 0
         for group in sorted(leaders):
-            taken = _checkpoint(http, members, group, leaders[group])
-            node_url = members[taken["node_id"]]
+            node_url, taken = _checkpoint(http, members, group, leaders[group])
             try:
                 size = _download(http, node_url, taken, out / manifest.group_dir_name(group))
             finally:
@@ -176,8 +175,9 @@ def _status(http: Any, urls: list[str]) -> tuple[str, dict[str, Any]]:
 
 def _checkpoint(
     http: Any, members: dict[int, str], group: int, leader: int | None
-) -> dict[str, Any]:
-    """A checkpoint of ``group`` from its leader, following the answers that name another."""
+) -> tuple[str, dict[str, Any]]:
+    """(the leader's URL, a checkpoint of ``group`` it took), following the answers that name
+    another leader."""
     import httpx
 
     order = sorted(members)
@@ -192,8 +192,7 @@ def _checkpoint(
             resp, last = None, f"node {target}: {e}"
         if resp is not None:
             if resp.status_code == 200:
-                answer: dict[str, Any] = resp.json()
-                return answer
+                return members[target], _checked(resp.json(), group)
             last = f"node {target}: {resp.status_code} {_msg(resp)}"
             if resp.status_code in (400, 401, 403, 429):
                 break  # asking again, or elsewhere, gets the same answer
@@ -205,6 +204,28 @@ def _checkpoint(
         target = None
         time.sleep(RETRY_PAUSE_S)  # elections take a fraction of a second; nothing to wait on
     raise BackupFailed(f"could not take a checkpoint of group {group}: {last}")
+
+
+def _checked(answer: Any, group: int) -> dict[str, Any]:
+    """The node's answer, if it has the shape this client relies on."""
+    try:
+        ok = (
+            answer["group"] == group
+            and isinstance(answer["id"], str)
+            and all(isinstance(answer[k], int) for k in ("index", "term", "node_id"))
+            and all(
+                isinstance(f["name"], str)
+                and isinstance(f["size"], int)
+                and isinstance(f["sha256"], str)
+                for f in answer["files"]
+            )
+            and (group != 0 or isinstance(answer["placement"], dict))
+        )
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise BackupFailed(f"unexpected checkpoint answer for group {group}: {str(answer)[:200]}")
+    return dict(answer)
 
 
 def _download(http: Any, node_url: str, taken: dict[str, Any], into: Path) -> int:

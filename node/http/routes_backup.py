@@ -65,6 +65,8 @@ def register(route: RouteAdder, ctx: ApiContext) -> None:
             raise ApiError(e.status, str(e)) from None
         except BaseException:
             registry.abandon(backup_id)
+            if ctx.router.local.get(group) is not local:  # dropped here (its store closed)
+                raise ApiError(503, f"this node's replica of group {group} is gone") from None
             raise
         answer = {
             "status": 200,

@@ -140,12 +140,31 @@ def connack(host: str, uid: str, token: str) -> ReasonCode:
     return trio.run(main)
 
 
+def refused_backups(src: Cluster, tmp_path: Path) -> None:
+    """A backup without the admin token, or into a directory with something in it: one line,
+    exit code 1, and nothing written."""
+    url = f"http://{src.hosts[1]}:5001"
+    denied = tmp_path / "denied"
+    wrong = {"RAFTCHAT_AUTH_ADMIN_TOKEN": "not-the-admin-token"}
+    done = run_cli("backup", "--api", url, "--out", str(denied), env=wrong)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done
+    assert "401 wrong admin token" in done.stderr and not denied.exists(), done.stderr
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep").write_text("mine")
+    env = {"RAFTCHAT_AUTH_ADMIN_TOKEN": ADMIN_TOKEN}
+    done = run_cli("backup", "--api", url, "--out", str(taken), env=env)
+    assert done.returncode == 1 and "not an empty directory" in done.stderr, done
+    assert [p.name for p in taken.iterdir()] == ["keep"]
+
+
 def test_backup_under_load_restores_into_a_new_cluster(tmp_path: Path) -> None:
     src = Cluster(tmp_path / "src", 3)
     src.start()
     backup = tmp_path / "backup"
     try:
         api = src.api(1)
+        refused_backups(src, tmp_path)
         seeded = seed(api)
         before = snapshot(api)
         load = Load(src.api(2))
