@@ -105,7 +105,8 @@ def register(route: RouteAdder, ctx: ApiContext) -> None:
         body = req.json_object()
         backup_id = get_str(body, "id", required=True)
         try:
-            released = checkpoints().release(backup_id)
+            # Unlinking a large checkpoint's files is no job for the event loop.
+            released = await trio.to_thread.run_sync(checkpoints().release, backup_id)
         except BackupRefused as e:
             raise ApiError(e.status, str(e)) from None
         return Response(200, {"status": 200, "released": released})
