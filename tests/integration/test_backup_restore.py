@@ -34,6 +34,9 @@ def restore(cluster: Cluster, node_id: int, backup: Path) -> subprocess.Complete
 
 
 def send(api: Api, from_uid: str, channel_id: str, channel_type: int, no: str) -> int:
+    """Send and return the seq; a 503 (an election, a leadership the controller moves) is
+    sent again with the same ``client_msg_no``, as a client does: the dedupe answers a repeat
+    with the first one's seq."""
     payload = base64.b64encode(json.dumps({"type": 1, "content": no}).encode()).decode()
     body = {
         "from_uid": from_uid,
@@ -42,7 +45,12 @@ def send(api: Api, from_uid: str, channel_id: str, channel_type: int, no: str) -
         "payload": payload,
         "client_msg_no": no,
     }
-    seq: int = api.ok("/message/send", body)["message_seq"]
+    for _ in range(5):
+        resp = api.post("/message/send", body)
+        if resp.status_code != 503:
+            break
+    assert resp.status_code == 200, (resp.status_code, resp.text)
+    seq: int = resp.json()["message_seq"]
     return seq
 
 
