@@ -33,6 +33,7 @@ from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.raftchat.peer.v1 import peer_pb2_grpc
 
 from .admin import Admin
+from .backup_checkpoints import BackupCheckpoints
 from .client_routes import ClientRoutes, own_endpoints
 from .config import Config, is_loopback
 from .controller import PLACEMENT_KEY, Controller, ControllerMachine
@@ -571,6 +572,7 @@ class Node:
             self.client_routes,
             token_keys=self.token_keys,
             metrics=self.metrics,
+            backups=BackupCheckpoints(self.datadir.path, self.datadir.identity.cluster_id),
         )
         http_router = build_router(api)
         self.public_api.attach(http_router, api)

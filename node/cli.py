@@ -130,9 +130,13 @@ def main(argv: list[str] | None = None) -> int:
 
     add_connections_arguments(p_conns)
     p_conns.set_defaults(func=run_connections)
+    from .backup_cli import add_parser as add_backup_parser
     from .cluster_cli import add_parser
+    from .restore import add_parser as add_restore_parser
 
     add_parser(sub)
+    add_backup_parser(sub)
+    add_restore_parser(sub)
     # Terminal clients: the client library's, registered here so that `raftchat` has them.
     from client.cli_chat import add_parsers as add_chat_parsers
 

@@ -91,12 +91,15 @@ POST_ROUTES: dict[str, tuple[str, ...]] = {
     "/cluster/join": ("node_id", "host"),
     "/cluster/leave": ("node_id", "force"),
     "/cluster/drain": ("node_id",),
+    "/cluster/backup/checkpoint": ("group",),
+    "/cluster/backup/release": ("id",),
 }  # fmt: skip
 
 GET_ROUTES: dict[str, tuple[str, ...]] = {
     "/health": (),
     "/route": ("uid",),
     "/cluster/status": (),
+    "/cluster/backup/file": ("id", "name", "offset"),
     "/user/systemuids": (),
     "/webhook/status": (),
     "/channel/max_message_seq": ("channel_id", "channel_type"),

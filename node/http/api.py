@@ -24,6 +24,7 @@ from ..groups.digest import channel_digests
 from ..pipeline_rules import SYSTEM_UID, request_problem
 from ..send_checks import precheck
 from . import (
+    routes_backup,
     routes_channels,
     routes_conversations,
     routes_history,
@@ -400,6 +401,7 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         return Response(200, {"message_seq": head})
 
     for module in (
+        routes_backup,
         routes_channels,
         routes_conversations,
         routes_messages,

@@ -12,6 +12,7 @@ from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
 
 from ..admin import Admin
+from ..backup_checkpoints import BackupCheckpoints
 from ..channels import canonical_channel_id, channel_id_problem, id_problem, view_channel_id
 from ..client_routes import ClientRoutes
 from ..config import Config
@@ -52,6 +53,8 @@ class ApiContext:
     """Seals user tokens before they are proposed (``node/usertokens.py``)."""
     metrics: NodeMetrics | None = None
     """``/metrics``, ``/varz`` and ``/connz``; None in unit tests without a node."""
+    backups: BackupCheckpoints | None = None
+    """The checkpoints ``/cluster/backup/*`` hands out; None in unit tests without a node."""
 
 
 def check_id(value: str, what: str) -> str:

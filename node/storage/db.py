@@ -63,6 +63,9 @@ class Store:
         self._lock = threading.RLock()
         # Held through an fsync, which runs without ``_lock`` so that readers are not held up.
         self._flush_lock = threading.Lock()
+        # Held through a memtable flush ahead of a checkpoint, which also runs without
+        # ``_lock``: only closing (and installing) the database waits for it.
+        self._swap_lock = threading.Lock()
         self._open()
 
     def _open(self) -> None:
@@ -96,8 +99,8 @@ class Store:
     def close(self, collect: bool = True) -> None:
         """``collect=False`` leaves the LOCK file to the next garbage collection (a node
         closing all its stores at once collects once, not once per store: ~0.1 s each)."""
-        # Not under a running fsync on another thread (the commit flusher's).
-        with self._flush_lock, self._lock:
+        # Not under a running fsync or flush on another thread (the commit flusher's).
+        with self._swap_lock, self._flush_lock, self._lock:
             self._close(collect)
 
     def _close(self, collect: bool = True) -> None:
@@ -115,9 +118,27 @@ class Store:
         with self._lock:
             Checkpoint(self._db).create_checkpoint(path)
 
+    def checkpoint_at(self, path: str) -> int:
+        """``checkpoint``, and the applied index of exactly the data it holds (every apply
+        writes under the same lock, so none lands between the two).
+
+        The memtables are flushed first, without the lock (rocksdict releases the GIL for a
+        flush but holds it through ``create_checkpoint``): the checkpoint then flushes only
+        what was written meanwhile, and stops the other threads for a fraction of the time
+        (ADR "backup and restore", ``bench/checkpoint_stall.py``)."""
+        with self._swap_lock:
+            with self._lock:
+                families = list(self._cf.values())
+            for family in families:
+                family.flush(True)
+        with self._lock:
+            applied = self.applied_index()
+            Checkpoint(self._db).create_checkpoint(path)
+        return applied
+
     def install(self, checkpoint: str) -> None:
         """Replace the whole database by a checkpoint (a snapshot from the group's leader)."""
-        with self._flush_lock, self._lock:
+        with self._swap_lock, self._flush_lock, self._lock:
             self._close()
             staging = f"{self.path}.installing"
             shutil.rmtree(staging, ignore_errors=True)

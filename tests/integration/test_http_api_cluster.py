@@ -42,6 +42,7 @@ leave is shown in ``test_membership.py`` on a cluster of its own.
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import time
@@ -404,6 +405,44 @@ def test_leave_below_the_replica_count_is_refused_and_changes_nothing(suite: Sui
 
 
 # --- valid cases: users ---------------------------------------------------------------------
+
+
+@covers(
+    "POST /cluster/backup/checkpoint", "GET /cluster/backup/file", "POST /cluster/backup/release"
+)
+def test_a_backup_checkpoint_is_read_in_chunks_then_released(suite: Suite) -> None:
+    # Only the group's leader takes one: another node names it (leadership may move between
+    # the answer and the next request: then ask again).
+    taken, node = None, suite.nodes[1]
+    for _ in range(10):
+        resp = node.post("/cluster/backup/checkpoint", {"group": 1})
+        if resp.status_code == 200:
+            taken = resp.json()
+            break
+        assert resp.status_code == 409 and "leader" in resp.json()["msg"], resp.text
+        node = suite.nodes[resp.json()["leader"] or 1 + node.id % 3]
+    assert taken is not None and taken["group"] == 1 and taken["node_id"] == node.id
+    assert taken["index"] >= 1 and taken["term"] >= 1
+    names = {f["name"] for f in taken["files"]}
+    assert "CURRENT" in names and all("/" not in n for n in names), names
+    for f in taken["files"]:
+        data = b""
+        while len(data) < f["size"]:
+            got = node.get("/cluster/backup/file", id=taken["id"], name=f["name"], offset=len(data))
+            assert got.status_code == 200 and got.content, got.text
+            assert len(got.content) <= taken["chunk_bytes"]
+            data += got.content
+        assert hashlib.sha256(data).hexdigest() == f["sha256"], f
+    # Only its own files, and only from its own node.
+    other = suite.nodes[1 + node.id % 3]
+    stray = other.get("/cluster/backup/file", id=taken["id"], name="CURRENT")
+    assert stray.status_code == 404, stray.text
+    outside = node.get("/cluster/backup/file", id=taken["id"], name="../identity.json")
+    assert outside.status_code == 404, outside.text
+    assert node.ok("/cluster/backup/release", {"id": taken["id"]})["released"] is True
+    gone = node.get("/cluster/backup/file", id=taken["id"], name="CURRENT")
+    assert gone.status_code == 404, gone.text
+    assert node.ok("/cluster/backup/release", {"id": taken["id"]})["released"] is False
 
 
 @covers("POST /user/token")
@@ -945,6 +984,14 @@ BAD: list[Bad] = [
     Bad("POST /cluster/join", {"node_id": 2}, "host"),
     Bad("POST /cluster/join", {"node_id": "2", "host": "h"}, "node_id"),
     Bad("POST /cluster/join", {"node_id": 0, "host": "h"}, "node_id"),
+    Bad("POST /cluster/backup/checkpoint", {}, "group"),
+    Bad("POST /cluster/backup/checkpoint", {"group": 99}, "group"),
+    Bad("POST /cluster/backup/checkpoint", {"group": "1"}, "group"),
+    Bad("GET /cluster/backup/file", {"id": "../../etc", "name": "CURRENT"}, "id"),
+    Bad("GET /cluster/backup/file", {"id": "0" * 32, "name": "CURRENT", "offset": "-1"}, "offset"),
+    Bad("GET /cluster/backup/file", {"id": "0" * 32, "name": "CURRENT"}, "no backup", 404),
+    Bad("POST /cluster/backup/release", {}, "id"),
+    Bad("POST /cluster/backup/release", {"id": "../x"}, "id"),
     Bad("POST /cluster/leave", {}, "node_id"),
     Bad("POST /cluster/leave", {"node_id": 1, "force": 2}, "force"),
     Bad("POST /user/token", {"token": "t"}, "uid"),
