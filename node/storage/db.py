@@ -114,9 +114,9 @@ class Store:
             gc.collect()
 
     def checkpoint(self, path: str) -> None:
-        """A consistent copy of the database in a new directory (hard links where possible)."""
-        with self._lock:
-            Checkpoint(self._db).create_checkpoint(path)
+        """A consistent copy of the database in a new directory (hard links where possible):
+        Raft's log-compaction snapshots, which stop the node no longer than backups do."""
+        self.checkpoint_at(path)
 
     def checkpoint_at(self, path: str) -> int:
         """``checkpoint``, and the applied index of exactly the data it holds (every apply
