@@ -204,3 +204,15 @@ def cluster3(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop()
+
+
+PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+"""Each test's reports by phase (``setup``, ``call``, ``teardown``), so that a fixture's
+teardown can tell whether its test failed (the console tests save a screenshot then)."""
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    item.stash.setdefault(PHASE_REPORTS, {})[report.when] = report
+    return report

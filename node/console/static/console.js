@@ -157,6 +157,7 @@ function render() {
   }
   const main = document.getElementById("main");
   main.replaceChildren();
+  delete main.dataset.loaded;
   main.dataset.page = page;
   PAGES[page](main);
 }
@@ -220,13 +221,14 @@ const SERIES = [
 const KEEP = 60;
 
 function chart(points) {
-  const w = 360, h = 120, pad = 28;
-  const max = Math.max(1e-9, ...points);
+  const w = 270, h = 110, pad = 28;
+  const peak = Math.max(0, ...points);
+  const max = peak > 0 ? peak : 1;
   const root = svg("svg", { width: w, height: h, viewBox: `0 0 ${w} ${h}`, role: "img" });
   root.append(svg("line", { class: "axis", x1: pad, y1: h - 14, x2: w, y2: h - 14 }));
   root.append(svg("line", { class: "axis", x1: pad, y1: 4, x2: pad, y2: h - 14 }));
   const top = svg("text", { x: 0, y: 12 });
-  top.textContent = max >= 100 ? max.toFixed(0) : max.toPrecision(2);
+  top.textContent = max >= 100 ? max.toFixed(0) : String(Number(max.toPrecision(2)));
   const zero = svg("text", { x: 0, y: h - 14 });
   zero.textContent = "0";
   root.append(top, zero);
