@@ -157,6 +157,13 @@ class Cluster:
     def start(self) -> None:
         start_all(list(self.nodes.values()))
 
+    def __enter__(self) -> Cluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def api(self, node_id: int) -> Api:
         return Api.of(self.nodes[node_id], f"http://{self.hosts[node_id]}:5001")
 

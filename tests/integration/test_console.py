@@ -24,15 +24,15 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
 from client.sync import Portal
 from client.wkproto import WKClient, open_client
-from tests.conftest import ADMIN_TOKEN, PHASE_REPORTS, Api, Cluster
+from node.devcluster import CONSOLE_PORT
+from tests.conftest import ADMIN_TOKEN, PHASE_REPORTS, Cluster, start_node
+from tests.integration.test_metrics import scrape, total
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-CONSOLE_PORT = 5300
 WAIT_S = 20.0
 TOKEN = "console-test-token"
 
@@ -64,12 +64,8 @@ if missing:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("console"), 3)
-    c.start()
-    try:
+    with Cluster(tmp_path_factory.mktemp("console"), 3) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")
@@ -174,16 +170,6 @@ class HeldClient:
         self.portal.close()
 
 
-def metric_total(api: Api, name: str) -> float:
-    text = api.http.get("/metrics").text
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name
-    )
-
-
 # ---- the console's own door -----------------------------------------------------------
 
 
@@ -220,6 +206,28 @@ def test_console_needs_the_admin_token_and_refuses_bad_input(cluster: Cluster) -
         assert http.get("/api/connz", params={"node": "2", "limit": "x"}).status_code == 400
         assert http.post("/logout", headers=marked).status_code == 200
         assert http.get("/api/session").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("settings", "logged"),
+    [
+        ({}, "web console not served: it needs auth.admin_token"),
+        ({"auth__admin_token": ADMIN_TOKEN, "console__enabled": False}, ""),
+    ],
+)
+def test_no_console_without_an_admin_token_or_when_disabled(
+    tmp_path: Path, settings: dict[str, Any], logged: str
+) -> None:
+    node = start_node(tmp_path, **settings)
+    try:
+        assert "console" not in node.endpoints
+        host = node.endpoints["http"].split("//")[1].split(":")[0]
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://{host}:{CONSOLE_PORT}/", timeout=5)
+    finally:
+        node.stop()
+    if logged:
+        assert logged in node.log_path.read_text()
 
 
 def test_log_in_page(cluster: Cluster, driver: WebDriver) -> None:
@@ -308,7 +316,7 @@ def test_throughput_page_charts_the_members_metrics(cluster: Cluster, driver: We
         "a rate of sends",
     )
     assert driver.find_element(By.ID, "rate-commit").text != "0.00 ms"
-    expected = {n: metric_total(cluster.api(n), "raftchat_sends_total") for n in cluster.nodes}
+    expected = {n: total(scrape(cluster, n), "raftchat_sends_total") for n in cluster.nodes}
     assert sum(expected.values()) >= 6
 
     def shown() -> dict[int, float]:
