@@ -48,6 +48,7 @@ from .grpcapi.subscribe import LiveFeed
 from .http.api import build_router
 from .http.common import ApiContext
 from .http.listener import HttpServer
+from .http.routes_monitoring import console_url
 from .http.server import Router as HttpRouter
 from .identity import DataDir, check
 from .log import announce, close_stderr_capture, get_logger
@@ -642,8 +643,7 @@ class Node:
         server = HttpServer(router, cfg.http, ssl_context if https else None)
         host, port = cfg.node.host, cfg.console.port
         await start_listener(nursery, "console", host, port, partial(server.serve, host, port))
-        address = f"[{host}]" if ":" in host else host
-        return f"{'https' if https else 'http'}://{address}:{port}/"
+        return console_url(cfg)
 
 
 class StopDeadline:

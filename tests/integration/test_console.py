@@ -28,7 +28,7 @@ import trio
 from client.sync import Portal
 from client.wkproto import WKClient, open_client
 from node.devcluster import CONSOLE_PORT
-from tests.conftest import ADMIN_TOKEN, PHASE_REPORTS, Cluster, start_node
+from tests.conftest import ADMIN_TOKEN, PHASE_REPORTS, Api, Cluster, start_node
 from tests.integration.test_metrics import scrape, total
 
 CHROMIUM = "/usr/bin/chromium"
@@ -221,6 +221,7 @@ def test_no_console_without_an_admin_token_or_when_disabled(
     node = start_node(tmp_path, **settings)
     try:
         assert "console" not in node.endpoints
+        assert Api.of(node).http.get("/varz").json()["manager_addr"] == ""
         host = node.endpoints["http"].split("//")[1].split(":")[0]
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://{host}:{CONSOLE_PORT}/", timeout=5)
@@ -428,6 +429,9 @@ def test_every_node_serves_the_console(cluster: Cluster) -> None:
         overview = http.get("/api/overview").json()
         assert overview["node_id"] == 2
         assert {n["node_id"] for n in overview["nodes"]} >= {1, 2}
+    # /varz names it as WuKongIM's manager address.
+    varz = cluster.api(2).http.get("/varz").json()
+    assert varz["manager_addr"] == console_url(cluster, 2) + "/"
 
 
 def test_actions_confirm_before_they_act_and_drain_ends_the_node(
