@@ -15,9 +15,11 @@ import trio
 
 from client.http import TokenAuth
 
+from ..cluster_health import PROBE_TIMEOUT_S
 from ..http.server import ApiError, Response
 
-TIMEOUT_S = 3.0
+TIMEOUT_S = PROBE_TIMEOUT_S
+"""A member answers these routes in milliseconds; one that takes this long is not serving."""
 
 
 class Forwarder:
@@ -34,9 +36,10 @@ class Forwarder:
         verify: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=ca_file) if ca_file else True
         )
-        self._http = httpx.Client(
+        self.http = httpx.Client(
             timeout=TIMEOUT_S, verify=verify, auth=TokenAuth(api_token, admin_token)
         )
+        """Kept open for every call (the cluster page's health probes use it too)."""
 
     def url_of(self, host: str) -> str:
         """A member's HTTP API: every node serves it on the same port, on its own address."""
@@ -50,7 +53,7 @@ class Forwarder:
         headers = {"content-type": "application/json"} if body else {}
 
         def request() -> httpx.Response:
-            return self._http.request(
+            return self.http.request(
                 method, url, params=query, content=body or None, headers=headers
             )
 
@@ -64,4 +67,4 @@ class Forwarder:
         return Response(resp.status_code, resp.content, content_type=content_type)
 
     def close(self) -> None:
-        self._http.close()
+        self.http.close()

@@ -35,7 +35,7 @@ from ..cluster_health import group_rows, probe_all
 from ..http.auth import Credentials
 from ..http.server import ApiError, Request, Response, Router, bad_request
 from ..log import get_logger
-from .forward import Forwarder
+from .forward import TIMEOUT_S, Forwarder
 from .sessions import SessionStore
 
 log = get_logger("console")
@@ -205,7 +205,9 @@ def build_console_router(ctx: ConsoleContext) -> ConsoleRouter:
             return answer
         status: dict[str, Any] = answer.body
         urls = {int(n): ctx.forwarder.url_of(h) for n, h in status["nodes"].items()}
-        health = await trio.to_thread.run_sync(probe_all, urls, ctx.admin_token or None)
+        health = await trio.to_thread.run_sync(
+            probe_all, urls, ctx.admin_token or None, TIMEOUT_S, ctx.forwarder.http
+        )
         nodes = []
         for n, host in sorted((int(k), v) for k, v in status["nodes"].items()):
             h = health.get(n)
