@@ -261,12 +261,18 @@ PAGES.throughput = (main) => {
   every(3000, async () => {
     try {
       const ids = members();
-      const texts = await Promise.all(ids.map((n) => api("GET", `/api/metrics?node=${n}`)));
+      // A member that does not answer is left out of the sums (and says why in the table).
+      const texts = await Promise.all(ids.map((n) => api("GET", `/api/metrics?node=${n}`)
+        .catch((e) => ({ error: e.message }))));
       const now = performance.now();
-      const sample = { sends: 0, deliveries: 0, ackSum: 0, ackCount: 0, commitSum: 0,
-        commitCount: 0 };
+      const per = {};
       const rows = [];
       texts.forEach((text, i) => {
+        if (typeof text !== "string") {
+          rows.push(el("tr", { "data-node": ids[i] }, el("td", { class: "num" }, ids[i]),
+            el("td", { class: "error", colspan: 3 }, text.error)));
+          return;
+        }
         const s = {
           sends: metricSum(text, "raftchat_sends_total"),
           deliveries: metricSum(text, "raftchat_deliveries_total"),
@@ -275,7 +281,7 @@ PAGES.throughput = (main) => {
           commitSum: metricSum(text, "raftchat_commit_latency_seconds_sum"),
           commitCount: metricSum(text, "raftchat_commit_latency_seconds_count"),
         };
-        for (const k of Object.keys(sample)) sample[k] += s[k];
+        per[ids[i]] = s;
         rows.push(el("tr", { "data-node": ids[i] }, el("td", { class: "num" }, ids[i]),
           el("td", { class: "num sends" }, s.sends),
           el("td", { class: "num deliveries" }, s.deliveries),
@@ -285,8 +291,15 @@ PAGES.throughput = (main) => {
         rows));
       if (last !== null) {
         const dt = Math.max((now - last.at) / 1000, 1e-3);
-        const delta = {};
-        for (const k of Object.keys(sample)) delta[k] = Math.max(sample[k] - last.sample[k], 0);
+        // Each node's counters since the last sample, for the nodes that answered both times
+        // (a restarted node's counters start again from 0: its drop counts as nothing).
+        const delta = { sends: 0, deliveries: 0, ackSum: 0, ackCount: 0, commitSum: 0,
+          commitCount: 0 };
+        for (const [node, s] of Object.entries(per)) {
+          const before = last.per[node];
+          if (!before) continue;
+          for (const k of Object.keys(delta)) delta[k] += Math.max(s[k] - before[k], 0);
+        }
         for (const s of SERIES) {
           const points = history[s.id];
           points.push(s.value(delta, dt));
@@ -297,7 +310,7 @@ PAGES.throughput = (main) => {
           boxes[s.id].querySelector(".plot").replaceChildren(chart(points));
         }
       }
-      last = { at: now, sample };
+      last = { at: now, per };
       main.dataset.loaded = "1";
       setError("throughput-error", null);
     } catch (e) {
