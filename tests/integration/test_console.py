@@ -62,7 +62,8 @@ if MISSING and os.environ.get("CI") != "true":
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with Cluster(tmp_path_factory.mktemp("console"), 3) as c:
+    # No rate limit per channel: the message browser's test fills a channel past one page.
+    with Cluster(tmp_path_factory.mktemp("console"), 3, messages__group_rate_limit=0) as c:
         yield c
 
 
@@ -427,6 +428,31 @@ def test_channel_browser_shows_the_channel_and_its_messages(
     )
     assert driver.find_element(By.ID, "subscribers").text == ", ".join(subscribers.json())
     screenshot(driver, "channels")
+
+
+def test_channel_browser_pages_back_through_older_messages(
+    cluster: Cluster, driver: WebDriver
+) -> None:
+    api = cluster.api(1)
+    api.client.channel_create("history", 2, ["alice"])
+    for i in range(1, 56):
+        api.client.send("alice", "history", 2, json.dumps({"type": 1, "content": f"m{i}"}))
+    open_page(driver, "channels", form=True)
+    driver.find_element(By.ID, "channel-id").clear()
+    driver.find_element(By.ID, "channel-id").send_keys("history")
+    driver.find_element(By.ID, "channel-lookup").click()
+    wait(
+        driver,
+        lambda d: d.execute_script("return document.getElementById('main').dataset.loaded"),
+        "the first page",
+    )
+    assert [int(r[0]) for r in cells(driver, "messages")] == list(range(55, 5, -1))
+    driver.find_element(By.ID, "older").click()
+    wait(driver, lambda d: len(cells(d, "messages")) == 55, "the older messages")
+    rows = cells(driver, "messages")
+    assert [int(r[0]) for r in rows] == list(range(55, 0, -1))
+    assert json.loads(rows[-1][5]) == {"type": 1, "content": "m1"}
+    assert not driver.find_elements(By.ID, "older")  # nothing older is left
 
 
 def test_user_lookup_shows_online_devices_and_kicks_after_confirmation(

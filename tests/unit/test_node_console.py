@@ -56,11 +56,16 @@ def seen() -> list[Request]:
     return []
 
 
+@pytest.fixture(params=[False], ids=["http"])
+def https(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
 @pytest.fixture
-def console(clock: Clock, seen: list[Request]) -> Any:
+def console(clock: Clock, seen: list[Request], https: bool) -> Any:
     api = api_router(seen)
     assert api.credentials is not None
-    forwarder = Forwarder(5001, False, None, ADMIN)
+    forwarder = Forwarder(5001, https, None, ADMIN)
     ctx = ConsoleContext(
         node_id=1,
         api=api,
@@ -68,7 +73,7 @@ def console(clock: Clock, seen: list[Request]) -> Any:
         members=lambda: {1: "127.0.0.11", 2: "127.0.0.12"},
         forwarder=forwarder,
         admin_token=ADMIN,
-        https=False,
+        https=https,
         sessions=SessionStore(idle_timeout_s=60, max_age_s=600, clock=clock),
     )
     yield build_console_router(ctx)
@@ -91,8 +96,15 @@ def log_in(router: Any) -> dict[str, str]:
     resp = call(router, "POST", "/login", b'{"token": "%s"}' % ADMIN.encode(), MARKED)
     assert resp.status == 200, resp.body
     (cookie,) = [v for k, v in resp.headers if k == "set-cookie"]
-    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Secure" not in cookie
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert ("; Secure" in cookie) == router.ctx.https
     return {**MARKED, "cookie": cookie.split(";")[0]}
+
+
+@pytest.mark.parametrize("https", [True], ids=["https"], indirect=True)
+def test_over_https_the_cookie_is_secure(console: Any) -> None:
+    headers = log_in(console)
+    assert call(console, "GET", "/api/session", headers=headers).status == 200
 
 
 def test_the_pages_come_with_a_policy_that_allows_only_the_consoles_own_script(
