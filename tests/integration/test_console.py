@@ -393,6 +393,19 @@ def test_connections_page_lists_a_connected_client(cluster: Cluster, driver: Web
         held.close()
 
 
+def look_up_channel(driver: WebDriver, channel_id: str) -> None:
+    """Look a group channel up on the channels page and wait for its newest messages."""
+    open_page(driver, "channels", form=True)
+    driver.find_element(By.ID, "channel-id").clear()
+    driver.find_element(By.ID, "channel-id").send_keys(channel_id)
+    driver.find_element(By.ID, "channel-lookup").click()
+    wait(
+        driver,
+        lambda d: d.execute_script("return document.getElementById('main').dataset.loaded"),
+        f"the messages of {channel_id}",
+    )
+
+
 def test_channel_browser_shows_the_channel_and_its_messages(
     cluster: Cluster, driver: WebDriver
 ) -> None:
@@ -403,14 +416,7 @@ def test_channel_browser_shows_the_channel_and_its_messages(
         "/channel/messagesync",
         {"login_uid": "alice", "channel_id": "ops", "channel_type": 2, "limit": 100},
     )["messages"]
-    open_page(driver, "channels", form=True)
-    driver.find_element(By.ID, "channel-id").send_keys("ops")
-    driver.find_element(By.ID, "channel-lookup").click()
-    wait(
-        driver,
-        lambda d: d.execute_script("return document.getElementById('main').dataset.loaded"),
-        "the messages",
-    )
+    look_up_channel(driver, "ops")
     rows = cells(driver, "messages")
     assert [int(r[0]) for r in rows] == [m["message_seq"] for m in reversed(synced)]
     assert [r[2] for r in rows] == [m["from_uid"] for m in reversed(synced)]
@@ -423,9 +429,7 @@ def test_channel_browser_shows_the_channel_and_its_messages(
     ops = {"channel_id": "ops", "channel_type": 2}
     head = api.http.get("/channel/max_message_seq", params=ops)
     assert driver.find_element(By.ID, "head-seq").text == str(head.json()["message_seq"])
-    subscribers = api.http.get(
-        "/channel/subscribers", params={"channel_id": "ops", "channel_type": 2}
-    )
+    subscribers = api.http.get("/channel/subscribers", params=ops)
     assert driver.find_element(By.ID, "subscribers").text == ", ".join(subscribers.json())
     screenshot(driver, "channels")
 
@@ -437,15 +441,7 @@ def test_channel_browser_pages_back_through_older_messages(
     api.client.channel_create("history", 2, ["alice"])
     for i in range(1, 56):
         api.client.send("alice", "history", 2, json.dumps({"type": 1, "content": f"m{i}"}))
-    open_page(driver, "channels", form=True)
-    driver.find_element(By.ID, "channel-id").clear()
-    driver.find_element(By.ID, "channel-id").send_keys("history")
-    driver.find_element(By.ID, "channel-lookup").click()
-    wait(
-        driver,
-        lambda d: d.execute_script("return document.getElementById('main').dataset.loaded"),
-        "the first page",
-    )
+    look_up_channel(driver, "history")
     assert [int(r[0]) for r in cells(driver, "messages")] == list(range(55, 5, -1))
     driver.find_element(By.ID, "older").click()
     wait(driver, lambda d: len(cells(d, "messages")) == 55, "the older messages")
