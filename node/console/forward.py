@@ -61,7 +61,7 @@ class Forwarder:
             resp = await trio.to_thread.run_sync(request, abandon_on_cancel=True)
         except httpx.TimeoutException:
             raise ApiError(504, f"node {node_id} did not answer within {TIMEOUT_S:g} s") from None
-        except httpx.TransportError as e:
+        except httpx.HTTPError as e:  # unreachable, reset, or an answer that is not HTTP
             raise ApiError(502, f"node {node_id} cannot be reached: {type(e).__name__}") from None
         content_type = resp.headers.get("content-type", "application/json")
         return Response(resp.status_code, resp.content, content_type=content_type)

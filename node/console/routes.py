@@ -133,7 +133,7 @@ class ConsoleRouter(Router):
             if req.headers.get(CSRF_HEADER) != "1":
                 return _error(403, f"console requests that change anything need `{CSRF_HEADER}: 1`")
             origin = req.headers.get("origin")
-            if origin is not None and urlsplit(origin).netloc != req.headers.get("host", ""):
+            if origin is not None and _origin_host(origin) != req.headers.get("host", ""):
                 self._log.warning(
                     (req.client, "origin"),
                     "console request from another origin refused",
@@ -143,6 +143,15 @@ class ConsoleRouter(Router):
                 return _error(403, "this request comes from a page of another origin")
         if req.path.startswith("/api/") and not self.ctx.sessions.touch(self.session_id(req)):
             return _error(401, "log in to the console with the admin token")
+        return None
+
+
+def _origin_host(origin: str) -> str | None:
+    """The host and port an ``Origin`` header names; None for one that names none (``null``,
+    sent by sandboxed and local pages) or is no URL."""
+    try:
+        return urlsplit(origin).netloc or None
+    except ValueError:  # say, an unclosed IPv6 bracket
         return None
 
 

@@ -226,6 +226,7 @@ HOSTILE: list[tuple[str, str, dict[str, str], dict[str, str], bytes]] = [
     ("GET", "/api/%2e%2e/console.js", {}, {}, b""),
     ("GET", "/api/overview", {}, {"cookie": "raftchat_console=" + "a" * 10_000}, b""),
     ("POST", "/logout", {}, {"origin": "null"}, b""),
+    ("POST", "/logout", {}, {"origin": "http://["}, b""),
 ]
 
 

@@ -219,3 +219,9 @@ def test_sessions_end_at_their_maximum_age_however_busy() -> None:
 )
 def test_cookie_value(header: str, value: str) -> None:
     assert cookie_value(header, COOKIE) == value
+
+
+@pytest.mark.parametrize("origin", ["http://[", "http://[::1", "null", "", "\xff\xfe"])
+def test_an_origin_that_is_no_url_is_refused_not_a_crash(console: Any, origin: str) -> None:
+    resp = call(console, "POST", "/login", b"{}", {**MARKED, "origin": origin})
+    assert resp.status == 403
