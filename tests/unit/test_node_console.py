@@ -225,3 +225,8 @@ def test_cookie_value(header: str, value: str) -> None:
 def test_an_origin_that_is_no_url_is_refused_not_a_crash(console: Any, origin: str) -> None:
     resp = call(console, "POST", "/login", b"{}", {**MARKED, "origin": origin})
     assert resp.status == 403
+
+
+def test_a_null_origin_is_refused_even_without_a_host_header(console: Any) -> None:
+    headers = {"x-raftchat-console": "1", "origin": "null"}
+    assert call(console, "POST", "/login", b"{}", headers).status == 403
