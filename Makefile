@@ -8,7 +8,8 @@ JSSDK_STAMP := $(JSSDK)/node_modules/.installed
 GRPCJS := tests/e2e/grpcjs
 GRPCJS_STAMP := $(GRPCJS)/node_modules/.installed
 
-.PHONY: run test lint typecheck proto proto-check bench chaos chaos-deps tui-deps clean
+.PHONY: run test lint typecheck proto proto-check bench chaos chaos-deps tui-deps browser-deps \
+	console-screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,11 +56,23 @@ tui-deps:
 		&& apt-get update -qq && apt-get install -y -qq tmux; } || \
 		echo "note: no tmux (and not root): the terminal client test will be skipped"
 
+# The web console's tests (tests/integration/test_console.py) drive Debian's chromium through its
+# chromedriver; nothing downloads a browser.
+browser-deps:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
+		&& apt-get install -y -qq chromium chromium-driver; } || \
+		echo "note: no chromium (and not root): the console tests will be skipped"
+
+# Screenshots of every console page for the README and docs/console.md, taken by its tests.
+console-screenshots: $(STAMP) browser-deps
+	CONSOLE_SCREENSHOTS=docs/console $(BIN)/pytest -q tests/integration/test_console.py
+
 # `make chaos ARGS="--nodes 5 --time 600 --nemesis all"`: one run; results in ./results.
 chaos: $(STAMP) chaos-deps
 	$(BIN)/raftchat chaos run $(ARGS)
 
-test: $(STAMP) $(JSSDK_STAMP) $(GRPCJS_STAMP) chaos-deps tui-deps lint typecheck proto-check
+test: $(STAMP) $(JSSDK_STAMP) $(GRPCJS_STAMP) chaos-deps tui-deps browser-deps lint typecheck proto-check
 	$(BIN)/pytest
 
 # Durable sends/s, SEND->SENDACK and delivery latency, commit latency, idle CPU and failover of a

@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import signal
+import ssl
 import threading
 from collections.abc import AsyncIterator
 from functools import partial
@@ -48,6 +49,8 @@ from .grpcapi.subscribe import LiveFeed
 from .http.api import build_router
 from .http.common import ApiContext
 from .http.listener import HttpServer
+from .http.routes_monitoring import console_url
+from .http.server import Router as HttpRouter
 from .identity import DataDir, check
 from .log import announce, close_stderr_capture, get_logger
 from .metrics import NodeCollector, NodeMetrics
@@ -583,6 +586,7 @@ class Node:
                 serve = partial(http.serve, http_host, cfg.http.port)
                 await start_listener(nursery, "HTTP", http_host, cfg.http.port, serve)
             await gateway.serve(nursery, host)
+            console_url = await self._serve_console(nursery, http_router, ssl_context)
         except ListenError as e:
             raise unavailable(str(e)) from None
         tcp_port = cfg.gateway.tcp_port
@@ -596,6 +600,52 @@ class Node:
         }
         if ssl_context is not None:
             self.endpoints["wss"] = f"wss://{host}:{cfg.gateway.wss_port}"
+        if console_url:
+            self.endpoints["console"] = console_url
+
+    async def _serve_console(
+        self, nursery: trio.Nursery, api: HttpRouter, ssl_context: ssl.SSLContext | None
+    ) -> str:
+        """Start the web console (``docs/console.md``) if it is to be served; its URL, or ""."""
+        cfg = self.config
+        if not cfg.console.enabled:
+            return ""
+        assert api.credentials is not None
+        if not api.credentials.admin_configured:
+            log.info(
+                "web console not served: it needs auth.admin_token (set it, or "
+                "console.enabled = false to say so)",
+                port=cfg.console.port,
+            )
+            return ""
+        # Imported here: they bring an HTTP client (httpx), which a node without the console
+        # has no use for.
+        from .console.forward import Forwarder
+        from .console.routes import ConsoleContext, build_console_router
+
+        https = cfg.http.tls
+        forwarder = Forwarder(
+            cfg.http.port,
+            https,
+            cfg.auth.api_token or None,
+            cfg.auth.admin_token,
+            cfg.tls.ca_file if https else "",
+        )
+        router = build_console_router(
+            ConsoleContext(
+                node_id=cfg.node.id,
+                api=api,
+                credentials=api.credentials,
+                members=lambda: dict(self.router.placement.nodes),
+                forwarder=forwarder,
+                admin_token=cfg.auth.admin_token,
+                https=https,
+            )
+        )
+        server = HttpServer(router, cfg.http, ssl_context if https else None)
+        host, port = cfg.node.host, cfg.console.port
+        await start_listener(nursery, "console", host, port, partial(server.serve, host, port))
+        return console_url(cfg)
 
 
 class StopDeadline:

@@ -48,7 +48,16 @@ def member_url(answered_url: str, host: str) -> str:
     return f"{parts.scheme}://{address}{port}"
 
 
-def probe(node_id: int, url: str, admin_token: str | None, timeout_s: float) -> NodeHealth:
+def probe(
+    node_id: int,
+    url: str,
+    admin_token: str | None,
+    timeout_s: float,
+    http: httpx.Client | None = None,
+) -> NodeHealth:
+    """One member's health. ``http``: an httpx client to use (and leave open), whose timeout
+    should be ``timeout_s``; a new client costs tens of milliseconds of CPU (its TLS context),
+    which a caller that probes again and again (the web console) saves."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -58,7 +67,7 @@ def probe(node_id: int, url: str, admin_token: str | None, timeout_s: float) -> 
         return NodeHealth(node_id, url, UNREACHABLE, f"no TCP connect within {timeout_s:g} s")
     except OSError as e:
         return NodeHealth(node_id, url, UNREACHABLE, e.strerror or str(e))
-    client = SyncHttpClient(url, timeout_s=timeout_s, retries=0, admin_token=admin_token)
+    client = SyncHttpClient(url, timeout_s=timeout_s, retries=0, admin_token=admin_token, http=http)
     try:
         resp = client.request("GET", "/cluster/status")
     except httpx.TimeoutException:
@@ -71,7 +80,8 @@ def probe(node_id: int, url: str, admin_token: str | None, timeout_s: float) -> 
     except httpx.TransportError as e:
         return NodeHealth(node_id, url, UNREACHABLE, f"{type(e).__name__}: {e}")
     finally:
-        client.close()
+        if http is None:
+            client.close()
     if resp.status_code != 200:
         return NodeHealth(node_id, url, ERROR, f"HTTP {resp.status_code}: {resp.text[:120]}")
     try:
@@ -84,14 +94,18 @@ def probe(node_id: int, url: str, admin_token: str | None, timeout_s: float) -> 
 
 
 def probe_all(
-    members: dict[int, str], admin_token: str | None, timeout_s: float = PROBE_TIMEOUT_S
+    members: dict[int, str],
+    admin_token: str | None,
+    timeout_s: float = PROBE_TIMEOUT_S,
+    http: httpx.Client | None = None,
 ) -> dict[int, NodeHealth]:
     """Every member at once: a paused node costs the timeout once, not once per node."""
     if not members:
         return {}
     with ThreadPoolExecutor(max_workers=min(len(members), 16)) as pool:
         futures = {
-            n: pool.submit(probe, n, url, admin_token, timeout_s) for n, url in members.items()
+            n: pool.submit(probe, n, url, admin_token, timeout_s, http)
+            for n, url in members.items()
         }
         return {n: f.result() for n, f in sorted(futures.items())}
 

@@ -177,6 +177,18 @@ class AuthSection:
 
 
 @dataclass
+class ConsoleSection:
+    """The operators' web console (``docs/console.md``): served by every node on its own port,
+    behind ``auth.admin_token``."""
+
+    enabled: bool = True
+    """Serve the console. Without ``auth.admin_token`` it is not served whatever this says
+    (nobody could log in), and the node logs why."""
+    port: int = 5300
+    """WuKongIM's manager port; on ``node.host``, HTTPS with ``http.tls``."""
+
+
+@dataclass
 class GrpcSection:
     """The public gRPC API (``raftchat.v1``, ``docs/grpc.md``), on a port of its own: the peer
     port (``cluster.grpc_port``) serves only the cluster's nodes."""
@@ -320,6 +332,7 @@ class Config:
     http: HttpSection = field(default_factory=HttpSection)
     auth: AuthSection = field(default_factory=AuthSection)
     grpc: GrpcSection = field(default_factory=GrpcSection)
+    console: ConsoleSection = field(default_factory=ConsoleSection)
     messages: MessagesSection = field(default_factory=MessagesSection)
     webhook: WebhookSection = field(default_factory=WebhookSection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
@@ -336,6 +349,7 @@ class Config:
             "gateway.wss_port",
             "http.port",
             "grpc.port",
+            "console.port",
         )
         for key in ports:
             sect, name = key.split(".")

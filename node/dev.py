@@ -108,6 +108,11 @@ def usage(
             f'  curl -H "token: $(cat {api})" -X POST {local}/user/token '
             """-d '{"uid":"alice","token":"secret","device_flag":1}'""",
             f'  curl -H "token: $(cat {admin})" {local}/cluster/status',
+            *(
+                [f"  the web console: {node1['console']} (log in with the admin token)"]
+                if node1 and "console" in node1
+                else []
+            ),
             ("" if own_files else f"  RAFTCHAT_AUTH_ADMIN_TOKEN=$(cat {admin})")
             + "  .venv/bin/raftchat cluster status"
             + ("" if standard else f" --api {http}"),
@@ -161,6 +166,7 @@ def run_dev(
         print(
             f"  node {ep['node_id']} (pid {pid}): HTTP {ep['http']}  TCP {ep['tcp']}"
             f"  WS {ep['ws']}{wss}  gRPC {ep['grpc']}"
+            + (f"  console {ep['console']}" if "console" in ep else "")
         )
     also_local = host_base == DEFAULT_HOST_BASE  # http.also_host, above
     print(usage(data_dir, tokens, procs[0].endpoints, also_local))

@@ -32,6 +32,8 @@ GRPC_PORT = 11110
 PUBLIC_GRPC_PORT = 5002
 """The public gRPC API (``grpc.port``)."""
 RAFT_PORT = 12000
+CONSOLE_PORT = 5300
+"""The web console (``console.port``)."""
 
 
 class NodeStartError(Exception):
@@ -193,7 +195,7 @@ def wait_all_stopped(nodes: list[NodeProcess], timeout_s: float = 10.0) -> None:
 def ensure_ports_free(hosts: dict[int, str], groups: int) -> None:
     """Refuse to start when another local cluster holds the ports of these addresses."""
     # Raft: the controller group (0) and every slot group g on RAFT_PORT + g.
-    listeners = [HTTP_PORT, TCP_PORT, WS_PORT, PUBLIC_GRPC_PORT, GRPC_PORT]
+    listeners = [HTTP_PORT, TCP_PORT, WS_PORT, PUBLIC_GRPC_PORT, GRPC_PORT, CONSOLE_PORT]
     ports = listeners + [RAFT_PORT + g for g in range(groups + 1)]
     taken = []
     for host in hosts.values():

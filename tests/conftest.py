@@ -157,6 +157,13 @@ class Cluster:
     def start(self) -> None:
         start_all(list(self.nodes.values()))
 
+    def __enter__(self) -> Cluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def api(self, node_id: int) -> Api:
         return Api.of(self.nodes[node_id], f"http://{self.hosts[node_id]}:5001")
 
@@ -204,3 +211,15 @@ def cluster3(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop()
+
+
+PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+"""Each test's reports by phase (``setup``, ``call``, ``teardown``), so that a fixture's
+teardown can tell whether its test failed (the console tests save a screenshot then)."""
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    item.stash.setdefault(PHASE_REPORTS, {})[report.when] = report
+    return report

@@ -103,6 +103,14 @@ class Credentials:
     def api_protected(self) -> bool:
         return bool(self._api)
 
+    @property
+    def admin_configured(self) -> bool:
+        return bool(self._admin)
+
+    def is_admin(self, token: str) -> bool:
+        """Whether ``token`` is the admin token (or the previous one, during a rotation)."""
+        return bool(self._admin) and _matches([token], self._admin)
+
     def refusal(
         self,
         method: str,

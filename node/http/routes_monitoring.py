@@ -18,6 +18,7 @@ from typing import Any
 from proto.wkproto import DeviceFlag, DeviceLevel
 
 from ..client_routes import own_endpoints
+from ..config import Config
 from ..metrics import CONTENT_TYPE, Connection, NodeMetrics
 from ..readiness import not_ready
 from .common import ApiContext, RouteAdder
@@ -202,7 +203,7 @@ def register(route: RouteAdder, ctx: ApiContext) -> None:
             "tcp_addr": ends.tcp_addr,
             "ws_addr": ends.ws_addr,
             "wss_addr": ends.wss_addr,
-            "manager_addr": "",
+            "manager_addr": console_url(ctx.config),
             "api_url": f"{scheme}://{ctx.config.node.host}:{ctx.config.http.port}",
             "commit": "",
             "conversation_cache_count": 0,
@@ -235,6 +236,16 @@ def register(route: RouteAdder, ctx: ApiContext) -> None:
                 "connections": [conn_info(c, now) for c in conns[offset : offset + limit]],
             },
         )
+
+
+def console_url(cfg: Config) -> str:
+    """The web console's URL (WuKongIM's manager address), or "" when the node serves none
+    (``docs/console.md``: it needs ``auth.admin_token``)."""
+    if not (cfg.console.enabled and cfg.auth.admin_token):
+        return ""
+    host = cfg.node.host
+    address = f"[{host}]" if ":" in host else host
+    return f"{'https' if cfg.http.tls else 'http'}://{address}:{cfg.console.port}/"
 
 
 def _rss_bytes() -> int:

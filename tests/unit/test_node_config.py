@@ -357,3 +357,13 @@ def test_the_public_grpc_port_is_its_own() -> None:
     assert cfg.grpc.port == 5002 and cfg.cluster.grpc_port == 11110
     with pytest.raises(ConfigError, match=r"grpc\.port"):
         load_config(None, env={"RAFTCHAT_GRPC_PORT": "65536"})
+
+
+def test_console_settings() -> None:
+    cfg = load_config(None, env={})
+    assert (cfg.console.enabled, cfg.console.port) == (True, 5300)
+    env = {"RAFTCHAT_CONSOLE_ENABLED": "false", "RAFTCHAT_CONSOLE_PORT": "5301"}
+    cfg = load_config(None, env=env)
+    assert (cfg.console.enabled, cfg.console.port) == (False, 5301)
+    with pytest.raises(ConfigError, match=r"console\.port must be a TCP port"):
+        load_config(None, env={"RAFTCHAT_CONSOLE_PORT": "70000"})
