@@ -7,7 +7,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from node.devcluster import GRPC_PORT, HTTP_PORT, PUBLIC_GRPC_PORT, RAFT_PORT, TCP_PORT, WS_PORT
+from node.devcluster import (
+    CONSOLE_PORT,
+    GRPC_PORT,
+    HTTP_PORT,
+    PUBLIC_GRPC_PORT,
+    RAFT_PORT,
+    TCP_PORT,
+    WS_PORT,
+)
 
 from .safety import Protected
 
@@ -35,6 +43,9 @@ class FuzzContext:
     tcp_port: int = TCP_PORT
     ws_port: int = WS_PORT
     http_port: int = HTTP_PORT
+    console_port: int = CONSOLE_PORT
+    """The web console: the same HTTP server with its own routes (log-in, ``/api/...``); a
+    share of the ``http`` target's connections go there."""
     grpc_port: int = PUBLIC_GRPC_PORT
     """The public gRPC API; ``peer_port`` the peer services (both get every method: each
     refuses the other's)."""

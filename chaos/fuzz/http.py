@@ -341,7 +341,13 @@ def one_request(rng: random.Random, ctx: FuzzContext, *, close: bool) -> bytes:
         method = "GET" if rng.random() < 0.95 else rng.choice(("POST", "DELETE", "PUT", "HEAD"))
         return request(method, target, b"", rng, close=close, ctx=ctx)
     if roll < 0.33:
-        path = rng.choice(("/", "/x", "/message/send/", "//message/send", "/%2e%2e/", "/" * 3000))
+        path = rng.choice(
+            (
+                "/", "/x", "/message/send/", "//message/send", "/%2e%2e/", "/" * 3000,
+                # the console's own routes (on its port; 404s on the API's)
+                "/login", "/logout", "/api/cluster/status", "/api/cluster/drain", "/console.js",
+            )
+        )  # fmt: skip
         return request(rng.choice(("GET", "POST")), path, b"{}", rng, close=close, ctx=ctx)
     path = rng.choice(list(POST_ROUTES))
     body = json_body(path, rng, ctx)
@@ -388,6 +394,9 @@ def raw_request(rng: random.Random, ctx: FuzzContext) -> bytes:
 
 # --- scenarios -------------------------------------------------------------------------------
 
+CONSOLE_SHARE = 0.1
+"""Of the ``http`` target's connections, those that go to the web console's port."""
+
 KINDS = (
     (70, "pipeline"),
     (12, "raw"),
@@ -404,7 +413,8 @@ def make(ctx: FuzzContext, rng: random.Random) -> Scenario:
     kind = pick(rng, KINDS)
     sent: list[bytes] = []
     steps = _KINDS[kind](rng, ctx, sent)
-    return Scenario("http", kind, node, ctx.http_port, steps, max_s=10.0, sent=sent)
+    port = ctx.console_port if rng.random() < CONSOLE_SHARE else ctx.http_port
+    return Scenario("http", kind, node, port, steps, max_s=10.0, sent=sent)
 
 
 def drain(max_s: float = 1.0) -> Steps:
