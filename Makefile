@@ -8,7 +8,7 @@ JSSDK_STAMP := $(JSSDK)/node_modules/.installed
 GRPCJS := tests/e2e/grpcjs
 GRPCJS_STAMP := $(GRPCJS)/node_modules/.installed
 
-.PHONY: run test lint typecheck proto proto-check bench chaos chaos-deps tui-deps browser-deps \
+.PHONY: run test lint imports typecheck proto proto-check bench chaos chaos-deps tui-deps browser-deps \
 	console-screenshots clean
 
 $(STAMP): pyproject.toml
@@ -34,6 +34,11 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# The layers: proto <- cluster <- node, and chaos, the bench and the client from outside
+# (pyproject.toml, [tool.importlinter]).
+imports: $(STAMP)
+	$(BIN)/lint-imports
 
 # Generated gRPC/protobuf modules (proto/raftchat/**/*_pb2*.py[i]) are committed; `proto`
 # regenerates them from the .proto files with grpcio-tools and mypy-protobuf, and `proto-check`
@@ -72,7 +77,7 @@ console-screenshots: $(STAMP) browser-deps
 chaos: $(STAMP) chaos-deps
 	$(BIN)/raftchat chaos run $(ARGS)
 
-test: $(STAMP) $(JSSDK_STAMP) $(GRPCJS_STAMP) chaos-deps tui-deps browser-deps lint typecheck proto-check
+test: $(STAMP) $(JSSDK_STAMP) $(GRPCJS_STAMP) chaos-deps tui-deps browser-deps lint imports typecheck proto-check
 	$(BIN)/pytest
 
 # Durable sends/s, SEND->SENDACK and delivery latency, commit latency, idle CPU and failover of a

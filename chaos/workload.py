@@ -24,9 +24,9 @@ import trio
 
 from client.errors import ClientError
 from client.wkproto import ReceivedMessage, WKClient, open_client
-from node.channels import person_channel_id
 from node.devcluster import TCP_PORT
 from proto.wkproto import ChannelType, HeaderFlag
+from proto.wkproto.channels import person_channel_id
 
 from .cluster import ChaosCluster
 from .history import (

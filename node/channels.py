@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import unicodedata
-import zlib
 
 from proto.wkproto import ChannelType
+from proto.wkproto.channels import person_channel_id as person_channel_id
+from proto.wkproto.channels import person_parties as person_parties
 
 MAX_ID_BYTES = 64
 CMD_SUFFIX = "____cmd"
@@ -47,24 +48,6 @@ def channel_id_problem(channel_id: str, channel_type: int) -> str | None:
             return "channel_id of an agent channel must be uid@agentUid"
         return id_problem(uid, "agent channel uid") or id_problem(agent, "agent channel agent")
     return id_problem(channel_id, "channel_id")
-
-
-def person_channel_id(uid_a: str, uid_b: str) -> str:
-    """The canonical id of the one-to-one channel of two uids: ``larger@smaller`` by crc32.
-
-    Equal hashes are broken lexically (larger string first), so the id is symmetric.
-    """
-    ha, hb = zlib.crc32(uid_a.encode()), zlib.crc32(uid_b.encode())
-    if ha > hb or (ha == hb and uid_a > uid_b):
-        return f"{uid_a}@{uid_b}"
-    return f"{uid_b}@{uid_a}"
-
-
-def person_parties(channel_id: str) -> tuple[str, str]:
-    a, sep, b = channel_id.partition("@")
-    if not sep or not a or not b:
-        raise ValueError(f"not a person channel id: {channel_id!r}")
-    return a, b
 
 
 def canonical_channel_id(sender_uid: str, channel_id: str, channel_type: int) -> str:
