@@ -198,8 +198,8 @@ class Admin:
 
     async def _op_group_status(self, r: dict[str, Any]) -> dict[str, Any]:
         local = self._local(int(r["group"]))
-        raft = local.raft
-        addresses = [str(n.address) for n in raft.otherNodes]
+        view = local.view
+        addresses = list(view.members)
         members = [self.node.node_of_address(a) for a in addresses]
         members.append(self.node.config.node.id)
         return {
@@ -208,8 +208,8 @@ class Admin:
             "strangers": sorted(a for a, m in zip(addresses, members, strict=False) if m is None),
             "is_leader": local.is_leader(),
             "leader": local.leader_id(),
-            "commit_index": int(raft.raftCommitIndex),
-            "raft_applied": int(raft.raftLastApplied),
+            "commit_index": view.commit_index,
+            "raft_applied": view.applied_index,
         }
 
     async def _op_drain(self, r: dict[str, Any]) -> dict[str, Any]:
@@ -239,7 +239,7 @@ class Admin:
         local = self._local(group)
         if not local.is_leader():
             raise AdminError(f"not the leader of group {group}")
-        current = {str(n.address) for n in local.raft.otherNodes}
+        current = set(local.view.members)
         if "add" in r:
             node_id, method = int(r["add"]), local.raft.addNodeToCluster
             # A node the map does not list yet (a join) comes with its host.

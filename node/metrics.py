@@ -258,16 +258,16 @@ class NodeCollector(Collector):
             labels=["group"],
         )
         for gid, local in sorted(self._router.local.items()):
-            raft = local.raft
+            view = local.view
             g = str(gid)
-            is_leader = local.is_leader()
-            commit_index = int(raft.raftCommitIndex)
+            is_leader = view.is_leader
+            commit_index = view.commit_index
             leader.add_metric([g], int(is_leader))
             known.add_metric([g], int(local.leader_id() is not None))
-            term.add_metric([g], int(raft.raftCurrentTerm))
+            term.add_metric([g], view.term)
             commit.add_metric([g], commit_index)
-            applied.add_metric([g], int(raft.raftLastApplied))
-            diverged.add_metric([g], int(getattr(raft, "diverged_refusals", 0)))
+            applied.add_metric([g], view.applied_index)
+            diverged.add_metric([g], view.diverged_refusals)
             if is_leader:
                 for follower, match in local.follower_matches().items():
                     lag.add_metric([g, str(follower)], max(0, commit_index - match))

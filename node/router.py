@@ -224,13 +224,14 @@ class Router:
                 "local": local is not None,
             }
             if local is not None:
+                view = local.view
                 entry["applied_index"] = local.store.applied_index()
-                entry["commit_index"] = int(local.raft.raftCommitIndex)
+                entry["commit_index"] = view.commit_index
                 # Raft's own applied position (includes election no-ops, which never reach the
                 # state machine, so it can exceed applied_index).
-                entry["raft_applied"] = int(local.raft.raftLastApplied)
-                entry["term"] = int(local.raft.raftCurrentTerm)  # grows with every election
-                entry["is_leader"] = local.is_leader()
+                entry["raft_applied"] = view.applied_index
+                entry["term"] = view.term  # grows with every election
+                entry["is_leader"] = view.is_leader
                 pipeline = self.pipelines.get(gid)
                 if pipeline is not None:
                     entry["batches"] = pipeline.batches

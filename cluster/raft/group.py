@@ -11,6 +11,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pysyncobj import SyncObj, SyncObjConf, SyncObjException, replicated
@@ -51,6 +52,30 @@ class StateMachine(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class GroupView:
+    """A replica's Raft state as of the driver's last tick of it: what threads other than the
+    driver's read (pysyncobj's fields change under them on the driver thread, and a read of
+    several of them at once would mix two moments). Replaced whole, never changed."""
+
+    is_leader: bool = False
+    leader: str | None = None
+    """The address of the leader this replica knows, or None."""
+    term: int = 0
+    commit_index: int = 0
+    applied_index: int = 0
+    """Raft's: election no-ops included, which never reach the state machine."""
+    leader_commit: int = 0
+    """The leader's commit index as of its last message (this replica's own on a leader)."""
+    members: tuple[str, ...] = ()
+    """The other members' addresses."""
+    matches: tuple[tuple[str, int], ...] = ()
+    """On a leader: each follower's address and its highest replicated index."""
+    has_quorum: bool = False
+    diverged_refusals: int = 0
+    """AppendEntries refused because they would replace entries this replica applied."""
+
+
 class ReplicatedGroup(SyncObj):  # type: ignore[misc]
     def __init__(
         self,
@@ -70,6 +95,8 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
         self._known_leader: Any = None
         self._vote_term = -1
         self._voters: set[str] = set()
+        self.view = GroupView()
+        """This replica's state for other threads, republished after every tick."""
         self._append_guard = AppendGuard(self, self_addr)
         self._parked: dict[Any, int] = {}
         try:
@@ -86,6 +113,7 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
             raise ListenError("Raft", address, cause) from None
         if snapshots is not None:
             install_checkpoint_transmitter(self, snapshots).not_ready = self._park
+        self.view = self._current_view()
 
     def _SyncObj__applyLogEntries(self) -> bool:  # overrides pysyncobj 0.3.17 internals
         # With appendEntriesUseBatch off, pysyncobj follows every apply with an AppendEntries
@@ -118,6 +146,26 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
                 self._SyncObj__conf.raftMinTimeout
             )
         self._check_leader()
+        self.view = self._current_view()
+
+    def _current_view(self) -> GroupView:
+        leader = self._SyncObj__raftLeader
+        is_leader = self._SyncObj__raftState == _RAFT_STATE.LEADER
+        commit = int(self._SyncObj__raftCommitIndex)
+        leader_commit = self._SyncObj__leaderCommitIndex
+        matches = self._SyncObj__raftMatchIndex if is_leader else {}
+        return GroupView(
+            is_leader=is_leader,
+            leader=None if leader is None else str(getattr(leader, "address", leader)),
+            term=int(self._SyncObj__raftCurrentTerm),
+            commit_index=commit,
+            applied_index=int(self._SyncObj__raftLastApplied),
+            leader_commit=commit if leader_commit is None else int(leader_commit),
+            members=tuple(sorted(str(n.address) for n in self._SyncObj__otherNodes)),
+            matches=tuple((str(n.address), int(i)) for n, i in matches.items()),
+            has_quorum=bool(self.hasQuorum),
+            diverged_refusals=self._append_guard.refused,
+        )
 
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # pysyncobj's
         if message["type"] == "response_vote" and not self._first_vote_from(node, message):

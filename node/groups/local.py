@@ -15,7 +15,7 @@ from pysyncobj import FAIL_REASON
 
 from cluster.raft.conf import MAX_COMMAND_BYTES
 from cluster.raft.driver import RaftDriver
-from cluster.raft.group import ReplicatedGroup
+from cluster.raft.group import GroupView, ReplicatedGroup
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 
 from ..storage import Store
@@ -89,48 +89,43 @@ class LocalGroup:
         if self._flusher is None:
             await trio.to_thread.run_sync(self.store.flush_wal)
 
+    @property
+    def view(self) -> GroupView:
+        """The replica's Raft state as of the driver's last tick of it (``GroupView``)."""
+        view: GroupView = self.raft.view
+        return view
+
     def is_leader(self) -> bool:
-        return bool(self.raft._isLeader())
+        return self.view.is_leader
 
     def leader_id(self) -> int | None:
-        leader = self.raft._getLeader()
-        if leader is None:
-            return None
-        return self._node_of_address(str(getattr(leader, "address", leader)))
+        leader = self.view.leader
+        return None if leader is None else self._node_of_address(leader)
 
     def follower_matches(self) -> dict[int, int]:
         """On a leader: each follower's node id -> the highest log index known to be replicated
-        there (empty on a follower). pysyncobj keeps this privately (its ``getStatus`` reads
-        the same dict); it is copied in one step, so the Raft driver thread changing it cannot
-        break the iteration."""
-        matches = dict(getattr(self.raft, "_SyncObj__raftMatchIndex", None) or {})
+        there (empty on a follower)."""
         out: dict[int, int] = {}
-        for node, index in matches.items():
-            node_id = self._node_of_address(str(getattr(node, "address", node)))
+        for address, index in self.view.matches:
+            node_id = self._node_of_address(address)
             if node_id is not None:
-                out[node_id] = int(index)
+                out[node_id] = index
         return out
 
     def behind(self) -> int:
         """Entries the leader has committed that this replica has not applied yet (on a
         follower, as of the leader's last message; on the leader, its own apply backlog)."""
-        raft = self.raft
-        leader_commit = getattr(raft, "_SyncObj__leaderCommitIndex", None)
-        commit = int(raft.raftCommitIndex) if leader_commit is None else int(leader_commit)
-        return max(0, commit - int(raft.raftLastApplied))
+        view = self.view
+        return max(0, view.leader_commit - view.applied_index)
 
     def has_quorum(self) -> bool:
-        """Whether this replica is connected to a majority of its group (pysyncobj's view;
-        a set read racing a membership change on the driver thread counts as no)."""
-        try:
-            return bool(self.raft.hasQuorum)
-        except RuntimeError:
-            return False
+        """Whether this replica is connected to a majority of its group (pysyncobj's view)."""
+        return self.view.has_quorum
 
     def propose_start(self, command: pb.Command) -> Proposal:
         """Queue ``command`` in Raft now (proposals keep the order of these calls)."""
         if not self.is_leader():
-            raise ProposalError("not_leader" if self.raft._getLeader() else "no_leader")
+            raise ProposalError("not_leader" if self.view.leader else "no_leader")
         raw = command.SerializeToString()
         if len(raw) > MAX_COMMAND_BYTES:
             # Callers bound what they propose (send batches, the HTTP 413 check); an entry this

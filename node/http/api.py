@@ -103,7 +103,7 @@ def build_router(ctx: ApiContext) -> HttpRouter:
                 {
                     "group": gid,
                     "applied": applied,
-                    "commit": int(local.raft.raftCommitIndex),
+                    "commit": local.view.commit_index,
                     "is_leader": local.is_leader(),
                     "leader": local.leader_id(),
                     "channels": channels,

@@ -54,7 +54,7 @@ def register(route: RouteAdder, ctx: ApiContext) -> None:
             # Everything committed before this request is applied here, and this node led
             # the group when it was: the checkpoint below holds it.
             await local.read_barrier(ctx.config.cluster.proposal_timeout_s)
-            term = int(local.raft.raftCurrentTerm)
+            term = local.view.term
             taken = await trio.to_thread.run_sync(
                 registry.take, backup_id, group, term, local.store
             )

@@ -14,6 +14,7 @@ import trio
 import trio.testing
 
 from cluster.placement import Placement
+from cluster.raft.group import GroupView
 from node.groups.local import LocalGroup
 from node.router import Router, RouterSettings
 from proto.raftchat.peer.v1 import peer_pb2 as pb
@@ -73,11 +74,9 @@ class FakeRaft:
         self.leader = leader
         self.on_leader_news: Any = None
 
-    def _getLeader(self) -> str | None:
-        return self.leader
-
-    def _isLeader(self) -> bool:
-        return False
+    @property
+    def view(self) -> GroupView:
+        return GroupView(is_leader=False, leader=self.leader)
 
 
 def make_router(raft: FakeRaft) -> Router:
