@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from cluster.ratelog import RateLimitedLog
+
 from .native_stderr import Record, StderrCapture
 
 _node_id = 0
@@ -89,10 +91,21 @@ class _QuietHandler(logging.StreamHandler[TextIO]):
 _capture: StderrCapture | None = None
 
 
+GRPC_LINES = RateLimitedLog(logging.getLogger("raftchat.grpc"), 10.0)
+"""grpc's C core logs a line per bad request it refuses (a malformed ``grpc-timeout`` header,
+say): what a peer sends at will must not turn into log volume. At most one line per source
+position every 10 s, then a count of the rest."""
+
+
 def _emit_native(record: Record) -> None:
     logger = logging.getLogger(f"raftchat.{record.component}")
-    if logger.isEnabledFor(record.level):
-        logger.log(record.level, record.msg, extra={"fields": record.fields})
+    if not logger.isEnabledFor(record.level):
+        return
+    if record.component == "grpc":
+        key = str(record.fields.get("source") or record.msg)
+        GRPC_LINES.log(record.level, key, record.msg, **record.fields)
+        return
+    logger.log(record.level, record.msg, extra={"fields": record.fields})
 
 
 def setup_logging(
@@ -107,7 +120,7 @@ def setup_logging(
     _node_id = node_id
     handler: logging.StreamHandler[TextIO] = logging.StreamHandler(sys.stderr)
     if whole_process and fmt == "json" and _capture is None:
-        _capture = StderrCapture(_emit_native)
+        _capture = StderrCapture(_emit_native, GRPC_LINES.flush)
         atexit.register(close_stderr_capture)
         handler = _QuietHandler(_capture.original)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import re
+import select
 import sys
 import threading
 from collections.abc import Callable
@@ -37,6 +38,8 @@ _GRPC_LEVELS = {
 _ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called"
 
 READ_SIZE = 65536
+IDLE_S = 1.0
+"""How often the reader thread, when fd 2 is quiet, lets the log report held-back counts."""
 CLOSE_WAIT_S = 2.0
 
 
@@ -96,8 +99,12 @@ def records_of(lines: list[str]) -> list[Record]:
 class StderrCapture:
     """Points fd 2 at a pipe; ``emit`` gets each record, from the reader thread."""
 
-    def __init__(self, emit: Callable[[Record], None]) -> None:
+    def __init__(
+        self, emit: Callable[[Record], None], idle: Callable[[], None] | None = None
+    ) -> None:
         self._emit = emit
+        self._idle = idle
+        """Called from the reader thread when nothing was written for ``IDLE_S``."""
         sys.stderr.flush()
         self._saved = os.dup(2)
         self.original: TextIO = os.fdopen(
@@ -115,8 +122,12 @@ class StderrCapture:
         pending = b""
         while True:
             try:
+                if self._idle is not None and not select.select([self._read_fd], [], [], IDLE_S)[0]:
+                    with contextlib.suppress(Exception):  # the reader must go on
+                        self._idle()
+                    continue
                 chunk = os.read(self._read_fd, READ_SIZE)
-            except OSError:
+            except (OSError, ValueError):
                 chunk = b""
             if not chunk:
                 break

@@ -68,15 +68,16 @@ def test_a_traceback_is_one_record_other_lines_one_each() -> None:
 
 
 def test_a_process_in_json_format_writes_json_lines_only() -> None:
-    """Through a real fd 2: the C core's write, a library's Python logger, a bare print and an
-    uncaught exception at exit."""
+    """Through a real fd 2: the C core's writes (fifty alike, rate-limited to one line), a
+    library's Python logger, a bare print and an uncaught exception at exit."""
     script = textwrap.dedent(
         f"""
         import logging, os, sys
         from node.log import get_logger, setup_logging
         setup_logging(4, "info", "json", whole_process=True)
         get_logger("app").info("started")
-        os.write(2, {(GOAWAY + chr(10)).encode()!r})
+        for _ in range(50):  # a peer's bad requests, one C-core line each
+            os.write(2, {(GOAWAY + chr(10)).encode()!r})
         logging.getLogger("grpc._server").warning("Exception calling application")
         print("raftchat: node stopped", file=sys.stderr)
         raise RuntimeError("boom")
@@ -91,6 +92,8 @@ def test_a_process_in_json_format_writes_json_lines_only() -> None:
     by_component = {(r["component"], r["level"]): r for r in records}
     assert by_component[("app", "info")]["msg"] == "started"
     goaway = by_component[("grpc", "error")]
+    # At most one line per source position and interval: the rest is counted, not written.
+    assert sum(1 for r in records if r["component"] == "grpc") == 1
     assert "too_many_pings" in goaway["msg"]
     assert goaway["source"] == "chttp2_transport.cc:1435"
     assert by_component[("grpc._server", "warning")]["msg"] == "Exception calling application"
