@@ -101,6 +101,26 @@ class RateLimitedLog:
             due = self._close_windows(self._clock())
         self._write(due)
 
+    def close(self) -> None:
+        """Write the counts of every interval, ended or not, and forget them (at exit)."""
+        with self._lock:
+            due: list[_Line] = []
+            for key, window in self._windows.items():
+                if window.held:
+                    due.append(self._count_line(key, window))
+            self._windows.clear()
+        self._write(due)
+
+    def _count_line(self, key: Hashable, window: _Window) -> _Line:
+        level, msg, fields = window.last
+        source = key if key != OVERFLOW_KEY else "sources beyond the table's limit"
+        return (
+            level,
+            f"{window.held} more from {source} in the last {self.interval_s:g} s, the last: {msg}",
+            {**fields, "held_back": window.held},
+            None,
+        )
+
     def _close_windows(self, now: float) -> list[_Line]:
         due: list[_Line] = []
         while self._windows:
@@ -110,17 +130,7 @@ class RateLimitedLog:
                 break
             del self._windows[key]
             if window.held:
-                level, msg, fields = window.last
-                source = key if key != OVERFLOW_KEY else "sources beyond the table's limit"
-                due.append(
-                    (
-                        level,
-                        f"{window.held} more from {source} in the last {self.interval_s:g} s, "
-                        f"the last: {msg}",
-                        {**fields, "held_back": window.held},
-                        None,
-                    )
-                )
+                due.append(self._count_line(key, window))
                 # The count line was this key's line for a new interval.
                 self._windows[key] = _Window(now)
         return due

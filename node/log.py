@@ -153,3 +153,4 @@ def close_stderr_capture() -> None:
     if _capture is not None:
         capture, _capture = _capture, None
         capture.close()
+        GRPC_LINES.close()  # the counts of the last interval

@@ -39,6 +39,8 @@ _ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is call
 
 READ_SIZE = 65536
 IDLE_S = 1.0
+QUIET_S = 0.02
+BATCH_LINES = 1000
 """How often the reader thread, when fd 2 is quiet, lets the log report held-back counts."""
 CLOSE_WAIT_S = 2.0
 
@@ -119,23 +121,37 @@ class StderrCapture:
         self._thread.start()
 
     def _pump(self) -> None:
+        # Lines are handed on once fd 2 has been quiet for QUIET_S (or BATCH_LINES have
+        # gathered): a traceback arrives in several writes, and it is one record only if its
+        # lines are grouped together (``records_of``).
         pending = b""
+        batch: list[bytes] = []
+        poller = select.poll()  # not select(): any descriptor number
+        poller.register(self._read_fd, select.POLLIN)
         while True:
             try:
-                if self._idle is not None and not select.select([self._read_fd], [], [], IDLE_S)[0]:
-                    with contextlib.suppress(Exception):  # the reader must go on
-                        self._idle()
+                if not poller.poll((QUIET_S if batch else IDLE_S) * 1000):
+                    if batch:
+                        self._deliver(batch)
+                        batch = []
+                    elif self._idle is not None:
+                        with contextlib.suppress(Exception):  # the reader must go on
+                            self._idle()
                     continue
                 chunk = os.read(self._read_fd, READ_SIZE)
-            except (OSError, ValueError):
+            except OSError:
                 chunk = b""
             if not chunk:
                 break
             pending += chunk
             *complete, pending = pending.split(b"\n")
-            self._deliver(complete)
+            batch.extend(complete)
+            if len(batch) >= BATCH_LINES:
+                self._deliver(batch)
+                batch = []
         if pending:
-            self._deliver([pending])
+            batch.append(pending)
+        self._deliver(batch)
         os.close(self._read_fd)
 
     def _deliver(self, lines: list[bytes]) -> None:

@@ -1,4 +1,5 @@
-"""Target ``http``: the HTTP API (5001). One frame = one HTTP request written.
+"""Target ``http``: the HTTP API (5001) and, for a tenth of the connections, the web console
+(5300). One frame = one HTTP request written.
 
 Requests are built from a table of the server's routes and the fields each reads (docs/api.md),
 with values from the edges of the field checks (wrong types, huge and negative numbers, floats,

@@ -20,6 +20,7 @@ from pysyncobj.syncobj import _RAFT_STATE
 from pysyncobj.tcp_connection import CONNECTION_STATE
 
 from cluster.listen import ListenError, bind_problem, os_error_behind
+from cluster.ratelog import RateLimitedLog
 
 from .follower import AppendGuard, trim_journal_to
 from .snapshot import CheckpointSnapshots, CheckpointTransmitter, install_checkpoint_transmitter
@@ -97,6 +98,7 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
         self._voters: set[str] = set()
         self.view = GroupView()
         """This replica's state for other threads, republished after every tick."""
+        self._label = self_addr
         self._append_guard = AppendGuard(self, self_addr)
         self._parked: dict[Any, int] = {}
         try:
@@ -126,6 +128,17 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
         return False
 
     def _onTick(self, timeToWait: float = 0.0) -> None:
+        try:
+            self._tick(timeToWait)
+        finally:
+            # Even after a tick that failed (a disk error in an apply, say): pysyncobj's state
+            # goes on changing in message handling, and a view left behind would, for one,
+            # keep saying "leader". Published before the leader news, so that whoever the
+            # news wakes reads the new leader.
+            self._publish_view()
+            self._check_leader()
+
+    def _tick(self, timeToWait: float) -> None:
         term, state = self._SyncObj__raftCurrentTerm, self._SyncObj__raftState
         super()._onTick(timeToWait)
         if (
@@ -145,8 +158,12 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
             self._SyncObj__raftElectionDeadline = raft_clock() + first_round_s(
                 self._SyncObj__conf.raftMinTimeout
             )
-        self._check_leader()
-        self.view = self._current_view()
+
+    def _publish_view(self) -> None:
+        try:
+            self.view = self._current_view()
+        except Exception:
+            VIEW_FAILURES.exception(self._label, "publishing a raft group's view failed")
 
     def _current_view(self) -> GroupView:
         leader = self._SyncObj__raftLeader
@@ -156,13 +173,13 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
         matches = self._SyncObj__raftMatchIndex if is_leader else {}
         return GroupView(
             is_leader=is_leader,
-            leader=None if leader is None else str(getattr(leader, "address", leader)),
+            leader=None if leader is None else _address(leader),
             term=int(self._SyncObj__raftCurrentTerm),
             commit_index=commit,
             applied_index=int(self._SyncObj__raftLastApplied),
             leader_commit=commit if leader_commit is None else int(leader_commit),
-            members=tuple(sorted(str(n.address) for n in self._SyncObj__otherNodes)),
-            matches=tuple((str(n.address), int(i)) for n, i in matches.items()),
+            members=tuple(sorted(_address(n) for n in self._SyncObj__otherNodes)),
+            matches=tuple((_address(n), int(i)) for n, i in matches.items()),
             has_quorum=bool(self.hasQuorum),
             diverged_refusals=self._append_guard.refused,
         )
@@ -281,6 +298,14 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
         # pysyncobj advances raftLastApplied after the call, so this command's index is +1.
         index = int(self.raftLastApplied) + 1
         return self._machine.apply(index, command)
+
+
+def _address(node: Any) -> str:
+    # A read-only member (pysyncobj's "readonly" handshake) is a bare Node without an address.
+    return str(getattr(node, "address", None) or getattr(node, "id", node))
+
+
+VIEW_FAILURES = RateLimitedLog(logging.getLogger("raftchat.raft"), 10.0)
 
 
 def keep_journal_after_snapshot(group: Any) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from pysyncobj.node import Node
 from pysyncobj.syncobj import _RAFT_STATE
 
 from cluster.raft.snapshot import CheckpointSnapshots, _Transfer
@@ -296,3 +297,45 @@ def test_a_lost_link_ends_the_snapshot_transfer_on_it(follower: Follower) -> Non
     transmitter._transfers[member] = _Transfer()
     follower.on_driver(lambda: raft._SyncObj__onNodeDisconnected(member))
     assert member not in transmitter._transfers
+
+
+def test_the_published_view_follows_the_replica(follower: Follower) -> None:
+    """Other threads read a group through its ``GroupView``, republished after every tick."""
+    raft = follower.raft
+    follower.append(1, 2, (1, 0), [(2, 2), (3, 2)], commit=3)
+    follower.on_driver(lambda: raft._onTick(0.0))
+    view = raft.view
+    assert view.leader == follower.leaders[1].address and not view.is_leader
+    assert (view.term, view.commit_index, view.leader_commit) == (2, 3, 3)
+    assert set(view.members) == {n.address for n in follower.leaders}
+
+
+def test_a_read_only_member_and_a_failed_tick_leave_the_view_current(follower: Follower) -> None:
+    """A read-only member (pysyncobj's "readonly" handshake) is a node without an address; as
+    a leader's follower it broke every tick's view, and a tick that raised left the view as it
+    was: a node that lost its leadership went on reading "leader"."""
+    raft = follower.raft
+
+    def lead_with_a_reader() -> None:
+        raft._SyncObj__onBecomeLeader()
+        raft._SyncObj__raftMatchIndex[Node("reader-1")] = 1
+        raft._onTick(0.0)
+
+    follower.on_driver(lead_with_a_reader)
+    assert raft.view.is_leader
+    assert ("reader-1", 1) in raft.view.matches
+
+    def failing_tick(_wait: float) -> None:
+        raft._SyncObj__raftState = _RAFT_STATE.FOLLOWER  # it stepped down, then failed
+        raise OSError("no space left on device")
+
+    def tick() -> None:
+        raft._tick = failing_tick
+        try:
+            raft._onTick(0.0)
+        finally:
+            del raft._tick
+
+    with pytest.raises(OSError):
+        follower.on_driver(tick)
+    assert not raft.view.is_leader
