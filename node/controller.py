@@ -12,6 +12,7 @@ went through later is removed again by the reconciler, ``_remove_strangers``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -263,6 +264,7 @@ class Controller:
         current = list(self.placement().groups[group])
         leader = await self._group_leader(group, current)
         if leader is None:
+            await self._host_unrecorded_voters(group, current, target)
             return
         st = await self._admin(leader, {"op": "group_status", "group": group})
         actual = list(st["members"])
@@ -270,6 +272,10 @@ class Controller:
         # record (kept if wanted and caught up, else removed), or a record without a voter.
         for node in [n for n in actual if n not in current]:
             if node in target:
+                # The node may have restarted since it was added: it opens only the groups its
+                # map lists, and this one it does not, so it has no replica to catch up with
+                # (and the group counts a voter that never answers). Hosting is idempotent.
+                await self._admin(node, {"op": "host_group", "group": group, "members": actual})
                 await self._record_when_caught_up(group, node, st["commit_index"])
             else:
                 await self._admin(leader, {"op": "change_members", "group": group, "remove": node})
@@ -290,6 +296,26 @@ class Controller:
         remove = [n for n in current if n not in target]
         if remove:
             await self._remove(group, current, leader, remove[0])
+
+    async def _host_unrecorded_voters(
+        self, group: int, current: list[int], target: list[int]
+    ) -> None:
+        """A group without a leader may lack a voter that its map does not list: added, then
+        restarted before it was recorded, so that it did not open the group. Without it the
+        group may have no majority to elect a leader with; hosting it again (idempotent) lets
+        it vote. The voters are as any reachable replica sees them."""
+        for n in current:
+            try:
+                st = await self._admin(n, {"op": "group_status", "group": group})
+            except Exception:
+                continue
+            voters = [int(v) for v in st.get("members", [])]
+            for v in voters:
+                if v not in current and v in target:
+                    host = {"op": "host_group", "group": group, "members": voters}
+                    with contextlib.suppress(Exception):  # down: the next round tries again
+                        await self._admin(v, host)
+            return
 
     async def _group_leader(self, group: int, members: list[int]) -> int | None:
         for n in members:

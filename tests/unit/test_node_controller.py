@@ -226,3 +226,57 @@ def test_the_balancer_moves_no_leadership_to_a_draining_node(store: Store) -> No
     trio.run(main)
     transfers = [r for _, r in admin.calls if r["op"] == "transfer_leader"]
     assert transfers and all(r["to"] == 3 for r in transfers), transfers
+
+
+class RestartedJoinerAdmin(FakeAdmin):
+    """Group 1's Raft voters are 1, 2, 3 and 4 (node 4 was added), its map lists 1, 2, 3: node
+    4 restarted before it was recorded, and a node opens only the groups its map lists."""
+
+    def __init__(self, leader: int | None = 1) -> None:
+        super().__init__()
+        self.hosted: set[int] = {1, 2, 3}
+        self.leader = leader
+
+    async def __call__(self, node_id: int, request: dict[str, Any]) -> dict[str, Any]:
+        if request["op"] == "host_group":
+            self.hosted.add(node_id)
+        if request["op"] == "group_status":
+            self.calls.append((node_id, request))
+            if node_id not in self.hosted:
+                raise AdminError(f"node {node_id}: no replica of group 1 here")
+            return {"is_leader": node_id == self.leader, "members": [1, 2, 3, 4],
+                    "commit_index": 7, "raft_applied": 7}  # fmt: skip
+        return await super().__call__(node_id, request)
+
+
+def test_a_voter_added_but_not_recorded_is_hosted_again_after_its_restart(store: Store) -> None:
+    """Without hosting it again, the reconciler asked node 4 for its replica's status for
+    ever ("no replica of group 1 here"), and the group kept a voter that never answered: with
+    one more member gone, it had no majority (a chaos run's group without a leader)."""
+    admin = RestartedJoinerAdmin()
+    c = controller(store, 4, admin)
+    group = 1
+    before = list(c.placement().groups[group])
+    assert 4 not in before
+
+    async def main() -> None:
+        await c._step_inner(group, [*before, 4])
+
+    trio.run(main)
+    assert 4 in admin.hosted
+    assert 4 in c.placement().groups[group]
+
+
+def test_a_group_without_a_leader_gets_its_unrecorded_voter_back(store: Store) -> None:
+    """The same, with no leader to ask (node 2 gone too, two of four voters left): the voter
+    is hosted again from what a follower knows, so that the group can elect."""
+    admin = RestartedJoinerAdmin(leader=None)
+    c = controller(store, 4, admin)
+    before = list(c.placement().groups[1])
+
+    async def main() -> None:
+        await c._step_inner(1, [*before, 4])
+
+    trio.run(main)
+    assert 4 in admin.hosted
+    assert 4 not in c.placement().groups[1]  # recorded once caught up, under a leader
