@@ -19,7 +19,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -38,12 +38,16 @@ TOKEN = "console-test-token"
 
 try:
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support.ui import WebDriverWait
 except ImportError:  # pragma: no cover - selenium is in the dev extras
     webdriver = None  # type: ignore[assignment]
+
+
+T = TypeVar("T")
 
 
 def _browser_missing() -> str:
@@ -115,7 +119,11 @@ def console_url(cluster: Cluster, node_id: int = 1) -> str:
 
 
 def wait(driver: WebDriver, check: Callable[[WebDriver], Any], what: str) -> Any:
-    return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(check, message=what)
+    # The pages re-render their parts when an answer comes: an element found a moment ago may
+    # be gone when it is read, and the check then simply runs again.
+    return WebDriverWait(
+        driver, WAIT_S, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(check, message=what)
 
 
 def open_page(driver: WebDriver, page: str, *, form: bool = False) -> None:
@@ -140,9 +148,34 @@ def screenshot(driver: WebDriver, name: str) -> None:
         driver.save_screenshot(str(Path(target) / f"{name}.png"))
 
 
+def fresh(read: Callable[[], T]) -> T:
+    """``read()``, again if the page redrew what it was reading (the cluster, throughput and
+    connections pages redraw on a timer): a stale element means "read it again"."""
+    for _ in range(50):
+        try:
+            return read()
+        except StaleElementReferenceException:
+            continue
+    return read()
+
+
 def cells(driver: WebDriver, table_id: str) -> list[list[str]]:
-    rows = driver.find_elements(By.CSS_SELECTOR, f"#{table_id} tbody tr")
-    return [[td.text for td in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+    def read() -> list[list[str]]:
+        rows = driver.find_elements(By.CSS_SELECTOR, f"#{table_id} tbody tr")
+        return [[td.text for td in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+
+    return fresh(read)
+
+
+def row_texts(driver: WebDriver, css: str) -> list[str]:
+    """The cells of the first row that ``css`` selects (waited for), as text."""
+    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, css), css)
+    return fresh(
+        lambda: [
+            td.text
+            for td in driver.find_element(By.CSS_SELECTOR, css).find_elements(By.TAG_NAME, "td")
+        ]
+    )
 
 
 def b64(text: str) -> str:
@@ -376,12 +409,7 @@ def test_connections_page_lists_a_connected_client(cluster: Cluster, driver: Web
     held = HeldClient(cluster, 2, "carol")
     try:
         open_page(driver, "connections")
-        row = wait(
-            driver,
-            lambda d: d.find_elements(By.CSS_SELECTOR, "#connections tr[data-uid='carol']"),
-            "carol's connection",
-        )[0]
-        tds = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
+        tds = row_texts(driver, "#connections tr[data-uid='carol']")
         connz = cluster.api(2).http.get("/connz", params={"uid": "carol"}).json()
         (conn,) = connz["connections"]
         assert tds[0] == "2"  # the node it is connected to
@@ -465,12 +493,11 @@ def test_user_lookup_shows_online_devices_and_kicks_after_confirmation(
         open_page(driver, "users", form=True)
         driver.find_element(By.ID, "user-uid").send_keys("dave")
         driver.find_element(By.ID, "user-lookup").click()
-        row = wait(
-            driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#devices tr[data-flag='0']"), "dave"
-        )[0]
-        assert row.find_elements(By.TAG_NAME, "td")[0].text == "App"
-        assert "node 3 (tcp" in row.find_elements(By.TAG_NAME, "td")[2].text
-        row.find_element(By.CSS_SELECTOR, "button.kick").click()
+        device = "#devices tr[data-flag='0']"
+        tds = row_texts(driver, device)
+        assert tds[0] == "App"
+        assert "node 3 (tcp" in tds[2]
+        fresh(lambda: driver.find_element(By.CSS_SELECTOR, f"{device} button.kick").click())
         assert "Kick dave's App devices?" in driver.find_element(By.ID, "confirm-text").text
         screenshot(driver, "users")
         assert not held.closed_within(0.5)  # nothing happens before the confirmation
@@ -557,5 +584,5 @@ def test_the_pages_show_a_member_that_is_gone(cluster: Cluster, driver: WebDrive
     assert rows[3][1].startswith("HTTP 502: node 3 cannot be reached")
     assert all(rows[n][1].replace(".", "").isdigit() for n in (1, 2))
     open_page(driver, "connections")
-    summary = driver.find_element(By.ID, "connections-summary").text
+    summary = fresh(lambda: driver.find_element(By.ID, "connections-summary").text)
     assert "node 3: HTTP 502" in summary and "node 1: 0" in summary
