@@ -29,6 +29,8 @@ from prometheus_client.registry import Collector
 
 from proto.wkproto import ReasonCode
 
+from .sessions import ConnectedDevice
+
 if TYPE_CHECKING:
     from .gateway.listeners import Gateway
     from .router import Router
@@ -59,27 +61,15 @@ class Traffic:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-class Connection(Protocol):
+class Connection(ConnectedDevice, Protocol):
     """What monitoring reads of a live client connection (the gateway's ``Session``)."""
 
-    @property
-    def conn_id(self) -> int: ...
-    @property
-    def uid(self) -> str: ...
-    @property
-    def device_flag(self) -> int: ...
-    @property
-    def device_level(self) -> int: ...
-    @property
-    def device_id(self) -> str: ...
     @property
     def version(self) -> int: ...
     @property
     def transport_kind(self) -> str: ...
     @property
     def peer(self) -> str: ...
-    @property
-    def connected_at(self) -> float: ...
     @property
     def last_active(self) -> float: ...
     @property

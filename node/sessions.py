@@ -19,8 +19,8 @@ from typing import Any, Protocol
 from proto.wkproto import DeviceFlag, DeviceLevel, ReasonCode
 
 
-class SessionLike(Protocol):
-    """What the registry needs of a session (the gateway's ``Session`` satisfies it)."""
+class ConnectedDevice(Protocol):
+    """A logged-in client connection, as the registry and monitoring both name it."""
 
     @property
     def conn_id(self) -> int: ...
@@ -34,6 +34,11 @@ class SessionLike(Protocol):
     def device_level(self) -> int: ...
     @property
     def connected_at(self) -> float: ...
+
+
+class SessionLike(ConnectedDevice, Protocol):
+    """What the registry needs of a session (the gateway's ``Session`` satisfies it)."""
+
     def push(self, msg: Any) -> None:
         """Queue a RECV of a committed message."""
 

@@ -156,13 +156,10 @@ class AppendGuard:
     # --- snapshot transfer ----------------------------------------------------------------------
 
     def _snapshot_message(self, node: Any, message: dict[str, Any]) -> None:
-        g = self._g
         self.load_failed = False
-        leader_commit = message["commit_index"]
         # A snapshot message vouches for no entry of this replica's log: it must not commit any.
         # (A loaded snapshot holds committed entries only: ``load_received`` commits up to it.)
-        self._pysyncobj(node, {**message, "commit_index": g._SyncObj__raftCommitIndex})
-        g._SyncObj__leaderCommitIndex = leader_commit
+        self._committing_nothing(node, message)
 
     def load_received(self, transmitter: CheckpointTransmitter) -> None:
         """Take the snapshot a leader sent (pysyncobj's ``__loadDumpFile`` for a transfer)."""
@@ -229,16 +226,19 @@ class AppendGuard:
     def _header_only(self, node: Any, message: dict[str, Any]) -> None:
         """What every AppendEntries of a current leader does (term, leader, election timer,
         follower state), and nothing to the log or the commit index."""
-        g = self._g
-        leader_commit = message["commit_index"]
         header = {
             k: v
             for k, v in message.items()
             if k not in ("prevLogIdx", "prevLogTerm", "entries", "serialized", "transmission")
         }
-        header["commit_index"] = g._SyncObj__raftCommitIndex
-        self._pysyncobj(node, header)
-        g._SyncObj__leaderCommitIndex = leader_commit
+        self._committing_nothing(node, header)
+
+    def _committing_nothing(self, node: Any, message: dict[str, Any]) -> None:
+        """pysyncobj's handling of ``message`` with this replica's own commit index in it, so
+        that none moves; the leader's commit index is still recorded (readiness reads it)."""
+        g = self._g
+        self._pysyncobj(node, {**message, "commit_index": g._SyncObj__raftCommitIndex})
+        g._SyncObj__leaderCommitIndex = message["commit_index"]
 
     def _commit_up_to(self, index: int) -> None:
         g = self._g

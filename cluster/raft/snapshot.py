@@ -165,9 +165,7 @@ class CheckpointTransmitter(Serializer):  # type: ignore[misc]
         self, file_name: str, batch_size: int, snapshots: CheckpointSnapshots, **kw: Any
     ) -> None:
         super().__init__(file_name, batch_size, False, **kw)
-        self._file_name = file_name
         self._batch = batch_size
-        self._snapshots = snapshots
         self.snapshots = snapshots
         self._transfers: dict[Any, _Transfer] = {}
         self._counter = 0
@@ -214,14 +212,14 @@ class CheckpointTransmitter(Serializer):  # type: ignore[misc]
             self._counter += 1
             name = f"xfer-{os.getpid()}-{self._counter}"  # unique: a cancelled build may linger
             try:
-                meta, pinned = self._snapshots.pin(self._file_name, f"{name}.d")
+                meta, pinned = self.snapshots.pin(str(self.dump_path), f"{name}.d")
             except Exception:
                 log.exception("pinning a snapshot for transfer failed")
                 self._transfers.pop(transmission_id, None)
                 return None
             threading.Thread(
                 target=self._build,
-                args=(xfer, meta, pinned, self._snapshots.dir / f"{name}.tar"),
+                args=(xfer, meta, pinned, self.snapshots.dir / f"{name}.tar"),
                 name="snapshot-xfer",
                 daemon=True,
             ).start()
@@ -243,7 +241,7 @@ class CheckpointTransmitter(Serializer):  # type: ignore[misc]
 
     def _build(self, xfer: _Transfer, meta: dict[str, Any], pinned: Path, out: Path) -> None:
         try:
-            self._snapshots.build_transfer(meta, pinned, out)
+            self.snapshots.build_transfer(meta, pinned, out)
             xfer.file = open(out, "rb")  # noqa: SIM115 - closed when the transfer ends
             out.unlink()  # the open handle keeps the data; nothing to clean up later
         except Exception:
