@@ -485,7 +485,7 @@ class GrpcServer:
         ready: concurrent.futures.Future[tuple[asyncio.AbstractEventLoop, asyncio.Event, int]]
         ready = concurrent.futures.Future()
         thread = threading.Thread(
-            target=self._thread_main, args=(ready,), name=f"grpc-{self.bind}", daemon=True
+            target=self._thread_main, args=(ready,), name=_thread_name(self.what), daemon=True
         )
         # Errors are re-raised outside the nursery so that callers see the plain exception
         # (OSError on bind failure), not an ExceptionGroup.
@@ -1015,3 +1015,9 @@ class GrpcClients:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             client.close()
+
+
+def _thread_name(what: str) -> str:
+    """``grpc-peer`` for "peer gRPC": short enough for the kernel's 15-byte thread names."""
+    role = what.split()[0].lower() if what.split() else "server"
+    return "grpc" if role == "grpc" else f"grpc-{role}"

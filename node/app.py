@@ -55,6 +55,7 @@ from .identity import DataDir, check
 from .log import announce, close_stderr_capture, get_logger
 from .metrics import NodeCollector, NodeMetrics
 from .presence import ClusterSessions
+from .proctitle import name_compiled_threads
 from .rate_limit import TokenBuckets
 from .readiness import not_ready
 from .reclaim import run_reclaim
@@ -514,6 +515,7 @@ class Node:
                         said = reasons
                     await trio.sleep(READY_POLL_S)  # waiting on elections, which signal nothing
                 log.info("node ready", **self.endpoints)
+                name_compiled_threads()  # grpc's poller exists once the servers serve
                 # One machine-readable line on stdout: supervisors (dev, tests, chaos) wait for it.
                 print("RAFTCHAT_READY " + json.dumps(self.endpoints), flush=True)
                 self.ready = True

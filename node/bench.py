@@ -57,6 +57,7 @@ from client.errors import ClientClosed, ClientError
 from client.wkproto import WKClient, open_client
 from proto.wkproto import ChannelType, ReasonCode
 
+from .cpumeter import CpuMeter, cpu_per_send
 from .devcluster import (
     HTTP_PORT,
     TCP_PORT,
@@ -313,68 +314,6 @@ def percentiles(samples: Iterable[float]) -> dict[str, float] | None:
         "mean": round(sum(data) / n, 2),
         "n": n,
     }
-
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a process (every thread), from ``/proc/<pid>/stat``."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
-
-
-def machine_times() -> tuple[float, float]:
-    """(busy, total) jiffies of every CPU together, from ``/proc/stat``."""
-    with open("/proc/stat") as f:
-        parts = [int(x) for x in f.readline().split()[1:]]
-    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
-    total = sum(parts[:8])
-    return float(total - idle), float(total)
-
-
-class CpuMeter:
-    """CPU % of one core per named process between ``start()`` and ``stop()``."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self._t0 = 0.0
-        self._cpu0: dict[str, float | None] = {}
-        self._machine0 = (0.0, 0.0)
-
-    def start(self) -> None:
-        self._t0 = time.monotonic()
-        self._cpu0 = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-        self._machine0 = machine_times()
-
-    def stop(self) -> dict[str, Any]:
-        elapsed = time.monotonic() - self._t0
-        out: dict[str, float | None] = {}
-        for name, pid in self.pids.items():
-            before, after = self._cpu0.get(name), cpu_seconds(pid)
-            out[name] = (
-                None
-                if before is None or after is None or elapsed <= 0
-                else round(100.0 * (after - before) / elapsed, 1)
-            )
-        busy1, total1 = machine_times()
-        busy0, total0 = self._machine0
-        cores = os.cpu_count() or 1
-        machine = 100.0 * (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0
-        ours = sum(v for v in out.values() if v is not None)
-        return {
-            "seconds": round(elapsed, 2),
-            "pct_of_one_core": out,
-            "machine_busy_pct": round(machine, 1),
-            "cores": cores,
-            # Everything else the machine ran meanwhile (other programs, the kernel's own work
-            # on behalf of no process); a large value means the numbers are not the cluster's.
-            "others_pct_of_one_core": round(max(0.0, machine * cores - ours), 1),
-        }
 
 
 # --- the load generator (runs in worker processes) ------------------------------------------
@@ -726,8 +665,9 @@ def run_load(
     for conn in pipes:
         conn.send(("go", start, w0, w1))
     pids = cluster.pids()
+    nodes = tuple(pids)
     pids.update({f"load{w}": p.pid for w, p in enumerate(procs)})
-    meter = CpuMeter(pids)
+    meter = CpuMeter(pids, threads_of=nodes)
     time.sleep(max(0.0, w0 - time.monotonic()))
     meter.start()
     time.sleep(max(0.0, w1 - time.monotonic()))
@@ -832,7 +772,8 @@ def commit_latency(cluster: BenchCluster) -> dict[str, Any]:
 
 def run_idle(cfg: BenchConfig, cluster: BenchCluster) -> dict[str, Any]:
     time.sleep(3.0)  # let the load's stragglers (deliveries, compaction) settle
-    meter = CpuMeter(cluster.pids())
+    pids = cluster.pids()
+    meter = CpuMeter(pids, threads_of=tuple(pids))
     meter.start()
     time.sleep(cfg.idle_seconds)
     cpu = meter.stop()
@@ -840,6 +781,7 @@ def run_idle(cfg: BenchConfig, cluster: BenchCluster) -> dict[str, Any]:
     return {
         "seconds": cpu["seconds"],
         "pct_of_one_core": per_node,
+        "threads_pct_of_one_core": cpu["threads_pct_of_one_core"],
         "max_pct": max(per_node.values()) if per_node else None,
         "others_pct_of_one_core": cpu["others_pct_of_one_core"],
     }
@@ -1114,6 +1056,7 @@ def render_table(result: dict[str, Any]) -> str:
         f"CPU under load       % of one core: {per}; machine {cpu['machine_busy_pct']:.0f} % "
         f"busy of {cpu['cores']} cores (other processes {_fmt(cpu['others_pct_of_one_core'])})"
     )
+    lines.extend(_cpu_per_send_lines(result))
     if result["idle"] is not None:
         idle = result["idle"]
         per = ", ".join(f"{k} {_fmt(v)}" for k, v in idle["pct_of_one_core"].items())
@@ -1212,6 +1155,7 @@ def bench(cfg: BenchConfig) -> dict[str, Any]:
             },
             "load": load,
             "idle": idle,
+            "cpu_per_send": cpu_per_send(load["cpu"], load["sends_per_s"], idle),
             "failover": failover,
         }
         result["targets"] = verdicts(result)
@@ -1233,6 +1177,23 @@ def bench(cfg: BenchConfig) -> dict[str, Any]:
             _progress(f"the node logs are kept in {root}")
         elif not keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _cpu_per_send_lines(result: dict[str, Any]) -> list[str]:
+    per = result.get("cpu_per_send")
+    if not per or per["cluster_ms"] is None:
+        return []
+    nodes = ", ".join(f"{n} {_fmt(v)}" for n, v in per["nodes_ms"].items())
+    above = per.get("cluster_above_idle_ms")
+    first = f"CPU per send         ms per acked send: cluster {_fmt(per['cluster_ms'])}"
+    first += f" (above idle {_fmt(above)})" if above is not None else ""
+    rows = per.get("threads_above_idle_ms") or per["threads_ms"]
+    what = "above idle" if "threads_above_idle_ms" in per else "total"
+    threads = ", ".join(f"{r} {_fmt(v)}" for r, v in rows.items() if v and abs(v) >= 0.05)
+    return [
+        f"{first}; {nodes}",
+        f"CPU per send, thread ms per acked send, all nodes, {what}: {threads}",
+    ]
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -24,9 +24,10 @@ def _cmd_node(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"raftchat: configuration error: {e}", file=sys.stderr)
         return 2
-    setup_logging(cfg.node.id, cfg.log.level, cfg.log.format, whole_process=True)
-    from .proctitle import set_node_title
+    from .proctitle import name_threads, set_node_title
 
+    name_threads()  # before any thread starts, the log's stderr reader included
+    setup_logging(cfg.node.id, cfg.log.level, cfg.log.format, whole_process=True)
     set_node_title(cfg.node.id, cfg.node.host)
     from .identity import DataDir
     from .startup import StartupError, check_addresses

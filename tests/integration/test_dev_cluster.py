@@ -4,6 +4,7 @@ title names it; its log holds JSON lines only; Ctrl-C stops everything."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -78,6 +79,14 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def thread_names(pid: int) -> set[str]:
+    names = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            names.add((task / "comm").read_text().strip())
+    return names
+
+
 def test_dev_restarts_a_killed_node_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     data = tmp_path / "data"
     dev = DevRun(data)
@@ -93,6 +102,8 @@ def test_dev_restarts_a_killed_node_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             assert cmdline == f"raftchat node {node_id} {host}"
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
             assert comm == f"raftchat node {node_id}"  # the kernel's 15 bytes
+            named = {"raft-driver", "wal-flusher", "grpc-peer", "grpc-public", "grpc-poller"}
+            assert named <= thread_names(pid), thread_names(pid)
 
         os.kill(pids[2], signal.SIGKILL)
         dev.expect(r"raftchat dev: node 2 was killed by SIGKILL; restarting it in 1 s", 10)
