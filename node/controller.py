@@ -249,9 +249,22 @@ class Controller:
             return False
         await self._retire_drained(placement)
         await self._remove_strangers()
-        await self._sweep_orphans(placement)
-        await self._balance_leaders(placement)
+        statuses = await self._statuses(placement)
+        await self._sweep_orphans(placement, statuses)
+        await self._balance_leaders(placement, statuses)
         return True
+
+    async def _statuses(self, placement: Placement) -> dict[int, dict[str, Any]]:
+        """Every reachable node's status. A settled round asks each node once and reads both
+        orphans and leaderships from the answers: asking every group's members in turn cost
+        the controller's leader up to three calls per group per second."""
+        out: dict[int, dict[str, Any]] = {}
+        for node in sorted(placement.nodes):
+            try:
+                out[node] = await self._admin(node, {"op": "status"})
+            except Exception:
+                continue
+        return out
 
     async def _step(self, group: int, target: list[int]) -> None:
         # One group's trouble (a node that never came up, say) must not stall the others.
@@ -370,14 +383,12 @@ class Controller:
         except Exception as e:  # a dead node: the orphan sweep retries once it is back
             log.info("could not tell the old replica to drop its data", node=node, error=repr(e))
 
-    async def _sweep_orphans(self, placement: Placement) -> None:
+    async def _sweep_orphans(
+        self, placement: Placement, statuses: dict[int, dict[str, Any]]
+    ) -> None:
         """Replicas a node still runs for groups the map no longer gives it (it was down when
         they moved): they elect nothing and would mislead its routing, so they go."""
-        for node in sorted(placement.nodes):
-            try:
-                st = await self._admin(node, {"op": "status"})
-            except Exception:
-                continue
+        for node, st in statuses.items():
             for g in st["groups"]:
                 group = g["group"]
                 if group and g["local"] and node not in placement.groups.get(group, []):
@@ -416,14 +427,16 @@ class Controller:
             await self.update(forget)
             log.info("node left the cluster", node_id=node)
 
-    async def _balance_leaders(self, placement: Placement) -> None:
+    async def _balance_leaders(
+        self, placement: Placement, statuses: dict[int, dict[str, Any]]
+    ) -> None:
         """Move one leadership from the busiest to the idlest node when they differ by > 1."""
         draining = self._draining()
         leaders: dict[int, list[int]] = {
             n: [] for n in placement.nodes if n not in placement.leaving and n not in draining
         }
         for group, members in placement.groups.items():
-            leader = await self._group_leader(group, members)
+            leader = _leader_in(statuses, group, members)
             if leader in leaders:
                 leaders[leader].append(group)
         if len(leaders) < 2:
@@ -448,3 +461,12 @@ def _check_join(placement: Placement, node_id: int, host: str) -> None:
     holder = next((n for n, h in placement.nodes.items() if h == host and n != node_id), None)
     if holder is not None:
         raise ValueError(f"{host} is the address of member {holder}")
+
+
+def _leader_in(statuses: dict[int, dict[str, Any]], group: int, members: list[int]) -> int | None:
+    """The first of ``members`` whose status says it leads ``group``."""
+    for n in members:
+        for g in statuses.get(n, {}).get("groups", []):
+            if g.get("group") == group and g.get("is_leader"):
+                return n
+    return None

@@ -209,9 +209,10 @@ class LeadersAdmin(FakeAdmin):
     """Every slot group led by node 1 (as after node 2 and 3 restarted), node 2 draining."""
 
     async def __call__(self, node_id: int, request: dict[str, Any]) -> dict[str, Any]:
-        if request["op"] == "group_status":
+        if request["op"] == "status":
             self.calls.append((node_id, request))
-            return {"is_leader": node_id == 1}
+            groups = [{"group": g, "local": True, "is_leader": node_id == 1} for g in range(9)]
+            return {"groups": groups}
         return await super().__call__(node_id, request)
 
 
@@ -221,11 +222,25 @@ def test_the_balancer_moves_no_leadership_to_a_draining_node(store: Store) -> No
     c._draining = lambda: {2}
 
     async def main() -> None:
-        await c._balance_leaders(c.placement())
+        placement = c.placement()
+        await c._balance_leaders(placement, await c._statuses(placement))
 
     trio.run(main)
     transfers = [r for _, r in admin.calls if r["op"] == "transfer_leader"]
     assert transfers and all(r["to"] == 3 for r in transfers), transfers
+
+
+def test_a_settled_round_asks_each_node_once(store: Store) -> None:
+    """Leaderships come from the nodes' statuses, which the orphan sweep reads anyway: asking
+    each group's members in turn cost up to three calls per group every second."""
+    admin = LeadersAdmin()
+    c = controller(store, 3, admin)
+    assert trio.run(c.reconcile_once)
+    asked = sorted((n, r["op"], r.get("group")) for n, r in admin.calls if "status" in r["op"])
+    assert asked == [(1, "group_status", 0), (1, "status", None), (2, "status", None)] + [
+        (3, "status", None)
+    ]
+    assert any(r["op"] == "transfer_leader" for _, r in admin.calls)  # node 1 led them all
 
 
 class RestartedJoinerAdmin(FakeAdmin):
