@@ -37,7 +37,6 @@ import concurrent.futures
 import contextlib
 import contextvars
 import logging
-import threading
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ import outcome
 import trio
 from google.protobuf.message import DecodeError
 
+from cluster.aio_thread import AsyncioThread
 from cluster.listen import ListenError, bind_problem
 from cluster.peerauth import (
     METADATA_KEY,
@@ -401,6 +401,7 @@ class GrpcServer:
         what: str = "gRPC",
         credentials: grpc.ServerCredentials | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        loop_thread: AsyncioThread | None = None,
     ) -> None:
         main = (
             []
@@ -431,6 +432,8 @@ class GrpcServer:
         """What the listener is, for a bind failure's message."""
         self._credentials = credentials
         """TLS (``cluster/grpc_tls.py``); None: plain TCP."""
+        self._loop_thread = loop_thread
+        """The asyncio thread shared with the process's other servers; None: one of its own."""
         # grpcio reads and decodes a whole request before any check of ours runs, so this caps
         # what a caller without a credential can make the server buffer per call.
         self._options = [
@@ -457,6 +460,7 @@ class GrpcServer:
         grace_s: float = 2.0,
         credentials: grpc.ServerCredentials | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        loop_thread: AsyncioThread | None = None,
     ) -> GrpcServer:
         """A server of ``services`` only, each with its own authentication (TLS with
         ``credentials``), taking requests of at most ``max_message_bytes``."""
@@ -471,6 +475,7 @@ class GrpcServer:
             what=what,
             credentials=credentials,
             max_message_bytes=max_message_bytes,
+            loop_thread=loop_thread,
         )
 
     @property
@@ -484,30 +489,30 @@ class GrpcServer:
         self._trio_token = trio.lowlevel.current_trio_token()
         ready: concurrent.futures.Future[tuple[asyncio.AbstractEventLoop, asyncio.Event, int]]
         ready = concurrent.futures.Future()
-        thread = threading.Thread(
-            target=self._thread_main, args=(ready,), name=_thread_name(self.what), daemon=True
-        )
+        host = self._loop_thread or AsyncioThread(_thread_name(self.what))
         # Errors are re-raised outside the nursery so that callers see the plain exception
         # (OSError on bind failure), not an ExceptionGroup.
         error: Exception | None = None
         async with trio.open_nursery() as nursery:
             # Handlers run in this nursery, so it exists before the aio server accepts calls.
             self._nursery = nursery
-            thread.start()
+            served = asyncio.run_coroutine_threadsafe(self._serve_reporting(ready), host.acquire())
             try:
                 loop, stop, self.port = await trio.to_thread.run_sync(ready.result)
             except Exception as e:
                 error = e
-                await trio.to_thread.run_sync(thread.join)
+                await trio.to_thread.run_sync(concurrent.futures.wait, [served])
+                await _release(host)
             else:
                 try:
                     yield self
                 except Exception as e:
                     error = e
                 finally:
-                    # Shielded: the thread must be joined even when leaving because of a cancel.
+                    # Shielded: the loop must be released even when leaving because of a cancel.
                     with trio.CancelScope(shield=True):
-                        await self._stop(loop, stop, thread, nursery)
+                        await self._stop(loop, stop, served, nursery)
+                        await _release(host)
         if error is not None:
             raise error
 
@@ -515,26 +520,26 @@ class GrpcServer:
         self,
         loop: asyncio.AbstractEventLoop,
         stop: asyncio.Event,
-        thread: threading.Thread,
+        served: concurrent.futures.Future[None],
         nursery: trio.Nursery,
     ) -> None:
         # The aio server stops taking calls, and in-flight handlers get the grace to finish:
         # trio must keep running meanwhile, since only trio can answer them.
         loop.call_soon_threadsafe(stop.set)
         with trio.move_on_after(self._grace_s):
-            await trio.to_thread.run_sync(thread.join, abandon_on_cancel=True)
+            await trio.to_thread.run_sync(concurrent.futures.wait, [served], abandon_on_cancel=True)
         # Handlers still running answer UNAVAILABLE (retryable) when cancelled here, before the
         # aio server's own, longer grace runs out: that would cancel the RPCs on the asyncio
         # side instead, which grpc logs as an error per call.
         nursery.cancel_scope.cancel()
-        await trio.to_thread.run_sync(thread.join)
+        await trio.to_thread.run_sync(concurrent.futures.wait, [served])
 
-    def _thread_main(self, ready: concurrent.futures.Future[Any]) -> None:
+    async def _serve_reporting(self, ready: concurrent.futures.Future[Any]) -> None:
         try:
-            asyncio.run(self._serve(ready))
+            await self._serve(ready)
         except BaseException as e:
             if ready.done():
-                log.exception("gRPC server thread for %s failed", self.bind)
+                log.exception("gRPC server %s failed", self.bind)
             else:
                 ready.set_exception(e)
 
@@ -1021,3 +1026,9 @@ def _thread_name(what: str) -> str:
     """``grpc-peer`` for "peer gRPC": short enough for the kernel's 15-byte thread names."""
     role = what.split()[0].lower() if what.split() else "server"
     return "grpc" if role == "grpc" else f"grpc-{role}"
+
+
+async def _release(host: AsyncioThread) -> None:
+    thread = host.release()
+    if thread is not None:  # the last server of the loop: its thread ends
+        await trio.to_thread.run_sync(thread.join)

@@ -22,6 +22,7 @@ from typing import Any
 
 import trio
 
+from cluster.aio_thread import AsyncioThread
 from cluster.bridge import GrpcCallError, GrpcClients, GrpcServer
 from cluster.listen import ListenError, start_listener
 from cluster.peerauth import PeerKeys
@@ -468,6 +469,7 @@ class Node:
                 self.router.call_each_other_node,
             )
             self.router.extra_handlers["Endpoints"] = self.client_routes.rpc_endpoints
+            grpc_loop = AsyncioThread("grpc-servers")  # both servers on one asyncio loop
             grpc_server = GrpcServer(
                 bind=f"{host}:{cfg.cluster.grpc_port}",
                 peer_auth=self.peer_keys,
@@ -477,6 +479,7 @@ class Node:
                 notices=self.router.notices(),
                 what="peer gRPC",
                 credentials=tls.peer_server_credentials() if tls is not None else None,
+                loop_thread=grpc_loop,
             )
             # The public API on a port of its own, so that the peer port can be closed to all
             # but the cluster's nodes (it checks the API token, not the peer token).
@@ -489,6 +492,7 @@ class Node:
                 # The HTTP API's body limit: the same requests, and no more for a stranger to
                 # make the node buffer before its token is checked.
                 max_message_bytes=cfg.http.max_body_bytes,
+                loop_thread=grpc_loop,
             )
             async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as serving:
                 self._nursery = nursery

@@ -102,8 +102,9 @@ def test_dev_restarts_a_killed_node_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             assert cmdline == f"raftchat node {node_id} {host}"
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
             assert comm == f"raftchat node {node_id}"  # the kernel's 15 bytes
-            named = {"raft-driver", "wal-flusher", "grpc-peer", "grpc-public", "grpc-poller"}
+            named = {"raft-driver", "wal-flusher", "grpc-servers", "grpc-poller"}
             assert named <= thread_names(pid), thread_names(pid)
+            assert not {"grpc-peer", "grpc-public"} & thread_names(pid)  # one loop for both
 
         os.kill(pids[2], signal.SIGKILL)
         dev.expect(r"raftchat dev: node 2 was killed by SIGKILL; restarting it in 1 s", 10)
