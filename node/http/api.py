@@ -13,19 +13,15 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import trio
-
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, DeviceFlag, DeviceLevel, ReasonCode, Setting
 
-from ..admin import AdminError, AdminRefused
-from ..client_routes import ClientRoutes, NoNodeAccepting
-from ..groups.digest import channel_digests
 from ..pipeline_rules import SYSTEM_UID, request_problem
 from ..send_checks import precheck
 from . import (
     routes_backup,
     routes_channels,
+    routes_cluster,
     routes_conversations,
     routes_history,
     routes_import,
@@ -55,7 +51,6 @@ from .server import Router as HttpRouter
 _CLIENT_FLAGS = {int(DeviceFlag.APP), int(DeviceFlag.WEB), int(DeviceFlag.PC)}
 _LEVELS = {int(DeviceLevel.SLAVE), int(DeviceLevel.MASTER)}
 _SUPPORTED_SEND_TYPES = CHANNEL_TYPES
-MAX_ROUTE_BATCH = 10_000
 MAX_TOKEN_EXPIRE_S = 0xFFFFFFFF
 """The largest ``expire`` of ``/user/token`` (a uint32, as the gRPC field)."""
 
@@ -69,125 +64,6 @@ def build_router(ctx: ApiContext) -> HttpRouter:
             return fn
 
         return deco
-
-    @route("GET", "/health")
-    async def health(req: Request) -> Response:
-        if ctx.client_routes is not None and ctx.client_routes.draining:
-            return Response(503, {"status": "draining", "msg": "this node is leaving service"})
-        if ctx.router.groups_ready():
-            return Response(200, {"status": "ok"})
-        return Response(503, {"status": "error", "msg": "a slot group has no leader yet"})
-
-    @route("GET", "/cluster/status")
-    async def cluster_status(req: Request) -> Response:
-        status = ctx.router.status()
-        if ctx.client_routes is not None:
-            status["draining"] = sorted(ctx.client_routes.draining_nodes())
-        return Response(200, status)
-
-    @route("GET", "/cluster/digest")
-    async def cluster_digest(req: Request) -> Response:
-        """This node's own replica of every slot group it hosts, as stored here (no barrier, no
-        forwarding): the point is to compare replicas, see ``groups/digest.py``."""
-        groups = []
-        for gid, local in sorted(ctx.router.local.items()):
-            if gid == 0:
-                continue  # the controller group stores no messages
-            try:
-                applied, channels = await trio.to_thread.run_sync(channel_digests, local.store)
-            except Exception:
-                if ctx.router.local.get(gid) is local:
-                    raise
-                continue  # dropped (its store closed) while being read: no longer hosted here
-            groups.append(
-                {
-                    "group": gid,
-                    "applied": applied,
-                    "commit": local.view.commit_index,
-                    "is_leader": local.is_leader(),
-                    "leader": local.leader_id(),
-                    "channels": channels,
-                }
-            )
-        return Response(200, {"node": ctx.config.node.id, "groups": groups})
-
-    async def membership(request: dict[str, Any]) -> Response:
-        try:
-            reply = await ctx.admin.on_controller_leader(request)
-        except AdminRefused as e:
-            raise ApiError(409, str(e)) from None
-        except AdminError as e:
-            raise ApiError(503, str(e)) from None
-        return Response(200, {"status": 200, **reply})
-
-    @route("POST", "/cluster/join")
-    async def cluster_join(req: Request) -> Response:
-        # Nothing here can prove the cluster password, so nothing here admits a node: a node
-        # joins with its own signed call (node/admin.py). The route stays to say so (after
-        # the usual answers to a malformed body).
-        body = req.json_object()
-        node_id = get_int(body, "node_id", required=True, minimum=1, maximum=1023)
-        get_str(body, "host", required=True)
-        raise ApiError(
-            410,
-            f"nothing was changed: node {node_id} joins by itself, started with cluster.join "
-            "set to a member's node.host and the cluster password (docs/operations.md)",
-        )
-
-    @route("POST", "/cluster/leave")
-    async def cluster_leave(req: Request) -> Response:
-        body = req.json_object()
-        node_id = get_int(body, "node_id", required=True, minimum=1, maximum=1023)
-        force = get_int(body, "force", minimum=0, maximum=1) or 0
-        if node_id not in ctx.router.placement.nodes:
-            raise ApiError(404, f"node {node_id} is not a member")
-        return await membership({"op": "leave", "node_id": node_id, "force": bool(force)})
-
-    @route("POST", "/cluster/drain")
-    async def cluster_drain(req: Request) -> Response:
-        body = req.json_object()
-        node_id = get_int(body, "node_id", required=True, minimum=1, maximum=1023)
-        if node_id not in ctx.router.placement.nodes:
-            raise ApiError(404, f"node {node_id} is not a member")
-        try:
-            await ctx.admin.call(node_id, {"op": "drain"})
-        except AdminError as e:
-            raise ApiError(503, str(e)) from None
-        return Response(200, {"status": 200, "node_id": node_id, "draining": True})
-
-    def routes() -> ClientRoutes:
-        assert ctx.client_routes is not None
-        return ctx.client_routes
-
-    def intranet(req: Request) -> bool:
-        value = req.query.get("intranet", "0")
-        if value not in ("0", "1"):
-            raise bad_request("intranet must be 0 or 1")
-        return value == "1"
-
-    @route("GET", "/route")
-    async def route_(req: Request) -> Response:
-        uid = req.query.get("uid") or None
-        if uid is not None:
-            check_id(uid, "uid")
-        try:
-            return Response(200, routes().route(uid, intranet(req)))
-        except NoNodeAccepting as e:
-            raise ApiError(503, str(e)) from None
-
-    @route("POST", "/route/batch")
-    async def route_batch(req: Request) -> Response:
-        uids = req.json()
-        if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
-            raise bad_request("the body must be a JSON array of uids")
-        if len(uids) > MAX_ROUTE_BATCH:
-            raise bad_request(f"at most {MAX_ROUTE_BATCH} uids per request")
-        for uid in uids:
-            check_id(uid, "uid")
-        try:
-            return Response(200, routes().route_batch(uids, intranet(req)))
-        except NoNodeAccepting as e:
-            raise ApiError(503, str(e)) from None
 
     @route("POST", "/user/token")
     async def user_token(req: Request) -> Response:
@@ -403,6 +279,7 @@ def build_router(ctx: ApiContext) -> HttpRouter:
     for module in (
         routes_backup,
         routes_channels,
+        routes_cluster,
         routes_conversations,
         routes_messages,
         routes_monitoring,

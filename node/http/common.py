@@ -3,7 +3,8 @@ request reaches its slot group."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,12 @@ MESSAGE_EXTRAS = ("revoke", "revoker", "edited", "edited_at", "event_meta")
 RouteAdder = Callable[[str, str], Callable[[Handler], Handler]]
 """``route("POST", "/path")``: a decorator that registers a handler (see ``api.build_router``)."""
 
+ContextHandler = Callable[["ApiContext", Request], Awaitable[Response]]
+"""A route's handler written at module level: it gets the node's context with each request."""
+
+RouteTable = Sequence[tuple[str, str, ContextHandler]]
+"""A module's routes: (method, path, handler)."""
+
 
 @dataclass
 class ApiContext:
@@ -55,6 +62,12 @@ class ApiContext:
     """``/metrics``, ``/varz`` and ``/connz``; None in unit tests without a node."""
     backups: BackupCheckpoints | None = None
     """The checkpoints ``/cluster/backup/*`` hands out; None in unit tests without a node."""
+
+
+def add_routes(route: RouteAdder, ctx: ApiContext, table: RouteTable) -> None:
+    """Register each handler of ``table`` with ``route``, bound to ``ctx``."""
+    for method, path, handler in table:
+        route(method, path)(functools.partial(handler, ctx))
 
 
 def check_id(value: str, what: str) -> str:
