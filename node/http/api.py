@@ -8,13 +8,12 @@ is 503 with the reason code (17, 18 or 10); see ``docs/api.md``.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from proto.raftchat.peer.v1 import peer_pb2 as pb
-from proto.wkproto import ChannelType, DeviceFlag, DeviceLevel, ReasonCode, Setting
+from proto.wkproto import ChannelType, ReasonCode, Setting
 
 from ..pipeline_rules import SYSTEM_UID, request_problem
 from ..send_checks import precheck
@@ -29,6 +28,7 @@ from . import (
     routes_monitoring,
     routes_sends,
     routes_streams,
+    routes_users,
     routes_webhooks,
 )
 from .auth import Credentials
@@ -48,11 +48,7 @@ from .routes_sends import raise_for_reason
 from .server import ApiError, Handler, Request, Response, bad_request
 from .server import Router as HttpRouter
 
-_CLIENT_FLAGS = {int(DeviceFlag.APP), int(DeviceFlag.WEB), int(DeviceFlag.PC)}
-_LEVELS = {int(DeviceLevel.SLAVE), int(DeviceLevel.MASTER)}
 _SUPPORTED_SEND_TYPES = CHANNEL_TYPES
-MAX_TOKEN_EXPIRE_S = 0xFFFFFFFF
-"""The largest ``expire`` of ``/user/token`` (a uint32, as the gRPC field)."""
 
 
 def build_router(ctx: ApiContext) -> HttpRouter:
@@ -64,58 +60,6 @@ def build_router(ctx: ApiContext) -> HttpRouter:
             return fn
 
         return deco
-
-    @route("POST", "/user/token")
-    async def user_token(req: Request) -> Response:
-        body = req.json_object()
-        uid = check_id(get_str(body, "uid", required=True), "uid")
-        token = get_str(body, "token", required=True)
-        flag = get_int(body, "device_flag", default=DeviceFlag.APP, choices=_CLIENT_FLAGS)
-        level = get_int(body, "device_level", default=DeviceLevel.SLAVE, choices=_LEVELS)
-        # Seconds from now, as WuKongIM's message `expire` and Tencent's UserSig; stored as a
-        # time of this node's clock, so that every replica applies the same record.
-        expire = get_int(body, "expire", minimum=0, maximum=MAX_TOKEN_EXPIRE_S)
-        expires_at_ms = int(time.time() * 1000) + expire * 1000 if expire else 0
-        if ctx.token_keys is not None:
-            device = ctx.token_keys.seal(uid, flag, token, level, expires_at_ms)
-        else:  # unit tests without a node
-            device = pb.DeviceToken(
-                uid=uid,
-                device_flag=flag,
-                token=token,
-                device_level=level,
-                expires_at_ms=expires_at_ms,
-            )
-        await meta(ctx, uid, pb.MetaOp(set_device=device))
-        if level == DeviceLevel.MASTER:
-            # A new master token retires the sessions that logged in with the old one.
-            await ctx.router.kick_everywhere(uid, flag, "token changed")
-        return Response(200, OK)
-
-    @route("POST", "/user/device_quit")
-    async def device_quit(req: Request) -> Response:
-        body = req.json_object()
-        uid = check_id(get_str(body, "uid", required=True), "uid")
-        flag = get_int(body, "device_flag", default=-1, choices=_CLIENT_FLAGS | {-1})
-        for f in sorted(_CLIENT_FLAGS) if flag == -1 else [flag]:
-            auth = await ctx.router.read(uid, {"q": "device", "uid": uid, "device_flag": f})
-            if auth is not None:
-                op = pb.MetaOp(
-                    set_device=pb.DeviceToken(
-                        uid=uid, device_flag=f, token="", device_level=auth["device_level"]
-                    )
-                )
-                await meta(ctx, uid, op)
-        await ctx.router.kick_everywhere(uid, flag, "device quit")
-        return Response(200, OK)
-
-    @route("POST", "/user/onlinestatus")
-    async def online_status(req: Request) -> Response:
-        uids = req.json()
-        if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
-            raise bad_request("body must be a JSON list of uids")
-        found = await ctx.router.online_everywhere(uids)
-        return Response(200, [{"uid": u, "device_flag": f, "online": 1} for u, f in found])
 
     def channel_update(body: dict[str, Any], *, subscribers: str | None) -> pb.ChannelUpdate:
         channel_id = check_id(get_str(body, "channel_id", required=True), "channel_id")
@@ -287,6 +231,7 @@ def build_router(ctx: ApiContext) -> HttpRouter:
         routes_import,
         routes_sends,
         routes_streams,
+        routes_users,
         routes_webhooks,
     ):
         module.register(route, ctx)

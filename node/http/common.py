@@ -24,7 +24,7 @@ from ..send_checks import SendRules
 from ..sessions import SessionRegistry
 from ..userfacts import UserFacts
 from ..usertokens import TokenKeys
-from .fields import get_int, get_str
+from .fields import get_int, get_str, get_str_list
 from .server import ApiError, Handler, Request, Response, bad_request
 
 if TYPE_CHECKING:
@@ -75,6 +75,14 @@ def check_id(value: str, what: str) -> str:
     if problem is not None:
         raise bad_request(problem)
     return value
+
+
+def uid_list(body: dict[str, Any], *, required: bool) -> list[str]:
+    """The ``uids`` of a request body, each checked as a uid."""
+    uids = get_str_list(body, "uids", required=required)
+    for uid in uids:
+        check_id(uid, "uids entry")
+    return uids
 
 
 def unavailable(e: ClusterUnavailable) -> ApiError:

@@ -1,4 +1,4 @@
-"""Channel lists, system uids and channel deletion.
+"""Channel lists, channel info and subscribers, and channel deletion.
 
 Lists of a person channel belong to its owner: ``{"channel_id": "bob", "channel_type": 1}``
 addresses bob's own deny/allow lists, kept in bob's slot group.
@@ -9,8 +9,8 @@ from __future__ import annotations
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType
 
-from .common import CHANNEL_TYPES, OK, ApiContext, RouteAdder, check_id, meta
-from .fields import get_int, get_str, get_str_list
+from .common import CHANNEL_TYPES, OK, ApiContext, RouteAdder, check_id, meta, uid_list
+from .fields import get_int, get_str
 from .server import ApiError, Request, Response, bad_request
 
 _KINDS = {"blacklist": pb.ListUpdate.DENY, "whitelist": pb.ListUpdate.ALLOW}
@@ -33,13 +33,6 @@ def _channel_of_query(req: Request) -> tuple[str, int]:
     return check_id(req.query.get("channel_id", ""), "channel_id"), channel_type
 
 
-def _uids(body: dict[str, object], *, required: bool) -> list[str]:
-    uids = get_str_list(body, "uids", required=required)
-    for uid in uids:
-        check_id(uid, "uids entry")
-    return uids
-
-
 async def user_facts_changed(ctx: ApiContext, channel_id: str, channel_type: int) -> None:
     """A change of a person channel changes its owner's user facts: tell every node's cache
     before the request is answered (see ``node/userfacts.py``)."""
@@ -58,12 +51,12 @@ def register(route: RouteAdder, ctx: ApiContext) -> None:
             channel_id, channel_type = _channel_of_body(body)
             update = pb.ListUpdate(channel_id=channel_id, channel_type=channel_type, kind=kind)
             if mode == "add":
-                update.add.extend(_uids(body, required=True))
+                update.add.extend(uid_list(body, required=True))
             elif mode == "set":
                 update.reset = True
-                update.add.extend(_uids(body, required=False))
+                update.add.extend(uid_list(body, required=False))
             elif mode == "remove":
-                update.remove.extend(_uids(body, required=True))
+                update.remove.extend(uid_list(body, required=True))
             else:
                 update.reset = True
             await meta(ctx, channel_id, pb.MetaOp(lists=update))
@@ -137,24 +130,3 @@ def register(route: RouteAdder, ctx: ApiContext) -> None:
         await meta(ctx, channel_id, pb.MetaOp(channel_delete=op))
         await user_facts_changed(ctx, channel_id, channel_type)
         return Response(200, OK)
-
-    async def set_system(req: Request, system: bool) -> Response:
-        uids = _uids(req.json_object(), required=True)
-        for uid in uids:
-            await meta(ctx, uid, pb.MetaOp(user=pb.UserUpdate(uid=uid, system=system)))
-        await ctx.facts.changed(uids)
-        return Response(200, OK)
-
-    @route("POST", "/user/systemuids_add")
-    async def systemuids_add(req: Request) -> Response:
-        return await set_system(req, True)
-
-    @route("POST", "/user/systemuids_remove")
-    async def systemuids_remove(req: Request) -> Response:
-        return await set_system(req, False)
-
-    @route("GET", "/user/systemuids")
-    async def systemuids(req: Request) -> Response:
-        # System flags live in each uid's own slot group: ask every group.
-        per_group = await ctx.router.read_every_group({"q": "system_uids"})
-        return Response(200, sorted(uid for uids in per_group for uid in uids))
