@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, ReasonCode, Setting
@@ -34,16 +33,13 @@ from . import (
 from .auth import Credentials
 from .common import (
     CHANNEL_TYPES,
-    OK,
     ApiContext,
     check_id,
     guard,
     message_resp,
-    meta,
     person_or_channel,
 )
-from .fields import get_flag, get_int, get_str, get_str_list
-from .routes_channels import user_facts_changed
+from .fields import get_flag, get_int, get_str
 from .routes_sends import raise_for_reason
 from .server import ApiError, Handler, Request, Response, bad_request
 from .server import Router as HttpRouter
@@ -60,57 +56,6 @@ def build_router(ctx: ApiContext) -> HttpRouter:
             return fn
 
         return deco
-
-    def channel_update(body: dict[str, Any], *, subscribers: str | None) -> pb.ChannelUpdate:
-        channel_id = check_id(get_str(body, "channel_id", required=True), "channel_id")
-        channel_type = get_int(body, "channel_type", required=True, choices=CHANNEL_TYPES)
-        update = pb.ChannelUpdate(channel_id=channel_id, channel_type=channel_type)
-        for name in ("ban", "disband", "send_ban", "allow_stranger", "large"):
-            value = get_flag(body, name)
-            if value is not None:
-                setattr(update, name, value)
-        if subscribers is not None:
-            uids = get_str_list(body, "subscribers", required=subscribers == "required")
-            if uids and channel_type == ChannelType.PERSON:
-                raise bad_request("a person channel takes no subscribers")
-            for uid in uids:
-                check_id(uid, "subscriber uid")
-            update.add_subscribers.extend(uids)
-        return update
-
-    @route("POST", "/channel")
-    async def channel(req: Request) -> Response:
-        body = req.json_object()
-        update = channel_update(body, subscribers="optional")
-        update.reset_subscribers = bool(get_flag(body, "reset"))
-        await meta(ctx, update.channel_id, pb.MetaOp(channel=update))
-        await user_facts_changed(ctx, update.channel_id, update.channel_type)
-        return Response(200, OK)
-
-    @route("POST", "/channel/info")
-    async def channel_info(req: Request) -> Response:
-        update = channel_update(req.json_object(), subscribers=None)
-        await meta(ctx, update.channel_id, pb.MetaOp(channel=update))
-        await user_facts_changed(ctx, update.channel_id, update.channel_type)
-        return Response(200, OK)
-
-    @route("POST", "/channel/subscriber_add")
-    async def subscriber_add(req: Request) -> Response:
-        body = req.json_object()
-        update = channel_update(body, subscribers="required")
-        update.reset_subscribers = bool(get_flag(body, "reset"))
-        await meta(ctx, update.channel_id, pb.MetaOp(channel=update))
-        return Response(200, OK)
-
-    @route("POST", "/channel/subscriber_remove")
-    async def subscriber_remove(req: Request) -> Response:
-        body = req.json_object()
-        update = channel_update(body, subscribers="required")
-        update.remove_subscribers.extend(update.add_subscribers)
-        del update.add_subscribers[:]
-        update.must_exist = True
-        await meta(ctx, update.channel_id, pb.MetaOp(channel=update))
-        return Response(200, OK)
 
     @route("POST", "/message/send")
     async def message_send(req: Request) -> Response:
