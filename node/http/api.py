@@ -11,7 +11,7 @@ the credentials check (``auth.py``) and the 503 of ``common.guard``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 
 from . import (
     routes_backup,
@@ -29,7 +29,6 @@ from . import (
 )
 from .auth import Credentials
 from .common import ApiContext, guard
-from .server import Handler
 from .server import Router as HttpRouter
 
 _MODULES = (
@@ -46,20 +45,13 @@ _MODULES = (
     routes_users,
     routes_webhooks,
 )
-"""Each registers its routes (most through a table of module-level handlers, ``ROUTES``)."""
+"""Each lists its routes in ``ROUTES``: (method, path, handler of the context and request)."""
 
 
 def build_router(ctx: ApiContext) -> HttpRouter:
     """Every route of the HTTP API, served with the context of this node."""
     r = HttpRouter(Credentials(ctx.config.auth, lambda: len(ctx.router.placement.nodes) > 1))
-
-    def route(method: str, path: str) -> Callable[[Handler], Handler]:
-        def deco(fn: Handler) -> Handler:
-            r.add(method, path, guard(fn))
-            return fn
-
-        return deco
-
     for module in _MODULES:
-        module.register(route, ctx)
+        for method, path, handler in module.ROUTES:
+            r.add(method, path, guard(functools.partial(handler, ctx)))
     return r

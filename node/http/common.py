@@ -3,7 +3,6 @@ request reaches its slot group."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -36,14 +35,11 @@ OK = {"status": 200}
 MESSAGE_EXTRAS = ("revoke", "revoker", "edited", "edited_at", "event_meta")
 """Fields a presented message may carry beyond WuKongIM's ``MessageResp``."""
 
-RouteAdder = Callable[[str, str], Callable[[Handler], Handler]]
-"""``route("POST", "/path")``: a decorator that registers a handler (see ``api.build_router``)."""
-
 ContextHandler = Callable[["ApiContext", Request], Awaitable[Response]]
-"""A route's handler written at module level: it gets the node's context with each request."""
+"""A route's handler: it gets the node's context with each request."""
 
 RouteTable = Sequence[tuple[str, str, ContextHandler]]
-"""A module's routes: (method, path, handler)."""
+"""A route module's ``ROUTES``: (method, path, handler); ``api.build_router`` serves them."""
 
 
 @dataclass
@@ -62,12 +58,6 @@ class ApiContext:
     """``/metrics``, ``/varz`` and ``/connz``; None in unit tests without a node."""
     backups: BackupCheckpoints | None = None
     """The checkpoints ``/cluster/backup/*`` hands out; None in unit tests without a node."""
-
-
-def add_routes(route: RouteAdder, ctx: ApiContext, table: RouteTable) -> None:
-    """Register each handler of ``table`` with ``route``, bound to ``ctx``."""
-    for method, path, handler in table:
-        route(method, path)(functools.partial(handler, ctx))
 
 
 def check_id(value: str, what: str) -> str:

@@ -16,9 +16,7 @@ from .common import (
     OK,
     ApiContext,
     ContextHandler,
-    RouteAdder,
     RouteTable,
-    add_routes,
     check_id,
     meta,
     uid_list,
@@ -213,8 +211,3 @@ ROUTES: RouteTable = (
     ),
     *(("GET", f"/channel/{name}", _list_reader(name)) for name in _KINDS),
 )
-
-
-def register(route: RouteAdder, ctx: ApiContext) -> None:
-    """Add this module's routes."""
-    add_routes(route, ctx, ROUTES)

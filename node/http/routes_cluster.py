@@ -11,7 +11,7 @@ import trio
 from ..admin import AdminError, AdminRefused
 from ..client_routes import ClientRoutes, NoNodeAccepting
 from ..groups.digest import channel_digests
-from .common import ApiContext, RouteAdder, RouteTable, add_routes, check_id
+from .common import ApiContext, RouteTable, check_id
 from .fields import get_int, get_str
 from .server import ApiError, Request, Response, bad_request
 
@@ -158,8 +158,3 @@ ROUTES: RouteTable = (
     ("GET", "/route", client_route),
     ("POST", "/route/batch", client_route_batch),
 )
-
-
-def register(route: RouteAdder, ctx: ApiContext) -> None:
-    """Add this module's routes."""
-    add_routes(route, ctx, ROUTES)

@@ -17,9 +17,7 @@ from ..router import ClusterUnavailable
 from .common import (
     CHANNEL_TYPES,
     ApiContext,
-    RouteAdder,
     RouteTable,
-    add_routes,
     check_id,
     message_resp,
     person_or_channel,
@@ -197,8 +195,3 @@ ROUTES: RouteTable = (
     ("POST", "/channel/messagesync", message_sync),
     ("GET", "/channel/max_message_seq", max_message_seq),
 )
-
-
-def register(route: RouteAdder, ctx: ApiContext) -> None:
-    """Add this module's routes."""
-    add_routes(route, ctx, ROUTES)

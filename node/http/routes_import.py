@@ -17,9 +17,7 @@ from ..groups import imports
 from ..pipeline_rules import SYSTEM_UID
 from .common import (
     ApiContext,
-    RouteAdder,
     RouteTable,
-    add_routes,
     check_command_size,
     check_id,
     person_or_channel,
@@ -120,8 +118,3 @@ async def message_import(ctx: ApiContext, req: Request) -> Response:
 
 
 ROUTES: RouteTable = (("POST", "/message/import", message_import),)
-
-
-def register(route: RouteAdder, ctx: ApiContext) -> None:
-    """Add this module's routes."""
-    add_routes(route, ctx, ROUTES)

@@ -18,7 +18,7 @@ from ..channels import view_channel_id
 from ..groups.message_ops import MAX_SEQS
 from ..ids import online_message_id
 from ..pipeline_rules import SYSTEM_UID
-from .common import OK, ApiContext, RouteAdder, RouteTable, add_routes, check_id, person_or_channel
+from .common import OK, ApiContext, RouteTable, check_id, person_or_channel
 from .fields import get_flag, get_int, get_message_id, get_str
 from .routes_sends import parse_payload
 from .server import ApiError, Request, Response, bad_request
@@ -301,8 +301,3 @@ ROUTES: RouteTable = (
     ("POST", "/channel/retention", retention),
     ("POST", "/channel/messages_delete", messages_delete),
 )
-
-
-def register(route: RouteAdder, ctx: ApiContext) -> None:
-    """Add this module's routes."""
-    add_routes(route, ctx, ROUTES)

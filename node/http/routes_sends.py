@@ -25,9 +25,7 @@ from .common import (
     CHANNEL_TYPES,
     OK,
     ApiContext,
-    RouteAdder,
     RouteTable,
-    add_routes,
     check_id,
     message_resp,
     person_or_channel,
@@ -357,8 +355,3 @@ ROUTES: RouteTable = (
     ("POST", "/message/sync", command_sync),
     ("POST", "/message/syncack", command_syncack),
 )
-
-
-def register(route: RouteAdder, ctx: ApiContext) -> None:
-    """Add this module's routes."""
-    add_routes(route, ctx, ROUTES)

@@ -12,7 +12,7 @@ from proto.raftchat.peer.v1 import peer_pb2 as pb
 
 from ..groups.streams import MAX_PAGE, STATUS_OF, event_view
 from ..pipeline_rules import SYSTEM_UID
-from .common import ApiContext, RouteAdder, RouteTable, add_routes, check_id, person_or_channel
+from .common import ApiContext, RouteTable, check_id, person_or_channel
 from .fields import get_flag, get_int, get_message_id, get_str
 from .routes_sends import sender
 from .server import ApiError, Request, Response, bad_request
@@ -167,8 +167,3 @@ ROUTES: RouteTable = (
     ("POST", "/message/event", message_event),
     ("POST", "/message/eventsync", event_sync),
 )
-
-
-def register(route: RouteAdder, ctx: ApiContext) -> None:
-    """Add this module's routes."""
-    add_routes(route, ctx, ROUTES)

@@ -8,7 +8,7 @@ import time
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import DeviceFlag, DeviceLevel
 
-from .common import OK, ApiContext, RouteAdder, RouteTable, add_routes, check_id, meta, uid_list
+from .common import OK, ApiContext, RouteTable, check_id, meta, uid_list
 from .fields import get_int, get_str
 from .server import Request, Response, bad_request
 
@@ -100,8 +100,3 @@ ROUTES: RouteTable = (
     ("POST", "/user/systemuids_remove", systemuids_remove),
     ("GET", "/user/systemuids", systemuids),
 )
-
-
-def register(route: RouteAdder, ctx: ApiContext) -> None:
-    """Add this module's routes."""
-    add_routes(route, ctx, ROUTES)

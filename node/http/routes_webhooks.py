@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import ApiContext, RouteAdder, RouteTable, add_routes
+from .common import ApiContext, RouteTable
 from .server import Request, Response
 
 
@@ -15,8 +15,3 @@ async def webhook_status(ctx: ApiContext, req: Request) -> Response:
 
 
 ROUTES: RouteTable = (("GET", "/webhook/status", webhook_status),)
-
-
-def register(route: RouteAdder, ctx: ApiContext) -> None:
-    """Add this module's routes."""
-    add_routes(route, ctx, ROUTES)
