@@ -4,413 +4,54 @@ node (the router takes each request to the leader of the slot group that owns it
 Errors are HTTP 400 ``{"msg": ..., "status": 400}`` naming the field; permission refusals of
 ``/message/send`` are 403 with the reason code; a cluster that cannot serve the request in time
 is 503 with the reason code (17, 18 or 10); see ``docs/api.md``.
+
+The routes live in the ``routes_*`` modules, one subject each; this module puts them behind
+the credentials check (``auth.py``) and the 503 of ``common.guard``.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
-from collections.abc import Callable
-from typing import Any
+import functools
 
-import trio
-
-from proto.raftchat.peer.v1 import peer_pb2 as pb
-from proto.wkproto import ChannelType, DeviceFlag, DeviceLevel, ReasonCode, Setting
-
-from ..admin import AdminError, AdminRefused
-from ..client_routes import ClientRoutes, NoNodeAccepting
-from ..groups.digest import channel_digests
-from ..pipeline_rules import SYSTEM_UID, request_problem
-from ..send_checks import precheck
 from . import (
     routes_backup,
     routes_channels,
+    routes_cluster,
     routes_conversations,
     routes_history,
     routes_import,
-    routes_messages,
+    routes_message_ops,
     routes_monitoring,
     routes_sends,
     routes_streams,
+    routes_users,
     routes_webhooks,
 )
 from .auth import Credentials
-from .common import (
-    CHANNEL_TYPES,
-    OK,
-    ApiContext,
-    check_id,
-    guard,
-    message_resp,
-    meta,
-    person_or_channel,
-)
-from .fields import get_flag, get_int, get_str, get_str_list
-from .routes_channels import user_facts_changed
-from .routes_sends import raise_for_reason
-from .server import ApiError, Handler, Request, Response, bad_request
+from .common import ApiContext, guard
 from .server import Router as HttpRouter
 
-_CLIENT_FLAGS = {int(DeviceFlag.APP), int(DeviceFlag.WEB), int(DeviceFlag.PC)}
-_LEVELS = {int(DeviceLevel.SLAVE), int(DeviceLevel.MASTER)}
-_SUPPORTED_SEND_TYPES = CHANNEL_TYPES
-MAX_ROUTE_BATCH = 10_000
-MAX_TOKEN_EXPIRE_S = 0xFFFFFFFF
-"""The largest ``expire`` of ``/user/token`` (a uint32, as the gRPC field)."""
+_MODULES = (
+    routes_backup,
+    routes_channels,
+    routes_cluster,
+    routes_conversations,
+    routes_history,
+    routes_import,
+    routes_message_ops,
+    routes_monitoring,
+    routes_sends,
+    routes_streams,
+    routes_users,
+    routes_webhooks,
+)
+"""Each lists its routes in ``ROUTES``: (method, path, handler of the context and request)."""
 
 
 def build_router(ctx: ApiContext) -> HttpRouter:
+    """Every route of the HTTP API, served with the context of this node."""
     r = HttpRouter(Credentials(ctx.config.auth, lambda: len(ctx.router.placement.nodes) > 1))
-
-    def route(method: str, path: str) -> Callable[[Handler], Handler]:
-        def deco(fn: Handler) -> Handler:
-            r.add(method, path, guard(fn))
-            return fn
-
-        return deco
-
-    @route("GET", "/health")
-    async def health(req: Request) -> Response:
-        if ctx.client_routes is not None and ctx.client_routes.draining:
-            return Response(503, {"status": "draining", "msg": "this node is leaving service"})
-        if ctx.router.groups_ready():
-            return Response(200, {"status": "ok"})
-        return Response(503, {"status": "error", "msg": "a slot group has no leader yet"})
-
-    @route("GET", "/cluster/status")
-    async def cluster_status(req: Request) -> Response:
-        status = ctx.router.status()
-        if ctx.client_routes is not None:
-            status["draining"] = sorted(ctx.client_routes.draining_nodes())
-        return Response(200, status)
-
-    @route("GET", "/cluster/digest")
-    async def cluster_digest(req: Request) -> Response:
-        """This node's own replica of every slot group it hosts, as stored here (no barrier, no
-        forwarding): the point is to compare replicas, see ``groups/digest.py``."""
-        groups = []
-        for gid, local in sorted(ctx.router.local.items()):
-            if gid == 0:
-                continue  # the controller group stores no messages
-            try:
-                applied, channels = await trio.to_thread.run_sync(channel_digests, local.store)
-            except Exception:
-                if ctx.router.local.get(gid) is local:
-                    raise
-                continue  # dropped (its store closed) while being read: no longer hosted here
-            groups.append(
-                {
-                    "group": gid,
-                    "applied": applied,
-                    "commit": local.view.commit_index,
-                    "is_leader": local.is_leader(),
-                    "leader": local.leader_id(),
-                    "channels": channels,
-                }
-            )
-        return Response(200, {"node": ctx.config.node.id, "groups": groups})
-
-    async def membership(request: dict[str, Any]) -> Response:
-        try:
-            reply = await ctx.admin.on_controller_leader(request)
-        except AdminRefused as e:
-            raise ApiError(409, str(e)) from None
-        except AdminError as e:
-            raise ApiError(503, str(e)) from None
-        return Response(200, {"status": 200, **reply})
-
-    @route("POST", "/cluster/join")
-    async def cluster_join(req: Request) -> Response:
-        # Nothing here can prove the cluster password, so nothing here admits a node: a node
-        # joins with its own signed call (node/admin.py). The route stays to say so (after
-        # the usual answers to a malformed body).
-        body = req.json_object()
-        node_id = get_int(body, "node_id", required=True, minimum=1, maximum=1023)
-        get_str(body, "host", required=True)
-        raise ApiError(
-            410,
-            f"nothing was changed: node {node_id} joins by itself, started with cluster.join "
-            "set to a member's node.host and the cluster password (docs/operations.md)",
-        )
-
-    @route("POST", "/cluster/leave")
-    async def cluster_leave(req: Request) -> Response:
-        body = req.json_object()
-        node_id = get_int(body, "node_id", required=True, minimum=1, maximum=1023)
-        force = get_int(body, "force", minimum=0, maximum=1) or 0
-        if node_id not in ctx.router.placement.nodes:
-            raise ApiError(404, f"node {node_id} is not a member")
-        return await membership({"op": "leave", "node_id": node_id, "force": bool(force)})
-
-    @route("POST", "/cluster/drain")
-    async def cluster_drain(req: Request) -> Response:
-        body = req.json_object()
-        node_id = get_int(body, "node_id", required=True, minimum=1, maximum=1023)
-        if node_id not in ctx.router.placement.nodes:
-            raise ApiError(404, f"node {node_id} is not a member")
-        try:
-            await ctx.admin.call(node_id, {"op": "drain"})
-        except AdminError as e:
-            raise ApiError(503, str(e)) from None
-        return Response(200, {"status": 200, "node_id": node_id, "draining": True})
-
-    def routes() -> ClientRoutes:
-        assert ctx.client_routes is not None
-        return ctx.client_routes
-
-    def intranet(req: Request) -> bool:
-        value = req.query.get("intranet", "0")
-        if value not in ("0", "1"):
-            raise bad_request("intranet must be 0 or 1")
-        return value == "1"
-
-    @route("GET", "/route")
-    async def route_(req: Request) -> Response:
-        uid = req.query.get("uid") or None
-        if uid is not None:
-            check_id(uid, "uid")
-        try:
-            return Response(200, routes().route(uid, intranet(req)))
-        except NoNodeAccepting as e:
-            raise ApiError(503, str(e)) from None
-
-    @route("POST", "/route/batch")
-    async def route_batch(req: Request) -> Response:
-        uids = req.json()
-        if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
-            raise bad_request("the body must be a JSON array of uids")
-        if len(uids) > MAX_ROUTE_BATCH:
-            raise bad_request(f"at most {MAX_ROUTE_BATCH} uids per request")
-        for uid in uids:
-            check_id(uid, "uid")
-        try:
-            return Response(200, routes().route_batch(uids, intranet(req)))
-        except NoNodeAccepting as e:
-            raise ApiError(503, str(e)) from None
-
-    @route("POST", "/user/token")
-    async def user_token(req: Request) -> Response:
-        body = req.json_object()
-        uid = check_id(get_str(body, "uid", required=True), "uid")
-        token = get_str(body, "token", required=True)
-        flag = get_int(body, "device_flag", default=DeviceFlag.APP, choices=_CLIENT_FLAGS)
-        level = get_int(body, "device_level", default=DeviceLevel.SLAVE, choices=_LEVELS)
-        # Seconds from now, as WuKongIM's message `expire` and Tencent's UserSig; stored as a
-        # time of this node's clock, so that every replica applies the same record.
-        expire = get_int(body, "expire", minimum=0, maximum=MAX_TOKEN_EXPIRE_S)
-        expires_at_ms = int(time.time() * 1000) + expire * 1000 if expire else 0
-        if ctx.token_keys is not None:
-            device = ctx.token_keys.seal(uid, flag, token, level, expires_at_ms)
-        else:  # unit tests without a node
-            device = pb.DeviceToken(
-                uid=uid,
-                device_flag=flag,
-                token=token,
-                device_level=level,
-                expires_at_ms=expires_at_ms,
-            )
-        await meta(ctx, uid, pb.MetaOp(set_device=device))
-        if level == DeviceLevel.MASTER:
-            # A new master token retires the sessions that logged in with the old one.
-            await ctx.router.kick_everywhere(uid, flag, "token changed")
-        return Response(200, OK)
-
-    @route("POST", "/user/device_quit")
-    async def device_quit(req: Request) -> Response:
-        body = req.json_object()
-        uid = check_id(get_str(body, "uid", required=True), "uid")
-        flag = get_int(body, "device_flag", default=-1, choices=_CLIENT_FLAGS | {-1})
-        for f in sorted(_CLIENT_FLAGS) if flag == -1 else [flag]:
-            auth = await ctx.router.read(uid, {"q": "device", "uid": uid, "device_flag": f})
-            if auth is not None:
-                op = pb.MetaOp(
-                    set_device=pb.DeviceToken(
-                        uid=uid, device_flag=f, token="", device_level=auth["device_level"]
-                    )
-                )
-                await meta(ctx, uid, op)
-        await ctx.router.kick_everywhere(uid, flag, "device quit")
-        return Response(200, OK)
-
-    @route("POST", "/user/onlinestatus")
-    async def online_status(req: Request) -> Response:
-        uids = req.json()
-        if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
-            raise bad_request("body must be a JSON list of uids")
-        found = await ctx.router.online_everywhere(uids)
-        return Response(200, [{"uid": u, "device_flag": f, "online": 1} for u, f in found])
-
-    def channel_update(body: dict[str, Any], *, subscribers: str | None) -> pb.ChannelUpdate:
-        channel_id = check_id(get_str(body, "channel_id", required=True), "channel_id")
-        channel_type = get_int(body, "channel_type", required=True, choices=CHANNEL_TYPES)
-        update = pb.ChannelUpdate(channel_id=channel_id, channel_type=channel_type)
-        for name in ("ban", "disband", "send_ban", "allow_stranger", "large"):
-            value = get_flag(body, name)
-            if value is not None:
-                setattr(update, name, value)
-        if subscribers is not None:
-            uids = get_str_list(body, "subscribers", required=subscribers == "required")
-            if uids and channel_type == ChannelType.PERSON:
-                raise bad_request("a person channel takes no subscribers")
-            for uid in uids:
-                check_id(uid, "subscriber uid")
-            update.add_subscribers.extend(uids)
-        return update
-
-    @route("POST", "/channel")
-    async def channel(req: Request) -> Response:
-        body = req.json_object()
-        update = channel_update(body, subscribers="optional")
-        update.reset_subscribers = bool(get_flag(body, "reset"))
-        await meta(ctx, update.channel_id, pb.MetaOp(channel=update))
-        await user_facts_changed(ctx, update.channel_id, update.channel_type)
-        return Response(200, OK)
-
-    @route("POST", "/channel/info")
-    async def channel_info(req: Request) -> Response:
-        update = channel_update(req.json_object(), subscribers=None)
-        await meta(ctx, update.channel_id, pb.MetaOp(channel=update))
-        await user_facts_changed(ctx, update.channel_id, update.channel_type)
-        return Response(200, OK)
-
-    @route("POST", "/channel/subscriber_add")
-    async def subscriber_add(req: Request) -> Response:
-        body = req.json_object()
-        update = channel_update(body, subscribers="required")
-        update.reset_subscribers = bool(get_flag(body, "reset"))
-        await meta(ctx, update.channel_id, pb.MetaOp(channel=update))
-        return Response(200, OK)
-
-    @route("POST", "/channel/subscriber_remove")
-    async def subscriber_remove(req: Request) -> Response:
-        body = req.json_object()
-        update = channel_update(body, subscribers="required")
-        update.remove_subscribers.extend(update.add_subscribers)
-        del update.add_subscribers[:]
-        update.must_exist = True
-        await meta(ctx, update.channel_id, pb.MetaOp(channel=update))
-        return Response(200, OK)
-
-    @route("POST", "/message/send")
-    async def message_send(req: Request) -> Response:
-        body = req.json_object()
-        if body.get("subscribers") is not None:
-            return await routes_sends.subscriber_send(ctx, body)
-        from_uid = routes_sends.sender(body)
-        channel_type = get_int(body, "channel_type", required=True)
-        if channel_type not in _SUPPORTED_SEND_TYPES:
-            raise bad_request(f"channel_type must be one of 1-12, got {channel_type}")
-        if channel_type == ChannelType.PERSON and from_uid == SYSTEM_UID:
-            raise bad_request("from_uid is required for a person channel")
-        _, canonical, _ = person_or_channel({**body, "from_uid": from_uid}, "from_uid")
-        payload = routes_sends.parse_payload(ctx, body)
-        # An omitted red_dot counts as 1 here: a message raises the unread count unless the
-        # backend says otherwise (docs/messaging.md).
-        flags = routes_sends.parse_flags(ctx, body, payload, red_dot_default=True)
-        client_msg_no = get_str(body, "client_msg_no") or uuid.uuid4().hex
-        expire = get_int(body, "expire", minimum=0, maximum=0xFFFFFFFF)
-        problem = request_problem(client_msg_no, "", "", canonical, from_uid, expire)
-        if problem is not None:
-            raise bad_request(problem)
-        setting = get_int(body, "setting", minimum=0, maximum=255)  # 0x80: receipts
-        if get_flag(body, "is_stream"):
-            # The anchor of a stream: events follow with /message/event (routes_streams).
-            setting |= Setting.STREAM
-        item = pb.SendItem(
-            from_uid=from_uid,
-            channel_id=canonical,
-            channel_type=channel_type,
-            client_msg_no=client_msg_no,
-            payload=payload,
-            flags=flags,
-            expire=expire,
-            setting=setting,
-            trusted=True,
-        )
-        refused = await precheck(ctx.facts, item, ctx.rules)
-        if refused != ReasonCode.SUCCESS:
-            outcome = pb.SendOutcome(reason=refused)  # user-level rule: nothing proposed
-        else:
-            outcome = await ctx.router.send(item)
-        reason = ReasonCode(outcome.reason)
-        if ctx.metrics is not None:
-            ctx.metrics.sendack("http", reason)
-        if reason == ReasonCode.CHANNEL_NOT_EXIST:
-            raise ApiError(404, f"channel {body['channel_id']} does not exist", reason=reason)
-        # A retryable answer carries the client_msg_no, so that a retry is recognised (dedupe)
-        # even when the server made it up.
-        raise_for_reason(reason, client_msg_no)
-        return Response(
-            200,
-            {
-                "message_id": outcome.message_id,
-                "message_idstr": str(outcome.message_id),
-                "message_seq": outcome.message_seq,
-                "client_msg_no": client_msg_no,
-            },
-        )
-
-    @route("POST", "/channel/messagesync")
-    async def message_sync(req: Request) -> Response:
-        body = req.json_object()
-        login_uid = check_id(get_str(body, "login_uid", required=True), "login_uid")
-        _, canonical, channel_type = person_or_channel(body, "login_uid")
-        start = get_int(body, "start_message_seq", minimum=0)
-        end = get_int(body, "end_message_seq", minimum=0)
-        limit = get_int(body, "limit", default=100, minimum=1, maximum=10_000)
-        pull_mode = get_int(body, "pull_mode", default=0, choices={0, 1})
-        page = await ctx.router.read(
-            canonical,
-            {
-                "q": "messages",
-                "channel_id": canonical,
-                "channel_type": channel_type,
-                "start_message_seq": start,
-                "end_message_seq": end,
-                "limit": limit,
-                "pull_mode": pull_mode,
-                "login_uid": login_uid,
-            },
-        )
-        messages = [message_resp(m, login_uid) for m in page["messages"]]
-        return Response(
-            200,
-            {
-                "start_message_seq": start,
-                "end_message_seq": end,
-                "more": page["more"],
-                "messages": messages,
-            },
-        )
-
-    @route("GET", "/channel/max_message_seq")
-    async def max_message_seq(req: Request) -> Response:
-        channel_id = req.query.get("channel_id", "")
-        try:
-            channel_type = int(req.query.get("channel_type", ""))
-        except ValueError:
-            raise bad_request("channel_type must be an integer") from None
-        if channel_type == ChannelType.PERSON and "@" not in channel_id:
-            raise bad_request("channel_id of a person channel must be the canonical a@b id")
-        if channel_type != ChannelType.PERSON:
-            check_id(channel_id, "channel_id")
-        head = await ctx.router.read(
-            channel_id, {"q": "head", "channel_id": channel_id, "channel_type": channel_type}
-        )
-        return Response(200, {"message_seq": head})
-
-    for module in (
-        routes_backup,
-        routes_channels,
-        routes_conversations,
-        routes_messages,
-        routes_monitoring,
-        routes_history,
-        routes_import,
-        routes_sends,
-        routes_streams,
-        routes_webhooks,
-    ):
-        module.register(route, ctx)
+    for module in _MODULES:
+        for method, path, handler in module.ROUTES:
+            r.add(method, path, guard(functools.partial(handler, ctx)))
     return r

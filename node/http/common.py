@@ -3,7 +3,7 @@ request reaches its slot group."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from ..send_checks import SendRules
 from ..sessions import SessionRegistry
 from ..userfacts import UserFacts
 from ..usertokens import TokenKeys
-from .fields import get_int, get_str
+from .fields import get_int, get_str, get_str_list
 from .server import ApiError, Handler, Request, Response, bad_request
 
 if TYPE_CHECKING:
@@ -35,8 +35,11 @@ OK = {"status": 200}
 MESSAGE_EXTRAS = ("revoke", "revoker", "edited", "edited_at", "event_meta")
 """Fields a presented message may carry beyond WuKongIM's ``MessageResp``."""
 
-RouteAdder = Callable[[str, str], Callable[[Handler], Handler]]
-"""``route("POST", "/path")``: a decorator that registers a handler (see ``api.build_router``)."""
+ContextHandler = Callable[["ApiContext", Request], Awaitable[Response]]
+"""A route's handler: it gets the node's context with each request."""
+
+RouteTable = Sequence[tuple[str, str, ContextHandler]]
+"""A route module's ``ROUTES``: (method, path, handler); ``api.build_router`` serves them."""
 
 
 @dataclass
@@ -62,6 +65,14 @@ def check_id(value: str, what: str) -> str:
     if problem is not None:
         raise bad_request(problem)
     return value
+
+
+def uid_list(body: dict[str, Any], *, required: bool) -> list[str]:
+    """The ``uids`` of a request body, each checked as a uid."""
+    uids = get_str_list(body, "uids", required=required)
+    for uid in uids:
+        check_id(uid, "uids entry")
+    return uids
 
 
 def unavailable(e: ClusterUnavailable) -> ApiError:

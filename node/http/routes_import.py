@@ -15,7 +15,13 @@ from proto.wkproto import ChannelType, HeaderFlag, ReasonCode
 from ..command_channels import is_cmd
 from ..groups import imports
 from ..pipeline_rules import SYSTEM_UID
-from .common import ApiContext, RouteAdder, check_command_size, check_id, person_or_channel
+from .common import (
+    ApiContext,
+    RouteTable,
+    check_command_size,
+    check_id,
+    person_or_channel,
+)
 from .fields import get_int, get_str
 from .routes_sends import parse_flags, parse_payload
 from .server import ApiError, Request, Response, bad_request
@@ -69,47 +75,46 @@ def parse_message(ctx: ApiContext, i: int, raw: Any, channel_type: int, now_s: i
     )
 
 
-def register(route: RouteAdder, ctx: ApiContext) -> None:
-    """Add this module's routes."""
+async def message_import(ctx: ApiContext, req: Request) -> Response:
+    body = req.json_object()
+    login_uid = get_str(body, "login_uid")
+    if login_uid:
+        check_id(login_uid, "login_uid")
+    _, canonical, ctype = person_or_channel(body, "login_uid")
+    if ctype in imports.REFUSED_TYPES or is_cmd(canonical):
+        raise bad_request(f"channel_type {ctype}: this channel takes no imported history")
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise bad_request("messages must be a non-empty list")
+    if len(raw) > imports.MAX_MESSAGES:
+        raise bad_request(f"messages has more than {imports.MAX_MESSAGES} entries")
+    now_s = int(time.time())
+    op = pb.MessageImport(channel_id=canonical, channel_type=ctype)
+    for i, m in enumerate(raw):
+        op.messages.append(parse_message(ctx, i, m, ctype, now_s))
+        found = imports.problem(op, i, op.messages[i])
+        if found is not None:
+            raise bad_request(found[1])
+    command = pb.MetaOp(message_import=op)
+    check_command_size(command)
+    result = await ctx.router.meta(canonical, command)
+    reason = ReasonCode(result.reason)
+    if reason != ReasonCode.SUCCESS:
+        status = _STATUS.get(reason, 500)
+        msg = result.detail if status != 500 else "history could not be stored"
+        raise ApiError(status, msg, reason=int(reason))
+    stored = json.loads(result.data)["messages"]
+    out = [
+        {
+            "client_msg_no": m.client_msg_no,
+            "message_id": s["message_id"],
+            "message_idstr": str(s["message_id"]),
+            "message_seq": s["message_seq"],
+            "duplicate": s["duplicate"],
+        }
+        for m, s in zip(op.messages, stored, strict=True)
+    ]
+    return Response(200, {"messages": out})
 
-    @route("POST", "/message/import")
-    async def message_import(req: Request) -> Response:
-        body = req.json_object()
-        login_uid = get_str(body, "login_uid")
-        if login_uid:
-            check_id(login_uid, "login_uid")
-        _, canonical, ctype = person_or_channel(body, "login_uid")
-        if ctype in imports.REFUSED_TYPES or is_cmd(canonical):
-            raise bad_request(f"channel_type {ctype}: this channel takes no imported history")
-        raw = body.get("messages")
-        if not isinstance(raw, list) or not raw:
-            raise bad_request("messages must be a non-empty list")
-        if len(raw) > imports.MAX_MESSAGES:
-            raise bad_request(f"messages has more than {imports.MAX_MESSAGES} entries")
-        now_s = int(time.time())
-        op = pb.MessageImport(channel_id=canonical, channel_type=ctype)
-        for i, m in enumerate(raw):
-            op.messages.append(parse_message(ctx, i, m, ctype, now_s))
-            found = imports.problem(op, i, op.messages[i])
-            if found is not None:
-                raise bad_request(found[1])
-        command = pb.MetaOp(message_import=op)
-        check_command_size(command)
-        result = await ctx.router.meta(canonical, command)
-        reason = ReasonCode(result.reason)
-        if reason != ReasonCode.SUCCESS:
-            status = _STATUS.get(reason, 500)
-            msg = result.detail if status != 500 else "history could not be stored"
-            raise ApiError(status, msg, reason=int(reason))
-        stored = json.loads(result.data)["messages"]
-        out = [
-            {
-                "client_msg_no": m.client_msg_no,
-                "message_id": s["message_id"],
-                "message_idstr": str(s["message_id"]),
-                "message_seq": s["message_seq"],
-                "duplicate": s["duplicate"],
-            }
-            for m, s in zip(op.messages, stored, strict=True)
-        ]
-        return Response(200, {"messages": out})
+
+ROUTES: RouteTable = (("POST", "/message/import", message_import),)

@@ -21,7 +21,7 @@ from ..client_routes import own_endpoints
 from ..config import Config
 from ..metrics import CONTENT_TYPE, Connection, NodeMetrics
 from ..readiness import not_ready
-from .common import ApiContext, RouteAdder
+from .common import ApiContext, RouteTable
 from .server import ApiError, Request, Response, bad_request
 
 DEFAULT_LIMIT = 20
@@ -138,104 +138,112 @@ def logged_in(metrics: NodeMetrics) -> list[Connection]:
     return [c for c in list(metrics.connections.values()) if c.uid]
 
 
-def register(route: RouteAdder, ctx: ApiContext) -> None:
+def _metrics(ctx: ApiContext) -> NodeMetrics:
+    if ctx.metrics is None:
+        raise ApiError(404, "this node keeps no metrics")
+    return ctx.metrics
+
+
+def _other_node(ctx: ApiContext, req: Request) -> None:
     node_id = ctx.config.node.id
-
-    def metrics() -> NodeMetrics:
-        if ctx.metrics is None:
-            raise ApiError(404, "this node keeps no metrics")
-        return ctx.metrics
-
-    def other_node(req: Request) -> None:
-        raw = req.query.get("node_id", "")
-        if raw not in ("", "0", str(node_id)):
-            raise bad_request(
-                f"this is node {node_id}: ask node {raw} at its own HTTP address "
-                "(every node answers for itself)"
-            )
-
-    @route("GET", "/healthz")
-    async def healthz(req: Request) -> Response:
-        return Response(200, {"status": "ok"})
-
-    @route("GET", "/readyz")
-    async def readyz(req: Request) -> Response:
-        reasons = not_ready(ctx.router.local)
-        if ctx.client_routes is not None and ctx.client_routes.draining:
-            reasons.insert(0, "this node is draining (leaving service)")
-        if reasons:
-            return Response(503, {"status": "not ready", "reasons": reasons})
-        return Response(200, {"status": "ready"})
-
-    @route("GET", "/metrics")
-    async def prometheus(req: Request) -> Response:
-        return Response(200, metrics().render(), content_type=CONTENT_TYPE)
-
-    @route("GET", "/varz")
-    async def varz(req: Request) -> Response:
-        other_node(req)
-        m = metrics()
-        now = time.time()
-        conns = logged_in(m)
-        times = os.times()
-        up = max(now - m.started_at, 1e-3)
-        traffic = m.traffic()
-        ends = own_endpoints(ctx.config)
-        scheme = "https" if ctx.config.http.tls else "http"
-        body: dict[str, Any] = {
-            "server_id": str(node_id),
-            "server_name": "raftchat",
-            "version": VERSION,
-            "connections": len(conns),
-            "user_handler_count": len({c.uid for c in conns}),
-            "uptime": uptime(now - m.started_at),
-            # Threads: the nearest thing to WuKongIM's goroutine count.
-            "goroutine": threading.active_count(),
-            "mem": _rss_bytes(),
-            # Average over the process' life, as NATS and WuKongIM report it (ps' %cpu).
-            "cpu": round((times.user + times.system) / up * 100, 2),
-            "in_msgs": traffic.in_msgs,
-            "out_msgs": traffic.out_msgs,
-            "in_bytes": traffic.in_packet_bytes,
-            "out_bytes": traffic.out_packet_bytes,
-            "slow_clients": m.slow_clients,
-            "retry_queue": 0,
-            "tcp_addr": ends.tcp_addr,
-            "ws_addr": ends.ws_addr,
-            "wss_addr": ends.wss_addr,
-            "manager_addr": console_url(ctx.config),
-            "api_url": f"{scheme}://{ctx.config.node.host}:{ctx.config.http.port}",
-            "commit": "",
-            "conversation_cache_count": 0,
-        }
-        body["slow_consumers"] = body["slow_clients"]  # the older WuKongIM name
-        if req.query.get("show") == "conn":
-            limit = _int_query(req, "conn_limit", DEFAULT_LIMIT, MAX_LIMIT)
-            conns.sort(key=lambda c: c.conn_id)
-            body["conns"] = [conn_info(c, now) for c in conns[:limit]]
-        return Response(200, body)
-
-    @route("GET", "/connz")
-    async def connz(req: Request) -> Response:
-        other_node(req)
-        m = metrics()
-        key, desc = _sort_key(req.query.get("sort", ""))
-        offset = _int_query(req, "offset", 0, 1 << 31)
-        limit = _int_query(req, "limit", 0, MAX_LIMIT) or DEFAULT_LIMIT
-        uid = req.query.get("uid", "").strip()
-        conns = [c for c in logged_in(m) if not uid or c.uid == uid]
-        conns.sort(key=key, reverse=desc)
-        now = time.time()
-        return Response(
-            200,
-            {
-                "now": _rfc3339(now),
-                "total": len(conns),
-                "offset": offset,
-                "limit": limit,
-                "connections": [conn_info(c, now) for c in conns[offset : offset + limit]],
-            },
+    raw = req.query.get("node_id", "")
+    if raw not in ("", "0", str(node_id)):
+        raise bad_request(
+            f"this is node {node_id}: ask node {raw} at its own HTTP address "
+            "(every node answers for itself)"
         )
+
+
+async def healthz(ctx: ApiContext, req: Request) -> Response:
+    return Response(200, {"status": "ok"})
+
+
+async def readyz(ctx: ApiContext, req: Request) -> Response:
+    reasons = not_ready(ctx.router.local)
+    if ctx.client_routes is not None and ctx.client_routes.draining:
+        reasons.insert(0, "this node is draining (leaving service)")
+    if reasons:
+        return Response(503, {"status": "not ready", "reasons": reasons})
+    return Response(200, {"status": "ready"})
+
+
+async def prometheus(ctx: ApiContext, req: Request) -> Response:
+    return Response(200, _metrics(ctx).render(), content_type=CONTENT_TYPE)
+
+
+async def varz(ctx: ApiContext, req: Request) -> Response:
+    _other_node(ctx, req)
+    m = _metrics(ctx)
+    now = time.time()
+    conns = logged_in(m)
+    times = os.times()
+    up = max(now - m.started_at, 1e-3)
+    traffic = m.traffic()
+    ends = own_endpoints(ctx.config)
+    scheme = "https" if ctx.config.http.tls else "http"
+    body: dict[str, Any] = {
+        "server_id": str(ctx.config.node.id),
+        "server_name": "raftchat",
+        "version": VERSION,
+        "connections": len(conns),
+        "user_handler_count": len({c.uid for c in conns}),
+        "uptime": uptime(now - m.started_at),
+        # Threads: the nearest thing to WuKongIM's goroutine count.
+        "goroutine": threading.active_count(),
+        "mem": _rss_bytes(),
+        # Average over the process' life, as NATS and WuKongIM report it (ps' %cpu).
+        "cpu": round((times.user + times.system) / up * 100, 2),
+        "in_msgs": traffic.in_msgs,
+        "out_msgs": traffic.out_msgs,
+        "in_bytes": traffic.in_packet_bytes,
+        "out_bytes": traffic.out_packet_bytes,
+        "slow_clients": m.slow_clients,
+        "retry_queue": 0,
+        "tcp_addr": ends.tcp_addr,
+        "ws_addr": ends.ws_addr,
+        "wss_addr": ends.wss_addr,
+        "manager_addr": console_url(ctx.config),
+        "api_url": f"{scheme}://{ctx.config.node.host}:{ctx.config.http.port}",
+        "commit": "",
+        "conversation_cache_count": 0,
+    }
+    body["slow_consumers"] = body["slow_clients"]  # the older WuKongIM name
+    if req.query.get("show") == "conn":
+        limit = _int_query(req, "conn_limit", DEFAULT_LIMIT, MAX_LIMIT)
+        conns.sort(key=lambda c: c.conn_id)
+        body["conns"] = [conn_info(c, now) for c in conns[:limit]]
+    return Response(200, body)
+
+
+async def connz(ctx: ApiContext, req: Request) -> Response:
+    _other_node(ctx, req)
+    m = _metrics(ctx)
+    key, desc = _sort_key(req.query.get("sort", ""))
+    offset = _int_query(req, "offset", 0, 1 << 31)
+    limit = _int_query(req, "limit", 0, MAX_LIMIT) or DEFAULT_LIMIT
+    uid = req.query.get("uid", "").strip()
+    conns = [c for c in logged_in(m) if not uid or c.uid == uid]
+    conns.sort(key=key, reverse=desc)
+    now = time.time()
+    return Response(
+        200,
+        {
+            "now": _rfc3339(now),
+            "total": len(conns),
+            "offset": offset,
+            "limit": limit,
+            "connections": [conn_info(c, now) for c in conns[offset : offset + limit]],
+        },
+    )
+
+
+ROUTES: RouteTable = (
+    ("GET", "/healthz", healthz),
+    ("GET", "/readyz", readyz),
+    ("GET", "/metrics", prometheus),
+    ("GET", "/varz", varz),
+    ("GET", "/connz", connz),
+)
 
 
 def console_url(cfg: Config) -> str:

@@ -12,7 +12,7 @@ from proto.raftchat.peer.v1 import peer_pb2 as pb
 
 from ..groups.streams import MAX_PAGE, STATUS_OF, event_view
 from ..pipeline_rules import SYSTEM_UID
-from .common import ApiContext, RouteAdder, check_id, person_or_channel
+from .common import ApiContext, RouteTable, check_id, person_or_channel
 from .fields import get_flag, get_int, get_message_id, get_str
 from .routes_sends import sender
 from .server import ApiError, Request, Response, bad_request
@@ -67,101 +67,103 @@ def _refusal(data: dict[str, Any]) -> None:
         raise ApiError(409, str(data["conflict"]))
 
 
-def register(route: RouteAdder, ctx: ApiContext) -> None:
-    """Add this module's routes."""
-
-    @route("POST", "/message/event")
-    async def message_event(req: Request) -> Response:
-        body = req.json_object()
-        from_uid, cid, ctype, client_msg_no, message_id = _anchor(body, "from_uid")
-        event_type = get_str(body, "event_type", required=True)
-        if event_type not in STATUS_OF:
-            raise bad_request(f"event_type must be one of {', '.join(sorted(STATUS_OF))}")
-        event_id = _bounded(body, "event_id", MAX_EVENT_ID_BYTES)
-        event_key = _bounded(body, "event_key", MAX_EVENT_KEY_BYTES, default="main")
-        check_id(event_key, "event_key")
-        visibility = get_str(body, "visibility", default="public")
-        if visibility not in _VISIBILITY:
-            raise bad_request("visibility must be public or private")
-        op = pb.StreamEvent(
-            channel_id=cid,
-            channel_type=ctype,
-            from_uid=from_uid,
-            client_msg_no=client_msg_no,
-            message_id=message_id,
-            event_id=event_id,
-            event_type=event_type,
-            event_key=event_key,
-            private=_VISIBILITY[visibility],
-            payload=_event_payload(ctx, body, event_type),
-            occurred_at=get_int(body, "occurred_at", minimum=0),
-            snapshot_limit=ctx.config.messages.stream_snapshot_bytes,
-        )
-        result = await ctx.router.meta(cid, pb.MetaOp(stream_event=op))
-        if result.detail and not result.data:
-            raise ApiError(500, result.detail, reason=int(result.reason))
-        done: dict[str, Any] = json.loads(result.data)
-        _refusal(done)
-        event = done["event"]
-        if done["parties"]:
-            await ctx.router.push_event(
-                pb.EventPush(
-                    uids=done["parties"],
-                    channel_id=cid,
-                    channel_type=ctype,
-                    event_id=event_id,
-                    event_type=event_type,
-                    timestamp_ms=event["timestamp_ms"],
-                    data=json.dumps(event, separators=(",", ":")).encode(),
-                )
+async def message_event(ctx: ApiContext, req: Request) -> Response:
+    body = req.json_object()
+    from_uid, cid, ctype, client_msg_no, message_id = _anchor(body, "from_uid")
+    event_type = get_str(body, "event_type", required=True)
+    if event_type not in STATUS_OF:
+        raise bad_request(f"event_type must be one of {', '.join(sorted(STATUS_OF))}")
+    event_id = _bounded(body, "event_id", MAX_EVENT_ID_BYTES)
+    event_key = _bounded(body, "event_key", MAX_EVENT_KEY_BYTES, default="main")
+    check_id(event_key, "event_key")
+    visibility = get_str(body, "visibility", default="public")
+    if visibility not in _VISIBILITY:
+        raise bad_request("visibility must be public or private")
+    op = pb.StreamEvent(
+        channel_id=cid,
+        channel_type=ctype,
+        from_uid=from_uid,
+        client_msg_no=client_msg_no,
+        message_id=message_id,
+        event_id=event_id,
+        event_type=event_type,
+        event_key=event_key,
+        private=_VISIBILITY[visibility],
+        payload=_event_payload(ctx, body, event_type),
+        occurred_at=get_int(body, "occurred_at", minimum=0),
+        snapshot_limit=ctx.config.messages.stream_snapshot_bytes,
+    )
+    result = await ctx.router.meta(cid, pb.MetaOp(stream_event=op))
+    if result.detail and not result.data:
+        raise ApiError(500, result.detail, reason=int(result.reason))
+    done: dict[str, Any] = json.loads(result.data)
+    _refusal(done)
+    event = done["event"]
+    if done["parties"]:
+        await ctx.router.push_event(
+            pb.EventPush(
+                uids=done["parties"],
+                channel_id=cid,
+                channel_type=ctype,
+                event_id=event_id,
+                event_type=event_type,
+                timestamp_ms=event["timestamp_ms"],
+                data=json.dumps(event, separators=(",", ":")).encode(),
             )
-        viewer = "" if from_uid == SYSTEM_UID else from_uid
-        shown = event_view(event, viewer)
-        return Response(
-            200,
-            {
-                "status": 200,
-                "channel_id": shown["channel_id"],
-                "channel_type": ctype,
-                "from_uid": shown["from_uid"],
-                "client_msg_no": event["client_msg_no"],
-                "message_id": event["message_id"],
-                "message_idstr": str(event["message_id"]),
-                "event_id": event_id,
-                "event_key": event["event_key"],
-                "msg_event_seq": event["msg_event_seq"],
-                "stream_status": event["stream_status"],
-                "duplicate": 1 if done["duplicate"] else 0,
-            },
         )
-
-    @route("POST", "/message/eventsync")
-    async def event_sync(req: Request) -> Response:
-        body = req.json_object()
-        from_uid, cid, ctype, client_msg_no, message_id = _anchor(body, "login_uid")
-        query = {
-            "q": "stream_events",
-            "channel_id": cid,
+    viewer = "" if from_uid == SYSTEM_UID else from_uid
+    shown = event_view(event, viewer)
+    return Response(
+        200,
+        {
+            "status": 200,
+            "channel_id": shown["channel_id"],
             "channel_type": ctype,
-            "from_uid": from_uid,
-            "client_msg_no": client_msg_no,
-            "mid": message_id,
-            "event_key": _bounded(body, "event_key", MAX_EVENT_KEY_BYTES, default=""),
-            "from_msg_event_seq": get_int(body, "from_msg_event_seq", default=1, minimum=0),
-            "limit": get_int(body, "limit", default=100, minimum=1, maximum=MAX_PAGE),
-            "include_private": bool(get_flag(body, "include_private")),
-        }
-        found = await ctx.router.read(cid, query)
-        if found is None:
-            raise ApiError(404, "anchor message: no such message in this channel (or it is gone)")
-        viewer = get_str(body, "login_uid") or ("" if from_uid == SYSTEM_UID else from_uid)
-        return Response(
-            200,
-            {
-                "status": 200,
-                "events": [event_view(e, viewer) for e in found["events"]],
-                "more": 1 if found["more"] else 0,
-                "next_msg_event_seq": found["next_msg_event_seq"],
-                "event_meta": found["event_meta"],
-            },
-        )
+            "from_uid": shown["from_uid"],
+            "client_msg_no": event["client_msg_no"],
+            "message_id": event["message_id"],
+            "message_idstr": str(event["message_id"]),
+            "event_id": event_id,
+            "event_key": event["event_key"],
+            "msg_event_seq": event["msg_event_seq"],
+            "stream_status": event["stream_status"],
+            "duplicate": 1 if done["duplicate"] else 0,
+        },
+    )
+
+
+async def event_sync(ctx: ApiContext, req: Request) -> Response:
+    body = req.json_object()
+    from_uid, cid, ctype, client_msg_no, message_id = _anchor(body, "login_uid")
+    query = {
+        "q": "stream_events",
+        "channel_id": cid,
+        "channel_type": ctype,
+        "from_uid": from_uid,
+        "client_msg_no": client_msg_no,
+        "mid": message_id,
+        "event_key": _bounded(body, "event_key", MAX_EVENT_KEY_BYTES, default=""),
+        "from_msg_event_seq": get_int(body, "from_msg_event_seq", default=1, minimum=0),
+        "limit": get_int(body, "limit", default=100, minimum=1, maximum=MAX_PAGE),
+        "include_private": bool(get_flag(body, "include_private")),
+    }
+    found = await ctx.router.read(cid, query)
+    if found is None:
+        raise ApiError(404, "anchor message: no such message in this channel (or it is gone)")
+    viewer = get_str(body, "login_uid") or ("" if from_uid == SYSTEM_UID else from_uid)
+    return Response(
+        200,
+        {
+            "status": 200,
+            "events": [event_view(e, viewer) for e in found["events"]],
+            "more": 1 if found["more"] else 0,
+            "next_msg_event_seq": found["next_msg_event_seq"],
+            "event_meta": found["event_meta"],
+        },
+    )
+
+
+ROUTES: RouteTable = (
+    ("POST", "/message/event", message_event),
+    ("POST", "/message/eventsync", event_sync),
+)

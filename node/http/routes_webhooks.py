@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from .common import ApiContext, RouteAdder
+from .common import ApiContext, RouteTable
 from .server import Request, Response
 
 
-def register(route: RouteAdder, ctx: ApiContext) -> None:
-    """Add this module's routes."""
+async def webhook_status(ctx: ApiContext, req: Request) -> Response:
+    # Each node reports its own sender: msg.* events leave from slot group leaders,
+    # user.onlinestatus from the node holding the session.
+    if ctx.webhooks is None:
+        return Response(200, {"enabled": False})
+    return Response(200, ctx.webhooks.status())
 
-    @route("GET", "/webhook/status")
-    async def webhook_status(req: Request) -> Response:
-        # Each node reports its own sender: msg.* events leave from slot group leaders,
-        # user.onlinestatus from the node holding the session.
-        if ctx.webhooks is None:
-            return Response(200, {"enabled": False})
-        return Response(200, ctx.webhooks.status())
+
+ROUTES: RouteTable = (("GET", "/webhook/status", webhook_status),)
