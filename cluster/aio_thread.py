@@ -32,7 +32,7 @@ class AsyncioThread:
                     target=self._main, args=(started,), name=self.name, daemon=True
                 )
                 self._thread.start()
-                self._loop = started.result()  # set as soon as the thread runs
+                self._loop = started.result()  # set (or failed) as soon as the thread runs
             self._users += 1
             assert self._loop is not None
             return self._loop
@@ -41,6 +41,8 @@ class AsyncioThread:
         """One user is done with the loop. The last one stops it and gets the thread to join
         (once everything it scheduled on the loop has finished)."""
         with self._lock:
+            if self._users <= 0:
+                raise RuntimeError(f"{self.name}: released more often than acquired")
             self._users -= 1
             if self._users > 0:
                 return None
@@ -51,8 +53,12 @@ class AsyncioThread:
         return thread
 
     def _main(self, started: concurrent.futures.Future[asyncio.AbstractEventLoop]) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
+        try:
+            loop = asyncio.new_event_loop()  # e.g. no file descriptor left for its self-pipe
+            asyncio.set_event_loop(loop)
+        except BaseException as e:
+            started.set_exception(e)  # acquire() raises it instead of waiting for ever
+            return
         started.set_result(loop)
         try:
             loop.run_forever()

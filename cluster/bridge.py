@@ -498,21 +498,30 @@ class GrpcServer:
             self._nursery = nursery
             served = asyncio.run_coroutine_threadsafe(self._serve_reporting(ready), host.acquire())
             try:
-                loop, stop, self.port = await trio.to_thread.run_sync(ready.result)
+                # Shielded: binding takes milliseconds, and a cancel arriving meanwhile would
+                # leave a started server (and the shared loop) behind; it is seen right after.
+                with trio.CancelScope(shield=True):
+                    loop, stop, self.port = await trio.to_thread.run_sync(ready.result)
             except Exception as e:
                 error = e
-                await trio.to_thread.run_sync(concurrent.futures.wait, [served])
-                await _release(host)
+                with trio.CancelScope(shield=True):
+                    try:
+                        await trio.to_thread.run_sync(concurrent.futures.wait, [served])
+                    finally:
+                        await _release(host)
             else:
                 try:
+                    await trio.lowlevel.checkpoint()  # a cancel that came while binding
                     yield self
                 except Exception as e:
                     error = e
                 finally:
                     # Shielded: the loop must be released even when leaving because of a cancel.
                     with trio.CancelScope(shield=True):
-                        await self._stop(loop, stop, served, nursery)
-                        await _release(host)
+                        try:
+                            await self._stop(loop, stop, served, nursery)
+                        finally:
+                            await _release(host)
         if error is not None:
             raise error
 

@@ -432,8 +432,11 @@ class Controller:
     ) -> None:
         """Move one leadership from the busiest to the idlest node when they differ by > 1."""
         draining = self._draining()
+        # A node that did not answer is not the idlest, only unknown: it gets no leadership.
         leaders: dict[int, list[int]] = {
-            n: [] for n in placement.nodes if n not in placement.leaving and n not in draining
+            n: []
+            for n in placement.nodes
+            if n not in placement.leaving and n not in draining and n in statuses
         }
         for group, members in placement.groups.items():
             leader = _leader_in(statuses, group, members)

@@ -36,8 +36,8 @@ def thread_group(pid: int, tid: int, comm: str) -> str:
     event engine) are one row each; a thread nobody named is ``unnamed``."""
     if tid == pid:
         return MAIN_THREAD
-    if comm.startswith("Trio thread"):
-        return "trio-workers"
+    if comm.startswith("Trio thread") or " from " in comm:
+        return "trio-workers"  # trio names a busy worker "<function> from <task>"
     if comm.startswith("raftchat node") or comm.startswith("python"):
         return "unnamed"
     return re.sub(r"[-_ ]?\d+$", "", comm) or "unnamed"

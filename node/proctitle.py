@@ -6,17 +6,14 @@ CPU per thread), so that CPU can be charged to the part of the node that spent i
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import functools
 import sys
 import threading
+import weakref
 from types import FrameType
 from typing import Any
 
 from setproctitle import setproctitle
 
-_PR_SET_NAME = 15
 _COMM_BYTES = 15  # the kernel keeps 15 bytes of a thread name
 
 
@@ -48,17 +45,14 @@ def os_thread_name(python_name: str, code_file: str, code_name: str) -> str:
 
 _LIBRARIES = ("grpc", "trio", "pysyncobj", "asyncio", "concurrent")
 _SHORT = {"poll_wrapper": "poller", "channel_spin": "spin"}  # grpc's, to fit in 15 bytes
-_named: set[int] = set()  # threads the start hook named (idents)
+_named: weakref.WeakSet[threading.Thread] = weakref.WeakSet()  # the start hook named these
 
 
-def _set_os_name(name: str) -> None:
-    raw = name.encode("utf-8", "replace")[:_COMM_BYTES]
-    _libc().prctl(_PR_SET_NAME, ctypes.c_char_p(raw), 0, 0, 0)
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+def _set_os_name(native_id: int, name: str) -> None:
+    # Through /proc, not prctl: it names any thread of this process by its kernel id, and a
+    # thread that has ended meanwhile fails with an error instead of naming another one.
+    with open(f"/proc/self/task/{native_id}/comm", "w") as f:
+        f.write(name.encode("utf-8", "replace")[:_COMM_BYTES].decode("utf-8", "ignore"))
 
 
 def _name_on_first_call(frame: FrameType, event: str, arg: Any) -> None:
@@ -74,9 +68,10 @@ def _name_on_first_call(frame: FrameType, event: str, arg: Any) -> None:
     else:
         return
     sys.setprofile(None)
-    _named.add(threading.get_ident())
+    thread = threading.current_thread()
+    _named.add(thread)
     with contextlib.suppress(Exception):  # a name is a convenience: never stop a thread
-        _set_os_name(os_thread_name(threading.current_thread().name, where, what))
+        _set_os_name(threading.get_native_id(), os_thread_name(thread.name, where, what))
 
 
 def name_compiled_threads() -> None:
@@ -86,16 +81,15 @@ def name_compiled_threads() -> None:
         return
     for thread in threading.enumerate():
         target = getattr(thread, "_target", None)
-        if thread.ident is None or thread.ident in _named or target is None:
+        if thread.ident is None or thread in _named or target is None:
             continue
         if not thread.name.startswith("Thread-"):
             continue
         module = str(getattr(target, "__module__", "") or "").replace(".", "/") + "/"
         name = os_thread_name(thread.name, module, str(getattr(target, "__name__", "run")))
-        with contextlib.suppress(Exception):
-            _libc().pthread_setname_np(
-                ctypes.c_ulong(thread.ident), ctypes.c_char_p(name.encode()[:_COMM_BYTES])
-            )
+        if thread.native_id is not None:
+            with contextlib.suppress(OSError):  # ended meanwhile
+                _set_os_name(thread.native_id, name)
 
 
 def name_threads() -> None:

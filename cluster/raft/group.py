@@ -82,7 +82,7 @@ def store_commit_index_on_change(journal: Any) -> None:
     """pysyncobj 0.3.17's file journal marks its meta file stale on every
     ``setRaftCommitIndex`` and rewrites it (a write and a rename) within a second; a follower
     calls that on every AppendEntries, heartbeats included, so each idle follower rewrote an
-    unchanged file every second per group: about a fifth of an idle node's Raft thread."""
+    unchanged file (a write and a rename, ~0.2 ms of CPU) every second per group."""
     if not isinstance(journal, FileJournal):
         return
     set_index = journal.setRaftCommitIndex

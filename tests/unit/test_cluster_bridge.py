@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from cluster import bridge
+from cluster.aio_thread import AsyncioThread
 from cluster.bridge import (
     AUTH_METADATA_KEY,
     GrpcAbort,
@@ -49,6 +50,7 @@ def make_server(
     bind: str = "127.0.0.1:0",
     grace_s: float = 2.0,
     notices: Mapping[str, Notice] | None = None,
+    loop_thread: AsyncioThread | None = None,
 ) -> GrpcServer:
     return GrpcServer(
         bind=bind,
@@ -58,6 +60,7 @@ def make_server(
         handlers=handlers,
         grace_s=grace_s,
         notices=notices,
+        loop_thread=loop_thread,
     )
 
 
@@ -393,6 +396,47 @@ def test_errors_in_the_serving_block_come_out_unwrapped() -> None:
             assert scope.cancelled_caught
 
     trio.run(main)
+
+
+def test_servers_sharing_a_loop_end_it_after_the_last_leaves_also_when_one_starts_cancelled() -> (
+    None
+):
+    """A server entered under a pending cancel used to stay up on the loop (its bind was not
+    awaited to the end), so the shared loop and its thread outlived every server."""
+    shared = AsyncioThread("shared-grpc")
+    threads: list[threading.Thread] = []
+
+    async def main() -> None:
+        async def kick(_req: Any) -> Any:
+            return pb.KickReply()
+
+        first = make_server({"Kick": kick}, loop_thread=shared)
+        with trio.fail_after(20):
+            async with first.serving():
+                threads.extend(t for t in threading.enumerate() if t.name == "shared-grpc")
+                with trio.move_on_after(0) as scope:
+                    async with make_server({}, loop_thread=shared).serving():
+                        await trio.sleep_forever()
+                assert scope.cancelled_caught
+                with socket.socket() as taken:  # a bind failure on the shared loop
+                    taken.bind(("127.0.0.1", 0))
+                    taken.listen()
+                    bind = f"127.0.0.1:{taken.getsockname()[1]}"
+                    with pytest.raises(OSError):
+                        async with make_server({}, bind=bind, loop_thread=shared).serving():
+                            pass
+                client = GrpcClient(first.address, pb_grpc.PeerStub, KEYS)
+                try:  # the first server still serves on the shared loop
+                    await client.call("Kick", pb.KickRequest(), 5.0)
+                finally:
+                    client.close()
+
+    trio.run(main)
+    assert len(threads) == 1
+    threads[0].join(5)
+    assert not threads[0].is_alive()
+    with pytest.raises(RuntimeError):
+        shared.release()
 
 
 def test_nothing_listening_is_unavailable() -> None:

@@ -19,6 +19,7 @@ from node.proctitle import os_thread_name
 def test_thread_rows_fold_numbered_pools_and_name_the_main_thread() -> None:
     assert thread_group(100, 100, "raftchat node 1") == MAIN_THREAD
     assert thread_group(100, 101, "Trio thread 3") == "trio-workers"
+    assert thread_group(100, 106, "sleep from trio") == "trio-workers"
     assert thread_group(100, 102, "event_engine") == "event_engine"
     assert thread_group(100, 103, "raft-driver") == "raft-driver"
     assert thread_group(100, 104, "raftchat node 1") == "unnamed"

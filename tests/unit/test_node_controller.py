@@ -216,18 +216,23 @@ class LeadersAdmin(FakeAdmin):
         return await super().__call__(node_id, request)
 
 
-def test_the_balancer_moves_no_leadership_to_a_draining_node(store: Store) -> None:
-    admin = LeadersAdmin()
-    c = controller(store, 3, admin)
-    c._draining = lambda: {2}
+def balance_once(c: Controller, admin: FakeAdmin) -> list[int]:
+    """One balancing step; the nodes it handed a leadership to."""
 
     async def main() -> None:
         placement = c.placement()
         await c._balance_leaders(placement, await c._statuses(placement))
 
     trio.run(main)
-    transfers = [r for _, r in admin.calls if r["op"] == "transfer_leader"]
-    assert transfers and all(r["to"] == 3 for r in transfers), transfers
+    return [r["to"] for _, r in admin.calls if r["op"] == "transfer_leader"]
+
+
+def test_the_balancer_moves_no_leadership_to_a_draining_node(store: Store) -> None:
+    admin = LeadersAdmin()
+    c = controller(store, 3, admin)
+    c._draining = lambda: {2}
+    transfers = balance_once(c, admin)
+    assert transfers and all(to == 3 for to in transfers), transfers
 
 
 def test_a_settled_round_asks_each_node_once(store: Store) -> None:
@@ -240,6 +245,21 @@ def test_a_settled_round_asks_each_node_once(store: Store) -> None:
     each_node = [(n, "status", None) for n in (1, 2, 3)]
     assert asked == sorted([(1, "group_status", 0), *each_node])
     assert any(r["op"] == "transfer_leader" for _, r in admin.calls)  # node 1 led them all
+
+
+class UnreachableAdmin(LeadersAdmin):
+    """Node 2 does not answer."""
+
+    async def __call__(self, node_id: int, request: dict[str, Any]) -> dict[str, Any]:
+        if node_id == 2 and request["op"] == "status":
+            raise AdminError("node 2 unreachable")
+        return await super().__call__(node_id, request)
+
+
+def test_the_balancer_gives_no_leadership_to_a_node_that_did_not_answer(store: Store) -> None:
+    admin = UnreachableAdmin()
+    transfers = balance_once(controller(store, 3, admin), admin)
+    assert transfers and all(to == 3 for to in transfers), transfers
 
 
 class RestartedJoinerAdmin(FakeAdmin):
