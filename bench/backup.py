@@ -23,9 +23,7 @@ from typing import Any
 
 import httpx
 
-from node.backup_cli import take_backup
-from node.config import load_config
-from node.devcluster import (
+from launcher.devcluster import (
     NodeProcess,
     cluster_env,
     ensure_ports_free,
@@ -33,6 +31,8 @@ from node.devcluster import (
     start_all,
     wait_all_stopped,
 )
+from node.backup_cli import take_backup
+from node.config import load_config
 from node.restore import restore
 
 ADMIN = "bench-admin-token"

@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from node.devcluster import NodeProcess, node_env
+from launcher.devcluster import NodeProcess, node_env
 from proto.wkproto import Connack, Connect, FrameDecoder, ReasonCode, encode
 from proto.wkproto.crypto import KeyPair
 

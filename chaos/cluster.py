@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from node.devcluster import (
+from launcher.devcluster import (
     HTTP_PORT,
     NodeProcess,
     cluster_env,

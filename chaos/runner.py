@@ -38,7 +38,7 @@ from typing import Any
 
 import trio
 
-from node.devcluster import NodeStartError, ensure_ports_free
+from launcher.devcluster import NodeStartError, ensure_ports_free
 
 from . import net
 from .checkers import SAFETY, Verdict, check_all

@@ -24,7 +24,7 @@ import trio
 
 from client.errors import ClientError
 from client.wkproto import ReceivedMessage, WKClient, open_client
-from node.devcluster import TCP_PORT
+from launcher.devcluster import TCP_PORT
 from proto.wkproto import ChannelType, HeaderFlag
 from proto.wkproto.channels import person_channel_id
 

@@ -55,7 +55,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from bench.load import run_bench
 
     return run_bench(args)
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p_bench = sub.add_parser(
         "bench", help="benchmark a fresh local cluster: throughput, latency, idle CPU, failover"
     )
-    from .bench import add_arguments as add_bench_arguments
+    from bench.load import add_arguments as add_bench_arguments
 
     add_bench_arguments(p_bench)
     p_bench.set_defaults(func=_cmd_bench)

@@ -23,8 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from client.defaults import DEFAULT_HTTP_URL, DEFAULT_TCP_ADDR
-
-from .devcluster import (
+from launcher.devcluster import (
     NodeProcess,
     NodeStartError,
     cluster_env,
@@ -32,6 +31,7 @@ from .devcluster import (
     start_all,
     wait_all_stopped,
 )
+
 from .devsupervisor import Supervisor
 
 MAX_DEV_NODES = 9

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 
 FIRST_DELAY_S = 1.0
 MAX_DELAY_S = 30.0

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from client.http import SyncHttpClient, TokenAuth
-from node.devcluster import NodeProcess, cluster_env, node_env, start_all, wait_all_stopped
+from launcher.devcluster import NodeProcess, cluster_env, node_env, start_all, wait_all_stopped
 
 _PROCESS_OCTET = (os.getpid() % 200) + 20
 _addresses = (f"127.{_PROCESS_OCTET}.{n // 240 + 1}.{n % 240 + 10}" for n in itertools.count())

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from node.devcluster import (
+from launcher.devcluster import (
     CONSOLE_PORT,
     GRPC_PORT,
     HTTP_PORT,

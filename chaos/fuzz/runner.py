@@ -38,7 +38,7 @@ from typing import Any
 
 import trio
 
-from node.devcluster import NodeStartError, ensure_ports_free
+from launcher.devcluster import NodeStartError, ensure_ports_free
 
 from ..checkers import check_all
 from ..cluster import ChaosCluster

@@ -25,7 +25,7 @@ from wukong_easy_sdk import (
     WKIMOptions,
 )
 
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from tests.conftest import Api
 
 pytestmark = pytest.mark.e2e

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from tests.conftest import Api, fresh_host, start_node
 from tests.tlsutil import TestCA, tls_settings
 

@@ -22,7 +22,7 @@ import trio
 from client.errors import ConnectRefused
 from client.wkproto import open_client
 from cluster.peerauth import peer_key
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from proto.raftchat.v1 import api_pb2, api_pb2_grpc
 from proto.wkproto import ReasonCode
 from tests.conftest import Api, Cluster, eventually, start_node

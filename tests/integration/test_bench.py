@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from node.bench import SUMMARY_PREFIX
+from bench.load import SUMMARY_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from tests.conftest import Api, start_node
 
 _names = itertools.count(1)

@@ -22,7 +22,7 @@ import trio
 
 from client.http import SyncHttpClient
 from client.wkproto import open_client
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from proto.wkproto import ChannelType
 from tests.conftest import eventually, start_node
 

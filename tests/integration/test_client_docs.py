@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from tests.conftest import start_node
 
 ROOT = Path(__file__).resolve().parents[2]

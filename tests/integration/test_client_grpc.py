@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from client import GrpcClient, GrpcError, Refused, SyncGrpcClient
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from proto.raftchat.v1 import api_pb2 as v1
 from proto.wkproto import ChannelType, ReasonCode
 

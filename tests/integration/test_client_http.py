@@ -8,7 +8,7 @@ import trio
 
 from client.errors import BadRequest, NotFound, Refused, Unreachable
 from client.http import HttpClient, SyncHttpClient
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from proto.wkproto import ChannelType, ReasonCode
 
 GROUP = ChannelType.GROUP

@@ -13,7 +13,7 @@ from client.http import SyncHttpClient
 from client.models import Message
 from client.session import Session, open_session
 from client.sync import connect_sync
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from proto.wkproto import ChannelType, ReasonCode
 from tests.conftest import Cluster
 

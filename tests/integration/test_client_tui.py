@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from client.http import SyncHttpClient
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from proto.wkproto import ChannelType
 
 ROOT = Path(__file__).resolve().parents[2]

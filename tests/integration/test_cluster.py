@@ -20,7 +20,7 @@ import trio
 
 from client.errors import ClientClosed, ConnectRefused
 from client.wkproto import open_client
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from tests.conftest import Api, Cluster, eventually
 
 
@@ -309,7 +309,7 @@ def test_a_lone_node_without_a_password_still_refuses_pickles(
 
 
 def test_multi_node_cluster_refuses_to_start_without_password(tmp_path: Path) -> None:
-    from node.devcluster import NodeProcess, NodeStartError, node_env
+    from launcher.devcluster import NodeProcess, NodeStartError, node_env
 
     env = node_env(
         1,

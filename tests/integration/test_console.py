@@ -27,7 +27,7 @@ import trio
 
 from client.sync import Portal
 from client.wkproto import WKClient, open_client
-from node.devcluster import CONSOLE_PORT
+from launcher.devcluster import CONSOLE_PORT
 from tests.conftest import ADMIN_TOKEN, PHASE_REPORTS, Api, Cluster, start_node
 from tests.integration.test_metrics import scrape, total
 

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from client.wkproto import open_client
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from tests.conftest import Api, start_node
 
 _n = itertools.count(1)

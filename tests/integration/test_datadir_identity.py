@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from node.devcluster import node_env
+from launcher.devcluster import node_env
 from tests.conftest import Cluster, fresh_host, fresh_hosts
 from tests.integration.test_startup_failures import REFUSED, Exit, run_to_exit
 

@@ -17,7 +17,7 @@ import trio
 from client.errors import ClientClosed
 from client.session import ConnectionState, Session, open_session
 from client.wkproto import WKClient, open_client
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from proto.wkproto import ReasonCode
 from tests.conftest import ADMIN_TOKEN, Api, Cluster, eventually, start_node
 from tests.integration.test_cluster import check_log

@@ -13,7 +13,7 @@ import trio
 
 from client.errors import ConnectRefused
 from client.wkproto import open_client
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from proto.wkproto import ReasonCode, Send, Setting
 from tests.conftest import Api, start_node
 

@@ -20,7 +20,7 @@ import trio
 
 from client.errors import ClientClosed
 from client.wkproto import open_client
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from proto.wkproto import Connack, Connect, FrameDecoder, ReasonCode, encode
 from tests.conftest import Api, start_node
 

@@ -18,7 +18,7 @@ import trio
 
 from client.grpc import TokenInterceptor
 from client.wkproto import open_client
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from node.grpcapi.errors import DETAILS_KEY, REASON_KEY
 from proto.raftchat.v1 import api_pb2 as v1
 from proto.raftchat.v1 import api_pb2_grpc as v1_grpc

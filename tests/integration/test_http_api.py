@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from client.wkproto import open_client
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from tests.conftest import ADMIN_TOKEN, Api, eventually, start_node
 
 

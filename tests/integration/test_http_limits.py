@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from tests.conftest import eventually, start_node
 
 DEADLINES = {

@@ -23,7 +23,7 @@ import trio
 
 from cluster.bridge import AUTH_METADATA_KEY, GrpcCallError, GrpcClient
 from cluster.peerauth import PeerKeys
-from node.devcluster import GRPC_PORT, NodeProcess, node_env
+from launcher.devcluster import GRPC_PORT, NodeProcess, node_env
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.raftchat.peer.v1 import peer_pb2_grpc as pb_grpc
 from tests.conftest import Cluster, eventually

@@ -19,7 +19,7 @@ import pytest
 import trio
 
 from client.wkproto import WKClient, open_client
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from proto.wkproto import ReasonCode
 from tests.conftest import Api, Cluster, start_node
 from tests.jsonrpc_client import JsonRpcClient, b64, open_jsonrpc

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from node.devcluster import NodeProcess, node_env
+from launcher.devcluster import NodeProcess, node_env
 from tests.conftest import ADMIN_TOKEN, Cluster, eventually, fresh_host
 from tests.integration.test_cluster import Sender, check_log, pick_channel
 from tests.integration.test_datadir_identity import identity

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from client.wkproto import ReceivedMessage, WKClient, open_client
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from tests.conftest import Api, eventually, start_node
 
 _ids = itertools.count(1)

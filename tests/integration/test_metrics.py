@@ -18,7 +18,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from client.wkproto import open_client
-from node.devcluster import start_all
+from launcher.devcluster import start_all
 from tests.conftest import Cluster, eventually
 
 API_TOKEN = "metrics-api-token"

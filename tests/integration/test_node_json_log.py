@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from node.devcluster import NodeProcess, node_env
+from launcher.devcluster import NodeProcess, node_env
 from tests.conftest import fresh_host
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from launcher.devcluster import NodeProcess
 from node.dev import ADMIN_TOKEN_FILE, API_TOKEN_FILE, dev_tokens, usage
-from node.devcluster import NodeProcess
 from tests.conftest import start_node
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from client.wkproto import open_client
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from proto.wkproto import ReasonCode, Sub, Suback
 from tests.conftest import Api, Cluster, start_node
 

@@ -12,8 +12,8 @@ import pytest
 import trio
 
 from client.wkproto import open_client
+from launcher.devcluster import NodeProcess
 from node.channels import person_channel_id
-from node.devcluster import NodeProcess
 from proto.wkproto import HeaderFlag, ReasonCode
 from tests.conftest import Api, start_node
 

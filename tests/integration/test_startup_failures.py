@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from node.devcluster import cluster_env, node_env
+from launcher.devcluster import cluster_env, node_env
 from tests.conftest import fresh_host, fresh_hosts
 
 ROOT = Path(__file__).resolve().parents[2]

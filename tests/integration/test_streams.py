@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from client.wkproto import WKClient, open_client
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from proto.wkproto import Event, HeaderFlag, ReasonCode, Send, Setting
 from tests.conftest import Api, start_node
 

@@ -28,7 +28,7 @@ from client.errors import ConnectRefused
 from client.grpc import GrpcError, SyncGrpcClient
 from client.http import SyncHttpClient
 from client.wkproto import open_client
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from proto.wkproto import ChannelType
 from tests.conftest import Api, eventually, fresh_host, start_node
 from tests.integration.test_client_docs import ROOT

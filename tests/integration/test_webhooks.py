@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from client.wkproto import open_client
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from node.webhooks import most_requests_within
 from tests.conftest import Api, eventually, start_node
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-from node.cpumeter import (
+from bench.cpumeter import (
     MAIN_THREAD,
     cpu_per_send,
     ms_per_send,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from node.devcluster import NodeProcess
+from launcher.devcluster import NodeProcess
 from node.devsupervisor import RestartBackoff, Supervisor, exit_description
 
 

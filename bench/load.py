@@ -3,7 +3,7 @@
 The bench drives a fresh cluster of real node processes from the outside, exactly as clients
 would: users and group channels are created over the HTTP API, load comes from WKProto sessions
 of the project's client library (``client.wkproto``), and leaders are found through
-``GET /cluster/status``. Nothing of the server is imported but ``node.devcluster``, which only
+``GET /cluster/status``. Nothing of the server is imported but ``launcher.devcluster``, which only
 starts and stops processes.
 
 Phases (``docs/benchmarks.md`` explains the method and gives results):
@@ -55,10 +55,7 @@ import trio
 
 from client.errors import ClientClosed, ClientError
 from client.wkproto import WKClient, open_client
-from proto.wkproto import ChannelType, ReasonCode
-
-from .cpumeter import CpuMeter, cpu_per_send
-from .devcluster import (
+from launcher.devcluster import (
     HTTP_PORT,
     TCP_PORT,
     NodeProcess,
@@ -68,6 +65,9 @@ from .devcluster import (
     node_env,
     start_all,
 )
+from proto.wkproto import ChannelType, ReasonCode
+
+from .cpumeter import CpuMeter, cpu_per_send
 
 if TYPE_CHECKING:
     from client.http import SyncHttpClient
