@@ -8,6 +8,7 @@ written in one WriteBatch, so a journal replay after a restart skips applied com
 
 from __future__ import annotations
 
+from cluster.invariant import invariant
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ReasonCode
 
@@ -151,7 +152,10 @@ class GroupMachine:
                 if head is None:
                     head = self.store.head_seq(*head_key)
                 seq = heads[head_key] = head + 1
-            last_id = next_message_id(last_id, time_ms, self.group)
+            previous_id, last_id = last_id, next_message_id(last_id, time_ms, self.group)
+            # Clients and the id index order messages by id: a smaller one would sort a new
+            # message before the ones it follows.
+            invariant(last_id > previous_id, "message ids increase", previous_id, last_id)
             record = MessageRecord(
                 message_id=last_id,
                 message_seq=seq,
@@ -183,6 +187,10 @@ class GroupMachine:
                     reason=ReasonCode.SUCCESS, message_id=record.message_id, message_seq=seq
                 )
             result.committed.append(record_to_pb(record))
+        # The pipeline answers send i with outcome i: one missing would answer the wrong sender.
+        invariant(
+            len(result.outcomes) == len(batch.items), "one outcome per send", len(batch.items)
+        )
         wb.set_last_message_id(last_id)
         return result
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import trio
 
+from cluster.invariant import invariant
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import HeaderFlag, ReasonCode
 
@@ -188,6 +189,14 @@ class GroupPipeline:
         self, number: int, fanout: tuple[list[pb.Message], list[pb.SendItem]] | None
     ) -> None:
         """Fan batches out in the order they were proposed (= log order)."""
+        # Numbers are given out once each, in proposal order: a number at or below one already
+        # released, or released twice, would send its messages out of log order or twice.
+        invariant(
+            number >= self._next_release and number not in self._ready,
+            "a batch is released once, in log order",
+            number,
+            self._next_release,
+        )
         self._ready[number] = fanout
         while self._next_release in self._ready:
             ready = self._ready.pop(self._next_release)

@@ -15,11 +15,13 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
 import trio
 
+from cluster.invariant import InvariantViolation
 from cluster.raft.conf import RaftTiming, make_conf
 from cluster.raft.driver import RaftDriver
 from cluster.raft.group import ReplicatedGroup
@@ -644,3 +646,31 @@ def test_restart_after_log_compaction(tmp_path: Path) -> None:
         assert list((tmp_path / "g1" / "snapshots").glob("ckpt-*"))
     finally:
         node.close()
+
+
+def test_a_batch_released_twice_or_behind_the_release_point_breaks_an_invariant() -> None:
+    """Fan-out follows log order because each batch number is released once, in order; a
+    second release would deliver its messages twice, or out of order."""
+    fanned: list[int] = []
+
+    def on_committed(_group: int, messages: list[pb.Message], _items: list[pb.SendItem]) -> None:
+        fanned.extend(m.message_seq for m in messages)
+
+    group = SimpleNamespace(group_id=1)
+    pipe = GroupPipeline(
+        group,  # type: ignore[arg-type]  # _release reads only group_id
+        on_committed,
+        commit_window_s=0.001,
+        max_batch=8,
+        proposal_timeout_s=1,
+    )
+    pipe._release(1, ([pb.Message(message_seq=2)], []))
+    assert fanned == []  # batch 0 first
+    pipe._release(0, ([pb.Message(message_seq=1)], []))
+    assert fanned == [1, 2]
+    for number in (0, 1):
+        with pytest.raises(InvariantViolation, match="released once, in log order"):
+            pipe._release(number, None)
+    pipe._release(3, None)
+    with pytest.raises(InvariantViolation):
+        pipe._release(3, None)  # held, not yet released: still a second release

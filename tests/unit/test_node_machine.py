@@ -17,6 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cluster.invariant import InvariantViolation
+from node.groups import machine as machine_module
 from node.groups.machine import GroupMachine, next_message_id, record_from_pb
 from node.groups.reads import QueryError, run_query
 from node.ids import EPOCH_MS
@@ -171,6 +173,19 @@ def test_a_batch_answers_one_outcome_per_item_in_order(f: Feeder) -> None:
     assert [(o.message_id, o.message_seq) for o in result.outcomes] == [
         (m.message_id, m.message_seq) for m in stored
     ]
+
+
+def test_an_id_that_does_not_increase_stops_the_apply_before_it_writes(
+    f: Feeder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f.group("g1", ["u1"])
+    f.send(item(no="a"))
+    applied = f.store.applied_index()
+    monkeypatch.setattr(machine_module, "next_message_id", lambda last, _t, _g: last)
+    with pytest.raises(InvariantViolation, match="message ids increase"):
+        f.send(item(no="b"))
+    assert f.store.applied_index() == applied
+    assert [m.client_msg_no for m in f.store.messages(GROUP, "g1", 0, 0, 10)] == ["a"]
 
 
 def test_committed_lists_exactly_the_new_messages(f: Feeder) -> None:
