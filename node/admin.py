@@ -44,13 +44,41 @@ log = get_logger("admin")
 RAFT_CALL_TIMEOUT_S = 20.0
 
 
+FAILED = "failed"
+"""The operation did not happen (or its outcome is unknown); asking again may work."""
+REFUSED = "refused"
+"""Refused as asked; the state is unchanged and asking again will not help."""
+UNREACHABLE = "unreachable"
+"""The node could not be asked."""
+NOT_CONTROLLER_LEADER = "not_controller_leader"
+"""A membership request reached a node that does not lead the controller (a stale view)."""
+
+
 class AdminError(Exception):
-    pass
+    """An admin operation that failed; ``code`` says how (one of the constants above), and
+    travels with the answer between nodes, so that callers decide on it, not on the text."""
+
+    code = FAILED
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
 
 
 class AdminRefused(AdminError):
     """The operation was refused as asked (a leave below ``cluster.replicas``, a join at
     another member's address): the state is unchanged, and asking again will not help."""
+
+    code = REFUSED
+
+
+def error_of(node_id: int, reply: dict[str, Any]) -> AdminError:
+    """The error an answer carries. Nodes of an older revision send no ``code``, only
+    ``refused``."""
+    code = str(reply.get("code") or (REFUSED if reply.get("refused") else FAILED))
+    error = AdminRefused if code == REFUSED else AdminError
+    return error(f"node {node_id}: {reply['error']}", code)
 
 
 class Admin:
@@ -70,11 +98,10 @@ class Admin:
                     "Admin", pb.AdminRequest(request=json.dumps(request).encode()), timeout_s=30.0
                 )
             except (GrpcCallError, KeyError) as e:
-                raise AdminError(f"node {node_id} unreachable: {e}") from None
+                raise AdminError(f"node {node_id} unreachable: {e}", UNREACHABLE) from None
             reply = json.loads(raw.reply)
         if "error" in reply:
-            error = AdminRefused if reply.get("refused") else AdminError
-            raise error(f"node {node_id}: {reply['error']}")
+            raise error_of(node_id, reply)
         return reply
 
     async def on_controller_leader(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -87,7 +114,7 @@ class Admin:
                     return await self.call(leader, request)
                 except AdminError as e:
                     # A stale view (the leader moved or just died) clears up with the election.
-                    retryable = "not the controller leader" in str(e) or "unreachable" in str(e)
+                    retryable = e.code in (NOT_CONTROLLER_LEADER, UNREACHABLE)
                     if not retryable or trio.current_time() > deadline:
                         raise
             if trio.current_time() > deadline:
@@ -118,9 +145,11 @@ class Admin:
         try:
             return await work
         except (AdminRefused, ValueError) as e:  # ValueError: the controller's refusals
-            return {"error": str(e), "refused": True}
-        except (AdminError, KeyError, ProposalError) as e:  # worth asking again
-            return {"error": str(e)}
+            return {"error": str(e), "code": REFUSED, "refused": True}
+        except AdminError as e:  # worth asking again
+            return {"error": str(e), "code": e.code}
+        except (KeyError, ProposalError) as e:
+            return {"error": str(e), "code": FAILED}
 
     async def _op_status(self, r: dict[str, Any]) -> dict[str, Any]:
         return self.node.router.status()
@@ -132,7 +161,7 @@ class Admin:
         if controller is not None and controller.group.is_leader():
             return None
         if r.get("forwarded"):
-            raise AdminError("not the controller leader")
+            raise AdminError("not the controller leader", NOT_CONTROLLER_LEADER)
         return await self.on_controller_leader({**r, "forwarded": True})
 
     async def _join(self, r: dict[str, Any], caller: str | None) -> dict[str, Any]:
@@ -187,7 +216,7 @@ class Admin:
     def _controller_leader(self) -> Any:
         controller = self.node.controller
         if controller is None or not controller.group.is_leader():
-            raise AdminError("not the controller leader")
+            raise AdminError("not the controller leader", NOT_CONTROLLER_LEADER)
         return controller
 
     def _local(self, group: int) -> Any:
