@@ -36,6 +36,14 @@ from .groups.machine import record_from_pb
 from .groups.pipeline import GroupPipeline
 from .groups.reads import QueryError, run_query
 from .log import get_logger
+from .route_failures import (
+    REASON_OF_FAILURE,
+    STATUS_FAILURE,
+    Failure,
+    give_up_failure,
+    may_have_committed,
+    rotate_after,
+)
 from .storage import MessageRecord
 
 log = get_logger("router")
@@ -51,45 +59,7 @@ OnlineLevelsLocal = Callable[[list[str]], list[tuple[str, int, int]]]
 CommitHook = Callable[[pb.DeliverRequest], None]
 """Sees every committed batch on the leader, with each message's recipients (webhooks)."""
 
-_REASON_OF_FAILURE = {
-    "no_leader": ReasonCode.NODE_MATCH_ERROR,
-    "not_leader": ReasonCode.NODE_NOT_MATCH,
-    "unknown": ReasonCode.NODE_NOT_MATCH,
-    "forward_failed": ReasonCode.FORWARD_SEND_PACKET_ERROR,
-}
-_STATUS_FAILURE = {
-    pb.Status.NOT_LEADER: "not_leader",
-    pb.Status.NO_LEADER: "no_leader",
-    pb.Status.UNKNOWN_GROUP: "not_leader",
-    pb.Status.TIMEOUT: "unknown",
-}
-
-
 DELIVERY_RETRY_S = 3.0
-
-
-# Pure decisions of the send retry loop (``Router._retrying``), shared with the model tests.
-
-
-def may_have_committed(failure: str) -> bool:
-    """An attempt that failed this way may still commit: its proposal's outcome is unknown
-    (timed out, leader changed) or the leader's answer was lost."""
-    return failure in ("unknown", "forward_failed")
-
-
-def rotate_after(failure: str, hint: int | None, target: int) -> bool:
-    """Whether to guess the next replica as leader after ``target`` failed: it could not be
-    reached, or it refused without a fresh hint (``_status_failure`` keeps hints; one that names
-    the node that just refused is not fresh)."""
-    return failure == "forward_failed" or (failure == "not_leader" and hint in (None, target))
-
-
-def give_up_failure(failure: str, maybe_committed: bool) -> str:
-    """The failure answered when retries run out. Once an attempt may have committed, the answer
-    must not claim that nothing was (``no_leader`` = 17 NodeMatchError): it is ``unknown``."""
-    if maybe_committed and failure in ("no_leader", "not_leader"):
-        return "unknown"
-    return failure
 
 
 class ClusterUnavailable(Exception):
@@ -258,9 +228,9 @@ class Router:
         group = self.group_of(item.channel_id)
         item.origin_node = self.s.node_id
         target = self.leader_of(group)
-        first: _SubmitSlot | None = None
+        first: SubmitSlot | None = None
         if target == self.s.node_id and group in self.pipelines:
-            first = _submit_start(self.pipelines[group], item)
+            first = submit_start(self.pipelines[group], item)
         elif target is not None and target != self.s.node_id:
             first = self._forwarder(target, group).start(item)
 
@@ -268,7 +238,7 @@ class Router:
             maybe = False
             if first is not None:
                 result = await first.wait(self.s.forward_timeout_s + 5)
-                if not isinstance(result, str):
+                if not isinstance(result, Failure):
                     return result
                 maybe = may_have_committed(result)
             return await self.send(item, maybe_committed=maybe)
@@ -293,30 +263,32 @@ class Router:
         )
         if isinstance(failure, pb.SendOutcome):
             return failure
-        return pb.SendOutcome(reason=_REASON_OF_FAILURE[failure])
+        return pb.SendOutcome(reason=REASON_OF_FAILURE[failure])
 
-    async def _send_once(self, group: int, target: int, item: pb.SendItem) -> Any:
+    async def _send_once(
+        self, group: int, target: int, item: pb.SendItem
+    ) -> pb.SendOutcome | Failure:
         if target == self.s.node_id:
             pipeline = self.pipelines.get(group)
             if pipeline is None:
-                return "not_leader"
-            return await _submit_start(pipeline, item).wait(self.s.forward_timeout_s + 5)
+                return Failure.NOT_LEADER
+            return await submit_start(pipeline, item).wait(self.s.forward_timeout_s + 5)
         return await self._forwarder(target, group).forward(item)
 
     async def _retrying(
         self, group: int, attempt: Callable[[int], Any], maybe_committed: bool = False
     ) -> Any:
-        """Run ``attempt(leader)`` until it returns something other than a failure name, or the
-        forward timeout passes; returns the result or the last failure name."""
+        """Run ``attempt(leader)`` until it returns something other than a ``Failure``, or the
+        forward timeout passes; returns the result or the last failure."""
         deadline = trio.current_time() + self.s.forward_timeout_s
         backoff = 0.01
-        failure = "no_leader"
+        failure = Failure.NO_LEADER
         # Once an attempt may have committed, the final answer must not claim that nothing was.
         while True:
             target = self.leader_of(group)
             if target is not None:
                 result = await attempt(target)
-                if not isinstance(result, str):
+                if not isinstance(result, Failure):
                     return result
                 failure = result
                 maybe_committed = maybe_committed or may_have_committed(failure)
@@ -360,26 +332,26 @@ class Router:
             if target == self.s.node_id:
                 local = self.local.get(group)
                 if local is None:
-                    return "not_leader"
+                    return Failure.NOT_LEADER
                 try:
                     raw = await local.propose(
                         pb.Command(time_ms=int(time.time() * 1000), meta=op),
                         self.s.proposal_timeout_s,
                     )
                 except ProposalError as e:
-                    return e.kind
+                    return Failure.of(e.kind)
                 await local.make_durable()
                 return pb.MetaResult.FromString(raw)
             reply = await self._call(
                 target, "ProposeMeta", pb.ProposeMetaRequest(group=group, op=op)
             )
-            if isinstance(reply, str):
+            if isinstance(reply, Failure):
                 return reply
-            return self._status_failure(group, reply.status) or reply.result
+            return self.status_failure(group, reply.status) or reply.result
 
         result = await self._retrying(group, once)
-        if isinstance(result, str):
-            raise ClusterUnavailable(_REASON_OF_FAILURE[result], f"group {group}: {result}")
+        if isinstance(result, Failure):
+            raise ClusterUnavailable(REASON_OF_FAILURE[result], f"group {group}: {result}")
         assert isinstance(result, pb.MetaResult)
         return result
 
@@ -415,31 +387,33 @@ class Router:
             reply = await self._call(
                 target, "Read", pb.ReadRequest(group=group, query=json.dumps(query).encode())
             )
-            if isinstance(reply, str):
+            if isinstance(reply, Failure):
                 return reply
-            failure = self._status_failure(group, reply.status)
+            failure = self.status_failure(group, reply.status)
             return failure or _Value(json.loads(reply.result))
 
         result = await self._retrying(group, once)
-        if isinstance(result, str):
-            raise ClusterUnavailable(_REASON_OF_FAILURE[result], f"group {group}: {result}")
+        if isinstance(result, Failure):
+            raise ClusterUnavailable(REASON_OF_FAILURE[result], f"group {group}: {result}")
         return result.value
 
     async def read_local(self, group: int, query: dict[str, Any]) -> Any:
         local = self.local.get(group)
         if local is None:
-            return "not_leader"
+            return Failure.NOT_LEADER
         try:
             await local.read_barrier(self.s.proposal_timeout_s)
         except ProposalError as e:
-            return e.kind
+            return Failure.of(e.kind)
         return _Value(run_query(local.store, query))
 
-    def _status_failure(self, group: int, status: pb.Status) -> str | None:
+    def status_failure(self, group: int, status: pb.Status) -> Failure | None:
+        """A peer's answer status as a failure (None when it served the request); keeps the
+        leader hint it carries."""
         if status.code == pb.Status.OK:
             return None
         self.note_hint(group, status)
-        return _STATUS_FAILURE.get(status.code, "unknown")
+        return STATUS_FAILURE.get(status.code, Failure.UNKNOWN)
 
     async def _call(
         self, target: int, method: str, request: Any, timeout_s: float | None = None
@@ -449,10 +423,10 @@ class Router:
                 method, request, timeout_s=timeout_s or self.s.rpc_timeout_s
             )
         except KeyError:
-            return "forward_failed"
+            return Failure.FORWARD_FAILED
         except GrpcCallError as e:
             log.debug("peer call failed", target=target, method=method, code=str(e.code))
-            return "forward_failed"
+            return Failure.FORWARD_FAILED
 
     # --- fan-out ----------------------------------------------------------------------------
 
@@ -535,7 +509,7 @@ class Router:
             # up on it; its clients then repair the gap by syncing.
             backoff = 0.05
             deadline = trio.current_time() + DELIVERY_RETRY_S
-            while isinstance(await self._call(node_id, "Deliver", merged), str):
+            while isinstance(await self._call(node_id, "Deliver", merged), Failure):
                 if trio.current_time() + backoff > deadline or node_id not in self.placement.nodes:
                     self.delivery_failures += 1
                     break
@@ -568,9 +542,9 @@ class Router:
         local = self.local.get(group)
         leader = local.leader_id() if local is not None else None
         code = {
-            "not_leader": pb.Status.NOT_LEADER,
-            "no_leader": pb.Status.NO_LEADER,
-        }.get(kind, pb.Status.TIMEOUT)
+            Failure.NOT_LEADER: pb.Status.NOT_LEADER,
+            Failure.NO_LEADER: pb.Status.NO_LEADER,
+        }.get(Failure.of(kind), pb.Status.TIMEOUT)
         return pb.Status(code=code, leader_hint=leader or 0)
 
     async def _h_forward_sends(self, req: pb.ForwardSendsRequest) -> pb.ForwardSendsReply:
@@ -579,12 +553,14 @@ class Router:
             return pb.ForwardSendsReply(status=status)
         pipeline = self.pipelines[req.group]
         # Submitted in order, synchronously: the items keep the sender's order in the log.
-        slots = [_submit_start(pipeline, item) for item in req.items]
+        slots = [submit_start(pipeline, item) for item in req.items]
         outcomes = []
         for slot in slots:
             result = await slot.wait(self.s.forward_timeout_s)
             # Items may have gone to Raft in different batches: each reports its own fate.
-            outcomes.append(pb.SendOutcome(failure=result) if isinstance(result, str) else result)
+            if isinstance(result, Failure):
+                result = pb.SendOutcome(failure=result)
+            outcomes.append(result)
         return pb.ForwardSendsReply(status=pb.Status(code=pb.Status.OK), outcomes=outcomes)
 
     async def _h_propose_meta(self, req: pb.ProposeMetaRequest) -> pb.ProposeMetaReply:
@@ -611,7 +587,7 @@ class Router:
             result = await self.read_local(req.group, json.loads(req.query))
         except (QueryError, json.JSONDecodeError) as e:
             raise GrpcAbort(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
-        if isinstance(result, str):
+        if isinstance(result, Failure):
             return pb.ReadReply(status=self._failure_status(req.group, result))
         return pb.ReadReply(
             status=pb.Status(code=pb.Status.OK), result=json.dumps(result.value).encode()
@@ -674,7 +650,7 @@ class Router:
 
         async def one(node_id: int) -> None:
             reply = await self._call(node_id, method, request, timeout_s)
-            if not isinstance(reply, str):
+            if not isinstance(reply, Failure):
                 replies[node_id] = reply
 
         async with trio.open_nursery() as nursery:
@@ -683,7 +659,7 @@ class Router:
         return replies
 
     async def call_node(self, node_id: int, method: str, request: Any) -> Any:
-        """``method`` on one node; its reply, or a failure string (best effort)."""
+        """``method`` on one node; its reply, or ``Failure.FORWARD_FAILED`` (best effort)."""
         return await self._call(node_id, method, request)
 
     async def _gather(self, method: str, request: Any) -> list[Any]:
@@ -691,7 +667,7 @@ class Router:
 
         async def one(node_id: int) -> None:
             reply = await self._call(node_id, method, request)
-            if not isinstance(reply, str):
+            if not isinstance(reply, Failure):
                 replies.append(reply)
 
         async with trio.open_nursery() as nursery:
@@ -720,26 +696,32 @@ class _Value:
         self.value = value
 
 
-class _SubmitSlot:
+class SubmitSlot:
+    """One send's fate: its outcome, or the failure that ended its attempt (``unknown`` until
+    it is known, so that a wait that times out answers ``unknown``)."""
+
     __slots__ = ("done", "result")
 
     def __init__(self) -> None:
         self.done = trio.Event()
-        self.result: pb.SendOutcome | str = "unknown"
+        self.result: pb.SendOutcome | Failure = Failure.UNKNOWN
 
     def finish(self, outcome: pb.SendOutcome | None, error: ProposalError | None) -> None:
-        self.result = outcome if outcome is not None else (error.kind if error else "unknown")
+        if outcome is not None:
+            self.result = outcome
+        else:
+            self.result = Failure.of(error.kind) if error else Failure.UNKNOWN
         self.done.set()
 
-    async def wait(self, timeout_s: float) -> pb.SendOutcome | str:
+    async def wait(self, timeout_s: float) -> pb.SendOutcome | Failure:
         with trio.move_on_after(timeout_s):
             await self.done.wait()
         return self.result
 
 
-def _submit_start(pipeline: GroupPipeline, item: pb.SendItem) -> _SubmitSlot:
+def submit_start(pipeline: GroupPipeline, item: pb.SendItem) -> SubmitSlot:
     """Queue a send now (so queued sends keep their order); await the slot for its fate."""
-    slot = _SubmitSlot()
+    slot = SubmitSlot()
     pipeline.submit_nowait(item, slot.finish)
     return slot
 
@@ -752,18 +734,18 @@ class _Forwarder:
         self._router = router
         self.target = target
         self.group = group
-        self._send, self._recv = trio.open_memory_channel[tuple[pb.SendItem, _SubmitSlot]](50_000)
+        self._send, self._recv = trio.open_memory_channel[tuple[pb.SendItem, SubmitSlot]](50_000)
 
-    def start(self, item: pb.SendItem) -> _SubmitSlot:
-        slot = _SubmitSlot()
+    def start(self, item: pb.SendItem) -> SubmitSlot:
+        slot = SubmitSlot()
         try:
             self._send.send_nowait((item, slot))
         except trio.WouldBlock:
-            slot.result = "forward_failed"
+            slot.result = Failure.FORWARD_FAILED
             slot.done.set()
         return slot
 
-    async def forward(self, item: pb.SendItem) -> pb.SendOutcome | str:
+    async def forward(self, item: pb.SendItem) -> pb.SendOutcome | Failure:
         return await self.start(item).wait(self._router.s.forward_timeout_s + 5)
 
     async def run(self) -> None:
@@ -779,16 +761,16 @@ class _Forwarder:
             # earlier one; what queues meanwhile rides in the next, bigger batch.
             await self._flush(batch)
 
-    async def _flush(self, batch: list[tuple[pb.SendItem, _SubmitSlot]]) -> None:
+    async def _flush(self, batch: list[tuple[pb.SendItem, SubmitSlot]]) -> None:
         request = pb.ForwardSendsRequest(group=self.group, items=[i for i, _ in batch])
         reply = await self._router._call(self.target, "ForwardSends", request)
-        if isinstance(reply, str):
-            results: list[pb.SendOutcome | str] = [reply] * len(batch)
+        results: list[pb.SendOutcome | Failure]
+        if isinstance(reply, Failure):
+            results = [reply] * len(batch)
+        elif failure := self._router.status_failure(self.group, reply.status):
+            results = [failure] * len(batch)
         else:
-            failure = self._router._status_failure(self.group, reply.status)
-            results = (
-                [failure] * len(batch) if failure else [o.failure or o for o in reply.outcomes]
-            )
+            results = [Failure.of(o.failure) if o.failure else o for o in reply.outcomes]
         for (_, slot), result in zip(batch, results, strict=True):
             slot.result = result
             slot.done.set()

@@ -4,10 +4,11 @@ What is real and what is simulated:
 
 * real: every replica applies its committed entries through ``GroupMachine`` into its own
   RocksDB ``Store`` (seqs, message ids, dedupe, permissions); routing decisions come from a real
-  ``Router`` per node (``leader_of``, leader hints, ``_rotate_guess``, ``_status_failure``,
-  ``_leader_status``) and the pure retry decisions of ``node.router`` (``may_have_committed``,
-  ``rotate_after``, ``give_up_failure``, the reason codes); send slots are the router's
-  ``_SubmitSlot``/``_submit_start``; proposal errors map to failure kinds by ``LocalGroup``'s
+  ``Router`` per node (``leader_of``, leader hints, ``_rotate_guess``, ``status_failure``,
+  ``_leader_status``) and the pure retry decisions of ``node.route_failures``
+  (``may_have_committed``, ``rotate_after``, ``give_up_failure``, the reason codes); send
+  slots are the router's
+  ``SubmitSlot``/``submit_start``; proposal errors map to failure kinds by ``LocalGroup``'s
   table; the placement is ``initial_placement`` and channels go to groups by ``slot_of``.
 * simulated: a Raft per slot group that follows pysyncobj where raftchat depends on it (terms,
   votes only for an up-to-date log, a no-op on election, commit by a majority of the leader's
@@ -50,16 +51,13 @@ from cluster.raft.conf import RaftTiming
 from node.groups.local import _DEFINITE, ProposalError
 from node.groups.machine import GroupMachine
 from node.ids import EPOCH_MS
-from node.router import (
-    _REASON_OF_FAILURE,
-    Router,
-    RouterSettings,
-    _submit_start,
-    _SubmitSlot,
+from node.route_failures import (
+    REASON_OF_FAILURE,
     give_up_failure,
     may_have_committed,
     rotate_after,
 )
+from node.router import Router, RouterSettings, SubmitSlot, submit_start
 from node.storage import Store
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, ReasonCode
@@ -703,11 +701,11 @@ class Forwarder:
         self.world = node.world
         self.target = target
         self.group = group
-        self.queue: list[tuple[pb.SendItem, _SubmitSlot]] = []
-        self.call: tuple[int, list[tuple[pb.SendItem, _SubmitSlot]], int] | None = None
+        self.queue: list[tuple[pb.SendItem, SubmitSlot]] = []
+        self.call: tuple[int, list[tuple[pb.SendItem, SubmitSlot]], int] | None = None
 
-    def start(self, item: pb.SendItem) -> _SubmitSlot:
-        slot = _SubmitSlot()
+    def start(self, item: pb.SendItem) -> SubmitSlot:
+        slot = SubmitSlot()
         self.queue.append((item, slot))
         self.world.touch()
         return slot
@@ -734,7 +732,7 @@ class Forwarder:
         batch = self.call[1]
         self.call = None
         reply = pb.ForwardSendsReply.FromString(raw)
-        failure = self.node.router._status_failure(self.group, reply.status)
+        failure = self.node.router.status_failure(self.group, reply.status)
         results: list[pb.SendOutcome | str] = (
             [failure] * len(batch) if failure else [o.failure or o for o in reply.outcomes]
         )
@@ -751,7 +749,7 @@ class Forwarder:
             self.world.counts["forward timeouts"] += 1
             self.settle(batch, ["forward_failed"] * len(batch))  # deadline exceeded
 
-    def settle(self, batch: list[tuple[pb.SendItem, _SubmitSlot]], results: list[Any]) -> None:
+    def settle(self, batch: list[tuple[pb.SendItem, SubmitSlot]], results: list[Any]) -> None:
         self.world.touch()
         for (_, slot), result in zip(batch, results, strict=True):
             slot.result = result
@@ -766,13 +764,13 @@ class Handler:
         self.caller = caller
         self.call_id = call.call_id
         node.world.counts["forward calls"] += 1
-        self.slots: list[_SubmitSlot] = []
+        self.slots: list[SubmitSlot] = []
         self.deadline = node.world.now + FORWARD_TIMEOUT_MS
         request = pb.ForwardSendsRequest.FromString(call.request)
         self.status = node.router._leader_status(request.group)
         if self.status is None:
             pipeline = node.pipelines[request.group]
-            self.slots = [_submit_start(pipeline, item) for item in request.items]
+            self.slots = [submit_start(pipeline, item) for item in request.items]
 
     def poll(self) -> bool:
         if self.status is not None:
@@ -811,7 +809,7 @@ class ClientOp:
             origin_node=node.id,
         )
         self.group = self.router.group_of(attempt.channel_id)
-        self.slot: _SubmitSlot | None = None
+        self.slot: SubmitSlot | None = None
         self.slot_deadline = 0
         self.then: Callable[[Any], None] = self.after_first
         self.wake_at: int | None = None
@@ -825,13 +823,13 @@ class ClientOp:
     def start(self) -> None:
         target = self.router.leader_of(self.group)
         if target == self.node.id and self.group in self.node.pipelines:
-            self.wait(_submit_start(self.node.pipelines[self.group], self.item), self.after_first)
+            self.wait(submit_start(self.node.pipelines[self.group], self.item), self.after_first)
         elif target is not None and target != self.node.id:
             self.wait(self.node.forwarder(target, self.group).start(self.item), self.after_first)
         else:
             self.enter_send(False)
 
-    def wait(self, slot: _SubmitSlot, then: Callable[[Any], None]) -> None:
+    def wait(self, slot: SubmitSlot, then: Callable[[Any], None]) -> None:
         self.slot = slot
         self.slot_deadline = self.world.now + SLOT_WAIT_MS
         self.then = then
@@ -860,7 +858,7 @@ class ClientOp:
             if pipeline is None:
                 self.after_attempt("not_leader")
                 return
-            self.wait(_submit_start(pipeline, self.item), self.after_attempt)
+            self.wait(submit_start(pipeline, self.item), self.after_attempt)
         else:
             self.wait(self.node.forwarder(target, self.group).start(self.item), self.after_attempt)
 
@@ -878,7 +876,7 @@ class ClientOp:
         if self.world.now + self.backoff > self.deadline:
             # Looked up at call time, so a test can break the decision and see the model fail.
             failure = _decisions["give_up_failure"](self.failure, self.maybe)
-            self.finish(pb.SendOutcome(reason=_REASON_OF_FAILURE[failure]))
+            self.finish(pb.SendOutcome(reason=REASON_OF_FAILURE[failure]))
             return
         self.wake_at = self.world.now + self.backoff
         self.backoff = min(self.backoff * 2, MAX_BACKOFF_MS)

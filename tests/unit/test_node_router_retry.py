@@ -16,6 +16,7 @@ import trio.testing
 from cluster.placement import Placement
 from cluster.raft.group import GroupView
 from node.groups.local import LocalGroup
+from node.route_failures import Failure
 from node.router import Router, RouterSettings
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 
@@ -42,7 +43,7 @@ def test_forwarding_follows_the_leader_hint() -> None:
         if target == 4:
             return pb.SendOutcome(reason=1)
         # Node 2 and 3 are followers; both point at node 4.
-        return router._status_failure(1, pb.Status(code=pb.Status.NOT_LEADER, leader_hint=4))
+        return router.status_failure(1, pb.Status(code=pb.Status.NOT_LEADER, leader_hint=4))
 
     result = trio.run(router._retrying, 1, attempt)
     assert result == pb.SendOutcome(reason=1)
@@ -56,7 +57,7 @@ def test_a_refusal_without_a_hint_moves_to_the_next_replica() -> None:
 
     async def attempt(target: int) -> Any:
         asked.append(target)
-        return pb.SendOutcome(reason=1) if target == 3 else "not_leader"
+        return pb.SendOutcome(reason=1) if target == 3 else Failure.NOT_LEADER
 
     assert trio.run(router._retrying, 1, attempt) == pb.SendOutcome(reason=1)
     assert asked == [2, 3]
@@ -99,7 +100,7 @@ def retry_times(*, tell: bool) -> list[tuple[float, int]]:
 
     async def attempt(target: int) -> Any:
         asked.append((round(trio.current_time(), 4), target))
-        return _Ok() if target == 3 else "forward_failed"
+        return _Ok() if target == 3 else Failure.FORWARD_FAILED
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
