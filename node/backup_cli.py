@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from client.credentials import admin_token
     from client.errors import ClientError
 
-    from .cli import PRIVATE_UMASK
+    from .private_files import PRIVATE_UMASK
 
     os.umask(PRIVATE_UMASK)  # users' messages and token hashes: the operator's alone
     out = Path(args.out)

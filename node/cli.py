@@ -11,10 +11,7 @@ from typing import Any
 from .config import ConfigError, load_config
 from .dev import DEFAULT_DATA, DEFAULT_HOST_BASE
 from .log import announce, setup_logging
-
-PRIVATE_UMASK = 0o077
-"""Every file and directory the node makes (RocksDB, Raft journals, snapshots, its secret) is
-its own alone: 0600 and 0700, whatever the caller's umask."""
+from .private_files import PRIVATE_UMASK
 
 
 def _cmd_node(args: argparse.Namespace) -> int:

@@ -373,8 +373,8 @@ def _stored_members(where: Path) -> dict[int, str] | None:
 def _private(where: Path) -> None:
     """Make the directory 0700: it holds the node's secret, its Raft journals and its stores,
     none of which is anyone else's business. Files inside are made 0600 by the process's
-    umask (``node/cli.py``); a directory from an older raftchat is closed here at once, and
-    then nothing inside it is reachable for others whatever the files' own modes."""
+    umask (``node/private_files.py``); a directory from an older raftchat is closed here at
+    once, and then nothing inside it is reachable for others whatever the files' own modes."""
     mode = stat.S_IMODE(os.stat(where).st_mode)
     if mode & 0o077:
         try:

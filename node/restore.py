@@ -54,8 +54,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import PRIVATE_UMASK
     from .config import ConfigError, load_config
+    from .private_files import PRIVATE_UMASK
 
     os.umask(PRIVATE_UMASK)
     try:
