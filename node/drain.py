@@ -33,6 +33,7 @@ from proto.wkproto import ReasonCode
 from .admin import AdminError
 from .gateway.session import Session
 from .log import get_logger
+from .route_failures import Failure
 from .sessions import SessionLike
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ SHARE_OF_SHUTDOWN = 0.7
 """Of ``node.shutdown_timeout_s``, what the drain may take: the rest is for the stop itself
 (Raft driver, stores), which must also fit."""
 ANNOUNCE_TIMEOUT_S = 1.0
+"""One attempt to tell a node that this one drains."""
+ANNOUNCE_RETRY_S = 3.0
+"""How long a node that did not answer is asked again (within the drain's budget)."""
 TRANSFER_WAIT_S = 1.0
 """After a leadership transfer was sent, how long to wait for the leadership to go."""
 RAFT_POLL_S = 0.02
@@ -92,12 +96,36 @@ class Drain:
             self.done.set()
 
     async def _announce(self) -> None:
-        """Tell the other nodes, so that their ``/route`` stops handing this one out now."""
-        node = self.node
-        request = {"op": "peer_draining", "node_id": node.config.node.id}
-        await node.router.call_each_other_node(
-            "Admin", pb.AdminRequest(request=json.dumps(request).encode()), ANNOUNCE_TIMEOUT_S
-        )
+        """Tell the other nodes, so that their ``/route`` stops handing this one out now. A
+        node that does not answer at once is asked again for up to ``ANNOUNCE_RETRY_S``: one
+        that restarted a moment ago is reachable only once this node's channel to it has
+        reconnected, and until it hears, it would hand this node out to clients."""
+        me = self.node.config.node.id
+        body = json.dumps({"op": "peer_draining", "node_id": me}).encode()
+        pending = {n for n in self.node.router.placement.nodes if n != me}
+        deadline = trio.current_time() + ANNOUNCE_RETRY_S
+        backoff = 0.05
+        while pending:
+            answered: set[int] = set()
+            async with trio.open_nursery() as nursery:
+                for node_id in sorted(pending):
+                    nursery.start_soon(self._tell, node_id, body, answered)
+            pending -= answered
+            if not pending:
+                return
+            if trio.current_time() + backoff > deadline:
+                log.warning("not every node heard that this one drains", nodes=sorted(pending))
+                return
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, 0.5)
+
+    async def _tell(self, node_id: int, body: bytes, answered: set[int]) -> None:
+        with trio.move_on_after(ANNOUNCE_TIMEOUT_S):
+            reply = await self.node.router.call_node(
+                node_id, "Admin", pb.AdminRequest(request=body)
+            )
+            if not isinstance(reply, Failure):
+                answered.add(node_id)
 
     def _successors(self, group: int) -> list[int]:
         """Members of ``group`` that may take its leadership: live and not draining."""
