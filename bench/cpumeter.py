@@ -151,25 +151,27 @@ def cpu_per_send(
     send adds to what the nodes spend with nothing to do)."""
     pct = load_cpu["pct_of_one_core"]
     nodes = {n: v for n, v in pct.items() if n in load_cpu["threads_pct_of_one_core"] and v}
-    rows: dict[str, float] = {}
-    for threads in load_cpu["threads_pct_of_one_core"].values():
-        for row, value in threads.items():
-            rows[row] = rows.get(row, 0.0) + value
+    rows = _summed_over_nodes(load_cpu["threads_pct_of_one_core"])
     out: dict[str, Any] = {
         "cluster_ms": ms_per_send(sum(nodes.values()), sends_per_s),
         "nodes_ms": {n: ms_per_send(v, sends_per_s) for n, v in nodes.items()},
         "threads_ms": {r: ms_per_send(v, sends_per_s) for r, v in _by_value(rows)},
     }
     if idle is not None:
-        idle_rows: dict[str, float] = {}
-        for threads in idle.get("threads_pct_of_one_core", {}).values():
-            for row, value in threads.items():
-                idle_rows[row] = idle_rows.get(row, 0.0) + value
+        idle_rows = _summed_over_nodes(idle.get("threads_pct_of_one_core", {}))
         idle_total = sum(v for n, v in idle["pct_of_one_core"].items() if n in nodes)
         out["cluster_above_idle_ms"] = ms_per_send(sum(nodes.values()) - idle_total, sends_per_s)
         above = {r: v - idle_rows.get(r, 0.0) for r, v in rows.items()}
         out["threads_above_idle_ms"] = {r: ms_per_send(v, sends_per_s) for r, v in _by_value(above)}
     return out
+
+
+def _summed_over_nodes(threads_by_node: dict[str, dict[str, float]]) -> dict[str, float]:
+    rows: dict[str, float] = {}
+    for threads in threads_by_node.values():
+        for row, value in threads.items():
+            rows[row] = rows.get(row, 0.0) + value
+    return rows
 
 
 def _by_value(rows: dict[str, float]) -> list[tuple[str, float]]:

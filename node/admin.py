@@ -73,10 +73,15 @@ class AdminRefused(AdminError):
     code = REFUSED
 
 
-def error_of(node_id: int, reply: dict[str, Any]) -> AdminError:
-    """The error an answer carries. Nodes of an older revision send no ``code``, only
+def code_of(reply: dict[str, Any]) -> str:
+    """The code of an error answer. Nodes of an older revision send no ``code``, only
     ``refused``."""
-    code = str(reply.get("code") or (REFUSED if reply.get("refused") else FAILED))
+    return str(reply.get("code") or (REFUSED if reply.get("refused") else FAILED))
+
+
+def error_of(node_id: int, reply: dict[str, Any]) -> AdminError:
+    """The error an answer carries."""
+    code = code_of(reply)
     error = AdminRefused if code == REFUSED else AdminError
     return error(f"node {node_id}: {reply['error']}", code)
 

@@ -34,7 +34,7 @@ from cluster.raft.snapshot import CheckpointSnapshots
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.raftchat.peer.v1 import peer_pb2_grpc
 
-from .admin import REFUSED, Admin, error_of
+from .admin import REFUSED, Admin, code_of
 from .backup_checkpoints import BackupCheckpoints
 from .client_routes import ClientRoutes, own_endpoints
 from .config import Config, is_loopback
@@ -313,7 +313,7 @@ class Node:
                     self.datadir.joined(cluster_id, cfg.cluster.password)
                     return from_json(reply["placement"])
                 error = reply.get("error")
-                if error is not None and error_of(0, reply).code == REFUSED:
+                if error is not None and code_of(reply) == REFUSED:
                     # Asking again would get the same answer.
                     raise refused(f"the cluster refused to admit this node via {seed}: {error}")
             except GrpcCallError as e:
