@@ -57,6 +57,7 @@ from client.errors import ClientClosed, ClientError
 from client.wkproto import WKClient, open_client
 from launcher.devcluster import (
     HTTP_PORT,
+    SLOT_GROUPS,
     TCP_PORT,
     NodeProcess,
     NodeStartError,
@@ -74,7 +75,6 @@ if TYPE_CHECKING:
 # The HTTP client is imported where it is used: ``raftchat node`` builds this command's parser
 # too, and a node process has no use for it.
 
-SLOT_GROUPS = 8
 HASH_SLOTS = 256
 
 TARGET_SENDS_PER_S = 5000.0

@@ -32,6 +32,8 @@ GRPC_PORT = 11110
 PUBLIC_GRPC_PORT = 5002
 """The public gRPC API (``grpc.port``)."""
 RAFT_PORT = 12000
+SLOT_GROUPS = 3
+"""The default ``cluster.groups``: the controller group and these listen on ``RAFT_PORT + g``."""
 CONSOLE_PORT = 5300
 """The web console (``console.port``)."""
 

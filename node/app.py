@@ -64,7 +64,14 @@ from .router import Router, RouterSettings
 from .sabotage import ACK_WITHOUT_COMMIT, SKIP_DEDUPE, AckCounter
 from .send_checks import SendRules
 from .sessions import DeviceLimits, SessionLike, SessionRegistry
-from .startup import EXIT_FAILED, StartupError, refused, startup_error_in, unavailable
+from .startup import (
+    EXIT_FAILED,
+    StartupError,
+    check_group_count,
+    refused,
+    startup_error_in,
+    unavailable,
+)
 from .storage import MessageRecord, Store
 from .tls import NodeTls
 from .userfacts import UserFacts
@@ -310,8 +317,9 @@ class Node:
                     # Recorded before the map is used: a restart then knows whose data this is.
                     # (A member too old to send its cluster's id leaves this node one of its own.)
                     cluster_id = reply.get("cluster_id") or secrets.token_hex(8)
-                    self.datadir.joined(cluster_id, cfg.cluster.password)
-                    return from_json(reply["placement"])
+                    placement = from_json(reply["placement"])
+                    self.datadir.joined(cluster_id, cfg.cluster.password, len(placement.groups))
+                    return placement
                 error = reply.get("error")
                 if error is not None and code_of(reply) == REFUSED:
                     # Asking again would get the same answer.
@@ -338,6 +346,8 @@ class Node:
         genesis = Placement(0, [], {}, {}) if stored else await self._genesis()
         machine = ControllerMachine(store, genesis)
         self.router.placement = machine.current()
+        if self.router.placement.groups:
+            check_group_count(len(self.router.placement.groups), cfg, "the cluster map")
         if len(self.router.placement.nodes) > 1:
             # A stored map of several members (say, of a directory adopted from before identity
             # files, or a lone node that others joined): the directory is a multi-node one, and

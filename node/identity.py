@@ -1,8 +1,8 @@
 """Which cluster and which node a data directory belongs to (ADR "data directory identity").
 
 ``<data_dir>/identity.json`` (0600, replaced atomically) records the node id, the cluster's id,
-whether the cluster has ever had more than one member, and a keyed fingerprint of the cluster
-password (never the password). Before anything is opened, the node compares it with its
+whether the cluster has ever had more than one member, its slot group count, and a keyed
+fingerprint of the cluster password (never the password). Before anything is opened, the node compares it with its
 configuration and refuses, in one line and with exit code 2, to start
 
 * as another node id;
@@ -12,7 +12,8 @@ configuration and refuses, in one line and with exit code 2, to start
 * as an initial member of a cluster (``cluster.nodes``) whose members or password differ from
   those of the cluster that created the directory;
 * through ``cluster.join`` on a directory that holds a lone cluster, or whose cluster password
-  is not ``cluster.password``.
+  is not ``cluster.password``;
+* with a ``cluster.groups`` other than its cluster's (channels hash onto that count).
 
 Cluster ids: the initial members of a multi-node cluster derive one from ``cluster.nodes`` and
 the password, so they agree without talking; a node that joins learns it from the member that
@@ -42,7 +43,7 @@ from typing import IO, Any
 
 from .config import Config
 from .log import get_logger
-from .startup import refused, unavailable
+from .startup import check_group_count, refused, unavailable
 
 log = get_logger("datadir")
 
@@ -77,6 +78,9 @@ class Identity:
     """``password_check(cluster.password, cluster_id)``; None without a configured password."""
     members: str | None = None
     """An initial member's ``cluster.nodes``, canonical (``members_text``); else None."""
+    slot_groups: int | None = None
+    """The cluster's slot groups (fixed when it is created); None until a joining node is
+    admitted, and in files written before it was recorded."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,6 +90,7 @@ class Identity:
             "multi_node": self.multi_node,
             "password_check": self.password_check,
             "members": self.members,
+            "slot_groups": self.slot_groups,
         }
 
     @classmethod
@@ -96,7 +101,7 @@ class Identity:
             raise ValueError(f"format {data['format']} is newer than this raftchat's ({FORMAT})")
         node_id, cluster_id = data.get("node_id"), data.get("cluster_id")
         multi, check = data.get("multi_node"), data.get("password_check")
-        members = data.get("members")
+        members, groups = data.get("members"), data.get("slot_groups")
         if not (
             isinstance(node_id, int)
             and not isinstance(node_id, bool)
@@ -104,9 +109,10 @@ class Identity:
             and isinstance(multi, bool)
             and isinstance(check, str | None)
             and isinstance(members, str | None)
+            and (groups is None or (isinstance(groups, int) and not isinstance(groups, bool)))
         ):
             raise ValueError("a field is missing or of the wrong type")
-        return cls(node_id, cluster_id, multi, check, members)
+        return cls(node_id, cluster_id, multi, check, members, groups)
 
     def describe(self) -> str:
         if self.cluster_id is None:
@@ -144,15 +150,16 @@ def password_check(password: str, cluster_id: str) -> str | None:
 
 def fresh_identity(config: Config) -> Identity:
     """The identity of a new, empty data directory."""
-    me, mode = config.node.id, mode_of(config)
+    me, mode, groups = config.node.id, mode_of(config), config.cluster.groups
     if mode is Mode.JOIN:
         return Identity(me, None, False, None)  # the admitting member tells the cluster id
     if mode is Mode.INITIAL:
         cluster_id = genesis_cluster_id(config)
         check = password_check(config.cluster.password, cluster_id)
-        return Identity(me, cluster_id, True, check, members_text(config))
+        return Identity(me, cluster_id, True, check, members_text(config), groups)
     cluster_id = secrets.token_hex(8)
-    return Identity(me, cluster_id, False, password_check(config.cluster.password, cluster_id))
+    check = password_check(config.cluster.password, cluster_id)
+    return Identity(me, cluster_id, False, check, None, groups)
 
 
 def adopted_identity(config: Config, where: Path, members: dict[int, str] | None) -> Identity:
@@ -278,6 +285,7 @@ class DataDir:
                     multi_node=found.multi_node,
                 )
             identity = check(found, config, where) if found else fresh_identity(config)
+            identity = _check_slot_groups(identity, config, where)
             opened = cls(where, identity, lock)
             opened._write()
         except BaseException:
@@ -308,13 +316,14 @@ class DataDir:
             raise unavailable(f"data directory {self.path} is not writable: {_reason(e)}") from None
         return secret
 
-    def joined(self, cluster_id: str, password: str) -> None:
+    def joined(self, cluster_id: str, password: str, slot_groups: int) -> None:
         """Admitted to a cluster through ``cluster.join``."""
         self.identity = replace(
             self.identity,
             cluster_id=cluster_id,
             multi_node=True,
             password_check=password_check(password, cluster_id),
+            slot_groups=slot_groups,
         )
         self._write()
 
@@ -390,6 +399,26 @@ def _private(where: Path) -> None:
             )
         else:
             log.info("data directory made private", data_dir=str(where), was=oct(mode))
+
+
+def _check_slot_groups(identity: Identity, config: Config, where: Path) -> Identity:
+    """Refuse a directory of a cluster with another slot group count than ``cluster.groups``
+    (``startup.check_group_count`` says why); record the count where the file lacks it. A file
+    written before the count was recorded is judged by the groups it holds replicas of: one
+    beyond ``cluster.groups`` proves a larger count (a smaller one it cannot prove)."""
+    if identity.slot_groups is not None:
+        check_group_count(identity.slot_groups, config, f"the cluster of data directory {where}")
+        return identity
+    held = [int(d.name[1:]) for d in (where / "groups").glob("g*") if d.name[1:].isdigit()]
+    if held and max(held) > config.cluster.groups:
+        raise refused(
+            f"data directory {where} holds slot group {max(held)} and this node's "
+            f"cluster.groups is {config.cluster.groups}: set cluster.groups to the count the "
+            "cluster was created with (8 by default before it became 3)"
+        )
+    if identity.cluster_id is None:
+        return identity  # a node still to be admitted learns the count from the cluster
+    return replace(identity, slot_groups=config.cluster.groups)
 
 
 def _has_data(where: Path) -> bool:

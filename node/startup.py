@@ -50,6 +50,20 @@ def startup_error_in(exc: BaseException) -> StartupError | None:
     return None
 
 
+def check_group_count(found: int, config: Config, where: str) -> None:
+    """Refuse slot groups other than ``cluster.groups`` in ``where`` (the cluster map, a data
+    directory): the node listens for Raft on ``raft_port + g`` for the configured groups only,
+    and channels hash onto the configured count, so a mismatch would hide stored messages and
+    leave groups unreachable rather than fail. The count is fixed when the cluster is created;
+    the default became 3 after it had been 8 (ADR 024)."""
+    if found != config.cluster.groups:
+        raise refused(
+            f"{where} has {found} slot groups and this node's cluster.groups is "
+            f"{config.cluster.groups}: set cluster.groups = {found} (the count is fixed when "
+            "the cluster is created)"
+        )
+
+
 def listen_addresses(config: Config) -> list[tuple[str, str]]:
     """(what, ``host:port``) of every listener the node will open: Raft ports of every group,
     not only those it holds now (the controller may move any group here later)."""

@@ -13,6 +13,7 @@ from launcher.devcluster import (
     HTTP_PORT,
     PUBLIC_GRPC_PORT,
     RAFT_PORT,
+    SLOT_GROUPS,
     TCP_PORT,
     WS_PORT,
 )
@@ -37,7 +38,7 @@ class FuzzContext:
     groups: tuple[str, ...]
     """Group channels the fuzz users are subscribed to (valid sends go there)."""
     protected_ids: tuple[str, ...] = ()
-    raft_groups: int = 8
+    raft_groups: int = SLOT_GROUPS
     """Slot groups per cluster; node n listens for Raft on ``raft_port + g``, g in 0..groups."""
     auth_timeout_s: float = 4.0
     tcp_port: int = TCP_PORT

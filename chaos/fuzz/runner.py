@@ -38,7 +38,7 @@ from typing import Any
 
 import trio
 
-from launcher.devcluster import NodeStartError, ensure_ports_free
+from launcher.devcluster import SLOT_GROUPS, NodeStartError, ensure_ports_free
 
 from ..checkers import check_all
 from ..cluster import ChaosCluster
@@ -63,8 +63,6 @@ from .watch import NodeWatch
 from .worker import TARGETS, WorkerConfig
 
 DEFAULT_HOST_BASE = "127.0.240"
-GROUPS = 8
-"""Slot groups of the cluster (the default ``cluster.groups``); Raft ports are 12000-12008."""
 FUZZ_USERS = (("fz0", 1), ("fz1", 1), ("fz2", 1), ("fz3", 1), ("fz4", 0), ("fz5", 2))
 """Fuzz logins (uid, device flag: WEB allows ten sessions per uid, APP and PC one)."""
 FUZZ_GROUPS = ("fzg0", "fzg1")
@@ -214,7 +212,7 @@ async def _fuzz_setup(
         users=users,
         groups=FUZZ_GROUPS,
         protected_ids=tuple(protected),
-        raft_groups=GROUPS,
+        raft_groups=SLOT_GROUPS,
         api_token=cluster.api_token,
         admin_token=cluster.admin_token,
     )
@@ -429,7 +427,7 @@ def run(cfg: FuzzConfig) -> int:
         data_root, range(1, cfg.nodes + 1), host_base=cfg.host_base, settings=settings, gids=False
     )
     try:
-        ensure_ports_free(cluster.hosts, GROUPS)
+        ensure_ports_free(cluster.hosts, SLOT_GROUPS)
     except NodeStartError as e:
         raise RunError(str(e)) from None
     meta: dict[str, Any] = {

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from launcher.devcluster import cluster_env, node_env
-from tests.conftest import fresh_host, fresh_hosts
+from tests.conftest import fresh_host, fresh_hosts, start_node
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = [sys.executable, "-m", "node.cli", "node"]
@@ -177,6 +177,23 @@ def test_a_read_only_data_directory_is_named_in_one_line(tmp_path: Path) -> None
     assert result.code == UNAVAILABLE, result.stderr
     assert result.stderr == [
         f"raftchat: data directory {data} is not usable: Read-only file system"
+    ]
+
+
+def test_a_slot_group_count_other_than_the_maps_is_refused_in_one_line(tmp_path: Path) -> None:
+    """The count is fixed when the cluster is created: channels hash onto it, so a node
+    restarted with another ``cluster.groups`` would recompute an unchanged map under the new
+    count and hide the messages it stores. Before the data directory recorded the count, it
+    did start, and served empty histories."""
+    host = fresh_host()
+    first = start_node(tmp_path, host=host, cluster__groups=2)
+    first.stop()
+    result = run_to_exit(lone_env(host, first.data_dir, RAFTCHAT_CLUSTER_GROUPS="5"))
+    assert result.code == REFUSED, result.stderr
+    assert result.stderr == [
+        f"raftchat: the cluster of data directory {first.data_dir} has 2 slot groups and this "
+        "node's cluster.groups is 5: set cluster.groups = 2 (the count is fixed when the "
+        "cluster is created)"
     ]
 
 

@@ -367,3 +367,11 @@ def test_console_settings() -> None:
     assert (cfg.console.enabled, cfg.console.port) == (False, 5301)
     with pytest.raises(ConfigError, match=r"console\.port must be a TCP port"):
         load_config(None, env={"RAFTCHAT_CONSOLE_PORT": "70000"})
+
+
+def test_the_launchers_slot_group_count_is_the_default() -> None:
+    """The launcher, the bench and chaos import nothing of the node: they check and fuzz the Raft
+    ports of the default count, which they keep as a number of their own."""
+    from launcher.devcluster import SLOT_GROUPS
+
+    assert load_config(None, env={}).cluster.groups == SLOT_GROUPS

@@ -125,7 +125,7 @@ def test_a_lone_node_restarts_and_may_change_its_password(tmp_path: Path) -> Non
 def test_a_joiner_records_the_cluster_it_was_admitted_to(tmp_path: Path) -> None:
     opened = open_dir(joiner(tmp_path))
     assert opened.identity == Identity(4, None, False, None)  # admission pending
-    opened.joined("c0ffee0123456789", "secret")
+    opened.joined("c0ffee0123456789", "secret", 3)
     opened._lock.close()
     assert on_disk(tmp_path)["cluster_id"] == "c0ffee0123456789"
     assert reopen(joiner(tmp_path)).identity.multi_node is True
@@ -253,8 +253,65 @@ def test_a_new_password_alone_is_refused_with_a_hint(tmp_path: Path) -> None:
 
 def test_a_joined_node_keeps_its_directory_through_a_password_change(tmp_path: Path) -> None:
     opened = open_dir(joiner(tmp_path, password="old"))
-    opened.joined("c0ffee0123456789", "old")
+    opened.joined("c0ffee0123456789", "old", 3)
     opened._lock.close()
     reopen(changing(joiner(tmp_path, password="new"), "old"))
     assert reopen(joiner(tmp_path, password="new")).identity.cluster_id == "c0ffee0123456789"
     assert "whose password is not cluster.password" in refusal(joiner(tmp_path, password="old"))
+
+
+# --- the slot group count ---------------------------------------------------------------------
+
+
+def test_the_slot_group_count_is_recorded_and_another_is_refused(tmp_path: Path) -> None:
+    """Channels hash onto the count the cluster was created with: a restart under another
+    ``cluster.groups`` would hide their messages, so it is refused, naming the setting."""
+    for index, make in enumerate((member, config)):
+        data = tmp_path / str(index)
+        reopen(make(data, RAFTCHAT_CLUSTER_GROUPS="5") if make is config else make(data))
+        recorded = on_disk(data)["slot_groups"]
+        assert recorded == (5 if make is config else 3)
+        other = "4" if recorded == 5 else "8"
+        cfg = config(data, RAFTCHAT_CLUSTER_GROUPS=other)
+        if make is member:
+            cfg = config(
+                data,
+                RAFTCHAT_CLUSTER_GROUPS=other,
+                RAFTCHAT_CLUSTER_NODES=MEMBERS,
+                RAFTCHAT_CLUSTER_PASSWORD="secret",
+            )
+        assert f"has {recorded} slot groups and this node's cluster.groups is {other}: set " in (
+            refusal(cfg)
+        )
+
+
+def test_a_joiner_records_the_clusters_count_once_admitted(tmp_path: Path) -> None:
+    opened = open_dir(joiner(tmp_path))
+    opened.joined("c0ffee0123456789", "secret", 8)
+    opened._lock.close()
+    assert on_disk(tmp_path)["slot_groups"] == 8
+    assert "has 8 slot groups" in refusal(joiner(tmp_path))
+    eight = config(
+        tmp_path,
+        4,
+        RAFTCHAT_CLUSTER_JOIN="127.0.0.11",
+        RAFTCHAT_CLUSTER_PASSWORD="secret",
+        RAFTCHAT_CLUSTER_GROUPS="8",
+    )
+    assert reopen(eight).identity.slot_groups == 8
+
+
+def test_an_older_file_is_judged_by_the_groups_it_holds_then_recorded(tmp_path: Path) -> None:
+    """A file from before the count was recorded: replicas of slot group 8 prove a cluster of
+    at least 8 groups (the old default), refused under 3; groups 1-3 alone are accepted and the
+    count is recorded from then on."""
+    reopen(member(tmp_path))
+    written = on_disk(tmp_path)
+    del written["slot_groups"]
+    (tmp_path / IDENTITY_FILE).write_text(json.dumps(written))
+    for g in (1, 2, 3, 8):
+        (tmp_path / "groups" / f"g{g}").mkdir(parents=True)
+    assert "holds slot group 8 and this node's cluster.groups is 3" in refusal(member(tmp_path))
+    (tmp_path / "groups" / "g8").rmdir()
+    assert reopen(member(tmp_path)).identity.slot_groups == 3
+    assert on_disk(tmp_path)["slot_groups"] == 3
