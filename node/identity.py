@@ -2,8 +2,8 @@
 
 ``<data_dir>/identity.json`` (0600, replaced atomically) records the node id, the cluster's id,
 whether the cluster has ever had more than one member, its slot group count, and a keyed
-fingerprint of the cluster password (never the password). Before anything is opened, the node compares it with its
-configuration and refuses, in one line and with exit code 2, to start
+fingerprint of the cluster password (never the password). Before anything is opened, the node
+compares it with its configuration and refuses, in one line and with exit code 2, to start
 
 * as another node id;
 * as a lone node (no ``cluster.nodes``, no ``cluster.join``) on a directory of a multi-node

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from chaos import net
+from launcher.devcluster import SLOT_GROUPS
 
 REPO = Path(__file__).resolve().parents[2]
 # Outside the 127.0.20-219.x range tests/conftest.py hands out, so runs never collide with it.
@@ -104,7 +105,7 @@ def test_quick_run_holds_every_property(tmp_path: Path) -> None:
     assert meta["counts"]["acked_sends"] >= 100
     lost = results["lost_acked"]["counts"]
     assert lost["final_reads"] >= meta["channels"] * 3  # every channel read from every node
-    assert results["replica_divergence"]["counts"]["groups_compared"] == 8
+    assert results["replica_divergence"]["counts"]["groups_compared"] == SLOT_GROUPS
     floors = results["read_floor_regression"]["counts"]
     assert floors["observations"] > 0 and floors["user_channels"] > 0
     assert floors["floor_lower_bounds"] > 0  # own sends and completed clearUnreads

@@ -7,6 +7,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
+from launcher.devcluster import SLOT_GROUPS
 from node.channels import person_channel_id
 from tests.conftest import Api, Cluster, eventually, start_node
 
@@ -35,7 +36,7 @@ def test_single_node_digest(tmp_path: Path) -> None:
     try:
         before = digest(api)
         assert before["node"] == 1
-        assert [g["group"] for g in before["groups"]] == list(range(1, 9))
+        assert [g["group"] for g in before["groups"]] == list(range(1, SLOT_GROUPS + 1))
         assert all(g["channels"] == {} and g["is_leader"] for g in before["groups"])
         for text in ("one", "two", "three"):
             send(api, "alice", "bob", text)

@@ -27,11 +27,12 @@ from cluster.bridge import AUTH_METADATA_KEY, GrpcCallError, GrpcClient
 from cluster.peerauth import PeerKeys, sign
 from cluster.raft.guard import AUTH_DEADLINE_S, UNAUTHENTICATED_PER_SOURCE
 from cluster.raft.wire import authenticator_for
+from launcher.devcluster import SLOT_GROUPS
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.raftchat.peer.v1 import peer_pb2_grpc as pb_grpc
 from tests.conftest import Cluster, eventually, fresh_hosts, start_node
 
-RAFT_PORTS = range(12000, 12009)  # the controller group and the 8 slot groups
+RAFT_PORTS = range(12000, 12000 + SLOT_GROUPS + 1)  # the controller group and the slot groups
 PASSWORD = "test-cluster-secret"  # what tests/conftest.py gives its clusters
 
 
