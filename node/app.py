@@ -266,7 +266,7 @@ class Node:
         local = LocalGroup(group, store, machine, raft, self.node_of_address, self.flusher)
         pipeline = GroupPipeline(
             local,
-            self.router.on_committed,
+            self.router.fanout.on_committed,
             commit_window_s=cfg.messages.commit_window_ms / 1000,
             max_batch=cfg.messages.max_batch,
             max_in_flight=cfg.messages.max_in_flight_batches,
@@ -444,7 +444,7 @@ class Node:
                 self.kick_local,
                 self.online_local,
             )
-            self.router.online_levels_local = self.online_levels_local
+            self.router.sessions.online_levels_local = self.online_levels_local
             self.metrics.registry.register(
                 NodeCollector(
                     self.metrics, self.router, lambda: self.webhooks, lambda: self.gateway
@@ -458,9 +458,12 @@ class Node:
             )
             if cfg.webhook.url:
                 self.webhooks = Webhooks(
-                    cfg.webhook, cfg.node.id, self.registry, self.router.masters_online_everywhere
+                    cfg.webhook,
+                    cfg.node.id,
+                    self.registry,
+                    self.router.sessions.masters_online_everywhere,
                 )
-                self.router.commit_hooks.append(self.webhooks.on_committed)
+                self.router.fanout.commit_hooks.append(self.webhooks.on_committed)
                 self.registry.listeners.append(self.webhooks.on_session)
             try:
                 await self._open_controller()

@@ -179,7 +179,7 @@ class NodeCollector(Collector):
             "raftchat_delivery_batches_dropped",
             "Committed batches not delivered to another node (its queue full, or unreachable "
             "for cluster deliveries' retry time): its clients resync by seq",
-            value=router.delivery_failures,
+            value=router.fanout.failures,
         )
         yield CounterMetricFamily(
             "raftchat_deliveries",

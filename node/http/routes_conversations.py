@@ -143,7 +143,7 @@ async def _conversation_op(
 
 async def _notify_read(ctx: ApiContext, uid: str, canonical: str, channel_type: int) -> None:
     command = unread_clear_command(uid, view_channel_id(canonical, channel_type, uid), channel_type)
-    await ctx.router.push_online(command, [uid])
+    await ctx.router.fanout.push_online(command, [uid])
 
 
 async def clear_unread(ctx: ApiContext, req: Request) -> Response:

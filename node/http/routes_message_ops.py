@@ -66,7 +66,7 @@ async def push_command(
         payload=json.dumps(payload).encode(),
         flags=HeaderFlag.NO_PERSIST | HeaderFlag.SYNC_ONCE,
     )
-    await ctx.router.push_online(message, uids)
+    await ctx.router.fanout.push_online(message, uids)
 
 
 def target(body: dict[str, Any], op: pb.MessageOp) -> None:

@@ -100,7 +100,7 @@ async def message_event(ctx: ApiContext, req: Request) -> Response:
     _refusal(done)
     event = done["event"]
     if done["parties"]:
-        await ctx.router.push_event(
+        await ctx.router.fanout.push_event(
             pb.EventPush(
                 uids=done["parties"],
                 channel_id=cid,

@@ -41,7 +41,7 @@ async def user_token(ctx: ApiContext, req: Request) -> Response:
     await meta(ctx, uid, pb.MetaOp(set_device=device))
     if level == DeviceLevel.MASTER:
         # A new master token retires the sessions that logged in with the old one.
-        await ctx.router.kick_everywhere(uid, flag, "token changed")
+        await ctx.router.sessions.kick_everywhere(uid, flag, "token changed")
     return Response(200, OK)
 
 
@@ -58,7 +58,7 @@ async def device_quit(ctx: ApiContext, req: Request) -> Response:
                 )
             )
             await meta(ctx, uid, op)
-    await ctx.router.kick_everywhere(uid, flag, "device quit")
+    await ctx.router.sessions.kick_everywhere(uid, flag, "device quit")
     return Response(200, OK)
 
 
@@ -66,7 +66,7 @@ async def online_status(ctx: ApiContext, req: Request) -> Response:
     uids = req.json()
     if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
         raise bad_request("body must be a JSON list of uids")
-    found = await ctx.router.online_everywhere(uids)
+    found = await ctx.router.sessions.online_everywhere(uids)
     return Response(200, [{"uid": u, "device_flag": f, "online": 1} for u, f in found])
 
 

@@ -48,6 +48,7 @@ from pysyncobj import FAIL_REASON
 from chaos.history import DEFINITE_FAIL_REASONS
 from cluster.placement import NodeAddress, initial_placement
 from cluster.raft.conf import RaftTiming
+from node.forwarding import SubmitSlot, submit_start
 from node.groups.local import _DEFINITE, ProposalError
 from node.groups.machine import GroupMachine
 from node.ids import EPOCH_MS
@@ -57,7 +58,7 @@ from node.route_failures import (
     may_have_committed,
     rotate_after,
 )
-from node.router import Router, RouterSettings, SubmitSlot, submit_start
+from node.router import Router, RouterSettings
 from node.storage import Store
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, ReasonCode
@@ -694,7 +695,7 @@ class Pipeline:
 
 
 class Forwarder:
-    """``_Forwarder``: one ForwardSends call at a time per (leader, group)."""
+    """``forwarding.Forwarder``: one ForwardSends call at a time per (leader, group)."""
 
     def __init__(self, node: Node, target: int, group: int) -> None:
         self.node = node
@@ -757,7 +758,7 @@ class Forwarder:
 
 
 class Handler:
-    """``Router._h_forward_sends`` on the node asked: submit, wait, answer every item."""
+    """``LeaderService.forward_sends`` on the node asked: submit, wait, answer every item."""
 
     def __init__(self, node: Node, caller: int, call: ForwardCall) -> None:
         self.node = node
@@ -767,7 +768,7 @@ class Handler:
         self.slots: list[SubmitSlot] = []
         self.deadline = node.world.now + FORWARD_TIMEOUT_MS
         request = pb.ForwardSendsRequest.FromString(call.request)
-        self.status = node.router._leader_status(request.group)
+        self.status = node.router.leader.leader_status(request.group)
         if self.status is None:
             pipeline = node.pipelines[request.group]
             self.slots = [submit_start(pipeline, item) for item in request.items]

@@ -1,0 +1,80 @@
+"""Calls to the other nodes' peer gRPC service, as the router and its parts make them: one node,
+every other node, or each other node within a timeout. Any failure of a call is
+``Failure.FORWARD_FAILED``: the callers decide whether to retry, skip the node or give up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from cluster.bridge import GrpcCallError, GrpcClients
+from cluster.placement import Placement
+
+from .log import get_logger
+from .route_failures import Failure
+
+log = get_logger("router")
+
+
+class PeerCalls:
+    def __init__(
+        self,
+        node_id: int,
+        grpc_port: int,
+        rpc_timeout_s: float,
+        clients: GrpcClients,
+        placement: Callable[[], Placement],
+    ) -> None:
+        self.node_id = node_id
+        self._grpc_port = grpc_port
+        self._rpc_timeout_s = rpc_timeout_s
+        self._clients = clients
+        self._placement = placement
+
+    def target(self, node_id: int) -> str:
+        """``host:port`` of a member's peer service; KeyError for a node not in the map."""
+        host = self._placement().nodes.get(node_id)
+        if host is None:
+            raise KeyError(f"node {node_id} is not in the cluster map")
+        return f"{host}:{self._grpc_port}"
+
+    def others(self) -> list[int]:
+        return [n for n in self._placement().nodes if n != self.node_id]
+
+    async def call(
+        self, target: int, method: str, request: Any, timeout_s: float | None = None
+    ) -> Any:
+        """``method`` on node ``target``: its reply, or ``Failure.FORWARD_FAILED``."""
+        try:
+            return await self._clients.get(self.target(target)).call(
+                method, request, timeout_s=timeout_s or self._rpc_timeout_s
+            )
+        except KeyError:
+            return Failure.FORWARD_FAILED
+        except GrpcCallError as e:
+            log.debug("peer call failed", target=target, method=method, code=str(e.code))
+            return Failure.FORWARD_FAILED
+
+    async def each(
+        self, method: str, request: Any, timeout_s: float | None = None
+    ) -> dict[int, Any]:
+        """``method`` on every other node, concurrently; the replies of those that answered
+        (within ``timeout_s``), by node id."""
+        replies: dict[int, Any] = {}
+
+        async def one(node_id: int) -> None:
+            reply = await self.call(node_id, method, request, timeout_s)
+            if not isinstance(reply, Failure):
+                replies[node_id] = reply
+
+        async with trio.open_nursery() as nursery:
+            for node_id in self.others():
+                nursery.start_soon(one, node_id)
+        return replies
+
+    async def gather(self, method: str, request: Any) -> list[Any]:
+        """``method`` on every other node; the replies of those that answered in time."""
+        return list((await self.each(method, request)).values())
