@@ -106,9 +106,9 @@ def initial_placement(nodes: list[NodeAddress], group_count: int, replicas: int)
     replica i of group g goes to node ``((g - 1) * r + i) mod N``, so replicas are distinct and
     every node holds within one replica of every other. With zones, a group takes instead a
     node of the zone it holds fewest replicas of, then the least loaded, then the next in the
-    deal: replicas spread over as many zones as there are. Without zones every node not yet in
-    the group is alone in its zone, and the deal's next node is the least loaded, so this is
-    the plain deal exactly.
+    deal: replicas spread over as many zones as there are; then the load is evened out as far
+    as the zones allow. Without zones every node not yet in the group is alone in its zone, and
+    the deal's next node is the least loaded, so this is the plain deal exactly.
     """
     if not nodes:
         raise ValueError("a cluster needs at least one node")
@@ -137,6 +137,9 @@ def initial_placement(nodes: list[NodeAddress], group_count: int, replicas: int)
             load[node] += 1
             cursor = pick + 1
         groups[g] = members
+    # Zones of unequal sizes can leave the deal's load uneven: evened out here as the
+    # reconciler would (``desired_replicas``), so that it finds nothing to move at the start.
+    _even_out(groups, ids, load, lambda n: zone_of(zones, n))
     table = [1 + (s % group_count) for s in range(HASH_SLOTS)]
     return Placement(1, table, groups, {n.node_id: n.host for n in ordered}, zones=zones)
 
@@ -234,9 +237,10 @@ def desired_replicas(
             members.append(add)
             load[add] += 1
         # Spread over zones: a replica moves from the most crowded zone to one that holds at
-        # least two fewer (zones learnt late, or a zone that joined). Never without zones:
-        # there every member's zone holds one, and every other node's none.
-        while True:
+        # least two fewer (zones learnt late, or a zone that joined). Never when each replica
+        # is alone in its zone, as always without zones (a check that keeps the settled
+        # reconciler round, every second, as cheap as it was).
+        while max(held(members).values(), default=0) > 1:
             out, into = first_out(members), first_in(members)
             h = held(members)
             if into is None or h[zone(into)] + 1 >= h[zone(out)]:

@@ -331,6 +331,8 @@ def test_initial_placement_spreads_groups_over_zones(
     assert initial_placement(list(reversed(members)), groups, replicas) == p
     if len({zone_of(zones, i) for i in ids}) >= r:
         assert all(len({zone_of(zones, n) for n in ms}) == r for ms in p.groups.values())
+    # settled: the controller's reconciler finds nothing to move in a new cluster
+    assert desired_replicas(_copy(p.groups), sorted(ids), replicas, zones) == p.groups
 
 
 @pytest.mark.parametrize(
