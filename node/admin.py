@@ -177,7 +177,7 @@ class Admin:
     async def _join(self, r: dict[str, Any], caller: str | None) -> dict[str, Any]:
         """Admit the node whose signed call this is. The member it called checks that the call
         came from the host it names; a forwarded request must come from a member."""
-        node_id, host, zone = int(r["node_id"]), str(r["host"]), _zone(r)
+        node_id, host, zone = _node_id(r), str(r["host"]), _zone(r)
         problem = host_problem(host)
         if problem is not None:
             raise ValueError(f"node {node_id} cannot join at {host}: {problem}")
@@ -197,7 +197,7 @@ class Admin:
 
     async def _zone(self, r: dict[str, Any], caller: str | None) -> dict[str, Any]:
         """Record the zone of the member whose signed call this is."""
-        node_id, zone = int(r["node_id"]), _zone(r)
+        node_id, zone = _node_id(r), _zone(r)
         host = self.node.router.placement.nodes.get(node_id)
         if host is None:
             raise ValueError(f"node {node_id} is not a member")
@@ -358,6 +358,14 @@ class Admin:
         except ProposalError as e:
             raise AdminError(f"leadership transfer of group {group} refused ({e})") from None
         return {"ok": True}
+
+
+def _node_id(r: dict[str, Any]) -> int:
+    """The request's ``node_id``; ValueError (a refusal) when it is not an integer."""
+    node_id = r.get("node_id")
+    if not isinstance(node_id, int) or isinstance(node_id, bool):
+        raise ValueError(f"node_id must be an integer, got {type(node_id).__name__}")
+    return node_id
 
 
 def _zone(r: dict[str, Any]) -> str:

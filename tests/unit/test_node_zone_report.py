@@ -103,6 +103,10 @@ MAP = Placement(4, [1] * 256, {1: [1, 2]}, {1: "10.0.0.1", 2: "10.0.0.2"})
         ({"op": "zone", "node_id": 7, "zone": "m1"}, "10.0.0.7", "node 7 is not a member"),
         ({"op": "zone", "node_id": 2, "zone": 5}, "10.0.0.2", "a zone is a string"),
         ({"op": "zone", "node_id": 2, "zone": ["m1"]}, "10.0.0.2", "a zone is a string"),
+        ({"op": "zone", "node_id": [2], "zone": "m1"}, "10.0.0.2", "node_id must be an integer"),
+        ({"op": "zone", "node_id": "2", "zone": "m1"}, "10.0.0.2", "node_id must be an integer"),
+        ({"op": "zone", "zone": "m1"}, "10.0.0.2", "node_id must be an integer, got NoneType"),
+        ({"op": "join", "node_id": {}, "host": "10.0.0.9"}, "10.0.0.9", "must be an integer"),
     ],
 )
 def test_only_the_member_itself_sets_its_zone(
