@@ -164,13 +164,22 @@ def node_env(
 
 
 def cluster_env(
-    hosts: dict[int, str], password: str, extra: dict[str, str] | None = None
+    hosts: dict[int, str],
+    password: str,
+    extra: dict[str, str] | None = None,
+    zones: dict[int, str] | None = None,
 ) -> dict[int, dict[str, str]]:
-    """Environment of every member of a local cluster (``hosts``: node id -> address)."""
-    members = ",".join(f"{n}@{h}" for n, h in sorted(hosts.items()))
+    """Environment of every member of a local cluster (``hosts``: node id -> address; ``zones``:
+    node id -> zone, for the nodes that have one, in ``cluster.nodes`` and ``node.zone``)."""
+    zones = zones or {}
+    members = ",".join(
+        f"{n}@{h}" + (f"#{zones[n]}" if zones.get(n) else "") for n, h in sorted(hosts.items())
+    )
     out = {}
     for node_id in hosts:
         settings = {"RAFTCHAT_CLUSTER_NODES": members, "RAFTCHAT_CLUSTER_PASSWORD": password}
+        if zones.get(node_id):
+            settings["RAFTCHAT_NODE_ZONE"] = zones[node_id]
         settings.update(extra or {})
         out[node_id] = settings
     return out

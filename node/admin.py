@@ -2,10 +2,13 @@
 
 Operations (``op``):
 
-* ``join`` {node_id, host}: a node asks to be admitted, with its own signed call (its
+* ``join`` {node_id, host, zone}: a node asks to be admitted, with its own signed call (its
   ``cluster.join``); served by the controller leader, to which the member it asked forwards it.
   Only that call can admit a node: it proves the cluster password (the peer credential), and it
   must come from ``host`` (``cluster/hosts.py``);
+* ``zone`` {node_id, zone}: a member asks to have its ``node.zone`` recorded, with its own
+  signed call from its address in the map, checked as a join's; served by the controller
+  leader;
 * ``leave`` {node_id, force}: membership; served by the controller leader (any node forwards it);
 * ``status``: this node's view (``Router.status``);
 * ``group_status`` {group}: members, leader, commit and applied indexes of a local replica, and
@@ -138,6 +141,8 @@ class Admin:
         op = request.get("op")
         if op == "join":
             return await self._answer(self._join(request, caller))
+        if op == "zone":
+            return await self._answer(self._zone(request, caller))
         handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = getattr(
             self, f"_op_{op}", None
         )
@@ -172,31 +177,16 @@ class Admin:
     async def _join(self, r: dict[str, Any], caller: str | None) -> dict[str, Any]:
         """Admit the node whose signed call this is. The member it called checks that the call
         came from the host it names; a forwarded request must come from a member."""
-        node_id, host = int(r["node_id"]), str(r["host"])
+        node_id, host, zone = _node_id(r), str(r["host"]), _zone(r)
         problem = host_problem(host)
         if problem is not None:
             raise ValueError(f"node {node_id} cannot join at {host}: {problem}")
-        if caller is not None:
-            if r.get("forwarded"):
-                if not await self._from_member(caller):
-                    raise ValueError(f"a forwarded join must come from a member, not {caller}")
-            elif not source_matches(await _addresses(host), caller):
-                log.warning(
-                    "join refused: the call did not come from the address it names",
-                    node_id=node_id,
-                    host=host,
-                    caller=caller,
-                )
-                raise ValueError(
-                    f"node {node_id} asks to join at {host}, but its call came from {caller}: "
-                    "a node joins at the address its own connections come from (behind NAT, "
-                    "or with several addresses, set node.host to the one the members see)"
-                )
+        await self._check_own_call(r, caller, node_id, host, "join")
         forwarded = await self._forward(r)
         if forwarded is not None:
             return forwarded
         controller = self._controller_leader()
-        placement = await controller.join(node_id, host)
+        placement = await controller.join(node_id, host, zone)
         from cluster.placement import to_json
 
         # The joining node records the cluster's id with its data (node/identity.py).
@@ -204,6 +194,48 @@ class Admin:
             "placement": to_json(placement),
             "cluster_id": self.node.datadir.identity.cluster_id,
         }
+
+    async def _zone(self, r: dict[str, Any], caller: str | None) -> dict[str, Any]:
+        """Record the zone of the member whose signed call this is."""
+        node_id, zone = _node_id(r), _zone(r)
+        host = self.node.router.placement.nodes.get(node_id)
+        if host is None:
+            raise ValueError(f"node {node_id} is not a member")
+        await self._check_own_call(r, caller, node_id, host, "zone")
+        forwarded = await self._forward(r)
+        if forwarded is not None:
+            return forwarded
+        placement = await self._controller_leader().set_zone(node_id, zone)
+        return {"ok": True, "version": placement.version}
+
+    async def _check_own_call(
+        self, r: dict[str, Any], caller: str | None, node_id: int, host: str, what: str
+    ) -> None:
+        """Refuse (ValueError) a request about ``node_id`` at ``host`` that is not that node's
+        own signed call: a direct one must come from ``host``, a forwarded one from a member.
+        ``caller`` None: this node's own request."""
+        if caller is None:
+            return
+        if r.get("forwarded"):
+            if not await self._from_member(caller):
+                raise ValueError(f"a forwarded {what} must come from a member, not {caller}")
+        elif not source_matches(await _addresses(host), caller):
+            log.warning(
+                f"{what} refused: the call did not come from the address it names",
+                node_id=node_id,
+                host=host,
+                caller=caller,
+            )
+            if what == "join":
+                raise ValueError(
+                    f"node {node_id} asks to join at {host}, but its call came from {caller}: "
+                    "a node joins at the address its own connections come from (behind NAT, "
+                    "or with several addresses, set node.host to the one the members see)"
+                )
+            raise ValueError(
+                f"the {what} of node {node_id} (at {host}) can only be asked by that node; "
+                f"this call came from {caller}"
+            )
 
     async def _op_leave(self, r: dict[str, Any]) -> dict[str, Any]:
         forwarded = await self._forward(r)
@@ -326,6 +358,22 @@ class Admin:
         except ProposalError as e:
             raise AdminError(f"leadership transfer of group {group} refused ({e})") from None
         return {"ok": True}
+
+
+def _node_id(r: dict[str, Any]) -> int:
+    """The request's ``node_id``; ValueError (a refusal) when it is not an integer."""
+    node_id = r.get("node_id")
+    if not isinstance(node_id, int) or isinstance(node_id, bool):
+        raise ValueError(f"node_id must be an integer, got {type(node_id).__name__}")
+    return node_id
+
+
+def _zone(r: dict[str, Any]) -> str:
+    """The request's ``zone``: "" when it has none (a node of an older revision)."""
+    zone = r.get("zone", "")
+    if not isinstance(zone, str):
+        raise ValueError(f"a zone is a string, got {type(zone).__name__}")
+    return zone
 
 
 async def _addresses(host: str) -> list[IPAddress]:

@@ -77,6 +77,7 @@ from .tls import NodeTls
 from .userfacts import UserFacts
 from .usertokens import TokenKeys
 from .webhooks import Webhooks
+from .zone_report import report_zone
 
 log = get_logger("node")
 
@@ -306,6 +307,8 @@ class Node:
             return initial_placement(cfg.cluster_nodes(), cfg.cluster.groups, cfg.cluster.replicas)
         seed = f"{cfg.cluster.join}:{cfg.cluster.grpc_port}"
         request = {"op": "join", "node_id": cfg.node.id, "host": cfg.node.host}
+        if cfg.node.zone:
+            request["zone"] = cfg.node.zone
         deadline = trio.current_time() + 60
         while True:
             try:
@@ -377,6 +380,17 @@ class Node:
             self.admin.call,
             cfg.cluster.proposal_timeout_s,
             draining=lambda: self.client_routes.draining_nodes(),
+        )
+
+    async def _report_zone(self) -> None:
+        """Have the map record ``node.zone`` if it does not (``node/zone_report.py``)."""
+        assert self.admin is not None
+        me = self.config.node.id
+        await report_zone(
+            me,
+            self.config.node.zone,
+            lambda: self.router.placement.zones.get(me, ""),
+            self.admin.on_controller_leader,
         )
 
     def _placement_changed(self, placement: Placement) -> None:
@@ -518,6 +532,7 @@ class Node:
                 if self.webhooks is not None:
                     await nursery.start(self.webhooks.run)
                 nursery.start_soon(self.controller.run)
+                nursery.start_soon(self._report_zone)
                 nursery.start_soon(run_reclaim, self.router, cfg.messages.retention_days)
                 nursery.start_soon(self.client_routes.run)
                 await self._serve_clients(nursery, self.router)

@@ -47,7 +47,11 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     from .dev import run_dev
 
     return run_dev(
-        nodes=args.nodes, data_dir=args.data, config_path=args.config, host_base=args.host_base
+        nodes=args.nodes,
+        data_dir=args.data,
+        config_path=args.config,
+        host_base=args.host_base,
+        zones=args.zones,
     )
 
 
@@ -110,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_HOST_BASE,
         help="loopback prefix A.B.C: node i listens on A.B.C.1i "
         f"(default {DEFAULT_HOST_BASE}; a single node then uses 127.0.0.1)",
+    )
+    p_dev.add_argument(
+        "--zones",
+        default="",
+        help="the zone of node 1, 2, ..., comma-separated (m1,m1,m2: nodes 1 and 2 share "
+        "machine m1); each group's replicas are spread over the zones",
     )
     p_dev.set_defaults(func=_cmd_dev)
     p_bench = sub.add_parser(

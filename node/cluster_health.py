@@ -175,11 +175,16 @@ def render(status: dict[str, Any], health: dict[int, NodeHealth]) -> list[str]:
         f"seen from node {status.get('node_id')}"
     ]
     nodes = {int(n): str(h) for n, h in (status.get("nodes") or {}).items()}
+    zones = {int(n): str(z) for n, z in (status.get("zones") or {}).items()}
     node_rows = []
     for n, host in sorted(nodes.items()):
         h = health.get(n)
-        node_rows.append([str(n), host, h.health if h else "?", h.detail if h and h.detail else ""])
-    out += table(["node", "address", "health", "detail"], node_rows)
+        zone = [zones.get(n, "-")] if zones else []
+        detail = h.detail if h and h.detail else ""
+        node_rows.append([str(n), host, *zone, h.health if h else "?", detail])
+    # A zone column only when some member has a zone: without zones the table is as it was.
+    header = ["node", "address", *(["zone"] if zones else []), "health", "detail"]
+    out += table(header, node_rows)
     out.append("")
     out += table(
         ["group", "replicas", "leader", "term", "commit", "applied", "commit ms p50/p99", "lag"],

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from cluster.placement import NodeAddress, parse_nodes
+from cluster.placement import NodeAddress, parse_nodes, zone_problem
 
 from .sabotage import ALLOW_ENV as ALLOW_SABOTAGE_ENV
 from .sabotage import MODES as SABOTAGE_MODES
@@ -53,6 +53,10 @@ class NodeSection:
     """Empty: ``./raftchat-data/node<id>`` (never a directory ``raftchat dev`` uses)."""
     host: str = "127.0.0.1"
     """Address every listener binds unless the listener names its own."""
+    zone: str = ""
+    """Where the node runs, as far as failures go (the machine, when several nodes share one):
+    each slot group's replicas are spread over as many zones as the members name. Up to 64 of
+    A-Z a-z 0-9 . _ -; empty: none given (the node counts as a zone of its own)."""
     shutdown_timeout_s: float = 10.0
     """From SIGTERM (or a failed start) to exit at most; a stop that takes longer is cut short
     and exits with code 1."""
@@ -346,6 +350,9 @@ class Config:
     def validate(self) -> None:
         if not 1 <= self.node.id <= 1023:
             raise ConfigError(f"node.id must be in 1..1023, got {self.node.id}")
+        zone = zone_problem(self.node.zone)
+        if zone is not None:
+            raise ConfigError(f"node.zone: {zone} (or empty: no zone)")
         ports = (
             "gateway.tcp_port",
             "gateway.ws_port",
@@ -444,7 +451,7 @@ class Config:
     def cluster_nodes(self) -> list[NodeAddress]:
         """The initial members; this node alone when ``cluster.nodes`` is empty."""
         if not self.cluster.nodes.strip() or self.cluster.join:
-            return [NodeAddress(self.node.id, self.node.host)]
+            return [NodeAddress(self.node.id, self.node.host, self.node.zone)]
         return parse_nodes(self.cluster.nodes)
 
     def _validate_cluster(self) -> None:
@@ -460,6 +467,13 @@ class Config:
             raise ConfigError(
                 f"cluster.nodes gives node {self.node.id} the address {mine[0].host}, "
                 f"but node.host is {self.node.host}"
+            )
+        # A zone in cluster.nodes is what every initial member places the first map by; this
+        # node's own must agree. (Without one there, node.zone reaches the map after start.)
+        if mine[0].zone and mine[0].zone != self.node.zone:
+            raise ConfigError(
+                f"cluster.nodes gives node {self.node.id} the zone {mine[0].zone}, "
+                f"but node.zone is {self.node.zone or 'empty'}"
             )
         if (len(nodes) > 1 or c.join) and not c.password:
             raise ConfigError(

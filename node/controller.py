@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from cluster.hosts import host_problem
-from cluster.placement import Placement, desired_replicas, from_json, to_json
+from cluster.placement import Placement, desired_replicas, from_json, to_json, zone_problem
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 
 from .groups.local import LocalGroup, ProposalError
@@ -150,13 +150,16 @@ class Controller:
 
     # --- membership requests (on the controller leader) ---------------------------------------
 
-    async def join(self, node_id: int, host: str) -> Placement:
-        """Admit ``node_id`` at ``host``: a voter of the controller group first, then a member
-        of the map. The caller has checked that the request is the node's own (its signed call
-        came from ``host``); a refusal here (ValueError) changes nothing."""
+    async def join(self, node_id: int, host: str, zone: str = "") -> Placement:
+        """Admit ``node_id`` at ``host`` (in ``zone``): a voter of the controller group first,
+        then a member of the map. The caller has checked that the request is the node's own
+        (its signed call came from ``host``); a refusal here (ValueError) changes nothing."""
         problem = host_problem(host)
         if problem is not None:
             raise ValueError(f"node {node_id} cannot join at {host}: {problem}")
+        problem = zone_problem(zone)
+        if problem is not None:
+            raise ValueError(f"node {node_id} cannot join: {problem}")
         async with self._lock:
             _check_join(self.placement(), node_id, host)
             # The new node starts its replica with the others as partners once it has the
@@ -169,11 +172,32 @@ class Controller:
             def add(p: Placement) -> None:
                 _check_join(p, node_id, host)
                 p.nodes[node_id] = host
+                p.set_zone(node_id, zone)
 
             placement = self.placement()
-            if placement.nodes.get(node_id) != host:
+            if placement.nodes.get(node_id) != host or placement.zones.get(node_id, "") != zone:
                 placement = await self._update(add)
-        log.info("node joined", node_id=node_id, host=host)
+        log.info("node joined", node_id=node_id, host=host, zone=zone)
+        return placement
+
+    async def set_zone(self, node_id: int, zone: str) -> Placement:
+        """Record a member's zone (its own request: the caller has checked that), for a zone
+        the map does not have yet: a node that names one after its cluster was created, or
+        moved to another. The reconciler then spreads the groups again."""
+        problem = zone_problem(zone)
+        if problem is not None:
+            raise ValueError(f"node {node_id}: {problem}")
+
+        def record(p: Placement) -> None:
+            if node_id not in p.nodes:
+                raise ValueError(f"node {node_id} is not a member")
+            p.set_zone(node_id, zone)
+
+        placement = self.placement()
+        if node_id in placement.nodes and placement.zones.get(node_id, "") == zone:
+            return placement
+        placement = await self.update(record)
+        log.info("zone recorded", node_id=node_id, zone=zone)
         return placement
 
     async def leave(self, node_id: int, *, force: bool = False) -> None:
@@ -234,7 +258,7 @@ class Controller:
 
     def desired(self, placement: Placement) -> dict[int, list[int]]:
         active = [n for n in sorted(placement.nodes) if n not in placement.leaving]
-        return desired_replicas(placement.groups, active, self.replicas)
+        return desired_replicas(placement.groups, active, self.replicas, placement.zones)
 
     async def reconcile_once(self) -> bool:
         """One step for every group that is not where it should be; True when all were."""
@@ -422,6 +446,7 @@ class Controller:
 
             def forget(p: Placement, node: int = node) -> None:
                 p.nodes.pop(node, None)
+                p.set_zone(node, "")
                 p.leaving.remove(node)
 
             await self.update(forget)

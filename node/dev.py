@@ -3,6 +3,8 @@
 Node i listens on 127.0.0.1{i} (127.0.0.11, .12, ...) with the standard ports, so every node
 looks like a machine of its own. A single node uses 127.0.0.1. ``--host-base A.B.C`` puts node
 i on A.B.C.1{i} instead (the tests' dev cluster does, beside a developer's ``make run``).
+``--zones m1,m1,m2`` gives node i the i-th zone (in ``cluster.nodes`` and ``node.zone``), as if
+nodes 1 and 2 shared a machine.
 A node that exits is named with its exit status and started again (``node/devsupervisor.py``).
 
 The cluster password and the two API credentials (``auth.api_token``, ``auth.admin_token``) are
@@ -23,6 +25,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from client.defaults import DEFAULT_HTTP_URL, DEFAULT_TCP_ADDR
+from cluster.placement import zone_problem
 from launcher.devcluster import (
     NodeProcess,
     NodeStartError,
@@ -49,6 +52,20 @@ def dev_hosts(nodes: int, host_base: str = DEFAULT_HOST_BASE) -> dict[int, str]:
     if nodes == 1 and host_base == DEFAULT_HOST_BASE:
         return {1: "127.0.0.1"}
     return {i: f"{host_base}.{10 + i}" for i in range(1, nodes + 1)}
+
+
+def dev_zones(text: str, nodes: int) -> dict[int, str]:
+    """``--zones m1,m1,m2``: the zone of node 1, 2, ... (empty: none). ValueError: why not."""
+    if not text.strip():
+        return {}
+    names = [name.strip() for name in text.split(",")]
+    if len(names) != nodes:
+        raise ValueError(f"--zones names {len(names)} zone(s) for {nodes} node(s)")
+    for name in names:
+        problem = zone_problem(name)
+        if problem is not None or not name:
+            raise ValueError(f"--zones: {problem or 'an empty zone'}")
+    return dict(enumerate(names, start=1))
 
 
 PASSWORD_FILE = "cluster.secret"
@@ -124,10 +141,19 @@ def usage(
 
 
 def run_dev(
-    nodes: int, data_dir: str, config_path: str | None, host_base: str = DEFAULT_HOST_BASE
+    nodes: int,
+    data_dir: str,
+    config_path: str | None,
+    host_base: str = DEFAULT_HOST_BASE,
+    zones: str = "",
 ) -> int:
     if not 1 <= nodes <= MAX_DEV_NODES:
         print(f"raftchat dev: --nodes must be 1..{MAX_DEV_NODES}", file=sys.stderr)
+        return 2
+    try:
+        zone_of = dev_zones(zones, nodes)
+    except ValueError as e:
+        print(f"raftchat dev: {e}", file=sys.stderr)
         return 2
     os.umask(0o077)  # the data directory and everything in it: this user's alone
     root = Path(data_dir).resolve()
@@ -135,7 +161,9 @@ def run_dev(
     hosts = dev_hosts(nodes, host_base)
     tokens = dev_tokens(root)
     envs: dict[int, dict[str, str]] = (
-        cluster_env(hosts, dev_password(root), tokens) if nodes > 1 else {1: dict(tokens)}
+        cluster_env(hosts, dev_password(root), tokens, zone_of)
+        if nodes > 1
+        else {1: {**tokens, **({"RAFTCHAT_NODE_ZONE": zone_of[1]} if zone_of else {})}}
     )
     if host_base == DEFAULT_HOST_BASE:
         envs[1]["RAFTCHAT_HTTP_ALSO_HOST"] = "127.0.0.1"

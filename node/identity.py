@@ -122,7 +122,17 @@ class Identity:
 
 
 def members_text(config: Config) -> str:
+    """``cluster.nodes``, canonical: sorted by id, zones included (they place the first map)."""
     return ",".join(str(n) for n in sorted(config.cluster_nodes(), key=lambda n: n.node_id))
+
+
+def _zones_differ(recorded: str, members: str) -> bool:
+    """Whether two canonical ``cluster.nodes`` differ in their zones only."""
+
+    def without_zones(text: str) -> list[str]:
+        return [entry.partition("#")[0] for entry in text.split(",")]
+
+    return recorded != members and without_zones(recorded) == without_zones(members)
 
 
 def genesis_cluster_id(config: Config, password: str | None = None) -> str:
@@ -218,6 +228,14 @@ def check(found: Identity, config: Config, where: Path) -> Identity:
             and found.password_check in {password_check(p, initial_id) for p in candidates}
         )
         if initial_id is None or not (created or changed):
+            if found.members is not None and _zones_differ(found.members, members):
+                # The first map is placed by these zones, and a map that never changed is
+                # placed again from them at every start: they cannot change.
+                raise refused(
+                    f"{whose}, created with cluster.nodes = {found.members}: the zones there "
+                    "place the first cluster map and cannot change (node.zone alone changes "
+                    "a member's zone); refusing to start"
+                )
             expected = genesis_cluster_id(config)
             raise refused(
                 f"{whose}, but cluster.nodes and cluster.password describe another cluster "

@@ -218,6 +218,7 @@ def build_console_router(ctx: ConsoleContext) -> ConsoleRouter:
             probe_all, urls, ctx.admin_token or None, TIMEOUT_S, ctx.forwarder.http
         )
         nodes = []
+        zones = status.get("zones") or {}
         for n, host in sorted((int(k), v) for k, v in status["nodes"].items()):
             h = health.get(n)
             own = (h.status or {}) if h is not None else {}
@@ -226,6 +227,7 @@ def build_console_router(ctx: ConsoleContext) -> ConsoleRouter:
                 {
                     "node_id": n,
                     "address": host,
+                    "zone": zones.get(str(n), ""),
                     "health": h.health if h else "?",
                     "detail": h.detail if h else "",
                     "leads": leads,

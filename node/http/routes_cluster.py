@@ -28,6 +28,8 @@ async def health(ctx: ApiContext, req: Request) -> Response:
 
 async def cluster_status(ctx: ApiContext, req: Request) -> Response:
     status = ctx.router.status()
+    # The members' zones (node id -> zone, for those that gave one; docs/operations.md).
+    status["zones"] = {str(n): z for n, z in sorted(ctx.router.placement.zones.items())}
     if ctx.client_routes is not None:
         status["draining"] = sorted(ctx.client_routes.draining_nodes())
     return Response(200, status)

@@ -1,5 +1,6 @@
 """Membership under load: a fourth node joins and takes replicas and leaderships; a node leaves
-and every slot group returns to three replicas; nothing acknowledged is lost."""
+and every slot group returns to three replicas; nothing acknowledged is lost. Zones: members'
+zones reach the cluster map, and the groups spread over them."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ def test_join_then_leave_under_load(tmp_path: Path, departure: str) -> None:
                 "RAFTCHAT_LOG_FORMAT": "text",
                 "RAFTCHAT_MESSAGES_GROUP_RATE_LIMIT": "0",
                 "RAFTCHAT_CLUSTER_GROUPS": str(GROUPS),
+                "RAFTCHAT_NODE_ZONE": "machine-4",  # the join brings it to the map
             },
         )
         joiner = NodeProcess(4, tmp_path / "node4", env, tmp_path / "node4.log")
@@ -61,6 +63,10 @@ def test_join_then_leave_under_load(tmp_path: Path, departure: str) -> None:
         # It learnt the cluster's id from the member that admitted it (node/identity.py).
         ids = [identity(tmp_path / f"node{n}") for n in (1, 4)]
         assert ids[0]["cluster_id"] == ids[1]["cluster_id"] and ids[1]["multi_node"] is True
+        eventually(
+            lambda: cluster.status(2)["zones"] == {"4": "machine-4"},
+            what="the joiner's zone in the map",
+        )
 
         def balanced_with_four() -> bool:
             groups = data_groups(cluster.status(2))
@@ -97,5 +103,39 @@ def test_join_then_leave_under_load(tmp_path: Path, departure: str) -> None:
         # Messages from before the join, between, and after the leave: all there, once, in
         # order, identical through every remaining node.
         check_log(cluster, channel, sender.acked)
+    finally:
+        cluster.stop()
+
+
+def test_groups_spread_over_the_zones_of_their_members(tmp_path: Path) -> None:
+    """Nodes 1 and 2 on machine m1, node 3 on m2, two replicas per group. Node 1's zone is in
+    cluster.nodes (``1@host#m1``), so the first map knows it; nodes 2 and 3 name theirs in
+    node.zone only, which reaches the map once each node has asked for it. Without zones, three
+    of the eight groups (the plain deal's [1, 2]) would sit on m1 alone, and m1 going down would
+    take both of their replicas; with them each group gets a replica on each machine."""
+    # Eight groups: the plain deal would put three of them on m1 alone.
+    cluster = Cluster(tmp_path, 3, cluster__replicas=2, cluster__groups=8)
+    members = ",".join(f"{n}@{h}" + ("#m1" if n == 1 else "") for n, h in cluster.hosts.items())
+    for n, zone in {1: "m1", 2: "m1", 3: "m2"}.items():
+        cluster.nodes[n].env.update({"RAFTCHAT_CLUSTER_NODES": members, "RAFTCHAT_NODE_ZONE": zone})
+    cluster.start()
+    try:
+        want = {"1": "m1", "2": "m1", "3": "m2"}
+        eventually(lambda: cluster.status(3)["zones"] == want, what="every zone in the map")
+
+        def spread() -> bool:
+            groups = data_groups(cluster.status(1))
+            return len(groups) == 8 and all(
+                len(g["replicas"]) == 2 and 3 in g["replicas"] for g in groups
+            )
+
+        eventually(spread, timeout_s=60, what="a replica of every group on each machine")
+        st = cluster.status(2)
+        assert st["zones"] == want
+        for g in data_groups(st):
+            assert sorted(want[str(n)] for n in g["replicas"]) == ["m1", "m2"], g
+        # the m1 nodes share what is m1's: eight replicas, four each
+        load = Counter(n for g in data_groups(st) for n in g["replicas"])
+        assert load == {1: 4, 2: 4, 3: 8}
     finally:
         cluster.stop()

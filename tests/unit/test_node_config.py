@@ -375,3 +375,43 @@ def test_the_launchers_slot_group_count_is_the_default() -> None:
     from launcher.devcluster import SLOT_GROUPS
 
     assert load_config(None, env={}).cluster.groups == SLOT_GROUPS
+
+
+def test_node_zone() -> None:
+    assert Config().node.zone == ""
+    cfg = load_config(None, env={"RAFTCHAT_NODE_ZONE": "machine-1.rack_2"})
+    assert cfg.node.zone == "machine-1.rack_2"
+    # a lone or joining node's own entry carries its zone
+    assert [n.zone for n in cfg.cluster_nodes()] == ["machine-1.rack_2"]
+    assert load_config(None, env={"RAFTCHAT_NODE_ZONE": "z" * 64}).node.zone == "z" * 64
+
+
+@pytest.mark.parametrize(
+    "zone",
+    ["z" * 65, "a b", "m1,m2", "m1#2", "../etc", "é", "tab\there", "line\nbreak", "x\x00"],
+)
+def test_node_zone_refuses_what_is_not_a_label(zone: str) -> None:
+    with pytest.raises(ConfigError, match=r"^node\.zone: a zone is 1 to 64 of the characters"):
+        load_config(None, env={"RAFTCHAT_NODE_ZONE": zone})
+
+
+def test_zones_in_cluster_nodes() -> None:
+    base = {
+        "RAFTCHAT_CLUSTER_NODES": "1@127.0.0.11#m1,2@127.0.0.12#m1,3@127.0.0.13",
+        "RAFTCHAT_CLUSTER_PASSWORD": "secret",
+        "RAFTCHAT_NODE_HOST": "127.0.0.11",
+    }
+    cfg = load_config(None, env={**base, "RAFTCHAT_NODE_ZONE": "m1"})
+    assert [(n.node_id, n.zone) for n in cfg.cluster_nodes()] == [(1, "m1"), (2, "m1"), (3, "")]
+    # this node's zone in cluster.nodes must be node.zone
+    with pytest.raises(ConfigError, match=r"gives node 1 the zone m1, but node\.zone is m2$"):
+        load_config(None, env={**base, "RAFTCHAT_NODE_ZONE": "m2"})
+    with pytest.raises(ConfigError, match=r"gives node 1 the zone m1, but node\.zone is empty$"):
+        load_config(None, env=base)
+    # without a zone there, node.zone may name one (it reaches the map after start)
+    three = {**base, "RAFTCHAT_NODE_ID": "3", "RAFTCHAT_NODE_HOST": "127.0.0.13"}
+    assert load_config(None, env={**three, "RAFTCHAT_NODE_ZONE": "m2"}).node.zone == "m2"
+    with pytest.raises(ConfigError, match=r"^cluster\.nodes: node 2: a zone is 1 to 64"):
+        load_config(None, env={**base, "RAFTCHAT_CLUSTER_NODES": "1@127.0.0.11,2@h#a/b"})
+    with pytest.raises(ConfigError, match=r"^cluster\.nodes: '2@h#' has a '#' but no zone"):
+        load_config(None, env={**base, "RAFTCHAT_CLUSTER_NODES": "1@127.0.0.11,2@h#"})

@@ -314,3 +314,83 @@ def test_a_group_without_a_leader_gets_its_unrecorded_voter_back(store: Store) -
     trio.run(main)
     assert 4 in admin.hosted
     assert 4 not in c.placement().groups[1]  # recorded once caught up, under a leader
+
+
+# --- zones ------------------------------------------------------------------------------------
+
+
+def test_a_join_records_the_zone_and_the_reconciler_spreads_over_it(store: Store) -> None:
+    """Nodes 1-3 on machine m1 (every group on it: 3 replicas of 3), node 4 joins on m2: each
+    group is to have a replica on m2, which only node 4 is on."""
+    admin = FakeAdmin()
+    machine = ControllerMachine(
+        store, initial_placement([NodeAddress(n, HOSTS[n], "m1") for n in (1, 2, 3)], 8, 3)
+    )
+    c = Controller(1, FakeGroup(machine), machine, 3, admin, 3.0)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        placement = await c.join(4, "10.0.0.4", "m2")
+        assert placement.zones == {1: "m1", 2: "m1", 3: "m1", 4: "m2"}
+        again = await c.join(4, "10.0.0.4", "m2")  # its answer was lost: nothing changes
+        assert again.version == placement.version
+
+    trio.run(main)
+    desired = c.desired(c.placement())
+    assert all(4 in members and len(members) == 3 for members in desired.values())
+
+
+@pytest.mark.parametrize(
+    ("zone", "why"), [("a b", "A-Z a-z 0-9"), ("z" * 65, "1 to 64"), ("m1,m2", "A-Z")]
+)
+def test_a_join_with_a_bad_zone_changes_nothing(store: Store, zone: str, why: str) -> None:
+    admin = FakeAdmin()
+    c = controller(store, 3, admin)
+    before = c.placement()
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match=why):
+            await c.join(4, "10.0.0.4", zone)
+
+    trio.run(main)
+    assert c.placement() == before and admin.changes() == []
+
+
+def test_a_member_records_its_zone(store: Store) -> None:
+    admin = FakeAdmin()
+    c = controller(store, 3, admin)
+
+    async def main() -> None:
+        v0 = c.placement().version
+        p = await c.set_zone(2, "m1")
+        assert p.zones == {2: "m1"} and p.version == v0 + 1
+        assert (await c.set_zone(2, "m1")).version == v0 + 1  # already recorded: no change
+        assert (await c.set_zone(2, "m7")).zones == {2: "m7"}  # it moved
+        assert (await c.set_zone(2, "")).zones == {}  # it names none any more
+        with pytest.raises(ValueError, match="node 9 is not a member"):
+            await c.set_zone(9, "m1")
+        with pytest.raises(ValueError, match="A-Z a-z 0-9"):
+            await c.set_zone(2, "m 1")
+
+    trio.run(main)
+    assert c.placement().zones == {}
+
+
+def test_a_node_that_left_takes_its_zone_along(store: Store) -> None:
+    admin = FakeAdmin()
+    nodes = [NodeAddress(n, HOSTS[n], f"m{n}") for n in (1, 2, 3, 4)]
+    machine = ControllerMachine(store, initial_placement(nodes, 8, 3))
+    c = Controller(1, FakeGroup(machine), machine, 3, admin, 3.0)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        await c.leave(4)
+
+        def emptied(p: Placement) -> None:
+            for members in p.groups.values():
+                if 4 in members:
+                    members.remove(4)
+
+        await c.update(emptied)  # as the reconciler leaves it once its replicas moved
+        await c._retire_drained(c.placement())
+
+    trio.run(main)
+    assert 4 not in c.placement().nodes and c.placement().zones == {1: "m1", 2: "m2", 3: "m3"}

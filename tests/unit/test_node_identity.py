@@ -315,3 +315,36 @@ def test_an_older_file_is_judged_by_the_groups_it_holds_then_recorded(tmp_path: 
     (tmp_path / "groups" / "g8").rmdir()
     assert reopen(member(tmp_path)).identity.slot_groups == 3
     assert on_disk(tmp_path)["slot_groups"] == 3
+
+
+def test_zones_in_cluster_nodes_are_part_of_the_cluster(tmp_path: Path) -> None:
+    """A map that never changed is placed again from cluster.nodes at every start, zones
+    included: a member whose zones there changed would place its groups unlike the others."""
+    zoned = "1@127.0.0.11#m1,2@127.0.0.12#m1,3@127.0.0.13#m2"
+
+    def zoned_member(data: Path, node_id: int, nodes: str = zoned) -> Config:
+        zone = "m2" if node_id == 3 else "m1"
+        return config(
+            data,
+            node_id,
+            RAFTCHAT_CLUSTER_NODES=nodes,
+            RAFTCHAT_CLUSTER_PASSWORD="secret",
+            RAFTCHAT_NODE_ZONE=zone,
+        )
+
+    ids = {reopen(zoned_member(tmp_path / f"n{i}", i)).identity.cluster_id for i in (1, 2, 3)}
+    assert len(ids) == 1
+    assert genesis_cluster_id(member(tmp_path / "x")) not in ids
+    assert on_disk(tmp_path / "n1")["members"] == zoned
+    reopen(zoned_member(tmp_path / "n1", 1))  # unchanged: starts again
+    moved = "1@127.0.0.11#m1,2@127.0.0.12#m3,3@127.0.0.13#m2"
+    message = refusal(zoned_member(tmp_path / "n1", 1, moved))
+    assert f"created with cluster.nodes = {zoned}: the zones there place the first" in message
+    # zones added to the cluster.nodes of a cluster made without them: the same
+    reopen(member(tmp_path / "plain"))
+    assert "cannot change" in refusal(zoned_member(tmp_path / "plain", 1))
+
+
+def test_the_cluster_id_of_members_without_zones_is_as_before(tmp_path: Path) -> None:
+    """Pinned: what revision 562aa00, before zones, computed."""
+    assert genesis_cluster_id(member(tmp_path)) == "c1dcea4d1c0da7cb"

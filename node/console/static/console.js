@@ -177,9 +177,9 @@ PAGES.cluster = (main) => {
       const o = await api("GET", "/api/overview");
       stamp.textContent = `Cluster map version ${o.placement_version}, seen from node ` +
         `${o.node_id} at ${new Date().toLocaleTimeString()}.`;
-      nodes.replaceChildren(table("nodes", ["node", "address", "health", "leads groups",
+      nodes.replaceChildren(table("nodes", ["node", "address", "zone", "health", "leads groups",
         "draining", "detail"], o.nodes.map((n) => el("tr", { "data-node": n.node_id },
-        el("td", { class: "num" }, n.node_id), el("td", {}, n.address),
+        el("td", { class: "num" }, n.node_id), el("td", {}, n.address), el("td", {}, n.zone),
         el("td", { class: `health-${n.health}` }, n.health),
         el("td", { class: "leads" }, n.leads.map((g) => (g === 0 ? "ctrl" : g)).join(", ")),
         el("td", {}, n.draining ? "yes" : ""), el("td", {}, n.detail)))));
