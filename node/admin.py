@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 from pysyncobj import FAIL_REASON
 
-from cluster.bridge import GrpcCallError, caller_host
+from cluster.bridge import caller_host
+from cluster.grpc_client import GrpcCallError
 from cluster.hosts import IPAddress, host_problem, parse_ip, source_matches
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 

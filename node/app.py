@@ -23,7 +23,8 @@ from typing import Any
 import trio
 
 from cluster.aio_thread import AsyncioThread
-from cluster.bridge import GrpcCallError, GrpcClients, GrpcServer
+from cluster.bridge import GrpcServer
+from cluster.grpc_client import GrpcCallError, GrpcClients
 from cluster.listen import ListenError, start_listener
 from cluster.peerauth import PeerKeys
 from cluster.placement import Placement, from_json, initial_placement

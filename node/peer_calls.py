@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 
-from cluster.bridge import GrpcCallError, GrpcClients
+from cluster.grpc_client import GrpcCallError, GrpcClients
 from cluster.placement import Placement
 
 from .log import get_logger

@@ -22,7 +22,8 @@ from typing import Any
 
 import trio
 
-from cluster.bridge import GrpcClients, Notice
+from cluster.bridge import Notice
+from cluster.grpc_client import GrpcClients
 from cluster.placement import Placement
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ReasonCode

@@ -23,7 +23,8 @@ import httpx
 import pytest
 import trio
 
-from cluster.bridge import AUTH_METADATA_KEY, GrpcCallError, GrpcClient
+from cluster.bridge import AUTH_METADATA_KEY
+from cluster.grpc_client import GrpcCallError, GrpcClient
 from cluster.peerauth import PeerKeys, sign
 from cluster.raft.guard import AUTH_DEADLINE_S, UNAUTHENTICATED_PER_SOURCE
 from cluster.raft.wire import authenticator_for

@@ -21,7 +21,8 @@ import grpc
 import pytest
 import trio
 
-from cluster.bridge import AUTH_METADATA_KEY, GrpcCallError, GrpcClient
+from cluster.bridge import AUTH_METADATA_KEY
+from cluster.grpc_client import GrpcCallError, GrpcClient
 from cluster.peerauth import PeerKeys
 from launcher.devcluster import GRPC_PORT, NodeProcess, node_env
 from proto.raftchat.peer.v1 import peer_pb2 as pb

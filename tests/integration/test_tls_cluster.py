@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from client.wkproto import open_client
-from cluster.bridge import GrpcCallError, GrpcClient
+from cluster.grpc_client import GrpcCallError, GrpcClient
 from cluster.grpc_tls import channel_credentials
 from cluster.peerauth import PeerKeys
 from proto.raftchat.peer.v1 import peer_pb2 as pb

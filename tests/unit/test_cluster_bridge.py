@@ -16,17 +16,8 @@ import trio
 
 from cluster import bridge
 from cluster.aio_thread import AsyncioThread
-from cluster.bridge import (
-    AUTH_METADATA_KEY,
-    GrpcAbort,
-    GrpcCallError,
-    GrpcClient,
-    GrpcClients,
-    GrpcServer,
-    Notice,
-    caller_host,
-    peer_host,
-)
+from cluster.bridge import AUTH_METADATA_KEY, GrpcAbort, GrpcServer, Notice, caller_host, peer_host
+from cluster.grpc_client import GrpcCallError, GrpcClient, GrpcClients
 from cluster.peerauth import PeerKeys, sign
 from cluster.ratelog import RateLimitedLog
 from proto.raftchat.peer.v1 import peer_pb2 as pb

@@ -11,7 +11,8 @@ import grpc
 import pytest
 import trio
 
-from cluster.bridge import GrpcCallError, GrpcClient, GrpcServer
+from cluster.bridge import GrpcServer
+from cluster.grpc_client import GrpcCallError, GrpcClient
 from cluster.grpc_tls import channel_credentials, server_credentials
 from cluster.peerauth import PeerKeys
 from proto.raftchat.peer.v1 import peer_pb2 as pb
