@@ -41,6 +41,7 @@ from .client_routes import ClientRoutes, own_endpoints
 from .config import Config, is_loopback
 from .controller import PLACEMENT_KEY, Controller, ControllerMachine
 from .drain import Drain
+from .dropped_groups import clear_dropped, mark_dropped, to_open
 from .gateway.listeners import Gateway
 from .gateway.session import GatewayContext
 from .groups.local import CommitFlusher, LocalGroup
@@ -278,6 +279,7 @@ class Node:
             observe_commit=self.metrics.commit_seconds.observe,
         )
         self.router.attach(local, pipeline)
+        await trio.to_thread.run_sync(clear_dropped, self.datadir.path, group)
         log.info("replica opened", group=group, members=members)
 
     async def drop_group(self, group: int) -> None:
@@ -294,6 +296,7 @@ class Node:
         store = self.stores.pop(group, None)
         if store is not None:
             store.close()
+        await trio.to_thread.run_sync(mark_dropped, self.datadir.path, group)
         await trio.to_thread.run_sync(shutil.rmtree, self._group_dir(group), True)
         log.info("replica dropped", group=group)
 
@@ -482,8 +485,15 @@ class Node:
                 self.registry.listeners.append(self.webhooks.on_session)
             try:
                 await self._open_controller()
-                for gid in self.router.placement.groups_of_node(cfg.node.id):
+                listed = self.router.placement.groups_of_node(cfg.node.id)
+                for gid in to_open(self.datadir.path, listed):
                     await self.open_group(gid, self.router.placement.replicas(gid))
+                for gid in sorted(set(listed) - set(to_open(self.datadir.path, listed))):
+                    log.warning(
+                        "not reopening a replica this node dropped (the map it has is older "
+                        "than the move; the controller brings it back if it is wanted)",
+                        group=gid,
+                    )
             except ListenError as e:  # a Raft port
                 raise unavailable(str(e)) from None
             assert self.admin is not None and self.controller is not None
