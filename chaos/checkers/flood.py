@@ -351,17 +351,23 @@ def _check_order(read: FinalRead, gaps: Examples) -> None:
     if read.seq == array("q", range(1, len(read) + 1)):
         return
     where = {"node": read.node, "channel": read.channel}
+    seen: set[int] = set()
     prev = 0
     for s in read.seq:
-        if prev == 0 and s > 1:
-            gaps.add("missing_prefix", missing=f"1..{s - 1}", **where)
-        elif s == prev:
+        if s in seen:
             gaps.add("repeat", seq=s, **where)
         elif s < prev:
             gaps.add("out_of_order", after=prev, seq=s, **where)
-        elif s > prev + 1 and prev > 0:
-            gaps.add("gap", after=prev, next=s, **where)
+        seen.add(s)
         prev = max(prev, s)
+    lo = None
+    for s in range(1, prev + 2):
+        if s not in seen and s <= prev:
+            lo = s if lo is None else lo
+        elif lo is not None:
+            span = f"{lo}..{s - 1}" if s - 1 > lo else str(lo)
+            gaps.add("missing_prefix" if lo == 1 else "gap", missing=span, **where)
+            lo = None
 
 
 def _index(read: FinalRead, seq: int) -> int:
