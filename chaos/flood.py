@@ -23,7 +23,6 @@ import json
 import math
 import multiprocessing
 import random
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,7 @@ from typing import Any, BinaryIO
 
 import trio
 
+from bench.load import run_worker
 from client.errors import ClientError
 from client.wkproto import WKClient, open_client
 from launcher.devcluster import TCP_PORT
@@ -333,14 +333,8 @@ async def _flood(conn: Connection, job: FloodJob) -> dict[str, Any]:
 
 
 def worker_main(conn: Connection, job: FloodJob) -> None:
-    """Entry point of a load process (spawned, so it shares nothing by accident)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner stops us
-    try:
-        result = trio.run(_flood, conn, job)
-    except BaseException as e:
-        conn.send(("error", f"{type(e).__name__}: {e}"))
-        raise
-    conn.send(("done", result["counts"]))
+    """Entry point of a load process."""
+    conn.send(("done", run_worker(conn, _flood, job)["counts"]))
 
 
 # --- the runner's side ------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.load import percentiles
 from chaos.floodlog import (
     FAIL,
     INFO,
@@ -117,12 +118,7 @@ class SendTable:
 
     def load(self) -> dict[str, Any]:
         """Throughput and ack latency of the run, from the attempts."""
-        lat = sorted(self.latency_ms)
-        n = len(lat)
-
-        def rank(q: float) -> float | None:
-            return round(lat[min(n - 1, max(0, int(q * n + 0.999999) - 1))], 1) if n else None
-
+        n = len(self.latency_ms)
         span = (max(self.ack_times) - self.first_send) if n else 0.0
         return {
             "messages": len(self.outcomes),
@@ -130,7 +126,7 @@ class SendTable:
             "attempts": dict(self.attempts),
             "repeat_acks": self.repeat_acks,
             "acked_per_s": round(len(self.acked) / span, 1) if span > 0 else None,
-            "ack_ms": {"p50": rank(0.5), "p99": rank(0.99), "max": rank(1.0)},
+            "ack_ms": percentiles(self.latency_ms),
         }
 
 
