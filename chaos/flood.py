@@ -263,7 +263,7 @@ class _Flood:
         while s.client is None:
             await s.ready.wait()  # nothing is sent yet: waiting is not an attempt
         client, scope = s.client, s.scope
-        node = client.node_id
+        node = client.node_id if 0 <= client.node_id < 256 else 0  # the row keeps one byte
         t_send = time.monotonic()
         row = Attempt(s.spec.sender, number, s.spec.channel, attempt, INFO, node, t_send=t_send)
         outcome = INFO
