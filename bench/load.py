@@ -42,14 +42,14 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -76,6 +76,9 @@ if TYPE_CHECKING:
 # too, and a node process has no use for it.
 
 HASH_SLOTS = 256
+
+J = TypeVar("J")
+R = TypeVar("R")
 
 TARGET_SENDS_PER_S = 5000.0
 TARGET_SENDACK_P99_MS = 100.0
@@ -480,15 +483,21 @@ async def _worker_async(conn: Connection, job: WorkerJob) -> WorkerResult:
         return load.r
 
 
-def worker_main(conn: Connection, job: WorkerJob) -> None:
-    """Entry point of a load-generator process (spawned, so it shares nothing by accident)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
+def run_worker(conn: Connection, main: Callable[[Connection, J], Awaitable[R]], job: J) -> R:
+    """The body of a spawned load process (it shares nothing by accident): ``main`` under
+    trio, SIGINT ignored (the parent stops its workers), a failure reported on ``conn`` as
+    ``("error", text)`` before it is raised."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        result = trio.run(_worker_async, conn, job)
+        return trio.run(main, conn, job)
     except BaseException as e:
         conn.send(("error", f"{type(e).__name__}: {e}"))
         raise
-    conn.send(("result", asdict(result)))
+
+
+def worker_main(conn: Connection, job: WorkerJob) -> None:
+    """Entry point of a load-generator process."""
+    conn.send(("result", asdict(run_worker(conn, _worker_async, job))))
 
 
 # --- the cluster ----------------------------------------------------------------------------

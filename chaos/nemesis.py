@@ -90,6 +90,8 @@ class Nemesis:
         async with trio.open_nursery() as nursery:
             for family in self.families:
                 nursery.start_soon(self._loop, family, until)
+        # With no family (``--nemesis none``) the workload still runs for the whole time.
+        await trio.sleep_until(until)
 
     async def _loop(self, family: str, until: float) -> None:
         step = {

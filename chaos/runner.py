@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import shlex
 import shutil
 import signal
@@ -42,7 +43,9 @@ from launcher.devcluster import NodeStartError, ensure_ports_free
 
 from . import net
 from .checkers import SAFETY, Verdict, check_all
+from .checkers.flood import FLOOD_SAFETY, check_flood_run
 from .cluster import ChaosCluster, ClusterError
+from .flood import FloodConfig, FloodWorkload
 from .history import HistoryWriter, load_history
 from .http import HttpError
 from .nemesis import FAMILIES, Nemesis, Timing, parse_families
@@ -78,6 +81,7 @@ class RunConfig:
     """How long the workload keeps going after the final heal."""
     timing: Timing = field(default_factory=Timing)
     load: WorkloadConfig = field(default_factory=WorkloadConfig)
+    flood: FloodConfig = field(default_factory=FloodConfig)
     sabotage: str = ""
     keep_data: bool = False
     quick: bool = False
@@ -104,7 +108,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="all",
         help=f"comma-separated: {', '.join(FAMILIES)}, all or none (default all)",
     )
-    p.add_argument("--workload", default="chat", choices=["chat"])
+    p.add_argument(
+        "--workload",
+        default="chat",
+        choices=["chat", "flood"],
+        help="chat: users, reads, conversation lists (docs/chaos.md); flood: as many acked "
+        "messages as the cluster takes, windowed, from load processes",
+    )
+    flood = FloodConfig()
+    p.add_argument(
+        "--sessions", type=int, default=None, help=f"flood: sessions (default {flood.sessions})"
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=None,
+        help=f"flood: group channels (default {flood.channels})",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help=f"flood: SENDs in flight per session (default {flood.window})",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="flood: total new messages/s; 0 = as fast as the windows allow (default 0)",
+    )
+    p.add_argument(
+        "--load-workers",
+        type=int,
+        default=None,
+        help=f"flood: load-generator processes (default {flood.workers})",
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock)")
     p.add_argument("--out", default="results", help="parent of the run's results folder")
     p.add_argument(
@@ -145,6 +183,25 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         cfg = replace(cfg, nodes=a.nodes)
     if a.time is not None:
         cfg = replace(cfg, time_s=a.time)
+    flood = {
+        name: value
+        for name, value in (
+            ("sessions", a.sessions),
+            ("channels", a.channels),
+            ("window", a.window),
+            ("rate", a.rate),
+            ("workers", a.load_workers),
+        )
+        if value is not None
+    }
+    if flood and cfg.workload != "flood":
+        raise RunError("--sessions, --channels, --window, --rate, --load-workers are for flood")
+    cfg = replace(cfg, flood=replace(cfg.flood, **flood))
+    f = cfg.flood
+    if min(f.sessions, f.channels, f.window, f.workers) < 1 or f.rate < 0:
+        raise RunError("flood: sessions, channels, window and workers must be >= 1, rate >= 0")
+    if f.channels > f.sessions:
+        raise RunError("flood: every channel needs a sender (--channels <= --sessions)")
     if not 1 <= cfg.nodes <= 9:
         raise RunError("--nodes must be 1..9")
     if cfg.time_s <= 0:
@@ -200,10 +257,20 @@ async def wait_healthy(cluster: ChaosCluster, timeout_s: float) -> bool:
 
 
 async def _drive(
-    cfg: RunConfig, cluster: ChaosCluster, firewall: net.Firewall | None, rec: HistoryWriter
+    cfg: RunConfig,
+    cluster: ChaosCluster,
+    firewall: net.Firewall | None,
+    rec: HistoryWriter,
+    out: Path,
 ) -> dict[str, Any]:
     rng = random.Random(cfg.seed)
-    workload = ChatWorkload(cluster, rec, cfg.load, random.Random(rng.getrandbits(64)))
+    workload: ChatWorkload | FloodWorkload
+    if cfg.workload == "flood":
+        workload = FloodWorkload(
+            cluster, rec, cfg.flood, random.Random(rng.getrandbits(64)), out / "flood"
+        )
+    else:
+        workload = ChatWorkload(cluster, rec, cfg.load, random.Random(rng.getrandbits(64)))
     nemesis = Nemesis(
         cluster,
         firewall,
@@ -235,11 +302,16 @@ async def _drive(
     await cluster.refresh_members()
     members = [n for n in cluster.members() if n in cluster.serving()]
     _progress(f"final reads of {len(workload.channels)} channels from nodes {members}")
+    read_started = time.monotonic()
     failed_reads = await workload.final_reads(members)
+    read_s = time.monotonic() - read_started
     converged = await workload.digests(members)
     if not converged:
         _progress("replicas did not converge within 60 s: replica agreement is not checked")
+    extra = workload.facts() if isinstance(workload, FloodWorkload) else {}
     return {
+        **extra,
+        "final_reads_s": round(read_s, 1),
         "faults": nemesis.summary(),
         "workload_s": round(faulted_s, 1),
         "healthy_after_heal": healthy,
@@ -258,12 +330,16 @@ async def _watch_signals() -> None:
 
 
 async def _main(
-    cfg: RunConfig, cluster: ChaosCluster, firewall: net.Firewall | None, rec: HistoryWriter
+    cfg: RunConfig,
+    cluster: ChaosCluster,
+    firewall: net.Firewall | None,
+    rec: HistoryWriter,
+    out: Path,
 ) -> dict[str, Any]:
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals)
-            facts = await _drive(cfg, cluster, firewall, rec)
+            facts = await _drive(cfg, cluster, firewall, rec, out)
             nursery.cancel_scope.cancel()
     finally:
         # The nodes' HTTP clients belong to this trio run.
@@ -293,9 +369,10 @@ def _counts(verdict: Verdict, events: int) -> dict[str, Any]:
 def required_properties(cfg: RunConfig) -> tuple[str, ...]:
     """The safety properties a run must have data for. A single-node cluster has no second
     replica to compare, so replica agreement cannot be required of it."""
+    props = FLOOD_SAFETY if cfg.workload == "flood" else SAFETY
     if cfg.nodes < 2:
-        return tuple(p for p in SAFETY if p != "replica_divergence")
-    return SAFETY
+        return tuple(p for p in props if p != "replica_divergence")
+    return props
 
 
 def unchecked_reasons(facts: dict[str, Any]) -> list[str]:
@@ -312,7 +389,8 @@ def run(cfg: RunConfig) -> int:
     families = set(cfg.nemesis)
     if "partition" in families and (why := net.problem()):
         raise RunError(f"the partition nemesis needs iptables: {why}")
-    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{'quick' if cfg.quick else 'run'}-seed{cfg.seed}"
+    kind = ("quick" if cfg.quick else "run") + ("-flood" if cfg.workload == "flood" else "")
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-seed{cfg.seed}"
     out = Path(cfg.out).resolve() / name
     out.mkdir(parents=True, exist_ok=False)
     data_root = Path(tempfile.mkdtemp(prefix="raftchat-chaos-"))
@@ -343,7 +421,7 @@ def run(cfg: RunConfig) -> int:
         "firewall_chain": firewall.chain if firewall is not None else None,
         "revision": revision(),
         "command": cfg.command,
-        "load": asdict(cfg.load),
+        "load": asdict(cfg.flood if cfg.workload == "flood" else cfg.load),
     }
     history_path = out / "history.jsonl"
     _progress(f"run {name}: {cfg.nodes} nodes on {cfg.host_base}.1x, results in {out}")
@@ -355,7 +433,7 @@ def run(cfg: RunConfig) -> int:
                 cluster.start()
             except NodeStartError as e:
                 raise RunError(str(e)) from None
-            facts = trio.run(_main, cfg, cluster, firewall, rec)
+            facts = trio.run(_main, cfg, cluster, firewall, rec, out)
     finally:
         # A second Ctrl-C must not cut the cleanup short and leave rules or nodes behind.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -375,12 +453,25 @@ def run(cfg: RunConfig) -> int:
             shutil.rmtree(data_root, ignore_errors=True)
     _progress("checking the history")
     events = load_history(history_path)
-    verdict = check_all(
-        events,
-        recovery_bound_s=RECOVERY_BOUND_S,
-        required=required_properties(cfg),
-        unchecked=unchecked_reasons(facts),
-    )
+    check_started = time.monotonic()
+    if cfg.workload == "flood":
+        verdict, load = check_flood_run(
+            out / "flood",
+            events,
+            required=required_properties(cfg),
+            unchecked=unchecked_reasons(facts),
+        )
+        facts["flood"] = {**facts.get("flood", {}), **load}
+    else:
+        verdict = check_all(
+            events,
+            recovery_bound_s=RECOVERY_BOUND_S,
+            required=required_properties(cfg),
+            unchecked=unchecked_reasons(facts),
+        )
+    facts["check_s"] = round(time.monotonic() - check_started, 1)
+    # Linux reports kilobytes: the runner's peak, its final reads and the check included.
+    facts["runner_max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     meta.update(facts)
     meta["hosts"] = _hosts(cluster)  # joiners included
     meta["counts"] = _counts(verdict, len(events))

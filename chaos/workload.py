@@ -165,16 +165,7 @@ class ChatWorkload:
         return [] if st is None else [int(g) for g in st["slot_table"]]
 
     async def _setup_call(self, path: str, body: dict[str, Any]) -> None:
-        for attempt in range(60):
-            node = self.rng.choice(self.cluster.serving())
-            try:
-                code, answer = await self.cluster.call(node, "POST", path, body)
-            except HttpError:
-                code, answer = 0, None
-            if code == 200:
-                return
-            await trio.sleep(0.25 * min(attempt + 1, 4))
-        raise RuntimeError(f"setup {path} {body} kept failing: {code} {answer}")
+        await setup_call(self.cluster, self.rng, path, body)
 
     # --- the run ---------------------------------------------------------------------------
 
@@ -566,53 +557,77 @@ class ChatWorkload:
         return failed
 
     async def digests(self, nodes: Sequence[int], timeout_s: float = 60.0) -> bool:
-        """Record each replica's digest once every replica the cluster map lists for a group
-        has answered with the same applied index (a lagging follower is not divergence, and a
-        replica that does not answer cannot be vouched for). Returns False, recording nothing,
-        if that never happened: the run then cannot claim the replicas agree."""
-        deadline = trio.current_time() + timeout_s
-        while True:
-            replicas = await self._replica_sets(nodes)
-            views: dict[int, dict[str, Any]] = {}
-            for n in nodes:
-                try:
-                    code, body = await self.cluster.call(n, "GET", "/cluster/digest")
-                except HttpError:
-                    continue
-                if code == 200 and isinstance(body, dict):
-                    views[n] = body
-            if replicas and _converged(views, replicas):
-                break
-            if trio.current_time() > deadline:
-                return False
-            await trio.sleep(1.0)
-        for n, body in sorted(views.items()):
-            for g in body.get("groups", []):
-                if n not in replicas.get(int(g["group"]), set()):
-                    continue  # a copy already moved away, not yet dropped
-                channels = {
-                    name: ChannelDigest(int(pair[0]), str(pair[1]))
-                    for name, pair in g.get("channels", {}).items()
-                }
-                op = self.rec.invoke(
-                    "replica_digest",
-                    "digest",
-                    DigestValue(node=n, group=int(g["group"]), channels={}),
-                    node=n,
-                )
-                op.ok(channels=channels)
-        return True
+        return await record_digests(self.cluster, self.rec, nodes, timeout_s)
 
-    async def _replica_sets(self, nodes: Sequence[int]) -> dict[int, set[int]]:
-        """Slot group -> its replicas, from the newest cluster map among ``nodes``."""
-        best = await self.cluster.newest_status(nodes)
-        if best is None:
-            return {}
-        return {
-            int(g["group"]): {int(r) for r in g["replicas"]}
-            for g in best.get("groups", [])
-            if int(g["group"]) > 0
-        }
+
+async def setup_call(
+    cluster: ChaosCluster, rng: random.Random, path: str, body: dict[str, Any]
+) -> None:
+    """One setup request (a token, a channel), retried on random nodes until the cluster takes
+    it."""
+    for attempt in range(60):
+        node = rng.choice(cluster.serving())
+        try:
+            code, answer = await cluster.call(node, "POST", path, body)
+        except HttpError:
+            code, answer = 0, None
+        if code == 200:
+            return
+        await trio.sleep(0.25 * min(attempt + 1, 4))
+    raise RuntimeError(f"setup {path} {body} kept failing: {code} {answer}")
+
+
+async def record_digests(
+    cluster: ChaosCluster, rec: Recorder, nodes: Sequence[int], timeout_s: float = 60.0
+) -> bool:
+    """Record each replica's digest once every replica the cluster map lists for a group
+    has answered with the same applied index (a lagging follower is not divergence, and a
+    replica that does not answer cannot be vouched for). Returns False, recording nothing,
+    if that never happened: the run then cannot claim the replicas agree."""
+    deadline = trio.current_time() + timeout_s
+    while True:
+        replicas = await _replica_sets(cluster, nodes)
+        views: dict[int, dict[str, Any]] = {}
+        for n in nodes:
+            try:
+                code, body = await cluster.call(n, "GET", "/cluster/digest")
+            except HttpError:
+                continue
+            if code == 200 and isinstance(body, dict):
+                views[n] = body
+        if replicas and _converged(views, replicas):
+            break
+        if trio.current_time() > deadline:
+            return False
+        await trio.sleep(1.0)
+    for n, body in sorted(views.items()):
+        for g in body.get("groups", []):
+            if n not in replicas.get(int(g["group"]), set()):
+                continue  # a copy already moved away, not yet dropped
+            channels = {
+                name: ChannelDigest(int(pair[0]), str(pair[1]))
+                for name, pair in g.get("channels", {}).items()
+            }
+            op = rec.invoke(
+                "replica_digest",
+                "digest",
+                DigestValue(node=n, group=int(g["group"]), channels={}),
+                node=n,
+            )
+            op.ok(channels=channels)
+    return True
+
+
+async def _replica_sets(cluster: ChaosCluster, nodes: Sequence[int]) -> dict[int, set[int]]:
+    """Slot group -> its replicas, from the newest cluster map among ``nodes``."""
+    best = await cluster.newest_status(nodes)
+    if best is None:
+        return {}
+    return {
+        int(g["group"]): {int(r) for r in g["replicas"]}
+        for g in best.get("groups", [])
+        if int(g["group"]) > 0
+    }
 
 
 def is_stored(m: ReceivedMessage) -> bool:

@@ -127,14 +127,44 @@ def test_quick_run_holds_every_property(tmp_path: Path) -> None:
     assert_clean()
 
 
+@pytest.mark.timeout(240)
+def test_quick_flood_run_checks_thousands_of_messages(tmp_path: Path) -> None:
+    """The flood workload under every nemesis: valid, every flood property with data, and
+    more acknowledged messages in 30 s than the chat workload's quick run makes in 60 s
+    (about 300-500) by an order of magnitude."""
+    code, verdict = chaos_run(
+        tmp_path, "--quick", "--workload", "flood", "--time", "30", "--seed", "13",
+        timeout_s=220.0,
+    )  # fmt: skip
+    failed, missing, unchecked = verdict["failed"], verdict["missing"], verdict["unchecked"]
+    assert code == 0 and verdict["status"] == "valid", f"{failed}, no data: {missing}, {unchecked}"
+    results = verdict["results"]
+    assert set(verdict["required"]) == set(results)
+    for name in verdict["required"]:
+        assert results[name]["status"] == "valid", name
+    meta = verdict["meta"]
+    assert meta["faults"]["faults"] >= 3
+    assert meta["counts"]["acked_sends"] >= 3000
+    lost = results["lost_acked"]["counts"]
+    assert lost["final_reads"] >= meta["channels"] * 3  # every channel from every node
+    assert lost["final_read_messages"] >= 3 * lost["acked"]
+    assert results["nonmonotonic_delivery"]["counts"]["recvs"] > 0
+    assert results["replica_divergence"]["counts"]["groups_compared"] == SLOT_GROUPS
+    assert meta["flood"]["workers"]["sessions_opened"] >= 48
+    run = next(tmp_path.iterdir())
+    assert sorted(p.name for p in (run / "flood").glob("final-n*.bin"))
+    assert_clean()
+
+
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize(
     ("mode", "broken"),
     [("ack-without-commit", "lost_acked"), ("skip-dedupe", "duplicates")],
 )
 def test_sabotaged_server_fails_the_run(tmp_path: Path, mode: str, broken: str) -> None:
+    # 5 s, then the 10 s the workload goes on after the heal: 15 s of sends.
     code, verdict = chaos_run(
-        tmp_path, "--nodes", "3", "--time", "15", "--nemesis", "none", "--seed", "5",
+        tmp_path, "--nodes", "3", "--time", "5", "--nemesis", "none", "--seed", "5",
         "--sabotage", mode, timeout_s=180.0,
     )  # fmt: skip
     assert code == 1 and not verdict["valid"]
