@@ -295,10 +295,10 @@ class ClusterSection:
     forward_timeout_s: float = 5.0
     """How long a node retries a request whose group leader moves or is unknown."""
     proposal_timeout_s: float = 3.0
-    heartbeat_s: float = 0.15
+    heartbeat_s: float = 0.1
     """A leader's idle AppendEntries interval: what an idle node spends its CPU on (ADR 024)."""
     election_min_s: float = 0.5
-    election_max_s: float = 0.9
+    election_max_s: float = 1.0
 
 
 @dataclass
