@@ -265,6 +265,10 @@ class Admin:
 
     async def _op_group_status(self, r: dict[str, Any]) -> dict[str, Any]:
         local = self._local(int(r["group"]))
+        if r.get("committed") and local.is_leader():
+            # The members as committed, not as appended (``_op_change_members``): what the
+            # reconciler acts on before it records, unrecords or deletes a replica.
+            await _committed(local, local.group_id)
         view = local.view
         addresses = list(view.members)
         members = [self.node.node_of_address(a) for a in addresses]
@@ -306,6 +310,11 @@ class Admin:
         local = self._local(group)
         if not local.is_leader():
             raise AdminError(f"not the leader of group {group}")
+        # pysyncobj applies a membership change to its member list when the entry is appended,
+        # not when it commits: a removal a former leader appended but never committed looks
+        # done. Committing a no-op first commits whatever this leader holds before it, so the
+        # list read after it is the committed membership ("already" is then true).
+        await _committed(local, group)
         current = set(local.view.members)
         if "add" in r:
             node_id, method = int(r["add"]), local.raft.addNodeToCluster
@@ -359,6 +368,14 @@ class Admin:
         except ProposalError as e:
             raise AdminError(f"leadership transfer of group {group} refused ({e})") from None
         return {"ok": True}
+
+
+async def _committed(local: Any, group: int) -> None:
+    """Once a no-op of this leader's term has committed (``LocalGroup.read_barrier``)."""
+    try:
+        await local.read_barrier(RAFT_CALL_TIMEOUT_S)
+    except ProposalError as e:
+        raise AdminError(f"group {group}: no committed membership to read ({e})") from None
 
 
 def _node_id(r: dict[str, Any]) -> int:

@@ -303,7 +303,7 @@ class Controller:
         if leader is None:
             await self._host_unrecorded_voters(group, current, target)
             return
-        st = await self._admin(leader, {"op": "group_status", "group": group})
+        st = await self._admin(leader, {"op": "group_status", "group": group, "committed": True})
         actual = list(st["members"])
         # The map must say what Raft has. An interrupted step can leave a voter the map does not
         # record (kept if wanted and caught up, else removed), or a record without a voter.
