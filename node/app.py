@@ -355,6 +355,8 @@ class Node:
         self.router.placement = machine.current()
         if self.router.placement.groups:
             check_group_count(len(self.router.placement.groups), cfg, "the cluster map")
+            if stored:  # a map the cluster wrote, not one computed from this configuration
+                self.datadir.slot_groups_known(len(self.router.placement.groups))
         if len(self.router.placement.nodes) > 1:
             # A stored map of several members (say, of a directory adopted from before identity
             # files, or a lone node that others joined): the directory is a multi-node one, and

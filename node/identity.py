@@ -345,6 +345,13 @@ class DataDir:
         )
         self._write()
 
+    def slot_groups_known(self, count: int) -> None:
+        """The stored cluster map, which matched ``cluster.groups``, has ``count`` slot groups:
+        recorded in a file written before the count was."""
+        if self.identity.slot_groups is None and self.identity.cluster_id is not None:
+            self.identity = replace(self.identity, slot_groups=count)
+            self._write()
+
     def grew(self) -> None:
         """The cluster map has more than one member: from now on this directory refuses to run
         as a lone node."""
@@ -421,9 +428,11 @@ def _private(where: Path) -> None:
 
 def _check_slot_groups(identity: Identity, config: Config, where: Path) -> Identity:
     """Refuse a directory of a cluster with another slot group count than ``cluster.groups``
-    (``startup.check_group_count`` says why); record the count where the file lacks it. A file
-    written before the count was recorded is judged by the groups it holds replicas of: one
-    beyond ``cluster.groups`` proves a larger count (a smaller one it cannot prove)."""
+    (``startup.check_group_count`` says why). A file written before the count was recorded is
+    judged by the groups it holds replicas of: one beyond ``cluster.groups`` proves a larger
+    count (a smaller one it cannot prove, so nothing is recorded here: the node records the
+    count of its stored cluster map once that map passed the same check, ``slot_groups_known``).
+    """
     if identity.slot_groups is not None:
         check_group_count(identity.slot_groups, config, f"the cluster of data directory {where}")
         return identity
@@ -434,9 +443,7 @@ def _check_slot_groups(identity: Identity, config: Config, where: Path) -> Ident
             f"cluster.groups is {config.cluster.groups}: set cluster.groups to the count the "
             "cluster was created with (8 by default before it became 3)"
         )
-    if identity.cluster_id is None:
-        return identity  # a node still to be admitted learns the count from the cluster
-    return replace(identity, slot_groups=config.cluster.groups)
+    return identity
 
 
 def _has_data(where: Path) -> bool:
