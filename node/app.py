@@ -488,9 +488,10 @@ class Node:
             try:
                 await self._open_controller()
                 listed = self.router.placement.groups_of_node(cfg.node.id)
-                for gid in to_open(self.datadir.path, listed):
+                opening = to_open(self.datadir.path, listed)
+                for gid in opening:
                     await self.open_group(gid, self.router.placement.replicas(gid))
-                for gid in sorted(set(listed) - set(to_open(self.datadir.path, listed))):
+                for gid in sorted(set(listed) - set(opening)):
                     log.warning(
                         "not reopening a replica this node dropped (the map it has is older "
                         "than the move; the controller brings it back if it is wanted)",
