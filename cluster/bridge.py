@@ -32,7 +32,14 @@ import contextlib
 import contextvars
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +61,7 @@ from cluster.peerauth import (
     sign_reply,
 )
 from cluster.ratelog import RateLimitedLog
+from cluster.stream_server import InboundStream, stream_method
 
 log = logging.getLogger("raftchat.bridge")
 
@@ -152,6 +160,8 @@ class GrpcService:
     handlers: Mapping[str, Handler]
     streams: Mapping[str, StreamHandler] = field(default_factory=dict)
     notices: Mapping[str, Notice] = field(default_factory=dict)
+    inbound: Mapping[str, InboundStream] = field(default_factory=dict)
+    """Long-lived signed streams from peers (``cluster/stream_server.py``)."""
     peer_auth: PeerKeys | None = None
     """Callers must sign their calls with one of these keys (``cluster/peerauth.py``); None:
     anyone may call (or ``authorize`` decides)."""
@@ -161,10 +171,19 @@ class GrpcService:
 
     def check(self) -> None:
         base = self.servicer_base
-        names = [*self.handlers, *self.streams, *self.notices]
+        names = [*self.handlers, *self.streams, *self.notices, *self.inbound]
         unknown = sorted(n for n in names if not callable(getattr(base, n, None)))
         if unknown:
             raise ValueError(f"{base.__name__} has no RPC named {', '.join(unknown)}")
+        if self.inbound and self.peer_auth is None:
+            raise ValueError("inbound streams are only served with the peer credential")
+
+    def full_name(self) -> str:
+        """The service's name on the wire (``raftchat.peer.v1.Peer``)."""
+        capture = _HandlerCapture()
+        self.add_to_server(self.servicer_base(), capture)
+        (name,) = capture.services
+        return name
 
 
 @dataclass(frozen=True)
@@ -214,7 +233,10 @@ class _HandlerCapture:
 
 
 def _add_decoding_safely(
-    server: Any, add_to_server: Callable[[Any, Any], None], servicer: Any, signed: bool
+    server: Any,
+    add_to_server: Callable[[Any, Any], None],
+    servicer: Any,
+    signed: bool,
 ) -> None:
     capture = _HandlerCapture()
     add_to_server(servicer, capture)
@@ -223,8 +245,12 @@ def _add_decoding_safely(
         for method, h in handlers.items():
             deserialize = _decoding_safely(h.request_deserializer, f"/{name}/{method}", signed)
             if h.request_streaming:
-                raise ValueError(f"{name}/{method}: client streaming is not bridged")
-            if h.response_streaming:
+                # An inbound stream's handler checks and decodes each frame itself; any other
+                # client stream answers UNIMPLEMENTED (``_unimplemented``).
+                if not h.response_streaming:
+                    raise ValueError(f"{name}/{method}: client streaming is not bridged")
+                safe[method] = grpc.stream_stream_rpc_method_handler(h.stream_stream)
+            elif h.response_streaming:
                 safe[method] = grpc.unary_stream_rpc_method_handler(
                     h.unary_stream, deserialize, h.response_serializer
                 )
@@ -364,6 +390,7 @@ class GrpcServer:
         grace_s: float = 2.0,
         extra_services: Sequence[GrpcService] = (),
         notices: Mapping[str, Notice] | None = None,
+        inbound: Mapping[str, InboundStream] | None = None,
         what: str = "gRPC",
         credentials: grpc.ServerCredentials | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
@@ -378,6 +405,7 @@ class GrpcServer:
                     servicer_base,
                     handlers,
                     notices=notices or {},
+                    inbound=inbound or {},
                     peer_auth=peer_auth,
                 )
             ]
@@ -415,6 +443,8 @@ class GrpcServer:
         # Calls refused for their credential: a line per peer address per interval, since every
         # refused call costs the caller one request (asyncio thread only).
         self.auth_refusals = RateLimitedLog(log, AUTH_LOG_INTERVAL_S)
+        self.inbound_tasks: set[asyncio.Task[Any]] = set()
+        """Handlers of open inbound streams (asyncio thread only)."""
 
     @classmethod
     def of_services(
@@ -540,6 +570,11 @@ class GrpcServer:
         stop = asyncio.Event()
         ready.set_result((asyncio.get_running_loop(), stop, port))
         await stop.wait()
+        # Streams from peers last as long as their sender wants: they end now (the senders
+        # open new ones elsewhere or once this node is back), or they would hold the stop
+        # for its whole grace.
+        for task in list(self.inbound_tasks):
+            task.cancel()
         # Only a fallback: _stop cancels the trio handlers once self._grace_s has passed.
         await server.stop(self._grace_s + 2.0)
 
@@ -552,6 +587,10 @@ class GrpcServer:
             methods[name] = self._stream_method(name, stream, auth)
         for name, notice in service.notices.items():
             methods[name] = self._notice_method(name, notice, auth)
+        if service.inbound:
+            path = f"/{service.full_name()}/"
+            for name, inbound in service.inbound.items():
+                methods[name] = stream_method(self, path + name, name, inbound)
         if service.authorize is not None:
             for name in [*service.handlers, *service.notices]:
                 methods[name] = _authorized(methods[name], name, service.authorize)
@@ -602,28 +641,31 @@ class GrpcServer:
             path = request.path if auth else ""
             request = await self._check_auth(context, auth, name, request)
             await _refuse_undecodable(context, request, name)
-            assert self._trio_token is not None
-            # Answered at once while trio keeps up; once NOTICE_WINDOW notices wait for it,
-            # the answer waits for this one too, so a busy node slows its senders down
-            # instead of queueing without bound.
-            loop = asyncio.get_running_loop()
-            handled: asyncio.Future[None] | None = None
-            if self._notices_sent - self._notices_done >= NOTICE_WINDOW:
-                handled = loop.create_future()
-            try:
-                self._trio_token.run_sync_soon(
-                    self._run_notice, name, notice.handle, request, handled
-                )
-            except trio.RunFinishedError:
+            if not await self.hand_over(name, notice.handle, request):
                 await _abort(context, _SHUTTING_DOWN)
-            self._notices_sent += 1  # asyncio thread only; _notices_done is trio's
-            if handled is not None:
-                await handled
             reply = notice.reply()
             return self._signed(context, path, reply) if auth else reply
 
         method.__name__ = method.__qualname__ = name
         return method
+
+    async def hand_over(self, name: str, handle: Callable[[Any], None], request: Any) -> bool:
+        """Asyncio thread: ``handle(request)`` on the trio thread, in arrival order; False when
+        trio is gone. Returns at once while trio keeps up; once NOTICE_WINDOW requests wait for
+        it, only when this one is handled too, so that a busy node slows its senders down
+        instead of queueing without bound."""
+        assert self._trio_token is not None
+        handled: asyncio.Future[None] | None = None
+        if self._notices_sent - self._notices_done >= NOTICE_WINDOW:
+            handled = asyncio.get_running_loop().create_future()
+        try:
+            self._trio_token.run_sync_soon(self._run_notice, name, handle, request, handled)
+        except trio.RunFinishedError:
+            return False
+        self._notices_sent += 1  # asyncio thread only; _notices_done is trio's
+        if handled is not None:
+            await handled
+        return True
 
     def _run_notice(
         self,
@@ -667,11 +709,16 @@ class GrpcServer:
         if problem is None:
             self.auth_refusals.flush()  # counts of refusals whose interval is over
             return request.message
+        self.log_refusal(context, name, problem)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid peer credential")
+
+    def log_refusal(self, context: Any, name: str, problem: str) -> None:
+        """Asyncio thread: a call refused for its credential, logged at most once per peer
+        address and interval."""
         host = peer_host(context.peer() or "")
         self.auth_refusals.warning(
             host, f"peer gRPC: refused {name} from {host}: {problem}", peer=host
         )
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid peer credential")
 
     def _start(self, call: _Call, run: Callable[[_Call], Awaitable[None]]) -> bool:
         """Asyncio thread: start ``run(call)`` in trio; False when trio is gone."""

@@ -38,7 +38,7 @@ log = logging.getLogger("raftchat.bridge")
 
 AUTH_METADATA_KEY = METADATA_KEY
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-_CLIENT_OPTIONS = [
+CLIENT_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     # A restarted peer should be reachable again within about a second, not after grpc's
@@ -170,6 +170,15 @@ class _SigningChannel:
             method, request_serializer or bytes, raw, self._keys, self._to, response_deserializer
         )
 
+    def stream_stream(self, method: str, *_args: Any, **_kwargs: Any) -> Callable[..., Any]:
+        """A stream is not made through the stub: ``cluster/peer_stream.py`` opens and signs
+        it, frame by frame."""
+
+        def refuse(*_a: Any, **_k: Any) -> Any:
+            raise TypeError(f"{method}: a signed stream is opened by cluster.peer_stream")
+
+        return refuse
+
 
 class GrpcClient:
     def __init__(
@@ -181,9 +190,9 @@ class GrpcClient:
     ) -> None:
         self.target = target
         if credentials is None:
-            self._channel = grpc.insecure_channel(target, options=_CLIENT_OPTIONS)
+            self._channel = grpc.insecure_channel(target, options=CLIENT_OPTIONS)
         else:  # TLS (``cluster/grpc_tls.py``)
-            self._channel = grpc.secure_channel(target, credentials, options=_CLIENT_OPTIONS)
+            self._channel = grpc.secure_channel(target, credentials, options=CLIENT_OPTIONS)
         self._pinned = _keep_spin_thread(self._channel)
         to = recipient_of(target)
         signing = _SigningChannel(self._channel, peer_auth, to) if peer_auth else None

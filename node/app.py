@@ -26,6 +26,7 @@ from cluster.aio_thread import AsyncioThread
 from cluster.bridge import GrpcServer
 from cluster.grpc_client import GrpcCallError, GrpcClients
 from cluster.listen import ListenError, start_listener
+from cluster.peer_stream import OutboundStreams
 from cluster.peerauth import PeerKeys
 from cluster.placement import Placement, from_json, initial_placement
 from cluster.raft.conf import RaftTiming, make_conf
@@ -447,6 +448,8 @@ class Node:
         # Mutual TLS between peers when tls.ca_file is set; plain otherwise.
         peer_channel = tls.peer_channel_credentials() if tls is not None else None
         self.clients = GrpcClients(peer_pb2_grpc.PeerStub, self.peer_keys, peer_channel)
+        grpc_loop = AsyncioThread("grpc-servers")  # both servers and the streams on one loop
+        streams = OutboundStreams(self.peer_keys, grpc_loop, peer_channel)
         self.driver = RaftDriver(self.timing.tick_interval_s, name=f"node{cfg.node.id}")
         self.driver.start()
         self.flusher = CommitFlusher(self.driver)
@@ -463,6 +466,7 @@ class Node:
                 self.deliver_local,
                 self.kick_local,
                 self.online_local,
+                streams,
             )
             self.router.sessions.online_levels_local = self.online_levels_local
             self.metrics.registry.register(
@@ -511,7 +515,6 @@ class Node:
                 self.router.call_each_other_node,
             )
             self.router.extra_handlers["Endpoints"] = self.client_routes.rpc_endpoints
-            grpc_loop = AsyncioThread("grpc-servers")  # both servers on one asyncio loop
             grpc_server = GrpcServer(
                 bind=f"{host}:{cfg.cluster.grpc_port}",
                 peer_auth=self.peer_keys,
@@ -519,6 +522,7 @@ class Node:
                 servicer_base=peer_pb2_grpc.PeerServicer,
                 handlers=self.router.handlers(),
                 notices=self.router.notices(),
+                inbound=self.router.inbound(),
                 what="peer gRPC",
                 credentials=tls.peer_server_credentials() if tls is not None else None,
                 loop_thread=grpc_loop,
@@ -574,6 +578,8 @@ class Node:
                 await trio.to_thread.run_sync(self.driver.stop)
                 await trio.to_thread.run_sync(self.flusher.stop)  # after the driver's last pass
             self.clients.close_all()
+            with trio.CancelScope(shield=True):
+                await streams.aclose()
             if self.driver.thread.is_alive():
                 # Still inside a group's code after its stop timeout: it may yet touch the
                 # stores, so they stay open (the process is about to exit; RocksDB recovers).

@@ -43,8 +43,13 @@ class FanOut:
         self._deliver_local = deliver_local
         self._queues: dict[int, trio.MemorySendChannel[pb.DeliverRequest]] = {}
         self.commit_hooks: list[CommitHook] = []
-        self.failures = 0
+        self._failures = 0
+
+    @property
+    def failures(self) -> int:
         """Batches a peer never took (``raftchat_delivery_failures_total``)."""
+        streams = self._peers.streams
+        return self._failures + (streams.dropped if streams is not None else 0)
 
     def ensure_senders(self, nursery: trio.Nursery) -> None:
         """One sender per member (started for new ones, closed for those that left)."""
@@ -91,7 +96,7 @@ class FanOut:
             try:
                 send.send_nowait(request)
             except trio.WouldBlock:
-                self.failures += 1  # a stalled peer: its clients resync by seq
+                self._failures += 1  # a stalled peer: its clients resync by seq
 
     async def push_online(self, message: pb.Message, uids: list[str]) -> None:
         """Deliver a message that is not stored (``message_seq`` 0: a command or notice) to the
@@ -132,17 +137,24 @@ class FanOut:
                     merged.MergeFrom(queue.receive_nowait())
                 except trio.WouldBlock:
                     break
-            # A peer that just restarted refuses calls until its channel reconnects: retry the
-            # head batch for a moment (later batches wait, keeping commit order) before giving
-            # up on it; its clients then repair the gap by syncing.
-            backoff = 0.05
-            deadline = trio.current_time() + DELIVERY_RETRY_S
-            while isinstance(await self._peers.call(node_id, "Deliver", merged), Failure):
-                if (
-                    trio.current_time() + backoff > deadline
-                    or node_id not in self._placement().nodes
-                ):
-                    self.failures += 1
-                    break
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, 0.5)
+            stream = self._peers.stream(node_id, "DeliverStream")
+            if stream is not None and not stream.unsupported:
+                # In order, kept and sent again over a new stream for DELIVERY_RETRY_S when
+                # one breaks (cluster/peer_stream.py).
+                await stream.send(merged.SerializeToString())
+            else:
+                await self._call(node_id, merged)
+
+    async def _call(self, node_id: int, merged: pb.DeliverRequest) -> None:
+        """A batch as a single call (to a node that does not serve the stream)."""
+        # A peer that just restarted refuses calls until its channel reconnects: retry the
+        # head batch for a moment (later batches wait, keeping commit order) before giving up
+        # on it; its clients then repair the gap by syncing.
+        backoff = 0.05
+        deadline = trio.current_time() + DELIVERY_RETRY_S
+        while isinstance(await self._peers.call(node_id, "Deliver", merged), Failure):
+            if trio.current_time() + backoff > deadline or node_id not in self._placement().nodes:
+                self._failures += 1
+                return
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, 0.5)

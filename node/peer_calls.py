@@ -11,12 +11,16 @@ from typing import Any
 import trio
 
 from cluster.grpc_client import GrpcCallError, GrpcClients
+from cluster.peer_stream import OutboundStream, OutboundStreams
 from cluster.placement import Placement
+from proto.raftchat.peer.v1 import peer_pb2 as pb
 
 from .log import get_logger
 from .route_failures import Failure
 
 log = get_logger("router")
+
+PEER_SERVICE = pb.DESCRIPTOR.services_by_name["Peer"].full_name
 
 
 class PeerCalls:
@@ -27,8 +31,10 @@ class PeerCalls:
         rpc_timeout_s: float,
         clients: GrpcClients,
         placement: Callable[[], Placement],
+        streams: OutboundStreams | None = None,
     ) -> None:
         self.node_id = node_id
+        self.streams = streams
         self._grpc_port = grpc_port
         self._rpc_timeout_s = rpc_timeout_s
         self._clients = clients
@@ -40,6 +46,17 @@ class PeerCalls:
         if host is None:
             raise KeyError(f"node {node_id} is not in the cluster map")
         return f"{host}:{self._grpc_port}"
+
+    def stream(self, node_id: int, method: str) -> OutboundStream | None:
+        """The long-lived stream of ``method`` to a member (None: none is kept, or the node
+        is not in the map)."""
+        if self.streams is None:
+            return None
+        try:
+            target = self.target(node_id)
+        except KeyError:
+            return None
+        return self.streams.get(target, f"/{PEER_SERVICE}/{method}")
 
     def others(self) -> list[int]:
         return [n for n in self._placement().nodes if n != self.node_id]

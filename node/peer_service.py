@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 
 from cluster.bridge import GrpcAbort, Notice
+from cluster.stream_server import InboundStream
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 
 from .forwarding import submit_start
@@ -177,3 +178,8 @@ def notices(fanout_deliver: Callable[[pb.DeliverRequest], None]) -> dict[str, No
     "received"; skipping the trio task and the hop back to the gRPC thread took node CPU
     at 300 sends/s in the bench from ~55 % to ~49 % of a core."""
     return {"Deliver": Notice(fanout_deliver, pb.DeliverReply)}
+
+
+def inbound(fanout_deliver: Callable[[pb.DeliverRequest], None]) -> dict[str, InboundStream]:
+    """Long-lived streams from peers: the committed batches of ``Deliver``, one per frame."""
+    return {"DeliverStream": InboundStream(fanout_deliver, pb.DeliverRequest.FromString)}

@@ -24,7 +24,9 @@ import trio
 
 from cluster.bridge import Notice
 from cluster.grpc_client import GrpcClients
+from cluster.peer_stream import OutboundStreams
 from cluster.placement import Placement
+from cluster.stream_server import InboundStream
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ReasonCode
 
@@ -41,6 +43,7 @@ from .peer_service import (
     LeaderService,
     OnlineLocal,
     SessionsEverywhere,
+    inbound,
     notices,
 )
 from .route_failures import (
@@ -82,6 +85,7 @@ class Router:
         deliver_local: DeliverLocal,
         kick_local: KickLocal,
         online_local: OnlineLocal,
+        streams: OutboundStreams | None = None,
     ) -> None:
         self.s = settings
         self.placement = placement
@@ -100,6 +104,7 @@ class Router:
             settings.rpc_timeout_s,
             clients,
             lambda: self.placement,
+            streams,
         )
         self.fanout = FanOut(self.peers, lambda: self.placement, self.local, deliver_local)
         self.leader = LeaderService(
@@ -415,6 +420,9 @@ class Router:
 
     def notices(self) -> dict[str, Notice]:
         return notices(self.fanout.deliver)
+
+    def inbound(self) -> dict[str, InboundStream]:
+        return inbound(self.fanout.deliver)
 
     def peer_target(self, node_id: int) -> str:
         return self.peers.target(node_id)

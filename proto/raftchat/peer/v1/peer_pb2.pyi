@@ -1226,6 +1226,60 @@ class DeliverReply(_message.Message):
 Global___DeliverReply: _TypeAlias = DeliverReply  # noqa: Y015
 
 @_typing.final
+class StreamFrame(_message.Message):
+    """One frame of a long-lived signed stream (DeliverStream, cluster/peer_stream.py). `seq` goes
+    up by one per frame over all the streams of one sender epoch, so that a receiver hands each
+    frame on at most once; `mac` is the HMAC-SHA256 of seq and body under the stream's key.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    MAC_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    body: _builtins.bytes
+    mac: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        body: _builtins.bytes = ...,
+        mac: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "mac", b"mac", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamFrame: _TypeAlias = StreamFrame  # noqa: Y015
+
+@_typing.final
+class StreamAck(_message.Message):
+    """Every frame up to `seq` was handed on; `mac` under the stream's key, like a frame's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    MAC_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    mac: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        mac: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mac", b"mac", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamAck: _TypeAlias = StreamAck  # noqa: Y015
+
+@_typing.final
 class KickRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -59,6 +59,11 @@ class PeerStub:
                 request_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.DeliverRequest.SerializeToString,
                 response_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.DeliverReply.FromString,
                 _registered_method=True)
+        self.DeliverStream = channel.stream_stream(
+                '/raftchat.peer.v1.Peer/DeliverStream',
+                request_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.StreamFrame.SerializeToString,
+                response_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.StreamAck.FromString,
+                _registered_method=True)
         self.Kick = channel.unary_unary(
                 '/raftchat.peer.v1.Peer/Kick',
                 request_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.KickRequest.SerializeToString,
@@ -115,6 +120,13 @@ class PeerServicer:
 
     def Deliver(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeliverStream(self, request_iterator, context):
+        """Deliver's batches, each a StreamFrame's body, over one stream per peer (ADR 026).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -176,6 +188,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Deliver,
                     request_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.DeliverRequest.FromString,
                     response_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.DeliverReply.SerializeToString,
+            ),
+            'DeliverStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.DeliverStream,
+                    request_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.StreamFrame.FromString,
+                    response_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.StreamAck.SerializeToString,
             ),
             'Kick': grpc.unary_unary_rpc_method_handler(
                     servicer.Kick,
@@ -338,6 +355,33 @@ class Peer:
             '/raftchat.peer.v1.Peer/Deliver',
             proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.DeliverRequest.SerializeToString,
             proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.DeliverReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/raftchat.peer.v1.Peer/DeliverStream',
+            proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.StreamFrame.SerializeToString,
+            proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.StreamAck.FromString,
             options,
             channel_credentials,
             insecure,

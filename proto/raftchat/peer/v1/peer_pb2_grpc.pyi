@@ -43,6 +43,8 @@ class PeerStub:
     ProposeMeta: _grpc.UnaryUnaryMultiCallable[_peer_pb2.ProposeMetaRequest, _peer_pb2.ProposeMetaReply]
     Read: _grpc.UnaryUnaryMultiCallable[_peer_pb2.ReadRequest, _peer_pb2.ReadReply]
     Deliver: _grpc.UnaryUnaryMultiCallable[_peer_pb2.DeliverRequest, _peer_pb2.DeliverReply]
+    DeliverStream: _grpc.StreamStreamMultiCallable[_peer_pb2.StreamFrame, _peer_pb2.StreamAck]
+    """Deliver's batches, each a StreamFrame's body, over one stream per peer (ADR 026)."""
     Kick: _grpc.UnaryUnaryMultiCallable[_peer_pb2.KickRequest, _peer_pb2.KickReply]
     Online: _grpc.UnaryUnaryMultiCallable[_peer_pb2.OnlineRequest, _peer_pb2.OnlineReply]
     Sessions: _grpc.UnaryUnaryMultiCallable[_peer_pb2.SessionsRequest, _peer_pb2.SessionsReply]
@@ -57,6 +59,8 @@ class PeerAsyncStub(PeerStub):
     ProposeMeta: _aio.UnaryUnaryMultiCallable[_peer_pb2.ProposeMetaRequest, _peer_pb2.ProposeMetaReply]  # type: ignore[assignment]
     Read: _aio.UnaryUnaryMultiCallable[_peer_pb2.ReadRequest, _peer_pb2.ReadReply]  # type: ignore[assignment]
     Deliver: _aio.UnaryUnaryMultiCallable[_peer_pb2.DeliverRequest, _peer_pb2.DeliverReply]  # type: ignore[assignment]
+    DeliverStream: _aio.StreamStreamMultiCallable[_peer_pb2.StreamFrame, _peer_pb2.StreamAck]  # type: ignore[assignment]
+    """Deliver's batches, each a StreamFrame's body, over one stream per peer (ADR 026)."""
     Kick: _aio.UnaryUnaryMultiCallable[_peer_pb2.KickRequest, _peer_pb2.KickReply]  # type: ignore[assignment]
     Online: _aio.UnaryUnaryMultiCallable[_peer_pb2.OnlineRequest, _peer_pb2.OnlineReply]  # type: ignore[assignment]
     Sessions: _aio.UnaryUnaryMultiCallable[_peer_pb2.SessionsRequest, _peer_pb2.SessionsReply]  # type: ignore[assignment]
@@ -98,6 +102,14 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         request: _peer_pb2.DeliverRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_peer_pb2.DeliverReply, _abc.Awaitable[_peer_pb2.DeliverReply]]: ...
+
+    @_abc_1.abstractmethod
+    def DeliverStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_peer_pb2.StreamFrame],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_peer_pb2.StreamAck], _abc.AsyncIterator[_peer_pb2.StreamAck]]:
+        """Deliver's batches, each a StreamFrame's body, over one stream per peer (ADR 026)."""
 
     @_abc_1.abstractmethod
     def Kick(

@@ -1,0 +1,256 @@
+"""The sending end of a long-lived signed peer stream, driven from trio.
+
+A unary call per batch costs each side a call's set-up, its metadata, its own MAC and an
+answer; over one stream a batch is one message, acknowledged in bulk (``cluster/stream_server.py``
+receives). Measured with grpc.aio alone, one message at a time between two processes: 1.6 ms of
+CPU per unary call, 0.57 ms per one-way stream message (ADR 026).
+
+The stream lives on the gRPC servers' asyncio thread (``cluster/aio_thread.py``), whose grpc.aio
+channel shares the servers' completion poller. Trio hands a body over with one
+``call_soon_threadsafe``; the asyncio side numbers it, keeps it until acknowledged and writes it.
+When the stream breaks (the peer restarts, the network fails) the next one, opened with growing
+back-off, carries every unacknowledged frame again; the receiver knows the numbers it handed on.
+A frame that waited longer than ``retry_s`` for a working stream is given up (counted in
+``dropped``): its messages' recipients catch up by syncing, as after any missed delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import secrets
+import time
+from typing import Any
+
+import grpc
+import grpc.aio
+import trio
+
+from cluster.aio_thread import AsyncioThread
+from cluster.grpc_client import CLIENT_OPTIONS
+from cluster.peerauth import METADATA_KEY, PeerKeys, parse, recipient_of, sign
+from cluster.stream_auth import (
+    EPOCH_BYTES,
+    EPOCH_METADATA_KEY,
+    ack_matches,
+    frame_mac,
+    stream_key,
+)
+from proto.raftchat.peer.v1 import peer_pb2 as pb
+
+log = logging.getLogger("raftchat.bridge")
+
+WINDOW = 512
+"""Frames handed over and not yet acknowledged before ``send`` waits."""
+BACKOFF_S = (0.05, 0.5)
+
+
+class _Frame:
+    __slots__ = ("body", "seq", "since")
+
+    def __init__(self, seq: int, body: bytes, since: float) -> None:
+        self.seq, self.body, self.since = seq, body, since
+
+
+class OutboundStream:
+    """Bodies to one peer's stream method ``path``, in order, at most once each (per receiver
+    process), for as long as the stream can be kept up."""
+
+    def __init__(
+        self,
+        target: str,
+        path: str,
+        keys: PeerKeys,
+        loop_thread: AsyncioThread,
+        credentials: grpc.ChannelCredentials | None = None,
+        retry_s: float = 3.0,
+    ) -> None:
+        self.target, self._path, self._keys = target, path, keys
+        self._credentials = credentials
+        self._retry_s = retry_s
+        self._epoch = secrets.token_bytes(EPOCH_BYTES)
+        self._to = recipient_of(target)
+        self._token = trio.lowlevel.current_trio_token()
+        self._loop_thread = loop_thread
+        self._loop = loop_thread.acquire()
+        # Trio's side: frames handed over and not yet acknowledged or given up.
+        self._in_flight = 0
+        self._space = trio.Event()
+        # Asyncio's side.
+        self._pending: collections.deque[_Frame] = collections.deque()
+        self._last_seq = 0
+        self._wake = asyncio.Event()  # only touched on the loop
+        self.dropped = 0
+        """Frames given up (written by the asyncio thread, read by anyone)."""
+        self.unsupported = False
+        """The peer does not serve the method (an older version): the caller falls back."""
+        self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
+
+    # ---- trio thread --------------------------------------------------------------------
+
+    async def send(self, body: bytes) -> None:
+        """Hand ``body`` to the stream; waits while ``WINDOW`` frames are unacknowledged."""
+        while self._in_flight >= WINDOW:
+            await self._space.wait()
+        self._in_flight += 1
+        self._loop.call_soon_threadsafe(self._enqueue, body)
+
+    def _freed(self, count: int) -> None:
+        self._in_flight -= count
+        self._space.set()
+        self._space = trio.Event()
+
+    async def aclose(self) -> None:
+        """Stop the stream (frames not yet acknowledged are given up) and let go of the loop."""
+        self._loop.call_soon_threadsafe(self._task.cancel)
+        with contextlib.suppress(BaseException):
+            await trio.to_thread.run_sync(self._task.result)
+        thread = self._loop_thread.release()
+        if thread is not None:
+            await trio.to_thread.run_sync(thread.join)
+
+    # ---- asyncio thread -----------------------------------------------------------------
+
+    def _enqueue(self, body: bytes) -> None:
+        self._last_seq += 1
+        self._pending.append(_Frame(self._last_seq, body, time.monotonic()))
+        self._wake.set()
+
+    def _release(self, count: int) -> None:
+        if count:
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._freed, count)
+
+    async def _run(self) -> None:
+        if self._credentials is None:
+            channel = grpc.aio.insecure_channel(self.target, options=CLIENT_OPTIONS)
+        else:
+            channel = grpc.aio.secure_channel(
+                self.target, self._credentials, options=CLIENT_OPTIONS
+            )
+        backoff = BACKOFF_S[0]
+        try:
+            while True:
+                while not self._pending:
+                    self._wake.clear()
+                    await self._wake.wait()
+                progressed = await self._one_stream(channel)
+                if self.unsupported:
+                    self._give_up(everything=True)
+                    return
+                backoff = BACKOFF_S[0] if progressed else min(backoff * 2, BACKOFF_S[1])
+                self._give_up(everything=False)
+                await asyncio.sleep(backoff)
+        finally:
+            self._give_up(everything=True)
+            await channel.close()
+
+    def _give_up(self, everything: bool) -> None:
+        """Drop the frames that waited longer than ``retry_s`` (all of them when stopping)."""
+        deadline = time.monotonic() - self._retry_s
+        count = 0
+        while self._pending and (everything or self._pending[0].since < deadline):
+            self._pending.popleft()
+            count += 1
+        self.dropped += count
+        self._release(count)
+
+    async def _one_stream(self, channel: grpc.aio.Channel) -> bool:
+        """One stream, until it breaks; whether any frame was acknowledged on it."""
+        value = sign(self._keys, self._path, self._epoch, to=self._to)
+        cred = parse(value)
+        assert cred is not None
+        skey = stream_key(self._keys.signing, self._path, cred.nonce_hex)
+        metadata = ((METADATA_KEY, value), (EPOCH_METADATA_KEY, self._epoch.hex()))
+        call = channel.stream_stream(self._path)(metadata=metadata)
+        acked = [False]
+        reader = asyncio.get_running_loop().create_task(self._read_acks(call, skey, acked))
+        written = self._pending[0].seq - 1 if self._pending else self._last_seq
+        try:
+            while not reader.done():
+                for frame in self._unwritten(written):
+                    tag = frame_mac(skey, frame.seq, frame.body)
+                    message = pb.StreamFrame(seq=frame.seq, body=frame.body, mac=tag)
+                    await call.write(message.SerializeToString())
+                    written = frame.seq
+                if written == self._last_seq:
+                    self._wake.clear()
+                    await self._wake.wait()
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+            pass  # the reader sees the status
+        finally:
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await reader
+        code = await _code(call)
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            log.warning("%s does not serve %s: using single calls", self.target, self._path)
+            self.unsupported = True
+        elif code not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.OK, None):
+            log.debug("stream %s to %s ended: %s", self._path, self.target, code)
+        return acked[0]
+
+    def _unwritten(self, written: int) -> list[_Frame]:
+        if not self._pending:
+            return []
+        start = written - self._pending[0].seq + 1
+        return [self._pending[i] for i in range(max(start, 0), len(self._pending))]
+
+    async def _read_acks(self, call: Any, skey: bytes, acked: list[bool]) -> None:
+        try:
+            while True:
+                raw = await call.read()
+                if raw is grpc.aio.EOF:
+                    return
+                ack = pb.StreamAck.FromString(raw)
+                if not ack_matches(skey, ack.seq, ack.mac):
+                    log.warning("%s: an acknowledgement with a wrong MAC", self.target)
+                    return
+                count = 0
+                while self._pending and self._pending[0].seq <= ack.seq:
+                    self._pending.popleft()
+                    count += 1
+                acked[0] = acked[0] or count > 0
+                self._release(count)
+        except Exception:  # the stream broke (the status says how) or sent garbage
+            return
+        finally:
+            self._wake.set()  # the writer waits on it
+
+
+async def _code(call: Any) -> grpc.StatusCode | None:
+    with contextlib.suppress(Exception):
+        return await asyncio.wait_for(call.code(), 1.0)
+    return None
+
+
+class OutboundStreams:
+    """One ``OutboundStream`` per (peer address, method), made on first use (trio thread)."""
+
+    def __init__(
+        self,
+        keys: PeerKeys,
+        loop_thread: AsyncioThread,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self._keys, self._loop_thread, self._credentials = keys, loop_thread, credentials
+        self._streams: dict[tuple[str, str], OutboundStream] = {}
+
+    def get(self, target: str, path: str) -> OutboundStream:
+        stream = self._streams.get((target, path))
+        if stream is None:
+            stream = self._streams[(target, path)] = OutboundStream(
+                target, path, self._keys, self._loop_thread, self._credentials
+            )
+        return stream
+
+    @property
+    def dropped(self) -> int:
+        return sum(s.dropped for s in self._streams.values())
+
+    async def aclose(self) -> None:
+        streams, self._streams = list(self._streams.values()), {}
+        for stream in streams:
+            await stream.aclose()

@@ -1,0 +1,225 @@
+"""The receiving end of a long-lived signed peer stream (``cluster/peer_stream.py`` sends).
+
+Runs on the gRPC servers' asyncio thread. The opening's credential is checked like a call's;
+then each frame's MAC and number (one more than the last), and its body is handed to trio in
+arrival order (``GrpcServer.hand_over``, which also holds a sender back while trio is behind).
+Acknowledgements are cumulative and sent at most every ``ACK_DELAY_S``: the sender needs them
+only to free its window and to know what to send again on a new stream, and an answer per frame
+would cost what the stream saves. A sender's frames are numbered over all its streams (one
+*epoch*), and a frame whose number was already handed on is acknowledged, not handed on again,
+so a batch sent again after a broken stream reaches the node's sessions once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from cluster.peerauth import METADATA_KEY, PeerVerifier, body_digest, parse
+from cluster.ratelog import RateLimitedLog
+from cluster.stream_auth import (
+    EPOCH_METADATA_KEY,
+    ack_mac,
+    frame_matches,
+    opening_key,
+    parse_epoch,
+    stream_key,
+)
+from proto.raftchat.peer.v1 import peer_pb2 as pb
+
+log = logging.getLogger("raftchat.bridge")
+
+ACK_DELAY_S = 0.05
+"""How long an acknowledgement waits for more frames to cover."""
+EPOCHS_REMEMBERED = 1024
+"""Senders' epochs whose last frame number a server keeps (a sender has one per peer and
+process: a restart makes a new one)."""
+
+
+@dataclass(frozen=True)
+class InboundStream:
+    """A stream method of a signed service: each frame's body, decoded, to ``handle`` on the
+    trio thread in order. A body that does not decode ends the stream INVALID_ARGUMENT."""
+
+    handle: Callable[[Any], None]
+    decode: Callable[[bytes], Any]
+
+
+class StreamHost(Protocol):
+    """What the stream needs of its ``GrpcServer``."""
+
+    peer_verifier: PeerVerifier | None
+    auth_refusals: RateLimitedLog
+    inbound_tasks: set[asyncio.Task[Any]]
+    """The handlers of open streams, which the server ends when it stops."""
+
+    def log_refusal(self, context: Any, name: str, problem: str) -> None: ...
+
+    def hand_over(
+        self, name: str, handle: Callable[[Any], None], request: Any
+    ) -> Awaitable[bool]: ...
+
+
+class _Acks:
+    """Cumulative acknowledgements of one stream, one write at a time."""
+
+    def __init__(self, context: Any, skey: bytes) -> None:
+        self._context, self._skey = context, skey
+        self._due = 0  # highest frame handed on
+        self._sent = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def up_to(self, seq: int) -> None:
+        self._due = seq
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        while self._sent < self._due:
+            await asyncio.sleep(ACK_DELAY_S)
+            seq = self._due
+            ack = pb.StreamAck(seq=seq, mac=ack_mac(self._skey, seq))
+            await self._context.write(ack.SerializeToString())
+            self._sent = seq
+
+    async def flush(self) -> None:
+        """Acknowledge at once what was handed on (a stopping server's last word, so that
+        its sender does not send those frames again to the node's next process)."""
+        self.stop()
+        if self._sent < self._due:
+            seq = self._due
+            ack = pb.StreamAck(seq=seq, mac=ack_mac(self._skey, seq))
+            with contextlib.suppress(Exception):
+                await self._context.write(ack.SerializeToString())
+                self._sent = seq
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+class _Epochs:
+    """The last frame number handed on per sender epoch, the least recently used forgotten."""
+
+    def __init__(self) -> None:
+        self._last: OrderedDict[bytes, int] = OrderedDict()
+
+    def last(self, epoch: bytes) -> int:
+        return self._last.get(epoch, 0)
+
+    def handed(self, epoch: bytes, seq: int) -> None:
+        self._last[epoch] = seq
+        self._last.move_to_end(epoch)
+        while len(self._last) > EPOCHS_REMEMBERED:
+            self._last.popitem(last=False)
+
+
+class _Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(code, message)
+        self.code, self.message = code, message
+
+
+def stream_method(
+    host: StreamHost, path: str, name: str, stream: InboundStream
+) -> Callable[..., Awaitable[None]]:
+    """The grpc.aio handler (raw bytes in and out) of stream ``name`` at ``path``."""
+    epochs = _Epochs()
+
+    async def method(_servicer: Any, frames: Any, context: Any) -> None:
+        try:
+            skey, epoch = _open(host, path, name, context)
+            acks = _Acks(context, skey)
+            # The frames are read in a task of their own, which the server cancels when it
+            # stops; this handler then ends the call itself (cancelling the call's own task
+            # leaves it to the server's grace period).
+            receiving = asyncio.get_running_loop().create_task(
+                _receive(host, name, stream, frames, skey, epoch, epochs, acks)
+            )
+            host.inbound_tasks.add(receiving)
+            try:
+                await asyncio.shield(receiving)
+            except asyncio.CancelledError:
+                if not receiving.cancelled():  # the call itself was (the peer went away)
+                    receiving.cancel()
+                    raise
+                await acks.flush()
+                raise _Refused(grpc.StatusCode.UNAVAILABLE, "node is shutting down") from None
+            finally:
+                host.inbound_tasks.discard(receiving)
+                acks.stop()
+        except _Refused as e:
+            await context.abort(e.code, e.message)
+
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
+def _open(host: StreamHost, path: str, name: str, context: Any) -> tuple[bytes, bytes]:
+    """The stream's key and its sender's epoch, once the opening's credential checked out."""
+    verifier = host.peer_verifier
+    assert verifier is not None
+    metadata = dict(_pairs(context.invocation_metadata() or ()))
+    epoch = parse_epoch(metadata.get(EPOCH_METADATA_KEY))
+    if epoch is None:
+        raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: no sender epoch")
+    value = metadata.get(METADATA_KEY)
+    digest = body_digest(epoch)
+    problem = verifier.verify(path, value, digest)
+    cred = parse(value) if isinstance(value, str) and problem is None else None
+    key = opening_key(verifier.keys, path, cred, digest) if cred is not None else None
+    if key is None or cred is None:
+        host.log_refusal(context, name, problem or "wrong peer credential")
+        raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid peer credential")
+    host.auth_refusals.flush()  # counts of refusals whose interval is over
+    return stream_key(key, path, cred.nonce_hex), epoch
+
+
+async def _receive(
+    host: StreamHost,
+    name: str,
+    stream: InboundStream,
+    frames: Any,
+    skey: bytes,
+    epoch: bytes,
+    epochs: _Epochs,
+    acks: _Acks,
+) -> None:
+    expected = 0  # the number the next frame must carry; 0: the first sets it
+    async for raw in frames:
+        frame = _decoded(pb.StreamFrame.FromString, raw, name, "frame")
+        if not frame_matches(skey, frame.seq, frame.body, frame.mac):
+            raise _Refused(grpc.StatusCode.UNAUTHENTICATED, f"{name}: frame MAC does not match")
+        if frame.seq == 0 or (expected and frame.seq != expected):
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: frame out of order")
+        expected = frame.seq + 1
+        if frame.seq > epochs.last(epoch):
+            request = _decoded(stream.decode, frame.body, name, "body")
+            if not await host.hand_over(name, stream.handle, request):
+                raise _Refused(grpc.StatusCode.UNAVAILABLE, "node is shutting down")
+            epochs.handed(epoch, frame.seq)
+        acks.up_to(frame.seq)
+
+
+def _decoded(decode: Callable[[bytes], Any], raw: bytes, name: str, what: str) -> Any:
+    try:
+        return decode(raw)
+    except DecodeError as e:
+        raise _Refused(
+            grpc.StatusCode.INVALID_ARGUMENT, f"{name}: the {what} does not decode: {e}"
+        ) from None
+
+
+def _pairs(metadata: Any) -> Iterator[tuple[str, Any]]:
+    for item in metadata:
+        with contextlib.suppress(TypeError, ValueError):
+            key, value = item
+            yield key, value
