@@ -28,7 +28,7 @@ from proto.wkproto import ReasonCode, Setting
 from ..channels import view_channel_id
 from ..pipeline_rules import SYSTEM_UID
 from ..storage import MessageRecord, Store, keys
-from . import msgx
+from . import msgx, views
 from .context import ApplyContext
 
 SUMMARY = b"S\x00"
@@ -66,19 +66,15 @@ def find_anchor(
     store: Store, channel_type: int, channel_id: str, from_uid: str, client_msg_no: str, mid: int
 ) -> MessageRecord | None:
     """The anchor by (sender, client_msg_no), or by message id when no client_msg_no is given."""
-    from .message_ops import find_by_id
-
     if client_msg_no:
         found = store.get_dedupe(channel_type, channel_id, from_uid, client_msg_no)
         return None if found is None else store.get_message(channel_type, channel_id, found[1])
-    return find_by_id(store, channel_type, channel_id, mid) if mid else None
+    return views.find_by_id(store, channel_type, channel_id, mid) if mid else None
 
 
 def _visible(store: Store, r: MessageRecord, now_ms: int) -> bool:
     """Not gone (expired, deleted) and not revoked: a stream can still take events."""
-    from .message_ops import is_gone
-
-    if is_gone(store, r, now_ms):
+    if views.is_gone(store, r, now_ms):
         return False
     ck = keys.channel_key(r.channel_type, r.channel_id)
     return store.get_raw(msgx.CF, msgx.seq_key(msgx.REVOKE, ck, r.message_seq)) is None
@@ -164,12 +160,10 @@ def _apply(ctx: ApplyContext, op: pb.StreamEvent) -> pb.MetaResult:
     ctx.cache[ekey] = event
     ctx.cache[id_key] = event_seq
     ctx.cache[skey] = summary
-    from .message_ops import parties
-
     audience = (
         [anchor.from_uid]
         if op.private
-        else parties(ctx.store, anchor.channel_type, anchor.channel_id)
+        else views.parties(ctx.store, anchor.channel_type, anchor.channel_id)
     )
     return _result({"event": event, "duplicate": False, "parties": audience})
 
