@@ -42,7 +42,7 @@ from proto.raftchat.peer.v1 import peer_pb2 as pb
 
 from .config import WebhookSection
 from .groups.machine import record_from_pb
-from .groups.reads import message_json
+from .groups.views import message_json
 from .http.common import message_resp
 from .log import get_logger
 from .sessions import SessionLike, SessionRegistry

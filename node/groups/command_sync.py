@@ -29,6 +29,7 @@ from ..channels import recipients
 from ..command_channels import source_of
 from ..storage import MessageRecord, Store
 from ..storage.keys import SEP, pack_seq, unpack_seq
+from . import views
 from .context import ApplyContext
 
 CF = "cmdq"
@@ -121,8 +122,6 @@ def _apply_ack(ctx: ApplyContext, op: pb.CommandAck) -> pb.MetaResult:
 def _pending(store: Store, q: dict[str, Any]) -> dict[str, Any]:
     """The user's entries of this group above the device's cursor (and above ``after`` when it
     names this group), oldest first, with the messages they point to."""
-    from .reads import message_json
-
     uid = str(q["uid"])
     flag = int(q["device_flag"])
     limit = max(1, int(q["limit"]))
@@ -142,7 +141,9 @@ def _pending(store: Store, q: dict[str, Any]) -> dict[str, Any]:
         record = store.get_message(ctype, v[_ENTRY.size :].decode(), seq)
         if record is None:
             continue  # deleted since (retention): nothing left to sync
-        out.append({"sync_seq": encode_position(position, group), "message": message_json(record)})
+        out.append(
+            {"sync_seq": encode_position(position, group), "message": views.message_json(record)}
+        )
     return {"entries": out, "more": more}
 
 

@@ -18,16 +18,16 @@ Countable = header flag RED_DOT set and SYNC_ONCE not set. Unread = countable me
 max(read floor, deleted-to, cleared-to) and at most the head (or the cap of a removed member),
 plus an explicit ``setUnread`` override. "@me" = a message that still exists (not deleted for
 everyone, not expired, not revoked) above that same base and at most the top names the user or
-everyone. See ``docs/messaging.md``.
+everyone. See ``docs/messaging.md``. The queries that read the rows are in
+``conversation_reads.py``.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -37,11 +37,10 @@ from proto.wkproto import ChannelType, ReasonCode
 from .. import safejson
 from ..channels import person_parties
 from ..command_channels import RED_DOT, SYNC_ONCE, is_cmd
-from ..ids import committed_ms
 from ..payload_conventions import MAX_DEPTH as PAYLOAD_MAX_DEPTH
 from ..storage import MessageRecord, Store
 from ..storage.keys import SEP, channel_key
-from . import message_ops, msgindex, msgx
+from . import msgindex, msgx, views
 from .context import ApplyContext
 
 _ROW = b"u"
@@ -118,8 +117,13 @@ class Row:
         self.override = None
 
 
+def rows_prefix(uid: str) -> bytes:
+    """The prefix of every row of ``uid`` (in this group)."""
+    return _ROW + uid.encode() + SEP
+
+
 def row_key(uid: str, ck: bytes) -> bytes:
-    return _ROW + uid.encode() + SEP + ck
+    return rows_prefix(uid) + ck
 
 
 def _count_key(ck: bytes, seq: int) -> bytes:
@@ -183,7 +187,7 @@ def _indexed_mentions(store: Store, ck: bytes, uid: str, after: int) -> Iterator
 def _still_there(store: Store, row: Row, ck: bytes, seq: int, now_ms: int) -> bool:
     """The message at ``seq`` exists for everyone: not erased, not expired, not revoked."""
     r = store.get_message(row.channel_type, row.channel_id, seq)
-    if r is None or message_ops.is_expired(r, now_ms):
+    if r is None or views.is_expired(r, now_ms):
         return False
     return store.get_raw(msgx.CF, msgx.seq_key(msgx.REVOKE, ck, seq)) is None
 
@@ -398,103 +402,3 @@ def _apply_op(ctx: ApplyContext, op: pb.ConversationOp) -> pb.MetaResult:
 
 
 META: dict[str, Callable[[ApplyContext, Any], pb.MetaResult]] = {"conversation": _apply_op}
-
-
-# --- queries --------------------------------------------------------------------------------
-
-
-def _now_ms(q: dict[str, Any]) -> int:
-    """The reading leader's clock (expired messages mention no one); a query may pin it
-    (tests)."""
-    return int(q["now_ms"]) if "now_ms" in q else int(time.time() * 1000)
-
-
-def _row_query(store: Store, q: dict[str, Any]) -> dict[str, Any] | None:
-    """One user's row in one channel, with its unread (for ``peerRead`` and tests)."""
-    ctype, cid = int(q["channel_type"]), str(q["channel_id"])
-    row = load_row(store, str(q["uid"]), ctype, cid)
-    if row is None:
-        return None
-    ck = channel_key(ctype, cid)
-    top = row.top(store.head_seq(ctype, cid))
-    uid = str(q["uid"])
-    return {
-        **asdict(row),
-        "unread": stored_unread(store, row, top, ck),
-        "mention": 1 if mentioned(store, uid, row, ck, top, _now_ms(q)) else 0,
-        "top": top,
-    }
-
-
-def _conversations(store: Store, q: dict[str, Any]) -> list[dict[str, Any]]:
-    """This group's part of ``/conversation/sync`` for ``uid`` (reference §5.3, v2 rules).
-
-    ``known`` maps "type:canonical id" to the client's last seq; ``version`` > 0 asks only for
-    rows changed after it."""
-    uid = str(q["uid"])
-    version = int(q.get("version", 0))
-    only_unread = bool(q.get("only_unread", 0))
-    msg_count = max(0, min(int(q.get("msg_count", 20)), MAX_RECENTS))
-    exclude = {int(t) for t in q.get("exclude_channel_types", [])}
-    known: dict[str, int] = {str(k): int(v) for k, v in dict(q.get("known", {})).items()}
-    prefix = _ROW + uid.encode() + SEP
-    now_ms = _now_ms(q)
-    out = []
-    for key, raw in store.prefix_items("convs", prefix):
-        row = Row.decode(raw)
-        ctype, cid = row.channel_type, row.channel_id
-        if ctype in exclude:
-            continue
-        ck = key[len(prefix) :]
-        top = row.top(store.head_seq(ctype, cid))
-        if top <= row.deleted:
-            continue  # deleted and nothing newer since (or no message at all)
-        last = store.get_message(ctype, cid, top)
-        last_ms = last.timestamp_ms if last is not None else 0
-        # The commit time from the id too: an imported last message carries its original (older)
-        # timestamp, yet the row changed when it was imported.
-        committed = committed_ms(last.message_id) if last is not None else 0
-        row_version = max(last_ms, committed, row.updated_ms)
-        if version and row_version <= version:
-            continue
-        client_seq = known.get(f"{ctype}:{cid}")
-        if client_seq is not None and top <= client_seq:
-            continue  # the client has every message of it (v2 drops such rows)
-        unread = stored_unread(store, row, top, ck)
-        if only_unread and unread == 0:
-            continue
-        if client_seq is not None:
-            start = client_seq + 1
-        elif version or only_unread:
-            start = row.read + 1
-        else:
-            start = 1
-        start = max(start, row.deleted + 1, row.cleared + 1)
-        recents: list[dict[str, Any]] = []
-        if msg_count and top >= start:
-            lo = max(start, top - msg_count + 1)
-            records = store.messages(ctype, cid, lo, top + 1, msg_count)
-            recents = message_ops.present(store, records, uid) if records else []
-        out.append(
-            {
-                "channel_id": cid,
-                "channel_type": ctype,
-                "unread": unread,
-                "mention": 1 if mentioned(store, uid, row, ck, top, now_ms) else 0,
-                "timestamp": last_ms // 1000,
-                "timestamp_ms": last_ms,
-                "last_msg_seq": top,
-                "last_client_msg_no": last.client_msg_no if last is not None else "",
-                "readed_to_msg_seq": row.read,
-                "version": row_version,
-                "recents": recents,
-            }
-        )
-    return out
-
-
-QUERIES: dict[str, Callable[[Store, dict[str, Any]], Any]] = {
-    "conversation_row": _row_query,
-    "conversations": _conversations,
-    **msgindex.QUERIES,
-}

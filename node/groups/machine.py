@@ -39,6 +39,8 @@ from . import (
 from .context import ApplyContext
 
 _PERSISTED_FLAGS = NO_PERSIST | RED_DOT | SYNC_ONCE
+_DedupeKey = tuple[int, str, str, str]
+"""(channel type, channel id, sender, client_msg_no): what makes a retry the same send."""
 
 
 log = get_logger("groups")
@@ -102,10 +104,9 @@ class GroupMachine:
     # --- sends ------------------------------------------------------------------------------
 
     def _apply_sends(self, batch: pb.SendBatch, ctx: ApplyContext) -> pb.SendBatchResult:
-        time_ms, wb = ctx.time_ms, ctx.wb
         result = pb.SendBatchResult()
         heads: dict[tuple[int, str], int] = {}
-        seen: dict[tuple[int, str, str, str], pb.SendOutcome] = {}
+        seen: dict[_DedupeKey, pb.SendOutcome] = {}
         last_id = self.store.last_message_id()
         for item in batch.items:
             outcome = result.outcomes.add()
@@ -123,62 +124,23 @@ class GroupMachine:
             # Dedupe first: a retry of a message that committed gets its ids back even if the
             # sender lost the permission since (else a "refused" message would exist).
             if item.client_msg_no and not self.skip_dedupe and not no_persist and not malformed:
-                earlier = seen.get(key)
-                if earlier is None:
-                    found = self.store.get_dedupe(*key)
-                    if found is not None:
-                        earlier = pb.SendOutcome(
-                            reason=ReasonCode.SUCCESS, message_id=found[0], message_seq=found[1]
-                        )
+                earlier = self._earlier_outcome(key, seen)
                 if earlier is not None:
                     outcome.CopyFrom(earlier)
                     outcome.duplicate = True
                     continue
-            if malformed:
-                reason = ReasonCode.PAYLOAD_DECODE_ERROR
-            elif person_channel_problem(
-                source_of(item.channel_id), item.channel_type, item.from_uid
-            ):
-                reason = ReasonCode.CHANNEL_ID_ERROR
-            else:
-                reason = self._check(item)
+            reason = self._refusal(item, malformed)
             if reason != ReasonCode.SUCCESS:
                 outcome.reason = reason
                 continue
-            seq = 0
-            if not no_persist:
-                head_key = (item.channel_type, item.channel_id)
-                head = heads.get(head_key)
-                if head is None:
-                    head = self.store.head_seq(*head_key)
-                seq = heads[head_key] = head + 1
-            previous_id, last_id = last_id, next_message_id(last_id, time_ms, self.group)
+            seq = 0 if no_persist else self._next_seq(item, heads)
+            previous_id, last_id = last_id, next_message_id(last_id, ctx.time_ms, self.group)
             # Clients and the id index order messages by id: a smaller one would sort a new
             # message before the ones it follows.
             invariant(last_id > previous_id, "message ids increase", previous_id, last_id)
-            record = MessageRecord(
-                message_id=last_id,
-                message_seq=seq,
-                timestamp_ms=time_ms,
-                channel_id=item.channel_id,
-                channel_type=item.channel_type,
-                from_uid=item.from_uid,
-                client_msg_no=item.client_msg_no,
-                payload=item.payload,
-                setting=item.setting,
-                flags=(item.flags & _PERSISTED_FLAGS) | (NO_PERSIST if no_persist else 0),
-                expire=item.expire,
-                topic=item.topic,
-                stream_no=item.stream_no,
-            )
+            record = _new_record(item, last_id, seq, ctx.time_ms, no_persist)
             if seq:
-                wb.append_message(record)
-                # Indexes every stored message; rows only where conversations exist.
-                conversations.on_message(ctx, record)
-                message_ops.on_message(ctx, record)
-                if is_cmd(item.channel_id):
-                    uids = command_sync.recipients_of(self.store, item, item.channel_id)
-                    command_sync.enqueue(ctx, record, uids)
+                self._store_message(ctx, item, record)
             outcome.reason = ReasonCode.SUCCESS
             outcome.message_id = record.message_id
             outcome.message_seq = seq
@@ -191,8 +153,49 @@ class GroupMachine:
         invariant(
             len(result.outcomes) == len(batch.items), "one outcome per send", len(batch.items)
         )
-        wb.set_last_message_id(last_id)
+        ctx.wb.set_last_message_id(last_id)
         return result
+
+    def _earlier_outcome(
+        self, key: _DedupeKey, seen: dict[_DedupeKey, pb.SendOutcome]
+    ) -> pb.SendOutcome | None:
+        """The outcome of the send this one retries: earlier in this batch, or committed."""
+        earlier = seen.get(key)
+        if earlier is None:
+            found = self.store.get_dedupe(*key)
+            if found is not None:
+                earlier = pb.SendOutcome(
+                    reason=ReasonCode.SUCCESS, message_id=found[0], message_seq=found[1]
+                )
+        return earlier
+
+    def _refusal(self, item: pb.SendItem, malformed: str | None) -> ReasonCode:
+        """Why the send is refused, or ``SUCCESS``: its shape, then its channel's rules."""
+        if malformed:
+            return ReasonCode.PAYLOAD_DECODE_ERROR
+        if person_channel_problem(source_of(item.channel_id), item.channel_type, item.from_uid):
+            return ReasonCode.CHANNEL_ID_ERROR
+        return self._check(item)
+
+    def _next_seq(self, item: pb.SendItem, heads: dict[tuple[int, str], int]) -> int:
+        """The channel's next seq; ``heads`` carries it from one send of the batch to the next
+        (the batch's writes cannot be read back)."""
+        head_key = (item.channel_type, item.channel_id)
+        head = heads.get(head_key)
+        if head is None:
+            head = self.store.head_seq(*head_key)
+        seq = heads[head_key] = head + 1
+        return seq
+
+    def _store_message(self, ctx: ApplyContext, item: pb.SendItem, record: MessageRecord) -> None:
+        """Write a persisted message and what apply keeps about it, in the same batch."""
+        ctx.wb.append_message(record)
+        # Indexes every stored message; rows only where conversations exist.
+        conversations.on_message(ctx, record)
+        message_ops.on_message(ctx, record)
+        if is_cmd(item.channel_id):
+            uids = command_sync.recipients_of(self.store, item, item.channel_id)
+            command_sync.enqueue(ctx, record, uids)
 
     def _check(self, item: pb.SendItem) -> ReasonCode:
         channel_id = source_of(item.channel_id)  # a command twin is checked as its source
@@ -268,6 +271,27 @@ _META_HANDLERS = {
     **streams.META,
     **imports.META,
 }
+
+
+def _new_record(
+    item: pb.SendItem, message_id: int, seq: int, time_ms: int, no_persist: bool
+) -> MessageRecord:
+    """The message a send stores (seq 0: an online-only one, delivered but not stored)."""
+    return MessageRecord(
+        message_id=message_id,
+        message_seq=seq,
+        timestamp_ms=time_ms,
+        channel_id=item.channel_id,
+        channel_type=item.channel_type,
+        from_uid=item.from_uid,
+        client_msg_no=item.client_msg_no,
+        payload=item.payload,
+        setting=item.setting,
+        flags=(item.flags & _PERSISTED_FLAGS) | (NO_PERSIST if no_persist else 0),
+        expire=item.expire,
+        topic=item.topic,
+        stream_no=item.stream_no,
+    )
 
 
 def record_to_pb(r: MessageRecord) -> pb.Message:

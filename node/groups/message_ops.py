@@ -1,5 +1,6 @@
-"""Operations on stored messages: revoke, edit, per-user delete, read receipts, retention; and
-how stored messages are presented to a reader.
+"""Operations on stored messages: revoke, edit, per-user delete, read receipts, retention.
+How stored messages are presented to a reader (the state these operations leave, overlaid at
+read time) is in ``message_reads.py``.
 
 Every operation is a ``MessageOp`` applied in the channel's slot group, so it is replicated and
 decided the same way on every replica: time comes only from ``ctx.time_ms`` and the revoke
@@ -13,16 +14,14 @@ does not exist, ``data`` = {"not_found": ...} (HTTP 404).
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Callable
 from typing import Any
 
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, ReasonCode, Setting
 
-from ..channels import person_parties
-from ..storage import MessageRecord, Store, keys
-from . import conversations, msgindex, msgx, streams
+from ..storage import MessageRecord, keys
+from . import conversations, msgindex, msgx, streams, views
 from .context import ApplyContext
 
 Kind = pb.MessageOp.Kind
@@ -55,26 +54,6 @@ def _not_found(op: pb.MessageOp) -> pb.MetaResult:
 # --- finding messages ---------------------------------------------------------------------
 
 
-def is_expired(r: MessageRecord, now_ms: int) -> bool:
-    return bool(r.expire) and r.timestamp_ms + r.expire * 1000 <= now_ms
-
-
-def is_gone(store: Store, r: MessageRecord, now_ms: int) -> bool:
-    """Expired, or below its channel's deletion floor: no longer there for anyone."""
-    ck = keys.channel_key(r.channel_type, r.channel_id)
-    return is_expired(r, now_ms) or r.message_seq <= msgx.floor(store, ck)
-
-
-def find_by_id(
-    store: Store, channel_type: int, channel_id: str, message_id: int
-) -> MessageRecord | None:
-    """The message with this id in this channel, through the id index (``msgindex``)."""
-    found = msgindex.locate(store, message_id)
-    if found is None or found[:2] != (channel_type, channel_id):
-        return None
-    return store.get_message(channel_type, channel_id, found[2])
-
-
 def _target(ctx: ApplyContext, op: pb.MessageOp) -> MessageRecord | None:
     """The one message a REVOKE or EDIT names, if it exists and is not deleted or expired."""
     if op.message_seqs:
@@ -82,21 +61,12 @@ def _target(ctx: ApplyContext, op: pb.MessageOp) -> MessageRecord | None:
         if r is not None and op.message_id and r.message_id != op.message_id:
             return None
     elif op.message_id:
-        r = find_by_id(ctx.store, op.channel_type, op.channel_id, op.message_id)
+        r = views.find_by_id(ctx.store, op.channel_type, op.channel_id, op.message_id)
     else:
         return None
-    if r is None or is_gone(ctx.store, r, ctx.time_ms):
+    if r is None or views.is_gone(ctx.store, r, ctx.time_ms):
         return None
     return r
-
-
-def parties(store: Store, channel_type: int, channel_id: str) -> list[str]:
-    """Everyone a message of the channel is for: the two uids of a person channel, otherwise
-    the subscribers."""
-    if channel_type == ChannelType.PERSON:
-        a, b = person_parties(channel_id)
-        return [a] if a == b else [a, b]
-    return store.subscribers(channel_type, channel_id)
 
 
 # --- apply ----------------------------------------------------------------------------------
@@ -162,7 +132,7 @@ def _edit(ctx: ApplyContext, op: pb.MessageOp) -> pb.MetaResult:
             "message_seq": r.message_seq,
             "version": version,
             "edited_at": ctx.time_ms,
-            "parties": parties(ctx.store, r.channel_type, r.channel_id),
+            "parties": views.parties(ctx.store, r.channel_type, r.channel_id),
         }
     )
 
@@ -182,7 +152,7 @@ def _read_receipt(ctx: ApplyContext, op: pb.MessageOp) -> pb.MetaResult:
     ck = keys.channel_key(op.channel_type, op.channel_id)
     floor = msgx.floor(ctx.store, ck)
     party = (
-        op.actor_uid in parties(ctx.store, op.channel_type, op.channel_id)
+        op.actor_uid in views.parties(ctx.store, op.channel_type, op.channel_id)
         if op.channel_type == ChannelType.PERSON
         else ctx.store.is_subscriber(op.channel_type, op.channel_id, op.actor_uid)
     )
@@ -195,7 +165,7 @@ def _read_receipt(ctx: ApplyContext, op: pb.MessageOp) -> pb.MetaResult:
             or seq <= floor
             or not r.setting & Setting.RECEIPT
             or r.from_uid == op.actor_uid
-            or is_expired(r, ctx.time_ms)
+            or views.is_expired(r, ctx.time_ms)
         ):
             continue
         key = msgx.user_key(msgx.RECEIPT, ck, seq, op.actor_uid)
@@ -264,7 +234,7 @@ def _delete_expired(ctx: ApplyContext, op: pb.MessageOp) -> pb.MetaResult:
     deleted = 0
     for seq in sorted(set(op.message_seqs[:MAX_SEQS])):
         r = ctx.store.get_message(op.channel_type, op.channel_id, seq)
-        if r is not None and is_expired(r, ctx.time_ms):
+        if r is not None and views.is_expired(r, ctx.time_ms):
             _erase(ctx, r, ck)
             deleted += 1
     return _ok({"deleted": deleted})
@@ -313,73 +283,3 @@ def on_message(ctx: ApplyContext, record: MessageRecord) -> None:
 
 
 META: dict[str, Callable[[ApplyContext, Any], pb.MetaResult]] = {"message": apply_message_op}
-
-
-# --- reads ----------------------------------------------------------------------------------
-
-
-def _receipt(store: Store, q: dict[str, Any]) -> dict[str, Any] | None:
-    ctype, cid, seq = int(q["channel_type"]), q["channel_id"], int(q["message_seq"])
-    r = store.get_message(ctype, cid, seq)
-    ck = keys.channel_key(ctype, cid)
-    if r is None or is_gone(store, r, int(time.time() * 1000)):
-        return None
-    readers = msgx.users_of(store, msgx.RECEIPT, ck, seq)
-    unread = set(parties(store, ctype, cid)) - {r.from_uid} - set(readers)
-    return {
-        "message_id": r.message_id,
-        "message_seq": seq,
-        "from_uid": r.from_uid,
-        "receipt": 1 if r.setting & Setting.RECEIPT else 0,
-        "read_count": len(readers),
-        "unread_count": len(unread),
-        "readers": readers,
-    }
-
-
-QUERIES: dict[str, Callable[[Store, dict[str, Any]], Any]] = {"receipt": _receipt}
-
-
-def present(
-    store: Store, records: list[MessageRecord], viewer: str, now_ms: int | None = None
-) -> list[dict[str, Any]]:
-    """The stored messages as ``viewer`` sees them (``viewer`` "" = no particular user).
-
-    Left out: messages below the channel's deletion floor, expired ones, those the viewer
-    cleared or deleted for themself. Revoked ones keep their place with an empty payload;
-    edited ones carry their latest payload and version. This is a read (the leader's clock
-    is fine here); apply never calls it."""
-    from .reads import message_json
-
-    now = int(time.time() * 1000) if now_ms is None else now_ms
-    floors: dict[tuple[int, str], int] = {}
-    out: list[dict[str, Any]] = []
-    for r in records:
-        chan = (r.channel_type, r.channel_id)
-        ck = keys.channel_key(*chan)
-        if chan not in floors:
-            floor = msgx.floor(store, ck)
-            if viewer:
-                floor = max(floor, conversations.cleared_to(store, viewer, *chan))
-            floors[chan] = floor
-        seq = r.message_seq
-        if seq <= floors[chan] or is_expired(r, now):
-            continue
-        hide_key = msgx.user_key(msgx.HIDE, ck, seq, viewer)
-        if viewer and store.get_raw(msgx.CF, hide_key) is not None:
-            continue
-        m = message_json(r)
-        revoked = msgx.get_json(store, msgx.seq_key(msgx.REVOKE, ck, seq))
-        if revoked is not None:
-            m.update(payload="", revoke=1, revoker=revoked["revoker"])
-        else:
-            edit = msgx.get_json(store, msgx.seq_key(msgx.EDIT, ck, seq))
-            if edit is not None:
-                m.update(
-                    payload=edit["payload"], edited=edit["version"], edited_at=edit["edited_at"]
-                )
-        meta = streams.event_meta(store, r)
-        if meta is not None:
-            m["event_meta"] = meta
-        out.append(m)
-    return out

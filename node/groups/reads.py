@@ -6,36 +6,17 @@ the ``q`` member of the document.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import asdict
 from typing import Any
 
-from ..storage import MessageRecord, Store
-from . import channel_state, command_sync, conversations, message_ops, streams
+from ..storage import Store
+from . import channel_state, command_sync, conversation_reads, message_reads, streams
 
 MAX_SYNC_LIMIT = 10_000
 
 
 class QueryError(ValueError):
     """A query document that names no query or misses an argument."""
-
-
-def message_json(r: MessageRecord) -> dict[str, Any]:
-    return {
-        "message_id": r.message_id,
-        "message_seq": r.message_seq,
-        "timestamp_ms": r.timestamp_ms,
-        "channel_id": r.channel_id,
-        "channel_type": r.channel_type,
-        "from_uid": r.from_uid,
-        "client_msg_no": r.client_msg_no,
-        "payload": base64.b64encode(r.payload).decode(),
-        "setting": r.setting,
-        "flags": r.flags,
-        "expire": r.expire,
-        "topic": r.topic,
-        "stream_no": r.stream_no,
-    }
 
 
 def run_query(store: Store, q: dict[str, Any]) -> Any:
@@ -99,14 +80,14 @@ def _messages(store: Store, q: dict[str, Any]) -> dict[str, Any]:
     return {
         "head": head,
         "more": 1 if more else 0,
-        "messages": message_ops.present(store, records, str(q.get("login_uid", ""))),
+        "messages": message_reads.present(store, records, str(q.get("login_uid", ""))),
     }
 
 
 _DOMAIN_QUERIES = {
     **channel_state.QUERIES,
-    **conversations.QUERIES,
-    **message_ops.QUERIES,
+    **conversation_reads.QUERIES,
+    **message_reads.QUERIES,
     **command_sync.QUERIES,
     **streams.QUERIES,
 }

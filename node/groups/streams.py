@@ -11,7 +11,7 @@ events go to online sessions as EVENT frames (protocol >= 5 only; ``session.push
 Keys in column family ``msgx`` (the other prefixes belong to ``msgx.py`` and ``msgindex.py``):
 
 - ``S 0x00 ck seq``                 -> JSON summary {"last", "lanes": {key: lane}}
-- ``S 0x01 ck seq msg_event_seq``   -> JSON event (``event_json``)
+- ``S 0x01 ck seq msg_event_seq``   -> JSON event (``_event_json``)
 - ``S 0x02 ck seq event_id``        -> msg_event_seq of that event id (idempotency)
 """
 
@@ -28,7 +28,7 @@ from proto.wkproto import ReasonCode, Setting
 from ..channels import view_channel_id
 from ..pipeline_rules import SYSTEM_UID
 from ..storage import MessageRecord, Store, keys
-from . import msgx
+from . import msgx, views
 from .context import ApplyContext
 
 SUMMARY = b"S\x00"
@@ -66,19 +66,15 @@ def find_anchor(
     store: Store, channel_type: int, channel_id: str, from_uid: str, client_msg_no: str, mid: int
 ) -> MessageRecord | None:
     """The anchor by (sender, client_msg_no), or by message id when no client_msg_no is given."""
-    from .message_ops import find_by_id
-
     if client_msg_no:
         found = store.get_dedupe(channel_type, channel_id, from_uid, client_msg_no)
         return None if found is None else store.get_message(channel_type, channel_id, found[1])
-    return find_by_id(store, channel_type, channel_id, mid) if mid else None
+    return views.find_by_id(store, channel_type, channel_id, mid) if mid else None
 
 
 def _visible(store: Store, r: MessageRecord, now_ms: int) -> bool:
     """Not gone (expired, deleted) and not revoked: a stream can still take events."""
-    from .message_ops import is_gone
-
-    if is_gone(store, r, now_ms):
+    if views.is_gone(store, r, now_ms):
         return False
     ck = keys.channel_key(r.channel_type, r.channel_id)
     return store.get_raw(msgx.CF, msgx.seq_key(msgx.REVOKE, ck, r.message_seq)) is None
@@ -102,31 +98,70 @@ def _apply(ctx: ApplyContext, op: pb.StreamEvent) -> pb.MetaResult:
     ck = keys.channel_key(anchor.channel_type, anchor.channel_id)
     seq = anchor.message_seq
     id_key = _id_key(ck, seq, op.event_id)
-    known = ctx.cache.get(id_key)
+    known = _known_event_seq(ctx, id_key)
+    if known is not None:
+        # A retried event: the answer of the first, nothing applied again.
+        event = _read(ctx, _event_key(ck, seq, known))
+        return _result({"event": event, "duplicate": True, "parties": []})
+    skey = _summary_key(ck, seq)
+    summary = _read(ctx, skey) or {"last": 0, "lanes": {}}
+    lane = summary["lanes"].get(op.event_key) or _new_lane()
+    conflict = _conflict(summary, lane, op.event_key)
+    if conflict is not None:
+        return _result({"conflict": conflict})
+    event_seq = summary["last"] + 1
+    payload = json.loads(op.payload) if op.payload else {}
+    _fold(lane, op, payload)
+    lane["stream_status"] = status
+    lane["last_msg_event_seq"] = event_seq
+    summary["lanes"][op.event_key] = lane
+    summary["last"] = event_seq
+    event = _event_json(anchor, op, event_seq, status, payload, ctx.time_ms)
+    ekey = _event_key(ck, seq, event_seq)
+    ctx.wb.put_raw(msgx.CF, ekey, msgx.dump(event))
+    ctx.wb.put_raw(msgx.CF, id_key, keys.pack_seq(event_seq))
+    ctx.wb.put_raw(msgx.CF, skey, msgx.dump(summary))
+    # Later events of the same command read these back (a batch cannot be read).
+    ctx.cache[ekey] = event
+    ctx.cache[id_key] = event_seq
+    ctx.cache[skey] = summary
+    audience = (
+        [anchor.from_uid]
+        if op.private
+        else views.parties(ctx.store, anchor.channel_type, anchor.channel_id)
+    )
+    return _result({"event": event, "duplicate": False, "parties": audience})
+
+
+def _known_event_seq(ctx: ApplyContext, id_key: bytes) -> int | None:
+    """The msg_event_seq an event id already got (a retry), from this command or the store."""
+    known: int | None = ctx.cache.get(id_key)
     if known is None:
         raw = ctx.store.get_raw(msgx.CF, id_key)
         known = None if raw is None else keys.unpack_seq(raw)
-    if known is not None:
-        # A retried event: the answer of the first, nothing applied again.
-        event = ctx.cache.get(_event_key(ck, seq, known)) or msgx.get_json(
-            ctx.store, _event_key(ck, seq, known)
-        )
-        return _result({"event": event, "duplicate": True, "parties": []})
-    skey = _summary_key(ck, seq)
-    summary = ctx.cache.get(skey) or msgx.get_json(ctx.store, skey) or {"last": 0, "lanes": {}}
-    lane = summary["lanes"].get(op.event_key) or {
-        "stream_status": "open",
-        "snapshot": "",
-        "truncated": False,
-        "last_msg_event_seq": 0,
-    }
+    return known
+
+
+def _read(ctx: ApplyContext, key: bytes) -> Any:
+    """A JSON value of ``msgx``, as this command left it or else as stored."""
+    return ctx.cache.get(key) or msgx.get_json(ctx.store, key)
+
+
+def _new_lane() -> dict[str, Any]:
+    return {"stream_status": "open", "snapshot": "", "truncated": False, "last_msg_event_seq": 0}
+
+
+def _conflict(summary: dict[str, Any], lane: dict[str, Any], event_key: str) -> str | None:
+    """Why the stream takes no more events on this lane, or ``None``."""
     if lane["stream_status"] != "open":
-        status_now = lane["stream_status"]
-        return _result({"conflict": f"lane {op.event_key!r} of this stream is {status_now}"})
+        return f"lane {event_key!r} of this stream is {lane['stream_status']}"
     if summary["last"] >= MAX_EVENTS:
-        return _result({"conflict": f"this stream has {MAX_EVENTS} events, the most it may"})
-    event_seq = summary["last"] + 1
-    payload = json.loads(op.payload) if op.payload else {}
+        return f"this stream has {MAX_EVENTS} events, the most it may"
+    return None
+
+
+def _fold(lane: dict[str, Any], op: pb.StreamEvent, payload: Any) -> None:
+    """Append a public delta's text to the lane's snapshot, cut at ``snapshot_limit`` bytes."""
     delta = payload.get("delta") if isinstance(payload, dict) else None
     if op.event_type == "stream.delta" and isinstance(delta, str) and not op.private:
         folded = lane["snapshot"] + delta
@@ -135,15 +170,22 @@ def _apply(ctx: ApplyContext, op: pb.StreamEvent) -> pb.MetaResult:
             folded = folded.encode()[:limit].decode(errors="ignore")
             lane["truncated"] = True
         lane["snapshot"] = folded
-    lane["stream_status"] = status
-    lane["last_msg_event_seq"] = event_seq
-    summary["lanes"][op.event_key] = lane
-    summary["last"] = event_seq
-    event = {
+
+
+def _event_json(
+    anchor: MessageRecord,
+    op: pb.StreamEvent,
+    event_seq: int,
+    status: str,
+    payload: Any,
+    time_ms: int,
+) -> dict[str, Any]:
+    """The stored event: what EVENT frames and ``/message/eventsync`` show."""
+    return {
         "channel_id": anchor.channel_id,
         "channel_type": anchor.channel_type,
         "message_id": anchor.message_id,
-        "message_seq": seq,
+        "message_seq": anchor.message_seq,
         "client_msg_no": anchor.client_msg_no,
         "from_uid": anchor.from_uid,
         "event_id": op.event_id,
@@ -153,25 +195,9 @@ def _apply(ctx: ApplyContext, op: pb.StreamEvent) -> pb.MetaResult:
         "stream_status": status,
         "visibility": "private" if op.private else "public",
         "occurred_at": op.occurred_at,
-        "timestamp_ms": ctx.time_ms,
+        "timestamp_ms": time_ms,
         "payload": payload,
     }
-    ekey = _event_key(ck, seq, event_seq)
-    ctx.wb.put_raw(msgx.CF, ekey, msgx.dump(event))
-    ctx.wb.put_raw(msgx.CF, id_key, keys.pack_seq(event_seq))
-    ctx.wb.put_raw(msgx.CF, skey, msgx.dump(summary))
-    # Later events of the same command read these back (a batch cannot be read).
-    ctx.cache[ekey] = event
-    ctx.cache[id_key] = event_seq
-    ctx.cache[skey] = summary
-    from .message_ops import parties
-
-    audience = (
-        [anchor.from_uid]
-        if op.private
-        else parties(ctx.store, anchor.channel_type, anchor.channel_id)
-    )
-    return _result({"event": event, "duplicate": False, "parties": audience})
 
 
 def event_view(event: dict[str, Any], viewer: str) -> dict[str, Any]:

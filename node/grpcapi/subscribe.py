@@ -32,7 +32,7 @@ from proto.raftchat.v1 import api_pb2
 
 from ..channels import view_channel_id
 from ..command_channels import makes_conversations
-from ..groups.reads import message_json
+from ..groups.views import message_json
 from ..http.common import ApiContext, check_id, message_resp, person_or_channel
 from ..http.server import ApiError
 from ..log import get_logger

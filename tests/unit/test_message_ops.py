@@ -13,9 +13,11 @@ import pytest
 
 from node.groups import msgx
 from node.groups.machine import GroupMachine
-from node.groups.message_ops import DELETE_CHUNK, find_by_id, present
+from node.groups.message_ops import DELETE_CHUNK
+from node.groups.message_reads import present
 from node.groups.reads import run_query
 from node.groups.retention import plan
+from node.groups.views import find_by_id
 from node.storage import Store, keys
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, ReasonCode, Setting
