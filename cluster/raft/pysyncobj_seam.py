@@ -9,11 +9,11 @@ them live here, behind names of ours, and this module refuses to load against an
 a new pysyncobj means re-reading what is below, once.
 
 The rest of ``cluster.raft`` subclasses ``SyncObjHooks`` and ``ConnectionHooks`` and overrides
-their plainly named hooks, and calls the functions here for the state. All of it runs on the
-Raft driver thread, which owns the groups (``driver.py``): other threads read a group's
-``GroupView`` (``group.py``), published after each of its ticks. pysyncobj's message dicts
-("type", "prevLogIdx", ...) are its wire protocol, the data the hooks receive, not state:
-``follower.py`` reads them.
+their plainly named hooks, and calls the functions here for the state. The hooks and the
+state functions run on the Raft driver thread, which owns the groups (``driver.py``): other
+threads read a group's ``GroupView`` (``group.py``), published after each of its ticks.
+pysyncobj's message dicts ("type", "prevLogIdx", ...) are its wire protocol, the data the hooks
+receive, not state: ``follower.py`` reads them.
 
 ``tests/unit/test_pysyncobj_seam.py`` checks that no other module of ``cluster`` or ``node``
 reaches these internals.
