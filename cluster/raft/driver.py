@@ -20,12 +20,12 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-import pysyncobj.syncobj as _syncobj_module
 from pysyncobj.poller import POLL_EVENT_TYPE, Poller, PollPoller
 
+from . import pysyncobj_seam as seam
 from . import wire
 from .guard import ConnectionGuard
 
@@ -64,17 +64,6 @@ class _GroupPoller(Poller):  # type: ignore[misc]
 
     def poll(self, timeout: float) -> None:
         pass  # doTick(0.0) asks for a zero-timeout poll: the driver's own poll covers it
-
-
-@contextlib.contextmanager
-def _group_poller(poller: Poller) -> Iterator[None]:
-    """Make the next ``SyncObj`` constructed on this thread use ``poller``."""
-    original = _syncobj_module.createPoller
-    _syncobj_module.createPoller = lambda _kind: poller
-    try:
-        yield
-    finally:
-        _syncobj_module.createPoller = original
 
 
 class RaftDriver:
@@ -140,7 +129,7 @@ class RaftDriver:
             if name in self._groups:
                 raise ValueError(f"raft group {name} already exists")
             poller = _GroupPoller(self._poller, lambda: self._dirty.add(name), self.guard)
-            with _group_poller(poller):
+            with seam.group_poller(poller):
                 obj = factory()
             self._groups[name] = obj
             self._dirty.add(name)
@@ -242,10 +231,9 @@ def _lone_leader_behind(obj: Any) -> bool:
     """A group without other members commits what it appended only in its next tick (pysyncobj
     computes the commit index before it appends), and no socket event will come to ask for
     that tick."""
-    if obj._SyncObj__otherNodes:
+    if seam.other_nodes(obj):
         return False
-    log_ = obj._SyncObj__raftLog
-    return bool(obj._isLeader()) and obj._SyncObj__raftCommitIndex < log_[-1][1]
+    return seam.is_leader(obj) and seam.commit_index(obj) < seam.journal(obj)[-1][1]
 
 
 def _run_into(fn: Callable[[], T], fut: concurrent.futures.Future[T]) -> None:
@@ -258,9 +246,8 @@ def _run_into(fn: Callable[[], T], fut: concurrent.futures.Future[T]) -> None:
 
 
 def _destroy(obj: Any) -> None:
-    # ``destroy()`` only flags the object when autoTick is off; ``_doDestroy`` closes its
-    # sockets and journal now, on this thread, which owns them.
+    # Now, on this thread, which owns its sockets and journal.
     try:
-        obj._doDestroy()
+        seam.destroy_now(obj)
     except Exception:
         log.exception("destroying a raft group failed")

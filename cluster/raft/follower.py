@@ -39,9 +39,9 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from pysyncobj import SyncObj
-
 from cluster.ratelog import RateLimitedLog
+
+from . import pysyncobj_seam as seam
 
 if TYPE_CHECKING:
     from .snapshot import CheckpointTransmitter
@@ -90,13 +90,13 @@ class AppendGuard:
     def _regular(self, node: Any, message: dict[str, Any]) -> None:
         g = self._g
         prev_idx: int = message["prevLogIdx"]
-        if prev_idx >= g._SyncObj__getCurrentLogIndex():
+        if prev_idx >= seam.last_log_index(g):
             # The steady state: new entries after this replica's last one (or a gap, which
             # pysyncobj answers with a reset). Nothing to delete; pysyncobj's rules hold.
             self._pysyncobj(node, message)
             return
         entries: list[Entry] = list(message.get("entries", ()))
-        ours: list[Entry] = g._SyncObj__getEntries(prev_idx)
+        ours: list[Entry] = seam.entries_from(g, prev_idx)
         if not ours or ours[0][2] != message["prevLogTerm"]:
             self._pysyncobj(node, message)  # no match at prevLogIdx: pysyncobj asks for a reset
             return
@@ -107,7 +107,7 @@ class AppendGuard:
             held += 1
         if held < len(entries):
             conflict = held + 1 < len(ours)
-            if conflict and ours[held + 1][1] <= g._SyncObj__raftLastApplied:
+            if conflict and ours[held + 1][1] <= seam.last_applied(g):
                 self._refuse(node, message, ours[held + 1], entries[held])
                 return
             if held:
@@ -136,7 +136,7 @@ class AppendGuard:
         # conflicts truncates then); the answer and the commit index stop at ``verified``.
         self._header_only(node, message)
         self._commit_up_to(min(int(message["commit_index"]), verified[1]))
-        g._SyncObj__sendNextNodeIdx(node, nextNodeIdx=verified[1] + 1, success=True)
+        g.answer_leader(node, False, verified[1] + 1, True)  # through the group, as pysyncobj
 
     def _refuse(self, node: Any, message: dict[str, Any], ours: Entry, theirs: Entry) -> None:
         self.refused += 1
@@ -149,7 +149,7 @@ class AppendGuard:
             index=ours[1],
             applied_term=ours[2],
             leader_term=theirs[2],
-            applied=int(self._g._SyncObj__raftLastApplied),
+            applied=seam.last_applied(self._g),
         )
         self._header_only(node, message)
 
@@ -173,13 +173,13 @@ class AppendGuard:
             incoming.unlink(missing_ok=True)
             return
         index = int(meta["index"])
-        if index <= g._SyncObj__raftLastApplied:
+        if index <= seam.last_applied(g):
             # Older than what this replica applied (a leader that went back on a late reply):
             # nothing to load, and nothing of the log may go. The leader learns where it is.
             snapshots.discard(checkpoint, transmitter.dump_path)
             incoming.unlink(missing_ok=True)
             self.load_failed = False
-            self.snapshot_next = int(g._SyncObj__raftCommitIndex) + 1
+            self.snapshot_next = seam.commit_index(g) + 1
             return
         try:
             snapshots.install_received(meta, checkpoint)
@@ -189,8 +189,8 @@ class AppendGuard:
             return
         last, before = meta["raft"][0], meta["raft"][1]
         kept = trim_journal_to(g, before, last)
-        SyncObj._SyncObj__loadDumpFile(g, not kept)
-        if g._SyncObj__raftLastApplied == index:
+        seam.load_snapshot(g, not kept)
+        if seam.last_applied(g) == index:
             self.load_failed = False
             self.snapshot_next = index + 1
             self._commit_up_to(index)
@@ -207,21 +207,17 @@ class AppendGuard:
             return
         if success and next_idx is None and snapshot_next is not None:
             next_idx = snapshot_next
-        SyncObj._SyncObj__sendNextNodeIdx(
-            self._g, node, reset=reset, nextNodeIdx=next_idx, success=success
-        )
+        seam.answer_leader(self._g, node, reset=reset, next_index=next_idx, success=success)
 
     def _reset_to_commit(self, node: Any) -> None:
         # Committed entries are the leader's too (Leader Completeness): the safe place to go on.
-        commit = int(self._g._SyncObj__raftCommitIndex)
-        SyncObj._SyncObj__sendNextNodeIdx(
-            self._g, node, reset=True, nextNodeIdx=commit + 1, success=False
-        )
+        commit = seam.commit_index(self._g)
+        seam.answer_leader(self._g, node, reset=True, next_index=commit + 1, success=False)
 
     # --- pysyncobj --------------------------------------------------------------------------
 
     def _pysyncobj(self, node: Any, message: dict[str, Any]) -> None:
-        SyncObj._SyncObj__onMessageReceived(self._g, node, message)
+        seam.handle_message(self._g, node, message)
 
     def _header_only(self, node: Any, message: dict[str, Any]) -> None:
         """What every AppendEntries of a current leader does (term, leader, election timer,
@@ -237,14 +233,13 @@ class AppendGuard:
         """pysyncobj's handling of ``message`` with this replica's own commit index in it, so
         that none moves; the leader's commit index is still recorded (readiness reads it)."""
         g = self._g
-        self._pysyncobj(node, {**message, "commit_index": g._SyncObj__raftCommitIndex})
-        g._SyncObj__leaderCommitIndex = message["commit_index"]
+        self._pysyncobj(node, {**message, "commit_index": seam.commit_index(g)})
+        seam.set_leader_commit_index(g, message["commit_index"])
 
     def _commit_up_to(self, index: int) -> None:
         g = self._g
-        if index > g._SyncObj__raftCommitIndex:
-            g._SyncObj__raftCommitIndex = index
-            g._SyncObj__raftLog.setRaftCommitIndex(index)
+        if index > seam.commit_index(g):
+            seam.set_commit_index(g, index)
 
 
 def _same(ours: Entry, theirs: Entry) -> bool:
@@ -256,7 +251,7 @@ def trim_journal_to(group: Any, before: Any, last: Any) -> bool:
     """Make the journal start at a snapshot's two last entries, ``before`` and ``last``, if it
     holds both, keeping every entry after them (what pysyncobj's compaction does one tick after
     it writes a snapshot); True when the journal starts with them."""
-    journal = group._SyncObj__raftLog
+    journal = seam.journal(group)
     if len(journal) < 2:
         return False
     if _same_full(journal[0], before) and _same_full(journal[1], last):

@@ -14,15 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pysyncobj import SyncObj, SyncObjConf, SyncObjException, replicated
-from pysyncobj.journal import FileJournal
-from pysyncobj.monotonic import monotonic as raft_clock
-from pysyncobj.syncobj import _RAFT_STATE
-from pysyncobj.tcp_connection import CONNECTION_STATE
+from pysyncobj import SyncObjConf, SyncObjException, replicated
 
 from cluster.listen import ListenError, bind_problem, os_error_behind
 from cluster.ratelog import RateLimitedLog
 
+from . import pysyncobj_seam as seam
 from .follower import AppendGuard, trim_journal_to
 from .snapshot import CheckpointSnapshots, CheckpointTransmitter, install_checkpoint_transmitter
 
@@ -78,23 +75,7 @@ class GroupView:
     """AppendEntries refused because they would replace entries this replica applied."""
 
 
-def store_commit_index_on_change(journal: Any) -> None:
-    """pysyncobj 0.3.17's file journal marks its meta file stale on every
-    ``setRaftCommitIndex`` and rewrites it (a write and a rename) within a second; a follower
-    calls that on every AppendEntries, heartbeats included, so each idle follower rewrote an
-    unchanged file (a write and a rename, ~0.2 ms of CPU) every second per group."""
-    if not isinstance(journal, FileJournal):
-        return
-    set_index = journal.setRaftCommitIndex
-
-    def set_if_changed(index: int) -> None:
-        if index != journal.getRaftCommitIndex():
-            set_index(index)
-
-    journal.setRaftCommitIndex = set_if_changed
-
-
-class ReplicatedGroup(SyncObj):  # type: ignore[misc]
+class ReplicatedGroup(seam.SyncObjHooks):
     def __init__(
         self,
         self_addr: str,
@@ -128,26 +109,26 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
             address = conf.bindAddress or self_addr
             cause = os_error_behind(e) or bind_problem(address) or "the port could not be bound"
             with contextlib.suppress(Exception):
-                self._doDestroy()  # its journal and sockets; the object is never used
+                seam.destroy_now(self)  # its journal and sockets; the object is never used
             raise ListenError("Raft", address, cause) from None
         if snapshots is not None:
             install_checkpoint_transmitter(self, snapshots).not_ready = self._park
-        store_commit_index_on_change(self._SyncObj__raftLog)
+        seam.store_commit_index_on_change(seam.journal(self))
         self.view = self._current_view()
 
-    def _SyncObj__applyLogEntries(self) -> bool:  # overrides pysyncobj 0.3.17 internals
+    def apply_log_entries(self) -> bool:
         # With appendEntriesUseBatch off, pysyncobj follows every apply with an AppendEntries
         # round whose only news is the commit index: four more Raft messages per batch in a
         # three-node group. New entries still go out at once (pysyncobj sends them when it
         # queues them); the commit index reaches followers with the next entries or the next
         # heartbeat. Followers then apply up to one heartbeat later, which nothing waits for:
         # answers, fan-out and reads all come from the leader.
-        SyncObj._SyncObj__applyLogEntries(self)
+        super().apply_log_entries()
         return False
 
-    def _onTick(self, timeToWait: float = 0.0) -> None:
+    def on_tick(self, wait_s: float) -> None:
         try:
-            self._tick(timeToWait)
+            self._tick(wait_s)
         finally:
             # Even after a tick that failed (a disk error in an apply, say): pysyncobj's state
             # goes on changing in message handling, and a view left behind would, for one,
@@ -156,14 +137,10 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
             self._publish_view()
             self._check_leader()
 
-    def _tick(self, timeToWait: float) -> None:
-        term, state = self._SyncObj__raftCurrentTerm, self._SyncObj__raftState
-        super()._onTick(timeToWait)
-        if (
-            state == _RAFT_STATE.FOLLOWER
-            and self._SyncObj__raftState == _RAFT_STATE.CANDIDATE
-            and self._SyncObj__raftCurrentTerm != term
-        ):
+    def _tick(self, wait_s: float) -> None:
+        term, was_follower = seam.term(self), seam.is_follower(self)
+        super().on_tick(wait_s)
+        if was_follower and seam.is_candidate(self) and seam.term(self) != term:
             # This tick started an election. pysyncobj gives a candidate a whole election
             # timeout to collect its votes, but votes take milliseconds; what a long round
             # costs is a split vote, when both followers of a dead leader stand within the
@@ -173,9 +150,7 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
             # at most one short round. (A node knocked back to follower, say by a vote request
             # of a higher term that it refused, starts with a short round again: in a minority
             # partition its term rises a little faster than pysyncobj's would, and that is all.)
-            self._SyncObj__raftElectionDeadline = raft_clock() + first_round_s(
-                self._SyncObj__conf.raftMinTimeout
-            )
+            seam.set_election_timeout(self, first_round_s(seam.conf(self).raftMinTimeout))
 
     def _publish_view(self) -> None:
         try:
@@ -184,49 +159,46 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
             VIEW_FAILURES.exception(self._label, "publishing a raft group's view failed")
 
     def _current_view(self) -> GroupView:
-        leader = self._SyncObj__raftLeader
-        is_leader = self._SyncObj__raftState == _RAFT_STATE.LEADER
-        commit = int(self._SyncObj__raftCommitIndex)
-        leader_commit = self._SyncObj__leaderCommitIndex
-        matches = self._SyncObj__raftMatchIndex if is_leader else {}
+        leader = seam.leader(self)
+        is_leader = seam.is_leader(self)
+        commit = seam.commit_index(self)
+        leader_commit = seam.leader_commit_index(self)
+        matches = seam.match_indexes(self) if is_leader else {}
         return GroupView(
             is_leader=is_leader,
             leader=None if leader is None else _address(leader),
-            term=int(self._SyncObj__raftCurrentTerm),
+            term=seam.term(self),
             commit_index=commit,
-            applied_index=int(self._SyncObj__raftLastApplied),
-            leader_commit=commit if leader_commit is None else int(leader_commit),
-            members=tuple(sorted(_address(n) for n in self._SyncObj__otherNodes)),
+            applied_index=seam.last_applied(self),
+            leader_commit=commit if leader_commit is None else leader_commit,
+            members=tuple(sorted(_address(n) for n in seam.other_nodes(self))),
             matches=tuple((_address(n), int(i)) for n, i in matches.items()),
-            has_quorum=bool(self.hasQuorum),
+            has_quorum=seam.has_quorum(self),
             diverged_refusals=self._append_guard.refused,
         )
 
-    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # pysyncobj's
+    def on_message(self, node: Any, message: Any) -> None:
         if message["type"] == "response_vote" and not self._first_vote_from(node, message):
             return
-        if (
-            message["type"] == "append_entries"
-            and message["term"] >= self._SyncObj__raftCurrentTerm
-        ):
+        if message["type"] == "append_entries" and message["term"] >= seam.term(self):
             self._append_guard.on_append_entries(node, message)
             return
-        SyncObj._SyncObj__onMessageReceived(self, node, message)
+        super().on_message(node, message)
 
-    def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # pysyncobj's
-        serializer = self._SyncObj__serializer
-        if clearJournal and isinstance(serializer, CheckpointTransmitter):
+    def load_snapshot(self, clear_journal: bool) -> None:
+        serializer = seam.serializer(self)
+        if clear_journal and isinstance(serializer, CheckpointTransmitter):
             self._append_guard.load_received(serializer)  # a snapshot a leader sent
             return
-        if not clearJournal:
+        if not clear_journal:
             keep_journal_after_snapshot(self)
-        SyncObj._SyncObj__loadDumpFile(self, clearJournal)
+        super().load_snapshot(clear_journal)
 
-    def _SyncObj__sendAppendEntries(self) -> None:  # pysyncobj's
+    def send_append_entries(self) -> None:
         try:
-            SyncObj._SyncObj__sendAppendEntries(self)
+            super().send_append_entries()
         finally:
-            next_index = self._SyncObj__raftNextIndex
+            next_index = seam.next_indexes(self)
             for node, index in self._parked.items():
                 if node in next_index:
                     next_index[node] = index
@@ -238,14 +210,12 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
         # whole round (``appendEntriesPeriod``): the driver thread, which every group of the
         # node shares, spent the build busy. Pretending for the rest of this round that the
         # member is up to date sends it one message (its heartbeat) and ends the loop.
-        next_index = self._SyncObj__raftNextIndex
+        next_index = seam.next_indexes(self)
         self._parked.setdefault(node, next_index[node])
-        next_index[node] = self._SyncObj__getCurrentLogIndex() + 1
+        next_index[node] = seam.last_log_index(self) + 1
 
-    def _SyncObj__sendNextNodeIdx(  # pysyncobj's
-        self, node: Any, reset: bool = False, nextNodeIdx: Any = None, success: bool = False
-    ) -> None:
-        self._append_guard.answer(node, reset, nextNodeIdx, success)
+    def answer_leader(self, node: Any, reset: bool, next_index: Any, success: bool) -> None:
+        self._append_guard.answer(node, reset, next_index, success)
 
     @property
     def diverged_refusals(self) -> int:
@@ -254,7 +224,7 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
 
     def _first_vote_from(self, node: Any, message: Any) -> bool:
         # pysyncobj counts every vote answer of the current term without asking who sent it.
-        # Since a candidate may ask a member twice (``_SyncObj__onNodeConnected``), a second
+        # Since a candidate may ask a member twice (``on_node_connected``), a second
         # answer from the same member in the same term must not count: in a group of five,
         # it could make a majority that does not exist. pysyncobj's voters answer once per
         # term, but this does not rely on it.
@@ -272,15 +242,15 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
         # After each tick, not in pysyncobj's own leader-changed hook, which runs before it
         # records the new leader. Not per message either: the driver ticks a group right
         # after the poll that brought its messages, so one check per tick sees every change.
-        leader = self._SyncObj__raftLeader
+        leader = seam.leader(self)
         if leader is not self._known_leader:
             self._known_leader = leader
             if self.on_leader_news is not None:
                 self.on_leader_news()
 
-    def _SyncObj__onNodeConnected(self, node: Any) -> None:  # overrides pysyncobj internals
-        SyncObj._SyncObj__onNodeConnected(self, node)
-        if self._SyncObj__raftState == _RAFT_STATE.CANDIDATE and node in self._SyncObj__otherNodes:
+    def on_node_connected(self, node: Any) -> None:
+        super().on_node_connected(node)
+        if seam.is_candidate(self) and node in seam.other_nodes(self):
             # Ask again for a vote that may have been lost. Followers never talk to each
             # other, and pysyncobj drops a link that has not been read from for
             # ``connectionTimeout`` at the next send on it, discarding the message: a
@@ -289,32 +259,29 @@ class ReplicatedGroup(SyncObj):  # type: ignore[misc]
             # back moments later, and this is the moment to repeat the request. A node that
             # already voted in this term ignores it, and a second answer would not count
             # (``_first_vote_from``).
-            #
-            # The connection itself, not the transport: pysyncobj reports an outgoing link as
-            # connected just before it marks it so, and the transport refuses to send on it.
-            conn = self._SyncObj__transport._connections.get(node)
-            if conn is not None and conn.state != CONNECTION_STATE.DISCONNECTED:
+            conn = seam.open_connection(self, node)
+            if conn is not None:
                 conn.send(
                     {
                         "type": "request_vote",
-                        "term": self._SyncObj__raftCurrentTerm,
-                        "last_log_index": self._SyncObj__getCurrentLogIndex(),
-                        "last_log_term": self._SyncObj__getCurrentLogTerm(),
+                        "term": seam.term(self),
+                        "last_log_index": seam.last_log_index(self),
+                        "last_log_term": seam.last_log_term(self),
                     }
                 )
 
-    def _SyncObj__onNodeDisconnected(self, node: Any) -> None:  # pysyncobj's
-        SyncObj._SyncObj__onNodeDisconnected(self, node)
+    def on_node_disconnected(self, node: Any) -> None:
+        super().on_node_disconnected(node)
         # The chunks of a snapshot transfer in flight on the lost link are gone. pysyncobj
         # cancels the transfer only if its next append round finds the member disconnected;
         # a link that is back by then would get the rest of the chunks after a gap, and the
         # follower a damaged tar. Starting over on the next link costs one transfer.
-        self._SyncObj__serializer.cancelTransmisstion(node)
+        seam.serializer(self).cancelTransmisstion(node)
 
     @replicated  # type: ignore[untyped-decorator]
     def apply(self, command: bytes) -> bytes:
         # pysyncobj advances raftLastApplied after the call, so this command's index is +1.
-        index = int(self.raftLastApplied) + 1
+        index = seam.last_applied(self) + 1
         return self._machine.apply(index, command)
 
 
@@ -337,10 +304,11 @@ def keep_journal_after_snapshot(group: Any) -> None:
     leader. If the journal holds the snapshot's two entries, this does the second step instead
     (as pysyncobj would have), and every entry after the snapshot stays."""
     try:
-        data = group._SyncObj__serializer.deserialize()
+        data = seam.serializer(group).deserialize()
     except Exception:
         return  # no snapshot, or one pysyncobj cannot load either: it says so itself
-    first = int(group._SyncObj__raftLog[0][1]) if len(group._SyncObj__raftLog) else None
+    journal = seam.journal(group)
+    first = int(journal[0][1]) if len(journal) else None
     if trim_journal_to(group, data[2], data[1]) and first != int(data[2][1]):
         logging.getLogger("raftchat.raft").warning(
             "finished a log compaction cut short by a crash; kept the journal after it",

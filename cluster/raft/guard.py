@@ -7,7 +7,7 @@ the node, busy reading and copying its buffer: sends take seconds and groups cha
 closes a connection over a bad frame without a word, and leaves one that sends nothing, or a
 byte now and then, open for good (it checks a timeout only when its socket has an event).
 
-Every pysyncobj TCP connection is a ``GuardedConnection`` (``install``):
+Every pysyncobj TCP connection is a ``GuardedConnection`` (``wire.install``):
 
 * A frame may declare at most ``HANDSHAKE_FRAME_LIMIT`` bytes until the connection has
   authenticated and ``FRAME_LIMIT`` after; the length is checked as soon as its 4 bytes are in.
@@ -32,27 +32,18 @@ before) and never blocks: all of it runs on the driver thread.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import struct
 import time
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
-import pysyncobj.tcp_connection as _tcp_connection
-import pysyncobj.tcp_server as _tcp_server
-import pysyncobj.transport as _transport
-from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
+from pysyncobj.tcp_connection import CONNECTION_STATE
+from pysyncobj.tcp_server import TcpServer
 
 from cluster.ratelog import RateLimitedLog
 
-PATCHED_VERSION = "0.3.17"
-if importlib.metadata.version("pysyncobj") != PATCHED_VERSION:
-    raise ImportError(
-        f"cluster.raft.guard overrides pysyncobj {PATCHED_VERSION} internals "
-        f"(TcpConnection's private read, parse and event methods, TcpServer.bind); pysyncobj "
-        f"{importlib.metadata.version('pysyncobj')} is installed: re-check them"
-    )
+from . import pysyncobj_seam as seam
 
 HANDSHAKE_FRAME_LIMIT = 1024
 """Frames before authentication: the peer's random key, then its address (or a pysyncobj
@@ -166,12 +157,11 @@ class FrameRefused(Exception):
         self.level = level
 
 
-class GuardedConnection(TcpConnection):  # type: ignore[misc]
-    """pysyncobj's TcpConnection with the checks above. Overrides its private ``__processRead``,
-    ``__processParseMessage`` and ``__processConnection``, and ``connect``/``disconnect``."""
+class GuardedConnection(seam.ConnectionHooks):
+    """pysyncobj's TcpConnection with the checks above. Overrides its private steps (through
+    ``ConnectionHooks``: socket events, reads, parsing) and ``connect``/``disconnect``."""
 
-    # pysyncobj's, set in TcpConnection.__init__ (declared for mypy, which cannot see them)
-    _TcpConnection__readBuffer: bytes
+    # pysyncobj's, set in TcpConnection.__init__ (declared for mypy, which cannot see it)
     recvLastTimestamp: int
 
     def __init__(self, poller: Any, *args: Any, **kwargs: Any) -> None:
@@ -183,7 +173,7 @@ class GuardedConnection(TcpConnection):  # type: ignore[misc]
         self._where = "Raft link"
         self._source = "?"
         super().__init__(poller, *args, **kwargs)
-        sock = self._TcpConnection__socket
+        sock = self.raw_socket
         if sock is None:
             return  # outgoing: connect() says where to
         try:
@@ -230,20 +220,20 @@ class GuardedConnection(TcpConnection):  # type: ignore[misc]
             self._guard.settle(self)
         super().disconnect()
 
-    def _TcpConnection__processConnection(self, descr: int, event: int) -> None:
+    def on_socket_event(self, descr: int, event: int) -> None:
         if self._refusal is not None:
             self.refuse(self._refusal)
             return
         if self._gone:
             self.disconnect()
             return
-        TcpConnection._TcpConnection__processConnection(self, descr, event)
+        super().on_socket_event(descr, event)
 
-    def _TcpConnection__processRead(self) -> bool:
+    def read_once(self) -> bool:
         """One ``recv``; True to read again (pysyncobj reads until the socket is drained)."""
-        if not TcpConnection._TcpConnection__processRead(self):
+        if not super().read_once():
             return False
-        buf = self._TcpConnection__readBuffer
+        buf = self.read_buffer
         if len(buf) < _LENGTH.size:
             return True
         (size,) = _LENGTH.unpack_from(buf)
@@ -252,10 +242,10 @@ class GuardedConnection(TcpConnection):  # type: ignore[misc]
         # Before authenticating, a connection's first whole frame is checked before more is read.
         return self._authenticated or len(buf) < _LENGTH.size + size
 
-    def _TcpConnection__processParseMessage(self) -> Any:
+    def parse_message(self) -> Any:
         """The next whole frame's message, or None (wait for more, or the connection ended).
         pysyncobj's own checks, each failure with its reason."""
-        buf = self._TcpConnection__readBuffer
+        buf = self.read_buffer
         if len(buf) < _LENGTH.size:
             return None
         (size,) = _LENGTH.unpack_from(buf)
@@ -269,7 +259,7 @@ class GuardedConnection(TcpConnection):  # type: ignore[misc]
         except FrameRefused as e:
             self.refuse(str(e), e.level)
             return None
-        self._TcpConnection__readBuffer = buf[end:]
+        self.read_buffer = buf[end:]
         return message
 
     # --- the checks -------------------------------------------------------------------------
@@ -294,7 +284,7 @@ class GuardedConnection(TcpConnection):  # type: ignore[misc]
                 raise FrameRefused("frame older than the one before it")
             self.recvLastTimestamp = stamp
         try:
-            message = _tcp_connection.pickle.loads(_tcp_connection.zlib.decompress(data))
+            message = seam.unpickle_frame(data)
         except Exception:
             raise FrameRefused("frame does not unpickle") from None
         if keyed:
@@ -320,7 +310,7 @@ class GuardedConnection(TcpConnection):  # type: ignore[misc]
         return message
 
 
-class GuardedServer(_tcp_server.TcpServer):  # type: ignore[misc]
+class GuardedServer(TcpServer):  # type: ignore[misc]
     """pysyncobj's TcpServer with a longer accept queue."""
 
     def bind(self) -> None:
@@ -329,11 +319,4 @@ class GuardedServer(_tcp_server.TcpServer):  # type: ignore[misc]
         # queue full: a stranger's burst of connections would delay the peers' (by 1 s, then
         # 3 s, ... of SYN retries) before the guard could refuse any of them. Listening again
         # sets the queue's length.
-        self._TcpServer__socket.listen(LISTEN_BACKLOG)
-
-
-def install() -> None:
-    """Make pysyncobj's server and transport build ``GuardedConnection``s (process-wide)."""
-    _tcp_server.TcpConnection = GuardedConnection
-    _transport.TcpConnection = GuardedConnection
-    _transport.TcpServer = GuardedServer
+        seam.listening_socket(self).listen(LISTEN_BACKLOG)

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from pysyncobj.serializer import Serializer
 
+from . import pysyncobj_seam as seam
+
 if TYPE_CHECKING:
     from .group import ReplicatedGroup, StateMachine
 
@@ -259,8 +261,8 @@ def install_checkpoint_transmitter(
     group: ReplicatedGroup, snapshots: CheckpointSnapshots
 ) -> CheckpointTransmitter:
     """Swap the group's pysyncobj Serializer for the checkpoint-shipping one."""
-    conf = group._SyncObj__conf
-    transmitter = group._SyncObj__serializer = CheckpointTransmitter(
+    conf = seam.conf(group)
+    transmitter = CheckpointTransmitter(
         conf.fullDumpFile,
         conf.logCompactionBatchSize,
         snapshots,
@@ -268,4 +270,5 @@ def install_checkpoint_transmitter(
         deserializer=conf.deserializer,
         serializeChecker=conf.serializeChecker,
     )
+    seam.set_serializer(group, transmitter)
     return transmitter

@@ -28,10 +28,11 @@ Replays: pysyncobj's check that timestamps never go back on a connection stays (
 is authenticated), and its per-connection random keys, now inside the ciphertext, still reject
 frames copied from another connection (``guard.py``).
 
-``install()`` patches pysyncobj 0.3.17 (process-wide, idempotent): ``getEncryptor`` returns a
-``FrameCipher`` (the three methods pysyncobj calls on its Fernet), its TCP connections' zlib
-becomes the identity, and its connections are ``guard.GuardedConnection``s, which bound what a
-connection may send before and after it authenticates. Every node of a cluster must run the
+``install()`` patches pysyncobj 0.3.17 (process-wide, idempotent, through
+``pysyncobj_seam.install``): ``getEncryptor`` returns a ``FrameCipher`` (the three methods
+pysyncobj calls on its Fernet), its TCP connections' zlib becomes the identity, and its
+connections are ``guard.GuardedConnection``s, which bound what a connection may send before
+and after it authenticates. Every node of a cluster must run the
 same framing: a frame of another version is refused, naming it.
 """
 
@@ -43,14 +44,13 @@ import itertools
 import os
 import struct
 
-import pysyncobj.syncobj as _syncobj
-import pysyncobj.tcp_connection as _tcp_connection
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from . import guard
+from . import pysyncobj_seam as seam
 
 VERSION = 2
 """1 was ``version | timestamp | pickle | HMAC-SHA256``: authenticated, in clear text."""
@@ -177,6 +177,9 @@ class _Uncompressed:
 
 
 def install() -> None:
-    _syncobj.getEncryptor = authenticator_for
-    _tcp_connection.zlib = _Uncompressed
-    guard.install()
+    seam.install(
+        get_encryptor=authenticator_for,
+        compression=_Uncompressed,
+        connection=guard.GuardedConnection,
+        server=guard.GuardedServer,
+    )

@@ -27,6 +27,7 @@ from pysyncobj import FAIL_REASON
 from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.syncobj import _RAFT_STATE
 
+from cluster.raft import pysyncobj_seam as seam
 from cluster.raft.conf import RaftTiming, make_conf
 from cluster.raft.driver import RaftDriver
 from cluster.raft.group import FIRST_ROUND, ReplicatedGroup
@@ -121,10 +122,10 @@ class Replica:
         ).result(10)
 
     def is_leader(self) -> bool:
-        return bool(self.raft._isLeader())
+        return seam.is_leader(self.raft)
 
     def leader(self) -> str | None:
-        node = self.raft._getLeader()
+        node = seam.leader(self.raft)
         return None if node is None else str(getattr(node, "address", node))
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ import pytest
 from pysyncobj.node import Node
 from pysyncobj.syncobj import _RAFT_STATE
 
+from cluster.raft import pysyncobj_seam as seam
 from cluster.raft.snapshot import CheckpointSnapshots, _Transfer
 from node.groups.machine import GroupMachine
 from node.storage import Store
@@ -34,7 +35,7 @@ class Follower:
         self.raft = replica.raft
         self.answers: list[dict[str, Any]] = []
         self.leaders: list[Any] = self.on_driver(
-            lambda: sorted(self.raft._SyncObj__otherNodes, key=lambda n: n.id)
+            lambda: sorted(seam.other_nodes(self.raft), key=lambda n: n.id)
         )
 
         def record(node: Any, message: dict[str, Any]) -> bool:
@@ -50,7 +51,7 @@ class Follower:
         """Deliver an AppendEntries from ``leaders[leader]``; the answer it got, if any."""
         before = len(self.answers)
         message = {"type": "append_entries", "term": term, **fields}
-        self.on_driver(lambda: self.raft._SyncObj__onMessageReceived(self.leaders[leader], message))
+        self.on_driver(lambda: self.raft.on_message(self.leaders[leader], message))
         return self.answers[-1] if len(self.answers) > before else None
 
     def append(
@@ -72,16 +73,16 @@ class Follower:
         )
 
     def apply(self) -> None:
-        self.on_driver(self.raft._SyncObj__applyLogEntries)
+        self.on_driver(self.raft.apply_log_entries)
 
     def log(self) -> list[tuple[int, int]]:
-        return self.on_driver(lambda: [(e[1], e[2]) for e in self.raft._SyncObj__raftLog])
+        return self.on_driver(lambda: [(e[1], e[2]) for e in seam.journal(self.raft)])
 
     def commit_index(self) -> int:
-        return int(self.on_driver(lambda: self.raft._SyncObj__raftCommitIndex))
+        return self.on_driver(lambda: seam.commit_index(self.raft))
 
     def applied(self) -> int:
-        return int(self.on_driver(lambda: self.raft._SyncObj__raftLastApplied))
+        return self.on_driver(lambda: seam.last_applied(self.raft))
 
 
 @pytest.fixture

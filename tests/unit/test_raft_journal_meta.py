@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pysyncobj.journal import FileJournal
 
-from cluster.raft.group import store_commit_index_on_change
+from cluster.raft.pysyncobj_seam import store_commit_index_on_change
 
 
 def _meta_inode(path: Path) -> int:
