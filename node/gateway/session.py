@@ -30,26 +30,22 @@ from proto.wkproto import (
     Disconnect,
     Event,
     Frame,
-    HeaderFlag,
     Ping,
     Pong,
     ProtocolError,
     ReasonCode,
-    Recv,
     Recvack,
     Send,
-    Setting,
     Sub,
     Suback,
 )
-from proto.wkproto.crypto import KeyPair, SessionCipher, new_salt, recv_sign
+from proto.wkproto.crypto import KeyPair, SessionCipher, new_salt
 
-from ..channels import id_problem, view_channel_id
+from ..channels import id_problem
 from ..config import Config
 from ..groups.streams import event_view
 from ..log import get_logger
 from ..metrics import NodeMetrics, Traffic
-from ..pipeline_rules import SYSTEM_UID
 from ..router import ClusterUnavailable, Router
 from ..send_admission import GATEWAY, Refusal, Settings, admit_send
 from ..send_checks import SendRules
@@ -58,6 +54,7 @@ from ..storage import MessageRecord
 from ..userfacts import UserFacts
 from ..usertokens import TokenKeys, Verdict
 from .codec import SessionCodec, WkprotoCodec, choose_codec
+from .recv import recv_frame
 from .sends import draft_of, open_payload, sendack
 from .transport import Transport
 
@@ -543,54 +540,9 @@ class Session:
             self._last_seq.move_to_end(key)
             if len(self._last_seq) > SEQ_MEMORY:
                 self._last_seq.popitem(last=False)
-        channel_id = view_channel_id(msg.channel_id, msg.channel_type, self.uid)
-        from_uid = "" if msg.from_uid == SYSTEM_UID else msg.from_uid
-        flags = msg.flags
-        if msg.from_uid == self.uid:
-            flags &= ~HeaderFlag.RED_DOT  # the sender's own devices show no badge for it
-        setting = msg.setting
-        if not msg.stream_no:
-            # Stream fields follow this bit on 2 <= version < 5, and SDK 1.0.4 reads a different
-            # bit for them: never announce fields that carry nothing.
-            setting &= ~Setting.STREAM
-        payload = msg.payload
-        msg_key = ""
-        if self._cipher is not None:
-            # Every RECV is encrypted for an encrypted session, whatever the sender's setting:
-            # the official JS SDK drops clear RECVs as illegal.
-            payload = self._cipher.encrypt(payload)
-            msg_key = self._cipher.msg_key(
-                recv_sign(
-                    msg.message_id,
-                    msg.message_seq,
-                    msg.client_msg_no,
-                    msg.timestamp_s,
-                    from_uid,
-                    channel_id,
-                    msg.channel_type,
-                    payload,
-                )
-            )
         self.traffic.out_msgs += 1
         self.traffic.out_msg_bytes += len(msg.payload)
-        self._enqueue(
-            Recv(
-                setting=setting,
-                msg_key=msg_key,
-                from_uid=from_uid,
-                channel_id=channel_id,
-                channel_type=msg.channel_type,
-                client_msg_no=msg.client_msg_no,
-                message_id=msg.message_id,
-                message_seq=msg.message_seq,
-                timestamp=msg.timestamp_s,
-                payload=payload,
-                expire=msg.expire,
-                topic=msg.topic,
-                stream_no=msg.stream_no,
-                flags=flags,
-            )
-        )
+        self._enqueue(recv_frame(msg, self.uid, self._cipher))
 
 
 def _admitted(banned: bool, level: int) -> tuple[ReasonCode, int]:
