@@ -1,8 +1,9 @@
 """Rules a send must pass, as pure functions: field limits.
 
-The gateway and the HTTP API call ``request_problem`` first to answer precisely; the slot
-group's state machine applies it again at commit, where it is authoritative. The send
-permissions are in ``groups/permissions.py`` (apply) and ``send_checks.py`` (proposing node).
+Admission (``send_admission.py``, for the gateway and the HTTP API) calls ``request_problem``
+first to answer precisely; the slot group's state machine applies it again at commit, where it
+is authoritative. The send permissions are in ``groups/permissions.py`` (apply) and
+``send_checks.py`` (proposing node).
 """
 
 from __future__ import annotations

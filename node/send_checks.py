@@ -1,4 +1,5 @@
-"""The send pre-check on the node that builds a ``SendItem`` (gateway SEND, HTTP send).
+"""The user-level send rules, checked on the node that builds a ``SendItem`` (gateway SEND,
+HTTP send) by ``send_admission.py``, which loads the facts and calls ``decide``.
 
 The user-level send rules of WuKongIM v3 (reference §3.4) depend on facts kept in the slot
 groups of the sender and, for a person channel, of the receiver, not in the channel's slot
@@ -17,25 +18,22 @@ HTTP sends (trusted) get the same checks: these are rules between users, so the 
 sending in a user's name is held to them; trusted only skips group membership in apply.
 
 Last, a send to a person channel that passed takes a token from its sender's bucket
-(``messages.person_rate_limit``): RateLimit (22) when empty. The buckets live on the node where
-the send enters the cluster, so a flood is refused before it costs a hop; a user with devices
-on k nodes gets at most k times the rate. System senders are not limited.
+(``messages.person_rate_limit``, ``SendRules.senders``): RateLimit (22) when empty. The buckets
+live on the node where the send enters the cluster, so a flood is refused before it costs a
+hop; a user with devices on k nodes gets at most k times the rate. System senders are not
+limited; a batch send takes one token for all its recipients.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import trio
-
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, ReasonCode
 
 from .channels import person_parties
-from .pipeline_rules import SYSTEM_UID
 from .rate_limit import TokenBuckets
-from .router import ClusterUnavailable
-from .userfacts import Facts, UserFacts
+from .userfacts import Facts
 
 
 @dataclass
@@ -71,47 +69,3 @@ def receiver_of(item: pb.SendItem) -> str | None:
         return None
     a, b = person_parties(item.channel_id)
     return b if a == item.from_uid else a
-
-
-async def precheck(
-    facts: UserFacts, item: pb.SendItem, rules: SendRules, *, limited: bool = True
-) -> ReasonCode:
-    """Check ``item`` against the user facts; sets ``item.system`` for a system sender.
-    ``limited`` False leaves the sender's bucket to the caller (a batch takes one token).
-
-    May raise ``router.ClusterUnavailable`` when a uid's slot group cannot be read."""
-    if item.from_uid == SYSTEM_UID:
-        item.system = True  # the API's own sender: a system account by definition
-        return ReasonCode.SUCCESS
-    other = receiver_of(item)
-    loaded: dict[str, Facts] = {}
-    failures: list[ClusterUnavailable] = []
-
-    async def load(uid: str) -> None:
-        try:
-            loaded[uid] = await facts.get(uid)
-        except ClusterUnavailable as e:
-            failures.append(e)  # raised below, not wrapped in the nursery's exception group
-
-    if other is None or other == item.from_uid:
-        await load(item.from_uid)
-    else:
-        # Both from their own slot groups, concurrently: a cold cache costs one round trip.
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(load, item.from_uid)
-            nursery.start_soon(load, other)
-    if failures:
-        raise failures[0]
-    reason, system = decide(
-        item, loaded[item.from_uid], loaded.get(other or ""), rules.person_whitelist
-    )
-    item.system = system
-    if (
-        limited
-        and reason == ReasonCode.SUCCESS
-        and not system
-        and item.channel_type == ChannelType.PERSON
-        and not rules.senders.allow(item.from_uid)
-    ):
-        return ReasonCode.RATE_LIMIT
-    return reason

@@ -23,7 +23,6 @@ from proto.jsonrpc import Answer
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import (
     LATEST_VERSION,
-    ChannelType,
     Connack,
     Connect,
     CryptoError,
@@ -31,35 +30,32 @@ from proto.wkproto import (
     Disconnect,
     Event,
     Frame,
-    HeaderFlag,
     Ping,
     Pong,
     ProtocolError,
     ReasonCode,
-    Recv,
     Recvack,
     Send,
-    Sendack,
-    Setting,
     Sub,
     Suback,
 )
-from proto.wkproto.crypto import KeyPair, SessionCipher, new_salt, recv_sign, send_sign
+from proto.wkproto.crypto import KeyPair, SessionCipher, new_salt
 
-from .. import payload_conventions as conventions
-from ..channels import canonical_channel_id, channel_id_problem, id_problem, view_channel_id
+from ..channels import id_problem
 from ..config import Config
 from ..groups.streams import event_view
 from ..log import get_logger
 from ..metrics import NodeMetrics, Traffic
-from ..pipeline_rules import SYSTEM_UID, request_problem
 from ..router import ClusterUnavailable, Router
-from ..send_checks import SendRules, precheck
+from ..send_admission import GATEWAY, Refusal, Settings, admit_send
+from ..send_checks import SendRules
 from ..sessions import SessionRegistry
 from ..storage import MessageRecord
 from ..userfacts import UserFacts
 from ..usertokens import TokenKeys, Verdict
 from .codec import SessionCodec, WkprotoCodec, choose_codec
+from .recv import recv_frame
+from .sends import draft_of, open_payload, sendack
 from .transport import Transport
 
 EVENT_MIN_VERSION = 5
@@ -75,7 +71,6 @@ SENDS_IN_FLIGHT = 256
 """SENDs of one session being committed at once; past this the session stops reading."""
 
 _conn_ids = itertools.count(1)
-_KNOWN_CHANNEL_TYPES = {int(t) for t in ChannelType}
 _CLIENT_DEVICE_FLAGS = {DeviceFlag.APP, DeviceFlag.WEB, DeviceFlag.PC}
 
 
@@ -459,97 +454,46 @@ class Session:
         def answer(reason: int, message_id: int = 0, message_seq: int = 0) -> None:
             if self._ctx.metrics is not None:
                 self._ctx.metrics.sendack("gateway", reason, time.perf_counter() - received)
-            self._enqueue(
-                Sendack(
-                    message_id=message_id,
-                    client_seq=s.client_seq,
-                    message_seq=message_seq,
-                    reason_code=reason,
-                    client_msg_no=s.client_msg_no,
-                    flags=s.flags,
-                )
-            )
+            self._enqueue(sendack(s, reason, message_id, message_seq))
 
-        payload = s.payload
-        if self._cipher is not None and not s.setting & Setting.NO_ENCRYPT:
-            sign = send_sign(s.client_seq, s.client_msg_no, s.channel_id, s.channel_type, payload)
-            if not hmac.compare_digest(self._cipher.msg_key(sign).encode(), s.msg_key.encode()):
-                log.info("SEND with a bad msgKey", **self._fields(), client_seq=s.client_seq)
-                answer(ReasonCode.MSG_KEY_ERROR)
-                return
-            try:
-                payload = self._cipher.decrypt(payload)
-            except CryptoError as e:
-                log.info("SEND payload does not decrypt", **self._fields(), error=str(e))
-                answer(ReasonCode.PAYLOAD_DECODE_ERROR)
-                return
-        if len(payload) > self._ctx.config.messages.max_payload_bytes:
-            log.info("SEND payload too large", **self._fields(), size=len(payload))
-            answer(ReasonCode.PAYLOAD_DECODE_ERROR)
-            return
-        typed, problem = (
-            conventions.read(payload)
-            if self._ctx.config.messages.payload_conventions
-            else (None, None)
-        )
-        if problem is not None:
-            log.info("SEND payload breaks its type's convention", **self._fields(), problem=problem)
-            answer(ReasonCode.PAYLOAD_DECODE_ERROR)
-            return
-        if s.channel_type not in _KNOWN_CHANNEL_TYPES:
-            answer(ReasonCode.NOT_SUPPORT_CHANNEL_TYPE)
-            return
         try:
-            problem = channel_id_problem(s.channel_id, s.channel_type)
-            if problem is not None:
-                raise ValueError(problem)
-            channel_id = canonical_channel_id(self.uid, s.channel_id, s.channel_type)
-        except ValueError as e:
-            log.info("SEND with a bad channel id", **self._fields(), error=str(e))
-            answer(ReasonCode.CHANNEL_ID_ERROR)
+            # Awaited here (user facts may be loaded), so that sends enter the log in frame order.
+            admitted = await self._admit(s)
+        except ClusterUnavailable as e:
+            answer(e.reason)
             return
-        problem = request_problem(s.client_msg_no, s.topic, s.stream_no, channel_id, self.uid)
-        if problem is not None:
-            log.info("SEND field out of limits", **self._fields(), problem=problem)
-            answer(ReasonCode.PAYLOAD_DECODE_ERROR)
-            return
-        item = pb.SendItem(
-            from_uid=self.uid,
-            channel_id=channel_id,
-            channel_type=s.channel_type,
-            client_msg_no=s.client_msg_no,
-            payload=payload,
-            setting=s.setting & ~Setting.NO_ENCRYPT,
-            flags=s.flags,
-            expire=s.expire,
-            topic=s.topic,
-            stream_no=s.stream_no,
-            origin_conn=self.conn_id,
-        )
-        if self._ctx.facts is not None:
-            # User-level rules (send ban, the receiver's person lists) from cached user facts,
-            # awaited here so that sends still enter the log in frame order.
-            try:
-                refused = await precheck(self._ctx.facts, item, self._ctx.rules)
-            except ClusterUnavailable as e:
-                answer(e.reason)
-                return
-            if refused != ReasonCode.SUCCESS:
-                answer(refused)
-                return
-        if conventions.is_system_type(typed) and not item.system:
-            # A system notice (type > 1000) renders as the server speaking: only the API and
-            # system accounts may send one.
-            log.info("SEND of a system message type by a user", **self._fields())
-            answer(ReasonCode.NOT_ALLOW_SEND)
+        if isinstance(admitted, Refusal):
+            if admitted.malformed or admitted.reason == ReasonCode.NOT_ALLOW_SEND:
+                log.info(
+                    "SEND refused",
+                    **self._fields(),
+                    reason=admitted.reason.name,
+                    why=admitted.message,
+                    client_seq=s.client_seq,
+                )
+            answer(admitted.reason)
             return
         # Commit concurrently with reading further frames; the semaphore bounds a client that
         # sends faster than the cluster commits (it stops being read: TCP backpressure).
         await self._sends.acquire()
         assert self._nursery is not None
         # Queued now, in frame order; only the wait runs in its own task.
-        finish = self._ctx.router.begin_send(item)
+        finish = self._ctx.router.begin_send(admitted)
         self._nursery.start_soon(self._commit_send, finish, answer)
+
+    async def _admit(self, s: Send) -> pb.SendItem | Refusal:
+        """The item to commit, or why not (``send_admission.py``)."""
+        payload = open_payload(s, self._cipher)
+        if isinstance(payload, Refusal):
+            return payload
+        ctx = self._ctx
+        return await admit_send(
+            draft_of(s, self.uid, self.conn_id, payload),
+            ctx.facts,
+            Settings.of(ctx.config, ctx.rules),
+            GATEWAY,
+            ctx.rules.senders.allow,
+        )
 
     async def _commit_send(
         self,
@@ -596,54 +540,9 @@ class Session:
             self._last_seq.move_to_end(key)
             if len(self._last_seq) > SEQ_MEMORY:
                 self._last_seq.popitem(last=False)
-        channel_id = view_channel_id(msg.channel_id, msg.channel_type, self.uid)
-        from_uid = "" if msg.from_uid == SYSTEM_UID else msg.from_uid
-        flags = msg.flags
-        if msg.from_uid == self.uid:
-            flags &= ~HeaderFlag.RED_DOT  # the sender's own devices show no badge for it
-        setting = msg.setting
-        if not msg.stream_no:
-            # Stream fields follow this bit on 2 <= version < 5, and SDK 1.0.4 reads a different
-            # bit for them: never announce fields that carry nothing.
-            setting &= ~Setting.STREAM
-        payload = msg.payload
-        msg_key = ""
-        if self._cipher is not None:
-            # Every RECV is encrypted for an encrypted session, whatever the sender's setting:
-            # the official JS SDK drops clear RECVs as illegal.
-            payload = self._cipher.encrypt(payload)
-            msg_key = self._cipher.msg_key(
-                recv_sign(
-                    msg.message_id,
-                    msg.message_seq,
-                    msg.client_msg_no,
-                    msg.timestamp_s,
-                    from_uid,
-                    channel_id,
-                    msg.channel_type,
-                    payload,
-                )
-            )
         self.traffic.out_msgs += 1
         self.traffic.out_msg_bytes += len(msg.payload)
-        self._enqueue(
-            Recv(
-                setting=setting,
-                msg_key=msg_key,
-                from_uid=from_uid,
-                channel_id=channel_id,
-                channel_type=msg.channel_type,
-                client_msg_no=msg.client_msg_no,
-                message_id=msg.message_id,
-                message_seq=msg.message_seq,
-                timestamp=msg.timestamp_s,
-                payload=payload,
-                expire=msg.expire,
-                topic=msg.topic,
-                stream_no=msg.stream_no,
-                flags=flags,
-            )
-        )
+        self._enqueue(recv_frame(msg, self.uid, self._cipher))
 
 
 def _admitted(banned: bool, level: int) -> tuple[ReasonCode, int]:

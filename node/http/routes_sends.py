@@ -15,20 +15,28 @@ from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ChannelType, HeaderFlag, ReasonCode, Setting
 
 from .. import payload_conventions as conventions
-from ..channels import person_channel_id
 from ..command_channels import temp_channel_id
 from ..groups.command_sync import decode_position
-from ..pipeline_rules import SYSTEM_UID, request_problem
+from ..pipeline_rules import SYSTEM_UID
 from ..router import ClusterUnavailable
-from ..send_checks import precheck
+from ..send_admission import (
+    API,
+    API_SUBSCRIBERS,
+    Checked,
+    Draft,
+    Refusal,
+    Settings,
+    admit_checked,
+    admit_send,
+    check_fields,
+    check_payload,
+)
 from .common import (
-    CHANNEL_TYPES,
     OK,
     ApiContext,
     RouteTable,
     check_id,
     message_resp,
-    person_or_channel,
 )
 from .fields import get_flag, get_int, get_str, get_str_list
 from .server import ApiError, Request, Response, bad_request
@@ -44,21 +52,27 @@ _RETRY_REASONS = (
 )
 
 
-def parse_payload(ctx: ApiContext, body: dict[str, Any]) -> bytes:
-    """The base64 ``payload``, within the size limit and the payload conventions."""
+def decode_payload(body: dict[str, Any]) -> bytes:
+    """The base64 ``payload`` as bytes (its size and conventions are admission's)."""
     raw = get_str(body, "payload", required=True)
     try:
-        payload = base64.b64decode(raw, validate=True)
+        return base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
         raise bad_request("payload must be base64") from None
-    limit = ctx.config.messages.max_payload_bytes
-    if len(payload) > limit:
-        raise bad_request(f"payload is larger than {limit} bytes")
-    if ctx.config.messages.payload_conventions:
-        _, problem = conventions.read(payload)
-        if problem is not None:
-            raise bad_request(problem)
-    return payload
+
+
+def parse_payload(ctx: ApiContext, body: dict[str, Any]) -> bytes:
+    """The base64 ``payload``, within the size limit and the payload conventions."""
+    return read_payload(ctx, body)[0]
+
+
+def read_payload(ctx: ApiContext, body: dict[str, Any]) -> tuple[bytes, dict[str, Any] | None]:
+    """(``parse_payload``, the payload as a typed JSON object or ``None``)."""
+    payload = decode_payload(body)
+    typed, refusal = check_payload(payload, Settings.of(ctx.config, ctx.rules))
+    if refusal is not None:
+        raise bad_request(refusal.message)
+    return payload, typed
 
 
 def parse_flags(
@@ -152,58 +166,81 @@ async def subscriber_send(ctx: ApiContext, body: dict[str, Any]) -> Response:
         raise bad_request("channel_id and subscribers are mutually exclusive")
     uids = parse_uids(body, "subscribers")
     from_uid = sender(body)
-    payload = parse_payload(ctx, body)
+    payload, typed = read_payload(ctx, body)
     flags = parse_flags(ctx, body, payload)
     if not flags & HeaderFlag.SYNC_ONCE:
         raise bad_request("subscribers requires header.sync_once = 1")
     client_msg_no = get_str(body, "client_msg_no") or uuid.uuid4().hex
-    expire = get_int(body, "expire", minimum=0, maximum=0xFFFFFFFF)
-    channel_id = temp_channel_id(uids)
-    problem = request_problem(client_msg_no, "", "", channel_id, from_uid, expire)
-    if problem is not None:
-        raise bad_request(problem)
-    outcome = await ctx.router.send(
-        pb.SendItem(
-            from_uid=from_uid,
-            channel_id=channel_id,
-            channel_type=ChannelType.TEMP,
-            client_msg_no=client_msg_no,
-            payload=payload,
-            flags=flags,
-            expire=expire,
-            trusted=True,
-            subscribers=uids,
-        )
+    draft = Draft(
+        from_uid=from_uid,
+        channel_id=temp_channel_id(uids),
+        channel_type=ChannelType.TEMP,
+        payload=payload,
+        client_msg_no=client_msg_no,
+        flags=flags,
+        expire=get_int(body, "expire", minimum=0, maximum=0xFFFFFFFF),
+        subscribers=tuple(uids),
     )
+    settings = Settings.of(ctx.config, ctx.rules)
+    checked = check_fields(draft, typed, settings, API_SUBSCRIBERS)
+    if isinstance(checked, Refusal):
+        raise bad_request(checked.message)
+    admitted = await admit_checked(checked, ctx.facts, settings, API_SUBSCRIBERS, None)
+    if isinstance(admitted, Refusal):
+        outcome = refused(admitted)
+    else:
+        outcome = await ctx.router.send(admitted)
     raise_for_reason(ReasonCode(outcome.reason), client_msg_no)
     return _sent(outcome, client_msg_no)
 
 
-async def checked_send_each(ctx: ApiContext, items: list[pb.SendItem]) -> list[pb.SendOutcome]:
-    """``send_each`` of one sender's person messages after the user-level rules (send ban, the
-    receivers' person lists), as every HTTP send in a user's name: refused items are answered
-    without a proposal. The batch takes one token of the sender's rate limit, not one per
-    recipient: it is one send operation, as a group message is."""
-    reasons: list[ReasonCode] = [ReasonCode.SUCCESS] * len(items)
+def refused(refusal: Refusal) -> pb.SendOutcome:
+    """The outcome of a send that admission refused (nothing proposed); a malformed request
+    is answered 400 with the refusal's message."""
+    if refusal.malformed:
+        raise bad_request(refusal.message)
+    return pb.SendOutcome(reason=refusal.reason)
 
-    async def check(i: int) -> None:
+
+async def checked_send_each(
+    ctx: ApiContext, drafts: list[Draft], typed: dict[str, Any] | None
+) -> list[pb.SendOutcome]:
+    """``send_each`` of one sender's sends after admission (their one payload passed
+    ``check_payload`` as ``typed``): refused drafts are answered without a proposal. The
+    batch takes one token of the sender's rate limit, not one per recipient: it is one send
+    operation, as a group message is."""
+    settings = Settings.of(ctx.config, ctx.rules)
+    items: list[pb.SendItem] = []
+    for draft in drafts:
+        checked = check_fields(draft, typed, settings, API)
+        if isinstance(checked, Refusal):
+            raise bad_request(checked.message)
+        items.append(checked.item)
+    results: list[pb.SendItem | Refusal] = list(items)
+
+    async def admit_one(i: int) -> None:
         try:
-            reasons[i] = await precheck(ctx.facts, items[i], ctx.rules, limited=False)
+            results[i] = await admit_checked(
+                Checked(items[i], typed), ctx.facts, settings, API, None
+            )
         except ClusterUnavailable as e:
-            reasons[i] = e.reason
+            results[i] = Refusal(e.reason, str(e))
 
     async with trio.open_nursery() as nursery:
         for i in range(len(items)):
-            nursery.start_soon(check, i)
-    allowed = [i for i, r in enumerate(reasons) if r == ReasonCode.SUCCESS]
-    system = any(items[i].system for i in allowed)
-    if allowed and not system and not ctx.rules.senders.allow(items[allowed[0]].from_uid):
-        for i in allowed:
-            reasons[i] = ReasonCode.RATE_LIMIT
+            nursery.start_soon(admit_one, i)
+    outcomes = [
+        pb.SendOutcome(reason=r.reason if isinstance(r, Refusal) else ReasonCode.SUCCESS)
+        for r in results
+    ]
+    allowed = [(i, r) for i, r in enumerate(results) if isinstance(r, pb.SendItem)]
+    system = any(item.system for _, item in allowed)
+    if allowed and not system and not ctx.rules.senders.allow(allowed[0][1].from_uid):
+        for i, _ in allowed:
+            outcomes[i] = pb.SendOutcome(reason=ReasonCode.RATE_LIMIT)
         allowed = []
-    sent = await send_each(ctx, [items[i] for i in allowed])
-    outcomes = [pb.SendOutcome(reason=r) for r in reasons]
-    for i, outcome in zip(allowed, sent, strict=True):
+    sent = await send_each(ctx, [item for _, item in allowed])
+    for (i, _), outcome in zip(allowed, sent, strict=True):
         outcomes[i] = outcome
     return outcomes
 
@@ -228,40 +265,35 @@ async def message_send(ctx: ApiContext, req: Request) -> Response:
         return await subscriber_send(ctx, body)
     from_uid = sender(body)
     channel_type = get_int(body, "channel_type", required=True)
-    if channel_type not in CHANNEL_TYPES:
-        raise bad_request(f"channel_type must be one of 1-12, got {channel_type}")
     if channel_type == ChannelType.PERSON and from_uid == SYSTEM_UID:
         raise bad_request("from_uid is required for a person channel")
-    _, canonical, _ = person_or_channel({**body, "from_uid": from_uid}, "from_uid")
-    payload = parse_payload(ctx, body)
+    channel_id = get_str(body, "channel_id", required=True)
+    payload = decode_payload(body)
     # An omitted red_dot counts as 1 here: a message raises the unread count unless the
     # backend says otherwise (docs/messaging.md).
     flags = parse_flags(ctx, body, payload, red_dot_default=True)
     client_msg_no = get_str(body, "client_msg_no") or uuid.uuid4().hex
     expire = get_int(body, "expire", minimum=0, maximum=0xFFFFFFFF)
-    problem = request_problem(client_msg_no, "", "", canonical, from_uid, expire)
-    if problem is not None:
-        raise bad_request(problem)
     setting = get_int(body, "setting", minimum=0, maximum=255)  # 0x80: receipts
     if get_flag(body, "is_stream"):
         # The anchor of a stream: events follow with /message/event (routes_streams).
         setting |= Setting.STREAM
-    item = pb.SendItem(
+    draft = Draft(
         from_uid=from_uid,
-        channel_id=canonical,
+        channel_id=channel_id,
         channel_type=channel_type,
-        client_msg_no=client_msg_no,
         payload=payload,
+        client_msg_no=client_msg_no,
+        setting=setting,
         flags=flags,
         expire=expire,
-        setting=setting,
-        trusted=True,
     )
-    refused = await precheck(ctx.facts, item, ctx.rules)
-    if refused != ReasonCode.SUCCESS:
-        outcome = pb.SendOutcome(reason=refused)  # user-level rule: nothing proposed
+    settings = Settings.of(ctx.config, ctx.rules)
+    admitted = await admit_send(draft, ctx.facts, settings, API, ctx.rules.senders.allow)
+    if isinstance(admitted, Refusal):
+        outcome = refused(admitted)  # a rule refused it: nothing proposed
     else:
-        outcome = await ctx.router.send(item)
+        outcome = await ctx.router.send(admitted)
     reason = ReasonCode(outcome.reason)
     if ctx.metrics is not None:
         ctx.metrics.sendack("http", reason)
@@ -279,21 +311,20 @@ async def send_batch(ctx: ApiContext, req: Request) -> Response:
     body = req.json_object()
     from_uid = check_id(get_str(body, "from_uid", required=True), "from_uid")
     uids = parse_uids(body, "subscribers")
-    payload = parse_payload(ctx, body)
+    payload, typed = read_payload(ctx, body)
     flags = parse_flags(ctx, body, payload)
-    items = [
-        pb.SendItem(
+    drafts = [
+        Draft(
             from_uid=from_uid,
-            channel_id=person_channel_id(from_uid, uid),
+            channel_id=uid,  # addressed by the peer's uid, as a client does
             channel_type=ChannelType.PERSON,
-            client_msg_no=uuid.uuid4().hex,
             payload=payload,
+            client_msg_no=uuid.uuid4().hex,
             flags=flags,
-            trusted=True,
         )
         for uid in uids
     ]
-    outcomes = await checked_send_each(ctx, items)
+    outcomes = await checked_send_each(ctx, drafts, typed)
     failed = [(u, o.reason) for u, o in zip(uids, outcomes, strict=True) if o.reason != 1]
     return Response(
         200, {"fail_uids": [u for u, _ in failed], "reason": [int(r) for _, r in failed]}
