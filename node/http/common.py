@@ -114,7 +114,7 @@ def message_resp(m: dict[str, Any], login_uid: str) -> dict[str, Any]:
         "timestamp": m["timestamp_ms"] // 1000,
         "payload": m["payload"],
     }
-    # Message operations (groups/message_ops.present): tombstones and edits.
+    # Message operations (groups/message_reads.present): tombstones and edits.
     for name in MESSAGE_EXTRAS:
         if name in m:
             resp[name] = m[name]
