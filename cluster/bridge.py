@@ -61,6 +61,7 @@ from cluster.peerauth import (
     sign_reply,
 )
 from cluster.ratelog import RateLimitedLog
+from cluster.stream_calls_server import Unary, calls_method
 from cluster.stream_server import InboundStream, stream_method
 
 log = logging.getLogger("raftchat.bridge")
@@ -162,6 +163,8 @@ class GrpcService:
     notices: Mapping[str, Notice] = field(default_factory=dict)
     inbound: Mapping[str, InboundStream] = field(default_factory=dict)
     """Long-lived signed streams from peers (``cluster/stream_server.py``)."""
+    calls: str = ""
+    """The stream method that carries calls of ``handlers`` (``cluster/stream_calls_server.py``)."""
     peer_auth: PeerKeys | None = None
     """Callers must sign their calls with one of these keys (``cluster/peerauth.py``); None:
     anyone may call (or ``authorize`` decides)."""
@@ -172,10 +175,11 @@ class GrpcService:
     def check(self) -> None:
         base = self.servicer_base
         names = [*self.handlers, *self.streams, *self.notices, *self.inbound]
+        names += [self.calls] if self.calls else []
         unknown = sorted(n for n in names if not callable(getattr(base, n, None)))
         if unknown:
             raise ValueError(f"{base.__name__} has no RPC named {', '.join(unknown)}")
-        if self.inbound and self.peer_auth is None:
+        if (self.inbound or self.calls) and self.peer_auth is None:
             raise ValueError("inbound streams are only served with the peer credential")
 
     def full_name(self) -> str:
@@ -350,6 +354,27 @@ class _Call:
             self.loop.call_soon_threadsafe(set_once)
 
 
+class _StreamedCall(_Call):
+    """A call that came over a stream of calls: its answer goes to ``on_answer`` on the
+    asyncio thread, which writes it to the stream."""
+
+    def __init__(
+        self,
+        name: str,
+        handler: Any,
+        request: Any,
+        remaining: float | None,
+        peer: str,
+        on_answer: Callable[[Any, GrpcAbort | None], None],
+    ) -> None:
+        super().__init__(name, handler, request, remaining, peer)
+        self._on_answer = on_answer
+
+    def reply(self, value: Any, error: GrpcAbort | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the aio loop is gone: nobody listens
+            self.loop.call_soon_threadsafe(self._on_answer, value, error)
+
+
 class _StreamCall(_Call):
     """A server-streaming RPC: items go through an asyncio queue, credits are trio's."""
 
@@ -391,6 +416,7 @@ class GrpcServer:
         extra_services: Sequence[GrpcService] = (),
         notices: Mapping[str, Notice] | None = None,
         inbound: Mapping[str, InboundStream] | None = None,
+        calls: str = "",
         what: str = "gRPC",
         credentials: grpc.ServerCredentials | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
@@ -406,6 +432,7 @@ class GrpcServer:
                     handlers,
                     notices=notices or {},
                     inbound=inbound or {},
+                    calls=calls,
                     peer_auth=peer_auth,
                 )
             ]
@@ -587,10 +614,14 @@ class GrpcServer:
             methods[name] = self._stream_method(name, stream, auth)
         for name, notice in service.notices.items():
             methods[name] = self._notice_method(name, notice, auth)
-        if service.inbound:
+        if service.inbound or service.calls:
             path = f"/{service.full_name()}/"
             for name, inbound in service.inbound.items():
                 methods[name] = stream_method(self, path + name, name, inbound)
+            if service.calls:
+                methods[service.calls] = calls_method(
+                    self, path + service.calls, service.calls, self._unary_of(service)
+                )
         if service.authorize is not None:
             for name in [*service.handlers, *service.notices]:
                 methods[name] = _authorized(methods[name], name, service.authorize)
@@ -604,6 +635,16 @@ class GrpcServer:
             if callable(attr) and not name.startswith("_") and name not in methods:
                 methods[name] = _unimplemented
         return type(f"Trio{base.__name__}", (base,), methods)()
+
+    def _unary_of(self, service: GrpcService) -> dict[str, Unary]:
+        """The service's unary handlers with their request decoders, for its stream of calls."""
+        capture = _HandlerCapture()
+        service.add_to_server(service.servicer_base(), capture)
+        (methods,) = capture.services.values()
+        return {
+            name: Unary(handler, methods[name].request_deserializer)
+            for name, handler in service.handlers.items()
+        }
 
     def _unary_method(
         self, name: str, handler: Handler, auth: bool
@@ -719,6 +760,21 @@ class GrpcServer:
         self.auth_refusals.warning(
             host, f"peer gRPC: refused {name} from {host}: {problem}", peer=host
         )
+
+    def start_call(
+        self,
+        name: str,
+        handler: Handler,
+        request: Any,
+        remaining: float | None,
+        peer: str,
+        on_answer: Callable[[Any, GrpcAbort | None], None],
+    ) -> bool:
+        """Asyncio thread: run ``handler(request)`` as a trio task under the deadline, then
+        ``on_answer(reply, None)`` or ``on_answer(None, error)`` back on this thread; False
+        when trio is gone."""
+        call = _StreamedCall(name, handler, request, remaining, peer, on_answer)
+        return self._start(call, self._run)
 
     def _start(self, call: _Call, run: Callable[[_Call], Awaitable[None]]) -> bool:
         """Asyncio thread: start ``run(call)`` in trio; False when trio is gone."""

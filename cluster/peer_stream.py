@@ -47,6 +47,31 @@ WINDOW = 512
 BACKOFF_S = (0.05, 0.5)
 
 
+def aio_channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+    """A grpc.aio channel to a peer (made on the loop that uses it)."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=CLIENT_OPTIONS)
+    return grpc.aio.secure_channel(target, credentials, options=CLIENT_OPTIONS)
+
+
+async def open_stream(
+    channel: grpc.aio.Channel, path: str, keys: PeerKeys, to: str, epoch: bytes
+) -> tuple[Any, bytes]:
+    """A new stream of ``path``, opened with a credential signed for recipient ``to`` over the
+    sender's ``epoch``, and the stream's key (``cluster/stream_auth.py``). Returns once the
+    receiver has accepted it (its initial metadata) or refused it (the call is done): a frame
+    written before then can race the refusal, and grpc then reports INTERNAL instead of the
+    receiver's status (UNIMPLEMENTED from an older version, UNAUTHENTICATED)."""
+    value = sign(keys, path, epoch, to=to)
+    cred = parse(value)
+    assert cred is not None
+    metadata = ((METADATA_KEY, value), (EPOCH_METADATA_KEY, epoch.hex()))
+    call = channel.stream_stream(path)(metadata=metadata)
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await call.initial_metadata()
+    return call, stream_key(keys.signing, path, cred.nonce_hex)
+
+
 class _Frame:
     __slots__ = ("body", "seq", "since")
 
@@ -124,12 +149,7 @@ class OutboundStream:
                 self._token.run_sync_soon(self._freed, count)
 
     async def _run(self) -> None:
-        if self._credentials is None:
-            channel = grpc.aio.insecure_channel(self.target, options=CLIENT_OPTIONS)
-        else:
-            channel = grpc.aio.secure_channel(
-                self.target, self._credentials, options=CLIENT_OPTIONS
-            )
+        channel = aio_channel(self.target, self._credentials)
         backoff = BACKOFF_S[0]
         try:
             while True:
@@ -159,12 +179,7 @@ class OutboundStream:
 
     async def _one_stream(self, channel: grpc.aio.Channel) -> bool:
         """One stream, until it breaks; whether any frame was acknowledged on it."""
-        value = sign(self._keys, self._path, self._epoch, to=self._to)
-        cred = parse(value)
-        assert cred is not None
-        skey = stream_key(self._keys.signing, self._path, cred.nonce_hex)
-        metadata = ((METADATA_KEY, value), (EPOCH_METADATA_KEY, self._epoch.hex()))
-        call = channel.stream_stream(self._path)(metadata=metadata)
+        call, skey = await open_stream(channel, self._path, self._keys, self._to, self._epoch)
         acked = [False]
         reader = asyncio.get_running_loop().create_task(self._read_acks(call, skey, acked))
         written = self._pending[0].seq - 1 if self._pending else self._last_seq
@@ -181,15 +196,8 @@ class OutboundStream:
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
             pass  # the reader sees the status
         finally:
-            call.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-                await reader
-        code = await _code(call)
-        if code == grpc.StatusCode.UNIMPLEMENTED:
-            log.warning("%s does not serve %s: using single calls", self.target, self._path)
-            self.unsupported = True
-        elif code not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.OK, None):
-            log.debug("stream %s to %s ended: %s", self._path, self.target, code)
+            code = await ended(call, reader, self.target)
+        self.unsupported = code == grpc.StatusCode.UNIMPLEMENTED
         return acked[0]
 
     def _unwritten(self, written: int) -> list[_Frame]:
@@ -220,10 +228,22 @@ class OutboundStream:
             self._wake.set()  # the writer waits on it
 
 
-async def _code(call: Any) -> grpc.StatusCode | None:
+async def ended(call: Any, reader: asyncio.Task[Any], target: str) -> grpc.StatusCode | None:
+    """End a stream (its writer is done) and its reader; how it ended (None if not known).
+    UNIMPLEMENTED: the peer runs an older version, and the caller
+    falls back to single calls."""
+    if not call.done():  # else it has its status already, which a cancel would hide
+        call.cancel()
+    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+        await reader
+    code = None
     with contextlib.suppress(Exception):
-        return await asyncio.wait_for(call.code(), 1.0)
-    return None
+        code = await call.code()  # done or cancelled: at once
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        log.warning("%s does not serve this stream: using single calls", target)
+    elif code not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.OK, None):
+        log.debug("stream to %s ended: %s", target, code)
+    return code
 
 
 class OutboundStreams:

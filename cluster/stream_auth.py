@@ -5,9 +5,10 @@ the recipient, the time, a fresh nonce and, as the call's request bytes, the sen
 (16 random bytes a sender picks once per peer, sent as ``EPOCH_METADATA_KEY``). So a stranger
 cannot open one, and an opening cannot be replayed. Both ends then derive the stream's key from
 the password key that signed the opening and its nonce; every frame carries an HMAC under that
-key of its sequence number and body, and every acknowledgement one of its sequence number. A
-frame cannot be altered, moved to another stream or played twice in one (the receiver wants
-each frame's number to be one more than the last), and an acknowledgement cannot be forged.
+key of its sequence number and body, every acknowledgement one of its sequence number, and every
+frame sent back (a call's answer) one of its own number and body. A frame cannot be altered,
+moved to another stream or direction, or played twice in one (the receiver wants each frame's
+number to be one more than the last), and an acknowledgement cannot be forged.
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ def frame_matches(skey: bytes, seq: int, body: bytes, tag: bytes) -> bool:
 
 def ack_matches(skey: bytes, seq: int, tag: bytes) -> bool:
     return hmac.compare_digest(ack_mac(skey, seq), tag)
+
+
+def answer_mac(skey: bytes, seq: int, body: bytes) -> bytes:
+    """A frame the receiver sends back (a call's answer), numbered on its own."""
+    return hmac.digest(skey, b"R" + seq.to_bytes(_SEQ_BYTES, "big") + body, "sha256")
+
+
+def answer_matches(skey: bytes, seq: int, body: bytes, tag: bytes) -> bool:
+    return hmac.compare_digest(answer_mac(skey, seq, body), tag)
 
 
 def opening_key(keys: PeerKeys, method: str, cred: Credential, digest: bytes) -> bytes | None:

@@ -122,28 +122,46 @@ class _Epochs:
             self._last.popitem(last=False)
 
 
-class _Refused(Exception):
+class Refused(Exception):
+    """Ends a stream with this status (raised by a session)."""
+
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(code, message)
         self.code, self.message = code, message
 
 
-def stream_method(
-    host: StreamHost, path: str, name: str, stream: InboundStream
+class Session(Protocol):
+    """One open stream's receiving side."""
+
+    async def receive(self, frames: Any) -> None:
+        """Read frames until the sender ends the stream; raise Refused to end it."""
+
+    async def stopping(self) -> None:
+        """The server is stopping: the session's last word to the sender, if any."""
+
+    def close(self) -> None: ...
+
+
+OpenSession = Callable[[Any, bytes, bytes], Session]
+"""(the call's context, the stream's key, the sender's epoch) -> its session."""
+
+
+def signed_stream_method(
+    host: StreamHost, path: str, name: str, open_session: OpenSession
 ) -> Callable[..., Awaitable[None]]:
-    """The grpc.aio handler (raw bytes in and out) of stream ``name`` at ``path``."""
-    epochs = _Epochs()
+    """The grpc.aio handler (raw bytes in and out) of a signed stream ``name`` at ``path``:
+    checks the opening, then lets a session read the frames until the sender or the server
+    ends the stream."""
 
     async def method(_servicer: Any, frames: Any, context: Any) -> None:
         try:
             skey, epoch = _open(host, path, name, context)
-            acks = _Acks(context, skey)
+            await context.send_initial_metadata(())  # accepted (``peer_stream.open_stream``)
+            session = open_session(context, skey, epoch)
             # The frames are read in a task of their own, which the server cancels when it
             # stops; this handler then ends the call itself (cancelling the call's own task
             # leaves it to the server's grace period).
-            receiving = asyncio.get_running_loop().create_task(
-                _receive(host, name, stream, frames, skey, epoch, epochs, acks)
-            )
+            receiving = asyncio.get_running_loop().create_task(session.receive(frames))
             host.inbound_tasks.add(receiving)
             try:
                 await asyncio.shield(receiving)
@@ -151,16 +169,73 @@ def stream_method(
                 if not receiving.cancelled():  # the call itself was (the peer went away)
                     receiving.cancel()
                     raise
-                await acks.flush()
-                raise _Refused(grpc.StatusCode.UNAVAILABLE, "node is shutting down") from None
+                await session.stopping()
+                raise Refused(grpc.StatusCode.UNAVAILABLE, "node is shutting down") from None
             finally:
                 host.inbound_tasks.discard(receiving)
-                acks.stop()
-        except _Refused as e:
+                session.close()
+        except Refused as e:
             await context.abort(e.code, e.message)
 
     method.__name__ = method.__qualname__ = name
     return method
+
+
+def stream_method(
+    host: StreamHost, path: str, name: str, stream: InboundStream
+) -> Callable[..., Awaitable[None]]:
+    """The handler of an inbound stream of batches (``DeliverStream``)."""
+    epochs = _Epochs()
+
+    def open_session(context: Any, skey: bytes, epoch: bytes) -> Session:
+        return _Batches(host, name, stream, skey, epoch, epochs, _Acks(context, skey))
+
+    return signed_stream_method(host, path, name, open_session)
+
+
+class _Batches:
+    """A stream of batches, each handed on once, acknowledged in bulk."""
+
+    def __init__(
+        self,
+        host: StreamHost,
+        name: str,
+        stream: InboundStream,
+        skey: bytes,
+        epoch: bytes,
+        epochs: _Epochs,
+        acks: _Acks,
+    ) -> None:
+        self._host, self._name, self._stream = host, name, stream
+        self._skey, self._epoch, self._epochs, self._acks = skey, epoch, epochs, acks
+
+    async def receive(self, frames: Any) -> None:
+        expected = 0  # the number the next frame must carry; 0: the first sets it
+        name, epochs, epoch = self._name, self._epochs, self._epoch
+        async for raw in frames:
+            frame = decoded(pb.StreamFrame.FromString, raw, name, "frame")
+            check_frame(frame, self._skey, expected, name)
+            expected = frame.seq + 1
+            if frame.seq > epochs.last(epoch):
+                request = decoded(self._stream.decode, frame.body, name, "body")
+                if not await self._host.hand_over(name, self._stream.handle, request):
+                    raise Refused(grpc.StatusCode.UNAVAILABLE, "node is shutting down")
+                epochs.handed(epoch, frame.seq)
+            self._acks.up_to(frame.seq)
+
+    async def stopping(self) -> None:
+        await self._acks.flush()
+
+    def close(self) -> None:
+        self._acks.stop()
+
+
+def check_frame(frame: pb.StreamFrame, skey: bytes, expected: int, name: str) -> None:
+    """A frame's MAC, and its number: ``expected`` (any but 0 for a stream's first frame)."""
+    if not frame_matches(skey, frame.seq, frame.body, frame.mac):
+        raise Refused(grpc.StatusCode.UNAUTHENTICATED, f"{name}: frame MAC does not match")
+    if frame.seq == 0 or (expected and frame.seq != expected):
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: frame out of order")
 
 
 def _open(host: StreamHost, path: str, name: str, context: Any) -> tuple[bytes, bytes]:
@@ -170,7 +245,7 @@ def _open(host: StreamHost, path: str, name: str, context: Any) -> tuple[bytes, 
     metadata = dict(_pairs(context.invocation_metadata() or ()))
     epoch = parse_epoch(metadata.get(EPOCH_METADATA_KEY))
     if epoch is None:
-        raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: no sender epoch")
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: no sender epoch")
     value = metadata.get(METADATA_KEY)
     digest = body_digest(epoch)
     problem = verifier.verify(path, value, digest)
@@ -178,42 +253,16 @@ def _open(host: StreamHost, path: str, name: str, context: Any) -> tuple[bytes, 
     key = opening_key(verifier.keys, path, cred, digest) if cred is not None else None
     if key is None or cred is None:
         host.log_refusal(context, name, problem or "wrong peer credential")
-        raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid peer credential")
+        raise Refused(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid peer credential")
     host.auth_refusals.flush()  # counts of refusals whose interval is over
     return stream_key(key, path, cred.nonce_hex), epoch
 
 
-async def _receive(
-    host: StreamHost,
-    name: str,
-    stream: InboundStream,
-    frames: Any,
-    skey: bytes,
-    epoch: bytes,
-    epochs: _Epochs,
-    acks: _Acks,
-) -> None:
-    expected = 0  # the number the next frame must carry; 0: the first sets it
-    async for raw in frames:
-        frame = _decoded(pb.StreamFrame.FromString, raw, name, "frame")
-        if not frame_matches(skey, frame.seq, frame.body, frame.mac):
-            raise _Refused(grpc.StatusCode.UNAUTHENTICATED, f"{name}: frame MAC does not match")
-        if frame.seq == 0 or (expected and frame.seq != expected):
-            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: frame out of order")
-        expected = frame.seq + 1
-        if frame.seq > epochs.last(epoch):
-            request = _decoded(stream.decode, frame.body, name, "body")
-            if not await host.hand_over(name, stream.handle, request):
-                raise _Refused(grpc.StatusCode.UNAVAILABLE, "node is shutting down")
-            epochs.handed(epoch, frame.seq)
-        acks.up_to(frame.seq)
-
-
-def _decoded(decode: Callable[[bytes], Any], raw: bytes, name: str, what: str) -> Any:
+def decoded(decode: Callable[[bytes], Any], raw: bytes, name: str, what: str) -> Any:
     try:
         return decode(raw)
     except DecodeError as e:
-        raise _Refused(
+        raise Refused(
             grpc.StatusCode.INVALID_ARGUMENT, f"{name}: the {what} does not decode: {e}"
         ) from None
 

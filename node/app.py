@@ -33,6 +33,7 @@ from cluster.raft.conf import RaftTiming, make_conf
 from cluster.raft.driver import RaftDriver
 from cluster.raft.group import ReplicatedGroup
 from cluster.raft.snapshot import CheckpointSnapshots
+from cluster.stream_calls import CallStreams
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.raftchat.peer.v1 import peer_pb2_grpc
 
@@ -58,6 +59,7 @@ from .http.server import Router as HttpRouter
 from .identity import DataDir, check
 from .log import announce, close_stderr_capture, get_logger
 from .metrics import NodeCollector, NodeMetrics
+from .peer_calls import PEER_SERVICE, PeerStreams
 from .presence import ClusterSessions
 from .proctitle import name_compiled_threads
 from .rate_limit import TokenBuckets
@@ -449,7 +451,10 @@ class Node:
         peer_channel = tls.peer_channel_credentials() if tls is not None else None
         self.clients = GrpcClients(peer_pb2_grpc.PeerStub, self.peer_keys, peer_channel)
         grpc_loop = AsyncioThread("grpc-servers")  # both servers and the streams on one loop
-        streams = OutboundStreams(self.peer_keys, grpc_loop, peer_channel)
+        streams = PeerStreams(
+            OutboundStreams(self.peer_keys, grpc_loop, peer_channel),
+            CallStreams(self.peer_keys, grpc_loop, f"/{PEER_SERVICE}/Calls", peer_channel),
+        )
         self.driver = RaftDriver(self.timing.tick_interval_s, name=f"node{cfg.node.id}")
         self.driver.start()
         self.flusher = CommitFlusher(self.driver)
@@ -523,6 +528,7 @@ class Node:
                 handlers=self.router.handlers(),
                 notices=self.router.notices(),
                 inbound=self.router.inbound(),
+                calls="Calls",
                 what="peer gRPC",
                 credentials=tls.peer_server_credentials() if tls is not None else None,
                 loop_thread=grpc_loop,

@@ -6,6 +6,7 @@ every other node, or each other node within a timeout. Any failure of a call is
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -13,6 +14,7 @@ import trio
 from cluster.grpc_client import GrpcCallError, GrpcClients
 from cluster.peer_stream import OutboundStream, OutboundStreams
 from cluster.placement import Placement
+from cluster.stream_calls import CallStreams
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 
 from .log import get_logger
@@ -21,6 +23,25 @@ from .route_failures import Failure
 log = get_logger("router")
 
 PEER_SERVICE = pb.DESCRIPTOR.services_by_name["Peer"].full_name
+STREAMED_CALLS = ("ForwardSends", "ProposeMeta", "Read")
+"""The calls of a send's or a read's way, which travel over the peer's stream of calls."""
+_REPLY_DECODERS: dict[str, Callable[[bytes], Any]] = {
+    name: getattr(pb, method.output_type.name).FromString
+    for name, method in pb.DESCRIPTOR.services_by_name["Peer"].methods_by_name.items()
+    if name in STREAMED_CALLS
+}
+
+
+@dataclass
+class PeerStreams:
+    """The long-lived streams to other nodes: batches (``DeliverStream``) and calls."""
+
+    batches: OutboundStreams
+    calls: CallStreams
+
+    async def aclose(self) -> None:
+        await self.batches.aclose()
+        await self.calls.aclose()
 
 
 class PeerCalls:
@@ -31,7 +52,7 @@ class PeerCalls:
         rpc_timeout_s: float,
         clients: GrpcClients,
         placement: Callable[[], Placement],
-        streams: OutboundStreams | None = None,
+        streams: PeerStreams | None = None,
     ) -> None:
         self.node_id = node_id
         self.streams = streams
@@ -56,7 +77,7 @@ class PeerCalls:
             target = self.target(node_id)
         except KeyError:
             return None
-        return self.streams.get(target, f"/{PEER_SERVICE}/{method}")
+        return self.streams.batches.get(target, f"/{PEER_SERVICE}/{method}")
 
     def others(self) -> list[int]:
         return [n for n in self._placement().nodes if n != self.node_id]
@@ -65,10 +86,14 @@ class PeerCalls:
         self, target: int, method: str, request: Any, timeout_s: float | None = None
     ) -> Any:
         """``method`` on node ``target``: its reply, or ``Failure.FORWARD_FAILED``."""
+        timeout_s = timeout_s or self._rpc_timeout_s
         try:
-            return await self._clients.get(self.target(target)).call(
-                method, request, timeout_s=timeout_s or self._rpc_timeout_s
-            )
+            address = self.target(target)
+            if self.streams is not None and method in STREAMED_CALLS:
+                stream = self.streams.calls.get(address)
+                if not stream.unsupported:
+                    return await stream.call(method, request, timeout_s, _REPLY_DECODERS[method])
+            return await self._clients.get(address).call(method, request, timeout_s=timeout_s)
         except KeyError:
             return Failure.FORWARD_FAILED
         except GrpcCallError as e:

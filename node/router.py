@@ -24,7 +24,6 @@ import trio
 
 from cluster.bridge import Notice
 from cluster.grpc_client import GrpcClients
-from cluster.peer_stream import OutboundStreams
 from cluster.placement import Placement
 from cluster.stream_server import InboundStream
 from proto.raftchat.peer.v1 import peer_pb2 as pb
@@ -37,7 +36,7 @@ from .groups.local import LocalGroup, ProposalError
 from .groups.pipeline import GroupPipeline
 from .groups.reads import run_query
 from .log import get_logger
-from .peer_calls import PeerCalls
+from .peer_calls import PeerCalls, PeerStreams
 from .peer_service import (
     KickLocal,
     LeaderService,
@@ -85,7 +84,7 @@ class Router:
         deliver_local: DeliverLocal,
         kick_local: KickLocal,
         online_local: OnlineLocal,
-        streams: OutboundStreams | None = None,
+        streams: PeerStreams | None = None,
     ) -> None:
         self.s = settings
         self.placement = placement

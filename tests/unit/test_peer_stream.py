@@ -4,18 +4,21 @@ process over real loopback sockets with the Peer service's DeliverStream."""
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
+import pytest
 import trio
 
 from cluster.aio_thread import AsyncioThread
-from cluster.bridge import GrpcServer
+from cluster.bridge import GrpcAbort, GrpcServer
+from cluster.grpc_client import GrpcCallError
 from cluster.peer_stream import OutboundStream
 from cluster.peerauth import METADATA_KEY, PeerKeys, parse, sign
 from cluster.stream_auth import EPOCH_METADATA_KEY, frame_mac, stream_key
+from cluster.stream_calls import CallStream
 from cluster.stream_server import InboundStream
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.raftchat.peer.v1 import peer_pb2_grpc as pb_grpc
@@ -173,5 +176,146 @@ def test_frames_wait_for_a_restarted_receiver_and_arrive_once() -> None:
                         await trio.sleep(0.02)
                 assert stream.dropped == 0
         assert got == [1, 2, 3]
+
+    trio.run(main)
+
+
+# ---- unary calls over the stream of calls (cluster/stream_calls.py) -------------------------
+
+CALLS = "/raftchat.peer.v1.Peer/Calls"
+
+
+@asynccontextmanager
+async def answering(
+    handlers: Mapping[str, Callable[[Any], Awaitable[Any]]],
+    bind: str = "127.0.0.1:0",
+    calls: str = "Calls",
+) -> AsyncIterator[GrpcServer]:
+    server = GrpcServer(
+        bind=bind,
+        peer_auth=KEYS,
+        add_to_server=pb_grpc.add_PeerServicer_to_server,
+        servicer_base=pb_grpc.PeerServicer,
+        handlers=handlers,
+        calls=calls,
+    )
+    async with server.serving():
+        yield server
+
+
+@asynccontextmanager
+async def caller(target: str, keys: PeerKeys = KEYS) -> AsyncIterator[CallStream]:
+    stream = CallStream(target, CALLS, keys, AsyncioThread("test-calls"))
+    try:
+        yield stream
+    finally:
+        await stream.aclose()
+
+
+def test_calls_get_their_own_replies_and_errors() -> None:
+    async def online(req: pb.OnlineRequest) -> pb.OnlineReply:
+        await trio.sleep(0.001 * len(req.uids[0]))  # answers finish out of order
+        return pb.OnlineReply(entries=[pb.OnlineEntry(uid=u) for u in req.uids])
+
+    async def kick(req: pb.KickRequest) -> pb.KickReply:
+        raise GrpcAbort(grpc.StatusCode.FAILED_PRECONDITION, f"no {req.uid}")
+
+    async def slow(req: pb.ReadRequest) -> pb.ReadReply:
+        await trio.sleep(10)
+        return pb.ReadReply()
+
+    decode = pb.OnlineReply.FromString
+
+    async def main() -> None:
+        with trio.fail_after(20):
+            async with (
+                answering({"Online": online, "Kick": kick, "Read": slow}) as server,
+                caller(server.address) as stream,
+            ):
+                uids = ["u" * n for n in range(30, 0, -1)]
+                replies: dict[str, list[str]] = {}
+
+                async def one(uid: str) -> None:
+                    reply = await stream.call("Online", pb.OnlineRequest(uids=[uid]), 5, decode)
+                    replies[uid] = [e.uid for e in reply.entries]
+
+                async with trio.open_nursery() as nursery:
+                    for uid in uids:
+                        nursery.start_soon(one, uid)
+                assert replies == {u: [u] for u in uids}
+                with pytest.raises(GrpcCallError) as info:
+                    await stream.call("Kick", pb.KickRequest(uid="x"), 5, decode)
+                assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+                assert info.value.details == "no x"
+                with pytest.raises(GrpcCallError) as info:
+                    await stream.call("Frobnicate", pb.KickRequest(), 5, decode)
+                assert info.value.code == grpc.StatusCode.UNIMPLEMENTED
+                with pytest.raises(GrpcCallError) as info:
+                    await stream.call("Read", pb.ReadRequest(), 0.2, decode)
+                assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    trio.run(main)
+
+
+def test_calls_fail_fast_without_a_peer_and_work_once_it_is_back() -> None:
+    async def online(req: pb.OnlineRequest) -> pb.OnlineReply:
+        return pb.OnlineReply(entries=[pb.OnlineEntry(uid=u) for u in req.uids])
+
+    async def main() -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            address = f"127.0.0.1:{probe.getsockname()[1]}"
+        request, decode = pb.OnlineRequest(uids=["a"]), pb.OnlineReply.FromString
+        with trio.fail_after(30):
+            async with caller(address) as stream:
+                with pytest.raises(GrpcCallError) as info:
+                    await stream.call("Online", request, 5, decode)
+                assert info.value.code == grpc.StatusCode.UNAVAILABLE
+                async with answering({"Online": online}, bind=address):
+                    while True:  # the channel reconnects with its own back-off
+                        try:
+                            reply = await stream.call("Online", request, 5, decode)
+                            break
+                        except GrpcCallError:
+                            await trio.sleep(0.05)
+                    assert [e.uid for e in reply.entries] == ["a"]
+
+    trio.run(main)
+
+
+def test_a_stranger_cannot_call() -> None:
+    called: list[Any] = []
+
+    async def online(req: pb.OnlineRequest) -> pb.OnlineReply:
+        called.append(req)
+        return pb.OnlineReply()
+
+    async def main() -> None:
+        with trio.fail_after(20):
+            async with (
+                answering({"Online": online}) as server,
+                caller(server.address, PeerKeys.of("another-password")) as stream,
+            ):
+                with pytest.raises(GrpcCallError) as info:
+                    await stream.call("Online", pb.OnlineRequest(), 5, pb.OnlineReply.FromString)
+                assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert called == []
+
+    trio.run(main)
+
+
+def test_a_peer_without_the_stream_is_marked_for_single_calls() -> None:
+    async def online(req: pb.OnlineRequest) -> pb.OnlineReply:
+        return pb.OnlineReply()
+
+    async def main() -> None:
+        with trio.fail_after(20):
+            async with (
+                answering({"Online": online}, calls="") as server,  # an older version
+                caller(server.address) as stream,
+            ):
+                with pytest.raises(GrpcCallError):
+                    await stream.call("Online", pb.OnlineRequest(), 5, pb.OnlineReply.FromString)
+                assert stream.unsupported
 
     trio.run(main)

@@ -1280,6 +1280,72 @@ class StreamAck(_message.Message):
 Global___StreamAck: _TypeAlias = StreamAck  # noqa: Y015
 
 @_typing.final
+class StreamCall(_message.Message):
+    """A unary Peer call over the Calls stream: a StreamFrame's body on the way out."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """chosen by the caller, unique among its calls in flight"""
+    method: _builtins.str
+    """a unary method of the Peer service, such as "ForwardSends" """
+    timeout_ms: _builtins.int
+    """the caller's deadline, as a unary call's"""
+    request: _builtins.bytes
+    """the method's request message"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        method: _builtins.str = ...,
+        timeout_ms: _builtins.int = ...,
+        request: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "method", b"method", "request", b"request", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamCall: _TypeAlias = StreamCall  # noqa: Y015
+
+@_typing.final
+class StreamReply(_message.Message):
+    """The answer to a StreamCall: a StreamFrame's body on the way back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    REPLY_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    code: _builtins.int
+    """a gRPC status code; 0 (OK) with `reply`"""
+    details: _builtins.str
+    reply: _builtins.bytes
+    """the method's reply message"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        code: _builtins.int = ...,
+        details: _builtins.str = ...,
+        reply: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "details", b"details", "id", b"id", "reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamReply: _TypeAlias = StreamReply  # noqa: Y015
+
+@_typing.final
 class KickRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -64,6 +64,11 @@ class PeerStub:
                 request_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.StreamFrame.SerializeToString,
                 response_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.StreamAck.FromString,
                 _registered_method=True)
+        self.Calls = channel.stream_stream(
+                '/raftchat.peer.v1.Peer/Calls',
+                request_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.StreamFrame.SerializeToString,
+                response_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.StreamFrame.FromString,
+                _registered_method=True)
         self.Kick = channel.unary_unary(
                 '/raftchat.peer.v1.Peer/Kick',
                 request_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.KickRequest.SerializeToString,
@@ -131,6 +136,13 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calls(self, request_iterator, context):
+        """Unary calls (StreamCall, StreamReply) over one stream per peer (ADR 026).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Kick(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -193,6 +205,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.DeliverStream,
                     request_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.StreamFrame.FromString,
                     response_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.StreamAck.SerializeToString,
+            ),
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.StreamFrame.FromString,
+                    response_serializer=proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.StreamFrame.SerializeToString,
             ),
             'Kick': grpc.unary_unary_rpc_method_handler(
                     servicer.Kick,
@@ -382,6 +399,33 @@ class Peer:
             '/raftchat.peer.v1.Peer/DeliverStream',
             proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.StreamFrame.SerializeToString,
             proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.StreamAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/raftchat.peer.v1.Peer/Calls',
+            proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.StreamFrame.SerializeToString,
+            proto_dot_raftchat_dot_peer_dot_v1_dot_peer__pb2.StreamFrame.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,8 @@ class PeerStub:
     Deliver: _grpc.UnaryUnaryMultiCallable[_peer_pb2.DeliverRequest, _peer_pb2.DeliverReply]
     DeliverStream: _grpc.StreamStreamMultiCallable[_peer_pb2.StreamFrame, _peer_pb2.StreamAck]
     """Deliver's batches, each a StreamFrame's body, over one stream per peer (ADR 026)."""
+    Calls: _grpc.StreamStreamMultiCallable[_peer_pb2.StreamFrame, _peer_pb2.StreamFrame]
+    """Unary calls (StreamCall, StreamReply) over one stream per peer (ADR 026)."""
     Kick: _grpc.UnaryUnaryMultiCallable[_peer_pb2.KickRequest, _peer_pb2.KickReply]
     Online: _grpc.UnaryUnaryMultiCallable[_peer_pb2.OnlineRequest, _peer_pb2.OnlineReply]
     Sessions: _grpc.UnaryUnaryMultiCallable[_peer_pb2.SessionsRequest, _peer_pb2.SessionsReply]
@@ -61,6 +63,8 @@ class PeerAsyncStub(PeerStub):
     Deliver: _aio.UnaryUnaryMultiCallable[_peer_pb2.DeliverRequest, _peer_pb2.DeliverReply]  # type: ignore[assignment]
     DeliverStream: _aio.StreamStreamMultiCallable[_peer_pb2.StreamFrame, _peer_pb2.StreamAck]  # type: ignore[assignment]
     """Deliver's batches, each a StreamFrame's body, over one stream per peer (ADR 026)."""
+    Calls: _aio.StreamStreamMultiCallable[_peer_pb2.StreamFrame, _peer_pb2.StreamFrame]  # type: ignore[assignment]
+    """Unary calls (StreamCall, StreamReply) over one stream per peer (ADR 026)."""
     Kick: _aio.UnaryUnaryMultiCallable[_peer_pb2.KickRequest, _peer_pb2.KickReply]  # type: ignore[assignment]
     Online: _aio.UnaryUnaryMultiCallable[_peer_pb2.OnlineRequest, _peer_pb2.OnlineReply]  # type: ignore[assignment]
     Sessions: _aio.UnaryUnaryMultiCallable[_peer_pb2.SessionsRequest, _peer_pb2.SessionsReply]  # type: ignore[assignment]
@@ -110,6 +114,14 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_peer_pb2.StreamAck], _abc.AsyncIterator[_peer_pb2.StreamAck]]:
         """Deliver's batches, each a StreamFrame's body, over one stream per peer (ADR 026)."""
+
+    @_abc_1.abstractmethod
+    def Calls(
+        self,
+        request_iterator: _MaybeAsyncIterator[_peer_pb2.StreamFrame],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_peer_pb2.StreamFrame], _abc.AsyncIterator[_peer_pb2.StreamFrame]]:
+        """Unary calls (StreamCall, StreamReply) over one stream per peer (ADR 026)."""
 
     @_abc_1.abstractmethod
     def Kick(
