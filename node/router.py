@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ReasonCode
 
 from .command_channels import source_of
-from .fanout import DeliverLocal, FanOut
+from .fanout import CommitHook, DeliverLocal, FanOut
 from .forwarding import Forwarder, SubmitSlot, submit_start
 from .groups.local import LocalGroup, ProposalError
 from .groups.pipeline import GroupPipeline
@@ -39,6 +39,7 @@ from .peer_calls import PeerCalls
 from .peer_service import (
     KickLocal,
     LeaderService,
+    OnlineLevelsLocal,
     OnlineLocal,
     SessionsEverywhere,
     notices,
@@ -82,6 +83,9 @@ class Router:
         deliver_local: DeliverLocal,
         kick_local: KickLocal,
         online_local: OnlineLocal,
+        *,
+        online_levels_local: OnlineLevelsLocal | None = None,
+        commit_hooks: Sequence[CommitHook] = (),
     ) -> None:
         self.s = settings
         self.placement = placement
@@ -91,7 +95,6 @@ class Router:
         self._forwarders: dict[tuple[int, int], Forwarder] = {}
         self._pipeline_scopes: dict[int, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
-        self.extra_handlers: dict[str, Callable[[Any], Any]] = {}
         self.retries = 0
         """Attempts retried by ``_retrying`` (``raftchat_forward_retries_total``)."""
         self.peers = PeerCalls(
@@ -101,7 +104,9 @@ class Router:
             clients,
             lambda: self.placement,
         )
-        self.fanout = FanOut(self.peers, lambda: self.placement, self.local, deliver_local)
+        self.fanout = FanOut(
+            self.peers, lambda: self.placement, self.local, deliver_local, commit_hooks
+        )
         self.leader = LeaderService(
             self.local,
             self.pipelines,
@@ -109,7 +114,9 @@ class Router:
             settings.forward_timeout_s,
             settings.proposal_timeout_s,
         )
-        self.sessions = SessionsEverywhere(self.peers, kick_local, online_local)
+        self.sessions = SessionsEverywhere(
+            self.peers, kick_local, online_local, online_levels_local
+        )
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -410,8 +417,9 @@ class Router:
     # --- peer service and cluster-wide calls ---------------------------------------------
 
     def handlers(self) -> dict[str, Callable[[Any], Any]]:
-        """The peer service's request handlers (``Deliver`` is among ``notices()``)."""
-        return {**self.leader.handlers(), **self.sessions.handlers(), **self.extra_handlers}
+        """The routing part of the peer service's request handlers (``Deliver`` is among
+        ``notices()``); the node adds its own (``node/compose.py``)."""
+        return {**self.leader.handlers(), **self.sessions.handlers()}
 
     def notices(self) -> dict[str, Notice]:
         return notices(self.fanout.deliver)
