@@ -28,7 +28,8 @@ from proto.raftchat.peer.v1 import peer_pb2_grpc
 
 from .admin import Admin
 from .client_routes import ClientRoutes
-from .config import Config, is_loopback
+from .config import Config
+from .config_sections import is_loopback
 from .fanout import CommitHook
 from .grpcapi.servicer import PublicApi
 from .http.listener import HttpServer
