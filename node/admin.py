@@ -297,7 +297,7 @@ class Admin:
                 return True
         return False
 
-    def _controller_leader(self) -> Any:
+    def _controller_leader(self) -> Controller:
         controller = self._controller()
         if controller is None or not controller.group.is_leader():
             raise AdminError("not the controller leader", NOT_CONTROLLER_LEADER)
