@@ -32,7 +32,7 @@ from .net import Firewall, node_gid
 
 READY_TIMEOUT_S = 120.0
 JOIN_TIMEOUT_S = 60.0
-"""As long as a joining node itself keeps asking to be admitted (``node/app.py``)."""
+"""As long as a joining node itself keeps asking to be admitted (``node/genesis.py``)."""
 
 
 class ClusterError(Exception):

@@ -27,21 +27,22 @@ from __future__ import annotations
 import concurrent.futures
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 from pysyncobj import FAIL_REASON
 
 from cluster.bridge import caller_host
-from cluster.grpc_client import GrpcCallError
+from cluster.grpc_client import GrpcCallError, GrpcClients
 from cluster.hosts import IPAddress, host_problem, parse_ip, source_matches
+from cluster.placement import Placement
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 
-from .groups.local import Proposal, ProposalError
+from .groups.local import LocalGroup, Proposal, ProposalError
 from .log import get_logger
 
 if TYPE_CHECKING:
-    from .app import Node
+    from .controller import Controller
 
 log = get_logger("admin")
 
@@ -90,20 +91,65 @@ def error_of(node_id: int, reply: dict[str, Any]) -> AdminError:
     return error(f"node {node_id}: {reply['error']}", code)
 
 
+class ClusterView(Protocol):
+    """What admin operations read of the node's view of the cluster (``node/router.py``)."""
+
+    placement: Placement
+    local: dict[int, LocalGroup]
+
+    def leader_of(self, group: int) -> int | None: ...
+    def peer_target(self, node_id: int) -> str: ...
+    def status(self) -> dict[str, Any]: ...
+
+
+class GroupHost(Protocol):
+    """This node's replicas, as admin operations start, stop and address them
+    (``node/replicas.py``)."""
+
+    def raft_address(self, node_id: int, group: int) -> str: ...
+    def raft_address_at(self, host: str, group: int) -> str: ...
+    def node_of_address(self, address: str) -> int | None: ...
+    def on_driver(self, work: Callable[[], Any]) -> concurrent.futures.Future[Any]: ...
+    async def open_group(self, group: int, members: list[int]) -> None: ...
+    async def drop_group(self, group: int) -> None: ...
+
+
 class Admin:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(
+        self,
+        node_id: int,
+        cluster: ClusterView,
+        clients: GrpcClients,
+        replicas: GroupHost,
+        controller: Callable[[], Controller | None],
+        *,
+        cluster_id: Callable[[], str | None],
+        peer_draining: Callable[[int], None],
+        start_drain: Callable[[], None],
+    ) -> None:
+        """``controller``: this node's controller, once it has one (it is built with this
+        object's ``call``); ``cluster_id``: the id its data directory records; ``peer_draining``:
+        stop handing out a node to clients (``node/client_routes.py``); ``start_drain``: drain
+        this node, then stop it, in the background."""
+        self.node_id = node_id
+        self._cluster = cluster
+        self._clients = clients
+        self._replicas = replicas
+        self._controller = controller
+        self._cluster_id = cluster_id
+        self._peer_draining = peer_draining
+        self._start_drain = start_drain
 
     # --- calling --------------------------------------------------------------------------------
 
     async def call(self, node_id: int, request: dict[str, Any]) -> dict[str, Any]:
         """Run an admin operation on ``node_id`` (locally when it is this node)."""
-        if node_id == self.node.config.node.id:
+        if node_id == self.node_id:
             reply = await self.handle(request)
         else:
             try:
-                target = self.node.router.peer_target(node_id)
-                raw = await self.node.clients.get(target).call(
+                target = self._cluster.peer_target(node_id)
+                raw = await self._clients.get(target).call(
                     "Admin", pb.AdminRequest(request=json.dumps(request).encode()), timeout_s=30.0
                 )
             except (GrpcCallError, KeyError) as e:
@@ -117,7 +163,7 @@ class Admin:
         """Send a membership request to the controller's leader, wherever it is."""
         deadline = trio.current_time() + 20
         while True:
-            leader = self.node.router.leader_of(0)
+            leader = self._cluster.leader_of(0)
             if leader is not None:
                 try:
                     return await self.call(leader, request)
@@ -163,12 +209,12 @@ class Admin:
             return {"error": str(e), "code": FAILED}
 
     async def _op_status(self, r: dict[str, Any]) -> dict[str, Any]:
-        return self.node.router.status()
+        return self._cluster.status()
 
     async def _forward(self, r: dict[str, Any]) -> dict[str, Any] | None:
         """Membership requests reaching a node that does not lead the controller go on to the
         leader, once (a stale view then fails and the caller retries)."""
-        controller = self.node.controller
+        controller = self._controller()
         if controller is not None and controller.group.is_leader():
             return None
         if r.get("forwarded"):
@@ -193,13 +239,13 @@ class Admin:
         # The joining node records the cluster's id with its data (node/identity.py).
         return {
             "placement": to_json(placement),
-            "cluster_id": self.node.datadir.identity.cluster_id,
+            "cluster_id": self._cluster_id(),
         }
 
     async def _zone(self, r: dict[str, Any], caller: str | None) -> dict[str, Any]:
         """Record the zone of the member whose signed call this is."""
         node_id, zone = _node_id(r), _zone(r)
-        host = self.node.router.placement.nodes.get(node_id)
+        host = self._cluster.placement.nodes.get(node_id)
         if host is None:
             raise ValueError(f"node {node_id} is not a member")
         await self._check_own_call(r, caller, node_id, host, "zone")
@@ -246,19 +292,19 @@ class Admin:
         return {"ok": True}
 
     async def _from_member(self, caller: str) -> bool:
-        for host in self.node.router.placement.nodes.values():
+        for host in self._cluster.placement.nodes.values():
             if source_matches(await _addresses(host), caller):
                 return True
         return False
 
-    def _controller_leader(self) -> Any:
-        controller = self.node.controller
+    def _controller_leader(self) -> Controller:
+        controller = self._controller()
         if controller is None or not controller.group.is_leader():
             raise AdminError("not the controller leader", NOT_CONTROLLER_LEADER)
         return controller
 
     def _local(self, group: int) -> Any:
-        local = self.node.router.local.get(group)
+        local = self._cluster.local.get(group)
         if local is None:
             raise AdminError(f"no replica of group {group} here")
         return local
@@ -271,8 +317,8 @@ class Admin:
             await _committed(local, local.group_id)
         view = local.view
         addresses = list(view.members)
-        members = [self.node.node_of_address(a) for a in addresses]
-        members.append(self.node.config.node.id)
+        members = [self._replicas.node_of_address(a) for a in addresses]
+        members.append(self.node_id)
         return {
             "group": local.group_id,
             "members": sorted(m for m in members if m is not None),
@@ -284,25 +330,25 @@ class Admin:
         }
 
     async def _op_drain(self, r: dict[str, Any]) -> dict[str, Any]:
-        self.node.start_drain()
-        return {"ok": True, "node_id": self.node.config.node.id}
+        self._start_drain()
+        return {"ok": True, "node_id": self.node_id}
 
     async def _op_peer_draining(self, r: dict[str, Any]) -> dict[str, Any]:
         node_id = int(r["node_id"])
-        if node_id not in self.node.router.placement.nodes:
+        if node_id not in self._cluster.placement.nodes:
             raise AdminRefused(f"node {node_id} is not a member")
-        self.node.client_routes.peer_draining(node_id)
+        self._peer_draining(node_id)
         log.info("a node is draining: no longer handed out to clients", node_id=node_id)
         return {"ok": True}
 
     async def _op_host_group(self, r: dict[str, Any]) -> dict[str, Any]:
         group = int(r["group"])
-        if group not in self.node.router.local:
-            await self.node.open_group(group, [int(n) for n in r["members"]])
+        if group not in self._cluster.local:
+            await self._replicas.open_group(group, [int(n) for n in r["members"]])
         return {"ok": True}
 
     async def _op_drop_group(self, r: dict[str, Any]) -> dict[str, Any]:
-        await self.node.drop_group(int(r["group"]))
+        await self._replicas.drop_group(int(r["group"]))
         return {"ok": True}
 
     async def _op_change_members(self, r: dict[str, Any]) -> dict[str, Any]:
@@ -321,20 +367,20 @@ class Admin:
             # A node the map does not list yet (a join) comes with its host.
             host = r.get("host")
             address = (
-                self.node.raft_address(node_id, group)
+                self._replicas.raft_address(node_id, group)
                 if host is None
-                else f"{host}:{self.node.config.cluster.raft_port + group}"
+                else self._replicas.raft_address_at(str(host), group)
             )
             # The leader itself is no "other node", but it is a member all the same (a join of
             # the controller leader's own id at its own address is as idempotent as any other).
-            if address in current or node_id == self.node.config.node.id:
+            if address in current or node_id == self.node_id:
                 return {"ok": True, "already": True}
         else:
             method = local.raft.removeNodeFromCluster
             if "remove_address" in r:
                 address = str(r["remove_address"])
             else:
-                address = self.node.raft_address(int(r["remove"]), group)
+                address = self._replicas.raft_address(int(r["remove"]), group)
             if address not in current:
                 return {"ok": True, "already": True}
         proposal = Proposal()  # membership changes are Raft entries: same callback, same wait
@@ -349,11 +395,11 @@ class Admin:
         group = int(r["group"])
         local = self._local(group)
         # Without "to", pysyncobj picks the most caught-up connected member.
-        address = self.node.raft_address(int(r["to"]), group) if "to" in r else None
+        address = self._replicas.raft_address(int(r["to"]), group) if "to" in r else None
 
         proposal = Proposal()
         # transferLeadership reads Raft internals: it must run on the driver thread.
-        future = self.node.driver.call(
+        future = self._replicas.on_driver(
             lambda: local.raft.transferLeadership(address, callback=proposal.callback)
         )
 

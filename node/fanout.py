@@ -3,7 +3,7 @@ commit order, on every other node (``Deliver``), which filter by their own sessi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -36,13 +36,14 @@ class FanOut:
         placement: Callable[[], Placement],
         local: dict[int, LocalGroup],
         deliver_local: DeliverLocal,
+        commit_hooks: Sequence[CommitHook] = (),
     ) -> None:
         self._peers = peers
         self._placement = placement
         self._local = local  # the router's replicas, shared: it attaches and detaches them
         self._deliver_local = deliver_local
         self._queues: dict[int, trio.MemorySendChannel[pb.DeliverRequest]] = {}
-        self.commit_hooks: list[CommitHook] = []
+        self.commit_hooks = tuple(commit_hooks)
         self._failures = 0
 
     @property

@@ -130,11 +130,18 @@ class SessionsEverywhere:
     ``Online``, and the calls that ask every other node (best effort: a node that does not
     answer in time is left out)."""
 
-    def __init__(self, peers: PeerCalls, kick_local: KickLocal, online_local: OnlineLocal) -> None:
+    def __init__(
+        self,
+        peers: PeerCalls,
+        kick_local: KickLocal,
+        online_local: OnlineLocal,
+        online_levels_local: OnlineLevelsLocal | None = None,
+    ) -> None:
         self._peers = peers
         self._kick_local = kick_local
         self._online_local = online_local
-        self.online_levels_local: OnlineLevelsLocal | None = None
+        self.online_levels_local = online_levels_local
+        """With device levels (msg.offline's masters); None: levels unknown, as 0."""
 
     def handlers(self) -> dict[str, Handler]:
         return {"Kick": self._h_kick, "Online": self._h_online}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.wkproto import ReasonCode
 
 from .command_channels import source_of
-from .fanout import DeliverLocal, FanOut
+from .fanout import CommitHook, DeliverLocal, FanOut
 from .forwarding import Forwarder, SubmitSlot, submit_start
 from .groups.local import LocalGroup, ProposalError
 from .groups.pipeline import GroupPipeline
@@ -40,6 +40,7 @@ from .peer_calls import PeerCalls, PeerStreams
 from .peer_service import (
     KickLocal,
     LeaderService,
+    OnlineLevelsLocal,
     OnlineLocal,
     SessionsEverywhere,
     inbound,
@@ -84,6 +85,9 @@ class Router:
         deliver_local: DeliverLocal,
         kick_local: KickLocal,
         online_local: OnlineLocal,
+        *,
+        online_levels_local: OnlineLevelsLocal | None = None,
+        commit_hooks: Sequence[CommitHook] = (),
         streams: PeerStreams | None = None,
     ) -> None:
         self.s = settings
@@ -94,7 +98,6 @@ class Router:
         self._forwarders: dict[tuple[int, int], Forwarder] = {}
         self._pipeline_scopes: dict[int, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
-        self.extra_handlers: dict[str, Callable[[Any], Any]] = {}
         self.retries = 0
         """Attempts retried by ``_retrying`` (``raftchat_forward_retries_total``)."""
         self.peers = PeerCalls(
@@ -105,7 +108,9 @@ class Router:
             lambda: self.placement,
             streams,
         )
-        self.fanout = FanOut(self.peers, lambda: self.placement, self.local, deliver_local)
+        self.fanout = FanOut(
+            self.peers, lambda: self.placement, self.local, deliver_local, commit_hooks
+        )
         self.leader = LeaderService(
             self.local,
             self.pipelines,
@@ -113,7 +118,9 @@ class Router:
             settings.forward_timeout_s,
             settings.proposal_timeout_s,
         )
-        self.sessions = SessionsEverywhere(self.peers, kick_local, online_local)
+        self.sessions = SessionsEverywhere(
+            self.peers, kick_local, online_local, online_levels_local
+        )
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -414,8 +421,9 @@ class Router:
     # --- peer service and cluster-wide calls ---------------------------------------------
 
     def handlers(self) -> dict[str, Callable[[Any], Any]]:
-        """The peer service's request handlers (``Deliver`` is among ``notices()``)."""
-        return {**self.leader.handlers(), **self.sessions.handlers(), **self.extra_handlers}
+        """The routing part of the peer service's request handlers (``Deliver`` is among
+        ``notices()``); the node adds its own (``node/compose.py``)."""
+        return {**self.leader.handlers(), **self.sessions.handlers()}
 
     def notices(self) -> dict[str, Notice]:
         return notices(self.fanout.deliver)

@@ -40,7 +40,7 @@ import trio
 
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 
-from .config import WebhookSection
+from .config_sections import WebhookSection
 from .groups.machine import record_from_pb
 from .groups.views import message_json
 from .http.common import message_resp

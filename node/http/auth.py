@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from cluster.ratelog import RateLimitedLog
 
-from ..config import AuthSection
+from ..config_sections import AuthSection
 from .admission import client_key
 
 EXEMPT_ROUTES: frozenset[tuple[str, str]] = frozenset(

@@ -22,7 +22,7 @@ import trio
 
 from cluster.ratelog import RateLimitedLog
 
-from ..config import HttpSection
+from ..config_sections import HttpSection
 from .admission import Admission, client_key
 from .server import LOG_INTERVAL_S, LOGGER, Request, Response, Router
 

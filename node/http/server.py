@@ -15,7 +15,7 @@ from typing import Any
 
 from cluster.ratelog import RateLimitedLog
 
-from ..config import HttpSection
+from ..config_sections import HttpSection
 from ..log import get_logger
 from ..safejson import JsonRefused
 from ..safejson import loads as safe_loads

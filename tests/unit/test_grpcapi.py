@@ -17,7 +17,8 @@ import trio
 from client.grpc import GrpcError, SyncGrpcClient
 from cluster.bridge import GrpcServer, GrpcService
 from cluster.peerauth import PeerKeys
-from node.config import AuthSection, Config
+from node.config import Config
+from node.config_sections import AuthSection
 from node.grpcapi.convert import from_json, to_json
 from node.grpcapi.errors import DETAILS_KEY, REASON_KEY
 from node.grpcapi.rpcs import RPCS

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from node.admin import (
     FAILED,
@@ -18,6 +19,7 @@ from node.admin import (
     AdminRefused,
     error_of,
 )
+from proto.raftchat.peer.v1 import peer_pb2 as pb
 
 
 def answer(error: Exception) -> dict[str, Any]:
@@ -47,9 +49,28 @@ def test_an_answer_of_an_older_node_without_a_code() -> None:
     assert error_of(1, {"error": "busy"}).code == FAILED
 
 
+def make_admin(
+    node_id: int = 1,
+    cluster: Any = None,
+    clients: Any = None,
+    replicas: Any = None,
+    controller: Any = None,
+) -> Admin:
+    """An Admin with only the parts a test gives it."""
+    return Admin(
+        node_id,
+        cluster,
+        clients,
+        replicas,
+        lambda: controller,
+        cluster_id=lambda: "c1",
+        peer_draining=lambda _node_id: None,
+        start_drain=lambda: None,
+    )
+
+
 def admin_with(calls: list[int], first: AdminError) -> Admin:
-    node = SimpleNamespace(router=SimpleNamespace(leader_of=lambda _group: 2))
-    admin = Admin(node)  # type: ignore[arg-type]
+    admin = make_admin(cluster=SimpleNamespace(leader_of=lambda _group: 2))
 
     async def call(node_id: int, _request: dict[str, Any]) -> dict[str, Any]:
         calls.append(node_id)
@@ -106,13 +127,11 @@ class _Leader:
 
 def admin_of(local: _Leader) -> Admin:
     hosts = {1: "127.0.0.11", 2: "127.0.0.12", 3: "127.0.0.13"}
-    node = SimpleNamespace(
-        router=SimpleNamespace(local={1: local}),
-        config=SimpleNamespace(node=SimpleNamespace(id=1)),
+    replicas = SimpleNamespace(
         raft_address=lambda n, g: f"{hosts[n]}:{12000 + g}",
         node_of_address=lambda a: {f"{h}:12001": n for n, h in hosts.items()}.get(a),
     )
-    return Admin(node)  # type: ignore[arg-type]
+    return make_admin(cluster=SimpleNamespace(local={1: local}), replicas=replicas)
 
 
 def test_a_removal_is_done_only_once_committed() -> None:
@@ -135,3 +154,81 @@ def test_a_removal_is_done_only_once_committed() -> None:
         trio.run(admin_of(deposed)._op_group_status, {"group": 1, "committed": True})
     status = trio.run(admin_of(committed)._op_group_status, {"group": 1})
     assert status["members"] == [1, 2] and committed.barriers == 1  # a plain status: no no-op
+
+
+class _PeerAdmins:
+    """``GrpcClients`` whose ``Admin`` calls reach other Admins' ``rpc`` (the peer RPC's
+    handler): requests and answers cross as the serialized bytes the wire carries."""
+
+    def __init__(self, admins: dict[str, Admin]) -> None:
+        self.admins = admins
+        self.calls: list[str] = []
+
+    def get(self, target: str) -> Any:
+        async def call(method: str, request: Any, timeout_s: float) -> Any:
+            assert method == "Admin"
+            self.calls.append(target)
+            on_wire = pb.AdminRequest.FromString(request.SerializeToString())
+            reply = await self.admins[target].rpc(on_wire)
+            return pb.AdminReply.FromString(reply.SerializeToString())
+
+        return SimpleNamespace(call=call)
+
+
+class _Controller:
+    def __init__(self) -> None:
+        self.group = SimpleNamespace(is_leader=lambda: True)
+        self.left: list[int] = []
+
+    async def leave(self, node_id: int, *, force: bool) -> None:
+        if node_id == 9:
+            raise ValueError("node 9 is not a member")  # the controller's refusals
+        self.left.append(node_id)
+
+
+def two_nodes(leaders: list[int], second: _Controller | None = None) -> tuple[Admin, _PeerAdmins]:
+    """Node 1 leads the controller; node 2 does if it is given ``second``. Node 1's view of
+    the controller's leader is ``leaders``, one a look (the last one from then on)."""
+    views = iter(leaders)
+
+    def leader_of(_group: int) -> int:
+        return next(views, leaders[-1])
+
+    wire = _PeerAdmins({})
+    one = make_admin(
+        1,
+        SimpleNamespace(leader_of=leader_of, peer_target=lambda n: f"node{n}"),
+        wire,
+        controller=_Controller(),
+    )
+    wire.admins["node2"] = make_admin(2, controller=second)
+    return one, wire
+
+
+LEAVE = {"op": "leave", "node_id": 3, "forwarded": True}
+
+
+def test_the_code_survives_the_peer_rpc_and_decides_the_retry() -> None:
+    """A forwarded leave reaching a node that does not lead the controller comes back from
+    the peer ``Admin`` RPC with its code; the caller asks the controller's leader again."""
+    one, wire = two_nodes([2, 1])
+    with pytest.raises(AdminError) as caught:
+        trio.run(one.call, 2, LEAVE)
+    assert caught.value.code == NOT_CONTROLLER_LEADER
+    assert str(caught.value) == "node 2: not the controller leader"  # the text travels too
+
+    one, wire = two_nodes([2, 1])
+    reply = trio.run(
+        one.on_controller_leader, LEAVE, clock=trio.testing.MockClock(autojump_threshold=0)
+    )
+    assert reply == {"ok": True}
+    assert wire.calls == ["node2"]  # then node 1 itself, without the wire
+
+
+def test_a_refusal_over_the_peer_rpc_is_not_asked_again() -> None:
+    one, wire = two_nodes([2], second=_Controller())
+    with pytest.raises(AdminRefused) as caught:
+        trio.run(one.on_controller_leader, {**LEAVE, "node_id": 9})
+    assert caught.value.code == REFUSED
+    assert str(caught.value) == "node 2: node 9 is not a member"
+    assert wire.calls == ["node2"]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 
-from node.config import AuthSection
+from node.config_sections import AuthSection
 from node.console.forward import Forwarder
 from node.console.routes import COOKIE, ConsoleContext, build_console_router, cookie_value
 from node.console.sessions import SessionStore

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.config import AuthSection
+from node.config_sections import AuthSection
 from node.http.auth import EXEMPT_ROUTES, Credentials, Refusal, presented_tokens
 
 API = "api-token-1"

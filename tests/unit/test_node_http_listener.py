@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from node.config import HttpSection
+from node.config_sections import HttpSection
 from node.http.listener import HttpServer
 from node.http.server import Request, Response, Router
 

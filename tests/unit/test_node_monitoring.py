@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from node.config import AuthSection
+from node.config_sections import AuthSection
 from node.http.auth import Credentials
 from node.http.routes_monitoring import _sort_key, conn_info, uptime
 from node.http.server import ApiError

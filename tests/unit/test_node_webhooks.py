@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from node.config import WebhookSection
+from node.config_sections import WebhookSection
 from node.sessions import DeviceLimits, SessionRegistry
 from node.webhook_http import Target
 from node.webhooks import (

@@ -86,8 +86,16 @@ def admin_of(placement: Placement, set_zone: list[tuple[int, str]]) -> Admin:
         return placement
 
     controller = SimpleNamespace(group=SimpleNamespace(is_leader=lambda: True), set_zone=record)
-    node = SimpleNamespace(router=SimpleNamespace(placement=placement), controller=controller)
-    return Admin(node)  # type: ignore[arg-type]
+    return Admin(
+        1,
+        SimpleNamespace(placement=placement),  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        lambda: controller,  # type: ignore[arg-type,return-value]
+        cluster_id=lambda: "c1",
+        peer_draining=lambda _node_id: None,
+        start_drain=lambda: None,
+    )
 
 
 MAP = Placement(4, [1] * 256, {1: [1, 2]}, {1: "10.0.0.1", 2: "10.0.0.2"})
