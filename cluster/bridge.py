@@ -695,6 +695,16 @@ class GrpcServer:
         trio is gone. Returns at once while trio keeps up; once NOTICE_WINDOW requests wait for
         it, only when this one is handled too, so that a busy node slows its senders down
         instead of queueing without bound."""
+        queued, handled = self.queue_for_trio(name, handle, request)
+        if handled is not None:
+            await handled
+        return queued
+
+    def queue_for_trio(
+        self, name: str, handle: Callable[[Any], None], request: Any
+    ) -> tuple[bool, asyncio.Future[None] | None]:
+        """``hand_over`` in two steps: whether the request is queued for trio (it will be
+        handled), and a future to await before taking the next one when trio is behind."""
         assert self._trio_token is not None
         handled: asyncio.Future[None] | None = None
         if self._notices_sent - self._notices_done >= NOTICE_WINDOW:
@@ -702,11 +712,14 @@ class GrpcServer:
         try:
             self._trio_token.run_sync_soon(self._run_notice, name, handle, request, handled)
         except trio.RunFinishedError:
-            return False
+            return False, None
         self._notices_sent += 1  # asyncio thread only; _notices_done is trio's
-        if handled is not None:
-            await handled
-        return True
+        return True, handled
+
+    @property
+    def grace_s(self) -> float:
+        """How long a stopping server lets calls in flight finish."""
+        return self._grace_s
 
     def _run_notice(
         self,
@@ -769,12 +782,16 @@ class GrpcServer:
         remaining: float | None,
         peer: str,
         on_answer: Callable[[Any, GrpcAbort | None], None],
-    ) -> bool:
+    ) -> Any:
         """Asyncio thread: run ``handler(request)`` as a trio task under the deadline, then
-        ``on_answer(reply, None)`` or ``on_answer(None, error)`` back on this thread; False
-        when trio is gone."""
+        ``on_answer(reply, None)`` or ``on_answer(None, error)`` back on this thread. Returns
+        the call (for ``cancel_call``), or None when trio is gone."""
         call = _StreamedCall(name, handler, request, remaining, peer, on_answer)
-        return self._start(call, self._run)
+        return call if self._start(call, self._run) else None
+
+    def cancel_call(self, call: Any) -> None:
+        """Asyncio thread: nobody wants ``start_call``'s answer any more."""
+        self._cancel(call)
 
     def _start(self, call: _Call, run: Callable[[_Call], Awaitable[None]]) -> bool:
         """Asyncio thread: start ``run(call)`` in trio; False when trio is gone."""

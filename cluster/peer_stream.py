@@ -21,7 +21,9 @@ import collections
 import contextlib
 import logging
 import secrets
+import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -42,16 +44,48 @@ from proto.raftchat.peer.v1 import peer_pb2 as pb
 
 log = logging.getLogger("raftchat.bridge")
 
+OPEN_TIMEOUT_S = 5.0
+"""How long a new stream may wait for its receiver's acceptance."""
+RETRY_UNSUPPORTED_S = 60.0
+"""How long a peer that did not serve a stream is sent single calls before the next try."""
 WINDOW = 512
 """Frames handed over and not yet acknowledged before ``send`` waits."""
 BACKOFF_S = (0.05, 0.5)
 
 
-def aio_channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
-    """A grpc.aio channel to a peer (made on the loop that uses it)."""
-    if credentials is None:
-        return grpc.aio.insecure_channel(target, options=CLIENT_OPTIONS)
-    return grpc.aio.secure_channel(target, credentials, options=CLIENT_OPTIONS)
+class _Shared:
+    __slots__ = ("channel", "users")
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel, self.users = channel, 0
+
+
+# The streams to one peer share a grpc.aio channel (one connection, one TLS handshake), per
+# loop. Touched only on the loop's own thread.
+_channels: dict[tuple[int, str, int], _Shared] = {}
+
+
+@contextlib.asynccontextmanager
+async def aio_channel(
+    target: str, credentials: grpc.ChannelCredentials | None
+) -> AsyncIterator[grpc.aio.Channel]:
+    """The running loop's grpc.aio channel to a peer, closed when its last user is done."""
+    key = (id(asyncio.get_running_loop()), target, id(credentials))
+    shared = _channels.get(key)
+    if shared is None:
+        if credentials is None:
+            channel = grpc.aio.insecure_channel(target, options=CLIENT_OPTIONS)
+        else:
+            channel = grpc.aio.secure_channel(target, credentials, options=CLIENT_OPTIONS)
+        shared = _channels[key] = _Shared(channel)
+    shared.users += 1
+    try:
+        yield shared.channel
+    finally:
+        shared.users -= 1
+        if shared.users == 0:
+            del _channels[key]
+            await shared.channel.close()
 
 
 async def open_stream(
@@ -67,8 +101,12 @@ async def open_stream(
     assert cred is not None
     metadata = ((METADATA_KEY, value), (EPOCH_METADATA_KEY, epoch.hex()))
     call = channel.stream_stream(path)(metadata=metadata)
-    with contextlib.suppress(grpc.aio.AioRpcError):
-        await call.initial_metadata()
+    try:
+        await asyncio.wait_for(call.initial_metadata(), OPEN_TIMEOUT_S)
+    except TimeoutError:
+        call.cancel()  # a peer that does not answer: the stream counts as broken
+    except grpc.aio.AioRpcError:
+        pass  # refused: the call is done, with the receiver's status
     return call, stream_key(keys.signing, path, cred.nonce_hex)
 
 
@@ -109,9 +147,22 @@ class OutboundStream:
         self._wake = asyncio.Event()  # only touched on the loop
         self.dropped = 0
         """Frames given up (written by the asyncio thread, read by anyone)."""
-        self.unsupported = False
-        """The peer does not serve the method (an older version): the caller falls back."""
+        self._unsupported_until = 0.0
+        self._returned: list[bytes] = []  # trio thread only
+        self._stopped = threading.Event()
         self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
+
+    @property
+    def unsupported(self) -> bool:
+        """The peer did not serve the stream lately (an older version): the caller uses
+        single calls, and tries the stream again after ``RETRY_UNSUPPORTED_S``."""
+        return time.monotonic() < self._unsupported_until
+
+    def take_returned(self) -> list[bytes]:
+        """Trio thread: the bodies a peer that does not serve the stream never took, in order,
+        for the caller to send otherwise."""
+        returned, self._returned = self._returned, []
+        return returned
 
     # ---- trio thread --------------------------------------------------------------------
 
@@ -127,11 +178,13 @@ class OutboundStream:
         self._space.set()
         self._space = trio.Event()
 
+    def _hand_back(self, bodies: list[bytes]) -> None:
+        self._returned.extend(bodies)
+
     async def aclose(self) -> None:
         """Stop the stream (frames not yet acknowledged are given up) and let go of the loop."""
         self._loop.call_soon_threadsafe(self._task.cancel)
-        with contextlib.suppress(BaseException):
-            await trio.to_thread.run_sync(self._task.result)
+        await trio.to_thread.run_sync(self._stopped.wait)  # its channel closed, too
         thread = self._loop_thread.release()
         if thread is not None:
             await trio.to_thread.run_sync(thread.join)
@@ -149,23 +202,32 @@ class OutboundStream:
                 self._token.run_sync_soon(self._freed, count)
 
     async def _run(self) -> None:
-        channel = aio_channel(self.target, self._credentials)
-        backoff = BACKOFF_S[0]
         try:
-            while True:
-                while not self._pending:
-                    self._wake.clear()
-                    await self._wake.wait()
-                progressed = await self._one_stream(channel)
-                if self.unsupported:
-                    self._give_up(everything=True)
-                    return
-                backoff = BACKOFF_S[0] if progressed else min(backoff * 2, BACKOFF_S[1])
-                self._give_up(everything=False)
-                await asyncio.sleep(backoff)
+            async with aio_channel(self.target, self._credentials) as channel:
+                await self._keep_up(channel)
         finally:
             self._give_up(everything=True)
-            await channel.close()
+            self._stopped.set()
+
+    async def _keep_up(self, channel: grpc.aio.Channel) -> None:
+        backoff = BACKOFF_S[0]
+        while True:
+            while not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+            progressed, code = await self._one_stream(channel)
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                # The peer never took these: back to the caller, who sends them otherwise.
+                self._unsupported_until = time.monotonic() + RETRY_UNSUPPORTED_S
+                bodies = [frame.body for frame in self._pending]
+                self._pending.clear()
+                self._release(len(bodies))
+                with contextlib.suppress(trio.RunFinishedError):
+                    self._token.run_sync_soon(self._hand_back, bodies)
+                continue
+            backoff = BACKOFF_S[0] if progressed else min(backoff * 2, BACKOFF_S[1])
+            self._give_up(everything=False)
+            await asyncio.sleep(backoff)
 
     def _give_up(self, everything: bool) -> None:
         """Drop the frames that waited longer than ``retry_s`` (all of them when stopping)."""
@@ -177,8 +239,9 @@ class OutboundStream:
         self.dropped += count
         self._release(count)
 
-    async def _one_stream(self, channel: grpc.aio.Channel) -> bool:
-        """One stream, until it breaks; whether any frame was acknowledged on it."""
+    async def _one_stream(self, channel: grpc.aio.Channel) -> tuple[bool, grpc.StatusCode | None]:
+        """One stream, until it breaks: whether any frame was acknowledged on it, and how it
+        ended."""
         call, skey = await open_stream(channel, self._path, self._keys, self._to, self._epoch)
         acked = [False]
         reader = asyncio.get_running_loop().create_task(self._read_acks(call, skey, acked))
@@ -197,8 +260,7 @@ class OutboundStream:
             pass  # the reader sees the status
         finally:
             code = await ended(call, reader, self.target)
-        self.unsupported = code == grpc.StatusCode.UNIMPLEMENTED
-        return acked[0]
+        return acked[0], code
 
     def _unwritten(self, written: int) -> list[_Frame]:
         if not self._pending:

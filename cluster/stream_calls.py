@@ -16,6 +16,8 @@ import collections
 import contextlib
 import logging
 import secrets
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +27,7 @@ import trio
 
 from cluster.aio_thread import AsyncioThread
 from cluster.grpc_client import GrpcCallError
-from cluster.peer_stream import aio_channel, ended, open_stream
+from cluster.peer_stream import RETRY_UNSUPPORTED_S, aio_channel, ended, open_stream
 from cluster.peerauth import PeerKeys, recipient_of
 from cluster.stream_auth import EPOCH_BYTES, answer_matches, frame_mac
 from proto.raftchat.peer.v1 import peer_pb2 as pb
@@ -33,6 +35,33 @@ from proto.raftchat.peer.v1 import peer_pb2 as pb
 log = logging.getLogger("raftchat.bridge")
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+MAX_OUTSTANDING = 1024
+"""Calls to one peer waiting for their answers; more are refused at once (RESOURCE_EXHAUSTED)."""
+MIN_LEFT_MS = 10
+"""A call with less time left than this is not sent: its answer would come too late."""
+BACKOFF_S = (0.05, 0.5)
+
+
+class _Outgoing:
+    """A call on its way to the stream. ``withdrawn`` is set by the trio thread when the caller
+    gave up; the loop reads it before writing (a bool: no lock needed)."""
+
+    __slots__ = ("call_id", "deadline", "method", "request", "withdrawn")
+
+    def __init__(self, call_id: int, method: str, request: bytes, deadline: float) -> None:
+        self.call_id, self.method, self.request, self.deadline = call_id, method, request, deadline
+        self.withdrawn = False
+
+    def body(self, now: float) -> bytes | None:
+        """The frame's body, with the time left as the peer's deadline; None when the call
+        must not go out any more (withdrawn, or too late to be answered in time)."""
+        left_ms = int((self.deadline - now) * 1000)
+        if self.withdrawn or left_ms < MIN_LEFT_MS:
+            return None
+        call = pb.StreamCall(
+            id=self.call_id, method=self.method, timeout_ms=left_ms, request=self.request
+        )
+        return call.SerializeToString()
 
 
 class _Waiter:
@@ -63,12 +92,18 @@ class CallStream:
         self._loop = loop_thread.acquire()
         self._waiters: dict[int, _Waiter] = {}  # trio thread only
         self._last_id = 0
-        # Asyncio's side: calls not yet written, as (id, body).
-        self._outbox: collections.deque[tuple[int, bytes]] = collections.deque()
+        # Asyncio's side: calls not yet written.
+        self._outbox: collections.deque[_Outgoing] = collections.deque()
         self._wake = asyncio.Event()  # only touched on the loop
-        self.unsupported = False
-        """The peer does not serve the stream (an older version): the caller falls back."""
+        self._unsupported_until = 0.0
+        self._stopped = threading.Event()
         self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
+
+    @property
+    def unsupported(self) -> bool:
+        """The peer did not serve the stream lately (an older version): the caller uses
+        single calls, and tries the stream again after ``RETRY_UNSUPPORTED_S``."""
+        return time.monotonic() < self._unsupported_until
 
     # ---- trio thread --------------------------------------------------------------------
 
@@ -77,22 +112,21 @@ class CallStream:
     ) -> Any:
         """``method``'s reply, decoded; raises GrpcCallError on any other outcome."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        if len(self._waiters) >= MAX_OUTSTANDING:
+            raise GrpcCallError(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in flight")
         self._last_id += 1
         call_id = self._last_id
-        body = pb.StreamCall(
-            id=call_id,
-            method=method,
-            timeout_ms=max(1, int(timeout_s * 1000)),
-            request=request.SerializeToString(),
-        ).SerializeToString()
+        deadline = time.monotonic() + timeout_s
+        outgoing = _Outgoing(call_id, method, request.SerializeToString(), deadline)
         waiter = self._waiters[call_id] = _Waiter()
 
         def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
             waiter.waiting = False
             self._waiters.pop(call_id, None)
+            outgoing.withdrawn = True  # not written any more (read on the loop: a bool)
             return trio.lowlevel.Abort.SUCCEEDED
 
-        self._loop.call_soon_threadsafe(self._enqueue, call_id, body)
+        self._loop.call_soon_threadsafe(self._enqueue, outgoing)
         with trio.move_on_after(timeout_s):
             raw = await trio.lowlevel.wait_task_rescheduled(abort)
             return decode(raw)
@@ -112,8 +146,7 @@ class CallStream:
 
     async def aclose(self) -> None:
         self._loop.call_soon_threadsafe(self._task.cancel)
-        with contextlib.suppress(BaseException):
-            await trio.to_thread.run_sync(self._task.result)
+        await trio.to_thread.run_sync(self._stopped.wait)  # its channel closed, too
         self._fail_up_to(self._last_id, grpc.StatusCode.CANCELLED)
         thread = self._loop_thread.release()
         if thread is not None:
@@ -121,8 +154,8 @@ class CallStream:
 
     # ---- asyncio thread -----------------------------------------------------------------
 
-    def _enqueue(self, call_id: int, body: bytes) -> None:
-        self._outbox.append((call_id, body))
+    def _enqueue(self, outgoing: _Outgoing) -> None:
+        self._outbox.append(outgoing)
         self._wake.set()
 
     def _to_trio(self, fn: Callable[..., None], *args: Any) -> None:
@@ -130,35 +163,48 @@ class CallStream:
             self._token.run_sync_soon(fn, *args)
 
     async def _run(self) -> None:
-        channel = aio_channel(self.target, self._credentials)
         try:
-            while True:
-                while not self._outbox:
-                    self._wake.clear()
-                    await self._wake.wait()
-                last, code = await self._one_stream(channel)
-                # Whatever was written to the broken stream, or waited for it, fails: the
-                # callers retry (over the next stream) as after a failed unary call.
-                if self._outbox:
-                    last = max(last, self._outbox[-1][0])
-                    self._outbox.clear()
-                if code in (None, grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
-                    code = grpc.StatusCode.UNAVAILABLE  # ended by this side, or not known
-                self._to_trio(self._fail_up_to, last, code)
+            async with aio_channel(self.target, self._credentials) as channel:
+                await self._keep_up(channel)
         finally:
-            await channel.close()
+            self._stopped.set()
 
-    async def _one_stream(self, channel: Any) -> tuple[int, grpc.StatusCode | None]:
-        """One stream, until it breaks; the id of the last call written to it, and how it
-        ended."""
+    async def _keep_up(self, channel: Any) -> None:
+        backoff = BACKOFF_S[0]
+        while True:
+            while not self._outbox:
+                self._wake.clear()
+                await self._wake.wait()
+            last, code, answered = await self._one_stream(channel)
+            # Whatever was written to the broken stream, or waited for it, fails: the callers
+            # retry (over the next stream) as after a failed unary call.
+            if self._outbox:
+                last = max(last, self._outbox[-1].call_id)
+                self._outbox.clear()
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                self._unsupported_until = time.monotonic() + RETRY_UNSUPPORTED_S
+            elif code in (None, grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
+                code = grpc.StatusCode.UNAVAILABLE  # ended by this side, or not known
+            self._to_trio(self._fail_up_to, last, code)
+            # A peer that is down: the calls fail at once, the next stream waits a little.
+            backoff = BACKOFF_S[0] if answered else min(backoff * 2, BACKOFF_S[1])
+            await asyncio.sleep(0 if answered else backoff)
+
+    async def _one_stream(self, channel: Any) -> tuple[int, grpc.StatusCode | None, bool]:
+        """One stream, until it breaks: the id of the last call written to it, how it ended,
+        and whether it answered any call."""
         call, skey = await open_stream(channel, self._path, self._keys, self._to, self._epoch)
-        reader = asyncio.get_running_loop().create_task(self._read_answers(call, skey))
+        answered = [False]
+        reader = asyncio.get_running_loop().create_task(self._read_answers(call, skey, answered))
         seq = last = 0
         try:
             while not reader.done():
                 while self._outbox:
-                    call_id, body = self._outbox.popleft()
-                    seq, last = seq + 1, call_id
+                    outgoing = self._outbox.popleft()
+                    body = outgoing.body(time.monotonic())
+                    if body is None:
+                        continue  # its caller gave up: the peer never sees it
+                    seq, last = seq + 1, outgoing.call_id
                     frame = pb.StreamFrame(seq=seq, body=body, mac=frame_mac(skey, seq, body))
                     await call.write(frame.SerializeToString())
                 self._wake.clear()
@@ -167,10 +213,9 @@ class CallStream:
             pass
         finally:
             code = await ended(call, reader, self.target)
-        self.unsupported = code == grpc.StatusCode.UNIMPLEMENTED
-        return last, code
+        return last, code, answered[0]
 
-    async def _read_answers(self, call: Any, skey: bytes) -> None:
+    async def _read_answers(self, call: Any, skey: bytes, answered: list[bool]) -> None:
         expected = 1
         try:
             while True:
@@ -185,6 +230,7 @@ class CallStream:
                     return
                 expected += 1
                 reply = pb.StreamReply.FromString(frame.body)
+                answered[0] = True
                 if reply.code == 0:
                     result: outcome.Outcome[bytes] = outcome.Value(reply.reply)
                 else:

@@ -3,8 +3,9 @@
 
 Each call in a frame runs as the same trio handler a unary call of that method runs, under the
 caller's deadline; its answer goes back as a frame of its own, numbered and MAC'd under the
-stream's key, in the order the handlers finish. A caller may have at most
-``MAX_CALLS_IN_FLIGHT`` calls running here; more are answered RESOURCE_EXHAUSTED.
+stream's key, in the order the handlers finish. Once ``MAX_CALLS_IN_FLIGHT`` calls of a stream
+are taken and not yet answered on the wire, no more frames are read from it until one is: a
+caller that sends faster than it reads its answers is held back by HTTP/2 flow control.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from cluster.stream_server import (
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 
 MAX_CALLS_IN_FLIGHT = 1024
+MAX_CALL_S = 60.0
+"""A call's deadline at most (the callers' are seconds)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,9 @@ class CallsHost(StreamHost, Protocol):
         remaining: float | None,
         peer: str,
         on_answer: Answer,
-    ) -> bool: ...
+    ) -> Any: ...
+
+    def cancel_call(self, call: Any) -> None: ...
 
 
 def calls_method(
@@ -88,7 +93,14 @@ class _Calls:
         self._peer = context.peer() or ""
         self._out: asyncio.Queue[bytes] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._running: dict[int, Any] = {}  # call id -> the bridge's call, until answered
+        # Calls taken and not yet answered on the wire: bounded, so that a caller that does not
+        # read its answers stops being read from (HTTP/2 flow control holds it back).
         self._in_flight = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._seq = 0
 
     async def receive(self, frames: Any) -> None:
@@ -98,15 +110,27 @@ class _Calls:
             frame = decoded(pb.StreamFrame.FromString, raw, self._name, "frame")
             check_frame(frame, self._skey, expected, self._name)
             expected = frame.seq + 1
+            self._take()
             self._start(decoded(pb.StreamCall.FromString, frame.body, self._name, "call"))
+            await self._room.wait()
+
+    def _take(self) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+        if self._in_flight >= MAX_CALLS_IN_FLIGHT:
+            self._room.clear()
+
+    def _written(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight < MAX_CALLS_IN_FLIGHT:
+            self._room.set()
+        if self._in_flight == 0:
+            self._idle.set()
 
     def _start(self, call: pb.StreamCall) -> None:
         method = self._unary.get(call.method)
         if method is None:
             self._refuse(call.id, grpc.StatusCode.UNIMPLEMENTED, "method not served by this node")
-            return
-        if self._in_flight >= MAX_CALLS_IN_FLIGHT:
-            self._refuse(call.id, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in flight")
             return
         try:
             request = method.decode(call.request)
@@ -114,16 +138,18 @@ class _Calls:
             message = f"{call.method}: the request does not decode: {e}"
             self._refuse(call.id, grpc.StatusCode.INVALID_ARGUMENT, message)
             return
-        remaining = call.timeout_ms / 1000 if call.timeout_ms else None
-        self._in_flight += 1
+        # The caller's deadline, as a unary call's; never longer than MAX_CALL_S.
+        remaining = min(call.timeout_ms / 1000, MAX_CALL_S) if call.timeout_ms else MAX_CALL_S
         done = functools.partial(self._done, call.id)
-        if not self._host.start_call(
+        started = self._host.start_call(
             call.method, method.handler, request, remaining, self._peer, done
-        ):
+        )
+        if started is None:
             raise Refused(grpc.StatusCode.UNAVAILABLE, "node is shutting down")
+        self._running[call.id] = started
 
     def _done(self, call_id: int, value: Any, error: Abort | None) -> None:
-        self._in_flight -= 1
+        self._running.pop(call_id, None)
         if error is None:
             self._send(pb.StreamReply(id=call_id, reply=value.SerializeToString()))
         else:
@@ -135,19 +161,27 @@ class _Calls:
     def _send(self, reply: pb.StreamReply) -> None:
         self._seq += 1
         body = reply.SerializeToString()
-        frame = pb.StreamFrame(
-            seq=self._seq, body=body, mac=answer_mac(self._skey, self._seq, body)
-        )
+        tag = answer_mac(self._skey, self._seq, body)
+        frame = pb.StreamFrame(seq=self._seq, body=body, mac=tag)
         self._out.put_nowait(frame.SerializeToString())
 
     async def _write(self) -> None:
         with contextlib.suppress(Exception):  # the stream ended: nobody reads the answers
             while True:
                 await self._context.write(await self._out.get())
+                self._written()
 
     async def stopping(self) -> None:
-        pass  # calls still running are answered by the caller's deadline or the broken stream
+        """The server stops: no more calls are read; those running get the server's grace to
+        finish (as unary calls do), and their answers go out before the stream ends."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), self._host.grace_s)
 
     def close(self) -> None:
+        # Calls still running have nobody to answer: cancelled, as a unary call's handler is
+        # when its caller goes away.
+        for call in self._running.values():
+            self._host.cancel_call(call)
+        self._running.clear()
         if self._writer is not None:
             self._writer.cancel()

@@ -63,9 +63,12 @@ class StreamHost(Protocol):
 
     def log_refusal(self, context: Any, name: str, problem: str) -> None: ...
 
-    def hand_over(
+    @property
+    def grace_s(self) -> float: ...
+
+    def queue_for_trio(
         self, name: str, handle: Callable[[Any], None], request: Any
-    ) -> Awaitable[bool]: ...
+    ) -> tuple[bool, asyncio.Future[None] | None]: ...
 
 
 class _Acks:
@@ -116,7 +119,7 @@ class _Epochs:
         return self._last.get(epoch, 0)
 
     def handed(self, epoch: bytes, seq: int) -> None:
-        self._last[epoch] = seq
+        self._last[epoch] = max(seq, self._last.get(epoch, 0))
         self._last.move_to_end(epoch)
         while len(self._last) > EPOCHS_REMEMBERED:
             self._last.popitem(last=False)
@@ -216,12 +219,18 @@ class _Batches:
             frame = decoded(pb.StreamFrame.FromString, raw, name, "frame")
             check_frame(frame, self._skey, expected, name)
             expected = frame.seq + 1
+            handled = None
             if frame.seq > epochs.last(epoch):
                 request = decoded(self._stream.decode, frame.body, name, "body")
-                if not await self._host.hand_over(name, self._stream.handle, request):
+                queued, handled = self._host.queue_for_trio(name, self._stream.handle, request)
+                if not queued:
                     raise Refused(grpc.StatusCode.UNAVAILABLE, "node is shutting down")
+                # Queued is handed on: recorded before any wait, so that a stream broken
+                # while trio catches up does not get the frame handed on again.
                 epochs.handed(epoch, frame.seq)
             self._acks.up_to(frame.seq)
+            if handled is not None:
+                await handled  # trio is behind: the sender waits (HTTP/2 flow control)
 
     async def stopping(self) -> None:
         await self._acks.flush()

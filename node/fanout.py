@@ -143,8 +143,11 @@ class FanOut:
                 # In order, kept and sent again over a new stream for DELIVERY_RETRY_S when
                 # one breaks (cluster/peer_stream.py).
                 await stream.send(merged.SerializeToString())
-            else:
-                await self._call(node_id, merged)
+                continue
+            # A peer of an older version: the batches its stream never took, then this one.
+            for body in stream.take_returned() if stream is not None else ():
+                await self._call(node_id, pb.DeliverRequest.FromString(body))
+            await self._call(node_id, merged)
 
     async def _call(self, node_id: int, merged: pb.DeliverRequest) -> None:
         """A batch as a single call (to a node that does not serve the stream)."""

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import trio
 
 from cluster.grpc_client import GrpcCallError, GrpcClients
@@ -92,7 +93,13 @@ class PeerCalls:
             if self.streams is not None and method in STREAMED_CALLS:
                 stream = self.streams.calls.get(address)
                 if not stream.unsupported:
-                    return await stream.call(method, request, timeout_s, _REPLY_DECODERS[method])
+                    try:
+                        decode = _REPLY_DECODERS[method]
+                        return await stream.call(method, request, timeout_s, decode)
+                    except GrpcCallError as e:
+                        # A peer of an older version: the call never ran; once more, unary.
+                        if not (e.code == grpc.StatusCode.UNIMPLEMENTED and stream.unsupported):
+                            raise
             return await self._clients.get(address).call(method, request, timeout_s=timeout_s)
         except KeyError:
             return Failure.FORWARD_FAILED

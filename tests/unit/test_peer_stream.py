@@ -3,6 +3,8 @@ process over real loopback sockets with the Peer service's DeliverStream."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -12,13 +14,14 @@ import grpc
 import pytest
 import trio
 
+from cluster import stream_server
 from cluster.aio_thread import AsyncioThread
 from cluster.bridge import GrpcAbort, GrpcServer
 from cluster.grpc_client import GrpcCallError
 from cluster.peer_stream import OutboundStream
 from cluster.peerauth import METADATA_KEY, PeerKeys, parse, sign
 from cluster.stream_auth import EPOCH_METADATA_KEY, frame_mac, stream_key
-from cluster.stream_calls import CallStream
+from cluster.stream_calls import MIN_LEFT_MS, CallStream, _Outgoing
 from cluster.stream_server import InboundStream
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.raftchat.peer.v1 import peer_pb2_grpc as pb_grpc
@@ -319,3 +322,106 @@ def test_a_peer_without_the_stream_is_marked_for_single_calls() -> None:
                 assert stream.unsupported
 
     trio.run(main)
+
+
+def test_a_stopping_receiver_lets_the_calls_in_flight_finish() -> None:
+    done: list[str] = []
+
+    async def online(req: pb.OnlineRequest) -> pb.OnlineReply:
+        await trio.sleep(0.5)
+        done.append(req.uids[0])
+        return pb.OnlineReply(entries=[pb.OnlineEntry(uid=req.uids[0])])
+
+    async def main() -> None:
+        stop, up = trio.Event(), trio.Event()
+        address: list[str] = []
+        decode = pb.OnlineReply.FromString
+
+        async def serve() -> None:
+            async with answering({"Online": online}) as server:
+                address.append(server.address)
+                up.set()
+                await stop.wait()
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serve)
+                await up.wait()
+                async with caller(address[0]) as stream:
+                    await stream.call("Online", pb.OnlineRequest(uids=["warm"]), 5, decode)
+                    request = pb.OnlineRequest(uids=["in flight"])
+                    async with trio.open_nursery() as calls:
+                        calls.start_soon(stream.call, "Online", request, 5, decode)
+                        await trio.sleep(0.1)
+                        stop.set()  # the receiver stops while the call runs
+        assert done == ["warm", "in flight"]
+
+    trio.run(main)
+
+
+def test_a_call_past_its_time_is_never_sent() -> None:
+    ran: list[Any] = []
+
+    async def online(req: pb.OnlineRequest) -> pb.OnlineReply:
+        ran.append(req)
+        return pb.OnlineReply()
+
+    outgoing = _Outgoing(1, "Online", b"", deadline=100.0)
+    assert outgoing.body(now=99.0) is not None
+    assert outgoing.body(now=100.0 - MIN_LEFT_MS / 2000) is None  # too late to be answered
+    outgoing.withdrawn = True  # its caller gave up
+    assert outgoing.body(now=99.0) is None
+
+    async def main() -> None:
+        with trio.fail_after(20):
+            async with answering({"Online": online}) as server, caller(server.address) as s:
+                await s.call("Online", pb.OnlineRequest(), 5, pb.OnlineReply.FromString)
+                with pytest.raises(GrpcCallError) as info:
+                    await s.call("Online", pb.OnlineRequest(), 0.005, pb.OnlineReply.FromString)
+                assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+                await s.call("Online", pb.OnlineRequest(), 5, pb.OnlineReply.FromString)
+        assert len(ran) == 2
+
+    trio.run(main)
+
+
+def test_a_batch_queued_while_trio_is_behind_counts_as_handed_on() -> None:
+    """The stream breaks while the receiver waits for trio to catch up: the frame was queued
+    for trio, so the sender's next stream must not get it handed on a second time."""
+    epochs = stream_server._Epochs()
+    queued: list[Any] = []
+
+    class Host:
+        def queue_for_trio(self, name: str, handle: Any, request: Any) -> Any:
+            queued.append(request)
+            return True, asyncio.get_running_loop().create_future()  # trio is behind
+
+    class Acks:
+        def up_to(self, seq: int) -> None:
+            pass
+
+    skey, body = b"k" * 32, batch(7).SerializeToString()
+
+    async def frames() -> AsyncIterator[bytes]:
+        yield pb.StreamFrame(seq=7, body=body, mac=frame_mac(skey, 7, body)).SerializeToString()
+
+    async def main() -> None:
+        session = stream_server._Batches(
+            Host(),  # type: ignore[arg-type]
+            "DeliverStream",
+            InboundStream(lambda r: None, pb.DeliverRequest.FromString),
+            skey,
+            b"e" * 16,
+            epochs,
+            Acks(),  # type: ignore[arg-type]
+        )
+        receiving = asyncio.ensure_future(session.receive(frames()))
+        while not queued:
+            await asyncio.sleep(0)
+        receiving.cancel()  # the stream breaks during the wait
+        with contextlib.suppress(asyncio.CancelledError):
+            await receiving
+
+    asyncio.run(main())
+    assert len(queued) == 1
+    assert epochs.last(b"e" * 16) == 7
