@@ -14,7 +14,7 @@ import grpc
 import pytest
 import trio
 
-from cluster import bridge
+from cluster import trio_handoff
 from cluster.aio_thread import AsyncioThread
 from cluster.bridge import AUTH_METADATA_KEY, GrpcAbort, GrpcServer, Notice, caller_host, peer_host
 from cluster.grpc_client import GrpcCallError, GrpcClient, GrpcClients
@@ -492,7 +492,7 @@ def test_notices_wait_for_trio_once_a_window_of_them_is_pending(
 ) -> None:
     """While trio cannot run (here: its thread is blocked), the first NOTICE_WINDOW notices are
     answered at once and the next one only after trio has handled it."""
-    monkeypatch.setattr(bridge, "NOTICE_WINDOW", 3)
+    monkeypatch.setattr(trio_handoff, "NOTICE_WINDOW", 3)
     handled: list[int] = []
     answered: list[int] = []
     fourth_sent = threading.Event()
