@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from client.http import SyncHttpClient, TokenAuth
-from launcher.devcluster import NodeProcess, cluster_env, node_env, start_all, wait_all_stopped
+from launcher.devcluster import NodeProcess, cluster_env, node_env, start_all, stop_all_now
 
 _PROCESS_OCTET = (os.getpid() % 200) + 20
 _addresses = (f"127.{_PROCESS_OCTET}.{n // 240 + 1}.{n % 240 + 10}" for n in itertools.count())
@@ -191,7 +191,9 @@ class Cluster:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        wait_all_stopped(list(self.nodes.values()))
+        """Stop every node at once, without a drain (``tests/integration/test_drain.py`` is
+        where draining is tested): once a test is done, a drain is only waiting."""
+        stop_all_now(list(self.nodes.values()))
 
 
 def _settings_env(settings: dict[str, Any]) -> dict[str, str]:

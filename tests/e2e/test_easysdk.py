@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,12 +27,27 @@ from wukong_easy_sdk import (
 )
 
 from launcher.devcluster import NodeProcess
-from tests.conftest import Api
+from tests.conftest import Api, start_node
 
 pytestmark = pytest.mark.e2e
 
 # Heartbeats every 0.2 s, each to be answered within 0.5 s, so that a test sees several.
 OPTIONS = WKIMOptions(ping_interval=0.2, pong_timeout=0.5, max_reconnect_attempts=0)
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """One node for the module's tests on defaults: each has users and channels of its own."""
+    proc = start_node(tmp_path_factory.mktemp("easysdk"))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def api(node: NodeProcess) -> Iterator[Api]:
+    client = Api.of(node)
+    yield client
+    client.http.close()
 
 
 def sdk(node: NodeProcess, uid: str, flag: WKIMDeviceFlag = WKIMDeviceFlag.WEB) -> WKIM:

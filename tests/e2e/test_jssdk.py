@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,21 @@ from tests.tlsutil import TestCA, tls_settings
 pytestmark = pytest.mark.e2e
 
 HARNESS = Path(__file__).parent / "jssdk"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """One node for the module's tests on defaults: each has users and channels of its own."""
+    proc = start_node(tmp_path_factory.mktemp("jssdk"))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def api(node: NodeProcess) -> Iterator[Api]:
+    client = Api.of(node)
+    yield client
+    client.http.close()
 
 
 def run_scenario(

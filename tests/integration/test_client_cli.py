@@ -1,4 +1,7 @@
-"""``raftchat chat`` and ``raftchat tail`` as subprocesses against a real node."""
+"""``raftchat chat`` and ``raftchat tail`` as subprocesses against a real node.
+
+One node serves the module's tests, another the ones that need tokens: each test has users and
+channels of its own."""
 
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import IO
 
 import pytest
@@ -80,6 +82,13 @@ def raftchat(*args: str) -> Iterator[tuple[subprocess.Popen[str], Lines, Lines]]
         proc.wait(timeout=10)
 
 
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    proc = start_node(tmp_path_factory.mktemp("cli"))
+    yield proc
+    proc.stop()
+
+
 def test_chat_sends_stdin_lines_and_prints_incoming_messages(node: NodeProcess) -> None:
     http, tcp = node.endpoints["http"], node.endpoints["tcp"]
     host, port = tcp.rsplit(":", 1)
@@ -134,12 +143,12 @@ def test_ctrl_c_and_sigterm_end_chat_with_one_line(node: NodeProcess) -> None:
         (signal.SIGINT, 130, "# bye (interrupted)"),
         (signal.SIGTERM, 0, "# bye (terminated)"),
     ):
-        with raftchat("chat", "--uid", "alice", "--to", "bob", "--node", tcp, "--http", http) as (
+        with raftchat("chat", "--uid", "cleo", "--to", "dan", "--node", tcp, "--http", http) as (
             proc,
             _out,
             err,
         ):
-            err.until("# alice chatting with bob")
+            err.until("# cleo chatting with dan")
             proc.send_signal(sig)
             assert proc.wait(timeout=20) == code
             assert proc.stderr is not None
@@ -150,11 +159,11 @@ def test_ctrl_c_and_sigterm_end_chat_with_one_line(node: NodeProcess) -> None:
 def test_tail_prints_the_log_then_new_messages(node: NodeProcess) -> None:
     http = node.endpoints["http"]
     api = SyncHttpClient(http)
-    api.channel_create("team", ChannelType.GROUP, ["alice"])
+    api.channel_create("tailroom", ChannelType.GROUP, ["tia"])
     for text in ("one", "two", "three"):
-        api.send("alice", "team", ChannelType.GROUP, text.encode())
+        api.send("tia", "tailroom", ChannelType.GROUP, text.encode())
 
-    base = ["tail", "--channel", "team", "--http", http]
+    base = ["tail", "--channel", "tailroom", "--http", http]
     done = subprocess.run(
         [sys.executable, "-m", "node.cli", *base, "--from-seq", "2", "--once"],
         capture_output=True,
@@ -162,15 +171,15 @@ def test_tail_prints_the_log_then_new_messages(node: NodeProcess) -> None:
         timeout=30,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["[2] alice: two", "[3] alice: three"]
+    assert done.stdout.splitlines() == ["[2] tia: two", "[3] tia: three"]
 
     with raftchat(*base, "--interval", "0.05") as (_proc, out, _err):
         assert [out.next() for _ in range(3)] == [
-            "[1] alice: one",
-            "[2] alice: two",
-            "[3] alice: three",
+            "[1] tia: one",
+            "[2] tia: two",
+            "[3] tia: three",
         ]
-        api.send("", "team", ChannelType.GROUP, b"from the system")
+        api.send("", "tailroom", ChannelType.GROUP, b"from the system")
         assert out.next() == "[4] system: from the system"
     api.close()
 
@@ -178,10 +187,14 @@ def test_tail_prints_the_log_then_new_messages(node: NodeProcess) -> None:
 API_TOKEN, ADMIN_TOKEN = "cli-api-token", "cli-admin-token"
 
 
-@pytest.fixture
-def secured(tmp_path: Path) -> Iterator[NodeProcess]:
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     """A node with both tokens, as a deployment runs."""
-    proc = start_node(tmp_path, auth__api_token=API_TOKEN, auth__admin_token=ADMIN_TOKEN)
+    proc = start_node(
+        tmp_path_factory.mktemp("secured"),
+        auth__api_token=API_TOKEN,
+        auth__admin_token=ADMIN_TOKEN,
+    )
     try:
         yield proc
     finally:
@@ -348,12 +361,12 @@ def test_chat_keeps_lines_through_an_outage_and_a_lost_answer_stores_them_once(
     api = SyncHttpClient(http)
 
     def stored() -> list[str]:
-        page = api.messagesync("bob", "alice", ChannelType.PERSON, 1)
+        page = api.messagesync("pete", "olga", ChannelType.PERSON, 1)
         return [json.loads(m.payload)["content"] for m in page.messages]
 
-    args = ("chat", "--uid", "alice", "--to", "bob", "--node", proxy.address, "--http", http)
+    args = ("chat", "--uid", "olga", "--to", "pete", "--node", proxy.address, "--http", http)
     with raftchat(*args) as (proc, _out, err):
-        err.until("# alice chatting with bob")
+        err.until("# olga chatting with pete")
         assert proc.stdin is not None
 
         # The node is out of reach for a while; a line typed meanwhile waits for it.

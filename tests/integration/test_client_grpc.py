@@ -1,8 +1,11 @@
 """The gRPC client library against a real node: the blocking client's calls and raw stubs, a
-refusal with its reason code, and the trio client's subscribe going live."""
+refusal with its reason code, and the trio client's subscribe going live.
+
+One node serves the module: each test has channels of its own."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import aclosing
 
 import grpc
@@ -13,9 +16,17 @@ from client import GrpcClient, GrpcError, Refused, SyncGrpcClient
 from launcher.devcluster import NodeProcess
 from proto.raftchat.v1 import api_pb2 as v1
 from proto.wkproto import ChannelType, ReasonCode
+from tests.conftest import start_node
 
 GROUP = ChannelType.GROUP
 PERSON = ChannelType.PERSON
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    proc = start_node(tmp_path_factory.mktemp("clientgrpc"))
+    yield proc
+    proc.stop()
 
 
 def test_sync_client_sends_and_reads(node: NodeProcess) -> None:

@@ -1,7 +1,11 @@
 """The HTTP client library against a real node: the blocking and the trio client, typed
-results, errors with reason codes, failover past a node that is down."""
+results, errors with reason codes, failover past a node that is down.
+
+One node serves the module: each test has users and channels of its own."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 import trio
@@ -10,9 +14,17 @@ from client.errors import BadRequest, NotFound, Refused, Unreachable
 from client.http import HttpClient, SyncHttpClient
 from launcher.devcluster import NodeProcess
 from proto.wkproto import ChannelType, ReasonCode
+from tests.conftest import start_node
 
 GROUP = ChannelType.GROUP
 PERSON = ChannelType.PERSON
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    proc = start_node(tmp_path_factory.mktemp("clienthttp"))
+    yield proc
+    proc.stop()
 
 
 def test_sync_client_round_trip(node: NodeProcess) -> None:
@@ -72,21 +84,21 @@ def test_sync_client_errors_carry_status_and_reason(node: NodeProcess) -> None:
 
 def test_person_channels_and_message_operations(node: NodeProcess) -> None:
     with SyncHttpClient(node.endpoints["http"]) as api:
-        first = api.send("alice", "bob", PERSON, b"hello")
-        api.send("bob", "alice", PERSON, b"hi alice")
+        first = api.send("pia", "quinn", PERSON, b"hello")
+        api.send("quinn", "pia", PERSON, b"hi pia")
         # Person channels appear under the peer's uid, from each side.
-        bob_view = api.messagesync("bob", "alice", PERSON).messages
-        assert [(m.channel_id, m.payload) for m in bob_view] == [
-            ("alice", b"hello"),
-            ("alice", b"hi alice"),
+        quinn_view = api.messagesync("quinn", "pia", PERSON).messages
+        assert [(m.channel_id, m.payload) for m in quinn_view] == [
+            ("pia", b"hello"),
+            ("pia", b"hi pia"),
         ]
-        edited = api.edit("alice", "bob", PERSON, b"hello!", message_seq=first.message_seq)
+        edited = api.edit("pia", "quinn", PERSON, b"hello!", message_seq=first.message_seq)
         assert edited.version == 1
-        revoked = api.revoke("alice", "bob", PERSON, message_id=first.message_id)
-        assert (revoked.message_seq, revoked.revoker) == (first.message_seq, "alice")
-        m = api.messagesync("bob", "alice", PERSON).messages[0]
+        revoked = api.revoke("pia", "quinn", PERSON, message_id=first.message_id)
+        assert (revoked.message_seq, revoked.revoker) == (first.message_seq, "pia")
+        m = api.messagesync("quinn", "pia", PERSON).messages[0]
         assert m.revoked and m.payload == b""
-        batch = api.send_batch("news", ["alice", "bob"], b"extra!")
+        batch = api.send_batch("news", ["pia", "quinn"], b"extra!")
         assert batch.ok
 
 
@@ -104,16 +116,16 @@ def test_unreachable_nodes_are_skipped_and_reported(node: NodeProcess) -> None:
 def test_trio_client_round_trip(node: NodeProcess) -> None:
     async def main() -> None:
         async with HttpClient(node.endpoints["http"]) as api:
-            await api.user_token("alice", "secret")
-            sent = await api.send("alice", "bob", PERSON, "text is UTF-8 encoded ✓")
-            last = await api.last_message("alice", PERSON, login_uid="bob")
+            await api.user_token("tess", "secret")
+            sent = await api.send("tess", "ugo", PERSON, "text is UTF-8 encoded ✓")
+            last = await api.last_message("tess", PERSON, login_uid="ugo")
             assert last is not None and last.message_id == sent.message_id
             assert last.text == "text is UTF-8 encoded ✓"
-            assert [m.message_seq async for m in api.iter_messages("bob", "alice", PERSON)] == [
+            assert [m.message_seq async for m in api.iter_messages("ugo", "tess", PERSON)] == [
                 sent.message_seq
             ]
             with pytest.raises(NotFound):
-                await api.send("alice", "nowhere", GROUP, b"x")
+                await api.send("tess", "nowhere", GROUP, b"x")
             status = await api.cluster_status()
             assert status.node_id == 1 and status.group(0).leader == 1
 

@@ -1,15 +1,26 @@
 """Conversations and lookups on a three-node cluster: a user's rows live in the slot groups of
 their channels (spread over the nodes), the list is gathered from every group, and every node
-answers every request."""
+answers every request.
+
+One cluster serves the module: each test has users and channels of its own."""
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
+import pytest
+
 from tests.conftest import Api, Cluster, eventually
+
+
+@pytest.fixture(scope="module")
+def cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with Cluster(tmp_path_factory.mktemp("convcluster"), 3) as c:
+        yield c
 
 
 def send(api: Api, from_uid: str, channel_id: str, channel_type: int) -> dict[str, Any]:
@@ -73,9 +84,9 @@ def test_mention_follows_its_message_across_nodes(cluster3: Cluster) -> None:
     writer, readers = cluster3.api(1), [cluster3.api(2), cluster3.api(3)]
 
     def mention_send(cid: str, **extra: Any) -> int:
-        payload = {"type": 1, "content": "@bo", "mention": {"uids": ["bo"]}}
+        payload = {"type": 1, "content": "@bea", "mention": {"uids": ["bea"]}}
         body = {
-            "from_uid": "ann",
+            "from_uid": "ada",
             "channel_id": cid,
             "channel_type": 2,
             "payload": base64.b64encode(json.dumps(payload).encode()).decode(),
@@ -84,7 +95,7 @@ def test_mention_follows_its_message_across_nodes(cluster3: Cluster) -> None:
         return int(writer.ok("/message/send", body)["message_seq"])
 
     def marks_via(api: Api) -> dict[str, tuple[int, int]]:
-        rows = api.ok("/conversation/sync", {"uid": "bo", "msg_count": 0})
+        rows = api.ok("/conversation/sync", {"uid": "bea", "msg_count": 0})
         return {r["channel_id"]: (r["mention"], r["unread"]) for r in rows}
 
     def marks() -> dict[str, tuple[int, int]]:
@@ -94,12 +105,12 @@ def test_mention_follows_its_message_across_nodes(cluster3: Cluster) -> None:
         return first
 
     for cid in ("m-del", "m-exp", "m-ret"):
-        writer.ok("/channel", {"channel_id": cid, "channel_type": 2, "subscribers": ["ann", "bo"]})
+        writer.ok("/channel", {"channel_id": cid, "channel_type": 2, "subscribers": ["ada", "bea"]})
     mention_send("m-del")
     mention_send("m-del")
-    send(writer, "ann", "m-del", 2)
+    send(writer, "ada", "m-del", 2)
     mention_send("m-exp", expire=1)
-    send(writer, "ann", "m-exp", 2)
+    send(writer, "ada", "m-exp", 2)
     mention_send("m-ret")
     assert marks() == {"m-del": (1, 3), "m-exp": (1, 2), "m-ret": (1, 1)}
 

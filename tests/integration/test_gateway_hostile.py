@@ -2,7 +2,9 @@
 
 Raw sockets with hand-built WebSocket frames, so that a test can send what no well-behaved
 client library would: control frames while the server closes, absurd lengths, pings around the
-auth timeout. Each test then checks that the node still serves everyone else.
+auth timeout. Each test then checks that the node still serves everyone else: the tests on
+``fast_auth_node`` share one node for the module, so each also finds it serving after what the
+tests before it did.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from tests.conftest import Api, start_node
 ABSURD_CONNECT = bytes([0x10, 0xFF, 0xFF, 0xFF, 0x7F])
 
 
-@pytest.fixture
-def fast_auth_node(tmp_path: Path) -> Iterator[NodeProcess]:
-    proc = start_node(tmp_path, gateway__auth_timeout_s=0.5)
+@pytest.fixture(scope="module")
+def fast_auth_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    proc = start_node(tmp_path_factory.mktemp("fastauth"), gateway__auth_timeout_s=0.5)
     yield proc
     proc.stop()
 

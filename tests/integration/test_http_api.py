@@ -1,9 +1,13 @@
 """The HTTP API of the first issue against a real node: valid input, and bad input answered
-with 400 and a message that names the problem."""
+with 400 and a message that names the problem.
+
+One node serves the module's tests that need no settings of their own: each works on channels
+and users no other test of the module touches, and a refused request changes nothing."""
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,6 +17,20 @@ import trio
 from client.wkproto import open_client
 from launcher.devcluster import NodeProcess
 from tests.conftest import ADMIN_TOKEN, Api, eventually, start_node
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    proc = start_node(tmp_path_factory.mktemp("httpapi"))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def api(node: NodeProcess) -> Iterator[Api]:
+    client = Api.of(node)
+    yield client
+    client.http.close()
 
 
 def b64(data: bytes) -> str:

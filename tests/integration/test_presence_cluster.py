@@ -1,12 +1,14 @@
 """The multi-device policy across a three-node cluster: a login on any node evicts the uid's
 older sessions per policy wherever they live, and a node that cannot answer never holds up a
-login (node/presence.py)."""
+login (node/presence.py).
+
+One cluster serves the module: each test has a uid of its own, and the one that pauses a node
+comes last and resumes it."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
 
 import pytest
 import trio
@@ -18,9 +20,9 @@ from tests.conftest import Cluster
 TOKEN = "tok"
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, 3, devices__web_limit=2)
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("presence"), 3, devices__web_limit=2)
     c.start()
     try:
         yield c
