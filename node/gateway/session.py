@@ -10,7 +10,6 @@ through one queue and one writer task, so SENDACKs and RECVs never interleave on
 from __future__ import annotations
 
 import collections
-import hmac
 import itertools
 import json
 import time
@@ -26,7 +25,6 @@ from proto.wkproto import (
     Connack,
     Connect,
     CryptoError,
-    DeviceFlag,
     Disconnect,
     Event,
     Frame,
@@ -41,7 +39,6 @@ from proto.wkproto import (
 )
 from proto.wkproto.crypto import KeyPair, SessionCipher, new_salt
 
-from ..channels import id_problem
 from ..config import Config
 from ..groups.streams import event_view
 from ..log import get_logger
@@ -52,8 +49,9 @@ from ..send_checks import SendRules
 from ..sessions import SessionRegistry
 from ..storage import MessageRecord
 from ..userfacts import UserFacts
-from ..usertokens import TokenKeys, Verdict
+from ..usertokens import TokenKeys
 from .codec import SessionCodec, WkprotoCodec, choose_codec
+from .login import authenticate
 from .recv import recv_frame
 from .sends import draft_of, open_payload, sendack
 from .transport import Transport
@@ -71,7 +69,6 @@ SENDS_IN_FLIGHT = 256
 """SENDs of one session being committed at once; past this the session stops reading."""
 
 _conn_ids = itertools.count(1)
-_CLIENT_DEVICE_FLAGS = {DeviceFlag.APP, DeviceFlag.WEB, DeviceFlag.PC}
 
 
 @dataclass
@@ -312,7 +309,8 @@ class Session:
         self._codec.version = self.version
         now_ms = int(time.time() * 1000)
         self.uid = c.uid
-        reason, level = await self._authenticate(c)
+        login = await authenticate(self._ctx, c, self._encrypts, self._fields())
+        reason, level, self._refused_why = login.reason, login.level, login.why
         server_key, salt = "", ""
         if reason == ReasonCode.SUCCESS and self._encrypts:
             pair = KeyPair()
@@ -361,58 +359,6 @@ class Session:
             peer=self._transport.peer,
         )
         return True
-
-    async def _authenticate(self, c: Connect) -> tuple[ReasonCode, int]:
-        cfg = self._ctx.config
-        problem = id_problem(c.uid)
-        if problem is not None:
-            log.info("bad uid in CONNECT", conn=self.conn_id, problem=problem)
-            return ReasonCode.AUTH_FAIL, 0
-        if c.device_flag not in _CLIENT_DEVICE_FLAGS:
-            return ReasonCode.AUTH_FAIL, 0
-        if self._encrypts and not c.client_key:
-            return ReasonCode.CLIENT_KEY_IS_EMPTY, 0
-        try:
-            # A fresh read from the uid's slot group leader: a token set a moment ago counts.
-            auth = await self._ctx.router.read(
-                c.uid, {"q": "auth", "uid": c.uid, "device_flag": c.device_flag}
-            )
-        except ClusterUnavailable as e:
-            log.warning("cannot check the token now", **self._fields(), error=str(e))
-            return ReasonCode.SYSTEM_ERROR, 0
-        # A ban is told only to whoever proved to be the user: checked after the token, so a
-        # stranger cannot learn who is banned.
-        banned = bool(auth["ban"])
-        device = auth["device"]
-        level = int(device["device_level"]) if device is not None else 0
-        if not cfg.auth.token_auth:
-            return _admitted(banned, level)
-        keys = self._ctx.token_keys
-        if keys is None:
-            stored = (device or {}).get("token") or ""
-            if not stored or not hmac.compare_digest(stored.encode(), c.token.encode()):
-                return ReasonCode.AUTH_FAIL, 0
-            return _admitted(banned, level)
-        checked = keys.check(device, c.token, int(time.time() * 1000))
-        if checked.verdict is not Verdict.OK:
-            self._refused_why = checked.verdict.value
-            if checked.unknown_key:
-                self._refused_why = "token sealed under a key this node lacks (old password?)"
-            return ReasonCode.AUTH_FAIL, 0
-        if checked.rehash:
-            self._ctx.nursery.start_soon(self._rehash, keys, c, device)
-        return _admitted(banned, level)
-
-    async def _rehash(self, keys: TokenKeys, c: Connect, device: dict[str, object]) -> None:
-        """Seal a token that logged in under an old key (or from before hashes) under the
-        current one. Best effort: the next login tries again."""
-        op = pb.MetaOp(set_device=keys.rehash(c.uid, c.device_flag, device, c.token))
-        try:
-            await self._ctx.router.meta(c.uid, op)
-        except Exception as e:
-            log.info("could not re-seal a token under the current key", uid=c.uid, error=str(e))
-        else:
-            log.info("token re-sealed under the current key", uid=c.uid)
 
     # --- frames after CONNECT -------------------------------------------------------------
 
@@ -543,11 +489,6 @@ class Session:
         self.traffic.out_msgs += 1
         self.traffic.out_msg_bytes += len(msg.payload)
         self._enqueue(recv_frame(msg, self.uid, self._cipher))
-
-
-def _admitted(banned: bool, level: int) -> tuple[ReasonCode, int]:
-    """The answer to a CONNECT whose token checked out."""
-    return (ReasonCode.BAN, 0) if banned else (ReasonCode.SUCCESS, level)
 
 
 def _size(data: bytes | str) -> int:
