@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import logging
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Generic, TypeVar
 
 import grpc
 import grpc.aio
@@ -115,11 +116,12 @@ async def open_stream(
 class _Frame:
     """One numbered frame: the bodies handed over while it waited to be written, merged."""
 
-    __slots__ = ("_joined", "bodies", "count", "sent", "seq", "since")
+    __slots__ = ("_joined", "bodies", "count", "sent", "seq", "since", "size")
 
     def __init__(self, seq: int, body: bytes, since: float) -> None:
         self.seq, self.bodies, self.since = seq, [body], since
         self.count = 1  # bodies handed over (the trio side's window counts those)
+        self.size = len(body)
         self.sent = False  # written to a stream once: its bytes must not change any more
         self._joined: bytes | None = None
 
@@ -132,11 +134,81 @@ class _Frame:
             self.bodies = [self._joined]
         return self._joined
 
-    def size(self) -> int:
-        return sum(len(b) for b in self.bodies)
+    def add(self, body: bytes) -> None:
+        self.bodies.append(body)
+        self.count += 1
+        self.size += len(body)
 
 
-class OutboundStream:
+class StreamEnd:
+    """What both kinds of sending end share: the peer and its channel's settings, the sender's
+    epoch, the task on the asyncio loop that keeps the stream up (``_keep_up``, in the
+    subclass), the hand-over to trio, and the memory of a peer that did not serve the stream."""
+
+    def __init__(
+        self,
+        target: str,
+        path: str,
+        keys: PeerKeys,
+        loop_thread: AsyncioThread,
+        credentials: grpc.ChannelCredentials | None,
+    ) -> None:
+        self.target, self._path, self._keys = target, path, keys
+        self._credentials = credentials
+        self._epoch = secrets.token_bytes(EPOCH_BYTES)
+        self._to = recipient_of(target)
+        self._token = trio.lowlevel.current_trio_token()
+        self._loop_thread = loop_thread
+        self._loop = loop_thread.acquire()
+        self._wake = asyncio.Event()  # only touched on the loop
+        self._unsupported_until = 0.0
+        self._stopped = threading.Event()
+        self._task: concurrent.futures.Future[None] | None = None
+
+    def _start(self) -> None:
+        """The subclass's state is ready: the loop's task may run."""
+        self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
+
+    @property
+    def unsupported(self) -> bool:
+        """The peer did not serve the stream lately (an older version): the caller uses
+        single calls, and tries the stream again after ``RETRY_UNSUPPORTED_S``."""
+        return time.monotonic() < self._unsupported_until
+
+    def _mark_unsupported(self) -> None:
+        self._unsupported_until = time.monotonic() + RETRY_UNSUPPORTED_S
+
+    async def aclose(self) -> None:
+        """Trio thread: end the loop's task (what is not yet sent or acknowledged is given up,
+        its channel closed) and let go of the loop."""
+        assert self._task is not None
+        self._loop.call_soon_threadsafe(self._task.cancel)
+        await trio.to_thread.run_sync(self._stopped.wait)
+        thread = self._loop_thread.release()
+        if thread is not None:
+            await trio.to_thread.run_sync(thread.join)
+
+    def _to_trio(self, fn: Callable[..., None], *args: Any) -> None:
+        """Asyncio thread: ``fn(*args)`` on the trio thread, unless trio is gone."""
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(fn, *args)
+
+    async def _run(self) -> None:
+        try:
+            async with aio_channel(self.target, self._credentials) as channel:
+                await self._keep_up(channel)
+        finally:
+            self._ended()
+            self._stopped.set()
+
+    async def _keep_up(self, channel: grpc.aio.Channel) -> None:
+        raise NotImplementedError
+
+    def _ended(self) -> None:
+        """Asyncio thread: the task is ending (for the subclass)."""
+
+
+class OutboundStream(StreamEnd):
     """Bodies to one peer's stream method ``path``, in order, at most once each (per receiver
     process), for as long as the stream can be kept up. Bodies waiting to be written travel as
     one frame, concatenated: a body must be a serialized protobuf message of only repeated
@@ -151,33 +223,18 @@ class OutboundStream:
         credentials: grpc.ChannelCredentials | None = None,
         retry_s: float = 3.0,
     ) -> None:
-        self.target, self._path, self._keys = target, path, keys
-        self._credentials = credentials
+        super().__init__(target, path, keys, loop_thread, credentials)
         self._retry_s = retry_s
-        self._epoch = secrets.token_bytes(EPOCH_BYTES)
-        self._to = recipient_of(target)
-        self._token = trio.lowlevel.current_trio_token()
-        self._loop_thread = loop_thread
-        self._loop = loop_thread.acquire()
         # Trio's side: frames handed over and not yet acknowledged or given up.
         self._in_flight = 0
         self._space = trio.Event()
         # Asyncio's side.
         self._pending: collections.deque[_Frame] = collections.deque()
         self._last_seq = 0
-        self._wake = asyncio.Event()  # only touched on the loop
         self.dropped = 0
         """Frames given up (written by the asyncio thread, read by anyone)."""
-        self._unsupported_until = 0.0
         self._returned: list[bytes] = []  # trio thread only
-        self._stopped = threading.Event()
-        self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
-
-    @property
-    def unsupported(self) -> bool:
-        """The peer did not serve the stream lately (an older version): the caller uses
-        single calls, and tries the stream again after ``RETRY_UNSUPPORTED_S``."""
-        return time.monotonic() < self._unsupported_until
+        self._start()
 
     def take_returned(self) -> list[bytes]:
         """Trio thread: the bodies a peer that does not serve the stream never took, in order,
@@ -202,23 +259,14 @@ class OutboundStream:
     def _hand_back(self, bodies: list[bytes]) -> None:
         self._returned.extend(bodies)
 
-    async def aclose(self) -> None:
-        """Stop the stream (frames not yet acknowledged are given up) and let go of the loop."""
-        self._loop.call_soon_threadsafe(self._task.cancel)
-        await trio.to_thread.run_sync(self._stopped.wait)  # its channel closed, too
-        thread = self._loop_thread.release()
-        if thread is not None:
-            await trio.to_thread.run_sync(thread.join)
-
     # ---- asyncio thread -----------------------------------------------------------------
 
     def _enqueue(self, body: bytes) -> None:
         last = self._pending[-1] if self._pending else None
-        if last is not None and not last.sent and last.size() + len(body) <= MERGE_BYTES:
+        if last is not None and not last.sent and last.size + len(body) <= MERGE_BYTES:
             # Not written yet: it takes this body too. Under load the loop wakes less often
             # than trio hands bodies over, and each frame costs both ends as much as a batch.
-            last.bodies.append(body)
-            last.count += 1
+            last.add(body)
         else:
             self._last_seq += 1
             self._pending.append(_Frame(self._last_seq, body, time.monotonic()))
@@ -226,16 +274,10 @@ class OutboundStream:
 
     def _release(self, count: int) -> None:
         if count:
-            with contextlib.suppress(trio.RunFinishedError):
-                self._token.run_sync_soon(self._freed, count)
+            self._to_trio(self._freed, count)
 
-    async def _run(self) -> None:
-        try:
-            async with aio_channel(self.target, self._credentials) as channel:
-                await self._keep_up(channel)
-        finally:
-            self._give_up(everything=True)
-            self._stopped.set()
+    def _ended(self) -> None:
+        self._give_up(everything=True)
 
     async def _keep_up(self, channel: grpc.aio.Channel) -> None:
         backoff = BACKOFF_S[0]
@@ -246,12 +288,11 @@ class OutboundStream:
             progressed, code = await self._one_stream(channel)
             if code == grpc.StatusCode.UNIMPLEMENTED:
                 # The peer never took these: back to the caller, who sends them otherwise.
-                self._unsupported_until = time.monotonic() + RETRY_UNSUPPORTED_S
+                self._mark_unsupported()
                 bodies = [frame.body for frame in self._pending]
                 self._release(sum(frame.count for frame in self._pending))
                 self._pending.clear()
-                with contextlib.suppress(trio.RunFinishedError):
-                    self._token.run_sync_soon(self._hand_back, bodies)
+                self._to_trio(self._hand_back, bodies)
                 continue
             backoff = BACKOFF_S[0] if progressed else min(backoff * 2, BACKOFF_S[1])
             self._give_up(everything=False)
@@ -336,31 +377,27 @@ async def ended(call: Any, reader: asyncio.Task[Any], target: str) -> grpc.Statu
     return code
 
 
-class OutboundStreams:
-    """One ``OutboundStream`` per (peer address, method), made on first use (trio thread)."""
+E = TypeVar("E", bound=StreamEnd)
 
-    def __init__(
-        self,
-        keys: PeerKeys,
-        loop_thread: AsyncioThread,
-        credentials: grpc.ChannelCredentials | None = None,
-    ) -> None:
-        self._keys, self._loop_thread, self._credentials = keys, loop_thread, credentials
-        self._streams: dict[tuple[str, str], OutboundStream] = {}
 
-    def get(self, target: str, path: str) -> OutboundStream:
-        stream = self._streams.get((target, path))
-        if stream is None:
-            stream = self._streams[(target, path)] = OutboundStream(
-                target, path, self._keys, self._loop_thread, self._credentials
-            )
-        return stream
+class StreamEnds(Generic[E]):
+    """One sending end per (peer address, method), made on first use by ``make(target, path)``
+    (trio thread)."""
 
-    @property
-    def dropped(self) -> int:
-        return sum(s.dropped for s in self._streams.values())
+    def __init__(self, make: Callable[[str, str], E]) -> None:
+        self._make = make
+        self._ends: dict[tuple[str, str], E] = {}
+
+    def get(self, target: str, path: str) -> E:
+        end = self._ends.get((target, path))
+        if end is None:
+            end = self._ends[(target, path)] = self._make(target, path)
+        return end
+
+    def all(self) -> list[E]:
+        return list(self._ends.values())
 
     async def aclose(self) -> None:
-        streams, self._streams = list(self._streams.values()), {}
-        for stream in streams:
-            await stream.aclose()
+        ends, self._ends = list(self._ends.values()), {}
+        for end in ends:
+            await end.aclose()

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
-import secrets
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,9 +24,9 @@ import trio
 
 from cluster.aio_thread import AsyncioThread
 from cluster.grpc_client import GrpcCallError
-from cluster.peer_stream import RETRY_UNSUPPORTED_S, aio_channel, ended, open_stream
-from cluster.peerauth import PeerKeys, recipient_of
-from cluster.stream_auth import EPOCH_BYTES, answer_matches, frame_mac
+from cluster.peer_stream import StreamEnd, ended, open_stream
+from cluster.peerauth import PeerKeys
+from cluster.stream_auth import answer_matches, frame_mac
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 
 log = logging.getLogger("raftchat.bridge")
@@ -72,7 +69,7 @@ class _Waiter:
         self.waiting = True
 
 
-class CallStream:
+class CallStream(StreamEnd):
     """Calls to one peer over its ``Calls`` stream, opened when a call needs it."""
 
     def __init__(
@@ -83,27 +80,12 @@ class CallStream:
         loop_thread: AsyncioThread,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        self.target, self._path, self._keys = target, path, keys
-        self._credentials = credentials
-        self._epoch = secrets.token_bytes(EPOCH_BYTES)
-        self._to = recipient_of(target)
-        self._token = trio.lowlevel.current_trio_token()
-        self._loop_thread = loop_thread
-        self._loop = loop_thread.acquire()
+        super().__init__(target, path, keys, loop_thread, credentials)
         self._waiters: dict[int, _Waiter] = {}  # trio thread only
         self._last_id = 0
         # Asyncio's side: calls not yet written.
         self._outbox: collections.deque[_Outgoing] = collections.deque()
-        self._wake = asyncio.Event()  # only touched on the loop
-        self._unsupported_until = 0.0
-        self._stopped = threading.Event()
-        self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
-
-    @property
-    def unsupported(self) -> bool:
-        """The peer did not serve the stream lately (an older version): the caller uses
-        single calls, and tries the stream again after ``RETRY_UNSUPPORTED_S``."""
-        return time.monotonic() < self._unsupported_until
+        self._start()
 
     # ---- trio thread --------------------------------------------------------------------
 
@@ -145,29 +127,14 @@ class CallStream:
             self._answer(call_id, outcome.Error(error))
 
     async def aclose(self) -> None:
-        self._loop.call_soon_threadsafe(self._task.cancel)
-        await trio.to_thread.run_sync(self._stopped.wait)  # its channel closed, too
+        await super().aclose()
         self._fail_up_to(self._last_id, grpc.StatusCode.CANCELLED)
-        thread = self._loop_thread.release()
-        if thread is not None:
-            await trio.to_thread.run_sync(thread.join)
 
     # ---- asyncio thread -----------------------------------------------------------------
 
     def _enqueue(self, outgoing: _Outgoing) -> None:
         self._outbox.append(outgoing)
         self._wake.set()
-
-    def _to_trio(self, fn: Callable[..., None], *args: Any) -> None:
-        with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(fn, *args)
-
-    async def _run(self) -> None:
-        try:
-            async with aio_channel(self.target, self._credentials) as channel:
-                await self._keep_up(channel)
-        finally:
-            self._stopped.set()
 
     async def _keep_up(self, channel: Any) -> None:
         backoff = BACKOFF_S[0]
@@ -182,7 +149,7 @@ class CallStream:
                 last = max(last, self._outbox[-1].call_id)
                 self._outbox.clear()
             if code == grpc.StatusCode.UNIMPLEMENTED:
-                self._unsupported_until = time.monotonic() + RETRY_UNSUPPORTED_S
+                self._mark_unsupported()
             elif code in (None, grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
                 code = grpc.StatusCode.UNAVAILABLE  # ended by this side, or not known
             self._to_trio(self._fail_up_to, last, code)
@@ -241,31 +208,3 @@ class CallStream:
             return
         finally:
             self._wake.set()  # the writer waits on it
-
-
-class CallStreams:
-    """One ``CallStream`` per peer address (trio thread)."""
-
-    def __init__(
-        self,
-        keys: PeerKeys,
-        loop_thread: AsyncioThread,
-        path: str,
-        credentials: grpc.ChannelCredentials | None = None,
-    ) -> None:
-        self._keys, self._loop_thread, self._path = keys, loop_thread, path
-        self._credentials = credentials
-        self._streams: dict[str, CallStream] = {}
-
-    def get(self, target: str) -> CallStream:
-        stream = self._streams.get(target)
-        if stream is None:
-            stream = self._streams[target] = CallStream(
-                target, self._path, self._keys, self._loop_thread, self._credentials
-            )
-        return stream
-
-    async def aclose(self) -> None:
-        streams, self._streams = list(self._streams.values()), {}
-        for stream in streams:
-            await stream.aclose()

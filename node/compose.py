@@ -21,10 +21,10 @@ from cluster.aio_thread import AsyncioThread
 from cluster.bridge import GrpcServer
 from cluster.grpc_client import GrpcClients
 from cluster.listen import start_listener
-from cluster.peer_stream import OutboundStreams
+from cluster.peer_stream import OutboundStream, StreamEnds
 from cluster.peerauth import PeerKeys
 from cluster.placement import Placement
-from cluster.stream_calls import CallStreams
+from cluster.stream_calls import CallStream
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 from proto.raftchat.peer.v1 import peer_pb2_grpc
 
@@ -39,7 +39,7 @@ from .http.routes_monitoring import console_url
 from .http.server import Router as HttpRouter
 from .identity import DataDir
 from .log import get_logger
-from .peer_calls import PEER_SERVICE, PeerStreams
+from .peer_calls import PeerStreams
 from .presence import ClusterSessions
 from .router import Router, RouterSettings
 from .sessions import SessionRegistry
@@ -119,9 +119,10 @@ def peer_clients(secrets: Secrets, tls: NodeTls | None) -> GrpcClients:
 def peer_streams(secrets: Secrets, tls: NodeTls | None, grpc_loop: AsyncioThread) -> PeerStreams:
     """The long-lived streams to other nodes, on the gRPC servers' asyncio loop (ADR 026)."""
     credentials = tls.peer_channel_credentials() if tls is not None else None
+    keys = secrets.peer_keys
     return PeerStreams(
-        OutboundStreams(secrets.peer_keys, grpc_loop, credentials),
-        CallStreams(secrets.peer_keys, grpc_loop, f"/{PEER_SERVICE}/Calls", credentials),
+        StreamEnds(lambda to, path: OutboundStream(to, path, keys, grpc_loop, credentials)),
+        StreamEnds(lambda to, path: CallStream(to, path, keys, grpc_loop, credentials)),
     )
 
 

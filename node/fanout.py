@@ -50,7 +50,8 @@ class FanOut:
     def failures(self) -> int:
         """Batches a peer never took (``raftchat_delivery_failures_total``)."""
         streams = self._peers.streams
-        return self._failures + (streams.batches.dropped if streams is not None else 0)
+        dropped = sum(s.dropped for s in streams.batches.all()) if streams is not None else 0
+        return self._failures + dropped
 
     def ensure_senders(self, nursery: trio.Nursery) -> None:
         """One sender per member (started for new ones, closed for those that left)."""

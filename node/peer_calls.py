@@ -13,9 +13,9 @@ import grpc
 import trio
 
 from cluster.grpc_client import GrpcCallError, GrpcClients
-from cluster.peer_stream import OutboundStream, OutboundStreams
+from cluster.peer_stream import OutboundStream, StreamEnds
 from cluster.placement import Placement
-from cluster.stream_calls import CallStreams
+from cluster.stream_calls import CallStream
 from proto.raftchat.peer.v1 import peer_pb2 as pb
 
 from .log import get_logger
@@ -24,6 +24,7 @@ from .route_failures import Failure
 log = get_logger("router")
 
 PEER_SERVICE = pb.DESCRIPTOR.services_by_name["Peer"].full_name
+CALLS_PATH = f"/{PEER_SERVICE}/Calls"
 STREAMED_CALLS = ("ForwardSends", "ProposeMeta", "Read")
 """The calls of a send's or a read's way, which travel over the peer's stream of calls."""
 _REPLY_DECODERS: dict[str, Callable[[bytes], Any]] = {
@@ -37,8 +38,8 @@ _REPLY_DECODERS: dict[str, Callable[[bytes], Any]] = {
 class PeerStreams:
     """The long-lived streams to other nodes: batches (``DeliverStream``) and calls."""
 
-    batches: OutboundStreams
-    calls: CallStreams
+    batches: StreamEnds[OutboundStream]
+    calls: StreamEnds[CallStream]
 
     async def aclose(self) -> None:
         await self.batches.aclose()
@@ -91,7 +92,7 @@ class PeerCalls:
         try:
             address = self.target(target)
             if self.streams is not None and method in STREAMED_CALLS:
-                stream = self.streams.calls.get(address)
+                stream = self.streams.calls.get(address, CALLS_PATH)
                 if not stream.unsupported:
                     try:
                         decode = _REPLY_DECODERS[method]

@@ -112,13 +112,19 @@ class Api:
         self.client.user_token(uid, token, device_flag, device_level, expire)
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[NodeProcess]:
-    proc = start_node(tmp_path)
+def running_node(tmp_path: Path, **settings: Any) -> Iterator[NodeProcess]:
+    """The body of a node fixture: a node started in ``tmp_path``, stopped when the fixture
+    ends (``yield from running_node(...)``, for a test or, module-scoped, for a whole file)."""
+    proc = start_node(tmp_path, **settings)
     try:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[NodeProcess]:
+    yield from running_node(tmp_path)
 
 
 def tokens_of(node: NodeProcess) -> tuple[str | None, str | None]:

@@ -27,7 +27,7 @@ from wukong_easy_sdk import (
 )
 
 from launcher.devcluster import NodeProcess
-from tests.conftest import Api, start_node
+from tests.conftest import Api, running_node
 
 pytestmark = pytest.mark.e2e
 
@@ -38,16 +38,7 @@ OPTIONS = WKIMOptions(ping_interval=0.2, pong_timeout=0.5, max_reconnect_attempt
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     """One node for the module's tests on defaults: each has users and channels of its own."""
-    proc = start_node(tmp_path_factory.mktemp("easysdk"))
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def api(node: NodeProcess) -> Iterator[Api]:
-    client = Api.of(node)
-    yield client
-    client.http.close()
+    yield from running_node(tmp_path_factory.mktemp("easysdk"))
 
 
 def sdk(node: NodeProcess, uid: str, flag: WKIMDeviceFlag = WKIMDeviceFlag.WEB) -> WKIM:

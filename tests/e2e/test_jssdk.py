@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from launcher.devcluster import NodeProcess
-from tests.conftest import Api, fresh_host, start_node
+from tests.conftest import Api, fresh_host, running_node, start_node
 from tests.tlsutil import TestCA, tls_settings
 
 pytestmark = pytest.mark.e2e
@@ -29,16 +29,7 @@ HARNESS = Path(__file__).parent / "jssdk"
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     """One node for the module's tests on defaults: each has users and channels of its own."""
-    proc = start_node(tmp_path_factory.mktemp("jssdk"))
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def api(node: NodeProcess) -> Iterator[Api]:
-    client = Api.of(node)
-    yield client
-    client.http.close()
+    yield from running_node(tmp_path_factory.mktemp("jssdk"))
 
 
 def run_scenario(

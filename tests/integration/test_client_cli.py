@@ -26,7 +26,7 @@ from client.http import SyncHttpClient
 from client.wkproto import open_client
 from launcher.devcluster import NodeProcess
 from proto.wkproto import ChannelType
-from tests.conftest import eventually, start_node
+from tests.conftest import eventually, running_node, start_node
 
 
 class Lines:
@@ -84,9 +84,7 @@ def raftchat(*args: str) -> Iterator[tuple[subprocess.Popen[str], Lines, Lines]]
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    proc = start_node(tmp_path_factory.mktemp("cli"))
-    yield proc
-    proc.stop()
+    yield from running_node(tmp_path_factory.mktemp("cli"))
 
 
 def test_chat_sends_stdin_lines_and_prints_incoming_messages(node: NodeProcess) -> None:

@@ -16,7 +16,7 @@ from client import GrpcClient, GrpcError, Refused, SyncGrpcClient
 from launcher.devcluster import NodeProcess
 from proto.raftchat.v1 import api_pb2 as v1
 from proto.wkproto import ChannelType, ReasonCode
-from tests.conftest import start_node
+from tests.conftest import running_node
 
 GROUP = ChannelType.GROUP
 PERSON = ChannelType.PERSON
@@ -24,9 +24,7 @@ PERSON = ChannelType.PERSON
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    proc = start_node(tmp_path_factory.mktemp("clientgrpc"))
-    yield proc
-    proc.stop()
+    yield from running_node(tmp_path_factory.mktemp("clientgrpc"))
 
 
 def test_sync_client_sends_and_reads(node: NodeProcess) -> None:

@@ -14,7 +14,7 @@ from client.errors import BadRequest, NotFound, Refused, Unreachable
 from client.http import HttpClient, SyncHttpClient
 from launcher.devcluster import NodeProcess
 from proto.wkproto import ChannelType, ReasonCode
-from tests.conftest import start_node
+from tests.conftest import running_node
 
 GROUP = ChannelType.GROUP
 PERSON = ChannelType.PERSON
@@ -22,9 +22,7 @@ PERSON = ChannelType.PERSON
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    proc = start_node(tmp_path_factory.mktemp("clienthttp"))
-    yield proc
-    proc.stop()
+    yield from running_node(tmp_path_factory.mktemp("clienthttp"))
 
 
 def test_sync_client_round_trip(node: NodeProcess) -> None:

@@ -16,21 +16,12 @@ import trio
 
 from client.wkproto import open_client
 from launcher.devcluster import NodeProcess
-from tests.conftest import ADMIN_TOKEN, Api, eventually, start_node
+from tests.conftest import ADMIN_TOKEN, Api, eventually, running_node, start_node
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    proc = start_node(tmp_path_factory.mktemp("httpapi"))
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def api(node: NodeProcess) -> Iterator[Api]:
-    client = Api.of(node)
-    yield client
-    client.http.close()
+    yield from running_node(tmp_path_factory.mktemp("httpapi"))
 
 
 def b64(data: bytes) -> str:

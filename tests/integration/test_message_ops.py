@@ -15,7 +15,7 @@ import trio
 
 from client.wkproto import ReceivedMessage, WKClient, open_client
 from launcher.devcluster import NodeProcess
-from tests.conftest import Api, eventually, start_node
+from tests.conftest import Api, eventually, running_node
 
 _ids = itertools.count(1)
 RECEIPT = 0x80
@@ -27,9 +27,7 @@ def fresh(prefix: str) -> str:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    proc = start_node(tmp_path_factory.mktemp("msgops"))
-    yield proc
-    proc.stop()
+    yield from running_node(tmp_path_factory.mktemp("msgops"))
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import trio
 from client.wkproto import WKClient, open_client
 from launcher.devcluster import NodeProcess
 from proto.wkproto import Event, HeaderFlag, ReasonCode, Send, Setting
-from tests.conftest import Api, start_node
+from tests.conftest import Api, running_node
 
 _ids = itertools.count(1)
 
@@ -30,9 +30,7 @@ def fresh(prefix: str) -> str:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    proc = start_node(tmp_path_factory.mktemp("streams"))
-    yield proc
-    proc.stop()
+    yield from running_node(tmp_path_factory.mktemp("streams"))
 
 
 @pytest.fixture(scope="module")
