@@ -151,6 +151,14 @@ def test_forged_and_out_of_order_frames_end_the_stream() -> None:
                 code = await trio.to_thread.run_sync(raw_stream, server.address, gap, value)
                 assert code == grpc.StatusCode.INVALID_ARGUMENT
                 assert len(got) == 1
+                # A body that does not decode, under a right MAC: that stream ends, no more.
+                value = sign(KEYS, PATH, b"g" * 16, to="127.0.0.1")
+                junk = b"\xff\xff\xff"
+                tag = frame_mac(skey_of(value), 2, junk)  # 2: this epoch's 1 was handed on
+                bad = [pb.StreamFrame(seq=2, body=junk, mac=tag)]
+                code = await trio.to_thread.run_sync(raw_stream, server.address, bad, value)
+                assert code == grpc.StatusCode.INVALID_ARGUMENT
+                assert len(got) == 1
 
     trio.run(main)
 
